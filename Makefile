@@ -1,0 +1,48 @@
+# provision — the two commands of the quick start are `make demo` and `make test`.
+# Both set up everything they need: Debian packages (only when missing), a venv, Python packages.
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+# Build pyscard (no Linux wheel on PyPI), run the OpenSSL producer of test PKCS#12 files, and the
+# PC/SC harness and peers of the card tiers.
+DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
+DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux
+
+.PHONY: all setup demo test lint typecheck test-unit test-fast bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@.ci/debian-packages $(DEBIAN_BUILD)
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || .ci/debian-packages python3-venv
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)
+	@.ci/debian-packages $(DEBIAN_HARNESS)
+
+demo: setup
+	$(BIN)/provision demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check provision tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+test: setup lint typecheck
+	$(BIN)/pytest tests
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

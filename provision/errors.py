@@ -1,0 +1,147 @@
+"""One exception hierarchy for everything a user can cause.
+
+Each error carries a message that says what is wrong *and* what to do next. Only the CLI turns
+these into text and exit codes (see ../shared/CLI.md); nothing below it prints. Messages never
+contain a secret's value: callers pass names and sources, never revealed bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Exit codes of CLI.md.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_ENVIRONMENT = 3
+EXIT_AUDIT = 4
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+class ProvisionError(Exception):
+    """Base of every expected failure. ``exit_code`` is what the CLI returns for it."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ProvisionError):
+    """The command line itself is wrong."""
+
+    exit_code = EXIT_INPUT
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "path": self.path, "message": self.message}
+
+
+class JobFileError(ProvisionError):
+    """A job file is invalid. Carries every problem found, not just the first."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        first = str(problems[0]) if problems else "invalid job file"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(first + more)
+
+
+class SecretError(ProvisionError):
+    """A secret could not be obtained from its source. Never carries the value."""
+
+    exit_code = EXIT_INPUT
+
+
+class TemplateError(ProvisionError):
+    """A slot-name or path template uses something that is not allowed."""
+
+    exit_code = EXIT_INPUT
+
+
+class BundleError(ProvisionError):
+    """A PKCS#12 file cannot be used; ``status`` is one of the classes of CLI.md."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EnvironmentProblem(ProvisionError):
+    """Something outside our input is missing: PC/SC service, reader, a program."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class CardError(ProvisionError):
+    """A card operation failed. The batch goes on with the next card."""
+
+    exit_code = EXIT_FAILED
+
+
+class AuditError(ProvisionError):
+    """The audit log failed verification."""
+
+    exit_code = EXIT_AUDIT
+
+
+class CardRemovedError(CardError):
+    """The card left the reader during an operation."""
+
+
+class ReaderGoneError(EnvironmentProblem):
+    """The reader disappeared (unplugged, or its driver went away)."""
+
+
+class ServiceDownError(EnvironmentProblem):
+    """The PC/SC service (pcscd, WinSCard) is not running or stopped answering."""
+
+
+class CardStatusError(CardError):
+    """The card answered with a status word other than success."""
+
+    def __init__(self, message: str, sw: int) -> None:
+        super().__init__(message)
+        self.sw = sw
+
+
+class CardProtocolError(CardError):
+    """The card's answer is malformed (truncated TLV, wrong length, garbage)."""
+
+
+class PinError(CardError):
+    """The PIN was refused or is blocked. Never retried automatically."""
+
+    def __init__(self, message: str, tries_left: int | None) -> None:
+        super().__init__(message)
+        self.tries_left = tries_left
+
+
+class ManagementKeyError(CardError):
+    """Management-key authentication failed. Never retried automatically."""
+
+
+class WrongCardError(CardError):
+    """The card in the reader is not the one the job is for; nothing was written."""

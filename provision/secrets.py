@@ -1,0 +1,216 @@
+"""Secrets and where they come from.
+
+A job file names a *source* (``{env: NAME}``, ``{file: PATH}``, ``{prompt: "…"}``,
+``{command: [argv…]}``, ``{value: "…"}``); ``obtain`` turns a source into a ``Secret`` at the last
+moment. ``Secret`` never shows its value: ``repr``/``str`` are redacted, and only ``reveal()``
+yields the bytes. Error messages name the source (variable name, file path, program name), never
+the value, and never the output of a command (it may hold the secret).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import SecretError
+
+SOURCE_KINDS = ("env", "file", "prompt", "command", "value")
+COMMAND_TIMEOUT_SECONDS = 60
+
+
+class Secret:
+    """A secret value. Redacted everywhere except ``reveal()``; ``wipe()`` zeroes our copy."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes | bytearray | str) -> None:
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        self._value = bytearray(value)
+
+    def reveal(self) -> bytes:
+        return bytes(self._value)
+
+    def wipe(self) -> None:
+        for i in range(len(self._value)):
+            self._value[i] = 0
+        self._value = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:  # constant-time, so tests can compare safely
+        import hmac
+
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __reduce__(self) -> object:  # a Secret is never pickled, copied to a journal or sent away
+        raise TypeError("a Secret cannot be serialised")
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a secret comes from, as written in a job file. Holds no secret except ``value``."""
+
+    kind: str  # one of SOURCE_KINDS
+    ref: str | tuple[str, ...]  # env name, file path, prompt text, argv, or the literal value
+    base_dir: Path = Path(".")  # relative file paths are relative to the job file
+
+    def __repr__(self) -> str:  # the literal ``value`` form must not leak through a repr either
+        shown = "***" if self.kind == "value" else self.ref
+        return f"SecretSource({self.kind}={shown!r})"
+
+    def describe(self) -> str:
+        """What an operator reads in messages: the source, never the value."""
+        if self.kind == "env":
+            return f"environment variable {self.ref}"
+        if self.kind == "file":
+            return f"file {self.path}"
+        if self.kind == "prompt":
+            return f"prompt {self.ref!r}"
+        if self.kind == "command":
+            assert isinstance(self.ref, tuple)
+            return f"command {self.ref[0]}"
+        return "value written in the job file"
+
+    @property
+    def path(self) -> Path:
+        assert isinstance(self.ref, str)
+        p = Path(os.path.expanduser(self.ref))
+        return p if p.is_absolute() else self.base_dir / p
+
+
+PromptFn = Callable[[str], str]
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
+
+
+def check_file_permissions(path: Path) -> str | None:
+    """Why ``path`` may not hold a secret, or None. Group/world-readable files are refused."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"secret file {path} does not exist; create it with mode 0600"
+    except OSError as exc:
+        return f"secret file {path} cannot be read ({exc.strerror}); check its permissions"
+    if not stat.S_ISREG(st.st_mode):
+        return f"secret file {path} is not a regular file"
+    # On Windows the mode bits do not describe ACLs; there the file's ACL is the operator's job.
+    if sys.platform != "win32" and st.st_mode & 0o077:
+        return (
+            f"secret file {path} can be read by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run 'chmod 600 {path}'"
+        )
+    if not os.access(path, os.R_OK):
+        return f"secret file {path} is not readable by this user"
+    return None
+
+
+def check_obtainable(source: SecretSource, *, unattended: bool) -> str | None:
+    """Why this source cannot give a value in the chosen mode, or None. Obtains nothing."""
+    if source.kind == "env":
+        assert isinstance(source.ref, str)
+        if source.ref not in os.environ:
+            return f"environment variable {source.ref} is not set; export it before the run"
+        return None
+    if source.kind == "file":
+        return check_file_permissions(source.path)
+    if source.kind == "prompt":
+        if unattended:
+            return "a {prompt: …} secret cannot be asked in an unattended run; use env, file or command"
+        return None
+    if source.kind == "command":
+        assert isinstance(source.ref, tuple)
+        if shutil.which(source.ref[0]) is None:
+            return f"program {source.ref[0]!r} was not found on PATH"
+        return None
+    return None
+
+
+def obtain(source: SecretSource, *, unattended: bool, prompt: PromptFn | None = None) -> Secret:
+    """Read the secret now. Raises SecretError naming the source, never the value."""
+    problem = check_obtainable(source, unattended=unattended)
+    if problem:
+        raise SecretError(problem)
+    if source.kind == "env":
+        assert isinstance(source.ref, str)
+        value = os.environ[source.ref]
+    elif source.kind == "file":
+        try:
+            value = _first_line(source.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SecretError(f"secret file {source.path} cannot be read: {type(exc).__name__}") from None
+    elif source.kind == "prompt":
+        assert isinstance(source.ref, str)
+        ask = prompt or _terminal_prompt
+        value = ask(source.ref)
+    elif source.kind == "command":
+        assert isinstance(source.ref, tuple)
+        value = _run_command(source.ref)
+    elif source.kind == "value":
+        assert isinstance(source.ref, str)
+        value = source.ref
+    else:  # pragma: no cover - the loader only builds known kinds
+        raise SecretError(f"unknown secret source {source.kind!r}")
+    value = value.rstrip("\r\n")
+    if not value:
+        raise SecretError(f"the {source.describe()} gave an empty secret; check the source")
+    return Secret(value)
+
+
+def _run_command(argv: tuple[str, ...]) -> str:
+    # No shell: argv goes to the program as written, nothing is interpolated. Its stderr passes
+    # through to the operator's terminal (pass/gpg may ask there); its stdout is the secret.
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            check=False,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+        )
+    except FileNotFoundError:
+        raise SecretError(f"program {argv[0]!r} was not found; check the command source") from None
+    except subprocess.TimeoutExpired:
+        raise SecretError(
+            f"program {argv[0]!r} gave no answer within {COMMAND_TIMEOUT_SECONDS} s"
+        ) from None
+    except OSError as exc:
+        raise SecretError(f"program {argv[0]!r} could not be started ({exc.strerror})") from None
+    if done.returncode != 0:
+        raise SecretError(
+            f"program {argv[0]!r} exited with status {done.returncode}; run it by hand to see why"
+        )
+    try:
+        return _first_line(done.stdout.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SecretError(f"program {argv[0]!r} printed something that is not UTF-8 text") from None
+
+
+def _terminal_prompt(text: str) -> str:
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise SecretError(
+            f"cannot ask for {text!r}: there is no terminal; use an env, file or command source"
+        )
+    try:
+        return getpass.getpass(f"{text}: ", stream=sys.stderr)
+    except (EOFError, KeyboardInterrupt):
+        raise SecretError(f"no answer was given for {text!r}") from None
