@@ -58,7 +58,7 @@ class Secret:
     def __hash__(self) -> int:
         return id(self)
 
-    def __reduce__(self) -> object:  # a Secret is never pickled, copied to a journal or sent away
+    def __reduce__(self) -> str:  # a Secret is never pickled, copied to a journal or sent away
         raise TypeError("a Secret cannot be serialised")
 
 

@@ -1,0 +1,234 @@
+"""The ``provision`` command: parse arguments, call one function, print, map errors to exit codes.
+
+Heavy modules (cryptography, jsonschema, pyscard) are imported inside the commands that need them,
+so ``provision --help`` starts about as fast as Python itself. Nothing a user can cause ends in a
+traceback: ProvisionError subclasses carry the sentence and the exit code (errors.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from provision import __version__
+from provision.errors import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    JobFileError,
+    ProvisionError,
+    UsageError,
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _emit_json(document: object) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def _say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# validate
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from provision.jobfile import load_jobfile
+
+    results: list[dict[str, Any]] = []
+    failed = False
+    for name in args.jobfiles:
+        try:
+            jf = load_jobfile(name, unattended=args.unattended)
+        except JobFileError as exc:
+            failed = True
+            results.append({"file": name, "valid": False, "jobs": 0,
+                            "errors": [p.to_json() for p in exc.problems], "warnings": []})  # fmt: skip
+            if not args.json:
+                for problem in exc.problems:
+                    _warn(f"error: {problem}")
+            continue
+        results.append({"file": name, "valid": True, "batch": jf.batch, "jobs": len(jf.jobs), "errors": [],
+                        "warnings": [w.to_json() for w in jf.warnings]})  # fmt: skip
+        if not args.json:
+            for warning in jf.warnings:
+                _warn(f"warning: {warning}")
+            _say(f"{name}: valid, batch {jf.batch}, {len(jf.jobs)} job(s)")
+    if args.json:
+        _emit_json({"valid": not failed, "files": results})
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# inspect
+
+
+def _password_from_args(args: argparse.Namespace) -> Any:
+    from provision.secrets import SecretSource, obtain
+
+    if args.password_env:
+        source = SecretSource("env", args.password_env)
+    elif args.password_file:
+        source = SecretSource("file", args.password_file)
+    else:
+        source = SecretSource("prompt", f"Password of {Path(args.file).name}")
+    return obtain(source, unattended=False)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from provision import template as templates
+    from provision.bundle import inspect_pkcs12
+    from provision.plan import certificate_lines, template_values, zone
+
+    tz = zone(args.timezone)
+    slot_name_template = templates.parse(args.slot_name)
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}; check the path") from None
+    password = _password_from_args(args)
+    try:
+        inspection, _bundle = inspect_pkcs12(data, password, target=args.target)
+    finally:
+        password.wipe()
+    document = inspection.to_json(str(path))
+    slot_name = None
+    if inspection.info is not None:
+        slot_name = slot_name_template.render(template_values(tz, cert=inspection.info))
+        document["slot_name"] = slot_name
+    if args.json:
+        _emit_json(document)
+    else:
+        _say(f"{path}: {inspection.status}")
+        _say(f"  {inspection.message}")
+        if inspection.info is not None:
+            for line in certificate_lines(inspection.info, tz):
+                _say(f"  {line}")
+            _say(f"  PIV algorithm: {inspection.piv_algorithm or 'none'}")
+            _say(f"  slot name:     {slot_name}   (template {args.slot_name})")
+    return EXIT_OK if inspection.status == "ok" else EXIT_INPUT
+
+
+# ----------------------------------------------------------------------------------------------
+# plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from provision.jobfile import load_jobfile
+    from provision.plan import plan_jobfile, print_plan
+
+    documents = []
+    any_problem = False
+    for name in args.jobfiles:
+        jf = load_jobfile(name, unattended=args.unattended)
+        plan = plan_jobfile(jf, unattended=args.unattended)
+        any_problem = any_problem or any(job.problems for job in plan.jobs)
+        if args.json:
+            documents.append(plan.to_json())
+        else:
+            print_plan(plan, _say)
+    if args.json:
+        _emit_json(documents[0] if len(documents) == 1 else {"plans": documents})
+    return EXIT_INPUT if any_problem else EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from provision.demo import run_demo
+
+    directory = Path(args.dir) if args.dir else Path(args.logs) / "demo"
+    return run_demo(directory, holders=args.holders, out=_say)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _logs_default() -> str:
+    return os.environ.get("PROVISION_LOGS", "logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provision",
+        description="Load certificates and keys onto smart cards from declarative YAML job files.",
+        epilog="Exit codes: 0 done, 1 a card failed, 2 invalid input, 3 environment, 4 audit log "
+        "failed verification, 70 internal error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"provision {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else there")
+    common.add_argument("--logs", default=_logs_default(), metavar="DIR",
+                        help="work files (journal, audit log, store, reports); default ./logs or $PROVISION_LOGS")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", parents=[common], help="check job files; writes nothing")
+    p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
+    p.add_argument("--unattended", action="store_true", help="check as for an unattended run (no prompts)")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("inspect", parents=[common], help="open a PKCS#12 file and show what an operator confirms")
+    p.add_argument("file", metavar="FILE.p12")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--password-env", metavar="NAME", help="take the password from this environment variable")
+    group.add_argument("--password-file", metavar="PATH", help="take the password from this file (mode 0600)")
+    p.add_argument("--timezone", default="UTC", metavar="TZ", help="IANA zone for dates and the slot name")
+    p.add_argument("--target", default="sp800-78-4", choices=["sp800-78-4", "yubikey-5.7"],
+                   help="judge the key against SP 800-78-4 (default) or a YubiKey 5.7")  # fmt: skip
+    p.add_argument("--slot-name", default="e-Cert{cert.not_before:%Y%m%d}", metavar="TEMPLATE",
+                   help="slot-name template to show the result of")  # fmt: skip
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("plan", parents=[common], help="what a run would do, card by card")
+    p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
+    p.add_argument("--unattended", action="store_true", help="plan as for an unattended run (no prompts)")
+    p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("demo", parents=[common], help="a complete batch on simulated cards, from generated certificates")
+    p.add_argument("--dir", metavar="DIR", help="where to write the demo material (default LOGS/demo)")
+    p.add_argument("--holders", type=int, default=4, metavar="N", help="how many card holders (default 4)")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ProvisionError as exc:
+        _warn(f"provision: {exc.message}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _warn("provision: interrupted; 'provision resume' finishes what was started")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, reported without secrets
+        if os.environ.get("PROVISION_DEBUG"):
+            raise
+        # Only the type: a library's message could quote a value we passed it.
+        _warn(f"provision: internal error ({type(exc).__name__}); this is a bug, please report it "
+              "with the command you ran (set PROVISION_DEBUG=1 for a traceback)")  # fmt: skip
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,771 @@
+"""Job files: YAML → schema → semantic checks → frozen dataclasses.
+
+Every error is reported as ``file:line: json.path: what is wrong and what to do``, and all of them
+at once, so an operator fixes a file in one pass.
+
+YAML is read with the YAML 1.2 *core* schema, deliberately, not PyYAML's YAML 1.1 defaults:
+
+* ``no``/``yes``/``on``/``off`` are text, not booleans (a holder called "No" stays "No"; a
+  boolean field written ``yes`` is an error that says to write ``true``);
+* ``0123`` is the decimal number 123, never octal (card serials written with leading zeros keep
+  their value), ``0x9c`` is a hex number, ``1:20`` is text, not sexagesimal 80;
+* dates are text, parsed only where a date is expected;
+* in a field that takes text (ids, holders, slots, hex serials) an unquoted number keeps exactly
+  the characters written: ``id: 0012`` is ``"0012"``, ``serial: 1001`` under ``expect`` is the hex
+  text ``"1001"``, ``slot: 82`` is slot 82.
+
+Anchors and aliases work, as do ``<<`` merge keys; duplicate keys are an error; alias expansion is
+bounded (no "billion laughs"); one document per file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from provision import template as templates
+from provision.errors import JobFileError, Problem, TemplateError
+from provision.piv.slots import SLOT_HELP, Slot, parse_slot
+from provision.secrets import SecretSource, check_obtainable
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "job.schema.json"
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_EXPANDED_NODES = 2_000_000
+MAX_PKCS12_BYTES = 16 * 1024 * 1024
+
+DEFAULT_SLOT_NAME_TEMPLATE = "e-Cert{cert.not_before:%Y%m%d}"
+
+JsonPath = tuple[str | int, ...]
+
+# Fields whose value is text even when written as an unquoted number or boolean.
+_TEXT_KEYS = frozenset(
+    {
+        "batch", "timezone", "id", "holder", "slot", "slot_name", "guid", "path", "subject_cn",
+        "issuer_cn", "fingerprint_sha256", "not_after_after", "pem", "nssdb", "env", "file",
+        "prompt", "value", "management_key_type", "replace", "pin_policy", "touch_policy",
+    }
+)  # fmt: skip
+
+_CORE_INT = re.compile(r"[-+]?[0-9]+\Z")
+_CORE_OCT = re.compile(r"0o[0-7]+\Z")
+_CORE_HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
+_CORE_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
+_CORE_INF = re.compile(r"[-+]?\.(inf|Inf|INF)\Z")
+_CORE_NAN = re.compile(r"\.(nan|NaN|NAN)\Z")
+_YAML11_BOOLS = frozenset(
+    {"y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"}
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Result types
+
+
+@dataclass(frozen=True)
+class CardIdentity:
+    serial: int | None = None
+    guid: str | None = None  # lowercase hex
+    any: bool = False
+
+    def describe(self) -> str:
+        if self.serial is not None:
+            return f"card serial {self.serial}"
+        if self.guid is not None:
+            return f"card GUID {self.guid}"
+        return "any card"
+
+    def to_json(self) -> dict[str, object]:
+        if self.serial is not None:
+            return {"serial": self.serial}
+        if self.guid is not None:
+            return {"guid": self.guid}
+        return {"any": True}
+
+
+@dataclass(frozen=True)
+class Expect:
+    subject_cn: str | None = None
+    issuer_cn: str | None = None
+    serial: str | None = None  # lowercase hex, no separators or leading zeros
+    fingerprint_sha256: str | None = None  # lowercase hex, no separators
+    not_after_after: date | None = None
+
+
+@dataclass(frozen=True)
+class Export:
+    pem: templates.Template | None = None
+    nssdb: templates.Template | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    line: int | None
+    id: str
+    holder: str
+    card: CardIdentity
+    pkcs12_path: Path
+    pkcs12_password: SecretSource
+    slot: Slot
+    slot_name: templates.Template
+    pin: SecretSource
+    management_key: SecretSource | None
+    management_key_type: str
+    replace: str
+    min_pin_retries: int
+    pin_policy: str
+    touch_policy: str
+    expect: Expect
+    export: Export
+
+
+@dataclass(frozen=True)
+class JobFile:
+    path: Path
+    batch: str
+    timezone: str
+    jobs: tuple[Job, ...]
+    audit_key: SecretSource | None = None
+    warnings: tuple[Problem, ...] = field(default=())
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def _printable(text: str) -> str:
+    """Echoed user text stays on one line: control characters are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _problem(file: str, line: int | None, path: str, message: str) -> Problem:
+    return Problem(file, line, _printable(path), _printable(message))
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _Loader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
+    """PyYAML's parser and composer (C when available) with no implicit YAML 1.1 typing."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}
+
+
+class _YamlProblem(Exception):
+    def __init__(self, line: int | None, path: JsonPath, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.path = path
+        self.message = message
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_KEY = "<<"
+
+
+class _Builder:
+    """Turns a composed node graph into JSON-like data and a map of JSON path → line."""
+
+    def __init__(self) -> None:
+        self.lines: dict[JsonPath, int] = {}
+        self._sizes: dict[int, int] = {}
+        self._active: set[int] = set()
+
+    def size(self, node: yaml.Node) -> int:
+        """Nodes after alias expansion, memoised, so a 'billion laughs' file is refused cheaply."""
+        key = id(node)
+        if key in self._sizes:
+            return self._sizes[key]
+        if key in self._active:
+            raise _YamlProblem(node.start_mark.line + 1, (), "an alias refers to itself; remove the loop")
+        self._active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(self.size(n) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(self.size(k) + self.size(v) for k, v in node.value)
+        self._active.discard(key)
+        self._sizes[key] = total
+        return total
+
+    def build(self, node: yaml.Node, path: JsonPath) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        raise _YamlProblem(node.start_mark.line + 1, path, "unsupported YAML node")
+
+    def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merged: list[yaml.MappingNode] = []
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _YamlProblem(key_node.start_mark.line + 1, path, "a key must be plain text")
+            key = key_node.value
+            if key == _MERGE_KEY and not key_node.style:
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise _YamlProblem(
+                            source.start_mark.line + 1, path, "'<<' must merge a mapping (an &anchor of one)"
+                        )
+                    merged.append(source)
+                continue
+            if key in out:
+                raise _YamlProblem(
+                    key_node.start_mark.line + 1,
+                    path + (key,),
+                    f"duplicate key '{key}' (first at line {self.lines[path + (key,)]}); keep only one",
+                )
+            self.lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, path + (key,))
+        for source in merged:  # explicit keys win over merged ones, as YAML specifies
+            for key, value in self._mapping(source, path).items():
+                out.setdefault(key, value)
+        return out
+
+    def _scalar(self, node: yaml.ScalarNode, path: JsonPath) -> Any:
+        text: str = node.value
+        if node.tag != _STR_TAG:
+            return _explicit_tag(node, path)
+        if node.style:  # quoted or block scalar: always text ("" is plain in the C composer)
+            return text
+        value = _resolve_core(text)
+        if value is not text and value is not None and _wants_text(path):
+            return text  # the characters as written: id 0012, hex serial 1001, slot 82
+        return value
+
+
+def _explicit_tag(node: yaml.ScalarNode, path: JsonPath) -> Any:
+    tag = node.tag.rsplit(":", 1)[-1]
+    try:
+        if tag == "int":
+            return int(node.value, 0)
+        if tag == "bool" and node.value in ("true", "false"):
+            return node.value == "true"
+        if tag == "null":
+            return None
+    except ValueError:
+        pass
+    raise _YamlProblem(
+        node.start_mark.line + 1, path, f"the YAML tag {node.tag!r} is not supported here; remove it"
+    )
+
+
+def _resolve_core(text: str) -> Any:
+    if text in ("", "~", "null", "Null", "NULL"):
+        return None
+    if text in ("true", "True", "TRUE"):
+        return True
+    if text in ("false", "False", "FALSE"):
+        return False
+    if _CORE_INT.match(text):
+        return int(text, 10)  # leading zeros are decimal, never octal
+    if _CORE_OCT.match(text):
+        return int(text[2:], 8)
+    if _CORE_HEX.match(text):
+        return int(text[2:], 16)
+    if _CORE_FLOAT.match(text) or _CORE_INF.match(text) or _CORE_NAN.match(text):
+        return float(text.replace("inf", "Inf").replace("INF", "Inf").lower().replace(".inf", "inf"))
+    return text
+
+
+def _wants_text(path: JsonPath) -> bool:
+    if len(path) >= 2 and path[-2] == "command":
+        return True
+    if not path or not isinstance(path[-1], str):
+        return False
+    key = path[-1]
+    if key == "serial":  # card.serial is a number; expect.serial is hex text
+        return len(path) >= 2 and path[-2] == "expect"
+    return key in _TEXT_KEYS
+
+
+def load_yaml(text: str, filename: str) -> tuple[Any, dict[JsonPath, int]]:
+    """Parse one YAML document into JSON-like data and a JSON path → line map."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = " ".join((exc.problem or exc.context or "invalid YAML").split())
+        raise JobFileError([_problem(filename, line, "", f"this is not valid YAML ({what}); fix the syntax")]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) else "a byte"
+        raise JobFileError([_problem(filename, line, "", f"the file contains {what}, which YAML does not allow; remove it")]) from None
+    except yaml.YAMLError as exc:
+        what = " ".join(str(exc).split())
+        raise JobFileError([_problem(filename, None, "", f"this is not valid YAML ({what}); fix the syntax")]) from None
+    if not nodes or nodes[0] is None:
+        raise JobFileError([_problem(filename, 1, "", "the file is empty; start with 'version: 1'")])
+    if len(nodes) > 1:
+        line = nodes[1].start_mark.line + 1
+        raise JobFileError([_problem(filename, line, "", "a job file holds one YAML document; remove the second '---'")])
+    builder = _Builder()
+    try:
+        if builder.size(nodes[0]) > MAX_EXPANDED_NODES:
+            raise _YamlProblem(1, (), "aliases expand to too many values; write the cards out instead")
+        data = builder.build(nodes[0], ())
+    except _YamlProblem as exc:
+        raise JobFileError([_problem(filename, exc.line, format_path(exc.path), exc.message)]) from None
+    except RecursionError:
+        raise JobFileError([_problem(filename, None, "", "the YAML is nested too deeply")]) from None
+    return data, builder.lines
+
+
+def format_path(path: JsonPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def line_for(lines: dict[JsonPath, int], path: JsonPath) -> int | None:
+    """The line of ``path``, or of its nearest ancestor that exists in the file."""
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        path = path[:-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _schema_problems(data: Any, lines: dict[JsonPath, int], filename: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in _validator().iter_errors(data):
+        for leaf in _leaves(error):
+            path = tuple(leaf.absolute_path)
+            line = line_for(lines, path)
+            if leaf.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(leaf.instance, dict):
+                unknown = [k for k in leaf.instance if path + (k,) in lines and k not in _allowed_keys(leaf)]
+                line = lines[path + (unknown[0],)] if unknown else line
+            problems.append(_problem(filename, line, format_path(path), _explain(leaf, path)))
+    return problems
+
+
+def _leaves(error: Any) -> Iterator[Any]:
+    """The most specific errors: jsonschema nests $ref/allOf failures under context."""
+    if error.context:
+        for sub in error.context:
+            yield from _leaves(sub)
+    else:
+        yield error
+
+
+_PATTERN_HELP = {
+    "id": "use letters, digits and . _ : @ / - (up to 128), starting with a letter or digit",
+    "guid": "write the CHUID GUID as 32 hex digits",
+    "env": "an environment variable name is letters, digits and _",
+    "serial": "write the certificate serial in hex, e.g. 1001 or 0x1001",
+    "fingerprint_sha256": "write the SHA-256 fingerprint as 64 hex digits (colons allowed)",
+}
+_SECRET_FORMS = 'write a secret as one of {env: NAME}, {file: PATH}, {prompt: "…"}, {command: [argv…]}, {value: "…"}'  # noqa: S105 - help text
+
+
+def _describe_type(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+def _explain(error: Any, path: JsonPath) -> str:
+    kind = error.validator
+    value = error.instance
+    key = next((p for p in reversed(path) if isinstance(p, str)), "")
+    is_secret = key in ("pin", "password", "management_key", "key") or (
+        len(path) >= 2 and path[-2] in ("pin", "password", "management_key", "key")
+    )
+    if kind == "type":
+        wanted = error.validator_value
+        if is_secret or (isinstance(wanted, str) and wanted == "object" and key in ("pin", "password")):
+            return f"{_describe_type(value)} is not a secret source; {_SECRET_FORMS} (a bare value is refused)"
+        if isinstance(value, str) and value in _YAML11_BOOLS and wanted == "boolean":
+            return f"'{value}' is text in YAML 1.2; write true or false"
+        return f"expected {_an(wanted)}, found {_describe_type(value)}"
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"'{missing}' is missing; add it"
+    if kind in ("additionalProperties", "unevaluatedProperties"):
+        allowed = _allowed_keys(error)
+        unknown = sorted(set(value) - allowed) if isinstance(value, dict) else []
+        if not unknown:
+            return str(error.message)  # pragma: no cover - defensive
+        bits = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            bits.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return f"unknown field {', '.join(bits)}; known fields here: {', '.join(sorted(allowed))}"
+    if kind == "enum":
+        choices = ", ".join(str(c) for c in error.validator_value)
+        return f"{_describe_type(value)} is not allowed; choose one of: {choices}"
+    if kind == "const":
+        if key == "version":
+            return f"version {value!r} is not supported; this provision reads 'version: 1'"
+        if key == "any":
+            if isinstance(value, str) and value in _YAML11_BOOLS:
+                return f"'{value}' is text in YAML 1.2; write 'any: true' to accept whichever card is presented"
+            return "write 'any: true' to accept whichever card is presented"
+        return f"must be {error.validator_value!r}"
+    if kind == "pattern":
+        return f"{_describe_type(value)} is not valid; {_PATTERN_HELP.get(key, 'check the format')}"
+    if kind in ("minProperties", "maxProperties"):
+        if key == "card":
+            return "say which card with exactly one of {serial: N}, {guid: HEX}, {any: true}"
+        return _SECRET_FORMS
+    if kind == "minItems":
+        return "the list is empty; add at least one entry" if key != "command" else "the command needs a program name"
+    if kind == "minLength":
+        return "this is empty; fill it in"
+    if kind == "maxLength":
+        return f"this is longer than {error.validator_value} characters; shorten it"
+    if kind in ("minimum", "maximum"):
+        return f"{value} is out of range ({'at least' if kind == 'minimum' else 'at most'} {error.validator_value})"
+    if kind == "format":
+        return f"{_describe_type(value)} is not a date; write it as YYYY-MM-DD"
+    return str(error.message)
+
+
+def _an(wanted: Any) -> str:
+    names = {"string": "text", "integer": "a whole number", "object": "a mapping", "array": "a list",
+             "boolean": "true or false", "number": "a number"}  # fmt: skip
+    if isinstance(wanted, list):
+        return " or ".join(names.get(w, str(w)) for w in wanted)
+    return names.get(wanted, str(wanted))
+
+
+def _allowed_keys(error: Any) -> set[str]:
+    schema = error.schema
+    keys = set(schema.get("properties", {}))
+    for sub in schema.get("allOf", []):
+        ref = sub.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            keys |= set(_validator().schema["$defs"][ref.rsplit("/", 1)[-1]].get("properties", {}))
+    if "$ref" in schema and str(schema["$ref"]).startswith("#/$defs/"):
+        keys |= set(_validator().schema["$defs"][schema["$ref"].rsplit("/", 1)[-1]].get("properties", {}))
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------
+# Semantic checks and dataclasses
+
+
+_CARD_DEFAULTS: dict[str, Any] = {
+    "management_key_type": "auto",
+    "replace": "archive",
+    "min_pin_retries": 2,
+    "pin_policy": "default",
+    "touch_policy": "default",
+}
+_NOT_IN_DEFAULTS = ("id", "holder", "pkcs12")
+
+
+class _Checker:
+    def __init__(self, path: Path, lines: dict[JsonPath, int], unattended: bool, check_files: bool) -> None:
+        self.file = str(path)
+        self.base = path.parent
+        self.lines = lines
+        self.unattended = unattended
+        self.check_files = check_files
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self._secret_checks: dict[tuple[str, object], str | None] = {}
+        self._templates: dict[str, templates.Template | str] = {}
+
+    def problem(self, path: JsonPath, message: str, *, warning: bool = False) -> None:
+        p = _problem(self.file, line_for(self.lines, path), format_path(path), message)
+        (self.warnings if warning else self.problems).append(p)
+
+    def secret(self, raw: Any, path: JsonPath) -> SecretSource | None:
+        if not isinstance(raw, dict) or len(raw) != 1:
+            return None
+        kind, ref = next(iter(raw.items()))
+        source = SecretSource(kind, tuple(ref) if kind == "command" else ref, self.base)
+        if kind == "value":
+            self.problem(path, "the secret is written in the job file; prefer env, file or command", warning=True)
+        # Many cards share one source (via defaults): check each distinct source once.
+        cache_key = (kind, source.ref if kind != "value" else "")
+        if cache_key not in self._secret_checks:
+            self._secret_checks[cache_key] = (
+                check_obtainable(source, unattended=self.unattended) if self.check_files or kind == "prompt" else None
+            )
+        why = self._secret_checks[cache_key]
+        if why:
+            self.problem(path + (kind,), why)
+        return source
+
+    def template(self, text: str, path: JsonPath) -> templates.Template | None:
+        if text not in self._templates:
+            try:
+                self._templates[text] = templates.parse(text)
+            except TemplateError as exc:
+                self._templates[text] = exc.message
+        parsed = self._templates[text]
+        if isinstance(parsed, str):
+            self.problem(path, parsed)
+            return None
+        return parsed
+
+
+def _merge(defaults: dict[str, Any], card: dict[str, Any]) -> tuple[dict[str, Any], dict[str, JsonPath]]:
+    """A card's fields over the defaults (whole fields: a card's ``expect`` replaces the default's)."""
+    merged: dict[str, Any] = dict(_CARD_DEFAULTS)
+    origin: dict[str, JsonPath] = {}
+    for key, value in defaults.items():
+        merged[key] = value
+        origin[key] = ("defaults", key)
+    for key, value in card.items():
+        merged[key] = value
+        origin[key] = ()
+    return merged, origin
+
+
+def _normalise_hex(text: str) -> str:
+    text = text.lower().replace(":", "")
+    if text.startswith("0x"):
+        text = text[2:]
+    return text.lstrip("0") or "0"
+
+
+def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _Checker) -> Job | None:
+    here: JsonPath = ("cards", index)
+    merged, origin = _merge(defaults, card)
+
+    def at(key: str) -> JsonPath:
+        return origin.get(key) or here + (key,)
+
+    before = len(ck.problems)
+    slot_text = merged.get("slot")
+    slot: Slot | None = None
+    if slot_text is None:
+        ck.problem(here, "'slot' is missing; give it here or under defaults (e.g. slot: 9c)")
+    else:
+        slot = parse_slot(str(slot_text))
+        if slot is None:
+            ck.problem(at("slot"), f"'{slot_text}' is not a PIV slot ({SLOT_HELP})")
+
+    slot_name: templates.Template | None = None
+    if "slot_name" not in merged:
+        ck.problem(here, f"'slot_name' is missing; give a template here or under defaults, e.g. {DEFAULT_SLOT_NAME_TEMPLATE!r}")
+    else:
+        slot_name = ck.template(merged["slot_name"], at("slot_name"))
+
+    pin = ck.secret(merged["pin"], at("pin")) if "pin" in merged else None
+    if "pin" not in merged:
+        ck.problem(here, "'pin' is missing; say where the card PIN comes from, e.g. pin: {prompt: \"Card PIN\"}")
+    password = ck.secret(card["pkcs12"]["password"], here + ("pkcs12", "password"))
+    management_key = ck.secret(merged["management_key"], at("management_key")) if "management_key" in merged else None
+
+    p12 = Path(os.path.expanduser(card["pkcs12"]["path"]))
+    p12 = p12 if p12.is_absolute() else ck.base / p12
+    if ck.check_files:
+        why = _unreadable(p12)
+        if why:
+            ck.problem(here + ("pkcs12", "path"), why)
+
+    if "card" not in merged:
+        ck.problem(here, "'card' is missing; say which card with {serial: N}, {guid: HEX} or {any: true}")
+        return None
+    ident = merged["card"]
+    identity = CardIdentity(
+        serial=ident.get("serial"),
+        guid=ident["guid"].lower() if "guid" in ident else None,
+        any=bool(ident.get("any", False)),
+    )
+
+    raw_expect = merged.get("expect", {})
+    not_after_after = None
+    if "not_after_after" in raw_expect:
+        not_after_after = date.fromisoformat(raw_expect["not_after_after"])  # the schema checked the format
+    expect = Expect(
+        subject_cn=raw_expect.get("subject_cn"),
+        issuer_cn=raw_expect.get("issuer_cn"),
+        serial=_normalise_hex(raw_expect["serial"]) if "serial" in raw_expect else None,
+        fingerprint_sha256=raw_expect["fingerprint_sha256"].lower().replace(":", "")
+        if "fingerprint_sha256" in raw_expect
+        else None,
+        not_after_after=not_after_after,
+    )
+    raw_export = merged.get("export", {})
+    export = Export(
+        pem=ck.template(raw_export["pem"], at("export") + ("pem",)) if "pem" in raw_export else None,
+        nssdb=ck.template(raw_export["nssdb"], at("export") + ("nssdb",)) if "nssdb" in raw_export else None,
+    )
+    if len(ck.problems) != before or slot is None or slot_name is None or pin is None or password is None:
+        return None
+    return Job(
+        index=index,
+        line=line_for(ck.lines, here),
+        id=card["id"],
+        holder=card["holder"],
+        card=identity,
+        pkcs12_path=p12,
+        pkcs12_password=password,
+        slot=slot,
+        slot_name=slot_name,
+        pin=pin,
+        management_key=management_key,
+        management_key_type=merged["management_key_type"],
+        replace=merged["replace"],
+        min_pin_retries=merged["min_pin_retries"],
+        pin_policy=merged["pin_policy"],
+        touch_policy=merged["touch_policy"],
+        expect=expect,
+        export=export,
+    )
+
+
+def _unreadable(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"the PKCS#12 file {path} does not exist; check the path (it is relative to the job file)"
+    except OSError as exc:
+        return f"the PKCS#12 file {path} cannot be reached ({exc.strerror})"
+    if not path.is_file():
+        return f"{path} is not a file; name the .p12/.pfx file itself"
+    if st.st_size > MAX_PKCS12_BYTES:
+        return f"{path} is {st.st_size} bytes, too large for a PKCS#12 file; check that it is the right file"
+    if not os.access(path, os.R_OK):
+        return f"the PKCS#12 file {path} is not readable by this user; check its permissions"
+    return None
+
+
+def _semantic(data: dict[str, Any], ck: _Checker) -> tuple[list[Job], SecretSource | None, str]:
+    timezone = data.get("timezone", "UTC")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        ck.problem(("timezone",), f"'{timezone}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC")
+    defaults: dict[str, Any] = data.get("defaults", {})
+    for name in _NOT_IN_DEFAULTS:
+        if name in defaults:
+            ck.problem(("defaults", name), f"'{name}' belongs to each card, not to defaults; move it under cards")
+    defaults = {k: v for k, v in defaults.items() if k not in _NOT_IN_DEFAULTS}
+    audit_key = None
+    if "audit" in data and "key" in data["audit"]:
+        audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
+
+    jobs: list[Job] = []
+    first_id: dict[str, int] = {}
+    first_identity: dict[tuple[str, object], int] = {}
+    for index, card in enumerate(data["cards"]):
+        job_id = card["id"]
+        if job_id in first_id:
+            ck.problem(("cards", index, "id"), f"id '{job_id}' is already used by cards[{first_id[job_id]}]; ids must be unique")
+        else:
+            first_id[job_id] = index
+        ident = card.get("card", defaults.get("card", {}))
+        key: tuple[str, object] | None = None
+        if "serial" in ident:
+            key = ("serial", ident["serial"])
+        elif "guid" in ident:
+            key = ("guid", ident["guid"].lower())
+        if key is not None:
+            if key in first_identity:
+                ck.problem(
+                    ("cards", index, "card"),
+                    f"{key[0]} {key[1]} already belongs to cards[{first_identity[key]}]; one job per card",
+                )
+            else:
+                first_identity[key] = index
+        job = _build_job(index, card, defaults, ck)
+        if job is not None:
+            jobs.append(job)
+    factory = [job.id for job in jobs if job.management_key is None]
+    if factory:
+        ck.problem(
+            ("defaults",) if "defaults" in data else ("cards",),
+            f"{len(factory)} job(s) give no management_key, so the card's factory default key is used "
+            f"(first: {factory[0]}); the report flags them",
+            warning=True,
+        )
+    return jobs, audit_key, timezone
+
+
+def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: bool = True) -> JobFile:
+    """Read, validate and build a job file. Raises JobFileError listing every problem."""
+    path = Path(path)
+    filename = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise JobFileError([_problem(filename, None, "", f"the file is {size} bytes; split it (limit {MAX_FILE_BYTES})")])
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise JobFileError([_problem(filename, None, "", "the job file does not exist; check the path")]) from None
+    except IsADirectoryError:
+        raise JobFileError([_problem(filename, None, "", "this is a directory; name a job file (.yaml)")]) from None
+    except OSError as exc:
+        raise JobFileError([_problem(filename, None, "", f"the job file cannot be read ({exc.strerror})")]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise JobFileError([_problem(filename, line, "", "the file is not UTF-8 text; save it as UTF-8")]) from None
+    return parse_jobfile(text, path, unattended=unattended, check_files=check_files)
+
+
+def parse_jobfile(text: str, path: Path, *, unattended: bool = False, check_files: bool = True) -> JobFile:
+    filename = str(path)
+    data, lines = load_yaml(text, filename)
+    if not isinstance(data, dict):
+        raise JobFileError([_problem(filename, 1, "", "a job file is a mapping that starts with 'version: 1'")])
+    problems = _schema_problems(data, lines, filename)
+    if problems:
+        raise JobFileError(_sorted(problems))
+    ck = _Checker(path, lines, unattended, check_files)
+    jobs, audit_key, timezone = _semantic(data, ck)
+    if ck.problems:
+        raise JobFileError(_sorted(ck.problems))
+    return JobFile(
+        path=path,
+        batch=data["batch"],
+        timezone=timezone,
+        jobs=tuple(jobs),
+        audit_key=audit_key,
+        warnings=tuple(_sorted(ck.warnings)),
+    )
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    seen: set[Problem] = set()
+    unique = [p for p in problems if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    return sorted(unique, key=lambda p: (p.line or 0))

@@ -1,0 +1,123 @@
+"""Restricted templates for slot names and export paths.
+
+A template is a Python format string over a fixed set of fields (JOBFILE.md). Anything else is
+refused when the job file is validated, not when a card is in the reader: no attribute access
+beyond the listed names, no indexing, no conversions (``!r``), no nested fields in a format spec.
+Dates are shown in the job file's time zone, so ``e-Cert{cert.not_before:%Y%m%d}`` names the day
+the operator's calendar shows, not the UTC day.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from provision.errors import TemplateError
+
+# Field → kind of value; the kind decides which format specs make sense (checked by a trial render).
+FIELDS: dict[str, type] = {
+    "cert.not_before": datetime,
+    "cert.not_after": datetime,
+    "cert.subject_cn": str,
+    "cert.issuer_cn": str,
+    "cert.serial": str,
+    "cert.sha256": str,
+    "card.serial": int,
+    "slot": str,
+    "job.id": str,
+    "holder": str,
+    "batch": str,
+    "today": date,
+}
+
+_SAMPLES: dict[type, object] = {
+    datetime: datetime(2006, 7, 29, 10, 15, 0),
+    date: date(2006, 7, 29),
+    str: "sample",
+    int: 12345678,
+}
+
+MAX_SLOT_NAME_CHARS = 64
+_FORMATTER = string.Formatter()
+
+
+@dataclass(frozen=True)
+class Template:
+    text: str
+    parts: tuple[tuple[str, str | None, str], ...]  # (literal, field or None, format spec)
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(f for _, f, _ in self.parts if f is not None)
+
+    def render(self, values: Mapping[str, object], *, for_path: bool = False) -> str:
+        """Fill in the fields. ``for_path``: values cannot add directories or climb out (``/``, ``..``)."""
+        out: list[str] = []
+        for literal, field, spec in self.parts:
+            out.append(literal)
+            if field is None:
+                continue
+            if field not in values or values[field] is None:
+                out.append(f"<{field}>")  # unknown until a card is present (plan without a card)
+                continue
+            text = format(values[field], spec)
+            out.append(_path_safe(text) if for_path else text)
+        return "".join(out)
+
+
+def _path_safe(text: str) -> str:
+    for bad in ("/", "\\", "\x00", ":"):
+        text = text.replace(bad, "_")
+    return "_" if text in ("", ".", "..") else text
+
+
+def parse(text: str) -> Template:
+    """Parse and check a template; raise TemplateError with one sentence saying what to change."""
+    try:
+        raw = list(_FORMATTER.parse(text))
+    except ValueError:
+        raise TemplateError(
+            f"template {text!r} has an unbalanced brace; write {{{{ or }}}} for a literal brace"
+        ) from None
+    parts: list[tuple[str, str | None, str]] = []
+    for literal, field, spec, conversion in raw:
+        if field is None:
+            parts.append((literal, None, ""))
+            continue
+        if field == "" or field.isdigit():
+            raise TemplateError(f"template {text!r} has an empty field {{}}; name one of: {known_fields()}")
+        if "[" in field:
+            raise TemplateError(f"template {text!r}: indexing ({field}) is not allowed; use one of: {known_fields()}")
+        if field not in FIELDS:
+            raise TemplateError(f"template {text!r}: unknown field {{{field}}}; use one of: {known_fields()}")
+        if conversion is not None:
+            raise TemplateError(f"template {text!r}: conversions like !{conversion} are not allowed")
+        spec = spec or ""
+        if "{" in spec or "}" in spec:
+            raise TemplateError(f"template {text!r}: a format spec cannot contain another field")
+        try:  # a trial render catches specs that do not fit the field's kind, e.g. {holder:%Y}
+            format(_SAMPLES[FIELDS[field]], spec)
+        except (ValueError, TypeError):
+            raise TemplateError(
+                f"template {text!r}: format '{spec}' does not apply to {field} "
+                f"({FIELDS[field].__name__})"
+            ) from None
+        parts.append((literal, field, spec))
+    return Template(text, tuple(parts))
+
+
+def known_fields() -> str:
+    return ", ".join(FIELDS)
+
+
+def check_slot_name(name: str) -> str | None:
+    """Why a rendered slot name cannot be used, or None."""
+    if not name:
+        return "the slot name is empty"
+    if len(name) > MAX_SLOT_NAME_CHARS:
+        return f"the slot name {name!r} is longer than {MAX_SLOT_NAME_CHARS} characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return f"the slot name {name!r} contains control characters"
+    return None
