@@ -7,13 +7,9 @@ traceback: ProvisionError subclasses carry the sentence and the exit code (error
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 from provision import __version__
 from provision.errors import (
@@ -26,10 +22,17 @@ from provision.errors import (
     UsageError,
 )
 
-Handler = Callable[[argparse.Namespace], int]
+TYPE_CHECKING = False  # importing typing costs start-up time; mypy honours this name
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+Handler = Callable[["argparse.Namespace"], int]
 
 
 def _emit_json(document: object) -> None:
+    import json
+
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -77,6 +80,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _password_from_args(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
     from provision.secrets import SecretSource, obtain
 
     if args.password_env:
@@ -89,6 +94,8 @@ def _password_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from provision import template as templates
     from provision.bundle import inspect_pkcs12
     from provision.plan import certificate_lines, template_values, zone
@@ -151,6 +158,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from provision.demo import run_demo
 
     directory = Path(args.dir) if args.dir else Path(args.logs) / "demo"
@@ -164,13 +173,45 @@ def _logs_default() -> str:
     return os.environ.get("PROVISION_LOGS", "logs")
 
 
+DESCRIPTION = "Load certificates and keys onto smart cards from declarative YAML job files."
+EPILOG = (
+    "Exit codes: 0 done, 1 a card failed, 2 invalid input, 3 environment, 4 audit log "
+    "failed verification, 70 internal error, 130 interrupted."
+)
+# One line per command: argparse's sub-parsers and the fast top-level help both read this table.
+COMMANDS: dict[str, str] = {
+    "validate": "check job files; writes nothing",
+    "inspect": "open a PKCS#12 file and show what an operator confirms",
+    "plan": "what a run would do, card by card",
+    "demo": "a complete batch on simulated cards, from generated certificates",
+}
+
+
+def fast_help() -> str:
+    """``provision --help`` without importing argparse: the counter PC starts it often."""
+    width = max(len(name) for name in COMMANDS) + 2
+    lines = [
+        "usage: provision [-h] [--version] COMMAND ...",
+        "",
+        DESCRIPTION,
+        "",
+        "commands:",
+        *(f"  {name:{width}}{text}" for name, text in COMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help  show this help message and exit",
+        "  --version   show program's version number and exit",
+        "",
+        "'provision COMMAND --help' describes a command.",
+        EPILOG,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="provision",
-        description="Load certificates and keys onto smart cards from declarative YAML job files.",
-        epilog="Exit codes: 0 done, 1 a card failed, 2 invalid input, 3 environment, 4 audit log "
-        "failed verification, 70 internal error, 130 interrupted.",
-    )
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="provision", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"provision {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else there")
@@ -178,12 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="work files (journal, audit log, store, reports); default ./logs or $PROVISION_LOGS")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("validate", parents=[common], help="check job files; writes nothing")
+    p = sub.add_parser("validate", parents=[common], help=COMMANDS["validate"])
     p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
     p.add_argument("--unattended", action="store_true", help="check as for an unattended run (no prompts)")
     p.set_defaults(handler=cmd_validate)
 
-    p = sub.add_parser("inspect", parents=[common], help="open a PKCS#12 file and show what an operator confirms")
+    p = sub.add_parser("inspect", parents=[common], help=COMMANDS["inspect"])
     p.add_argument("file", metavar="FILE.p12")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--password-env", metavar="NAME", help="take the password from this environment variable")
@@ -195,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slot-name template to show the result of")  # fmt: skip
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("plan", parents=[common], help="what a run would do, card by card")
+    p = sub.add_parser("plan", parents=[common], help=COMMANDS["plan"])
     p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
     p.add_argument("--unattended", action="store_true", help="plan as for an unattended run (no prompts)")
     p.set_defaults(handler=cmd_plan)
 
-    p = sub.add_parser("demo", parents=[common], help="a complete batch on simulated cards, from generated certificates")
+    p = sub.add_parser("demo", parents=[common], help=COMMANDS["demo"])
     p.add_argument("--dir", metavar="DIR", help="where to write the demo material (default LOGS/demo)")
     p.add_argument("--holders", type=int, default=4, metavar="N", help="how many card holders (default 4)")
     p.set_defaults(handler=cmd_demo)
@@ -208,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) in (["--help"], ["-h"]):
+        sys.stdout.write(fast_help())
+        return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler

@@ -7,8 +7,6 @@ contain a secret's value: callers pass names and sources, never revealed bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # Exit codes of CLI.md.
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,14 +36,40 @@ class UsageError(ProvisionError):
     exit_code = EXIT_INPUT
 
 
-@dataclass(frozen=True)
 class Problem:
-    """One thing wrong with an input file, located as precisely as we can."""
+    """One thing wrong with an input file, located as precisely as we can.
+
+    A plain immutable class rather than a dataclass: this module is imported by ``provision --help``,
+    and dataclasses (with inspect) would cost more start-up time than the whole command.
+    """
+
+    __slots__ = ("file", "line", "path", "message")
 
     file: str
     line: int | None
     path: str
     message: str
+
+    def __init__(self, file: str, line: int | None, path: str, message: str) -> None:
+        object.__setattr__(self, "file", file)
+        object.__setattr__(self, "line", line)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "message", message)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Problem is immutable")
+
+    def _key(self) -> tuple[str, int | None, str, str]:
+        return (self.file, self.line, self.path, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Problem(file={self.file!r}, line={self.line!r}, path={self.path!r}, message={self.message!r})"
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
