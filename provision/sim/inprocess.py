@@ -1,0 +1,50 @@
+"""A simulated card in an in-process "reader": the RawTransport of ``run --sim``, ``demo`` and tests.
+
+No pcscd, no sockets: ``transmit`` calls ``SimCard.process``. A card that vanishes becomes
+``CardRemovedError``, exactly what the PC/SC transport raises when a card is pulled.
+"""
+
+from __future__ import annotations
+
+from provision.errors import CardRemovedError
+from provision.sim.card import CardVanished, SimCard
+
+
+class SimTransport:
+    """One connection to a simulated card. Implements ``provision.card.base.RawTransport``."""
+
+    def __init__(self, card: SimCard, reader: str = "Provision Sim 00") -> None:
+        self.card = card
+        self.reader = reader
+        self.apdu_count = 0
+        self._closed = False
+        self._in_transaction = False
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if self._closed:
+            raise CardRemovedError(f"the connection to the card in {self.reader} is closed")
+        self.apdu_count += 1
+        try:
+            return self.card.process(apdu)
+        except CardVanished:
+            raise CardRemovedError(
+                f"the card left reader {self.reader}; put it back and run the job again"
+            ) from None
+
+    @property
+    def atr(self) -> bytes:
+        return self.card.atr
+
+    @property
+    def supports_extended(self) -> bool:
+        return True
+
+    def begin_transaction(self) -> None:
+        self._in_transaction = True
+
+    def end_transaction(self) -> None:
+        self._in_transaction = False
+
+    def close(self) -> None:
+        """Leave the card powered, as SCARD_LEAVE_CARD does: its security status survives."""
+        self._closed = True
