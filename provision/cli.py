@@ -167,6 +167,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# readers, sim serve
+
+
+def cmd_readers(args: argparse.Namespace) -> int:
+    from provision.card.transport import list_readers
+
+    readers = list_readers()
+    if args.json:
+        _emit_json({"readers": [r.to_json() for r in readers]})
+        return EXIT_OK
+    if not readers:
+        _say("No smart-card reader is connected. Plug one in (or start 'provision sim serve').")
+    for reader in readers:
+        if reader.mute:
+            state = "a card that does not answer (reinsert it)"
+        elif reader.card_present:
+            state = f"card present, ATR {reader.atr.hex(' ').upper()}"
+        else:
+            state = "empty"
+        _say(f"{reader.name}: {state}")
+    return EXIT_OK
+
+
+def cmd_sim_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision.sim.vpcd import run_sim_server
+
+    extra = {"pin_tries": args.pin_tries} if args.pin_tries is not None else {}
+    return run_sim_server(
+        port=args.port,
+        serial=args.serial,
+        state=Path(args.state) if args.state else None,
+        firmware=args.firmware,
+        latency_ms=args.latency_ms,
+        vanish_after=args.vanish_after,
+        fail_after=args.fail_after,
+        apdu_log=Path(args.apdu_log) if args.apdu_log else None,
+        profile=args.profile,
+        host=args.host,
+        **extra,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def _logs_default() -> str:
@@ -183,6 +228,8 @@ COMMANDS: dict[str, str] = {
     "validate": "check job files; writes nothing",
     "inspect": "open a PKCS#12 file and show what an operator confirms",
     "plan": "what a run would do, card by card",
+    "readers": "PC/SC readers and the cards in them",
+    "sim": "simulated PIV cards for tests, training and peers ('sim serve')",
     "demo": "a complete batch on simulated cards, from generated certificates",
 }
 
@@ -240,6 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
     p.add_argument("--unattended", action="store_true", help="plan as for an unattended run (no prompts)")
     p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("readers", parents=[common], help=COMMANDS["readers"])
+    p.set_defaults(handler=cmd_readers)
+
+    p = sub.add_parser("sim", help=COMMANDS["sim"])
+    sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
+    p = sim.add_parser("serve", help="connect one simulated PIV card to the vpcd virtual reader, until stopped")
+    p.add_argument("--port", type=int, default=35963, help="vpcd port (35963 is 'Virtual PCD 00 00')")
+    p.add_argument("--host", default="localhost", help="where vpcd listens (default localhost)")
+    p.add_argument("--serial", type=int, help="the card's serial number")
+    p.add_argument("--state", metavar="FILE", help="keep the card's state in this file across restarts")
+    p.add_argument("--firmware", metavar="X.Y.Z", help="behave like this YubiKey firmware (default 5.7.1)")
+    p.add_argument("--profile", choices=["yubikey", "pivapplet"], help="card family to imitate (default yubikey)")
+    p.add_argument("--pin-tries", type=int, metavar="N", help="PIN tries of a fresh card (default 3)")
+    p.add_argument("--latency-ms", type=float, metavar="N", help="each APDU takes N ms more")
+    p.add_argument("--vanish-after", type=int, metavar="N", help="after N APDUs the card is pulled")
+    p.add_argument("--fail-after", type=int, metavar="N", help="after N APDUs every answer is 6F00")
+    p.add_argument("--apdu-log", metavar="FILE", help="one JSON line per APDU (header and status, no data)")
+    p.set_defaults(handler=cmd_sim_serve)
 
     p = sub.add_parser("demo", parents=[common], help=COMMANDS["demo"])
     p.add_argument("--dir", metavar="DIR", help="where to write the demo material (default LOGS/demo)")
