@@ -190,6 +190,37 @@ def cmd_readers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_card_info(args: argparse.Namespace) -> int:
+    from provision.card.apdu import ApduChannel
+    from provision.card.transport import connect, list_readers
+    from provision.cardinfo import read_card_info
+    from provision.errors import EnvironmentProblem
+    from provision.piv.session import PivSession
+
+    reader = args.reader
+    if reader is None:
+        present = [r.name for r in list_readers() if r.card_present]
+        if not present:
+            raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
+        if len(present) > 1:
+            raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
+        reader = present[0]
+    transport = connect(reader)
+    try:
+        session = PivSession(ApduChannel(transport))
+        session.select()
+        info = read_card_info(session)
+    finally:
+        transport.close()
+    if args.json:
+        _emit_json({"reader": transport.reader, **info.to_json()})
+    else:
+        _say(f"Reader: {transport.reader}")
+        for line in info.info_lines():
+            _say(line)
+    return EXIT_OK
+
+
 def cmd_sim_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -229,6 +260,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "open a PKCS#12 file and show what an operator confirms",
     "plan": "what a run would do, card by card",
     "readers": "PC/SC readers and the cards in them",
+    "card": "a card's serial, version, PIN tries, certificates and slot names ('card info')",
     "sim": "simulated PIV cards for tests, training and peers ('sim serve')",
     "demo": "a complete batch on simulated cards, from generated certificates",
 }
@@ -290,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("readers", parents=[common], help=COMMANDS["readers"])
     p.set_defaults(handler=cmd_readers)
+
+    p = sub.add_parser("card", help=COMMANDS["card"])
+    card = p.add_subparsers(dest="card_command", metavar="CARD_COMMAND", required=True)
+    p = card.add_parser("info", parents=[common], help="read a card without changing it")
+    p.add_argument("--reader", metavar="NAME", help="the reader (a unique part of its name); default: the one with a card")
+    p.set_defaults(handler=cmd_card_info)
 
     p = sub.add_parser("sim", help=COMMANDS["sim"])
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
