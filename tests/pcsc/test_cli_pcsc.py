@@ -34,6 +34,11 @@ def test_sim_serve_and_readers(cards, pcscd: PrivatePcscd, tmp_path) -> None:  #
         assert states[pcscd.reader_name(2)]["card_present"] is False
         text = run_provision(pcscd, "readers").stdout
         assert f"{reader}: card present" in text
+        info = run_provision(pcscd, "card", "info", "--reader", reader, "--json")
+        assert info.returncode == 0, info.stderr
+        doc = json.loads(info.stdout)
+        assert doc["serial"] == 4000000001 and doc["version"] == "5.7.1"  # unsigned, top bit set
+        assert doc["pin"]["tries_left"] == 3 and not any(slot["certificate"] for slot in doc["slots"])
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=15)
