@@ -1,0 +1,1371 @@
+"""The tamper-evident audit log: one hash-chained JSON event per line (CA/B Forum BR §5.4).
+
+Each line of ``logs/audit.jsonl`` is one event. Its ``hash`` is SHA-256 over the canonical form of
+the record without ``hash`` (sorted keys, compact separators, UTF-8); with a key from the job file's
+``audit.key`` it is HMAC-SHA256 instead, and the record says so with ``"mac": "hmac-sha256"``, so
+someone who can edit the file cannot recompute the chain. ``prev`` is the hash of the record before
+(64 zeros for the first record ever), and ``seq`` counts records across rotated files, which is how
+``verify`` tells a deleted line from an inserted or reordered one.
+
+The line is the canonical form with ``hash`` appended as its last member, so a verifier can hash the
+bytes as written without parsing and re-serialising them: ``body = line[:-75] + b"}"``. An
+independent verifier may equally parse the line, drop ``hash`` and re-serialise it canonically.
+
+Writing: every append happens under a thread lock and an OS file lock, re-reads the tail (another
+process may have appended), refuses to continue a chain whose last record does not verify unless an
+operator accepts it (and that decision is itself an event), and is flushed and fsynced before it
+returns: the action it reports counts as done only after. Nothing here ever writes a Secret.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import json
+import logging
+import logging.handlers
+import os
+import re
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path, PurePath
+from typing import Any
+
+from provision import __version__
+from provision.errors import AuditError, EnvironmentProblem, ProvisionError, UsageError
+from provision.secrets import Secret
+
+GENESIS = "0" * 64
+MAC_NAME = "hmac-sha256"
+LOG_NAME = "audit.jsonl"
+EVENT_TAIL_ACCEPTED = "audit_tail_accepted"
+EVENT_SEAL = "seal"
+
+# Problem kinds of VerifyResult.problem (and of `audit verify --json`).
+MODIFIED = "modified"
+DELETED = "deleted"
+INSERTED = "inserted"
+REORDERED = "reordered"
+TRUNCATED = "truncated"
+SEAL_MISMATCH = "seal-mismatch"
+NOT_AN_AUDIT_LOG = "not-an-audit-log"
+KEY_REQUIRED = "key-required"
+PROBLEMS = (MODIFIED, DELETED, INSERTED, REORDERED, TRUNCATED, SEAL_MISMATCH, NOT_AN_AUDIT_LOG, KEY_REQUIRED)
+
+# Set by the log itself; a caller's field of the same name would forge the chain.
+RESERVED_FIELDS = frozenset(
+    {"seq", "time", "event", "operator", "host", "tool_version", "prev", "hash", "mac", "rotated_from"}
+)
+# Never a key anywhere in a record: a verifier finds these by their bytes.
+_CHAIN_KEYS = frozenset({"seq", "prev", "hash", "mac"})
+# Field names that can only mean a secret value (pin_tries_left is fine, pin is not).
+SECRET_FIELD_NAMES = frozenset(
+    {"pin", "puk", "password", "passphrase", "management_key", "secret", "audit_key", "key_value"}
+)
+
+_HASH_KEY = b',"hash":"'
+_SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
+_PREV_KEY = b'"prev":"'
+_SEQ_RE = re.compile(rb'"seq":(0|[1-9][0-9]{0,17})[,}]')
+_MAC_KEY = b'"mac":"'
+_MAC_MARK = b'"mac":"hmac-sha256"'
+_ROLLED_RE = re.compile(r"^(?P<stem>.+)-(?P<ts>\d{8}T\d{12}Z)(?P<suffix>\.jsonl)$")
+_TAIL_WINDOW = 1 << 20  # how far back accept_damaged_tail looks for the last good record
+_ACCEPT_LOOKAHEAD = 10_000  # lines after a damaged region in which verify looks for its acceptance
+
+Out = Callable[[str], None]
+
+
+class SecretInAuditError(ValueError):
+    """A caller tried to put a secret (a Secret, or a field named like one) into the audit log."""
+
+
+# ----------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One written event, as it is on disk."""
+
+    seq: int
+    time: str
+    event: str
+    hash: str
+    prev: str
+    record: Mapping[str, Any]
+    file: Path
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The canonical form: sorted keys, compact separators, UTF-8, no NaN."""
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 UTC with a Z and microseconds: 2025-11-25T10:45:12.123456Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _clean(value: Any, where: str) -> Any:
+    """A JSON-ready copy of a field value; refuses secrets and anything that could hide one."""
+    if isinstance(value, Secret):
+        raise SecretInAuditError(
+            f"audit field {where} is a Secret; secrets are never written to the audit log"
+        )
+    if value is None or isinstance(value, bool | int | str):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"audit field {where} is not valid Unicode text") from None
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"audit field {where} is not a finite number")
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, datetime):
+        return rfc3339(value) if value.tzinfo else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise SecretInAuditError(
+            f"audit field {where} is bytes; write a fingerprint or length, never raw bytes"
+        )
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"audit field {where} has a key that is not text: {k!r}")
+            _check_name(k, f"{where}.{k}", nested=True)
+            out[k] = _clean(v, f"{where}.{k}")
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        return [_clean(v, f"{where}[{i}]") for i, v in enumerate(items)]
+    raise ValueError(f"audit field {where} has a type the audit log does not write: {type(value).__name__}")
+
+
+def _check_name(name: str, where: str, *, nested: bool) -> None:
+    if name.lower() in SECRET_FIELD_NAMES:
+        raise SecretInAuditError(
+            f"audit field {where} names a secret; write e.g. pin_tries_left, never a value"
+        )
+    if nested and name in _CHAIN_KEYS:
+        raise ValueError(f"audit field {where} uses a name reserved for the chain ({name})")
+
+
+def _operator() -> str:
+    """The OS user. getpass.getuser raises on Windows services and containers without a passwd entry."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - any failure: fall back, the log must still be written
+        for name in ("USERNAME", "USER", "LOGNAME"):
+            if os.environ.get(name):
+                return os.environ[name]
+        getuid = getattr(os, "getuid", None)
+        return f"uid:{getuid()}" if getuid else "unknown"
+
+
+def _host() -> str:
+    try:
+        return socket.gethostname() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# one line, inspected without any chain state
+
+
+@dataclass
+class _Line:
+    raw: bytes
+    complete: bool  # ends with a newline
+    status: str  # "ok", "bad-hash", "key-required", "unknown-mac", "not-record"
+    keyed: bool = False
+    seq: int | None = None
+    prev: str | None = None
+    hash: str | None = None
+    record: dict[str, Any] | None = None
+
+
+class _Hasher:
+    def __init__(self, key: Secret | None) -> None:
+        self._mac = hmac.new(key.reveal(), digestmod="sha256") if key is not None else None
+
+    @property
+    def has_key(self) -> bool:
+        return self._mac is not None
+
+    def plain(self, body: bytes) -> str:
+        return hashlib.sha256(body).hexdigest()
+
+    def keyed(self, body: bytes) -> str:
+        assert self._mac is not None
+        mac = self._mac.copy()
+        mac.update(body)
+        return mac.hexdigest()
+
+
+def _inspect(raw: bytes, hasher: _Hasher) -> _Line:
+    complete = raw.endswith(b"\n")
+    line = raw[:-1] if complete else raw
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    result = _Line(raw=raw, complete=complete, status="not-record")
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return result
+    if not isinstance(record, dict):
+        return result
+    seq, prev, digest = record.get("seq"), record.get("prev"), record.get("hash")
+    if not (type(seq) is int and isinstance(prev, str) and isinstance(digest, str) and "event" in record):
+        return result
+    result.record, result.seq, result.prev, result.hash = record, seq, prev, digest
+    mac = record.get("mac")
+    if mac is not None and mac != MAC_NAME:
+        result.status = "unknown-mac"
+        return result
+    result.keyed = mac == MAC_NAME
+    if result.keyed and not hasher.has_key:
+        result.status = "key-required"
+        return result
+    without = {k: v for k, v in record.items() if k != "hash"}
+    body = canonical(without)
+    expected = hasher.keyed(body) if result.keyed else hasher.plain(body)
+    # The bytes must be exactly what we write, or a re-serialised edit would pass here and fail the
+    # fast path; both agree when the line is the canonical body with hash appended.
+    as_written = body[:-1] + _HASH_KEY + digest.encode("ascii", "replace") + b'"}'
+    result.status = "ok" if (hmac.compare_digest(expected, digest) and as_written == line) else "bad-hash"
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# files of a chain
+
+
+def rolled_name(current: Path, moment: datetime) -> Path:
+    return current.with_name(f"{current.stem}-{moment.astimezone(UTC):%Y%m%dT%H%M%S%f}Z{current.suffix}")
+
+
+def chain_files(current: Path) -> list[Path]:
+    """The rolled files of ``current`` (oldest first), then ``current`` itself if it exists."""
+    rolled = []
+    if current.parent.is_dir():
+        for entry in current.parent.iterdir():
+            m = _ROLLED_RE.match(entry.name)
+            if m and m["stem"] == current.stem and m["suffix"] == current.suffix and entry.is_file():
+                rolled.append(entry)
+    rolled.sort(key=lambda p: p.name)
+    return [*rolled, current] if current.is_file() else rolled
+
+
+def _resolve(path_or_dir: Path | str) -> tuple[list[Path], bool]:
+    """(files, single_file). A directory means its whole chain; a file means just that file."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        files = chain_files(path / LOG_NAME)
+        if not files:
+            raise UsageError(f"there is no audit log in {path} ({LOG_NAME} is missing); check --logs")
+        return files, False
+    if path.is_file():
+        return [path], True
+    raise UsageError(f"{path} does not exist; check --logs")
+
+
+# ----------------------------------------------------------------------------------------------
+# verify
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    records: int
+    last_hash: str | None
+    first_bad_line: int | None = None
+    problem: str | None = None
+    message: str = ""
+    file: str | None = None
+    files: list[str] = field(default_factory=list)
+    keyed: bool = False
+    seals_checked: int = 0
+    accepted_damage: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "last_hash": self.last_hash,
+            "first_bad_line": self.first_bad_line,
+            "file": self.file,
+            "problem": self.problem,
+            "message": self.message,
+            "files": self.files,
+            "keyed": self.keyed,
+            "seals_checked": self.seals_checked,
+            "accepted_damage": self.accepted_damage,
+        }
+
+
+class _Failure(Exception):
+    def __init__(self, kind: str, path: Path, line: int, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.path, self.line, self.message = kind, path, line, message
+
+
+def _lines_from(files: list[Path], fi: int, lineno: int) -> Iterator[tuple[int, int, bytes]]:
+    """(file index, line number, raw line) from line ``lineno`` of file ``fi`` to the chain's end."""
+    for index in range(fi, len(files)):
+        with open(files[index], "rb") as handle:
+            for n, raw in enumerate(handle, start=1):
+                if index == fi and n < lineno:
+                    continue
+                yield index, n, raw
+
+
+class _Verifier:
+    def __init__(
+        self, files: list[Path], key: Secret | None, seals: Iterable[str], single_file: bool
+    ) -> None:
+        self.files = files
+        self.hasher = _Hasher(key)
+        self.seals = {s.strip().lower() for s in seals if s and s.strip()}
+        self.found: set[str] = set()
+        self.single_file = single_file
+        self.prev = GENESIS.encode("ascii")
+        self.seq = 0
+        self.records = 0
+        self.keyed_seen = False
+        self.keyed_verified = 0
+        self.accepted: list[str] = []
+
+    # The fast path: bytes only, no JSON parsing. Anything unusual goes to _explain.
+    def _advance(self, raw: bytes) -> bool:
+        if raw[-1:] != b"\n":
+            return False
+        line = raw[:-1]
+        if line[-_SUFFIX : -_SUFFIX + 9] != _HASH_KEY or line[-2:] != b'"}':
+            return False
+        body = line[:-_SUFFIX] + b"}"
+        i = body.find(_PREV_KEY)
+        if i < 0 or body[i + 8 : i + 72] != self.prev or body[i + 72 : i + 73] != b'"':
+            return False
+        j = body.find(b'"seq":')
+        m = _SEQ_RE.match(body, j) if j >= 0 else None
+        if m is None or int(m.group(1)) != self.seq + 1:
+            return False
+        if _MAC_KEY in body:
+            if self.hasher._mac is None or _MAC_MARK not in body:
+                return False
+            mac = self.hasher._mac.copy()
+            mac.update(body)
+            digest = mac.hexdigest()
+            keyed = True
+        else:
+            if self.keyed_seen:
+                return False
+            digest = hashlib.sha256(body).hexdigest()
+            keyed = False
+        claimed = line[-_SUFFIX + 9 : -2]
+        if digest.encode("ascii") != claimed:
+            return False
+        self._accept(claimed, self.seq + 1, keyed)
+        return True
+
+    def _accept(self, digest: bytes, seq: int, keyed: bool) -> None:
+        self.prev = digest
+        self.seq = seq
+        self.records += 1
+        if keyed:
+            self.keyed_seen = True
+            self.keyed_verified += 1
+        if self.seals:
+            text = digest.decode("ascii")
+            if text in self.seals:
+                self.found.add(text)
+
+    def run(self) -> VerifyResult:
+        last_path, last_line = self.files[-1], 0
+        for fi, path in enumerate(self.files):
+            skip_to = lineno = 0
+            with open(path, "rb") as handle:
+                for lineno, raw in enumerate(handle, start=1):
+                    if lineno <= skip_to or self._advance(raw):
+                        continue
+                    skip_to = self._explain(fi, lineno)
+            last_path, last_line = path, lineno
+        missing = sorted(self.seals - self.found)
+        if missing:
+            raise _Failure(
+                SEAL_MISMATCH,
+                last_path,
+                last_line + 1,
+                f"the chain ends at line {last_line} of {last_path} but seal {missing[0][:16]}… from the journal "
+                "is not in it: the log was cut after the seal, or replaced",
+            )
+        return VerifyResult(
+            ok=True,
+            records=self.records,
+            last_hash=self.prev.decode("ascii") if self.records else None,
+            message=f"{self.records} record(s) in {len(self.files)} file(s) intact"
+            + (f", {len(self.seals)} seal(s) found" if self.seals else "")
+            + (f"; {len(self.accepted)} damaged region(s) accepted by an operator" if self.accepted else ""),
+            files=[str(p) for p in self.files],
+            keyed=self.keyed_seen,
+            seals_checked=len(self.seals),
+            accepted_damage=self.accepted,
+        )
+
+    # The slow path: only at the first line the fast path refused. Returns the line (in the same
+    # file) up to which the chain has been consumed, or raises _Failure with the kind of damage.
+    def _explain(self, fi: int, lineno: int) -> int:
+        path = self.files[fi]
+        ahead = _lines_from(self.files, fi, lineno)
+        _, _, raw = next(ahead)
+        bad = _inspect(raw, self.hasher)
+        where = f"{path} line {lineno}"
+        expected_seq = self.seq + 1
+        prev_text = self.prev.decode("ascii")
+
+        if not bad.complete:
+            raise _Failure(
+                TRUNCATED,
+                path,
+                lineno,
+                f"{where}: the last line is incomplete (no newline): the log was truncated or a write was cut",
+            )
+        if bad.status == "key-required":
+            raise _Failure(
+                KEY_REQUIRED,
+                path,
+                lineno,
+                f"{where}: the log is HMAC-chained; give the audit key (audit.key of the job file) to verify it",
+            )
+
+        accepted = self._acceptance(fi, lineno)
+        if accepted is not None:
+            return accepted
+
+        if (
+            self.records == 0
+            and bad.status == "ok"
+            and bad.record is not None
+            and "rotated_from" in bad.record
+        ):
+            if self.single_file and bad.seq is not None and bad.hash is not None:
+                self._accept(bad.hash.encode("ascii"), bad.seq, bad.keyed)
+                return lineno
+            raise _Failure(
+                DELETED,
+                path,
+                lineno,
+                f"{where}: the chain starts at seq {bad.seq}, continuing from {bad.record['rotated_from']}, which is not present: earlier files were removed",
+            )
+
+        nxt = self._next_two(ahead)
+        first, second = nxt
+        if (
+            first is not None
+            and first.status == "ok"
+            and first.prev == prev_text
+            and first.seq == expected_seq
+        ):
+            if bad.status == "ok" and bad.prev == first.hash and (second is None or second.hash != bad.hash):
+                raise _Failure(
+                    REORDERED,
+                    path,
+                    lineno,
+                    f"{where}: records are out of order (seq {bad.seq} comes before seq {first.seq})",
+                )
+            raise _Failure(
+                INSERTED,
+                path,
+                lineno,
+                f"{where}: this line was inserted: it is not part of the chain, the next line continues from line {lineno - 1}",
+            )
+
+        if bad.status == "not-record":
+            if lineno == 1 and self.records == 0 and not self._has_any_record(path):
+                raise _Failure(
+                    NOT_AN_AUDIT_LOG,
+                    path,
+                    lineno,
+                    f"{path} is not a provision audit log (no line is a hash-chained audit record)",
+                )
+            raise _Failure(
+                MODIFIED, path, lineno, f"{where}: the line is not a valid audit record (it was changed)"
+            )
+        if bad.status in ("bad-hash", "unknown-mac"):
+            if (
+                bad.keyed
+                and self.keyed_verified == 0
+                and first is not None
+                and first.keyed
+                and first.status == "bad-hash"
+            ):
+                raise _Failure(
+                    KEY_REQUIRED,
+                    path,
+                    lineno,
+                    f"{where}: the audit key given is not the key this log was written with (its HMAC does not match)",
+                )
+            raise _Failure(
+                MODIFIED,
+                path,
+                lineno,
+                f"{where}: the record was modified (its hash does not match its content)",
+            )
+        if self.keyed_seen and not bad.keyed:
+            raise _Failure(
+                MODIFIED,
+                path,
+                lineno,
+                f"{where}: a record without HMAC follows HMAC-chained records: it was forged or replaced",
+            )
+
+        assert bad.seq is not None
+        if bad.seq == expected_seq:
+            raise _Failure(
+                MODIFIED,
+                path,
+                lineno,
+                f"{where}: the record does not follow the one before it (prev does not match): a record was changed and its hash recomputed, or replaced",
+            )
+        if bad.seq < expected_seq:
+            raise _Failure(
+                INSERTED,
+                path,
+                lineno,
+                f"{where}: seq {bad.seq} repeats an earlier record: a line was inserted",
+            )
+        if self._seq_later(fi, lineno, expected_seq):
+            raise _Failure(
+                REORDERED,
+                path,
+                lineno,
+                f"{where}: records are out of order (seq {bad.seq} where seq {expected_seq} was expected, which comes later)",
+            )
+        missing = bad.seq - expected_seq
+        raise _Failure(
+            DELETED,
+            path,
+            lineno,
+            f"{where}: {missing} record(s) before this line were deleted (seq {expected_seq}"
+            + (f"–{bad.seq - 1}" if missing > 1 else "")
+            + " missing)",
+        )
+
+    def _next_two(self, ahead: Iterator[tuple[int, int, bytes]]) -> tuple[_Line | None, _Line | None]:
+        got: list[_Line | None] = []
+        for _, _, raw in ahead:
+            got.append(_inspect(raw, self.hasher))
+            if len(got) == 2:
+                break
+        got += [None] * (2 - len(got))
+        return got[0], got[1]
+
+    def _acceptance(self, fi: int, lineno: int) -> int | None:
+        """If an operator accepted the damaged lines from ``lineno`` on, consume them and the acceptance."""
+        path = self.files[fi]
+        region: list[bytes] = []
+        with open(path, "rb") as handle:
+            for n, raw in enumerate(handle, start=1):
+                if n < lineno:
+                    continue
+                if n > lineno + _ACCEPT_LOOKAHEAD:
+                    return None
+                if b'"audit_tail_accepted"' in raw:
+                    line = _inspect(raw, self.hasher)
+                    rec = line.record
+                    if (
+                        line.status == "ok"
+                        and rec is not None
+                        and rec.get("event") == EVENT_TAIL_ACCEPTED
+                        and line.prev == self.prev.decode("ascii")
+                        and line.seq == self.seq + 1
+                        and rec.get("damaged_from_line") == lineno
+                        and rec.get("damaged_to_line") == n - 1
+                        and rec.get("file") == path.name
+                        and rec.get("damaged_sha256") == _region_digest(region)
+                        and line.hash is not None
+                    ):
+                        if self.keyed_seen and not line.keyed:
+                            return None
+                        self._accept(line.hash.encode("ascii"), line.seq, line.keyed)
+                        self.accepted.append(
+                            f"{path} lines {lineno}–{n - 1}: accepted at line {n} ({rec.get('reason', '')})"
+                        )
+                        return n
+                region.append(raw)
+        return None
+
+    def _has_any_record(self, path: Path) -> bool:
+        with open(path, "rb") as handle:
+            for n, raw in enumerate(handle):
+                if n > 1000:
+                    break
+                if _inspect(raw, self.hasher).status != "not-record":
+                    return True
+        return False
+
+    def _seq_later(self, fi: int, lineno: int, seq: int) -> bool:
+        pattern = re.compile(rb'"seq":' + str(seq).encode("ascii") + rb"[,}]")
+        return any(pattern.search(raw) for _, _, raw in _lines_from(self.files, fi, lineno + 1))
+
+
+def _region_digest(lines: list[bytes]) -> str:
+    data = b"".join(lines)
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify(path_or_dir: Path | str, *, key: Secret | None = None, seals: Iterable[str] = ()) -> VerifyResult:
+    """Check the chain of a logs directory (all rolled files and audit.jsonl) or of one file.
+
+    Raises UsageError when there is nothing to verify; damage of any kind is a VerifyResult with
+    ``ok=False``, the kind of problem, the file and the first bad line.
+    """
+    files, single = _resolve(path_or_dir)
+    verifier = _Verifier(files, key, seals, single)
+    try:
+        return verifier.run()
+    except _Failure as failure:
+        return VerifyResult(
+            ok=False,
+            records=verifier.records,
+            last_hash=verifier.prev.decode("ascii") if verifier.records else None,
+            first_bad_line=failure.line,
+            problem=failure.kind,
+            message=failure.message,
+            file=str(failure.path),
+            files=[str(p) for p in files],
+            keyed=verifier.keyed_seen,
+            seals_checked=len(verifier.seals),
+            accepted_damage=verifier.accepted,
+        )
+    except OSError as exc:
+        raise AuditError(
+            f"cannot read the audit log ({exc.strerror or type(exc).__name__}: {exc.filename})"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# locks
+
+
+_PROCESS_LOCKS: dict[str, threading.Lock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(path: Path) -> threading.Lock:
+    name = os.path.realpath(path)
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(name, threading.Lock())
+
+
+class _FileLock:
+    """An exclusive lock shared by threads (threading.Lock) and processes (flock / msvcrt.locking)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = _process_lock(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> _FileLock:
+        self._thread_lock.acquire()
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._os_lock(self._fd)
+        except BaseException:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._fd is not None:
+                self._os_unlock(self._fd)
+                os.close(self._fd)
+        finally:
+            self._fd = None
+            self._thread_lock.release()
+
+    if sys.platform == "win32":
+
+        @staticmethod
+        def _os_lock(fd: int) -> None:
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
+                    return
+                except OSError:
+                    continue
+
+        @staticmethod
+        def _os_unlock(fd: int) -> None:
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+    else:
+
+        @staticmethod
+        def _os_lock(fd: int) -> None:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+        @staticmethod
+        def _os_unlock(fd: int) -> None:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if sys.platform == "win32":  # directories cannot be opened for fsync there; NTFS journals renames
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+# ----------------------------------------------------------------------------------------------
+# syslog
+
+
+@dataclass(frozen=True)
+class SyslogTarget:
+    """Where seals (and, with ``all_events``, every event) are forwarded, RFC 5424 over syslog.
+
+    ``address`` is a unix socket path (``/dev/log``) or ``(host, port)`` for UDP.
+    """
+
+    address: str | tuple[str, int]
+    all_events: bool = False
+    facility: int = logging.handlers.SysLogHandler.LOG_AUTHPRIV
+    app_name: str = "provision"
+
+
+def _sd_escape(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+class _Rfc5424Formatter(logging.Formatter):
+    """``1 TIMESTAMP HOST APP PROCID MSGID [SD] MSG``; SysLogHandler puts ``<PRI>`` in front."""
+
+    def __init__(self, app_name: str, host: str) -> None:
+        super().__init__()
+        self.app_name = app_name[:48] or "-"
+        self.host = host[:255] or "-"
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = rfc3339(datetime.fromtimestamp(record.created, UTC))
+        msgid = str(getattr(record, "msgid", "-"))[:32] or "-"
+        params: Mapping[str, object] = getattr(record, "sd", {})
+        sd = "-"
+        if params:
+            sd = "[audit@32473 " + " ".join(f'{k}="{_sd_escape(v)}"' for k, v in params.items()) + "]"
+        return f"1 {stamp} {self.host} {self.app_name} {os.getpid()} {msgid} {sd} {record.getMessage()}"
+
+
+class _SyslogHandler(logging.handlers.SysLogHandler):
+    failures = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.failures += 1  # forwarding is a second copy; the file is the record. Never crash a run.
+
+
+# ----------------------------------------------------------------------------------------------
+# the writer
+
+
+@dataclass(frozen=True)
+class TailStatus:
+    """What ``check_tail`` found at the end of the chain."""
+
+    ok: bool
+    problem: str | None = None
+    line: int | None = None
+    message: str = ""
+
+
+@dataclass
+class _Tail:
+    prev: str
+    seq: int
+    time: str | None
+    keyed: bool
+    rotated_from: str | None  # the current file is missing or empty: continue from this rolled file
+    damage: TailStatus | None = None
+
+
+class AuditLog:
+    """Appends hash-chained events to ``path`` (normally ``logs/audit.jsonl``).
+
+    Safe for several threads and several processes at once. Each ``append`` returns only after the
+    line is on disk.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        key: Secret | None = None,
+        syslog: SyslogTarget | None = None,
+        rotate_bytes: int | None = None,
+        rotate_daily: bool = False,
+        run_id: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.run_id = run_id
+        self.rotate_bytes = rotate_bytes
+        self.rotate_daily = rotate_daily
+        self._hasher = _Hasher(key)
+        self._keyed = key is not None
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._operator = _operator()
+        self._host = _host()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _FileLock(self.path.with_name(f".{self.path.name}.lock"))
+        self._syslog: _SyslogHandler | None = None
+        self._syslog_all = False
+        if syslog is not None:
+            self._open_syslog(syslog)
+
+    def _open_syslog(self, target: SyslogTarget) -> None:
+        try:
+            handler = _SyslogHandler(address=target.address, facility=target.facility)
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot reach syslog at {target.address} ({exc.strerror or exc}); check the audit syslog address"
+            ) from None
+        handler.append_nul = False
+        handler.ident = ""
+        handler.setFormatter(_Rfc5424Formatter(target.app_name, self._host))
+        self._syslog = handler
+        self._syslog_all = target.all_events
+
+    @property
+    def syslog_failures(self) -> int:
+        return self._syslog.failures if self._syslog is not None else 0
+
+    def close(self) -> None:
+        if self._syslog is not None:
+            self._syslog.close()
+            self._syslog = None
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def append(self, event: str, **fields: Any) -> AuditRecord:
+        """Write one event; returns after it is fsynced. Raises AuditError if the tail is damaged."""
+        clean = self._fields(event, fields)
+        with self._lock:
+            tail = self._tail()
+            if tail.damage is not None:
+                raise AuditError(tail.damage.message)
+            written = self._write(event, clean, tail)
+        self._forward(written)
+        return written
+
+    def seal(self, **fields: Any) -> str:
+        """Append a ``seal`` event and return its hash, the chain's new last hash.
+
+        The runner stores it in its journal and prints it in the report (and it is forwarded to
+        syslog when configured); ``verify(seals=…)`` then proves that the log still reaches at least
+        this record, which catches a cut tail that the chain alone cannot.
+        """
+        return self.append(EVENT_SEAL, **fields).hash
+
+    def check_tail(self) -> TailStatus:
+        """Whether the chain's end verifies (an append would be allowed)."""
+        with self._lock:
+            tail = self._tail()
+        return tail.damage or TailStatus(ok=True, message=f"{self.path}: the last record verifies")
+
+    def accept_damaged_tail(self, reason: str) -> AuditRecord | None:
+        """An operator's decision to continue after a damaged tail, recorded as an event.
+
+        The damaged bytes stay in the file as evidence; the new ``audit_tail_accepted`` record
+        continues the chain from the last record that verifies and names the damaged lines and their
+        SHA-256, so ``verify`` accepts exactly those bytes and nothing else. Returns None when the
+        tail is intact (there is nothing to accept).
+        """
+        if not reason.strip():
+            raise UsageError("accepting a damaged audit log needs a reason in words")
+        clean = self._fields(EVENT_TAIL_ACCEPTED, {"reason": reason})
+        with self._lock:
+            tail = self._tail()
+            if tail.damage is None:
+                return None
+            start, good = self._last_good()
+            data_len = self.path.stat().st_size
+            with open(self.path, "rb") as handle:
+                first_line = _count_newlines(handle, start) + 1
+                handle.seek(start)
+                region = handle.read()
+            last_line = first_line + region.count(b"\n") - (1 if region.endswith(b"\n") else 0)
+            if good is None:
+                prior = self._previous_file_tail()
+                prev, seq, keyed, rotated = prior.prev, prior.seq, prior.keyed, prior.rotated_from
+            else:
+                prev, seq, keyed, rotated = good.hash or GENESIS, good.seq or 0, good.keyed, None
+            if keyed and not self._keyed:
+                raise AuditError(
+                    f"{self.path} is HMAC-chained; give the audit key (audit.key) to continue it"
+                )
+            if not region.endswith(b"\n"):
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+                try:
+                    _write_all(fd, b"\n")
+                finally:
+                    os.close(fd)
+            clean.update(
+                problem=tail.damage.problem,
+                file=self.path.name,
+                damaged_from_line=first_line,
+                damaged_to_line=last_line,
+                damaged_bytes=data_len - start,
+                damaged_sha256=_region_digest([region]),
+            )
+            written = self._write(
+                EVENT_TAIL_ACCEPTED,
+                clean,
+                _Tail(prev=prev, seq=seq, time=None, keyed=keyed, rotated_from=rotated),
+                allow_rotation=False,
+            )
+        self._forward(written)
+        return written
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _fields(self, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(event, str) or not event:
+            raise ValueError("an audit event needs a name")
+        clean: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name in RESERVED_FIELDS:
+                raise ValueError(f"audit field {name} is set by the audit log itself")
+            _check_name(name, name, nested=False)
+            clean[name] = _clean(value, name)
+        clean.setdefault("run_id", self.run_id)
+        return clean
+
+    def _write(
+        self, event: str, fields: dict[str, Any], tail: _Tail, *, allow_rotation: bool = True
+    ) -> AuditRecord:
+        now = self._clock()
+        rotated_from = tail.rotated_from
+        if allow_rotation and self._should_rotate(tail, now):
+            rotated_from = self._rotate(now).name
+        record: dict[str, Any] = dict(fields)
+        record.update(
+            seq=tail.seq + 1,
+            time=rfc3339(now),
+            event=event,
+            operator=self._operator,
+            host=self._host,
+            tool_version=__version__,
+            prev=tail.prev,
+        )
+        if rotated_from:
+            record["rotated_from"] = rotated_from
+        if self._keyed:
+            record["mac"] = MAC_NAME
+        line, digest = _encode_line(record, self._hasher)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self.path.parent)
+        record["hash"] = digest
+        return AuditRecord(
+            seq=record["seq"],
+            time=record["time"],
+            event=event,
+            hash=digest,
+            prev=tail.prev,
+            record=record,
+            file=self.path,
+        )
+
+    def _should_rotate(self, tail: _Tail, now: datetime) -> bool:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size == 0:
+            return False
+        if self.rotate_bytes is not None and size >= self.rotate_bytes:
+            return True
+        if self.rotate_daily and tail.time is not None and tail.time[:10] != rfc3339(now)[:10]:
+            return True
+        return False
+
+    def _rotate(self, now: datetime) -> Path:
+        target = rolled_name(self.path, now)
+        while target.exists():
+            now += timedelta(microseconds=1)
+            target = rolled_name(self.path, now)
+        os.replace(self.path, target)
+        _fsync_dir(self.path.parent)
+        return target
+
+    def _tail(self) -> _Tail:
+        raw, size = _read_last_line(self.path)
+        if size == 0:
+            return self._previous_file_tail()
+        return self._judge(raw, self.path)
+
+    def _previous_file_tail(self) -> _Tail:
+        rolled = [p for p in chain_files(self.path) if p != self.path]
+        if not rolled:
+            return _Tail(prev=GENESIS, seq=0, time=None, keyed=False, rotated_from=None)
+        raw, size = _read_last_line(rolled[-1])
+        tail = self._judge(raw, rolled[-1]) if size else _Tail(GENESIS, 0, None, False, None)
+        tail.rotated_from = rolled[-1].name
+        return tail
+
+    def _judge(self, raw: bytes, path: Path) -> _Tail:
+        line = _inspect(raw, self._hasher)
+        if line.status == "key-required" or (line.status == "ok" and line.keyed and not self._keyed):
+            raise AuditError(
+                f"{path} is HMAC-chained; give the audit key (audit.key of the job file) to append to it"
+            )
+        if line.status == "ok" and line.complete and line.record is not None:
+            assert line.hash is not None and line.seq is not None
+            stamp = line.record.get("time")
+            return _Tail(line.hash, line.seq, stamp if isinstance(stamp, str) else None, line.keyed, None)
+        if not line.complete:
+            problem, what = (
+                TRUNCATED,
+                "its last line is incomplete (a write was cut, or the file was truncated)",
+            )
+        elif line.status == "bad-hash" and line.keyed:
+            problem, what = (
+                MODIFIED,
+                "its last record does not verify (it was changed, or the audit key is not the one it was written with)",
+            )
+        elif line.status == "not-record":
+            problem, what = MODIFIED, "its last line is not an audit record"
+        else:
+            problem, what = MODIFIED, "its last record does not verify (it was changed)"
+        status = TailStatus(
+            ok=False,
+            problem=problem,
+            message=f"audit log {path}: {what}; nothing more is appended until an operator runs "
+            "'provision audit verify' and accepts the damage explicitly",
+        )
+        return _Tail(GENESIS, 0, None, False, None, damage=status)
+
+    def _last_good(self) -> tuple[int, _Line | None]:
+        """(offset where the damaged region starts, the last record that verifies before it)."""
+        size = self.path.stat().st_size
+        start = max(0, size - _TAIL_WINDOW)
+        with open(self.path, "rb") as handle:
+            handle.seek(start)
+            data = handle.read()
+        if start > 0:  # drop the partial first line of the window
+            cut = data.find(b"\n")
+            if cut < 0:
+                raise AuditError(
+                    f"the damage at the end of {self.path} is longer than 1 MiB; restore the log from a backup"
+                )
+            start += cut + 1
+            data = data[cut + 1 :]
+        offsets = [0]
+        for i, byte in enumerate(data):
+            if byte == 0x0A and i + 1 < len(data):
+                offsets.append(i + 1)
+        for index in range(len(offsets) - 1, -1, -1):
+            begin = offsets[index]
+            end = offsets[index + 1] if index + 1 < len(offsets) else len(data)
+            line = _inspect(data[begin:end], self._hasher)
+            if line.status == "ok" and line.complete:
+                if line.keyed and not self._keyed:
+                    raise AuditError(
+                        f"{self.path} is HMAC-chained; give the audit key (audit.key) to continue it"
+                    )
+                return start + end, line
+        if start > 0:
+            raise AuditError(
+                f"the damage at the end of {self.path} is longer than 1 MiB; restore the log from a backup"
+            )
+        return 0, None
+
+    def _forward(self, written: AuditRecord) -> None:
+        seal = written.event == EVENT_SEAL
+        if self._syslog is None or not (seal or self._syslog_all):
+            return
+        rec = written.record
+        params = {"seq": written.seq, "hash": written.hash, "run_id": rec.get("run_id") or "-"}
+        if seal:
+            message = f"audit seal {written.hash} at seq {written.seq}"
+        else:
+            message = canonical(rec).decode("utf-8")
+        level = logging.WARNING if rec.get("error_class") else logging.INFO
+        log_record = logging.makeLogRecord(
+            {
+                "msg": message,
+                "levelno": level,
+                "levelname": logging.getLevelName(level),
+                "msgid": written.event,
+                "sd": params,
+            }
+        )
+        self._syslog.handle(log_record)
+
+
+def _encode_line(record: Mapping[str, Any], hasher: _Hasher) -> tuple[bytes, str]:
+    """(the line as written, its hash): the canonical body with ``hash`` appended as last member."""
+    body = canonical(record)
+    digest = hasher.keyed(body) if record.get("mac") == MAC_NAME else hasher.plain(body)
+    return body[:-1] + _HASH_KEY + digest.encode("ascii") + b'"}\n', digest
+
+
+def _read_last_line(path: Path) -> tuple[bytes, int]:
+    """(the last line with its newline if any, file size); (b"", 0) for a missing or empty file."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return b"", 0
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return b"", 0
+        chunk = 4096
+        while True:
+            start = max(0, size - chunk)
+            handle.seek(start)
+            data = handle.read(size - start)
+            cut = data.rfind(b"\n", 0, len(data) - 1)
+            if cut >= 0:
+                return data[cut + 1 :], size
+            if start == 0:
+                return data, size
+            chunk *= 4
+
+
+def _count_newlines(handle: Any, end: int) -> int:
+    handle.seek(0)
+    count, remaining = 0, end
+    while remaining > 0:
+        block = handle.read(min(remaining, 1 << 20))
+        if not block:
+            break
+        count += block.count(b"\n")
+        remaining -= len(block)
+    return count
+
+
+# ----------------------------------------------------------------------------------------------
+# show
+
+
+def _parse_moment(value: datetime | date | str | None, *, end: bool) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if len(text) == 10:
+                value = date.fromisoformat(text)
+            else:
+                value = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise UsageError(f"{value!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    moment = datetime.combine(value, time.min, tzinfo=UTC)
+    return moment + timedelta(days=1) if end else moment  # --until DATE includes that whole day
+
+
+def show(
+    path_or_dir: Path | str,
+    *,
+    job: str | None = None,
+    card: str | None = None,
+    since: datetime | date | str | None = None,
+    until: datetime | date | str | None = None,
+    event: str | None = None,
+    damaged: list[str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The events of the chain that match every filter given, oldest first.
+
+    Lines that are not audit records are skipped and described in ``damaged`` (when given); a file
+    with no audit record at all raises AuditError. Use ``verify`` for integrity.
+    """
+    files, _ = _resolve(path_or_dir)
+    start = _parse_moment(since, end=False)
+    stop = _parse_moment(until, end=True)
+    until_is_date = (
+        isinstance(until, date)
+        and not isinstance(until, datetime)
+        or (isinstance(until, str) and len(until.strip()) == 10)
+    )
+    for path in files:
+        seen_record = False
+        bad_lines: list[int] = []
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise AuditError(f"cannot read {path} ({exc.strerror})") from None
+        with handle:
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or "event" not in record or "seq" not in record:
+                    bad_lines.append(lineno)
+                    continue
+                seen_record = True
+                if not _matches(record, job, card, event, start, stop, until_is_date):
+                    continue
+                yield record
+        if bad_lines and not seen_record:
+            raise AuditError(f"{path} is not a provision audit log (no line is an audit record)")
+        if bad_lines and damaged is not None:
+            damaged.append(
+                f"{path}: line(s) {', '.join(map(str, bad_lines[:10]))}"
+                + (" …" if len(bad_lines) > 10 else "")
+            )
+
+
+def _matches(
+    record: Mapping[str, Any],
+    job: str | None,
+    card: str | None,
+    event: str | None,
+    start: datetime | None,
+    stop: datetime | None,
+    stop_exclusive: bool,
+) -> bool:
+    if job is not None and record.get("job_id") != job:
+        return False
+    if card is not None and str(record.get("card_serial")) != str(card):
+        return False
+    if event is not None and record.get("event") != event:
+        return False
+    if start is not None or stop is not None:
+        try:
+            moment = datetime.fromisoformat(str(record.get("time")))
+        except ValueError:
+            return False
+        if start is not None and moment < start:
+            return False
+        if stop is not None and (moment >= stop if stop_exclusive else moment > stop):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI handlers (wired by cli.py)
+
+
+def cmd_audit_verify(
+    logs_dir: Path, key: Secret | None, seals: Iterable[str], as_json: bool, out: Out, err: Out | None = None
+) -> int:
+    """``provision audit verify``: 0 when intact, 4 with the first bad line otherwise (2: nothing to check)."""
+    warn = err or out
+    try:
+        result = verify(logs_dir, key=key, seals=seals)
+    except ProvisionError as exc:
+        if as_json:
+            out(
+                json.dumps(
+                    {"ok": False, "problem": None, "message": exc.message}, indent=2, ensure_ascii=False
+                )
+            )
+        else:
+            warn(f"provision: {exc.message}")
+        return exc.exit_code
+    if as_json:
+        out(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    elif result.ok:
+        out(f"audit log intact: {result.message}")
+        if result.last_hash:
+            out(f"last hash: {result.last_hash}")
+        for note in result.accepted_damage:
+            out(f"note: {note}")
+    else:
+        out(f"audit log FAILED verification ({result.problem}): {result.message}")
+    return 0 if result.ok else AuditError.exit_code
+
+
+_SHOW_COLUMNS = ("job_id", "card_serial", "slot", "outcome", "error_class")
+
+
+def cmd_audit_show(
+    logs_dir: Path,
+    *,
+    job: str | None = None,
+    card: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    event: str | None = None,
+    as_json: bool = False,
+    out: Out,
+    err: Out | None = None,
+) -> int:
+    """``provision audit show``: the matching events, one line each (or one JSON document)."""
+    warn = err or out
+    damaged: list[str] = []
+    try:
+        events = list(
+            show(logs_dir, job=job, card=card, since=since, until=until, event=event, damaged=damaged)
+        )
+    except ProvisionError as exc:
+        warn(f"provision: {exc.message}")
+        return exc.exit_code
+    if as_json:
+        out(json.dumps({"events": events, "damaged": damaged}, indent=2, ensure_ascii=False))
+    else:
+        for rec in events:
+            extra = " ".join(f"{k}={rec[k]}" for k in _SHOW_COLUMNS if rec.get(k) not in (None, ""))
+            holder = f" holder={rec['holder']!r}" if rec.get("holder") else ""
+            out(f"{rec.get('time', '?')}  #{rec.get('seq')}  {rec.get('event')}  {extra}{holder}".rstrip())
+        if not events:
+            out("no audit event matches")
+    for note in damaged:
+        warn(f"warning: {note} are not audit records; run 'provision audit verify'")
+    return 0

@@ -1,0 +1,297 @@
+"""A run's report as JSON, CSV and one self-contained HTML page (CLI.md, "run --json and reports").
+
+The input is the run document exactly as ``run --json`` prints it: ``run_id``, ``batch``,
+``started``, ``finished``, ``jobs`` (one dict per job with the fields of ``JOB_COLUMNS``), and
+optionally ``seal`` (the audit log's last hash, sealed in the journal), ``counts`` and, per job,
+``not_after`` (the new certificate's expiry, "On Card"). The HTML page has no external assets (inline
+CSS only, no script), prints on paper, and escapes every value.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+JOB_COLUMNS = (
+    "id",
+    "holder",
+    "status",
+    "card_serial",
+    "slot",
+    "slot_name",
+    "fingerprint_sha256",
+    "replaced_sha256",
+    "archived_to",
+    "pin_tries_left",
+    "apdus",
+    "seconds",
+    "error",
+)
+CSV_COLUMNS = (*JOB_COLUMNS, "not_after")
+STATUSES = ("loaded", "skipped", "failed", "refused", "pending")
+FORMATS = ("json", "csv", "html")
+
+STATUS_WORDS = {
+    "loaded": "Loaded",
+    "skipped": "Already on the card",
+    "failed": "Failed",
+    "refused": "Refused: wrong card",
+    "pending": "Pending: card never inserted",
+}
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _jobs(run_doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    jobs = run_doc.get("jobs") or []
+    if not isinstance(jobs, Sequence) or not all(isinstance(j, Mapping) for j in jobs):
+        raise ValueError("the run document's 'jobs' must be a list of objects")
+    return list(jobs)
+
+
+def counts(run_doc: Mapping[str, Any]) -> dict[str, int]:
+    """Jobs per status: the document's own ``counts`` when present, else counted from its jobs."""
+    given = run_doc.get("counts")
+    if isinstance(given, Mapping):
+        return {str(k): int(v) for k, v in given.items()}
+    result = dict.fromkeys(STATUSES, 0)
+    for job in _jobs(run_doc):
+        status = str(job.get("status") or "pending")
+        result[status] = result.get(status, 0) + 1
+    return result
+
+
+def error_text(error: Any) -> str:
+    """An error in words, whether the runner gave a sentence or {class, message}."""
+    if error is None or error == "":
+        return ""
+    if isinstance(error, Mapping):
+        message = error.get("message") or error.get("error") or ""
+        kind = error.get("class") or error.get("error_class") or ""
+        return f"{message} ({kind})" if message and kind else str(message or kind)
+    return str(error)
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON and CSV
+
+
+def render_json(run_doc: Mapping[str, Any]) -> str:
+    return json.dumps(run_doc, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+def _csv_cell(value: Any) -> str | int | float:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return value
+    text = error_text(value) if isinstance(value, Mapping) else str(value)
+    # A spreadsheet runs a cell that starts like a formula; a quote makes it text (OWASP CSV injection).
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def render_csv(run_doc: Mapping[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for job in _jobs(run_doc):
+        writer.writerow([_csv_cell(job.get(column)) for column in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Noto Sans CJK HK",
+       "Microsoft JhengHei", "PingFang HK", sans-serif;
+       color: #1a1a1a; background: #fff; margin: 2rem; }
+h1 { font-size: 1.5rem; margin: 0 0 .25rem; }
+h2 { font-size: 1.1rem; margin: 1.5rem 0 .5rem; }
+.summary { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1.25rem; margin: 1rem 0; }
+.summary dt { font-weight: 600; color: #444; }
+.summary dd { margin: 0; }
+.mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: .85em;
+        word-break: break-all; }
+.counts span { display: inline-block; margin-right: 1rem; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border: 1px solid #bbb; padding: .35rem .5rem; text-align: left; vertical-align: top; }
+th { background: #eee; }
+tbody tr:nth-child(even) { background: #fafafa; }
+.status { font-weight: 600; }
+.nowrap { white-space: nowrap; }
+.status-loaded { color: #0a6b2d; }
+.status-skipped { color: #225; }
+.status-failed, .status-refused { color: #a00; }
+.status-pending { color: #8a5a00; }
+.error { color: #a00; }
+.muted { color: #666; }
+footer { margin-top: 1.5rem; font-size: .85em; color: #555; }
+@media print {
+  body { margin: 0; font-size: 9.5pt; color: #000; }
+  @page { size: A4 landscape; margin: 12mm; }
+  th { background: #ddd !important; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  thead { display: table-header-group; }
+  tr { page-break-inside: avoid; break-inside: avoid; }
+  .status-loaded, .status-skipped, .status-failed, .status-refused, .status-pending, .error { color: #000; }
+}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _short(fingerprint: Any) -> str:
+    text = "" if fingerprint is None else str(fingerprint)
+    return f"{text[:16]}…" if len(text) > 20 else text
+
+
+def _job_row(job: Mapping[str, Any]) -> str:
+    status = str(job.get("status") or "pending")
+    status_class = status if status in STATUSES else "pending"
+    words = STATUS_WORDS.get(status, status)
+    new_cert = ""
+    if job.get("not_after") or job.get("fingerprint_sha256"):
+        new_cert = f"expires {_e(job.get('not_after') or 'unknown')}"
+        if job.get("fingerprint_sha256"):
+            new_cert += f'<br><span class="mono" title="{_e(job["fingerprint_sha256"])}">SHA-256 {_e(_short(job["fingerprint_sha256"]))}</span>'
+    replaced = '<span class="muted">none</span>'
+    if job.get("replaced_sha256") or job.get("archived_to"):
+        replaced = f'<span class="mono" title="{_e(job.get("replaced_sha256"))}">SHA-256 {_e(_short(job.get("replaced_sha256")))}</span>'
+        if job.get("archived_to"):
+            replaced += f'<br>archived to <span class="mono">{_e(job["archived_to"])}</span>'
+    error = error_text(job.get("error"))
+    details = []
+    if job.get("pin_tries_left") is not None:
+        details.append(f"PIN tries left: {_e(job['pin_tries_left'])}")
+    if job.get("seconds") is not None:
+        details.append(f"{_e(job['seconds'])} s")
+    if job.get("apdus") is not None:
+        details.append(f"{_e(job['apdus'])} APDUs")
+    cells = [
+        f'<td class="nowrap">{_e(job.get("id"))}</td>',
+        f"<td>{_e(job.get('holder'))}</td>",
+        f'<td class="status status-{status_class}">{_e(words)}</td>',
+        f'<td class="mono nowrap">{_e(job.get("card_serial") or "")}</td>',
+        f"<td>{_e(job.get('slot') or '')}</td>",
+        f"<td>{_e(job.get('slot_name') or '')}</td>",
+        f"<td>{new_cert}</td>",
+        f"<td>{replaced}</td>",
+        f'<td class="error">{_e(error)}</td>' if error else '<td class="muted"></td>',
+        f'<td class="muted">{"<br>".join(details)}</td>',
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def render_html(run_doc: Mapping[str, Any]) -> str:
+    jobs = _jobs(run_doc)
+    tally = counts(run_doc)
+    run_id = run_doc.get("run_id")
+    batch = run_doc.get("batch")
+    count_html = " ".join(
+        f'<span class="status-{_e(k) if k in STATUSES else "pending"}">{_e(STATUS_WORDS.get(k, k))}: <b>{_e(v)}</b></span>'
+        for k, v in tally.items()
+        if v or k in ("loaded", "failed")
+    )
+    seal = run_doc.get("seal")
+    seal_html = (
+        f'<span class="mono">{_e(seal)}</span>'
+        if seal
+        else '<span class="muted">not sealed (check the journal and run provision audit verify)</span>'
+    )
+    rows = "\n".join(_job_row(job) for job in jobs) or (
+        '<tr><td colspan="10" class="muted">This run has no jobs.</td></tr>'
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<title>Card provisioning report: {_e(batch)} ({_e(run_id)})</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header>
+<h1>Card provisioning report</h1>
+<div class="muted">Batch {_e(batch)}</div>
+</header>
+<section aria-label="Run summary">
+<dl class="summary">
+<dt>Batch</dt><dd>{_e(batch)}</dd>
+<dt>Run</dt><dd class="mono">{_e(run_id)}</dd>
+<dt>Started</dt><dd>{_e(run_doc.get("started") or "")}</dd>
+<dt>Finished</dt><dd>{_e(run_doc.get("finished") or "not finished")}</dd>
+<dt>Cards</dt><dd class="counts">{count_html} <span>Total: <b>{len(jobs)}</b></span></dd>
+<dt>Audit seal</dt><dd>{seal_html}</dd>
+</dl>
+</section>
+<section aria-label="Cards">
+<h2>Cards</h2>
+<table>
+<thead><tr><th>Job</th><th>Holder</th><th>Status</th><th>Card serial</th><th>Slot</th><th>Slot name</th>
+<th>New certificate (On Card)</th><th>Replaced certificate (On Disk)</th><th>Error</th><th>Details</th></tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+</section>
+<footer>The audit seal is the last hash of the audit log when the run ended; <code>provision audit verify</code>
+checks that the log still matches it.</footer>
+</body>
+</html>
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def render(run_doc: Mapping[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return render_json(run_doc)
+    if fmt == "csv":
+        return render_csv(run_doc)
+    if fmt == "html":
+        return render_html(run_doc)
+    raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(run_doc: Mapping[str, Any], fmt: str, path: Path) -> Path:
+    """One report in one format at ``path`` (``provision report -o FILE``), written atomically."""
+    _atomic_write(Path(path), render(run_doc, fmt))
+    return Path(path)
+
+
+def write_reports(run_doc: Mapping[str, Any], reports_dir: Path) -> dict[str, Path]:
+    """All three reports as ``reports_dir/<run_id>.{json,csv,html}``; returns {format: path}."""
+    run_id = str(run_doc.get("run_id") or "")
+    if not _RUN_ID_RE.match(run_id) or ".." in run_id:
+        raise ValueError(f"run id {run_id!r} cannot name a report file")
+    return {fmt: write_report(run_doc, fmt, Path(reports_dir) / f"{run_id}.{fmt}") for fmt in FORMATS}

@@ -1,0 +1,580 @@
+"""The audit log: chain, HMAC, tampering matrix, concurrency, rotation, damaged tails, syslog, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from provision.audit import (
+    GENESIS,
+    AuditLog,
+    SecretInAuditError,
+    SyslogTarget,
+    canonical,
+    chain_files,
+    cmd_audit_show,
+    cmd_audit_verify,
+    show,
+    verify,
+)
+from provision.errors import AuditError, UsageError
+from provision.secrets import Secret
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = Secret("audit-key-for-tests-0123456789abcdef")
+
+# ----------------------------------------------------------------------------------------------
+# a realistic batch
+
+
+def write_batch(path: Path, *, key: Secret | None = None, cards: int = 4) -> tuple[list[bytes], str]:
+    """A simulated batch's events (about 40 with cards=4); returns (lines, seal)."""
+    log = AuditLog(path, key=key, run_id="20251125T020000Z-a1b2")
+    log.append("run_started", batch="hk-2025-11", jobs=cards, job_file=Path("jobs/hk.yaml"), unattended=False)
+    log.append("validation", batch="hk-2025-11", outcome="ok", warnings=["slot 9c template uses local time"])
+    holders = ["CHAN Tai Man", "陳大文", 'O\'Brien, "Pat"', "Zoë Ångström"]
+    for n in range(cards):
+        job = {
+            "batch": "hk-2025-11",
+            "job_id": f"HK-{n:04d}",
+            "holder": holders[n % 4],
+            "card_serial": str(1000 + n),
+        }
+        log.append("card_inserted", **job, reader="Virtual PCD 00 00")
+        log.append("card_identified", **job, firmware="5.7.1", version=[5, 7, 1])
+        if n == 2:
+            log.append(
+                "wrong_card", **job, expected_serial="9999", outcome="refused", error_class="WrongCardError"
+            )
+            continue
+        log.append("preflight", **job, slot="9c", slot_name="e-Cert20251125", free_bytes=2987, ratio=0.73)
+        log.append(
+            "archive", **job, slot="9c", replaced_sha256=hashlib.sha256(b"old%d" % n).hexdigest(),
+            store_path=f"logs/store/{1000 + n}/9c.pem", details={"subject_cn": holders[n % 4], "serial": n},
+        )  # fmt: skip
+        log.append("pin_verify", **job, outcome="ok", pin_tries_left=3)
+        log.append("management_key_auth", **job, outcome="ok", algorithm="AES192")
+        log.append("key_imported", **job, slot="9c", algorithm="RSA2048", touch=None)
+        log.append(
+            "certificate_written",
+            **job,
+            slot="9c",
+            fingerprint_sha256=hashlib.sha256(b"new%d" % n).hexdigest(),
+        )
+        log.append("slot_name_written", **job, slot="9c", slot_name="e-Cert20251125")
+        log.append("verification", **job, outcome="ok", checked=True)
+        log.append("commit", **job, outcome="loaded", seconds=4.25)
+    log.append("run_finished", batch="hk-2025-11", counts={"loaded": 3, "refused": 1}, outcome="partial")
+    seal = log.seal(batch="hk-2025-11")
+    return path.read_bytes().splitlines(keepends=True), seal
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], str]:
+    return write_batch(tmp_path_factory.mktemp("plain") / "audit.jsonl")
+
+
+@pytest.fixture(scope="module")
+def keyed_batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], str]:
+    return write_batch(tmp_path_factory.mktemp("keyed") / "audit.jsonl", key=KEY)
+
+
+def check(
+    tmp_path: Path, data: bytes, *, key: Secret | None = None, seals: tuple[str, ...] = ()
+) -> tuple[bool, str | None, int | None]:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(data)
+    result = verify(tmp_path, key=key, seals=seals)
+    if not result.ok:
+        assert result.message and str(path) in result.message or result.problem == "seal-mismatch"
+    return result.ok, result.problem, result.first_bad_line
+
+
+# ----------------------------------------------------------------------------------------------
+# format
+
+
+def test_records_are_canonical_chained_and_complete(batch: tuple[list[bytes], str]) -> None:
+    lines, seal = batch
+    assert 35 <= len(lines) <= 45
+    prev = GENESIS
+    for seq, raw in enumerate(lines, start=1):
+        assert raw.endswith(b"\n") and raw.count(b"\n") == 1
+        record = json.loads(raw)
+        digest = record.pop("hash")
+        assert raw == canonical(record)[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+        assert hashlib.sha256(canonical(record)).hexdigest() == digest  # an auditor's own check
+        assert record["seq"] == seq and record["prev"] == prev
+        assert record["time"].endswith("Z") and datetime.fromisoformat(record["time"]).tzinfo is not None
+        assert record["operator"] and record["host"] and record["tool_version"]
+        assert record["run_id"] == "20251125T020000Z-a1b2"
+        prev = digest
+    assert seal == prev and json.loads(lines[-1])["event"] == "seal"
+    assert "陳大文" in lines[0:20][5].decode() or any("陳大文".encode() in raw for raw in lines)
+
+
+def test_keyed_records_are_hmac(keyed_batch: tuple[list[bytes], str]) -> None:
+    import hmac
+
+    lines, _ = keyed_batch
+    record = json.loads(lines[3])
+    digest = record.pop("hash")
+    assert record["mac"] == "hmac-sha256"
+    assert hmac.new(KEY.reveal(), canonical(record), "sha256").hexdigest() == digest
+    assert hashlib.sha256(canonical(record)).hexdigest() != digest
+
+
+def test_intact_log_verifies(tmp_path: Path, batch: tuple[list[bytes], str]) -> None:
+    lines, seal = batch
+    assert check(tmp_path, b"".join(lines), seals=(seal,)) == (True, None, None)
+    result = verify(tmp_path, seals=[seal])
+    assert result.records == len(lines) and result.last_hash == seal and result.seals_checked == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# the tampering matrix
+
+
+def _positions(raw: bytes) -> list[int]:
+    """Every 5th byte, the first byte of every key and value, and the last 80 bytes (hash, newline)."""
+    positions = set(range(0, len(raw), 5))
+    for i, byte in enumerate(raw):
+        if byte in b'":,[]{}' and i + 1 < len(raw):
+            positions.add(i + 1)
+    positions.update(range(max(0, len(raw) - 80), len(raw)))
+    return sorted(positions)
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_every_single_byte_change_is_detected(
+    tmp_path: Path, keyed: bool, batch: tuple[list[bytes], str], keyed_batch: tuple[list[bytes], str]
+) -> None:
+    lines, seal = keyed_batch if keyed else batch
+    key = KEY if keyed else None
+    tried = 0
+    for index, raw in enumerate(lines):
+        before, after = b"".join(lines[:index]), b"".join(lines[index + 1 :])
+        for pos in _positions(raw) if index % 3 else range(len(raw)):  # every byte of every 3rd line
+            changed = bytearray(raw)
+            changed[pos] ^= 0x01 if raw[pos] != 0x0B else 0x02
+            ok, problem, line = check(tmp_path, before + bytes(changed) + after, key=key, seals=(seal,))
+            last_newline = index == len(lines) - 1 and pos == len(raw) - 1
+            expected = "truncated" if last_newline else "modified"
+            assert (ok, problem, line) == (False, expected, index + 1), (index, pos, chr(raw[pos]))
+            tried += 1
+    assert tried > 2000
+
+
+def test_every_deleted_line_is_detected(tmp_path: Path, batch: tuple[list[bytes], str]) -> None:
+    lines, seal = batch
+    for index in range(len(lines)):
+        data = b"".join(lines[:index] + lines[index + 1 :])
+        if index == len(lines) - 1:
+            assert check(tmp_path, data, seals=(seal,))[:2] == (False, "seal-mismatch")
+            assert check(tmp_path, data)[0]  # without a seal, a cut at a line boundary is invisible
+        else:
+            assert check(tmp_path, data, seals=(seal,)) == (False, "deleted", index + 1), index
+
+
+def test_every_adjacent_swap_and_some_distant_ones_are_detected(
+    tmp_path: Path, batch: tuple[list[bytes], str]
+) -> None:
+    lines, seal = batch
+    pairs = [(i, i + 1) for i in range(len(lines) - 1)] + [(0, 5), (3, 17), (10, len(lines) - 1), (1, 3)]
+    for i, j in pairs:
+        swapped = list(lines)
+        swapped[i], swapped[j] = swapped[j], swapped[i]
+        assert check(tmp_path, b"".join(swapped), seals=(seal,)) == (False, "reordered", i + 1), (i, j)
+
+
+@pytest.mark.parametrize(("source", "at"), [(4, 5), (4, 10), (20, 3), (0, 0), (7, None), (30, 31)])
+def test_inserted_copy_is_detected(
+    tmp_path: Path, batch: tuple[list[bytes], str], source: int, at: int | None
+) -> None:
+    lines, seal = batch
+    where = len(lines) if at is None else at
+    data = lines[:where] + [lines[source]] + lines[where:]
+    # two identical lines side by side: the second one is the extra
+    expected_line = where + 2 if source == where else where + 1
+    assert check(tmp_path, b"".join(data), seals=(seal,)) == (False, "inserted", expected_line)
+
+
+def test_forged_plain_line_in_keyed_log_is_detected(
+    tmp_path: Path, keyed_batch: tuple[list[bytes], str]
+) -> None:
+    lines, seal = keyed_batch
+    original = json.loads(lines[10])
+    forged = {k: v for k, v in original.items() if k not in ("hash", "mac")}
+    forged["holder"] = "MALLORY"
+    forged["prev"] = json.loads(lines[9])["hash"]
+    body = canonical(forged)
+    forged_line = body[:-1] + b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+    inserted = lines[:10] + [forged_line] + lines[10:]
+    assert check(tmp_path, b"".join(inserted), key=KEY, seals=(seal,)) == (False, "inserted", 11)
+    replaced = lines[:10] + [forged_line] + lines[11:]
+    ok, problem, line = check(tmp_path, b"".join(replaced), key=KEY, seals=(seal,))
+    assert (ok, problem, line) == (False, "modified", 11)
+    # and a forged line carrying the mac marker with a plain hash fails its HMAC
+    forged["mac"] = "hmac-sha256"
+    body = canonical(forged)
+    fake = body[:-1] + b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+    assert check(tmp_path, b"".join(lines[:10] + [fake] + lines[11:]), key=KEY)[:2] == (False, "modified")
+
+
+def test_truncated_tail_is_detected(tmp_path: Path, batch: tuple[list[bytes], str]) -> None:
+    lines, seal = batch
+    data = b"".join(lines)
+    last_start = len(data) - len(lines[-1])
+    for cut in (last_start + 1, last_start + 40, len(data) - 1):
+        assert check(tmp_path, data[:cut], seals=(seal,)) == (False, "truncated", len(lines))
+    # cut in the middle of an earlier line: the last line left is incomplete
+    cut = len(b"".join(lines[:20])) + 30
+    assert check(tmp_path, data[:cut]) == (False, "truncated", 21)
+    # cut exactly at a line boundary: only the seal shows it
+    assert check(tmp_path, b"".join(lines[:30]), seals=(seal,))[:2] == (False, "seal-mismatch")
+
+
+def test_foreign_files_are_not_audit_logs(tmp_path: Path) -> None:
+    for content in (
+        b"hello world\n",
+        b"\x00\xff\xfe binary",
+        b"a,b,c\n1,2,3\n",
+        b'{"event":"x"}\n',
+        b"[1,2]\n",
+    ):
+        ok, problem, line = check(tmp_path, content)
+        assert not ok and problem in ("not-an-audit-log", "truncated") and line == 1, content
+    assert check(tmp_path, b"hello world\n")[1] == "not-an-audit-log"
+
+
+# ----------------------------------------------------------------------------------------------
+# keys
+
+
+def test_keyed_chain_needs_the_right_key(tmp_path: Path, keyed_batch: tuple[list[bytes], str]) -> None:
+    lines, seal = keyed_batch
+    assert check(tmp_path, b"".join(lines), key=KEY, seals=(seal,)) == (True, None, None)
+    assert check(tmp_path, b"".join(lines)) == (False, "key-required", 1)
+    ok, problem, line = check(tmp_path, b"".join(lines), key=Secret("not the key"))
+    assert not ok and problem == "key-required" and line == 1
+    assert "not the key this log was written with" in verify(tmp_path, key=Secret("wrong")).message
+
+
+def test_appending_to_a_keyed_log_needs_the_key(tmp_path: Path) -> None:
+    AuditLog(tmp_path / "audit.jsonl", key=KEY).append("run_started")
+    with pytest.raises(AuditError, match="HMAC-chained"):
+        AuditLog(tmp_path / "audit.jsonl").append("run_started")
+
+
+def test_a_plain_chain_may_become_keyed_but_not_back(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path).append("a")
+    AuditLog(path, key=KEY).append("b")
+    assert verify(tmp_path, key=KEY).ok
+    good = path.read_bytes()
+    # a plain record after keyed ones, even with a correct plain hash and prev, is refused
+    record = json.loads(good.splitlines()[-1])
+    plain = {"event": "c", "seq": 3, "prev": record["hash"], "time": record["time"]}
+    body = canonical(plain)
+    path.write_bytes(good + body[:-1] + b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n')
+    assert verify(tmp_path, key=KEY).problem == "modified"
+
+
+# ----------------------------------------------------------------------------------------------
+# secrets
+
+
+def test_secrets_are_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.append("run_started")
+    before = path.read_bytes()
+    pin = Secret("482913")
+    for fields in (
+        {"pin_value_source": pin},
+        {"details": {"nested": [1, pin]}},
+        {"items": (pin,)},
+        {"pin": "482913"},
+        {"management_key": "010203"},
+        {"raw": b"\x01\x02"},
+    ):
+        with pytest.raises(SecretInAuditError):
+            log.append("pin_verify", **fields)
+    with pytest.raises(ValueError):
+        log.append("x", prev=GENESIS)
+    with pytest.raises(ValueError):
+        log.append("x", details={"hash": "1"})
+    with pytest.raises(ValueError):
+        log.append("x", ratio=float("nan"))
+    assert path.read_bytes() == before and b"482913" not in before
+    log.append("pin_verify", pin_tries_left=2, outcome="wrong-pin")
+    assert b"482913" not in path.read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# concurrency
+
+
+def test_threads_do_not_interleave_or_fork(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    shared = AuditLog(path, key=KEY)
+
+    def worker(n: int) -> None:
+        log = shared if n < 2 else AuditLog(path, key=KEY)  # one shared writer, two of their own
+        for i in range(250):
+            log.append("apdu_batch", reader=f"reader {n}", i=i, holder="x" * (i % 300))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = verify(tmp_path, key=KEY)
+    assert result.ok and result.records == 1000, result.message
+    seqs = [json.loads(raw)["seq"] for raw in path.read_bytes().splitlines()]
+    assert seqs == list(range(1, 1001))
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from provision.audit import AuditLog
+from provision.secrets import Secret
+log = AuditLog(Path(sys.argv[1]), key=Secret(sys.argv[2]))
+sys.stdin.readline()  # start together
+for i in range(200):
+    log.append("apdu_batch", process=sys.argv[3], i=i, padding="p" * (i * 7 % 500))
+"""
+
+
+def test_processes_do_not_interleave_or_fork(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), KEY.reveal().decode(), str(n)],
+            stdin=subprocess.PIPE,
+            env=env,
+        )
+        for n in range(3)
+    ]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    result = verify(tmp_path, key=KEY)
+    assert result.ok and result.records == 600, result.message
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n")
+    records = [json.loads(line) for line in raw.splitlines()]
+    assert [r["seq"] for r in records] == list(range(1, 601))
+    assert {r["process"] for r in records} == {"0", "1", "2"}
+
+
+# ----------------------------------------------------------------------------------------------
+# rotation
+
+
+def test_rotation_by_size_keeps_the_chain(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", key=KEY, rotate_bytes=4000)
+    hashes = [log.append("card_inserted", job_id=f"J{i}", holder="CHAN Tai Man").hash for i in range(60)]
+    files = chain_files(tmp_path / "audit.jsonl")
+    assert len(files) >= 3 and files[-1].name == "audit.jsonl"
+    for older, newer in zip(files, files[1:], strict=False):
+        last = json.loads(older.read_bytes().splitlines()[-1])
+        first = json.loads(newer.read_bytes().splitlines()[0])
+        assert first["prev"] == last["hash"] and first["rotated_from"] == older.name
+        assert first["seq"] == last["seq"] + 1
+    result = verify(tmp_path, key=KEY, seals=[hashes[-1], hashes[10]])
+    assert result.ok and result.records == 60 and result.last_hash == hashes[-1]
+    assert verify(files[-1], key=KEY).ok  # one file alone: it starts where its rolled file ended
+    files[1].unlink()
+    result = verify(tmp_path, key=KEY)
+    assert (result.ok, result.problem, result.file) == (False, "deleted", str(files[2]))
+    files[0].unlink()
+    assert verify(tmp_path, key=KEY).problem == "deleted"  # the chain no longer starts at seq 1
+
+
+def test_rotation_by_day(tmp_path: Path) -> None:
+    now = [datetime(2025, 11, 25, 23, 59, 58, tzinfo=UTC)]
+    log = AuditLog(tmp_path / "audit.jsonl", rotate_daily=True, clock=lambda: now[0])
+    for _ in range(3):
+        log.append("tick")
+        now[0] += timedelta(seconds=1)
+    names = [p.name for p in chain_files(tmp_path / "audit.jsonl")]
+    assert len(names) == 2 and names[0].startswith("audit-20251126T000000") and names[1] == "audit.jsonl"
+    assert verify(tmp_path).ok and verify(tmp_path).records == 3
+
+
+def test_crash_between_rename_and_first_record_continues(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, rotate_bytes=10**9)
+    log.append("a")
+    os.replace(path, tmp_path / "audit-20251125T000000000000Z.jsonl")  # rotated, new file not yet written
+    record = log.append("b")
+    assert record.record["rotated_from"] == "audit-20251125T000000000000Z.jsonl" and record.seq == 2
+    assert verify(tmp_path).ok
+
+
+# ----------------------------------------------------------------------------------------------
+# damaged tails
+
+
+@pytest.mark.parametrize("damage", ["half-line", "broken-record", "garbage-lines"])
+def test_damaged_tail_blocks_appends_until_accepted(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, key=KEY)
+    for i in range(5):
+        log.append("card_inserted", job_id=f"J{i}")
+    good = path.read_bytes()
+    if damage == "half-line":
+        path.write_bytes(good + b'{"card_serial":"1000","event":"pin_ver')
+    elif damage == "broken-record":
+        path.write_bytes(good[:-20] + b"0" * 19 + b"\n")
+    else:
+        path.write_bytes(good + b"\x00\x00\x00\n<<corrupt>>\n")
+    assert not verify(tmp_path, key=KEY).ok
+    assert not log.check_tail().ok
+    with pytest.raises(AuditError, match="accepts the damage"):
+        log.append("card_inserted", job_id="J5")
+    with pytest.raises(UsageError):
+        log.accept_damaged_tail("  ")
+    accepted = log.accept_damaged_tail("power cut at the counter PC; ticket 4711")
+    assert accepted is not None and accepted.event == "audit_tail_accepted"
+    assert accepted.record["reason"] == "power cut at the counter PC; ticket 4711"
+    assert accepted.record["damaged_from_line"] == (5 if damage == "broken-record" else 6)
+    log.append("card_inserted", job_id="J5")
+    result = verify(tmp_path, key=KEY)
+    assert result.ok and result.accepted_damage, result.message
+    assert log.accept_damaged_tail("nothing to accept") is None
+    # the accepted bytes are pinned by their hash: changing them afterwards is detected
+    data = bytearray(path.read_bytes())
+    at = data.index(b"card_inserted", len(good) - 200 if damage == "broken-record" else len(good))
+    data[at - 5] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert not verify(tmp_path, key=KEY).ok
+
+
+def test_foreign_audit_file_is_refused_for_append(tmp_path: Path) -> None:
+    (tmp_path / "audit.jsonl").write_text("some,csv,file\n")
+    with pytest.raises(AuditError, match="not an audit record"):
+        AuditLog(tmp_path / "audit.jsonl").append("run_started")
+
+
+# ----------------------------------------------------------------------------------------------
+# syslog
+
+
+def test_seal_is_forwarded_to_syslog_rfc5424(tmp_path: Path) -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    try:
+        target = SyslogTarget(("127.0.0.1", server.getsockname()[1]))
+        with AuditLog(tmp_path / "audit.jsonl", syslog=target, run_id="r1") as log:
+            log.append("run_started")  # only seals are forwarded by default
+            seal = log.seal()
+        message = server.recv(8192).decode("utf-8")
+    finally:
+        server.close()
+    assert message.startswith("<86>1 ")  # authpriv.info, RFC 5424 version 1
+    header = message.split(" ", 7)
+    assert header[1].endswith("Z") and header[3] == "provision" and header[5] == "seal"
+    assert f'hash="{seal}"' in message and 'run_id="r1"' in message and "[audit@32473 " in message
+    assert not message.endswith("\x00")
+
+
+def test_all_events_can_be_forwarded(tmp_path: Path) -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    try:
+        target = SyslogTarget(("127.0.0.1", server.getsockname()[1]), all_events=True)
+        with AuditLog(tmp_path / "audit.jsonl", syslog=target) as log:
+            log.append("pin_verify", outcome="wrong-pin", error_class="PinError", pin_tries_left=1)
+        message = server.recv(8192).decode("utf-8")
+    finally:
+        server.close()
+    assert message.startswith("<84>1 ") and '"pin_tries_left":1' in message  # authpriv.warning
+
+
+# ----------------------------------------------------------------------------------------------
+# show and the CLI handlers
+
+
+def test_show_filters(tmp_path: Path, batch: tuple[list[bytes], str]) -> None:
+    lines, _ = batch
+    (tmp_path / "audit.jsonl").write_bytes(b"".join(lines))
+    assert {r["job_id"] for r in show(tmp_path, job="HK-0001")} == {"HK-0001"}
+    assert [r["event"] for r in show(tmp_path, card="1002")] == [
+        "card_inserted",
+        "card_identified",
+        "wrong_card",
+    ]
+    assert len(list(show(tmp_path, event="commit"))) == 3
+    today = datetime.now(UTC).date()
+    assert len(list(show(tmp_path, since=today.isoformat(), until=today.isoformat()))) == len(lines)
+    assert not list(show(tmp_path, until=(today - timedelta(days=1)).isoformat()))
+    assert not list(show(tmp_path, since=datetime.now(UTC) + timedelta(hours=1)))
+    with pytest.raises(UsageError):
+        list(show(tmp_path, since="yesterday"))
+
+
+def test_cmd_audit_verify(tmp_path: Path, batch: tuple[list[bytes], str]) -> None:
+    lines, seal = batch
+    out: list[str] = []
+    (tmp_path / "audit.jsonl").write_bytes(b"".join(lines))
+    assert cmd_audit_verify(tmp_path, None, [seal], False, out.append) == 0
+    assert "intact" in out[0]
+    tampered = list(lines)
+    index = next(i for i, raw in enumerate(lines) if b"HK-0001" in raw)
+    tampered[index] = tampered[index].replace(b"HK-0001", b"HK-0009")
+    (tmp_path / "audit.jsonl").write_bytes(b"".join(tampered))
+    out.clear()
+    assert cmd_audit_verify(tmp_path, None, [seal], False, out.append) == 4
+    assert f"line {index + 1}:" in out[0] and "modified" in out[0]
+    out.clear()
+    assert cmd_audit_verify(tmp_path, None, [], True, out.append) == 4
+    document = json.loads("\n".join(out))
+    assert document["problem"] == "modified" and document["first_bad_line"] == index + 1
+    out.clear()
+    assert cmd_audit_verify(tmp_path / "nowhere", None, [], False, out.append) == 2
+    assert "does not exist" in out[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cmd_audit_verify(empty, None, [], False, out.append) == 2
+    (empty / "audit.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    out.clear()
+    assert cmd_audit_verify(empty, None, [], False, out.append) == 4
+    assert "not a provision audit log" in out[0]
+
+
+def test_cmd_audit_show(tmp_path: Path, batch: tuple[list[bytes], str]) -> None:
+    lines, _ = batch
+    (tmp_path / "audit.jsonl").write_bytes(b"".join(lines) + b"half a li")
+    out: list[str] = []
+    err: list[str] = []
+    assert cmd_audit_show(tmp_path, job="HK-0000", out=out.append, err=err.append) == 0
+    assert all("job_id=HK-0000" in line for line in out) and len(out) == 11
+    assert err and "not audit records" in err[0]
+    out.clear()
+    assert cmd_audit_show(tmp_path, event="commit", as_json=True, out=out.append, err=err.append) == 0
+    assert [e["job_id"] for e in json.loads("\n".join(out))["events"]] == ["HK-0000", "HK-0001", "HK-0003"]
+    (tmp_path / "audit.jsonl").write_text("not a log\n")
+    err.clear()
+    assert (
+        cmd_audit_show(tmp_path, out=out.append, err=err.append) == 4
+        and "not a provision audit log" in err[0]
+    )
+    assert cmd_audit_show(tmp_path, since="soon", out=out.append, err=err.append) in (2, 4)
