@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # Build pyscard (no Linux wheel on PyPI), run the OpenSSL producer of test PKCS#12 files, and the
 # PC/SC harness and peers of the card tiers.
 DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
-DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux
+DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk
 
 .PHONY: all setup demo test lint typecheck test-unit test-fast bench clean
 
@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	@.ci/debian-packages $(DEBIAN_HARNESS)
 
+# The demo writes its PKCS#12 and secret files to jobs/certs/ (git-ignored), so the example job
+# files in jobs/ validate afterwards, and its journal, audit log, store and reports to logs/.
 demo: setup
-	$(BIN)/provision demo
+	$(BIN)/provision demo --dir jobs
 
 lint: $(STAMP)
 	$(BIN)/ruff check provision tests bench

@@ -163,7 +163,202 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from provision.demo import run_demo
 
     directory = Path(args.dir) if args.dir else Path(args.logs) / "demo"
-    return run_demo(directory, holders=args.holders, out=_say)
+    return run_demo(directory, holders=args.holders, out=_say, logs=Path(args.logs))
+
+
+# ----------------------------------------------------------------------------------------------
+# run, resume, status, store
+
+
+def _print_summary(document: dict[str, Any], reports: dict[str, Any]) -> None:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(document["counts"].items()))
+    _say(f"Run {document['run_id']} of batch {document['batch']}: {counts}")
+    for job in document["jobs"]:
+        line = f"  {job['status']:8} {job['id']:14} {job['holder']}"
+        if job["status"] in ("loaded", "skipped"):
+            line += f" — slot {job['slot']} {job['slot_name']!r}, On Card until {job['not_after']}"
+            if job["archived_to"]:
+                line += f"; old certificate On Disk: {job['archived_to']}"
+        elif job["error"]:
+            line += f" — {job['error']}"
+        _say(line)
+    for card in document.get("refused_cards", []):
+        _say(f"  refused card in {card['reader']}: {card['reason']}")
+    if document.get("seal"):
+        _say(f"Audit seal: {document['seal']}")
+    for kind, path in sorted(reports.items()):
+        _say(f"Report ({kind}): {path}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision.jobfile import load_jobfile
+    from provision.runner import run_jobfile
+
+    jobfile = load_jobfile(args.jobfile, unattended=args.unattended)
+    outcome = run_jobfile(jobfile, logs=Path(args.logs), unattended=args.unattended, wait=args.wait,
+                          readers=args.reader, sim=args.sim, progress=not args.no_progress,
+                          accept_damaged_audit_tail=args.accept_damaged_audit_tail)  # fmt: skip
+    if args.json:
+        _emit_json(outcome.document)
+    else:
+        _say("")
+        _print_summary(outcome.document, outcome.reports)
+    return outcome.exit_code
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision import journal as jn
+    from provision.jobfile import load_jobfile
+    from provision.runner import run_jobfile
+
+    logs = Path(args.logs)
+    journal = jn.Journal(logs / "journal.sqlite3")
+    try:
+        journal.recover_abandoned_runs()
+        open_jobs = [j for j in journal.jobs() if j.status in (jn.IN_DOUBT, jn.IN_PROGRESS, jn.PENDING)]
+        runs = {r.run_id: r for r in journal.runs()}
+    finally:
+        journal.close()
+    if not open_jobs:
+        _say("Nothing to resume: every job in the journal is finished.")
+        return EXIT_OK
+    code = EXIT_OK
+    by_file: dict[str, set[str]] = {}
+    for job in open_jobs:
+        by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
+    for path, ids in by_file.items():
+        _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
+        jobfile = load_jobfile(path, unattended=args.unattended)
+        outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
+                              readers=args.reader, only_jobs=ids, progress=not args.no_progress,
+                              accept_damaged_audit_tail=args.accept_damaged_audit_tail)  # fmt: skip
+        if args.json:
+            _emit_json(outcome.document)
+        else:
+            _print_summary(outcome.document, outcome.reports)
+        code = max(code, outcome.exit_code)
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision import journal as jn
+
+    path = Path(args.logs) / "journal.sqlite3"
+    if not path.exists():
+        if args.json:
+            _emit_json({"runs": [], "jobs": []})
+        else:
+            _say(f"No journal in {args.logs} yet: no run has happened here.")
+        return EXIT_OK
+    journal = jn.Journal(path)
+    try:
+        runs, jobs = journal.runs(), journal.jobs()
+    finally:
+        journal.close()
+    if args.json:
+        _emit_json({"runs": [r.__dict__ for r in runs],
+                    "jobs": [{"batch": j.batch, "run_id": j.run_id, **j.to_json()} for j in jobs]})  # fmt: skip
+        return EXIT_OK
+    for run in runs:
+        _say(f"run {run.run_id}: batch {run.batch}, {run.mode}, {run.status}, started {run.started}")
+    for job in jobs:
+        _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {job.error}" if job.error else ""))
+    return EXIT_OK
+
+
+def cmd_store_list(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision.store import CertificateStore
+
+    stored = CertificateStore(Path(args.logs) / "store").list()
+    if args.json:
+        _emit_json({"certificates": [s.to_json() for s in stored]})
+        return EXIT_OK
+    if not stored:
+        _say("The store is empty: no certificate has been taken off a card.")
+    for s in stored:
+        _say(f"{s.archived_at}  On Disk: {s.subject} (until {s.not_after}) from card {s.card_serial} slot {s.slot}"
+             f"{' ' + repr(s.slot_name) if s.slot_name else ''}, job {s.job_id} — {s.path}")  # fmt: skip
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# audit, report
+
+
+def _audit_key(args: argparse.Namespace) -> Any:
+    from provision.secrets import SecretSource, obtain
+
+    if args.key_env:
+        return obtain(SecretSource("env", args.key_env), unattended=True)
+    if args.key_file:
+        return obtain(SecretSource("file", args.key_file), unattended=True)
+    return None
+
+
+def _journal_seals(logs: Any) -> list[str]:
+    from provision import journal as jn
+
+    path = logs / "journal.sqlite3"
+    if not path.exists():
+        return []
+    journal = jn.Journal(path)
+    try:
+        return journal.seals()
+    finally:
+        journal.close()
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision.audit import cmd_audit_verify as verify_command
+
+    logs = Path(args.logs)
+    return verify_command(logs, _audit_key(args), _journal_seals(logs), args.json, _say, _warn)
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision.audit import cmd_audit_show as show_command
+
+    return show_command(Path(args.logs), job=args.job, card=args.card, since=args.since, until=args.until,
+                        event=args.event, as_json=args.json, out=_say, err=_warn)  # fmt: skip
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from provision.report import render, write_report
+
+    reports = Path(args.logs) / "reports"
+    if args.last or not args.run_id:
+        found = sorted(reports.glob("*.json"), key=lambda p: p.stat().st_mtime) if reports.is_dir() else []
+        if not found:
+            raise UsageError(f"no run has a report in {reports} yet; run a batch first")
+        source = found[-1]
+    else:
+        source = reports / f"{args.run_id}.json"
+        if not source.is_file():
+            raise UsageError(f"there is no report for run {args.run_id!r} in {reports}; 'provision status' lists runs")
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UsageError(f"{source} is not a readable run report") from None
+    if args.output:
+        _say(str(write_report(document, args.format, Path(args.output))))
+    else:
+        sys.stdout.write(render(document, args.format))
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,6 +454,12 @@ COMMANDS: dict[str, str] = {
     "validate": "check job files; writes nothing",
     "inspect": "open a PKCS#12 file and show what an operator confirms",
     "plan": "what a run would do, card by card",
+    "run": "the batch: wait for each card, load, verify, record, report",
+    "resume": "finish what an interrupted run left",
+    "status": "runs and jobs in the journal",
+    "store": "certificates archived from cards, 'On Disk' ('store list')",
+    "audit": "check the audit log's integrity ('audit verify') or read it ('audit show')",
+    "report": "a run's report as JSON, CSV or HTML",
     "readers": "PC/SC readers and the cards in them",
     "card": "a card's serial, version, PIN tries, certificates and slot names ('card info')",
     "sim": "simulated PIV cards for tests, training and peers ('sim serve')",
@@ -319,6 +520,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
     p.add_argument("--unattended", action="store_true", help="plan as for an unattended run (no prompts)")
     p.set_defaults(handler=cmd_plan)
+
+    run_options = argparse.ArgumentParser(add_help=False)
+    run_options.add_argument("--unattended", action="store_true", help="no prompts at all (scheduled batches)")
+    run_options.add_argument("--wait", type=float, metavar="SECONDS",
+                             help="how long to wait for missing cards (default: counter until done, unattended 0)")  # fmt: skip
+    run_options.add_argument("--reader", action="append", metavar="NAME", help="use only readers whose name contains NAME")
+    run_options.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    run_options.add_argument("--accept-damaged-audit-tail", metavar="REASON",
+                             help="continue after a damaged audit log end; the reason is recorded in the log")  # fmt: skip
+
+    p = sub.add_parser("run", parents=[common, run_options], help=COMMANDS["run"])
+    p.add_argument("jobfile", metavar="JOBFILE")
+    p.add_argument("--sim", action="store_true", help="in-process simulated cards, one per job, no pcscd")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("resume", parents=[common, run_options], help=COMMANDS["resume"])
+    p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("store", help=COMMANDS["store"])
+    store = p.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
+    p = store.add_parser("list", parents=[common], help="certificates taken off cards, with where they came from")
+    p.set_defaults(handler=cmd_store_list)
+
+    p = sub.add_parser("audit", help=COMMANDS["audit"])
+    audit = p.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
+    audit_key = argparse.ArgumentParser(add_help=False)
+    group = audit_key.add_mutually_exclusive_group()
+    group.add_argument("--key-env", metavar="NAME", help="the audit HMAC key from this environment variable")
+    group.add_argument("--key-file", metavar="PATH", help="the audit HMAC key from this file (mode 0600)")
+    p = audit.add_parser("verify", parents=[common, audit_key], help="exit 0 if intact, 4 with the first bad line")
+    p.set_defaults(handler=cmd_audit_verify)
+    p = audit.add_parser("show", parents=[common], help="read the audit log for review")
+    p.add_argument("--job", metavar="ID")
+    p.add_argument("--card", metavar="SERIAL")
+    p.add_argument("--since", metavar="DATE")
+    p.add_argument("--until", metavar="DATE")
+    p.add_argument("--event", metavar="TYPE")
+    p.set_defaults(handler=cmd_audit_show)
+
+    p = sub.add_parser("report", parents=[common], help=COMMANDS["report"])
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    p.add_argument("--last", action="store_true", help="the most recent run (the default)")
+    p.add_argument("--format", choices=["json", "csv", "html"], default="html")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("readers", parents=[common], help=COMMANDS["readers"])
     p.set_defaults(handler=cmd_readers)

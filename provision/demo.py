@@ -1,8 +1,10 @@
 """``provision demo``: a complete batch from generated certificates, on a machine with no reader.
 
 It writes demo material (a CA, one PKCS#12 file per holder with a 16-digit password as on the
-Hongkong Post PIN envelope, owner-only secret files) and a job file, then validates and plans the
-batch exactly as an operator would. The material is for demonstration and training only.
+Hongkong Post PIN envelope, owner-only secret files) and a job file, validates and plans it, then
+runs it on in-process simulated cards: one card already holds an old e-Cert (it goes On Disk),
+one card that belongs to nobody is presented (refused, nothing written), and one holder's file
+has expired (the job fails before any card). The material is for demonstration only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import secrets as pysecrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from provision.errors import EXIT_OK
 
@@ -26,6 +29,8 @@ HOLDERS: tuple[tuple[str, str, int, str, str], ...] = (
     ("HK-C3456789", "WONG Mei Ling", 12345680, "p384", "aes"),
     ("HK-D4567890", "CHEUNG Ka Yan", 12345681, "rsa2048", "legacy"),
 )
+EXPIRED_HOLDER = ("HK-E5678901", "HO Wing Sze", 12345682, "p256", "aes")  # an e-Cert that ran out
+STRANGER_SERIAL = 87654321  # a card presented at the counter that no job is for
 
 
 def slug(holder: str) -> str:
@@ -48,7 +53,7 @@ def holders(count: int) -> list[tuple[str, str, int, str, str]]:
     return out
 
 
-def write_material(directory: Path, count: int, *, now: datetime | None = None) -> Path:
+def write_material(directory: Path, count: int, *, now: datetime | None = None, expired: bool = False) -> Path:
     """Make the CA, the holders' PKCS#12 files and secret files, and a job file; return its path."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -63,12 +68,15 @@ def write_material(directory: Path, count: int, *, now: datetime | None = None) 
     (certs / "demo-ca.pem").write_bytes(ca.certificate.public_bytes(Encoding.PEM))
     _write_private(certs / "card.pin", DEMO_PIN)
     cards_yaml = []
-    for index, (job_id, holder, serial, key_type, encryption) in enumerate(holders(count)):
+    everyone = holders(count) + ([EXPIRED_HOLDER] if expired else [])
+    for index, (job_id, holder, serial, key_type, encryption) in enumerate(everyone):
         password = "".join(pysecrets.choice("0123456789") for _ in range(16))  # the PIN envelope
+        start, end = now - timedelta(hours=1), now + timedelta(days=3 * 365)
+        if job_id == EXPIRED_HOLDER[0]:
+            start, end = now - timedelta(days=3 * 365), now - timedelta(days=2)
         data = fixtures.holder_p12(
             ca, holder, password, key_type=key_type, serial=0x1001 + index,  # type: ignore[arg-type]
-            not_before=now - timedelta(hours=1), not_after=now + timedelta(days=3 * 365),
-            encryption=encryption,  # type: ignore[arg-type]
+            not_before=start, not_after=end, encryption=encryption,  # type: ignore[arg-type]
         )  # fmt: skip
         (certs / f"{slug(holder)}.p12").write_bytes(data)
         _write_private(certs / f"{slug(holder)}.pass", password)
@@ -101,19 +109,74 @@ def write_material(directory: Path, count: int, *, now: datetime | None = None) 
     return job_file
 
 
-def run_demo(directory: Path, *, holders: int, out: Callable[[str], None]) -> int:
+def demo_cards(jobfile: Any, ca_dir: Path) -> list[Any]:
+    """Simulated cards in the order they are presented: the first holder's card carries an old
+    e-Cert, and a stranger's card comes second."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from provision import fixtures
+    from provision.card.apdu import ApduChannel
+    from provision.load import DEFAULT_MANAGEMENT_KEY
+    from provision.piv.session import PivSession
+    from provision.runner import sim_cards_for
+    from provision.sim.card import SimCard, SimOptions
+    from provision.sim.inprocess import SimTransport
+
+    cards = sim_cards_for(jobfile)
+    first = cards[0]
+    now = datetime.now(UTC)
+    ca = fixtures.make_ca("Provision Demo e-Cert CA (2023)")
+    key, old = fixtures.make_leaf(ca, jobfile.jobs[0].holder, key_type="p256", serial=0x0777,
+                                  not_before=now - timedelta(days=3 * 365), not_after=now + timedelta(days=7))  # fmt: skip
+    first.power_on()
+    session = PivSession(ApduChannel(SimTransport(first)))
+    session.select()
+    session.authenticate(DEFAULT_MANAGEMENT_KEY)
+    slot = jobfile.jobs[0].slot.key_ref
+    session.import_key(slot, key)  # type: ignore[arg-type]
+    session.write_certificate(slot, old.public_bytes(Encoding.DER))
+    session.write_slot_name(slot, f"e-Cert{(now - timedelta(days=3 * 365)):%Y%m%d}")
+    first.reset()
+    return [first, SimCard(SimOptions(serial=STRANGER_SERIAL)), *cards[1:]]
+
+
+def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs: Path | None = None) -> int:
     from provision.jobfile import load_jobfile
     from provision.plan import plan_jobfile, print_plan
+    from provision.runner import SimSource, run_jobfile
 
-    out(f"Writing demo material for {holders} card holder(s) to {directory} ...")
-    job_file = write_material(directory, holders)
+    out(f"Writing demo material for {holders} card holder(s) and one expired e-Cert to {directory} ...")
+    job_file = write_material(directory, holders, expired=True)
     jobfile = load_jobfile(job_file, unattended=True)
     out(f"{job_file}: valid, batch {jobfile.batch}, {len(jobfile.jobs)} job(s)")
     plan = plan_jobfile(jobfile, unattended=True)
     print_plan(plan, out)
-    failing = [jp.job.id for jp in plan.jobs if jp.problems]
-    if failing:
-        out(f"\n{len(failing)} job(s) would fail: {', '.join(failing)}")
-        return 1
-    out("\nEvery job is ready. (The simulated run arrives with the runner: 'provision run --sim'.)")
-    return EXIT_OK
+    logs = logs or directory / "logs"
+    out(f"\nRunning the batch on simulated cards (logs in {logs}) ...")
+    outcome = run_jobfile(jobfile, logs=logs, unattended=True, wait=0,
+                          source=SimSource([demo_cards(jobfile, directory)]), progress=True)  # fmt: skip
+    doc = outcome.document
+    out("")
+    for job in doc["jobs"]:
+        line = f"  {job['status']:8} {job['id']:12} {job['holder']:15}"
+        if job["status"] == "loaded":
+            line += f" On Card: slot {job['slot']} {job['slot_name']!r} until {job['not_after'][:10]}"
+            if job["archived_to"]:
+                line += f"; old e-Cert On Disk: {job['archived_to']}"
+        else:
+            line += f" {job['error']}"
+        out(line)
+    for card in doc["refused_cards"]:
+        out(f"  refused  card {card['card_serial']}: {card['reason']}")
+    out(f"\nAudit log:  {logs / 'audit.jsonl'}" + (f" (seal {doc['seal']})" if doc.get("seal") else ""))
+    for kind, path in sorted(outcome.reports.items()):
+        out(f"Report ({kind}): {path}")
+    statuses = {job["id"]: job["status"] for job in doc["jobs"]}
+    expected = {job.id: ("failed" if job.id == EXPIRED_HOLDER[0] else "loaded") for job in jobfile.jobs}
+    as_designed = statuses == expected and len(doc["refused_cards"]) == 1
+    if as_designed:
+        out("\nThe demo batch ran as designed: every card loaded, the old e-Cert archived, the stranger's card "
+            "refused untouched, the expired e-Cert stopped before any card.")
+        return EXIT_OK
+    out("\nThe demo batch did not run as designed; see the lines above.")
+    return 1

@@ -115,6 +115,7 @@ WRITE_INS = frozenset(
 )
 
 SLOT_MGMT = 0x9B
+SLOT_OCC_AUTH = 0x96  # YubiKey Bio: fingerprint (on-card comparison) metadata
 PIN_REF = 0x80
 PUK_REF = 0x81
 
@@ -1150,6 +1151,10 @@ class SimCard:
                     (0x05, bytes([int(st.mgmt_is_default)])),
                 ]
             )
+        if ref == SLOT_OCC_AUTH:
+            # Biometric (OCC) metadata exists only on a YubiKey Bio; other YubiKeys say 6A88, which
+            # `ykman piv info` takes as "no biometrics" (any other SW aborts it).
+            raise _Status(SW_REF_NOT_FOUND)
         self._require_key_slot(ref)
         record = st.keys.get(ref)
         if record is None:

@@ -121,11 +121,15 @@ def test_help_does_not_import_heavy_modules() -> None:
     assert out.strip() == "[]"
 
 
-def test_demo_validates_and_plans(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_runs_the_batch_as_designed(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = cli("demo", "--dir", str(tmp_path / "demo"), "--holders", "2")
-    assert run.returncode == 0, run.stderr
-    assert "Every job is ready" in run.stdout
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ran as designed" in run.stdout
     assert (tmp_path / "demo" / "demo.yaml").exists()
+    report = json.loads(next((tmp_path / "logs" / "reports").glob("*.json")).read_text())
+    statuses = sorted(job["status"] for job in report["jobs"])
+    assert statuses == ["failed", "loaded", "loaded"] and len(report["refused_cards"]) == 1
+    assert len(list((tmp_path / "logs" / "store").glob("*.pem"))) == 1  # the old e-Cert, On Disk
 
 
 def test_fast_help_lists_every_command_of_the_parser() -> None:
@@ -143,3 +147,25 @@ def test_help_exits_0_without_argparse() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.strip() == "0 False"
     assert "usage: provision" in done.stdout
+
+
+def test_run_sim_status_store_and_resume(cli, canaries, ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(tmp_path, canaries, ca)
+    text = job.read_text().replace("{file: card.pin}", "{env: SIM_PIN}").replace("    management_key: {file: mgmt.key}\n", "")
+    job.write_text(text)
+    run = cli("run", str(job), "--sim", "--unattended", "--json", "--no-progress", env={"SIM_PIN": "123456"})
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["jobs"][0]["status"] == "loaded" and doc["jobs"][0]["card_serial"] == 12345678
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["jobs"][0]["status"] == "loaded" and status["runs"][0]["status"] == "finished"
+    assert json.loads(cli("store", "list", "--json").stdout) == {"certificates": []}
+    assert "Nothing to resume" in cli("resume", "--unattended").stdout
+    assert (tmp_path / "out" / "HK-1.pem").exists()
+
+
+def test_run_with_invalid_job_file_touches_nothing(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nbatch: b\ncards: []\n")
+    run = cli("run", str(bad), "--sim")
+    assert run.returncode == 2 and not (tmp_path / "logs").exists()

@@ -1,0 +1,233 @@
+"""The transactional journal: runs, jobs and steps in SQLite (WAL, synchronous FULL).
+
+Every step of a load is recorded *before* it starts and *after* it ends, so that after a pulled
+card, a dead reader or a killed process the journal says exactly which writes may have happened
+(``begin`` without ``end``: in doubt) and which certainly did. ``resume`` reads it together with the
+card's real state; nothing here holds a secret.
+
+A job is identified across runs by ``(batch, job_id)``: re-running a batch continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Job states. in-progress becomes in-doubt when its run ends without finishing it.
+PENDING, IN_PROGRESS, IN_DOUBT = "pending", "in-progress", "in-doubt"
+LOADED, SKIPPED, FAILED, REFUSED = "loaded", "skipped", "failed", "refused"
+FINAL_STATES = frozenset({LOADED, SKIPPED})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, batch TEXT NOT NULL, jobfile TEXT NOT NULL, mode TEXT NOT NULL,
+    started TEXT NOT NULL, finished TEXT, status TEXT NOT NULL, seal TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    batch TEXT NOT NULL, job_id TEXT NOT NULL, run_id TEXT NOT NULL, holder TEXT NOT NULL,
+    status TEXT NOT NULL, card_serial INTEGER, slot TEXT, slot_name TEXT,
+    fingerprint_sha256 TEXT, replaced_sha256 TEXT, archived_to TEXT, pin_tries_left INTEGER,
+    not_after TEXT, apdus INTEGER, seconds REAL, error TEXT, updated TEXT NOT NULL,
+    PRIMARY KEY (batch, job_id)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, batch TEXT NOT NULL,
+    job_id TEXT NOT NULL, action TEXT NOT NULL, phase TEXT NOT NULL, detail TEXT, time TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS steps_job ON steps (batch, job_id, id);
+"""
+
+JOB_COLUMNS = (
+    "card_serial", "slot", "slot_name", "fingerprint_sha256", "replaced_sha256", "archived_to",
+    "pin_tries_left", "not_after", "apdus", "seconds", "error",
+)  # fmt: skip
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    batch: str
+    job_id: str
+    run_id: str
+    holder: str
+    status: str
+    card_serial: int | None
+    slot: str | None
+    slot_name: str | None
+    fingerprint_sha256: str | None
+    replaced_sha256: str | None
+    archived_to: str | None
+    pin_tries_left: int | None
+    not_after: str | None
+    apdus: int | None
+    seconds: float | None
+    error: str | None
+    updated: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.job_id, "holder": self.holder, "status": self.status, "card_serial": self.card_serial,
+            "slot": self.slot, "slot_name": self.slot_name, "fingerprint_sha256": self.fingerprint_sha256,
+            "replaced_sha256": self.replaced_sha256, "archived_to": self.archived_to,
+            "pin_tries_left": self.pin_tries_left, "not_after": self.not_after, "apdus": self.apdus,
+            "seconds": self.seconds, "error": self.error,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    batch: str
+    jobfile: str
+    mode: str
+    started: str
+    finished: str | None
+    status: str
+    seal: str | None
+
+
+class JournalError(Exception):
+    pass
+
+
+class Journal:
+    """One SQLite journal; safe to share between reader worker threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"the journal {path} cannot be opened ({exc}); move it aside to start a new one") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- runs ---
+
+    def start_run(self, run_id: str, batch: str, jobfile: str, mode: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', NULL)",
+                       (run_id, batch, jobfile, mode, now_rfc3339()))  # fmt: skip
+
+    def finish_run(self, run_id: str, status: str, seal: str | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET finished = ?, status = ?, seal = ? WHERE run_id = ?",
+                       (now_rfc3339(), status, seal, run_id))  # fmt: skip
+            # Whatever this run left started is in doubt: the card's state decides on resume.
+            db.execute("UPDATE jobs SET status = ?, updated = ? WHERE run_id = ? AND status = ?",
+                       (IN_DOUBT, now_rfc3339(), run_id, IN_PROGRESS))  # fmt: skip
+
+    def recover_abandoned_runs(self) -> list[str]:
+        """Runs left 'running' by a killed process: their started jobs become in doubt."""
+        with self._tx() as db:
+            rows = [r[0] for r in db.execute("SELECT run_id FROM runs WHERE status = 'running'")]
+            for run_id in rows:
+                db.execute("UPDATE runs SET status = 'interrupted', finished = ? WHERE run_id = ?",
+                           (now_rfc3339(), run_id))  # fmt: skip
+                db.execute("UPDATE jobs SET status = ?, updated = ? WHERE run_id = ? AND status = ?",
+                           (IN_DOUBT, now_rfc3339(), run_id, IN_PROGRESS))  # fmt: skip
+        return rows
+
+    def runs(self) -> list[RunRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM runs ORDER BY started").fetchall()
+        return [RunRecord(*row) for row in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return RunRecord(*row) if row else None
+
+    def last_run(self) -> RunRecord | None:
+        runs = self.runs()
+        return runs[-1] if runs else None
+
+    def seals(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT seal FROM runs WHERE seal IS NOT NULL ORDER BY started")]
+
+    # --- jobs ---
+
+    def job(self, batch: str, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id)).fetchone()
+        return JobRecord(*row) if row else None
+
+    def jobs(self, *, batch: str | None = None, run_id: str | None = None) -> list[JobRecord]:
+        query, args = "SELECT * FROM jobs", []
+        if batch is not None:
+            query, args = query + " WHERE batch = ?", [batch]
+        elif run_id is not None:
+            query, args = query + " WHERE run_id = ?", [run_id]
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY rowid", args).fetchall()
+        return [JobRecord(*row) for row in rows]
+
+    def set_job(self, batch: str, job_id: str, run_id: str, holder: str, status: str, **fields: Any) -> None:
+        unknown = set(fields) - set(JOB_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown job fields {sorted(unknown)}")
+        with self._tx() as db:
+            existing = db.execute("SELECT 1 FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id)).fetchone()
+            if existing is None:
+                db.execute(
+                    "INSERT INTO jobs (batch, job_id, run_id, holder, status, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                    (batch, job_id, run_id, holder, status, now_rfc3339()),
+                )
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            db.execute(
+                f"UPDATE jobs SET run_id = ?, holder = ?, status = ?, updated = ?{', ' + sets if sets else ''} "  # noqa: S608 - column names are checked above
+                "WHERE batch = ? AND job_id = ?",
+                (run_id, holder, status, now_rfc3339(), *fields.values(), batch, job_id),
+            )
+
+    # --- steps ---
+
+    def step(self, run_id: str, batch: str, job_id: str, action: str, phase: str, detail: dict[str, Any] | None = None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO steps (run_id, batch, job_id, action, phase, detail, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, batch, job_id, action, phase, json.dumps(detail or {}, sort_keys=True), now_rfc3339()))  # fmt: skip
+
+    def steps(self, batch: str, job_id: str) -> list[tuple[str, str, str, dict[str, Any], str]]:
+        """(run_id, action, phase, detail, time) for a job, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id, action, phase, detail, time FROM steps WHERE batch = ? AND job_id = ? ORDER BY id",
+                (batch, job_id),
+            ).fetchall()
+        return [(r[0], r[1], r[2], json.loads(r[3] or "{}"), r[4]) for r in rows]
+
+    def ended_steps(self, batch: str, job_id: str) -> set[str]:
+        return {action for _, action, phase, _, _ in self.steps(batch, job_id) if phase == "end"}

@@ -1,0 +1,426 @@
+"""One card: the counter's checklist, done transactionally.
+
+preflight → archive the replaced certificate → verify the PIN → management key → import the key →
+write the certificate → write the slot name → verify (read back, public key, test signature) →
+commit → exports.
+
+Every step is recorded in the journal before and after it runs. Every write step first looks at
+what the card already holds, so the same code finishes an interrupted load (resume) and changes
+nothing on a card that already carries the target (an idempotent re-run, reported ``skipped``).
+Nothing is retried here: a wrong PIN, a refused management key or a refused key end the job with
+their reason. Transient faults (a pulled card) are the runner's to retry, by running this again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from provision import journal as jn
+from provision.bundle import Bundle
+from provision.errors import CardError, ManagementKeyError, PinError, ProvisionError, SecretError
+from provision.jobfile import Job, JobFile
+from provision.piv.session import PIN_POLICIES, CardNotSupportedError, PivSession, SlotMetadata
+from provision.piv.slots import find_algorithm
+from provision.secrets import Secret, obtain
+from provision.store import CertificateStore, write_atomically
+
+DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
+COMPRESS_ABOVE_BYTES = 2900  # YubiKey objects hold ~3 kB; larger certificates are gzipped as ykman does
+
+Recorder = Callable[..., None]  # audit: record(event, **fields)
+PinPrompt = Callable[[str, int | None], Secret]  # (holder, tries left) → PIN typed by the citizen
+
+
+class JobRefused(ProvisionError):
+    """The job cannot be done on this card and nothing was written (replace: refuse, expect …)."""
+
+    exit_code = 1
+
+
+@dataclass
+class LoadResult:
+    status: str
+    card_serial: int | None = None
+    fingerprint_sha256: str | None = None
+    replaced_sha256: str | None = None
+    archived_to: str | None = None
+    pin_tries_left: int | None = None
+    not_after: str | None = None
+    slot_name_on_card: bool | None = None
+    resumed: bool = False
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadContext:
+    jobfile: JobFile
+    job: Job
+    bundle: Bundle
+    slot_name: str
+    run_id: str
+    journal: jn.Journal
+    store: CertificateStore
+    record: Recorder
+    unattended: bool
+    ask_pin: PinPrompt | None = None  # counter mode: a person types the PIN, seeing the tries left
+    export_dir: Path | None = None
+    resuming: bool = False  # the journal says an earlier attempt on this job was interrupted
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+
+class Loader:
+    """Loads ``ctx.bundle`` into ``ctx.job.slot`` of the card behind ``session``."""
+
+    def __init__(self, ctx: LoadContext, session: PivSession, card_serial: int | None) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.card_serial = card_serial
+        self.job = ctx.job
+        self.slot = ctx.job.slot
+        self.der = ctx.bundle.certificate.public_bytes(Encoding.DER)
+        self.sha256 = hashlib.sha256(self.der).hexdigest()
+        self.result = LoadResult(status=jn.IN_PROGRESS, card_serial=card_serial, fingerprint_sha256=self.sha256,
+                                 not_after=_rfc3339(ctx.bundle.certificate.not_valid_after_utc))  # fmt: skip
+        self._pin: Secret | None = None
+        self._authenticated = False
+        self._metadata_supported = True
+        self._ended = ctx.journal.ended_steps(ctx.jobfile.batch, ctx.job.id)
+
+    # --- bookkeeping ---
+
+    @contextmanager
+    def step(self, action: str, **detail: Any) -> Iterator[dict[str, Any]]:
+        """Journal ``begin`` before, ``end`` after (with what the step found), ``fail`` on error."""
+        ctx = self.ctx
+        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "begin", detail)
+        found: dict[str, Any] = {}
+        try:
+            yield found
+        except BaseException as exc:
+            ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "fail",
+                             {"error_class": type(exc).__name__})  # fmt: skip
+            raise
+        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "end", found)
+
+    def audit(self, event: str, **fields: Any) -> None:
+        self.ctx.record(event, card_serial=self.card_serial, slot=self.slot.hex, slot_name=self.ctx.slot_name,
+                        fingerprint_sha256=self.sha256, **fields)  # fmt: skip
+
+    # --- the checklist ---
+
+    def run(self) -> LoadResult:
+        try:
+            state = self.preflight()
+            if state["done"]:
+                return self.skip()
+            self.handle_replaced_certificate(state)
+            self.verify_pin()
+            self.authenticate_management_key()
+            self.import_key(state)
+            self.write_certificate(state)
+            self.write_slot_name()
+            self.verify_load()
+            self.commit()
+            self.exports()
+            return self.result
+        finally:
+            if self._pin is not None:
+                self._pin.wipe()
+
+    def preflight(self) -> dict[str, Any]:
+        bundle, job = self.ctx.bundle, self.job
+        with self.step("preflight") as found:
+            version = self.session.version()
+            alg = bundle.algorithm
+            if not alg.standard and (version is None or version < (5, 7, 0)):
+                raise JobRefused(
+                    f"the card (firmware {_version_text(version)}) cannot hold a {alg.name} key; "
+                    "it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384"
+                )
+            current = self.session.read_certificate(self.slot.key_ref)
+            metadata = self._metadata()
+            key_matches = None
+            if metadata is not None and metadata.public_key is not None:
+                key_matches = _spki(metadata.public_key) == _spki(bundle.certificate.public_key())
+            elif self._metadata_supported:
+                key_matches = False  # F7 says the slot is empty
+            cert_matches = current == self.der
+            found.update(current_sha256=hashlib.sha256(current).hexdigest() if current else None,
+                         cert_on_card=cert_matches, key_on_card=key_matches)  # fmt: skip
+            if current is not None and not cert_matches:
+                self.result.replaced_sha256 = hashlib.sha256(current).hexdigest()
+            previous = self.ctx.journal.job(self.ctx.jobfile.batch, job.id)
+            if self.ctx.resuming and previous is not None and previous.replaced_sha256 and not self.result.replaced_sha256:
+                self.result.replaced_sha256 = previous.replaced_sha256  # archived by an interrupted attempt
+                self.result.archived_to = previous.archived_to
+            self.result.resumed = self.ctx.resuming
+            done = cert_matches and key_matches is True
+            if cert_matches and key_matches is None:
+                # No F7 on this card: only the key itself can say whether it is the certificate's.
+                done = self._key_proves_certificate()
+            found["done"] = done
+            self.audit("preflight", current_sha256=found["current_sha256"], outcome="done" if done else "load")
+            return {"current": current, "metadata": metadata, "key_on_card": key_matches,
+                    "cert_on_card": cert_matches, "done": done}  # fmt: skip
+
+    def _metadata(self) -> SlotMetadata | None:
+        try:
+            return self.session.get_metadata(self.slot.key_ref)
+        except CardNotSupportedError:
+            self._metadata_supported = False
+            return None
+
+    def _key_proves_certificate(self) -> bool:
+        self.verify_pin()
+        try:
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+        except CardError:
+            return False
+        return True
+
+    def skip(self) -> LoadResult:
+        """The card already carries this certificate and key. A fresh job changes nothing;
+        an interrupted one is rolled forward from what it left (slot name, verify, commit)."""
+        if self.result.resumed:
+            self.verify_pin()  # the test signature needs it
+            self.write_slot_name()
+            self.verify_load()
+            self.commit()
+            self.exports()
+            return self.result
+        self.result.status = jn.SKIPPED
+        self.audit("skipped", reason="the card already holds this certificate and its key")
+        return self.result
+
+    def handle_replaced_certificate(self, state: dict[str, Any]) -> None:
+        current: bytes | None = state["current"]
+        if current is None or state["cert_on_card"]:
+            return
+        sha = hashlib.sha256(current).hexdigest()
+        with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as found:
+            if self.job.replace == "refuse":
+                raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "
+                                 "and the job says replace: refuse; the card was not changed")  # fmt: skip
+            if self.job.replace == "archive":
+                names = self.session.read_slot_names() or {}
+                stored = self.ctx.store.archive(
+                    current, card_serial=self.card_serial, slot=self.slot.hex, slot_name=names.get(self.slot.key_ref),
+                    holder=self.job.holder, job_id=self.job.id, batch=self.ctx.jobfile.batch, run_id=self.ctx.run_id,
+                )  # fmt: skip
+                self.result.archived_to = str(stored.path)
+                found["archived_to"] = str(stored.path)
+                self.audit("archived", replaced_sha256=sha, archived_to=str(stored.path))
+            else:
+                self.audit("overwrite_planned", replaced_sha256=sha)
+            self.ctx.journal.set_job(self.ctx.jobfile.batch, self.job.id, self.ctx.run_id, self.job.holder,
+                                     jn.IN_PROGRESS, replaced_sha256=sha, archived_to=self.result.archived_to)  # fmt: skip
+
+    def verify_pin(self) -> None:
+        """Read the tries left (costs none), refuse below the floor, then VERIFY once."""
+        with self.step("verify_pin") as found:
+            tries = self.session.pin_tries()
+            self.result.pin_tries_left = tries
+            found["tries_before"] = tries
+            if tries is None:
+                return  # already verified in this card session
+            floor = self.job.min_pin_retries
+            while True:
+                if tries < floor:
+                    self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
+                    raise PinError(
+                        f"the card has {tries} PIN tr{'y' if tries == 1 else 'ies'} left, fewer than "
+                        f"min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: "
+                        "unblock the card with its PUK first",
+                        tries,
+                    )
+                pin = self._obtain_pin(tries)
+                try:
+                    self.session.verify_pin(pin)
+                except PinError as exc:
+                    pin.wipe()
+                    self.result.pin_tries_left = exc.tries_left
+                    self.audit("pin_verify", pin_tries_left=exc.tries_left, outcome="wrong")
+                    # A person at the counter may type it again while tries stay above the floor;
+                    # a PIN from a file, variable or program is never retried.
+                    if self.job.pin.kind != "prompt" or self.ctx.ask_pin is None or exc.tries_left is None:
+                        raise
+                    tries = exc.tries_left
+                    continue
+                self._pin = pin
+                self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
+                return
+
+    def _obtain_pin(self, tries: int | None) -> Secret:
+        if self._pin is not None:
+            return self._pin
+        if self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None:
+            return self.ctx.ask_pin(self.job.holder, tries)
+        return obtain(self.job.pin, unattended=self.ctx.unattended)
+
+    def authenticate_management_key(self) -> None:
+        if self._authenticated:
+            return
+        with self.step("authenticate_management_key", default_key=self.job.management_key is None):
+            key_type = None if self.job.management_key_type == "auto" else self.job.management_key_type
+            if self.job.management_key is None:
+                key = Secret(DEFAULT_MANAGEMENT_KEY)
+            else:
+                text = obtain(self.job.management_key, unattended=self.ctx.unattended)
+                try:
+                    key = Secret(bytes.fromhex(text.reveal().decode("ascii")))
+                except (ValueError, UnicodeDecodeError):
+                    raise SecretError(f"the management key from the {self.job.management_key.describe()} "
+                                      "is not hexadecimal") from None  # fmt: skip
+                finally:
+                    text.wipe()
+            try:
+                self.session.authenticate(key, key_type)  # type: ignore[arg-type]
+            except ManagementKeyError:
+                self.audit("management_key_auth", outcome="failed")
+                raise
+            finally:
+                key.wipe()
+            self._authenticated = True
+            self.audit("management_key_auth", outcome="ok", default_key=self.job.management_key is None)
+
+    def import_key(self, state: dict[str, Any]) -> None:
+        if state["key_on_card"] is True:
+            self.result.notes.append("the key was already on the card")
+            return
+        with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
+            self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
+                                    self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
+            self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, pin_policy=self.job.pin_policy,
+                       touch_policy=self.job.touch_policy)  # fmt: skip
+
+    def write_certificate(self, state: dict[str, Any]) -> None:
+        if state["cert_on_card"]:
+            return
+        with self.step("write_certificate"):
+            self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
+            self.audit("certificate_written", replaced_sha256=self.result.replaced_sha256)
+
+    def write_slot_name(self) -> None:
+        names = self.session.read_slot_names()
+        if names is not None and names.get(self.slot.key_ref) == self.ctx.slot_name:
+            self.result.slot_name_on_card = True
+            return
+        self.authenticate_management_key()  # a resumed load may reach here without it
+        with self.step("write_slot_name") as found:
+            outcome = self.session.write_slot_name(self.slot.key_ref, self.ctx.slot_name)
+            self.result.slot_name_on_card = outcome.stored
+            found["stored"] = outcome.stored
+            if not outcome.stored:
+                self.result.notes.append(f"slot name kept by provision only: {outcome.reason}")
+            self.audit("slot_name_written", stored=outcome.stored)
+
+    def verify_load(self) -> None:
+        with self.step("verify_load") as found:
+            back = self.session.read_certificate(self.slot.key_ref)
+            if back != self.der:
+                raise CardError(f"the certificate read back from slot {self.slot.hex} differs from the one written")
+            metadata = self._metadata()
+            if metadata is not None and metadata.public_key is not None:
+                if _spki(metadata.public_key) != _spki(self.ctx.bundle.certificate.public_key()):
+                    raise CardError(f"the key in slot {self.slot.hex} is not the certificate's key")
+                found["public_key"] = "matches"
+            if self._pin_always(metadata):
+                # PIN policy "always": the VERIFY must immediately precede the key's use.
+                self.session.verify_pin(self._pin or self._obtain_pin(None))
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            found["test_signature"] = "verified"
+            self.audit("verified", outcome="ok")
+
+    def _pin_always(self, metadata: SlotMetadata | None) -> bool:
+        if metadata is not None and metadata.pin_policy is not None:
+            return metadata.pin_policy == PIN_POLICIES["always"]
+        # Without metadata, assume the YubiKey default (always on 9C) unless the job set a policy.
+        if self.job.pin_policy != "default":
+            return self.job.pin_policy == "always"
+        return self.slot.key_ref == 0x9C
+
+    def commit(self) -> None:
+        with self.step("commit"):
+            self.result.status = jn.LOADED
+            self.ctx.journal.set_job(
+                self.ctx.jobfile.batch, self.job.id, self.ctx.run_id, self.job.holder, jn.LOADED,
+                card_serial=self.card_serial, slot=self.slot.hex, slot_name=self.ctx.slot_name,
+                fingerprint_sha256=self.sha256, replaced_sha256=self.result.replaced_sha256,
+                archived_to=self.result.archived_to, pin_tries_left=self.result.pin_tries_left,
+                not_after=self.result.not_after,
+            )  # fmt: skip
+            self.audit("committed", replaced_sha256=self.result.replaced_sha256, archived_to=self.result.archived_to,
+                       resumed=self.result.resumed, not_after=self.result.not_after)  # fmt: skip
+
+    def exports(self) -> None:
+        from provision.plan import export_path, template_values
+
+        export = self.job.export
+        if export.pem is None and export.nssdb is None:
+            return
+        values = template_values(self.ctx.jobfile.tz, cert=self.ctx.bundle.info, job=self.job,
+                                 batch=self.ctx.jobfile.batch, card_serial=self.card_serial)  # fmt: skip
+        base = self.ctx.export_dir or self.ctx.jobfile.path.parent
+        if export.pem is not None:
+            path = export_path(base, export.pem, values)
+            with self.step("export_pem", path=str(path)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, self.ctx.bundle.certificate.public_bytes(Encoding.PEM))
+                self.audit("exported", target="pem", path=str(path))
+        if export.nssdb is not None:
+            path = export_path(base, export.nssdb, values)
+            with self.step("export_nssdb", path=str(path)):
+                export_to_nssdb(path, self.ctx.bundle.certificate, nickname=f"{self.job.holder} {self.ctx.slot_name}")
+                self.audit("exported", target="nssdb", path=str(path))
+
+
+def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname: str) -> None:
+    """Add the certificate to an NSS database (a browser profile) with NSS ``certutil``."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        raise CardError("NSS certutil was not found; install libnss3-tools (Debian) or NSS tools to export to nssdb")
+    directory.mkdir(parents=True, exist_ok=True)
+    db = f"sql:{directory}"
+    if not (directory / "cert9.db").exists():
+        subprocess.run([certutil, "-N", "-d", db, "--empty-password"], check=True, capture_output=True, timeout=60)
+    with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
+        pem.write(certificate.public_bytes(Encoding.PEM))
+        pem.flush()
+        done = subprocess.run([certutil, "-A", "-d", db, "-n", nickname, "-t", ",,", "-i", pem.name],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    if done.returncode != 0:
+        raise CardError(f"certutil could not add the certificate to {directory}: {done.stderr.strip()[:200]}")
+
+
+def _version_text(version: tuple[int, int, int] | None) -> str:
+    return "unknown" if version is None else ".".join(map(str, version))
+
+
+def _rfc3339(moment: Any) -> str:
+    return str(moment.isoformat()).replace("+00:00", "Z")
+
+
+def key_algorithm_supported(version: tuple[int, int, int] | None, key_type: str, bits: int) -> bool:
+    target = "yubikey-5.7" if version is not None and version >= (5, 7, 0) else "sp800-78-4"
+    return find_algorithm(key_type, bits, target) is not None
+
+
+def elapsed(start: float) -> float:
+    return round(time.monotonic() - start, 3)

@@ -1,0 +1,663 @@
+"""The batch: readers, insertion events, job ↔ card matching, one worker per reader, progress.
+
+For each card that appears, the runner reads its identity (serial, CHUID GUID), finds the job it
+belongs to, and hands both to ``load.Loader``. A card with no job, or not the card the counter
+expects, is refused after read-only APDUs only. A card pulled mid-load leaves its job *in doubt*;
+when that card comes back (in this run, a later one, or ``provision resume``) the loader reads
+what the card holds and rolls forward, never repeating a finished write.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from provision import journal as jn
+from provision.bundle import Bundle, Inspection
+from provision.card.apdu import ApduChannel
+from provision.card.base import RawTransport
+from provision.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CardError,
+    CardRemovedError,
+    EnvironmentProblem,
+    ManagementKeyError,
+    PinError,
+    ProvisionError,
+    ReaderGoneError,
+)
+from provision.jobfile import Job, JobFile
+from provision.load import JobRefused, LoadContext, Loader, LoadResult, PinPrompt
+from provision.piv.session import PivSession
+from provision.store import CertificateStore
+
+Say = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Card sources: where cards come from (PC/SC readers, or in-process simulated readers)
+
+
+@dataclass(frozen=True)
+class CardEvent:
+    kind: str  # "inserted" | "removed" | "tick" (nothing happened for a while)
+    reader: str
+
+
+class CardSource(Protocol):
+    def events(self, timeout: float | None) -> Iterator[CardEvent]:
+        """Insertions and removals until ``timeout`` seconds pass with nothing new (None: forever)."""
+        ...
+
+    def connect(self, reader: str) -> RawTransport: ...
+
+    def done_with(self, reader: str) -> None:
+        """The runner has finished with the card in ``reader`` (the operator may take it)."""
+        ...
+
+
+class SimSource:
+    """In-process simulated readers: each reader gets its queue of cards, one after another."""
+
+    def __init__(self, cards_per_reader: list[list[Any]]) -> None:
+        from provision.sim.inprocess import SimTransport
+
+        self._transport_cls = SimTransport
+        self.names = [f"Provision Sim {i:02d}" for i in range(len(cards_per_reader))]
+        self._queues = {name: list(cards) for name, cards in zip(self.names, cards_per_reader, strict=True)}
+        self._current: dict[str, Any] = {}
+        self._events: queue.Queue[CardEvent] = queue.Queue()
+        for name in self.names:
+            self._insert_next(name)
+
+    def _insert_next(self, reader: str) -> None:
+        pending = self._queues[reader]
+        if pending:
+            card = pending.pop(0)
+            card.power_on()
+            self._current[reader] = card
+            self._events.put(CardEvent("inserted", reader))
+        else:
+            self._current.pop(reader, None)
+
+    def insert(self, reader: str, card: Any) -> None:
+        """Put a card (back) into a reader, e.g. a pulled card returning."""
+        self._queues[reader].insert(0, card)
+        if reader not in self._current:
+            self._insert_next(reader)
+
+    def events(self, timeout: float | None) -> Iterator[CardEvent]:
+        while True:
+            try:
+                yield self._events.get(timeout=0.05 if timeout is None else max(timeout, 0.05))
+            except queue.Empty:
+                if not self._current and self._events.empty():
+                    return
+                if timeout is not None:
+                    return
+
+    def connect(self, reader: str) -> RawTransport:
+        card = self._current.get(reader)
+        if card is None or getattr(card, "vanished", False):
+            raise CardRemovedError(f"no card in {reader}")
+        return self._transport_cls(card, reader)
+
+    def done_with(self, reader: str) -> None:
+        self._events.put(CardEvent("removed", reader))
+        self._insert_next(reader)
+
+
+class PcscSource:
+    """Real readers through PC/SC (pcscd, WinSCard): insertion events on all readers at once."""
+
+    def __init__(self, reader_filter: list[str] | None = None) -> None:
+        from provision.card import transport
+
+        self._t = transport
+        self._filter = [f.lower() for f in reader_filter or []]
+
+    def _wanted(self, name: str) -> bool:
+        return not self._filter or any(f in name.lower() for f in self._filter)
+
+    def events(self, timeout: float | None) -> Iterator[CardEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        known = self._t.list_readers()
+        for state in known:
+            if state.card_present and self._wanted(state.name):
+                yield CardEvent("inserted", state.name)
+        while True:
+            # Watch in one-second slices and tick between them, so the runner can notice that a
+            # worker finished the last job without waiting for the card to be taken out.
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            for event in self._t.watch(known, timeout=1.0 if left is None else min(1.0, left)):
+                if not self._wanted(event.reader):
+                    continue
+                if event.kind == "inserted":
+                    yield CardEvent("inserted", event.reader)
+                elif event.kind in ("removed", "reader-removed"):
+                    yield CardEvent("removed", event.reader)
+            yield CardEvent("tick", "")
+            known = self._t.list_readers()
+
+    def connect(self, reader: str) -> RawTransport:
+        return self._t.connect(reader)
+
+    def done_with(self, reader: str) -> None:
+        pass  # the person takes the card out; the removal event comes from PC/SC
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobState:
+    job: Job
+    slot_name: str
+    bundle: Bundle | None
+    inspection_message: str
+    status: str = jn.PENDING
+    result: LoadResult | None = None
+    error: str | None = None
+    apdus: int = 0
+    seconds: float = 0.0
+    card_serial: int | None = None
+
+
+@dataclass
+class RunOptions:
+    logs: Path
+    unattended: bool = False
+    wait: float | None = None  # seconds to wait for missing cards; None: until all are done (counter)
+    ask_pin: PinPrompt | None = None
+    say: Say = field(default_factory=lambda: _to_stderr)
+    progress: bool = True
+    export_dir: Path | None = None
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+class Runner:
+    def __init__(self, jobfile: JobFile, source: CardSource, options: RunOptions, *, audit: Any = None) -> None:
+        self.jobfile = jobfile
+        self.source = source
+        self.options = options
+        self.say = options.say
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        self.journal = jn.Journal(options.logs / "journal.sqlite3")
+        self.store = CertificateStore(options.logs / "store")
+        self.audit = audit
+        self.states: list[JobState] = []
+        self.refused_cards: list[dict[str, Any]] = []
+        self._lock = threading.RLock()
+        self._busy: set[str] = set()
+        self._workers: list[threading.Thread] = []
+        self.started = jn.now_rfc3339()
+        self.finished: str | None = None
+        self.seal: str | None = None
+
+    # --- audit ---
+
+    def record(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.append(event, run_id=self.run_id, batch=self.jobfile.batch, **fields)
+
+    # --- preparation: every bundle opened once, before any card ---
+
+    def prepare(self, opened: list[tuple[Job, Inspection | None, Bundle | None, str]]) -> None:
+        from provision.plan import template_values
+
+        self.store.check_writable()
+        self.journal.recover_abandoned_runs()
+        self.journal.start_run(self.run_id, self.jobfile.batch, str(self.jobfile.path),
+                               "unattended" if self.options.unattended else "counter")  # fmt: skip
+        self.record("run_started", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
+                    mode="unattended" if self.options.unattended else "counter")  # fmt: skip
+        self.record("validated", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
+                    warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
+        for job, inspection, bundle, message in opened:
+            info = inspection.info if inspection else None
+            values = template_values(self.jobfile.tz, cert=info, job=job, batch=self.jobfile.batch)
+            state = JobState(job, job.slot_name.render(values), bundle, message)
+            previous = self.journal.job(self.jobfile.batch, job.id)
+            if previous is not None and previous.status in (jn.IN_DOUBT, jn.IN_PROGRESS):
+                state.status = jn.IN_DOUBT  # an interrupted load: the same card finishes it
+                state.card_serial = previous.card_serial
+            if bundle is None:
+                state.status = jn.FAILED
+                state.error = message
+                self.record("job_failed", job_id=job.id, holder=job.holder, outcome="failed",
+                            error_class="BundleError", error=message)  # fmt: skip
+            self.states.append(state)
+
+    # --- matching ---
+
+    def match(self, serial: int | None, guid: str | None) -> tuple[JobState | None, str]:
+        """The job for this card, or None and why."""
+        with self._lock:
+            open_states = [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
+            for s in open_states:  # a job already started on this very card comes first
+                if s.card_serial is not None and s.card_serial == serial and s.status == jn.IN_DOUBT:
+                    return s, ""
+            for s in open_states:
+                if serial is not None and s.job.card.serial == serial:
+                    return s, ""
+                if guid is not None and s.job.card.guid == guid:
+                    return s, ""
+            for s in self.states:
+                if (serial is not None and s.job.card.serial == serial) or (guid and s.job.card.guid == guid):
+                    return None, f"this card's job {s.job.id} ({s.job.holder}) is already {s.status}"
+            for s in open_states:
+                if s.job.card.any:
+                    if not self.options.unattended and s is not self.expected():
+                        continue
+                    return s, ""
+            who = f"serial {serial}" if serial is not None else (f"GUID {guid}" if guid else "no serial or GUID")
+            expected = self.expected()
+            hint = f"; the counter expects the card of {expected.job.holder}" if expected and not self.options.unattended else ""
+            return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
+
+    def expected(self) -> JobState | None:
+        return next((s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)), None)
+
+    def open_jobs(self) -> list[JobState]:
+        return [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
+
+    # --- one card ---
+
+    def handle_card(self, reader: str) -> None:
+        try:
+            self._handle_card(reader)
+        finally:
+            with self._lock:
+                self._busy.discard(reader)
+            self.source.done_with(reader)
+
+    def _handle_card(self, reader: str) -> None:
+        start = time.monotonic()
+        try:
+            transport = self.source.connect(reader)
+        except (CardRemovedError, ReaderGoneError) as exc:
+            self.say(f"{reader}: {exc.message}")
+            return
+        state: JobState | None = None
+        try:
+            transport.begin_transaction()
+            session = PivSession(ApduChannel(transport))
+            session.select()
+            serial = session.serial()
+            guid = session.read_chuid()
+            self.record("card_inserted", reader=reader, card_serial=serial, chuid_guid=guid)
+            state, why = self.match(serial, guid)
+            if state is None:
+                self.refused_cards.append({"reader": reader, "card_serial": serial, "chuid_guid": guid, "reason": why})
+                self.record("card_refused", reader=reader, card_serial=serial, chuid_guid=guid, outcome="refused",
+                            reason=why, apdus=transport.apdu_count)  # fmt: skip
+                self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
+                return
+            with self._lock:
+                resuming = state.status == jn.IN_DOUBT
+                state.status = jn.IN_PROGRESS
+                state.card_serial = serial
+            self.record("card_identified", job_id=state.job.id, holder=state.job.holder, card_serial=serial,
+                        chuid_guid=guid, reader=reader)  # fmt: skip
+            self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.IN_PROGRESS,
+                                 card_serial=serial, slot=state.job.slot.hex, slot_name=state.slot_name)  # fmt: skip
+            self.say(f"{reader}: loading {state.job.holder} ({state.job.id}) into slot {state.job.slot.hex} "
+                     f"as {state.slot_name!r}")  # fmt: skip
+            assert state.bundle is not None
+            ctx = LoadContext(
+                jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
+                journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
+                ask_pin=self.options.ask_pin, export_dir=self.options.export_dir, resuming=resuming,
+            )  # fmt: skip
+            loader = Loader(ctx, session, serial)
+            state.result = loader.result  # what the load found so far, also if it fails
+            result = loader.run()
+            self._finish(state, result.status, result, None, transport.apdu_count, start)
+        except CardRemovedError as exc:
+            if state is not None:
+                self._finish(state, jn.IN_DOUBT, None, exc, transport.apdu_count, start)
+            else:
+                self.say(f"{reader}: {exc.message}")
+        except JobRefused as exc:
+            assert state is not None
+            self._finish(state, jn.REFUSED, None, exc, transport.apdu_count, start)
+        except (PinError, ManagementKeyError, CardError, ProvisionError) as exc:
+            if state is None:
+                self.say(f"{reader}: the card could not be read: {exc.message}")
+                self.record("card_error", reader=reader, error_class=type(exc).__name__, error=exc.message)
+            else:
+                self._finish(state, jn.FAILED, None, exc, transport.apdu_count, start)
+        finally:
+            try:
+                transport.end_transaction()
+                transport.close()
+            except ProvisionError:
+                pass
+
+    def _job_recorder(self, state: JobState) -> Callable[..., None]:
+        def record(event: str, **fields: Any) -> None:
+            self.record(event, job_id=state.job.id, holder=state.job.holder, **fields)
+
+        return record
+
+    def _finish(self, state: JobState, status: str, result: LoadResult | None, exc: ProvisionError | None,
+                apdus: int, start: float) -> None:  # fmt: skip
+        result = result or state.result  # a failed load still tells what it found (tries, archive)
+        with self._lock:
+            state.status = status
+            state.result = result
+            state.apdus += apdus
+            state.seconds += time.monotonic() - start
+            state.error = exc.message if exc is not None else (result.error if result else None)
+        fields: dict[str, Any] = {"card_serial": state.card_serial, "slot": state.job.slot.hex,
+                                  "slot_name": state.slot_name, "apdus": state.apdus,
+                                  "seconds": round(state.seconds, 3), "error": state.error}  # fmt: skip
+        if result is not None:
+            fields.update(fingerprint_sha256=result.fingerprint_sha256, replaced_sha256=result.replaced_sha256,
+                          archived_to=result.archived_to, pin_tries_left=result.pin_tries_left,
+                          not_after=result.not_after)  # fmt: skip
+        if isinstance(exc, PinError):
+            fields["pin_tries_left"] = exc.tries_left
+            if result is not None:
+                result.pin_tries_left = exc.tries_left
+        journal_status = jn.IN_PROGRESS if status == jn.IN_DOUBT else status
+        self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, journal_status, **fields)
+        if status == jn.IN_DOUBT:
+            self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.IN_DOUBT)
+        self.record(f"job_{status.replace('-', '_')}", job_id=state.job.id, holder=state.job.holder,
+                    outcome=status, error_class=type(exc).__name__ if exc else None, **fields)  # fmt: skip
+        self.say(self.result_line(state))
+
+    def result_line(self, state: JobState) -> str:
+        job, result = state.job, state.result
+        if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
+            what = "already on the card, nothing changed" if state.status == jn.SKIPPED else "loaded"
+            line = (f"{job.holder} ({job.id}): {what}. New certificate On Card in slot {job.slot.hex} "
+                    f"as {state.slot_name!r}, valid until {result.not_after}")  # fmt: skip
+            if result.archived_to:
+                line += f"; the old one is On Disk at {result.archived_to}"
+            return line
+        if state.status == jn.IN_DOUBT:
+            return (f"{job.holder} ({job.id}): the card was removed during the load; put it back to finish "
+                    "('provision resume' finishes it later)")  # fmt: skip
+        return f"{job.holder} ({job.id}): {state.status.upper()}: {state.error}"
+
+    # --- the loop ---
+
+    def run(self) -> int:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", disable=not self.options.progress,
+                   desc=self.jobfile.batch, leave=True)  # fmt: skip
+        if self.options.progress:  # messages go above the bar, not through it
+            self.say = lambda text: tqdm.write(text, file=sys.stderr)
+        bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
+        interrupted = False
+        try:
+            if self.open_jobs():
+                self._announce()
+            for event in self.source.events(self.options.wait):
+                if event.kind == "inserted":
+                    with self._lock:
+                        if event.reader in self._busy:
+                            continue
+                        self._busy.add(event.reader)
+                    worker = threading.Thread(target=self.handle_card, args=(event.reader,), daemon=True,
+                                              name=f"reader-{event.reader}")  # fmt: skip
+                    self._workers.append(worker)
+                    worker.start()
+                    if self.options.ask_pin is not None:
+                        worker.join()  # one person at the counter: one card at a time
+                self._reap(bar)
+                if not self.open_jobs() and not self._busy:
+                    break
+                if event.kind == "removed" and self.open_jobs() and not self._busy:
+                    self._announce()
+            for worker in self._workers:
+                worker.join()
+            self._reap(bar)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        return self.finish(interrupted)
+
+    def _reap(self, bar: Any) -> None:
+        done = sum(1 for s in self.states if s.status not in (jn.PENDING, jn.IN_DOUBT, jn.IN_PROGRESS))
+        bar.update(done - bar.n)
+
+    def _announce(self) -> None:
+        expected = self.expected()
+        if expected is None:
+            return
+        if self.options.unattended:
+            return
+        card = expected.job.card
+        which = f" (serial {card.serial})" if card.serial is not None else ""
+        self.say(f"\nInsert the card of {expected.job.holder}{which}.")
+
+    def finish(self, interrupted: bool) -> int:
+        for state in self.states:
+            if state.status == jn.IN_PROGRESS:
+                state.status = jn.IN_DOUBT
+        if self.audit is not None:
+            counts = self.counts()
+            self.record("run_finished", outcome="interrupted" if interrupted else "finished", **counts)
+            self.seal = self.audit.seal(run_id=self.run_id)
+            self.audit.close()
+        self.journal.finish_run(self.run_id, "interrupted" if interrupted else "finished", self.seal)
+        self.finished = jn.now_rfc3339()
+        if interrupted:
+            return EXIT_INTERRUPTED
+        if all(s.status in (jn.LOADED, jn.SKIPPED) for s in self.states):
+            return EXIT_OK
+        return EXIT_FAILED
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for state in self.states:
+            key = jn.PENDING if state.status == jn.IN_DOUBT else state.status
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def document(self) -> dict[str, Any]:
+        """The run's JSON (CLI.md): what ``run --json`` prints and the reports are made from."""
+        jobs = []
+        for s in self.states:
+            r = s.result
+            status = s.status if s.status != jn.IN_DOUBT else jn.PENDING
+            jobs.append({
+                "id": s.job.id, "holder": s.job.holder, "status": status,
+                "in_doubt": s.status == jn.IN_DOUBT, "card_serial": s.card_serial, "slot": s.job.slot.hex,
+                "slot_name": s.slot_name,
+                "fingerprint_sha256": (r.fingerprint_sha256 if r else (s.bundle.info.sha256 if s.bundle else None)),
+                "replaced_sha256": r.replaced_sha256 if r else None, "archived_to": r.archived_to if r else None,
+                "pin_tries_left": r.pin_tries_left if r else None, "not_after": r.not_after if r else None,
+                "slot_name_on_card": r.slot_name_on_card if r else None, "notes": r.notes if r else [],
+                "apdus": s.apdus, "seconds": round(s.seconds, 3), "error": s.error,
+            })  # fmt: skip
+        return {"run_id": self.run_id, "batch": self.jobfile.batch, "jobfile": str(self.jobfile.path),
+                "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
+                "finished": self.finished, "counts": self.counts(), "seal": self.seal,
+                "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
+
+
+def open_bundles(jobfile: JobFile, *, unattended: bool) -> list[tuple[Job, Inspection | None, Bundle | None, str]]:
+    """Decrypt every job's PKCS#12 once, before any card: the slow part happens while nobody waits."""
+    from provision.bundle import inspect_pkcs12
+    from provision.secrets import obtain
+
+    opened: list[tuple[Job, Inspection | None, Bundle | None, str]] = []
+    for job in jobfile.jobs:
+        try:
+            password = obtain(job.pkcs12_password, unattended=unattended)
+        except ProvisionError as exc:
+            opened.append((job, None, None, f"the PKCS#12 password could not be obtained: {exc.message}"))
+            continue
+        try:
+            data = job.pkcs12_path.read_bytes()
+            inspection, bundle = inspect_pkcs12(data, password)
+        except OSError as exc:
+            opened.append((job, None, None, f"{job.pkcs12_path} cannot be read ({exc.strerror})"))
+            continue
+        finally:
+            password.wipe()
+        if bundle is not None and inspection.info is not None:
+            from provision.plan import check_expectations
+
+            failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
+            if failed:
+                e = failed[0]
+                opened.append((job, inspection, None,
+                               f"expect.{e.check}: expected {e.expected!r}, the certificate has {e.actual!r}"))  # fmt: skip
+                continue
+        opened.append((job, inspection, bundle, inspection.message))
+    return opened
+
+
+class LogsLock:
+    """One run at a time per logs directory (two runs must not interleave their journals)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.path = logs / ".lock"
+        self._handle: Any = None
+
+    def __enter__(self) -> LogsLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._handle = open(self.path, "a+")  # noqa: SIM115 - held for the whole run
+        except OSError as exc:
+            raise EnvironmentProblem(f"the logs directory {self.path.parent} cannot be written ({exc.strerror})") from None
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(self._handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.close()
+            raise EnvironmentProblem(
+                f"another provision run is using {self.path.parent}; wait for it to finish or use another --logs"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def sim_cards_for(jobfile: JobFile) -> list[Any]:
+    """``run --sim``: one fresh simulated card per job, with the job's identity, in job order."""
+    from provision.sim.card import SimCard, SimOptions
+
+    cards = []
+    for index, job in enumerate(jobfile.jobs):
+        serial = job.card.serial if job.card.serial is not None else 30_000_000 + index
+        guid = bytes.fromhex(job.card.guid) if job.card.guid else None
+        cards.append(SimCard(SimOptions(serial=serial, chuid_guid=guid)))
+    return cards
+
+
+def terminal_pin_prompt(holder: str, tries: int | None) -> Any:
+    """Counter mode: the citizen types the PIN, seeing how many tries are left (workflow step 10)."""
+    import getpass
+
+    from provision.errors import SecretError
+    from provision.secrets import Secret
+
+    left = f"{tries} tr{'y' if tries == 1 else 'ies'} left" if tries is not None else "tries unknown"
+    if not sys.stdin.isatty():
+        raise SecretError("the card PIN must be typed at the counter, but there is no terminal")
+    try:
+        return Secret(getpass.getpass(f"PIN of the card of {holder} ({left}): ", stream=sys.stderr))
+    except (EOFError, KeyboardInterrupt):
+        raise SecretError("no PIN was typed") from None
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    document: dict[str, Any]
+    reports: dict[str, Path]
+
+
+def run_jobfile(
+    jobfile: JobFile,
+    *,
+    logs: Path,
+    unattended: bool,
+    wait: float | None,
+    readers: list[str] | None = None,
+    sim: bool = False,
+    source: CardSource | None = None,
+    progress: bool = True,
+    say: Say = _to_stderr,
+    only_jobs: set[str] | None = None,
+    accept_damaged_audit_tail: str | None = None,
+) -> RunOutcome:
+    """Everything ``provision run`` does after the job file validated."""
+    if only_jobs is not None:
+        jobfile = JobFile(jobfile.path, jobfile.batch, jobfile.timezone,
+                          tuple(j for j in jobfile.jobs if j.id in only_jobs), jobfile.audit_key, jobfile.warnings)  # fmt: skip
+    with LogsLock(logs):
+        opened = open_bundles(jobfile, unattended=unattended)
+        if source is None:
+            source = SimSource([sim_cards_for(jobfile)]) if sim else PcscSource(readers)
+        audit = open_audit(logs, jobfile, unattended=unattended, accept_damaged_tail=accept_damaged_audit_tail)
+        if unattended and wait is None:
+            wait = 0.0
+        options = RunOptions(logs=logs, unattended=unattended, wait=wait, say=say, progress=progress,
+                             ask_pin=None if unattended else terminal_pin_prompt)  # fmt: skip
+        runner = Runner(jobfile, source, options, audit=audit)
+        runner.prepare(opened)
+        code = runner.run()
+        document = runner.document()
+        reports = write_run_reports(document, logs)
+    return RunOutcome(code, document, reports)
+
+
+def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged_tail: str | None = None) -> Any:
+    """The audit log of this logs directory, keyed when the job file names an audit key.
+
+    A log whose end does not verify is not appended to (the new records would hide the damage)
+    unless the operator says so, with a reason that goes into the log itself."""
+    from provision.audit import AuditLog
+    from provision.errors import AuditError
+    from provision.secrets import obtain
+
+    key = obtain(jobfile.audit_key, unattended=unattended) if jobfile.audit_key is not None else None
+    audit = AuditLog(logs / "audit.jsonl", key=key)
+    tail = audit.check_tail()
+    if not tail.ok:
+        if not accept_damaged_tail:
+            audit.close()
+            raise AuditError(
+                f"the audit log's end is damaged ({tail.message}); nothing was run. Check it with "
+                "'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue"
+            )
+        audit.accept_damaged_tail(accept_damaged_tail)
+    return audit
+
+
+def write_run_reports(document: dict[str, Any], logs: Path) -> dict[str, Path]:
+    from provision.report import write_reports
+
+    return dict(write_reports(document, logs / "reports"))

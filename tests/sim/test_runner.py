@@ -1,0 +1,279 @@
+"""The batch on in-process simulated cards: load, archive, skip, refuse, fail safely, resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provision import fixtures
+from provision import journal as jn
+from provision.card.apdu import ApduChannel
+from provision.cardinfo import read_card_info
+from provision.jobfile import load_jobfile
+from provision.piv.session import PivSession
+from provision.runner import SimSource, run_jobfile
+from provision.secrets import Secret
+from provision.sim.card import SimCard, SimOptions
+from provision.sim.inprocess import SimTransport
+
+NOW = datetime.now(UTC)
+DEFAULT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
+
+
+@pytest.fixture(scope="module")
+def ca() -> fixtures.Issuer:
+    return fixtures.make_ca("Runner Test CA")
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Any:
+    return fixtures.generate_key("rsa2048")
+
+
+class Batch:
+    """A job file with holders, their PKCS#12 files and secret files, written into tmp_path."""
+
+    def __init__(self, tmp: Path, canaries: Any, ca: fixtures.Issuer, rsa_key: Any) -> None:
+        self.tmp, self.canaries, self.ca, self.rsa_key = tmp, canaries, ca, rsa_key
+        self.logs = tmp / "logs"
+        canaries.write_secret_file(tmp / "p12.pass", canaries.pkcs12_password)
+        canaries.write_secret_file(tmp / "card.pin", "123456")  # the simulated card's PIN
+        self.cards: list[str] = []
+
+    def holder(self, job_id: str, cn: str, serial: int, *, key_type: str = "p256", extra: str = "",
+               not_after: datetime | None = None) -> None:  # fmt: skip
+        key = self.rsa_key if key_type == "rsa2048" else None
+        data = fixtures.holder_p12(self.ca, cn, self.canaries.pkcs12_password, key_type=key_type, key=key,  # type: ignore[arg-type]
+                                   serial=serial, not_before=NOW - timedelta(days=1),
+                                   not_after=not_after or NOW + timedelta(days=365))  # fmt: skip
+        (self.tmp / f"{job_id}.p12").write_bytes(data)
+        self.cards.append(
+            f"  - id: {job_id}\n    holder: {cn}\n    card: {{serial: {serial}}}\n"
+            f"    pkcs12: {{path: {job_id}.p12, password: {{file: p12.pass}}}}\n{extra}"
+        )
+
+    def write(self, defaults: str = "") -> Path:
+        path = self.tmp / "batch.yaml"
+        path.write_text(
+            "version: 1\nbatch: test-batch\ntimezone: Asia/Hong_Kong\ndefaults:\n  slot: 9c\n"
+            '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {file: card.pin}\n'
+            '  export: {pem: "out/{job.id}.pem"}\n' + defaults + "cards:\n" + "".join(self.cards)
+        )
+        return path
+
+    def run(self, cards: list[SimCard], **kw: Any) -> Any:
+        jobfile = load_jobfile(self.write(kw.pop("defaults", "")), unattended=True)
+        return run_jobfile(jobfile, logs=self.logs, unattended=True, wait=0, source=SimSource([cards]),
+                           progress=False, say=lambda _: None, **kw)  # fmt: skip
+
+
+@pytest.fixture
+def batch(tmp_path: Path, canaries: Any, ca: fixtures.Issuer, rsa_key: Any) -> Batch:
+    return Batch(tmp_path, canaries, ca, rsa_key)
+
+
+def session_for(card: SimCard) -> PivSession:
+    card.power_on()
+    session = PivSession(ApduChannel(SimTransport(card)))
+    session.select()
+    return session
+
+
+def preload_old_certificate(card: SimCard, ca: fixtures.Issuer, cn: str) -> bytes:
+    """An e-Cert from three years ago, already on the card in 9c (what the counter replaces)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key, cert = fixtures.make_leaf(ca, cn, key_type="p256", serial=0x777, not_before=NOW - timedelta(days=1100),
+                                   not_after=NOW + timedelta(days=5))  # fmt: skip
+    session = session_for(card)
+    session.authenticate(DEFAULT_KEY)
+    session.import_key(0x9C, key)  # type: ignore[arg-type]
+    session.write_certificate(0x9C, cert.public_bytes(Encoding.DER))
+    card.reset()
+    return cert.public_bytes(Encoding.DER)
+
+
+def test_batch_loads_archives_and_verifies(batch: Batch, ca: fixtures.Issuer) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, key_type="rsa2048")
+    batch.holder("HK-2", "LEE Siu Ming", 12345679)
+    first, second = SimCard(SimOptions(serial=12345678)), SimCard(SimOptions(serial=12345679))
+    old = preload_old_certificate(first, ca, "CHAN Tai Man")
+    outcome = batch.run([first, second])
+    assert outcome.exit_code == 0, outcome.document
+    jobs = {j["id"]: j for j in outcome.document["jobs"]}
+    assert [j["status"] for j in jobs.values()] == ["loaded", "loaded"]
+    # The old certificate is On Disk, byte for byte, and named in the result.
+    archived = Path(jobs["HK-1"]["archived_to"])
+    from cryptography import x509
+
+    assert x509.load_pem_x509_certificate(archived.read_bytes()).public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER) == old
+    assert jobs["HK-1"]["replaced_sha256"] and jobs["HK-2"]["replaced_sha256"] is None
+    # The card holds the new certificate, its key and the slot name.
+    info = read_card_info(session_for(first))
+    slot = info.slot(0x9C)
+    assert slot.certificate is not None and slot.certificate.sha256 == jobs["HK-1"]["fingerprint_sha256"]
+    assert slot.key_matches_certificate is True and slot.slot_name == jobs["HK-1"]["slot_name"]
+    assert slot.slot_name.startswith("e-Cert")
+    # Export and journal.
+    assert (batch.tmp / "out" / "HK-1.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    journal = jn.Journal(batch.logs / "journal.sqlite3")
+    assert {j.job_id: j.status for j in journal.jobs()} == {"HK-1": "loaded", "HK-2": "loaded"}
+    actions = [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
+    assert actions.index("archive_replaced_certificate") < actions.index("verify_pin") < actions.index("import_key")
+    assert actions[-1] == "export_pem"
+
+
+def test_rerun_is_idempotent_and_writes_nothing(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678))
+    assert batch.run([card]).exit_code == 0
+    writes = card.write_attempt_count
+    again = batch.run([card])
+    assert again.exit_code == 0
+    assert again.document["jobs"][0]["status"] == "skipped"
+    assert card.write_attempt_count == writes
+
+
+def test_wrong_card_is_refused_with_zero_writes(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    stranger = SimCard(SimOptions(serial=99999999))
+    outcome = batch.run([stranger])
+    assert outcome.exit_code == 1
+    assert outcome.document["jobs"][0]["status"] == "pending"
+    assert outcome.document["refused_cards"][0]["card_serial"] == 99999999
+    assert stranger.write_attempt_count == 0
+
+
+def test_wrong_pin_fails_once_without_retry(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    batch.canaries.write_secret_file(batch.tmp / "card.pin", "654321")
+    card = SimCard(SimOptions(serial=12345678))
+    outcome = batch.run([card])
+    job = outcome.document["jobs"][0]
+    assert outcome.exit_code == 1 and job["status"] == "failed"
+    assert job["pin_tries_left"] == 2  # one try spent, the card is not blocked
+    assert card.write_attempt_count == 0
+
+
+def test_pin_below_the_floor_sends_no_verify(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678))
+    session = session_for(card)
+    with pytest.raises(Exception):
+        session.verify_pin(Secret("000000"))
+    with pytest.raises(Exception):
+        session.verify_pin(Secret("000000"))  # 1 try left, floor is 2
+    card.reset()
+    outcome = batch.run([card])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "failed" and "fewer than min_pin_retries" in job["error"]
+    assert read_card_info(session_for(card)).pin_tries_left == 1  # untouched
+
+
+def test_wrong_management_key_fails_without_retry(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, extra="    management_key: {file: mgmt.key}\n")
+    batch.canaries.write_secret_file(batch.tmp / "mgmt.key", batch.canaries.management_key)
+    card = SimCard(SimOptions(serial=12345678))
+    outcome = batch.run([card])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "failed" and "ManagementKey" not in (job["error"] or "")
+    assert card.write_attempt_count == 0
+
+
+def test_replace_refuse_leaves_the_card_untouched(batch: Batch, ca: fixtures.Issuer) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, extra="    replace: refuse\n")
+    card = SimCard(SimOptions(serial=12345678))
+    preload_old_certificate(card, ca, "CHAN Tai Man")
+    before = card.write_attempt_count
+    outcome = batch.run([card])
+    assert outcome.document["jobs"][0]["status"] == "refused"
+    assert card.write_attempt_count == before
+
+
+def test_bad_bundle_fails_before_any_card(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, extra="    expect: {subject_cn: Somebody Else}\n")
+    card = SimCard(SimOptions(serial=12345678))
+    outcome = batch.run([card])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "failed" and "expect.subject_cn" in job["error"]
+    assert card.write_attempt_count == 0
+
+
+def full_load_apdus(batch: Batch, ca: fixtures.Issuer, tmp_path: Path) -> int:
+    card = SimCard(SimOptions(serial=12345678), tmp_path / "probe.json")
+    preload_old_certificate(card, ca, "CHAN Tai Man")
+    card.power_on()
+    before = card.apdu_count
+    batch.run([card])
+    count = card.apdu_count - before
+    for leftover in (batch.logs, tmp_path / "probe.json", batch.tmp / "out"):
+        import shutil
+
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    return count
+
+
+def test_pulled_card_at_every_apdu_resumes_without_repeating_a_write(batch: Batch, ca: fixtures.Issuer,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+    """Pull the card after APDU k for every k of a full load; put it back; the next run finishes it."""
+    import hashlib
+    import shutil
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    total = full_load_apdus(batch, ca, tmp_path)
+    assert total > 10
+    for k in range(1, total):
+        state = tmp_path / f"card-{k}.json"
+        first = SimCard(SimOptions(serial=12345678), state)
+        old = preload_old_certificate(first, ca, "CHAN Tai Man")
+        first = SimCard(SimOptions(serial=12345678, vanish_after=k), state)
+        outcome = batch.run([first])
+        job = outcome.document["jobs"][0]
+        assert job["status"] == "pending", (k, job)  # in doubt once the card was identified
+        back = SimCard(SimOptions(serial=12345678), state)  # the same card, put back
+        resumed = batch.run([back])
+        assert resumed.exit_code == 0, (k, resumed.document["jobs"])
+        assert resumed.document["jobs"][0]["status"] == "loaded", k
+        slot = read_card_info(session_for(back)).slot(0x9C)
+        assert slot.certificate is not None and slot.key_matches_certificate is True, k
+        assert slot.slot_name == job["slot_name"], k
+        # The old certificate is in the store whenever it left the card.
+        assert (batch.logs / "store" / f"{hashlib.sha256(old).hexdigest()}.pem").exists(), k
+        # No write was done twice across the interrupted run and its resume.
+        journal = jn.Journal(batch.logs / "journal.sqlite3")
+        ended = [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
+        journal.close()
+        for write in ("import_key", "write_certificate", "write_slot_name", "commit"):
+            assert ended.count(write) <= 1, (k, write, ended)
+        shutil.rmtree(batch.logs)
+
+
+def test_logs_that_cannot_be_written_stop_the_run(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    batch.logs.mkdir()
+    (batch.logs / "store").write_text("a file where the store directory should be")
+    card = SimCard(SimOptions(serial=12345678))
+    from provision.errors import ProvisionError
+
+    with pytest.raises(ProvisionError) as info:
+        batch.run([card])
+    assert info.value.exit_code == 3 and "cannot be written" in info.value.message
+    assert card.apdu_count == 0
+
+
+def test_run_document_matches_cli_contract(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    outcome = batch.run([SimCard(SimOptions(serial=12345678))])
+    doc = outcome.document
+    assert {"run_id", "batch", "started", "finished", "jobs"} <= set(doc)
+    assert {"id", "holder", "status", "card_serial", "slot", "slot_name", "fingerprint_sha256", "replaced_sha256",
+            "archived_to", "pin_tries_left", "apdus", "seconds", "error"} <= set(doc["jobs"][0])  # fmt: skip
+    assert doc["jobs"][0]["apdus"] > 0
+    json.dumps(doc)
+    assert replace  # keep the import honest for future cases
