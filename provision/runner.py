@@ -97,14 +97,15 @@ class SimSource:
             self._insert_next(reader)
 
     def events(self, timeout: float | None) -> Iterator[CardEvent]:
+        # Every card of a simulated source is "present": its queue only waits for the reader to be
+        # free. So the source ends when every card has been handed over, not after ``timeout``.
         while True:
             try:
-                yield self._events.get(timeout=0.05 if timeout is None else max(timeout, 0.05))
+                yield self._events.get(timeout=0.05)
             except queue.Empty:
                 if not self._current and self._events.empty():
                     return
-                if timeout is not None:
-                    return
+                yield CardEvent("tick", "")
 
     def connect(self, reader: str) -> RawTransport:
         card = self._current.get(reader)
