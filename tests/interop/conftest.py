@@ -1,0 +1,103 @@
+"""Fixtures for the interop tier: the peers (yubico-piv-tool, OpenSC, ykman) against our simulated
+card, through a real private pcscd and vpcd.
+
+Reuses the pcsc tier's harness (``tests/helpers/pcsc_harness.py``: PrivatePcscd, Cards). The daemon
+here is package-scoped and named like a YubiKey's reader (see ``tests/helpers/interop_peers.py``),
+and it listens on the process's ``PCSCLITE_CSOCK_NAME``: the PC/SC client library reads that name
+once, so when tests/pcsc runs in the same session both tiers use the same socket path, one daemon
+after the other (this one stops when the interop package is done).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.interop_peers import (
+    APDU_COUNTS,
+    InsertCard,
+    InteropPcscd,
+    Material,
+    Peers,
+    missing_peers,
+    write_apdu_counts,
+)
+from tests.helpers.pcsc_harness import Cards, CardServer, missing_tools, wait_for
+
+READERS = 2
+# The pcsc tier's conftest sets the socket in a "provision-pcscd-*" directory: keep it if it is
+# there (in whichever order the conftests were imported, the last one wins before the first PC/SC
+# call). Never take over a socket path that came from outside the test run.
+_OWN_DIR: Path | None = None
+_inherited = os.environ.get("PCSCLITE_CSOCK_NAME", "")
+if not Path(_inherited).parent.name.startswith("provision-pcscd-"):
+    _OWN_DIR = Path(tempfile.mkdtemp(prefix="provision-pcscd-interop-"))
+    os.environ["PCSCLITE_CSOCK_NAME"] = str(_OWN_DIR / "pcscd.comm")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.interop)
+            item.add_marker(pytest.mark.pcsc)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(120))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    target = os.environ.get("PROVISION_INTEROP_APDU_COUNTS")
+    if target and APDU_COUNTS:
+        write_apdu_counts(Path(target))
+    if _OWN_DIR is not None:
+        shutil.rmtree(_OWN_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def pcscd() -> Iterator[InteropPcscd]:
+    reason = missing_tools() or missing_peers()
+    if reason:
+        pytest.skip(reason)
+    socket_file = Path(os.environ["PCSCLITE_CSOCK_NAME"])
+    workdir = socket_file.parent / "interop"
+    daemon = InteropPcscd(workdir, READERS, socket_file=socket_file)
+    try:
+        daemon.start()
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def cards(pcscd: InteropPcscd) -> Iterator[Cards]:
+    helper = Cards(pcscd)
+    try:
+        yield helper
+    finally:
+        helper.pull_all()
+        from provision.card.transport import list_readers
+
+        wait_for(lambda: not any(r.card_present for r in list_readers()), 10, "all readers empty")
+
+
+@pytest.fixture(scope="session")
+def material() -> Material:
+    return Material()
+
+
+@pytest.fixture
+def insert_card(pcscd: InteropPcscd, cards: Cards, tmp_path: Path) -> InsertCard:
+    """``insert_card(**sim_options) -> (server, peers)``: a simulated card in reader 0, in-process."""
+
+    def insert(**options: object) -> tuple[CardServer, Peers]:
+        server = cards.insert(0, kind="sim", mode="thread", options=dict(options))
+        return server, Peers(pcscd, pcscd.reader_name(0), server.card, tmp_path)
+
+    return insert
