@@ -775,6 +775,16 @@ class SyslogTarget:
     app_name: str = "provision"
 
 
+def syslog_target(address: str, *, all_events: bool = False) -> SyslogTarget:
+    """``/dev/log`` (a unix socket path: journald's) or ``host:port`` (UDP) → SyslogTarget."""
+    if address.startswith("/"):
+        return SyslogTarget(address, all_events=all_events)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"'{address}' is not a syslog address; write a socket path such as /dev/log or host:port")
+    return SyslogTarget((host, int(port)), all_events=all_events)
+
+
 def _sd_escape(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 

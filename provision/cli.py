@@ -167,6 +167,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# jobs new
+
+
+def cmd_jobs_new(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision.csvjobs import write_jobs_from_csv
+
+    made = write_jobs_from_csv(Path(args.csv), Path(args.template), Path(args.output), batch=args.batch,
+                               unattended=args.unattended, check_files=not args.no_file_checks,
+                               force=args.force)  # fmt: skip
+    jf = made.jobfile
+    if args.json:
+        _emit_json({"file": args.output, "valid": True, "batch": jf.batch, "jobs": len(jf.jobs),
+                    "warnings": made.warnings + [str(w) for w in jf.warnings]})  # fmt: skip
+        return EXIT_OK
+    for warning in made.warnings + [str(w) for w in jf.warnings]:
+        _warn(f"warning: {warning}")
+    _say(f"{args.output}: written and valid, batch {jf.batch}, {len(jf.jobs)} job(s)")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
 # run, resume, status, store
 
 
@@ -175,7 +198,9 @@ def _print_summary(document: dict[str, Any], reports: dict[str, Any]) -> None:
     _say(f"Run {document['run_id']} of batch {document['batch']}: {counts}")
     for job in document["jobs"]:
         line = f"  {job['status']:8} {job['id']:14} {job['holder']}"
-        if job["status"] in ("loaded", "skipped"):
+        if job["status"] == "skipped" and job.get("notes"):
+            line += f" — {'; '.join(job['notes'])}"  # renew: not due, nothing written
+        elif job["status"] in ("loaded", "skipped"):
             line += f" — slot {job['slot']} {job['slot_name']!r}, On Card until {job['not_after']}"
             if job["archived_to"]:
                 line += f"; old certificate On Disk: {job['archived_to']}"
@@ -190,13 +215,25 @@ def _print_summary(document: dict[str, Any], reports: dict[str, Any]) -> None:
         _say(f"Report ({kind}): {path}")
 
 
+def _with_syslog(jobfile: Any, address: str | None) -> Any:
+    """``--syslog ADDRESS`` forwards the audit seals there, whatever the job file's audit.syslog says."""
+    if address is None:
+        return jobfile
+    from dataclasses import replace
+
+    from provision.audit import syslog_target
+
+    syslog_target(address)  # a wrong address is a usage error before anything runs
+    return replace(jobfile, audit_syslog=address)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision.jobfile import load_jobfile
     from provision.runner import run_jobfile
 
-    jobfile = load_jobfile(args.jobfile, unattended=args.unattended)
+    jobfile = _with_syslog(load_jobfile(args.jobfile, unattended=args.unattended), args.syslog)
     outcome = run_jobfile(jobfile, logs=Path(args.logs), unattended=args.unattended, wait=args.wait,
                           readers=args.reader, sim=args.sim, progress=not args.no_progress,
                           accept_damaged_audit_tail=args.accept_damaged_audit_tail)  # fmt: skip
@@ -205,6 +242,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _say("")
         _print_summary(outcome.document, outcome.reports)
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        _warn("provision: interrupted; the journal is consistent and 'provision resume' finishes what was started")
     return outcome.exit_code
 
 
@@ -232,7 +271,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
     for path, ids in by_file.items():
         _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
-        jobfile = load_jobfile(path, unattended=args.unattended)
+        jobfile = _with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog)
         outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
                               readers=args.reader, only_jobs=ids, progress=not args.no_progress,
                               accept_damaged_audit_tail=args.accept_damaged_audit_tail)  # fmt: skip
@@ -454,6 +493,7 @@ COMMANDS: dict[str, str] = {
     "validate": "check job files; writes nothing",
     "inspect": "open a PKCS#12 file and show what an operator confirms",
     "plan": "what a run would do, card by card",
+    "jobs": "write a job file from a CSV of holders and a template ('jobs new')",
     "run": "the batch: wait for each card, load, verify, record, report",
     "resume": "finish what an interrupted run left",
     "status": "runs and jobs in the journal",
@@ -521,12 +561,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unattended", action="store_true", help="plan as for an unattended run (no prompts)")
     p.set_defaults(handler=cmd_plan)
 
+    p = sub.add_parser("jobs", help=COMMANDS["jobs"])
+    jobs = p.add_subparsers(dest="jobs_command", metavar="JOBS_COMMAND", required=True)
+    p = jobs.add_parser("new", parents=[common], help="a job file from a CSV of holders (id, holder, card_serial, "
+                        "pkcs12, password_file) and a template (a job file without cards)")  # fmt: skip
+    p.add_argument("--csv", required=True, metavar="HOLDERS.csv", help="UTF-8 (BOM allowed), ',' ';' or tab separated")
+    p.add_argument("--template", required=True, metavar="TEMPLATE.yaml", help="version, batch, timezone, defaults, audit")
+    p.add_argument("-o", "--output", required=True, metavar="JOBFILE", help="the job file to write")
+    p.add_argument("--batch", metavar="ID", help="batch id (default: the template's, else the CSV's name)")
+    p.add_argument("--force", action="store_true", help="replace JOBFILE if it exists")
+    p.add_argument("--unattended", action="store_true", help="validate as for an unattended run (no prompts)")
+    p.add_argument("--no-file-checks", action="store_true",
+                   help="do not check that PKCS#12 and secret files exist (they are made later)")  # fmt: skip
+    p.set_defaults(handler=cmd_jobs_new)
+
     run_options = argparse.ArgumentParser(add_help=False)
     run_options.add_argument("--unattended", action="store_true", help="no prompts at all (scheduled batches)")
     run_options.add_argument("--wait", type=float, metavar="SECONDS",
                              help="how long to wait for missing cards (default: counter until done, unattended 0)")  # fmt: skip
     run_options.add_argument("--reader", action="append", metavar="NAME", help="use only readers whose name contains NAME")
     run_options.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    run_options.add_argument("--syslog", metavar="ADDRESS",
+                             help="forward the audit seals to syslog: /dev/log (journald) or host:port (UDP)")  # fmt: skip
     run_options.add_argument("--accept-damaged-audit-tail", metavar="REASON",
                              help="continue after a damaged audit log end; the reason is recorded in the log")  # fmt: skip
 

@@ -143,6 +143,11 @@ class ServiceDownError(EnvironmentProblem):
     """The PC/SC service (pcscd, WinSCard) is not running or stopped answering."""
 
 
+class TransientCardError(CardError):
+    """A passing fault (the card was reset by another program, a transaction was lost): reconnect,
+    re-select, re-authenticate and continue from the journal. Never a refused PIN or key."""
+
+
 class CardStatusError(CardError):
     """The card answered with a status word other than success."""
 

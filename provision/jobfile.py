@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ _TEXT_KEYS = frozenset(
         "batch", "timezone", "id", "holder", "slot", "slot_name", "guid", "path", "subject_cn",
         "issuer_cn", "fingerprint_sha256", "not_after_after", "pem", "nssdb", "env", "file",
         "prompt", "value", "management_key_type", "replace", "pin_policy", "touch_policy",
+        "when_expires_within", "syslog",
     }
 )  # fmt: skip
 
@@ -109,6 +110,26 @@ class Export:
 
 
 @dataclass(frozen=True)
+class Renew:
+    """``renew``: load only when the certificate on the card expires within ``window``."""
+
+    when_expires_within: str  # as written ("30d"), for messages
+    window: timedelta
+
+
+_DURATION = re.compile(r"([0-9]{1,5})([hdw])\Z")
+_DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``30d``, ``12h``, ``2w`` → timedelta; None when it is not such a duration."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        return None
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
 class Job:
     index: int
     line: int | None
@@ -128,6 +149,7 @@ class Job:
     touch_policy: str
     expect: Expect
     export: Export
+    renew: Renew | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,8 @@ class JobFile:
     jobs: tuple[Job, ...]
     audit_key: SecretSource | None = None
     warnings: tuple[Problem, ...] = field(default=())
+    audit_syslog: str | None = None  # audit.syslog: where seals are forwarded (/dev/log, host:port)
+    audit_syslog_all: bool = False  # audit.forward: all (every event), not only seals
 
     @property
     def tz(self) -> ZoneInfo:
@@ -388,6 +412,8 @@ _PATTERN_HELP = {
     "env": "an environment variable name is letters, digits and _",
     "serial": "write the certificate serial in hex, e.g. 1001 or 0x1001",
     "fingerprint_sha256": "write the SHA-256 fingerprint as 64 hex digits (colons allowed)",
+    "when_expires_within": "write a duration such as 30d, 12h or 2w (hours, days, weeks)",
+    "syslog": "write a unix socket path such as /dev/log, or host:port for UDP",
 }
 _SECRET_FORMS = 'write a secret as one of {env: NAME}, {file: PATH}, {prompt: "…"}, {command: [argv…]}, {value: "…"}'  # noqa: S105 - help text
 
@@ -628,6 +654,11 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
         pem=ck.template(raw_export["pem"], at("export") + ("pem",)) if "pem" in raw_export else None,
         nssdb=ck.template(raw_export["nssdb"], at("export") + ("nssdb",)) if "nssdb" in raw_export else None,
     )
+    renew = None
+    if "renew" in merged:
+        written = merged["renew"]["when_expires_within"]
+        window = parse_duration(written)  # the schema checked the form
+        renew = Renew(written, window) if window is not None else None
     if len(ck.problems) != before or slot is None or slot_name is None or pin is None or password is None:
         return None
     return Job(
@@ -649,6 +680,7 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
         touch_policy=merged["touch_policy"],
         expect=expect,
         export=export,
+        renew=renew,
     )
 
 
@@ -762,6 +794,8 @@ def parse_jobfile(text: str, path: Path, *, unattended: bool = False, check_file
         jobs=tuple(jobs),
         audit_key=audit_key,
         warnings=tuple(_sorted(ck.warnings)),
+        audit_syslog=data.get("audit", {}).get("syslog"),
+        audit_syslog_all=data.get("audit", {}).get("forward") == "all",
     )
 
 

@@ -14,10 +14,13 @@ their reason. Transient faults (a pulled card) are the runner's to retry, by run
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +28,29 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from provision import journal as jn
-from provision.bundle import Bundle
+from provision.bundle import Bundle, cert_info
 from provision.errors import CardError, ManagementKeyError, PinError, ProvisionError, SecretError
 from provision.jobfile import Job, JobFile
 from provision.piv.session import PIN_POLICIES, CardNotSupportedError, PivSession, SlotMetadata
 from provision.piv.slots import find_algorithm
+from provision.renewal import Decision, renewal_decision
 from provision.secrets import Secret, obtain
 from provision.store import CertificateStore, write_atomically
 
 DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
+KEY_HISTORY_OBJECT_ID = 0x5FC10C  # SP 800-73-4: C1 keysWithOnCardCerts, C2 keysWithOffCardCerts, F3 URL
 COMPRESS_ABOVE_BYTES = 2900  # YubiKey objects hold ~3 kB; larger certificates are gzipped as ykman does
 
 Recorder = Callable[..., None]  # audit: record(event, **fields)
 PinPrompt = Callable[[str, int | None], Secret]  # (holder, tries left) → PIN typed by the citizen
+# (job, new certificate, slot name, certificate now on the card or None) → the operator's yes/no
+Confirm = Callable[[Job, Any, str, Any], bool]
+
+
+class OperatorDeclined(ProvisionError):
+    """The operator did not confirm the certificate; nothing was written and the job stays open."""
+
+    exit_code = 1
 
 
 class JobRefused(ProvisionError):
@@ -58,6 +71,7 @@ class LoadResult:
     slot_name_on_card: bool | None = None
     resumed: bool = False
     error: str | None = None
+    skip_reason: str | None = None  # skipped for another reason than "already on the card" (renew)
     notes: list[str] = field(default_factory=list)
 
 
@@ -75,6 +89,16 @@ class LoadContext:
     ask_pin: PinPrompt | None = None  # counter mode: a person types the PIN, seeing the tries left
     export_dir: Path | None = None
     resuming: bool = False  # the journal says an earlier attempt on this job was interrupted
+    confirm: Confirm | None = None  # counter mode: the operator checks the certificate (workflow step 8)
+
+
+def _fault_point(action: str, phase: str) -> None:
+    """Test hook of the fault campaign (tests/faults/test_kill_process.py), inert unless set:
+    ``PROVISION_FAULT_KILL_AT=<action>:<phase>`` kills this process (SIGKILL, as a power cut or the
+    task manager would) right after the journal recorded that step's begin or end."""
+    target = os.environ.get("PROVISION_FAULT_KILL_AT")
+    if target and target == f"{action}:{phase}":
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def _spki(public_key: Any) -> bytes:
@@ -97,6 +121,9 @@ class Loader:
         self._pin: Secret | None = None
         self._authenticated = False
         self._metadata_supported = True
+        # The slot-name object as read in this transaction (archive, then naming): one GET DATA.
+        self._slot_names: dict[int, str] | None = None
+        self._slot_names_read = False
         self._ended = ctx.journal.ended_steps(ctx.jobfile.batch, ctx.job.id)
 
     # --- bookkeeping ---
@@ -106,6 +133,7 @@ class Loader:
         """Journal ``begin`` before, ``end`` after (with what the step found), ``fail`` on error."""
         ctx = self.ctx
         ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "begin", detail)
+        _fault_point(action, "begin")
         found: dict[str, Any] = {}
         try:
             yield found
@@ -114,6 +142,7 @@ class Loader:
                              {"error_class": type(exc).__name__})  # fmt: skip
             raise
         ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "end", found)
+        _fault_point(action, "end")
 
     def audit(self, event: str, **fields: Any) -> None:
         self.ctx.record(event, card_serial=self.card_serial, slot=self.slot.hex, slot_name=self.ctx.slot_name,
@@ -126,11 +155,15 @@ class Loader:
             state = self.preflight()
             if state["done"]:
                 return self.skip()
+            if state["renewal"] is not None and not state["renewal"].act:
+                return self.skip_not_due(state["renewal"])
+            self.confirm_with_operator(state)
             self.handle_replaced_certificate(state)
             self.verify_pin()
             self.authenticate_management_key()
             self.import_key(state)
             self.write_certificate(state)
+            self.register_retired_slot()
             self.write_slot_name()
             self.verify_load()
             self.commit()
@@ -143,8 +176,9 @@ class Loader:
     def preflight(self) -> dict[str, Any]:
         bundle, job = self.ctx.bundle, self.job
         with self.step("preflight") as found:
-            version = self.session.version()
             alg = bundle.algorithm
+            # GET VERSION only where the answer matters (keys that need firmware 5.7).
+            version = None if alg.standard else self.session.version()
             if not alg.standard and (version is None or version < (5, 7, 0)):
                 raise JobRefused(
                     f"the card (firmware {_version_text(version)}) cannot hold a {alg.name} key; "
@@ -172,9 +206,41 @@ class Loader:
                 # No F7 on this card: only the key itself can say whether it is the certificate's.
                 done = self._key_proves_certificate()
             found["done"] = done
-            self.audit("preflight", current_sha256=found["current_sha256"], outcome="done" if done else "load")
+            # renew: a fresh job on a card whose certificate is not due does nothing (an
+            # interrupted one was already judged due by the attempt that started it).
+            renewal = None
+            if job.renew is not None and not cert_matches and not self.ctx.resuming:
+                renewal = self._renewal_decision(current)
+                found["renewal"] = renewal.outcome
+                if renewal.refused:
+                    self.result.replaced_sha256 = None  # nothing is replaced
+                    self.audit("preflight", current_sha256=found["current_sha256"], outcome="refused",
+                               reason=renewal.reason)  # fmt: skip
+                    raise JobRefused(renewal.reason)
+            outcome = "done" if done else ("load" if renewal is None or renewal.act else "not_due")
+            self.audit("preflight", current_sha256=found["current_sha256"], outcome=outcome,
+                       **({"reason": renewal.reason} if renewal is not None else {}))  # fmt: skip
             return {"current": current, "metadata": metadata, "key_on_card": key_matches,
-                    "cert_on_card": cert_matches, "done": done}  # fmt: skip
+                    "cert_on_card": cert_matches, "done": done, "renewal": renewal}  # fmt: skip
+
+    def _renewal_decision(self, current: bytes | None) -> Decision:
+        info, unreadable = None, False
+        if current is not None:
+            try:
+                info = cert_info(x509.load_der_x509_certificate(current))
+            except ValueError:
+                unreadable = True
+        return renewal_decision(self.job, info, self.ctx.bundle.info, datetime.now(UTC),
+                                current_unreadable=unreadable, tz=self.ctx.jobfile.tz)  # fmt: skip
+
+    def skip_not_due(self, decision: Decision) -> LoadResult:
+        """renew: the card's certificate is not due for renewal. Zero writes; the reason is kept."""
+        self.result.status = jn.SKIPPED
+        self.result.replaced_sha256 = None  # nothing was replaced
+        self.result.skip_reason = decision.reason
+        self.result.notes.append(decision.reason)
+        self.audit("skipped", reason=decision.reason, outcome="not_due")
+        return self.result
 
     def _metadata(self) -> SlotMetadata | None:
         try:
@@ -196,6 +262,7 @@ class Loader:
         an interrupted one is rolled forward from what it left (slot name, verify, commit)."""
         if self.result.resumed:
             self.verify_pin()  # the test signature needs it
+            self.register_retired_slot()
             self.write_slot_name()
             self.verify_load()
             self.commit()
@@ -203,19 +270,61 @@ class Loader:
             return self.result
         self.result.status = jn.SKIPPED
         self.audit("skipped", reason="the card already holds this certificate and its key")
+        self.exports()  # an export that failed or went missing after an earlier load is made again
         return self.result
+
+    @contextmanager
+    def person_pause(self) -> Iterator[None]:
+        """Release the PC/SC transaction while a person reads or types: Windows resets a card whose
+        transaction stays idle for more than five seconds. The card keeps its security status."""
+        transport = getattr(self.session.channel, "transport", None)
+        if transport is None:
+            yield
+            return
+        transport.end_transaction()
+        self._slot_names_read = False  # another program may use the card meanwhile
+        try:
+            yield
+        finally:
+            transport.begin_transaction()
+
+    def confirm_with_operator(self, state: dict[str, Any]) -> None:
+        """Counter mode: show the certificate (and what it replaces) before anything is written."""
+        if self.ctx.confirm is None:
+            return
+        from provision.bundle import cert_info
+
+        current = state["current"]
+        replaced = None
+        if current is not None and not state["cert_on_card"]:
+            try:
+                replaced = cert_info(x509.load_der_x509_certificate(current))
+            except ValueError:
+                replaced = None
+        with self.person_pause():
+            confirmed = self.ctx.confirm(self.job, self.ctx.bundle.info, self.ctx.slot_name, replaced)
+        if not confirmed:
+            self.audit("operator_declined", outcome="declined")
+            raise OperatorDeclined(f"the operator did not confirm the certificate of {self.job.holder}; nothing was written")
+        self.audit("operator_confirmed", outcome="confirmed")
 
     def handle_replaced_certificate(self, state: dict[str, Any]) -> None:
         current: bytes | None = state["current"]
         if current is None or state["cert_on_card"]:
             return
         sha = hashlib.sha256(current).hexdigest()
+        previous = self.ctx.journal.job(self.ctx.jobfile.batch, self.job.id)
+        if (self.job.replace == "archive" and "archive_replaced_certificate" in self._ended and previous is not None
+                and previous.replaced_sha256 == sha and previous.archived_to and Path(previous.archived_to).is_file()):
+            # An interrupted attempt already archived this very certificate (fsynced): not again.
+            self.result.replaced_sha256, self.result.archived_to = sha, previous.archived_to
+            return
         with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as found:
             if self.job.replace == "refuse":
                 raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "
                                  "and the job says replace: refuse; the card was not changed")  # fmt: skip
             if self.job.replace == "archive":
-                names = self.session.read_slot_names() or {}
+                names = self._read_slot_names() or {}
                 stored = self.ctx.store.archive(
                     current, card_serial=self.card_serial, slot=self.slot.hex, slot_name=names.get(self.slot.key_ref),
                     holder=self.job.holder, job_id=self.job.id, batch=self.ctx.jobfile.batch, run_id=self.ctx.run_id,
@@ -267,7 +376,8 @@ class Loader:
         if self._pin is not None:
             return self._pin
         if self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None:
-            return self.ctx.ask_pin(self.job.holder, tries)
+            with self.person_pause():
+                return self.ctx.ask_pin(self.job.holder, tries)
         return obtain(self.job.pin, unattended=self.ctx.unattended)
 
     def authenticate_management_key(self) -> None:
@@ -313,14 +423,53 @@ class Loader:
             self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
             self.audit("certificate_written", replaced_sha256=self.result.replaced_sha256)
 
+    def _read_slot_names(self) -> dict[int, str] | None:
+        if not self._slot_names_read:
+            self._slot_names = self.session.read_slot_names()
+            self._slot_names_read = True
+        return None if self._slot_names is None else dict(self._slot_names)
+
+    def register_retired_slot(self) -> None:
+        """A retired slot is found by middleware (OpenSC, Windows) only through the Key History
+        object: its ``keysWithOnCardCerts`` (C1) says how many retired slots, from 82 on, to read.
+        Raise it to cover this slot; keep everything else in the object as it was."""
+        if not self.slot.is_retired:
+            return
+        from provision.piv import tlv
+
+        needed = self.slot.key_ref - 0x82 + 1
+        raw = self.session.get_object(KEY_HISTORY_OBJECT_ID)
+        fields: dict[int, bytes] = {}
+        if raw:
+            try:
+                fields = dict(tlv.iter_tlv(raw))
+            except CardError:
+                fields = {}  # an unreadable object is rewritten whole
+        on_card = fields.get(0xC1, b"\x00")
+        if len(on_card) == 1 and on_card[0] >= needed:
+            return
+        fields[0xC1] = bytes([needed])
+        fields.setdefault(0xC2, b"\x00")
+        body = b"".join(tlv.encode(tag, fields[tag]) for tag in (0xC1, 0xC2, 0xF3) if tag in fields) + tlv.encode(0xFE, b"")
+        self.authenticate_management_key()
+        with self.step("write_key_history", keys_with_on_card_certs=needed) as found:
+            try:
+                self.session.put_object(KEY_HISTORY_OBJECT_ID, body)
+                found["stored"] = True
+            except CardError as exc:  # a card without Key History still holds the key and certificate
+                found["stored"] = False
+                self.result.notes.append(f"Key History not updated ({exc.message}); some middleware will not list slot {self.slot.hex}")
+            self.audit("key_history_written", keys_with_on_card_certs=needed, stored=found["stored"])
+
     def write_slot_name(self) -> None:
-        names = self.session.read_slot_names()
+        names = self._read_slot_names()
         if names is not None and names.get(self.slot.key_ref) == self.ctx.slot_name:
             self.result.slot_name_on_card = True
             return
         self.authenticate_management_key()  # a resumed load may reach here without it
         with self.step("write_slot_name") as found:
-            outcome = self.session.write_slot_name(self.slot.key_ref, self.ctx.slot_name)
+            outcome = self.session.write_slot_name(self.slot.key_ref, self.ctx.slot_name, current=names)
+            self._slot_names_read = False
             self.result.slot_name_on_card = outcome.stored
             found["stored"] = outcome.stored
             if not outcome.stored:
@@ -382,31 +531,65 @@ class Loader:
                 self.audit("exported", target="pem", path=str(path))
         if export.nssdb is not None:
             path = export_path(base, export.nssdb, values)
-            with self.step("export_nssdb", path=str(path)):
-                export_to_nssdb(path, self.ctx.bundle.certificate, nickname=f"{self.job.holder} {self.ctx.slot_name}")
-                self.audit("exported", target="nssdb", path=str(path))
+            with self.step("export_nssdb", path=str(path)) as found:
+                nickname = export_to_nssdb(path, self.ctx.bundle.certificate,
+                                           nickname=f"{self.job.holder} {self.ctx.slot_name}")  # fmt: skip
+                found["nickname"] = nickname
+                self.audit("exported", target="nssdb", path=str(path), nickname=nickname)
 
 
-def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname: str) -> None:
-    """Add the certificate to an NSS database (a browser profile) with NSS ``certutil``."""
+def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname: str) -> str:
+    """Add the certificate to an NSS database (a browser profile) with NSS ``certutil``.
+
+    Idempotent: a certificate already in the database is not added again. The nickname is
+    ``nickname`` unless another certificate holds it (two holders of the same name and slot name):
+    then the certificate's short fingerprint is appended, so each certificate keeps its own name.
+    Returns the nickname under which the database holds the certificate."""
     import shutil
     import subprocess
-    import tempfile
 
     certutil = shutil.which("certutil")
     if certutil is None:
         raise CardError("NSS certutil was not found; install libnss3-tools (Debian) or NSS tools to export to nssdb")
+    der = certificate.public_bytes(Encoding.DER)
+    # ':' separates a token name from a nickname in NSS; keep the name on one line and unprefixed.
+    nickname = " ".join(nickname.replace(":", " ").split()) or "provision"
     directory.mkdir(parents=True, exist_ok=True)
     db = f"sql:{directory}"
+
+    def certutil_run(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([certutil, *argv], input=stdin, capture_output=True, timeout=60, check=False)
+
     if not (directory / "cert9.db").exists():
-        subprocess.run([certutil, "-N", "-d", db, "--empty-password"], check=True, capture_output=True, timeout=60)
-    with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
-        pem.write(certificate.public_bytes(Encoding.PEM))
-        pem.flush()
-        done = subprocess.run([certutil, "-A", "-d", db, "-n", nickname, "-t", ",,", "-i", pem.name],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-    if done.returncode != 0:
-        raise CardError(f"certutil could not add the certificate to {directory}: {done.stderr.strip()[:200]}")
+        made = certutil_run("-N", "-d", db, "--empty-password")
+        if made.returncode != 0:
+            raise CardError(f"certutil could not create an NSS database in {directory}: "
+                            f"{made.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+    candidates = [nickname, f"{nickname} [{hashlib.sha256(der).hexdigest()[:12]}]"]
+    held = {name: _nssdb_certificates(certutil_run("-L", "-d", db, "-n", name, "-a")) for name in candidates}
+    for name in reversed(candidates):  # NSS lists a subject's certificates under each of its names
+        if der in held[name]:
+            return name  # already there: a re-run adds nothing
+    for name in candidates:
+        if held[name]:
+            continue  # the nickname belongs to another certificate
+        done = certutil_run("-A", "-d", db, "-n", name, "-t", ",,", stdin=der)
+        if done.returncode != 0:
+            raise CardError(f"certutil could not add the certificate to {directory}: "
+                            f"{done.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+        return name
+    raise CardError(f"the NSS database {directory} holds other certificates under both {candidates[0]!r} and "
+                    f"{candidates[1]!r}; remove them or change slot_name")  # fmt: skip
+
+
+def _nssdb_certificates(listed: Any) -> list[bytes]:
+    """DER of every certificate in ``certutil -L -n NICK -a`` output (none when the name is unknown)."""
+    if listed.returncode != 0:
+        return []
+    try:
+        return [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(listed.stdout)]
+    except ValueError:
+        return []
 
 
 def _version_text(version: tuple[int, int, int] | None) -> str:

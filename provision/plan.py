@@ -144,6 +144,8 @@ def load_steps(job: Job, slot_name: str, piv_algorithm: str | None, exports: dic
         Step("import_key", f"import the {piv_algorithm or ''} key into {slot} "
                            f"(PIN policy {job.pin_policy}, touch policy {job.touch_policy})"),  # fmt: skip
         Step("write_certificate", f"write the certificate into {slot}"),
+        *([Step("register_retired_slot", "count the slot in the Key History object, so middleware finds it")]
+          if job.slot.is_retired else []),  # fmt: skip
         Step("write_slot_name", f"name the slot {slot_name!r}"),
         Step("verify_load", "read the certificate back, compare the slot's public key, make and check a test signature"),
         Step("commit", "record the load as done in the journal and the audit log"),
@@ -226,6 +228,9 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
         notes.append("uses the card's factory default management key")
     if job.pin.kind == "value" or job.pkcs12_password.kind == "value":
         notes.append("a secret is written in the job file")
+    if job.renew is not None:
+        notes.append(f"renew: loads only if the slot is empty or its certificate expires within "
+                     f"{job.renew.when_expires_within}, and only a newer certificate")  # fmt: skip
     exports = {
         kind: export_path(jobfile.path.parent, tmpl, values)
         for kind, tmpl in (("pem", job.export.pem), ("nssdb", job.export.nssdb))

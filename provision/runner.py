@@ -35,13 +35,15 @@ from provision.errors import (
     PinError,
     ProvisionError,
     ReaderGoneError,
+    TransientCardError,
 )
 from provision.jobfile import Job, JobFile
-from provision.load import JobRefused, LoadContext, Loader, LoadResult, PinPrompt
+from provision.load import Confirm, JobRefused, LoadContext, Loader, LoadResult, OperatorDeclined, PinPrompt
 from provision.piv.session import PivSession
 from provision.store import CertificateStore
 
 Say = Callable[[str], None]
+TRANSIENT_ATTEMPTS = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,6 +65,10 @@ class CardSource(Protocol):
 
     def done_with(self, reader: str) -> None:
         """The runner has finished with the card in ``reader`` (the operator may take it)."""
+        ...
+
+    def present(self) -> list[str]:
+        """Readers that hold a card right now."""
         ...
 
 
@@ -117,6 +123,16 @@ class SimSource:
         self._events.put(CardEvent("removed", reader))
         self._insert_next(reader)
 
+    def present(self) -> list[str]:
+        return [name for name in self.names if name in self._current]
+
+    def requeue(self, reader: str) -> None:
+        """Take the card out and put it at the back of the pile (the counter skipped its holder)."""
+        card = self._current.pop(reader, None)
+        if card is not None:
+            self._queues[reader].append(card)
+        self._insert_next(reader)
+
 
 class PcscSource:
     """Real readers through PC/SC (pcscd, WinSCard): insertion events on all readers at once."""
@@ -158,6 +174,9 @@ class PcscSource:
     def done_with(self, reader: str) -> None:
         pass  # the person takes the card out; the removal event comes from PC/SC
 
+    def present(self) -> list[str]:
+        return [r.name for r in self._t.list_readers() if r.card_present and not r.mute and self._wanted(r.name)]
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -182,6 +201,7 @@ class RunOptions:
     unattended: bool = False
     wait: float | None = None  # seconds to wait for missing cards; None: until all are done (counter)
     ask_pin: PinPrompt | None = None
+    confirm: Confirm | None = None
     say: Say = field(default_factory=lambda: _to_stderr)
     progress: bool = True
     export_dir: Path | None = None
@@ -209,6 +229,7 @@ class Runner:
         self.started = jn.now_rfc3339()
         self.finished: str | None = None
         self.seal: str | None = None
+        self.expected_job: JobState | None = None  # counter screen: the holder the clerk called
 
     # --- audit ---
 
@@ -237,7 +258,7 @@ class Runner:
             if previous is not None and previous.status in (jn.IN_DOUBT, jn.IN_PROGRESS):
                 state.status = jn.IN_DOUBT  # an interrupted load: the same card finishes it
                 state.card_serial = previous.card_serial
-            if bundle is None:
+            if bundle is None and message != DEFERRED:
                 state.status = jn.FAILED
                 state.error = message
                 self.record("job_failed", job_id=job.id, holder=job.holder, outcome="failed",
@@ -254,9 +275,11 @@ class Runner:
                 if s.card_serial is not None and s.card_serial == serial and s.status == jn.IN_DOUBT:
                     return s, ""
             for s in open_states:
-                if serial is not None and s.job.card.serial == serial:
-                    return s, ""
-                if guid is not None and s.job.card.guid == guid:
+                if (serial is not None and s.job.card.serial == serial) or (guid is not None and s.job.card.guid == guid):
+                    called = self.expected_job
+                    if called is not None and s is not called:
+                        return None, (f"this is the card of {s.job.holder}, but the counter called "
+                                      f"{called.job.holder}; give it back and ask for the right card")  # fmt: skip
                     return s, ""
             for s in self.states:
                 if (serial is not None and s.job.card.serial == serial) or (guid and s.job.card.guid == guid):
@@ -272,6 +295,8 @@ class Runner:
             return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
 
     def expected(self) -> JobState | None:
+        if self.expected_job is not None:
+            return self.expected_job
         return next((s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)), None)
 
     def open_jobs(self) -> list[JobState]:
@@ -280,8 +305,22 @@ class Runner:
     # --- one card ---
 
     def handle_card(self, reader: str) -> None:
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        # Transient faults only (another program reset the card, a transaction was lost): reconnect,
+        # re-select, re-authenticate and continue from the journal and the card's real state. A wrong
+        # PIN, a refused management key or a refused key are never retried: they are not transient.
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientCardError),
+            stop=stop_after_attempt(TRANSIENT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.25, max=2),
+            reraise=True,
+            before_sleep=lambda rs: self.say(f"{reader}: {rs.outcome.exception()}; trying again"),  # type: ignore[union-attr]
+        )
         try:
-            self._handle_card(reader)
+            retrying(self._handle_card, reader)
+        except TransientCardError as exc:
+            self.say(f"{reader}: {exc.message}; the job stays open, re-insert the card")
         finally:
             with self._lock:
                 self._busy.discard(reader)
@@ -295,6 +334,7 @@ class Runner:
             self.say(f"{reader}: {exc.message}")
             return
         state: JobState | None = None
+        resuming = False
         try:
             transport.begin_transaction()
             session = PivSession(ApduChannel(transport))
@@ -324,11 +364,16 @@ class Runner:
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
                 journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
                 ask_pin=self.options.ask_pin, export_dir=self.options.export_dir, resuming=resuming,
+                confirm=self.options.confirm,
             )  # fmt: skip
             loader = Loader(ctx, session, serial)
             state.result = loader.result  # what the load found so far, also if it fails
             result = loader.run()
             self._finish(state, result.status, result, None, transport.apdu_count, start)
+        except TransientCardError as exc:
+            if state is not None:  # the retry finds this job again by the card's serial, as in doubt
+                self._finish(state, jn.IN_DOUBT, None, exc, transport.apdu_count, start)
+            raise
         except CardRemovedError as exc:
             if state is not None:
                 self._finish(state, jn.IN_DOUBT, None, exc, transport.apdu_count, start)
@@ -337,6 +382,12 @@ class Runner:
         except JobRefused as exc:
             assert state is not None
             self._finish(state, jn.REFUSED, None, exc, transport.apdu_count, start)
+        except OperatorDeclined as exc:
+            assert state is not None
+            with self._lock:
+                state.status = jn.IN_DOUBT if resuming else jn.PENDING
+            self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, state.status)
+            self.say(exc.message)
         except (PinError, ManagementKeyError, CardError, ProvisionError) as exc:
             if state is None:
                 self.say(f"{reader}: the card could not be read: {exc.message}")
@@ -386,6 +437,8 @@ class Runner:
 
     def result_line(self, state: JobState) -> str:
         job, result = state.job, state.result
+        if state.status == jn.SKIPPED and result is not None and result.skip_reason:
+            return f"{job.holder} ({job.id}): skipped, nothing written: {result.skip_reason}"
         if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
             what = "already on the card, nothing changed" if state.status == jn.SKIPPED else "loaded"
             line = (f"{job.holder} ({job.id}): {what}. New certificate On Card in slot {job.slot.hex} "
@@ -420,6 +473,9 @@ class Runner:
                         self._busy.add(event.reader)
                     worker = threading.Thread(target=self.handle_card, args=(event.reader,), daemon=True,
                                               name=f"reader-{event.reader}")  # fmt: skip
+                    # Only the live workers are kept: a batch of thousands of cards must not keep
+                    # thousands of finished threads.
+                    self._workers = [w for w in self._workers if w.is_alive()]
                     self._workers.append(worker)
                     worker.start()
                     if self.options.ask_pin is not None:
@@ -498,37 +554,46 @@ class Runner:
                 "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
 
 
-def open_bundles(jobfile: JobFile, *, unattended: bool) -> list[tuple[Job, Inspection | None, Bundle | None, str]]:
-    """Decrypt every job's PKCS#12 once, before any card: the slow part happens while nobody waits."""
-    from provision.bundle import inspect_pkcs12
-    from provision.secrets import obtain
+DEFERRED = "the PKCS#12 password is asked when the holder is called"
 
+
+def open_bundles(jobfile: JobFile, *, unattended: bool,
+                 defer_prompts: bool = False) -> list[tuple[Job, Inspection | None, Bundle | None, str]]:  # fmt: skip
+    """Decrypt every job's PKCS#12 once, before any card: the slow part happens while nobody waits.
+
+    ``defer_prompts``: at the counter, a password typed from the holder's PIN envelope is asked
+    when that holder is called, not all at the start of the day."""
     opened: list[tuple[Job, Inspection | None, Bundle | None, str]] = []
     for job in jobfile.jobs:
-        try:
-            password = obtain(job.pkcs12_password, unattended=unattended)
-        except ProvisionError as exc:
-            opened.append((job, None, None, f"the PKCS#12 password could not be obtained: {exc.message}"))
+        if defer_prompts and job.pkcs12_password.kind == "prompt":
+            opened.append((job, None, None, DEFERRED))
             continue
-        try:
-            data = job.pkcs12_path.read_bytes()
-            inspection, bundle = inspect_pkcs12(data, password)
-        except OSError as exc:
-            opened.append((job, None, None, f"{job.pkcs12_path} cannot be read ({exc.strerror})"))
-            continue
-        finally:
-            password.wipe()
-        if bundle is not None and inspection.info is not None:
-            from provision.plan import check_expectations
-
-            failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
-            if failed:
-                e = failed[0]
-                opened.append((job, inspection, None,
-                               f"expect.{e.check}: expected {e.expected!r}, the certificate has {e.actual!r}"))  # fmt: skip
-                continue
-        opened.append((job, inspection, bundle, inspection.message))
+        opened.append(open_bundle(job, unattended=unattended))
     return opened
+
+
+def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Job, Inspection | None, Bundle | None, str]:
+    """One job's PKCS#12: (job, inspection, the bundle if usable, a sentence for the operator)."""
+    from provision.bundle import inspect_pkcs12
+    from provision.plan import check_expectations
+    from provision.secrets import obtain
+
+    try:
+        password = password or obtain(job.pkcs12_password, unattended=unattended)
+    except ProvisionError as exc:
+        return (job, None, None, f"the PKCS#12 password could not be obtained: {exc.message}")
+    try:
+        inspection, bundle = inspect_pkcs12(job.pkcs12_path.read_bytes(), password)
+    except OSError as exc:
+        return (job, None, None, f"{job.pkcs12_path} cannot be read ({exc.strerror})")
+    finally:
+        password.wipe()
+    if bundle is not None and inspection.info is not None:
+        failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
+        if failed:
+            e = failed[0]
+            return (job, inspection, None, f"expect.{e.check}: expected {e.expected!r}, the certificate has {e.actual!r}")
+    return (job, inspection, bundle, inspection.message)
 
 
 class LogsLock:
@@ -613,13 +678,17 @@ def run_jobfile(
     say: Say = _to_stderr,
     only_jobs: set[str] | None = None,
     accept_damaged_audit_tail: str | None = None,
+    counter_screen: bool | None = None,
 ) -> RunOutcome:
     """Everything ``provision run`` does after the job file validated."""
     if only_jobs is not None:
-        jobfile = JobFile(jobfile.path, jobfile.batch, jobfile.timezone,
-                          tuple(j for j in jobfile.jobs if j.id in only_jobs), jobfile.audit_key, jobfile.warnings)  # fmt: skip
+        from dataclasses import replace
+
+        jobfile = replace(jobfile, jobs=tuple(j for j in jobfile.jobs if j.id in only_jobs))
     with LogsLock(logs):
-        opened = open_bundles(jobfile, unattended=unattended)
+        if counter_screen is None:  # the counter screen needs a person at a terminal
+            counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
+        opened = open_bundles(jobfile, unattended=unattended, defer_prompts=counter_screen)
         if source is None:
             source = SimSource([sim_cards_for(jobfile)]) if sim else PcscSource(readers)
         audit = open_audit(logs, jobfile, unattended=unattended, accept_damaged_tail=accept_damaged_audit_tail)
@@ -629,7 +698,12 @@ def run_jobfile(
                              ask_pin=None if unattended else terminal_pin_prompt)  # fmt: skip
         runner = Runner(jobfile, source, options, audit=audit)
         runner.prepare(opened)
-        code = runner.run()
+        if counter_screen:
+            from provision.counter import CounterScreen
+
+            code = CounterScreen(runner).run()
+        else:
+            code = runner.run()
         document = runner.document()
         reports = write_run_reports(document, logs)
     return RunOutcome(code, document, reports)
@@ -640,12 +714,13 @@ def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged
 
     A log whose end does not verify is not appended to (the new records would hide the damage)
     unless the operator says so, with a reason that goes into the log itself."""
-    from provision.audit import AuditLog
+    from provision.audit import AuditLog, syslog_target
     from provision.errors import AuditError
     from provision.secrets import obtain
 
     key = obtain(jobfile.audit_key, unattended=unattended) if jobfile.audit_key is not None else None
-    audit = AuditLog(logs / "audit.jsonl", key=key)
+    syslog = syslog_target(jobfile.audit_syslog, all_events=jobfile.audit_syslog_all) if jobfile.audit_syslog else None
+    audit = AuditLog(logs / "audit.jsonl", key=key, syslog=syslog)
     tail = audit.check_tail()
     if not tail.ok:
         if not accept_damaged_tail:

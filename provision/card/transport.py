@@ -27,6 +27,7 @@ from provision.errors import (
     ProvisionError,
     ReaderGoneError,
     ServiceDownError,
+    TransientCardError,
 )
 
 # PC/SC return codes. They are the same numbers on WinSCard, macOS and pcsc-lite, so they live here
@@ -114,6 +115,8 @@ _SERVICE_DOWN = frozenset(
     _CODE[n] for n in ("SCARD_E_NO_SERVICE", "SCARD_E_SERVICE_STOPPED", "SCARD_F_COMM_ERROR")
 )
 _NO_READERS = _CODE["SCARD_E_NO_READERS_AVAILABLE"]
+# Another program reset the card or took the reader for a moment: worth a reconnect.
+_TRANSIENT = frozenset(_CODE[n] for n in ("SCARD_W_RESET_CARD", "SCARD_E_NOT_TRANSACTED", "SCARD_E_SHARING_VIOLATION"))
 _TIMEOUT = _CODE["SCARD_E_TIMEOUT"]
 _NOT_TRANSACTED = _CODE["SCARD_E_NOT_TRANSACTED"]
 _COMM_ERROR = _CODE["SCARD_F_COMM_ERROR"]
@@ -160,6 +163,8 @@ def error_for(code: int, action: str, reader: str | None = None) -> ProvisionErr
             f"{action}: the PC/SC service is not running ({name}); start it (pcscd on Linux, "
             "the 'Smart Card' service on Windows) and run again"
         )
+    if code in _TRANSIENT:
+        return TransientCardError(f"{action}{where} was interrupted ({name}); reconnecting")
     if code == _NO_READERS:
         return EnvironmentProblem(
             f"{action}: no smart-card reader is connected ({name}); connect one and run again"

@@ -109,3 +109,66 @@ def test_resume_after_the_card_is_pulled_mid_load(pcscd: PrivatePcscd, cards: Ca
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["jobs"][0]["status"] == "loaded"
+
+
+def test_a_retired_slot_load_is_listed_by_opensc(pcscd: PrivatePcscd, cards: Cards, canaries: Any,
+                                                 ca: fixtures.Issuer, tmp_path: Path) -> None:  # fmt: skip
+    """OpenSC lists retired slots only as far as the Key History object counts them."""
+    job = write_job(tmp_path, canaries, ca, 12345678)
+    job.write_text(job.read_text().replace("slot: 9c", "slot: retired2"))
+    server = cards.insert(3, kind="sim", options={"serial": 12345678})
+    done = run(pcscd, tmp_path, job, "--reader", server.reader)
+    assert done.returncode == 0, done.stderr
+    conf = tmp_path / "opensc.conf"
+    conf.write_text("app default {\n\tframework pkcs15 {\n\t\tuse_file_caching = no;\n\t}\n}\n")
+    env = {**pcscd.env, "OPENSC_CONF": str(conf), "HOME": str(tmp_path)}
+    listing = subprocess.run(["pkcs15-tool", "--reader", server.reader, "--list-certificates"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert "Retired Certificate for Key Management 2" in listing.stdout and "1001" in listing.stdout
+
+
+def test_ctrl_c_exits_130_and_resume_finishes(pcscd: PrivatePcscd, cards: Cards, canaries: Any,
+                                              ca: fixtures.Issuer, tmp_path: Path) -> None:  # fmt: skip
+    import signal
+    import time
+
+    job = write_job(tmp_path, canaries, ca, 12345678)
+    state = tmp_path / "card.json"
+    server = cards.insert(1, kind="sim", mode="process", options={"serial": 12345678, "latency_ms": 150}, state=state)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provision", "run", str(job), "--unattended", "--no-progress", "--logs",
+         str(tmp_path / "logs"), "--reader", server.reader],
+        env=pcscd.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    journal_path = tmp_path / "logs" / "journal.sqlite3"
+
+    def load_started() -> bool:
+        files = [journal_path, journal_path.with_name("journal.sqlite3-wal")]
+        return any(p.exists() and b"verify_pin" in p.read_bytes() for p in files)
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not load_started():  # interrupt in the middle of the load
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "provision resume" in err and "Traceback" not in err
+    from provision import journal as jn
+
+    journal = jn.Journal(journal_path)
+    assert journal.runs()[-1].status == "interrupted"
+    assert journal.job("pcsc-batch", "HK-1").status in ("in-doubt", "loaded")  # type: ignore[union-attr]
+    journal.close()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "provision", "resume", "--unattended", "--json", "--no-progress", "--logs",
+         str(tmp_path / "logs"), "--reader", server.reader],
+        env=pcscd.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if resumed.returncode == 0 and "Nothing to resume" in resumed.stdout:
+        return  # the interrupt came after the commit
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["jobs"][0]["status"] in ("loaded", "skipped")
+    audit = subprocess.run([sys.executable, "-m", "provision", "audit", "verify", "--logs", str(tmp_path / "logs")],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -277,3 +277,59 @@ def test_run_document_matches_cli_contract(batch: Batch) -> None:
     assert doc["jobs"][0]["apdus"] > 0
     json.dumps(doc)
     assert replace  # keep the import honest for future cases
+
+
+def test_retired_slot_is_counted_in_key_history(batch: Batch) -> None:
+    from provision.piv import tlv
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, extra="    slot: retired3\n")
+    card = SimCard(SimOptions(serial=12345678))
+    assert batch.run([card]).exit_code == 0
+    history = dict(tlv.iter_tlv(session_for(card).get_object(0x5FC10C) or b""))
+    assert history[0xC1] == b"\x03"  # 82, 83, 84: middleware reads up to retired3
+    writes = card.write_attempt_count
+    assert batch.run([card]).document["jobs"][0]["status"] == "skipped"
+    assert card.write_attempt_count == writes
+
+
+class FlakySource(SimSource):
+    """The card is reset by another program once, after APDU ``at`` of the first connection."""
+
+    def __init__(self, cards: list[SimCard], at: int) -> None:
+        super().__init__([cards])
+        self.at, self.connections = at, 0
+
+    def connect(self, reader: str) -> Any:
+        from provision.errors import TransientCardError
+
+        transport = super().connect(reader)
+        self.connections += 1
+        if self.connections > 1:
+            return transport
+        original, count = transport.transmit, [0]
+
+        def transmit(apdu: bytes) -> bytes:
+            count[0] += 1
+            if count[0] > self.at:
+                transport.card.reset()  # what SCARD_W_RESET_CARD means: the card lost its state
+                raise TransientCardError("transmit was interrupted (SCARD_W_RESET_CARD); reconnecting")
+            return original(apdu)
+
+        transport.transmit = transmit  # type: ignore[method-assign]
+        return transport
+
+
+@pytest.mark.parametrize("at", [3, 7, 11])
+def test_transient_reset_is_retried_and_finishes_the_load(batch: Batch, at: int) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678))
+    jobfile = load_jobfile(batch.write(), unattended=True)
+    source = FlakySource([card], at)
+    outcome = run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=source, progress=False,
+                          say=lambda _: None)  # fmt: skip
+    assert outcome.exit_code == 0, outcome.document["jobs"]
+    assert source.connections == 2 and outcome.document["jobs"][0]["status"] == "loaded"
+    journal = jn.Journal(batch.logs / "journal.sqlite3")
+    ended = [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
+    for write in ("import_key", "write_certificate", "write_slot_name"):
+        assert ended.count(write) == 1, ended

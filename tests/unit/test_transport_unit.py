@@ -21,6 +21,7 @@ from provision.errors import (
     EnvironmentProblem,
     ReaderGoneError,
     ServiceDownError,
+    TransientCardError,
 )
 
 YUBIKEY_5 = bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940")
@@ -41,9 +42,9 @@ PIVAPPLET_JCOP = bytes.fromhex("3BF81300008131FE454A434F5076323431B7")  # catego
         ("SCARD_E_SERVICE_STOPPED", ServiceDownError),
         ("SCARD_F_COMM_ERROR", ServiceDownError),
         ("SCARD_E_NO_READERS_AVAILABLE", EnvironmentProblem),
-        ("SCARD_E_SHARING_VIOLATION", CardError),
-        ("SCARD_W_RESET_CARD", CardError),
-        ("SCARD_E_NOT_TRANSACTED", CardError),
+        ("SCARD_E_SHARING_VIOLATION", TransientCardError),
+        ("SCARD_W_RESET_CARD", TransientCardError),
+        ("SCARD_E_NOT_TRANSACTED", TransientCardError),
     ],
 )
 def test_error_mapping(name: str, kind: type[Exception]) -> None:

@@ -1,0 +1,266 @@
+"""The counter screen: one clerk, a queue of citizens, one card at a time.
+
+It shows the queue (next, done, failed, waiting), the one thing to do now in plain words
+("Insert the card of CHAN Tai Man"), the certificate to confirm before anything is written, the
+PIN prompt with the tries left, and the result ("On Card" / "On Disk"). Between cards the clerk
+can skip a holder, come back to one, or stop for the day (``provision resume`` continues).
+
+Keys are read a line at a time, and only when the screen is waiting, so that the PIN prompt
+(getpass, on the terminal) never competes with a background reader.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from provision import journal as jn
+from provision.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SecretError
+from provision.secrets import Secret
+
+POLL_SECONDS = 0.3
+HELP = "Enter: the card is in   s: skip this holder   l: later (after the others)   b N: back to holder N   q: stop for today"
+
+
+def input_ready(timeout: float) -> bool:
+    """Whether a line can be read from stdin within ``timeout`` seconds, without blocking."""
+    if sys.platform == "win32":  # pragma: no cover - counter PCs on Windows
+        import msvcrt
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if msvcrt.kbhit():
+                return True
+            time.sleep(0.05)
+        return False
+    import select
+
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    return bool(ready)
+
+
+class CounterScreen:
+    def __init__(self, runner: Any, *, console: Console | None = None, read_line: Callable[[], str] | None = None) -> None:
+        self.runner = runner
+        self.console = console or Console(stderr=True, highlight=False)
+        self.read_line = read_line or (lambda: sys.stdin.readline())
+        self.order: list[str] = [s.job.id for s in runner.states]  # the queue, as the clerk arranges it
+        self.later: set[str] = set()  # put back to the end of the queue
+        self.skipped: set[str] = set()  # skipped today (they stay pending in the journal)
+        runner.options.ask_pin = self.ask_pin
+        runner.options.confirm = self.confirm
+        runner.say = self.note
+
+    # --- what the loader asks ---
+
+    def note(self, text: str) -> None:
+        self.console.print(Text(text))
+
+    def confirm(self, job: Any, info: Any, slot_name: str, replaced: Any) -> bool:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("Holder", job.holder)
+        table.add_row("Subject", info.subject)
+        table.add_row("Issuer", info.issuer)
+        table.add_row("Serial", info.serial)
+        table.add_row("New expiry", f"{info.not_after:%Y-%m-%d}")
+        table.add_row("Slot name", slot_name)
+        if replaced is not None:
+            table.add_row("Replaces", f"{replaced.subject}, expiring {replaced.not_after:%Y-%m-%d} (it will be kept On Disk)")
+        self.console.print(Panel(table, title="Check the certificate before it is loaded", border_style="cyan"))
+        self.console.print("Load this certificate onto the card? [bold]y[/bold]es / [bold]n[/bold]o: ", end="")
+        return self.read_line().strip().lower() in ("y", "yes")
+
+    def ask_pin(self, holder: str, tries: int | None) -> Secret:
+        import getpass
+
+        left = "unknown" if tries is None else str(tries)
+        warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
+        self.console.print(f"The holder types the card PIN. Tries left: [bold]{left}[/bold]{warn}")
+        try:
+            return Secret(getpass.getpass("Card PIN: ", stream=sys.stderr))
+        except (EOFError, KeyboardInterrupt):
+            raise SecretError("no PIN was typed") from None
+
+    # --- the queue ---
+
+    def queue(self) -> list[Any]:
+        """The holders still waiting, in the clerk's order (skipped ones are out for today)."""
+        by_id = {s.job.id: s for s in self.runner.states}
+        return [by_id[j] for j in self.order if by_id[j].status in (jn.PENDING, jn.IN_DOUBT) and j not in self.skipped]
+
+    def render_queue(self) -> None:
+        table = Table(title=f"Batch {self.runner.jobfile.batch}", expand=False)
+        for column in ("#", "Holder", "Card", "Status"):
+            table.add_column(column)
+        nxt = self.queue()[0] if self.queue() else None
+        styles = {jn.LOADED: "green", jn.SKIPPED: "green", jn.FAILED: "red", jn.REFUSED: "red"}
+        for number, state in enumerate(self.runner.states, 1):
+            status = state.status
+            if state.job.id in self.skipped and status in (jn.PENDING, jn.IN_DOUBT):
+                status = "skipped today"
+            elif state.job.id in self.later and status in (jn.PENDING, jn.IN_DOUBT) and state is not nxt:
+                status = "later"
+            if state is nxt:
+                status = "NEXT"
+            card = state.job.card.describe()
+            table.add_row(str(number), state.job.holder, card, Text(status, style=styles.get(status, "bold" if state is nxt else "")))
+        done = sum(1 for s in self.runner.states if s.status in (jn.LOADED, jn.SKIPPED))
+        failed = sum(1 for s in self.runner.states if s.status in (jn.FAILED, jn.REFUSED))
+        self.console.print(table)
+        self.console.print(f"done {done} · failed {failed} · waiting {len(self.queue())} · skipped today {len(self.skipped)}")
+
+    def instruct(self, state: Any) -> None:
+        card = state.job.card
+        which = f" (card serial {card.serial})" if card.serial is not None else ""
+        words = Text(f"Insert the card of {state.job.holder}{which}", style="bold")
+        self.console.print(Panel(Group(words, Text(HELP, style="dim")), border_style="yellow"))
+
+    # --- the loop ---
+
+    def run(self) -> int:
+        runner = self.runner
+        try:
+            while True:
+                waiting = self.queue()
+                if not waiting:
+                    break
+                self.render_queue()
+                state = waiting[0]
+                if state.bundle is None and not self.open_envelope(state):
+                    continue
+                self.instruct(state)
+                action = self.wait_for_card_or_key()
+                if action == "q":
+                    self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
+                    break
+                if action == "s":
+                    self.skipped.add(state.job.id)
+                    self.eject()
+                    continue
+                if action == "l":
+                    self.order.remove(state.job.id)
+                    self.order.append(state.job.id)
+                    self.later.add(state.job.id)
+                    self.eject()
+                    continue
+                if action.startswith("b"):
+                    self.come_back(action)
+                    continue
+                reader = action
+                # The card in the reader is matched to its job by serial: the expected holder
+                # first (match() refuses another holder's card at the counter).
+                runner.expected_job = state
+                runner._busy.add(reader)
+                runner.handle_card(reader)
+                self.show_result(state)
+                if state.status in (jn.PENDING, jn.IN_DOUBT):
+                    # Declined, refused card or pulled: the clerk decides when to come back to it.
+                    self.skipped.add(state.job.id)
+                    self.eject()
+                self.wait_for_removal(reader)
+        except KeyboardInterrupt:
+            return runner.finish(True) if runner.finished is None else EXIT_INTERRUPTED
+        code = runner.finish(False)
+        self.render_queue()
+        return code if code != EXIT_OK or all(s.status in (jn.LOADED, jn.SKIPPED) for s in runner.states) else EXIT_FAILED
+
+    def open_envelope(self, state: Any) -> bool:
+        """Workflow steps 5–7: the 16-digit number from the holder's PIN envelope opens the file."""
+        import getpass
+
+        from provision.plan import template_values
+        from provision.runner import open_bundle
+
+        prompt = state.job.pkcs12_password.ref
+        self.console.print(Panel(Text(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
+        while True:
+            try:
+                typed = getpass.getpass("Password (nothing typed: skip this holder): ", stream=sys.stderr)
+            except (EOFError, KeyboardInterrupt):
+                typed = ""
+            if not typed:
+                self.skipped.add(state.job.id)
+                return False
+            _, inspection, bundle, message = open_bundle(state.job, unattended=False, password=Secret(typed))
+            del typed
+            if bundle is not None and inspection is not None and inspection.info is not None:
+                runner = self.runner
+                values = template_values(runner.jobfile.tz, cert=inspection.info, job=state.job, batch=runner.jobfile.batch)
+                state.bundle = bundle
+                state.slot_name = state.job.slot_name.render(values)
+                state.inspection_message = message
+                return True
+            self.console.print(Text(message, style="bold red"))
+            if inspection is None or inspection.status != "wrong-password":
+                state.status = jn.FAILED
+                state.error = message
+                self.runner.journal.set_job(self.runner.jobfile.batch, state.job.id, self.runner.run_id,
+                                            state.job.holder, jn.FAILED, error=message)  # fmt: skip
+                return False
+
+    def come_back(self, action: str) -> None:
+        """``b N``: holder N (a number from the table) is next, even if skipped earlier today."""
+        parts = action.split()
+        if len(parts) == 2 and parts[1].isdigit() and 1 <= int(parts[1]) <= len(self.runner.states):
+            job_id = self.runner.states[int(parts[1]) - 1].job.id
+            self.skipped.discard(job_id)
+            self.later.discard(job_id)
+            self.order.remove(job_id)
+            self.order.insert(0, job_id)
+            self.eject()
+        else:
+            self.console.print("Type b and the holder's number from the table, e.g. [bold]b 2[/bold]")
+
+    def eject(self) -> None:
+        """Simulated readers only: the card of a holder who is not next goes back to the pile."""
+        requeue = getattr(self.runner.source, "requeue", None)
+        if requeue is not None:
+            for reader in self.runner.source.present():
+                requeue(reader)
+
+    def wait_for_card_or_key(self) -> str:
+        """A reader name when a card is in, or the clerk's key (s, l, b N, q)."""
+        source = self.runner.source
+        while True:
+            present = [r for r in source.present() if r not in self.runner._busy]
+            if present:
+                return str(present[0])
+            if input_ready(POLL_SECONDS):
+                line = self.read_line()
+                if line == "":  # end of input: nobody is at the keyboard any more
+                    return "q"
+                key = line.strip().lower()
+                if key in ("s", "l", "q") or key.startswith("b"):
+                    return key
+
+    def show_result(self, state: Any) -> None:
+        result = state.result
+        if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
+            lines = [Text(f"{state.job.holder}: done", style="bold green"),
+                     Text(f"New certificate On Card: slot {state.job.slot.hex} '{state.slot_name}', valid until {result.not_after[:10]}")]  # fmt: skip
+            if result.archived_to:
+                lines.append(Text(f"Old certificate On Disk: {result.archived_to}"))
+            if state.status == jn.SKIPPED:
+                lines.append(Text("The card already held this certificate; nothing was changed."))
+            self.console.print(Panel(Group(*lines), border_style="green"))
+        elif state.status in (jn.PENDING, jn.IN_DOUBT):
+            self.console.print(Panel(Text(f"{state.job.holder}: not loaded yet. {state.error or ''}"), border_style="yellow"))
+        else:
+            self.console.print(Panel(Text(f"{state.job.holder}: {state.status.upper()}: {state.error}"), border_style="red"))
+
+    def wait_for_removal(self, reader: str) -> None:
+        source = self.runner.source
+        if getattr(source, "requeue", None) is not None or reader not in source.present():
+            return  # a simulated reader takes its card out by itself
+        self.console.print(Text("Take the card out of the reader.", style="bold"))
+        while reader in source.present():
+            time.sleep(POLL_SECONDS)
