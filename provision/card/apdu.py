@@ -185,6 +185,16 @@ class TraceRecord:
 TraceHook = Callable[[TraceRecord], None]
 
 
+# Commands whose answer may exceed 256 bytes: GET DATA (certificates), GET METADATA (an RSA public
+# key), GENERAL AUTHENTICATE with a key slot (an RSA signature), ATTEST, GENERATE KEY. Management-key
+# authentication (87 .. 9B) answers one cipher block.
+_LONG_RESPONSE_INS = frozenset({0xCB, 0xF7, 0x87, 0xF9, 0x47})
+
+
+def _long_response(ins: int, p2: int) -> bool:
+    return ins in _LONG_RESPONSE_INS and not (ins == 0x87 and p2 == _KEY_REF_MANAGEMENT)
+
+
 def _redaction(ins: int, p2: int) -> tuple[bool, bool]:
     """(redact command data, redact response data) for a logical command."""
     if ins in _SECRET_DATA_INS:
@@ -234,9 +244,12 @@ class ApduChannel:
             raise ValueError(f"command data of {len(data)} bytes is too long for one command")
         redact_cmd, redact_resp = _redaction(ins, p2)
         # Extended only where it buys something: long data, or a response that may exceed 256
-        # bytes (le=0: "everything"), which then comes whole instead of in 61xx pieces.
+        # bytes, which then comes whole instead of in 61xx pieces. SELECT and other small
+        # commands stay short even with le=0: readers and cards handle those most reliably.
         extended = self.transport.supports_extended and (
-            len(data) > SHORT_MAX_DATA or (le is not None and (le == 0 or le > 256))
+            len(data) > SHORT_MAX_DATA
+            or (le is not None and le > 256)
+            or (le == 0 and _long_response(ins, p2))
         )
         if extended or len(data) <= SHORT_MAX_DATA:
             blocks = [bytes(data)]

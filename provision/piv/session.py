@@ -756,24 +756,31 @@ class PivSession:
             raise
         return {} if body is None else parse_slot_names(body)
 
-    def write_slot_name(self, slot: int, name: str | None) -> SlotNameResult:
+    def write_slot_name(
+        self, slot: int, name: str | None, *, current: dict[int, str] | None = None
+    ) -> SlotNameResult:
         """Set (or with None, remove) one slot's name; other slots' names are kept.
 
         Needs management-key authentication. A card that refuses the vendor object gives
         ``SlotNameResult(stored=False, sw=...)``: the name then lives only in the journal.
+        ``current``: the names ``read_slot_names`` just returned in this transaction (saves the
+        GET DATA); None reads them.
         """
         slot_by_ref(slot)
         if name is not None:
             size = len(name.encode("utf-8"))
             if not 1 <= size <= SLOT_NAME_MAX_BYTES:
                 raise ValueError(f"a slot name must be 1 to {SLOT_NAME_MAX_BYTES} bytes of UTF-8")
-        try:
-            body = self.get_object(SLOT_NAMES_OBJECT_ID)
-        except CardStatusError as exc:
-            if exc.sw in _VENDOR_REFUSED_SW:
-                return SlotNameResult(stored=False, sw=exc.sw)
-            raise
-        names = {} if body is None else parse_slot_names(body)
+        if current is not None:
+            names = dict(current)
+        else:
+            try:
+                body = self.get_object(SLOT_NAMES_OBJECT_ID)
+            except CardStatusError as exc:
+                if exc.sw in _VENDOR_REFUSED_SW:
+                    return SlotNameResult(stored=False, sw=exc.sw)
+                raise
+            names = {} if body is None else parse_slot_names(body)
         if name is None:
             names.pop(slot, None)
         else:

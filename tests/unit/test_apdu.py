@@ -184,6 +184,39 @@ def test_extended_le_for_whole_object_reads() -> None:
     t.done()
 
 
+def test_small_commands_stay_short_on_an_extended_card() -> None:
+    """SELECT, GET VERSION/SERIAL and management-key authentication stay short APDUs (le=0 → Le 00)."""
+    aid = h("A0 00 00 03 08 00 00 10 00 01 00")
+    t = ScriptedTransport(
+        [
+            (h("00 A4 04 00 0B") + aid + h("00"), h("61 11 4F 06 00 00 10 00 01 00 90 00")),
+            (h("00 FD 00 00 00"), h("05 04 03 90 00")),
+            (h("00 87 03 9B 04 7C 02 80 00 00"), h("7C 0A 80 08") + bytes(8) + h("90 00")),
+        ],
+        extended=True,
+    )
+    channel = ApduChannel(t)
+    channel.send(0xA4, 0x04, 0x00, aid, le=0)
+    channel.send(0xFD, 0, 0, le=0)
+    channel.send(0x87, 0x03, 0x9B, h("7C 02 80 00"), le=0)
+    t.done()
+
+
+def test_long_answers_are_asked_for_extended() -> None:
+    """GET METADATA and a key slot's GENERAL AUTHENTICATE may answer > 256 bytes (RSA-2048)."""
+    t = ScriptedTransport(
+        [
+            (h("00 F7 00 9C 00 00 00"), bytes(300) + h("90 00")),
+            (h("00 87 07 9C 00 00 04 7C 02 82 00 00 00"), bytes(270) + h("90 00")),
+        ],
+        extended=True,
+    )
+    channel = ApduChannel(t)
+    assert len(channel.send(0xF7, 0x00, 0x9C, le=0)) == 300
+    assert len(channel.send(0x87, 0x07, 0x9C, h("7C 02 82 00"), le=0)) == 270
+    t.done()
+
+
 def test_get_response_loop() -> None:
     first, second, third = bytes([1]) * 256, bytes([2]) * 256, bytes([3]) * 16
     t = ScriptedTransport(
