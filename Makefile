@@ -9,9 +9,9 @@ STAMP   := $(VENV)/.installed
 # Build pyscard (no Linux wheel on PyPI), run the OpenSSL producer of test PKCS#12 files, and the
 # PC/SC harness and peers of the card tiers.
 DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
-DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk
+DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk softhsm2 postgresql
 
-.PHONY: all setup demo test lint typecheck test-unit test-fast bench clean
+.PHONY: all setup demo test lint typecheck test-unit bench faults clean
 
 all: test
 
@@ -44,8 +44,14 @@ test-unit: $(STAMP)
 test: setup lint typecheck
 	PROVISION_REQUIRE_ALL_TIERS=1 $(BIN)/pytest tests
 
+# make bench BENCH_ARGS=--quick for a two-minute run
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/queue_bench.py
+
+# The whole fault campaign with its summary table (make test runs the reduced form).
+faults: setup
+	PROVISION_FAULTS=full PROVISION_REQUIRE_ALL_TIERS=1 $(BIN)/pytest tests/faults -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -236,7 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobfile = _with_syslog(load_jobfile(args.jobfile, unattended=args.unattended), args.syslog)
     outcome = run_jobfile(jobfile, logs=Path(args.logs), unattended=args.unattended, wait=args.wait,
                           readers=args.reader, sim=args.sim, progress=not args.no_progress,
-                          accept_damaged_audit_tail=args.accept_damaged_audit_tail)  # fmt: skip
+                          accept_damaged_audit_tail=args.accept_damaged_audit_tail, queue=args.queue,
+                          station=args.station, lease_seconds=args.lease)  # fmt: skip
     if args.json:
         _emit_json(outcome.document)
     else:
@@ -254,6 +255,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from provision.jobfile import load_jobfile
     from provision.runner import run_jobfile
 
+    if args.queue and not args.queue.startswith("sqlite:"):
+        raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
+                         "again; a job in doubt is finished by the station that sees its card")  # fmt: skip
     logs = Path(args.logs)
     journal = jn.Journal(logs / "journal.sqlite3")
     try:
@@ -355,11 +359,44 @@ def _journal_seals(logs: Any) -> list[str]:
         journal.close()
 
 
+def cmd_queue_push(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision.jobfile import load_jobfile
+    from provision.queue import is_shared_url, open_queue
+
+    if not is_shared_url(args.queue):
+        raise UsageError("queue push needs a shared queue: --queue postgresql://USER@HOST:PORT/DB (or $PROVISION_QUEUE)")
+    jobfile = load_jobfile(args.jobfile, unattended=args.unattended)
+    queue: Any = open_queue(args.queue, logs=Path(args.logs))
+    try:
+        added, present = queue.push(jobfile)
+    finally:
+        queue.close()
+    if args.json:
+        _emit_json({"batch": jobfile.batch, "jobfile": str(Path(args.jobfile).resolve()), "added": added,
+                    "already_queued": present})  # fmt: skip
+    else:
+        _say(f"{args.jobfile}: batch {jobfile.batch}, {added} job(s) added to the queue, {present} already there")
+    return EXIT_OK
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision.audit import cmd_audit_verify as verify_command
 
+    if args.queue:
+        from provision.queue import is_shared_url, open_queue
+        from provision.queue.audit_mirror import cmd_audit_verify_queue
+
+        if not is_shared_url(args.queue):
+            raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
+        queue: Any = open_queue(args.queue, logs=Path(args.logs))
+        try:
+            return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say)
+        finally:
+            queue.close()
     logs = Path(args.logs)
     return verify_command(logs, _audit_key(args), _journal_seals(logs), args.json, _say, _warn)
 
@@ -497,6 +534,7 @@ COMMANDS: dict[str, str] = {
     "run": "the batch: wait for each card, load, verify, record, report",
     "resume": "finish what an interrupted run left",
     "status": "runs and jobs in the journal",
+    "queue": "a shared job queue for many stations ('queue push')",
     "store": "certificates archived from cards, 'On Disk' ('store list')",
     "audit": "check the audit log's integrity ('audit verify') or read it ('audit show')",
     "report": "a run's report as JSON, CSV or HTML",
@@ -583,6 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_options.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run_options.add_argument("--syslog", metavar="ADDRESS",
                              help="forward the audit seals to syslog: /dev/log (journald) or host:port (UDP)")  # fmt: skip
+    run_options.add_argument("--queue", default=os.environ.get("PROVISION_QUEUE") or None, metavar="URL",
+                             help="journal and job queue: sqlite:///PATH (default LOGS/journal.sqlite3, one station) "
+                                  "or postgresql://USER@HOST:PORT/DB (many stations; $PROVISION_QUEUE)")  # fmt: skip
+    run_options.add_argument("--station", default=None, metavar="NAME",
+                             help="this station's name in a shared queue (default $PROVISION_STATION or the host name)")  # fmt: skip
+    run_options.add_argument("--lease", type=float, default=30.0, metavar="SECONDS",
+                             help="how long a claimed job stays this station's after it stops renewing (default 30)")  # fmt: skip
     run_options.add_argument("--accept-damaged-audit-tail", metavar="REASON",
                              help="continue after a damaged audit log end; the reason is recorded in the log")  # fmt: skip
 
@@ -597,6 +642,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
     p.set_defaults(handler=cmd_status)
 
+    p = sub.add_parser("queue", help=COMMANDS["queue"])
+    queue_sub = p.add_subparsers(dest="queue_command", metavar="QUEUE_COMMAND", required=True)
+    p = queue_sub.add_parser("push", parents=[common], help="put a batch's jobs into the shared queue (idempotent)")
+    p.add_argument("jobfile", metavar="JOBFILE", help="the job file, at the path every station reads it from")
+    p.add_argument("--queue", default=os.environ.get("PROVISION_QUEUE") or None, metavar="URL",
+                   help="postgresql://USER@HOST:PORT/DB ($PROVISION_QUEUE)")  # fmt: skip
+    p.add_argument("--unattended", action="store_true", help="validate as for an unattended run (no prompts)")
+    p.set_defaults(handler=cmd_queue_push)
+
     p = sub.add_parser("store", help=COMMANDS["store"])
     store = p.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
     p = store.add_parser("list", parents=[common], help="certificates taken off cards, with where they came from")
@@ -609,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--key-env", metavar="NAME", help="the audit HMAC key from this environment variable")
     group.add_argument("--key-file", metavar="PATH", help="the audit HMAC key from this file (mode 0600)")
     p = audit.add_parser("verify", parents=[common, audit_key], help="exit 0 if intact, 4 with the first bad line")
+    p.add_argument("--queue", default=None, metavar="URL",
+                   help="check every station's chain in this shared queue (postgresql://…) instead of LOGS")  # fmt: skip
     p.set_defaults(handler=cmd_audit_verify)
     p = audit.add_parser("show", parents=[common], help="read the audit log for review")
     p.add_argument("--job", metavar="ID")

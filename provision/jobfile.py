@@ -54,7 +54,7 @@ _TEXT_KEYS = frozenset(
         "batch", "timezone", "id", "holder", "slot", "slot_name", "guid", "path", "subject_cn",
         "issuer_cn", "fingerprint_sha256", "not_after_after", "pem", "nssdb", "env", "file",
         "prompt", "value", "management_key_type", "replace", "pin_policy", "touch_policy",
-        "when_expires_within", "syslog",
+        "when_expires_within", "syslog", "module", "token_label", "token_serial",
     }
 )  # fmt: skip
 
@@ -74,12 +74,37 @@ _YAML11_BOOLS = frozenset(
 
 
 @dataclass(frozen=True)
+class Pkcs11Target:
+    """``card: {pkcs11: …}``: a token behind a PKCS#11 module, named by its label and/or serial."""
+
+    module: Path
+    token_label: str | None = None
+    token_serial: str | None = None
+
+    def describe(self) -> str:
+        named = [f"label {self.token_label!r}"] if self.token_label is not None else []
+        named += [f"serial {self.token_serial}"] if self.token_serial is not None else []
+        return f"token {' and '.join(named)} of {self.module.name}"
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"module": str(self.module)}
+        if self.token_label is not None:
+            out["token_label"] = self.token_label
+        if self.token_serial is not None:
+            out["token_serial"] = self.token_serial
+        return out
+
+
+@dataclass(frozen=True)
 class CardIdentity:
     serial: int | None = None
     guid: str | None = None  # lowercase hex
     any: bool = False
+    pkcs11: Pkcs11Target | None = None  # a token behind a PKCS#11 module instead of a PIV card
 
     def describe(self) -> str:
+        if self.pkcs11 is not None:
+            return self.pkcs11.describe()
         if self.serial is not None:
             return f"card serial {self.serial}"
         if self.guid is not None:
@@ -87,6 +112,8 @@ class CardIdentity:
         return "any card"
 
     def to_json(self) -> dict[str, object]:
+        if self.pkcs11 is not None:
+            return {"pkcs11": self.pkcs11.to_json()}
         if self.serial is not None:
             return {"serial": self.serial}
         if self.guid is not None:
@@ -304,8 +331,12 @@ def _resolve_core(text: str) -> Any:
         return int(text[2:], 8)
     if _CORE_HEX.match(text):
         return int(text[2:], 16)
-    if _CORE_FLOAT.match(text) or _CORE_INF.match(text) or _CORE_NAN.match(text):
-        return float(text.replace("inf", "Inf").replace("INF", "Inf").lower().replace(".inf", "inf"))
+    if _CORE_NAN.match(text):
+        return float("nan")
+    if _CORE_INF.match(text):
+        return float("-inf") if text.startswith("-") else float("inf")
+    if _CORE_FLOAT.match(text):
+        return float(text)
     return text
 
 
@@ -380,7 +411,7 @@ def _validator() -> Any:
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
+    # The schema itself is checked by a unit test, not at every start (it costs ~170 ms).
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
@@ -474,7 +505,7 @@ def _explain(error: Any, path: JsonPath) -> str:
         return f"{_describe_type(value)} is not valid; {_PATTERN_HELP.get(key, 'check the format')}"
     if kind in ("minProperties", "maxProperties"):
         if key == "card":
-            return "say which card with exactly one of {serial: N}, {guid: HEX}, {any: true}"
+            return "say which card with exactly one of {serial: N}, {guid: HEX}, {any: true}, {pkcs11: {module: …, token_label: …}}"
         return _SECRET_FORMS
     if kind == "minItems":
         return "the list is empty; add at least one entry" if key != "command" else "the command needs a program name"
@@ -627,13 +658,14 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
             ck.problem(here + ("pkcs12", "path"), why)
 
     if "card" not in merged:
-        ck.problem(here, "'card' is missing; say which card with {serial: N}, {guid: HEX} or {any: true}")
+        ck.problem(here, "'card' is missing; say which card with {serial: N}, {guid: HEX}, {any: true} or {pkcs11: …}")
         return None
     ident = merged["card"]
     identity = CardIdentity(
         serial=ident.get("serial"),
         guid=ident["guid"].lower() if "guid" in ident else None,
         any=bool(ident.get("any", False)),
+        pkcs11=_pkcs11_target(ident["pkcs11"], at("card") + ("pkcs11",), ck) if "pkcs11" in ident else None,
     )
 
     raw_expect = merged.get("expect", {})
@@ -684,6 +716,20 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
     )
 
 
+def _pkcs11_target(raw: dict[str, Any], path: JsonPath, ck: _Checker) -> Pkcs11Target:
+    module = Path(os.path.expanduser(raw["module"]))
+    module = module if module.is_absolute() else ck.base / module
+    if "token_label" not in raw and "token_serial" not in raw:
+        ck.problem(path, "say which token: give token_label, token_serial or both (pkcs11-tool --list-token-slots shows them)")
+    if ck.check_files:
+        if not module.exists():
+            ck.problem(path + ("module",), f"the PKCS#11 module {module} does not exist; install the card's middleware "
+                                           "or correct the path")  # fmt: skip
+        elif not module.is_file():
+            ck.problem(path + ("module",), f"{module} is not a file; name the module's shared library (.so, .dll, .dylib)")
+    return Pkcs11Target(module, raw.get("token_label"), raw.get("token_serial"))
+
+
 def _unreadable(path: Path) -> str | None:
     try:
         st = path.stat()
@@ -691,6 +737,8 @@ def _unreadable(path: Path) -> str | None:
         return f"the PKCS#12 file {path} does not exist; check the path (it is relative to the job file)"
     except OSError as exc:
         return f"the PKCS#12 file {path} cannot be reached ({exc.strerror})"
+    except ValueError:  # a NUL byte in the path
+        return f"the PKCS#12 path {str(path)!r} is not a possible file name (it contains a NUL byte)"
     if not path.is_file():
         return f"{path} is not a file; name the .p12/.pfx file itself"
     if st.st_size > MAX_PKCS12_BYTES:
@@ -730,6 +778,9 @@ def _semantic(data: dict[str, Any], ck: _Checker) -> tuple[list[Job], SecretSour
             key = ("serial", ident["serial"])
         elif "guid" in ident:
             key = ("guid", ident["guid"].lower())
+        elif "pkcs11" in ident and isinstance(ident["pkcs11"], dict):
+            token = ident["pkcs11"]
+            key = ("token", (token.get("module"), token.get("token_label"), token.get("token_serial")))
         if key is not None:
             if key in first_identity:
                 ck.problem(

@@ -33,6 +33,7 @@ from provision.errors import CardError, ManagementKeyError, PinError, ProvisionE
 from provision.jobfile import Job, JobFile
 from provision.piv.session import PIN_POLICIES, CardNotSupportedError, PivSession, SlotMetadata
 from provision.piv.slots import find_algorithm
+from provision.queue.base import JournalStore
 from provision.renewal import Decision, renewal_decision
 from provision.secrets import Secret, obtain
 from provision.store import CertificateStore, write_atomically
@@ -82,7 +83,7 @@ class LoadContext:
     bundle: Bundle
     slot_name: str
     run_id: str
-    journal: jn.Journal
+    journal: JournalStore
     store: CertificateStore
     record: Recorder
     unattended: bool

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from provision import journal as jn
+from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
-from provision.card.apdu import ApduChannel
 from provision.card.base import RawTransport
 from provision.errors import (
     EXIT_FAILED,
@@ -38,8 +38,7 @@ from provision.errors import (
     TransientCardError,
 )
 from provision.jobfile import Job, JobFile
-from provision.load import Confirm, JobRefused, LoadContext, Loader, LoadResult, OperatorDeclined, PinPrompt
-from provision.piv.session import PivSession
+from provision.load import Confirm, JobRefused, LoadContext, LoadResult, OperatorDeclined, PinPrompt
 from provision.store import CertificateStore
 
 Say = Callable[[str], None]
@@ -50,18 +49,12 @@ TRANSIENT_ATTEMPTS = 3
 # Card sources: where cards come from (PC/SC readers, or in-process simulated readers)
 
 
-@dataclass(frozen=True)
-class CardEvent:
-    kind: str  # "inserted" | "removed" | "tick" (nothing happened for a while)
-    reader: str
-
-
 class CardSource(Protocol):
+    """PIV reader sources also ``connect(reader) -> RawTransport``; backends ``open(reader)`` (backend.py)."""
+
     def events(self, timeout: float | None) -> Iterator[CardEvent]:
         """Insertions and removals until ``timeout`` seconds pass with nothing new (None: forever)."""
         ...
-
-    def connect(self, reader: str) -> RawTransport: ...
 
     def done_with(self, reader: str) -> None:
         """The runner has finished with the card in ``reader`` (the operator may take it)."""
@@ -205,6 +198,9 @@ class RunOptions:
     say: Say = field(default_factory=lambda: _to_stderr)
     progress: bool = True
     export_dir: Path | None = None
+    queue: str | None = None  # journal/queue URL (provision.queue.open_queue); None: logs/journal.sqlite3
+    station: str | None = None  # this station's name in a shared queue (default: host name)
+    lease_seconds: float = 30.0  # how long a claim outlives a station that stopped renewing it
 
 
 def _to_stderr(text: str) -> None:
@@ -212,15 +208,20 @@ def _to_stderr(text: str) -> None:
 
 
 class Runner:
-    def __init__(self, jobfile: JobFile, source: CardSource, options: RunOptions, *, audit: Any = None) -> None:
+    def __init__(self, jobfile: JobFile, source: CardSource | CardBackend, options: RunOptions, *, audit: Any = None) -> None:
         self.jobfile = jobfile
         self.source = source
+        self.backend: CardBackend = as_backend(source)  # PIV readers or PKCS#11 tokens: the runner need not know
         self.options = options
         self.say = options.say
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-        self.journal = jn.Journal(options.logs / "journal.sqlite3")
+        from provision.queue import open_queue
+
+        self.journal = open_queue(options.queue, logs=options.logs, station=options.station,
+                                  lease_seconds=options.lease_seconds)  # fmt: skip
         self.store = CertificateStore(options.logs / "store")
-        self.audit = audit
+        self.audit = self.journal.mirror_audit(audit) if audit is not None else None
+        self._synced_at = 0.0
         self.states: list[JobState] = []
         self.refused_cards: list[dict[str, Any]] = []
         self._lock = threading.RLock()
@@ -267,29 +268,30 @@ class Runner:
 
     # --- matching ---
 
-    def match(self, serial: int | None, guid: str | None) -> tuple[JobState | None, str]:
+    def match(self, serial: int | None, guid: str | None, seen: CardSeen | None = None) -> tuple[JobState | None, str]:
         """The job for this card, or None and why."""
+        seen = seen or CardSeen(serial=serial, guid=guid)
         with self._lock:
             open_states = [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
             for s in open_states:  # a job already started on this very card comes first
                 if s.card_serial is not None and s.card_serial == serial and s.status == jn.IN_DOUBT:
                     return s, ""
             for s in open_states:
-                if (serial is not None and s.job.card.serial == serial) or (guid is not None and s.job.card.guid == guid):
+                if seen.claims(s.job.card):
                     called = self.expected_job
                     if called is not None and s is not called:
                         return None, (f"this is the card of {s.job.holder}, but the counter called "
                                       f"{called.job.holder}; give it back and ask for the right card")  # fmt: skip
                     return s, ""
             for s in self.states:
-                if (serial is not None and s.job.card.serial == serial) or (guid and s.job.card.guid == guid):
+                if seen.claims(s.job.card):
                     return None, f"this card's job {s.job.id} ({s.job.holder}) is already {s.status}"
             for s in open_states:
-                if s.job.card.any:
+                if seen.takes_any(s.job.card):
                     if not self.options.unattended and s is not self.expected():
                         continue
                     return s, ""
-            who = f"serial {serial}" if serial is not None else (f"GUID {guid}" if guid else "no serial or GUID")
+            who = seen.describe()
             expected = self.expected()
             hint = f"; the counter expects the card of {expected.job.holder}" if expected and not self.options.unattended else ""
             return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
@@ -329,32 +331,38 @@ class Runner:
     def _handle_card(self, reader: str) -> None:
         start = time.monotonic()
         try:
-            transport = self.source.connect(reader)
+            card = self.backend.open(reader)
         except (CardRemovedError, ReaderGoneError) as exc:
             self.say(f"{reader}: {exc.message}")
             return
         state: JobState | None = None
-        resuming = False
+        resuming = claimed = False
         try:
-            transport.begin_transaction()
-            session = PivSession(ApduChannel(transport))
-            session.select()
-            serial = session.serial()
-            guid = session.read_chuid()
-            self.record("card_inserted", reader=reader, card_serial=serial, chuid_guid=guid)
-            state, why = self.match(serial, guid)
+            seen = card.identify()
+            serial, guid = seen.serial, seen.guid
+            self.record("card_inserted", reader=reader, **seen.audit_fields())
+            state, why = self.match(serial, guid, seen)
             if state is None:
-                self.refused_cards.append({"reader": reader, "card_serial": serial, "chuid_guid": guid, "reason": why})
-                self.record("card_refused", reader=reader, card_serial=serial, chuid_guid=guid, outcome="refused",
-                            reason=why, apdus=transport.apdu_count)  # fmt: skip
+                self.refused_cards.append({"reader": reader, **seen.audit_fields(), "reason": why})
+                self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
+                            reason=why, apdus=card.operations)  # fmt: skip
                 self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
                 return
+            state, claim = self.claim_job(state, serial)
+            if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
+                self.refused_cards.append({"reader": reader, **seen.audit_fields(), "reason": claim.reason})
+                self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
+                            reason=claim.reason, job_id=state.job.id, apdus=card.operations)  # fmt: skip
+                self.say(f"REFUSED: {claim.reason}. Nothing was written; take the card out.")
+                self.sync_shared_queue(force=True)
+                return
+            claimed = True
             with self._lock:
-                resuming = state.status == jn.IN_DOUBT
+                resuming = state.status == jn.IN_DOUBT or claim.resuming
                 state.status = jn.IN_PROGRESS
                 state.card_serial = serial
-            self.record("card_identified", job_id=state.job.id, holder=state.job.holder, card_serial=serial,
-                        chuid_guid=guid, reader=reader)  # fmt: skip
+            self.record("card_identified", job_id=state.job.id, holder=state.job.holder, reader=reader,
+                        **seen.audit_fields())  # fmt: skip
             self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.IN_PROGRESS,
                                  card_serial=serial, slot=state.job.slot.hex, slot_name=state.slot_name)  # fmt: skip
             self.say(f"{reader}: loading {state.job.holder} ({state.job.id}) into slot {state.job.slot.hex} "
@@ -366,22 +374,22 @@ class Runner:
                 ask_pin=self.options.ask_pin, export_dir=self.options.export_dir, resuming=resuming,
                 confirm=self.options.confirm,
             )  # fmt: skip
-            loader = Loader(ctx, session, serial)
+            loader = card.loader(ctx, seen)
             state.result = loader.result  # what the load found so far, also if it fails
             result = loader.run()
-            self._finish(state, result.status, result, None, transport.apdu_count, start)
+            self._finish(state, result.status, result, None, card.operations, start)
         except TransientCardError as exc:
             if state is not None:  # the retry finds this job again by the card's serial, as in doubt
-                self._finish(state, jn.IN_DOUBT, None, exc, transport.apdu_count, start)
+                self._finish(state, jn.IN_DOUBT, None, exc, card.operations, start)
             raise
         except CardRemovedError as exc:
             if state is not None:
-                self._finish(state, jn.IN_DOUBT, None, exc, transport.apdu_count, start)
+                self._finish(state, jn.IN_DOUBT, None, exc, card.operations, start)
             else:
                 self.say(f"{reader}: {exc.message}")
         except JobRefused as exc:
             assert state is not None
-            self._finish(state, jn.REFUSED, None, exc, transport.apdu_count, start)
+            self._finish(state, jn.REFUSED, None, exc, card.operations, start)
         except OperatorDeclined as exc:
             assert state is not None
             with self._lock:
@@ -393,13 +401,11 @@ class Runner:
                 self.say(f"{reader}: the card could not be read: {exc.message}")
                 self.record("card_error", reader=reader, error_class=type(exc).__name__, error=exc.message)
             else:
-                self._finish(state, jn.FAILED, None, exc, transport.apdu_count, start)
+                self._finish(state, jn.FAILED, None, exc, card.operations, start)
         finally:
-            try:
-                transport.end_transaction()
-                transport.close()
-            except ProvisionError:
-                pass
+            if claimed and state is not None:
+                self.journal.release(self.jobfile.batch, state.job.id)
+            card.close()
 
     def _job_recorder(self, state: JobState) -> Callable[..., None]:
         def record(event: str, **fields: Any) -> None:
@@ -465,14 +471,22 @@ class Runner:
         try:
             if self.open_jobs():
                 self._announce()
+            missed: set[str] = set()  # insertions seen while that reader's worker was finishing
             for event in self.source.events(self.options.wait):
-                if event.kind == "inserted":
+                if event.kind == "removed":
+                    missed.discard(event.reader)
+                ready = [event.reader] if event.kind == "inserted" else []
+                with self._lock:
+                    ready += [r for r in missed if r not in self._busy and r in self.source.present()]
+                for reader in ready:
                     with self._lock:
-                        if event.reader in self._busy:
+                        if reader in self._busy:  # a quick swap: handle the new card when the worker ends
+                            missed.add(reader)
                             continue
-                        self._busy.add(event.reader)
-                    worker = threading.Thread(target=self.handle_card, args=(event.reader,), daemon=True,
-                                              name=f"reader-{event.reader}")  # fmt: skip
+                        missed.discard(reader)
+                        self._busy.add(reader)
+                    worker = threading.Thread(target=self.handle_card, args=(reader,), daemon=True,
+                                              name=f"reader-{reader}")  # fmt: skip
                     # Only the live workers are kept: a batch of thousands of cards must not keep
                     # thousands of finished threads.
                     self._workers = [w for w in self._workers if w.is_alive()]
@@ -494,7 +508,35 @@ class Runner:
             bar.close()
         return self.finish(interrupted)
 
+    def claim_job(self, state: JobState, serial: int | None) -> tuple[JobState, Any]:
+        """Claim the matched job in the queue. An unattended ``any: true`` job that another station
+        took is not worth a refusal: the next free one in file order is claimed instead."""
+        claim = self.journal.claim(self.jobfile.batch, state.job.id, self.run_id, card_serial=serial)
+        if claim.granted or not state.job.card.any or not self.options.unattended:
+            return state, claim
+        with self._lock:
+            others = [s for s in self.states if s.job.card.any and s is not state and s.status == jn.PENDING]
+        for other in others:
+            other_claim = self.journal.claim(self.jobfile.batch, other.job.id, self.run_id, card_serial=serial)
+            if other_claim.granted:
+                return other, other_claim
+        return state, claim
+
+    def sync_shared_queue(self, *, force: bool = False) -> None:
+        """A shared queue: jobs that other stations finished are finished here too (at most once a second)."""
+        if not self.journal.shared or (not force and time.monotonic() - self._synced_at < 1.0):
+            return
+        self._synced_at = time.monotonic()
+        shared = {j.job_id: j for j in self.journal.jobs(batch=self.jobfile.batch)}
+        with self._lock:
+            for state in self.states:
+                row = shared.get(state.job.id)
+                if (row is not None and state.status in (jn.PENDING, jn.IN_DOUBT) and row.run_id != self.run_id
+                        and row.status in (jn.LOADED, jn.SKIPPED, jn.FAILED, jn.REFUSED)):  # fmt: skip
+                    state.status, state.card_serial, state.error = row.status, row.card_serial, row.error
+
     def _reap(self, bar: Any) -> None:
+        self.sync_shared_queue()
         done = sum(1 for s in self.states if s.status not in (jn.PENDING, jn.IN_DOUBT, jn.IN_PROGRESS))
         bar.update(done - bar.n)
 
@@ -509,6 +551,7 @@ class Runner:
         self.say(f"\nInsert the card of {expected.job.holder}{which}.")
 
     def finish(self, interrupted: bool) -> int:
+        self.sync_shared_queue(force=True)
         for state in self.states:
             if state.status == jn.IN_PROGRESS:
                 state.status = jn.IN_DOUBT
@@ -636,6 +679,8 @@ def sim_cards_for(jobfile: JobFile) -> list[Any]:
 
     cards = []
     for index, job in enumerate(jobfile.jobs):
+        if job.card.pkcs11 is not None:
+            continue  # a token job: its token comes from the PKCS#11 module
         serial = job.card.serial if job.card.serial is not None else 30_000_000 + index
         guid = bytes.fromhex(job.card.guid) if job.card.guid else None
         cards.append(SimCard(SimOptions(serial=serial, chuid_guid=guid)))
@@ -673,12 +718,15 @@ def run_jobfile(
     wait: float | None,
     readers: list[str] | None = None,
     sim: bool = False,
-    source: CardSource | None = None,
+    source: CardSource | CardBackend | None = None,
     progress: bool = True,
     say: Say = _to_stderr,
     only_jobs: set[str] | None = None,
     accept_damaged_audit_tail: str | None = None,
     counter_screen: bool | None = None,
+    queue: str | None = None,
+    station: str | None = None,
+    lease_seconds: float = 30.0,
 ) -> RunOutcome:
     """Everything ``provision run`` does after the job file validated."""
     if only_jobs is not None:
@@ -690,12 +738,18 @@ def run_jobfile(
             counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
         opened = open_bundles(jobfile, unattended=unattended, defer_prompts=counter_screen)
         if source is None:
-            source = SimSource([sim_cards_for(jobfile)]) if sim else PcscSource(readers)
+            from provision.p11.source import with_pkcs11_tokens
+
+            piv = None
+            if any(job.card.pkcs11 is None for job in jobfile.jobs):
+                piv = SimSource([sim_cards_for(jobfile)]) if sim else PcscSource(readers)
+            source = with_pkcs11_tokens(jobfile, piv)  # the PIV source alone when no job names a token
         audit = open_audit(logs, jobfile, unattended=unattended, accept_damaged_tail=accept_damaged_audit_tail)
         if unattended and wait is None:
             wait = 0.0
         options = RunOptions(logs=logs, unattended=unattended, wait=wait, say=say, progress=progress,
-                             ask_pin=None if unattended else terminal_pin_prompt)  # fmt: skip
+                             ask_pin=None if unattended else terminal_pin_prompt, queue=queue, station=station,
+                             lease_seconds=lease_seconds)  # fmt: skip
         runner = Runner(jobfile, source, options, audit=audit)
         runner.prepare(opened)
         if counter_screen:
@@ -705,6 +759,7 @@ def run_jobfile(
         else:
             code = runner.run()
         document = runner.document()
+        runner.journal.close()
         reports = write_run_reports(document, logs)
     return RunOutcome(code, document, reports)
 

@@ -109,6 +109,8 @@ def check_file_permissions(path: Path) -> str | None:
         return f"secret file {path} does not exist; create it with mode 0600"
     except OSError as exc:
         return f"secret file {path} cannot be read ({exc.strerror}); check its permissions"
+    except ValueError:  # a NUL byte in the path: no file system can hold that name
+        return f"secret file {str(path)!r} is not a possible file name (it contains a NUL byte)"
     if not stat.S_ISREG(st.st_mode):
         return f"secret file {path} is not a regular file"
     # On Windows the mode bits do not describe ACLs; there the file's ACL is the operator's job.

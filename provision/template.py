@@ -75,6 +75,8 @@ def _path_safe(text: str) -> str:
 
 def parse(text: str) -> Template:
     """Parse and check a template; raise TemplateError with one sentence saying what to change."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise TemplateError(f"template {text!r} contains a control character; remove it")
     try:
         raw = list(_FORMATTER.parse(text))
     except ValueError:

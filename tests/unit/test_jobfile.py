@@ -81,6 +81,8 @@ def test_minimal_job_builds_frozen_dataclasses(tmp_path: Path) -> None:
         ({"card": "{serial: 0x00BC614E}"}, "serial", 12345678),
         ({"card": "{serial: 4294967295}"}, "serial", 4294967295),  # top bit set
         ({"slot": "0x9c"}, "slot", "9c"),
+        ({"holder": ".nan"}, "holder", ".nan"),  # YAML 1.2 floats (.nan, .inf) in a text field stay text
+        ({"holder": "-.INF"}, "holder", "-.INF"),
         ({"slot": "82"}, "slot", "82"),
         ({"slot": "signature"}, "slot", "9c"),
         ({"slot": "9C"}, "slot", "9c"),
@@ -185,6 +187,8 @@ def test_recursive_alias_is_refused(tmp_path: Path) -> None:
         ("version: 1\nbatch: b\n", "'cards' is missing; add it"),
         ("version: 1\nbatch: b\ncards: []\n", "the list is empty"),
         ("version: 1\nbatch: b\nx: !!binary aGVsbG8=\ncards: []\n", "YAML tag"),
+        ("version: .nan\nbatch: b\ncards: []\n", "not supported"),
+        ("version: 1\nbatch: b\ndefaults: {min_pin_retries: .inf}\ncards: []\n", "expected a whole number"),
     ],
 )
 def test_malformed_files_get_one_clear_sentence(tmp_path: Path, text: str, message: str) -> None:
@@ -272,3 +276,15 @@ def test_parse_jobfile_on_text_is_the_same_reader(tmp_path: Path) -> None:
     write(tmp_path, "")
     jf = parse_jobfile(HEAD + "cards:\n" + card_yaml(), tmp_path / "x.yaml")
     assert jf.jobs[0].pkcs12_path == tmp_path / "c.p12"
+
+
+def test_the_shipped_schema_is_valid_draft_2020_12() -> None:
+    import json
+
+    import jsonschema
+
+    from provision.jobfile import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)

@@ -57,6 +57,8 @@ def test_all_fields_render() -> None:
         ("{holder:%Y}", "does not apply to holder"),
         ("e-Cert{", "unbalanced brace"),
         ("e-Cert}", "unbalanced brace"),
+        ("out/\x00{job.id}.pem", "control character"),
+        ("e-Cert\n{batch}", "control character"),
     ],
 )
 def test_refused_templates(text: str, message: str) -> None:

@@ -1,0 +1,546 @@
+"""One job on a PKCS#11 token: the same checklist and guarantees as the PIV loader.
+
+preflight (public objects under the slot name, token identity, write protection) → renewal →
+operator → archive the replaced certificate → PIN (tries from the token flags, one attempt) →
+inventory (private keys) → import key → public key → certificate → delete the replaced objects →
+verify (read back, test signature with C_Sign checked against the certificate) → commit → exports.
+
+The slot name is ``CKA_LABEL`` of the private key, the public key and the certificate; they share
+the CKA_ID of ``objects.key_id``. Objects under that label with another ID (or a certificate with
+other bytes) are "replaced": archived (certificates) and destroyed in the same session, after the
+new objects are written, so the token never lacks a key under that name. Every write is a journal
+step and first looks at the token: a resumed job writes only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from provision import journal as jn
+from provision.backend import CardSeen
+from provision.bundle import cert_info
+from provision.errors import CardError, PinError, WrongCardError
+from provision.load import (
+    JobRefused,
+    LoadContext,
+    LoadResult,
+    OperatorDeclined,
+    _fault_point,
+    export_to_nssdb,
+)
+from provision.p11 import objects
+from provision.p11.module import p11_errors
+from provision.p11.source import Pkcs11Token
+from provision.renewal import renewal_decision
+from provision.secrets import Secret, obtain
+from provision.store import write_atomically
+
+TEST_MESSAGE = b"provision: test signature after load"
+
+
+@dataclass
+class Found:
+    """What the token holds under the slot name."""
+
+    certificates: list[Any] = field(default_factory=list)  # (object, DER, CKA_ID)
+    public_keys: list[Any] = field(default_factory=list)  # (object, CKA_ID)
+    private_keys: list[Any] = field(default_factory=list)  # (object, CKA_ID)
+    private_seen: bool = False  # after login: private objects are listed too
+
+    def ours(self, der: bytes, cka_id: bytes) -> tuple[bool, bool, bool]:
+        cert = any(d == der and i == cka_id for _, d, i in self.certificates)
+        pub = any(i == cka_id for _, i in self.public_keys)
+        key = any(i == cka_id for _, i in self.private_keys)
+        return cert, pub, key
+
+    def replaced(self, der: bytes, cka_id: bytes) -> list[tuple[str, Any, bytes | None]]:
+        """(kind, object, certificate DER) under the label that are not this job's."""
+        out: list[tuple[str, Any, bytes | None]] = []
+        out += [("certificate", o, d) for o, d, i in self.certificates if not (d == der and i == cka_id)]
+        out += [("public_key", o, None) for o, i in self.public_keys if i != cka_id]
+        out += [("private_key", o, None) for o, i in self.private_keys if i != cka_id]
+        return out
+
+
+class Pkcs11Loader:
+    def __init__(self, ctx: LoadContext, token: Pkcs11Token, seen: CardSeen) -> None:
+        self.ctx = ctx
+        self.token = token
+        self.seen = seen
+        self.job = ctx.job
+        self.label = ctx.slot_name
+        self.certificate = ctx.bundle.certificate
+        self.der = self.certificate.public_bytes(Encoding.DER)
+        self.sha256 = hashlib.sha256(self.der).hexdigest()
+        self.result = LoadResult(status=jn.IN_PROGRESS, card_serial=None, fingerprint_sha256=self.sha256,
+                                 not_after=self.certificate.not_valid_after_utc.isoformat().replace("+00:00", "Z"))  # fmt: skip
+        self.cka_id = b""
+        self.session: Any = None  # logged in after verify_pin
+        self._pin: Secret | None = None
+        self._handled: set[str] = set()  # replaced certificates already archived, refused or noted
+
+    # --- bookkeeping (as load.Loader) ---
+
+    @contextmanager
+    def step(self, action: str, **detail: Any) -> Iterator[dict[str, Any]]:
+        ctx = self.ctx
+        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "begin", detail)
+        _fault_point(action, "begin")
+        found: dict[str, Any] = {}
+        try:
+            yield found
+        except BaseException as exc:
+            ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "fail",
+                             {"error_class": type(exc).__name__})  # fmt: skip
+            raise
+        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "end", found)
+        _fault_point(action, "end")
+
+    def audit(self, event: str, **fields: Any) -> None:
+        self.ctx.record(event, card_serial=None, token_serial=self.seen.token_serial, token_label=self.seen.token_label,
+                        slot_name=self.label, fingerprint_sha256=self.sha256, **fields)  # fmt: skip
+
+    # --- the checklist ---
+
+    def run(self) -> LoadResult:
+        try:
+            why = objects.supported(self.ctx.bundle.key)
+            if why is not None:
+                raise JobRefused(why)
+            self.cka_id = objects.key_id(self.certificate.public_key())
+            found = self.preflight()
+            cert_ours = found.ours(self.der, self.cka_id)[0]
+            if self.job.renew is not None and not cert_ours and not self.ctx.resuming:
+                if not self.renewal_due(found):
+                    return self.result
+            if not cert_ours:
+                self.confirm_with_operator(found)
+                self.handle_replaced_certificates(found)
+            self.verify_pin()
+            found = self.inventory()
+            cert_on, pub_on, key_on = found.ours(self.der, self.cka_id)
+            done = cert_on and key_on and not found.replaced(self.der, self.cka_id)
+            if done and not self.ctx.resuming:
+                return self.skip()
+            if not (done or cert_on or key_on or found.replaced(self.der, self.cka_id)):
+                elsewhere = self.find_under_other_label()
+                if elsewhere is not None:
+                    return self.adopt(*elsewhere)
+            if not done:
+                self.check_writable()
+                self.check_identity()
+                self.handle_replaced_certificates(found)  # a certificate only visible after login
+                self.import_key(key_on)
+                self.write_public_key(pub_on)
+                self.write_certificate(cert_on)
+                self.delete_replaced(found)
+            self.verify_load()
+            self.commit()
+            self.exports()
+            return self.result
+        finally:
+            if self._pin is not None:
+                self._pin.wipe()
+
+    def _list(self, session: Any, cls: Any) -> list[Any]:
+        from pkcs11 import Attribute
+
+        with p11_errors(f"listing the objects labelled {self.label!r}"):
+            self.token.calls += 1
+            return list(session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: self.label}))
+
+    def _read(self, session: Any, logged_in: bool) -> Found:
+        from pkcs11 import Attribute, ObjectClass
+
+        found = Found(private_seen=logged_in)
+        with p11_errors("reading attributes"):
+            for obj in self._list(session, ObjectClass.CERTIFICATE):
+                found.certificates.append((obj, bytes(obj[Attribute.VALUE]), bytes(obj[Attribute.ID])))
+            for obj in self._list(session, ObjectClass.PUBLIC_KEY):
+                found.public_keys.append((obj, bytes(obj[Attribute.ID])))
+            if logged_in:
+                for obj in self._list(session, ObjectClass.PRIVATE_KEY):
+                    found.private_keys.append((obj, bytes(obj[Attribute.ID])))
+        return found
+
+    def preflight(self) -> Found:
+        from pkcs11 import TokenFlag
+
+        with self.step("preflight") as info:
+            self.check_identity()
+            with p11_errors("opening a session"):
+                public = self.token.open_session()
+            found = self._read(public, logged_in=False)
+            cert_ours = found.ours(self.der, self.cka_id)[0]
+            current = [d for _, d, _ in found.certificates if d != self.der]
+            if current:
+                self.result.replaced_sha256 = hashlib.sha256(current[0]).hexdigest()
+            previous = self.ctx.journal.job(self.ctx.jobfile.batch, self.job.id)
+            if self.ctx.resuming and previous is not None and previous.replaced_sha256 and not self.result.replaced_sha256:
+                self.result.replaced_sha256 = previous.replaced_sha256  # archived by an interrupted attempt
+                self.result.archived_to = previous.archived_to
+            self.result.resumed = self.ctx.resuming
+            write_protected = bool(self.token.token().flags & TokenFlag.WRITE_PROTECTED)
+            info.update(current_sha256=self.result.replaced_sha256, cert_on_token=cert_ours,
+                        write_protected=write_protected, token_serial=self.seen.token_serial)  # fmt: skip
+            self.audit("preflight", current_sha256=self.result.replaced_sha256, outcome="done" if cert_ours else "load")
+            if write_protected and not cert_ours:
+                raise JobRefused(f"the token {self.seen.token_label!r} is write-protected through "
+                                 f"{self.token.module.path.name}; nothing was written")  # fmt: skip
+            return found
+
+    def renewal_due(self, found: Found) -> bool:
+        current = next((d for _, d, _ in found.certificates if d != self.der), None)
+        info, unreadable = None, False
+        if current is not None:
+            try:
+                info = cert_info(x509.load_der_x509_certificate(current))
+            except ValueError:
+                unreadable = True
+        decision = renewal_decision(self.job, info, self.ctx.bundle.info, datetime.now(UTC),
+                                    current_unreadable=unreadable, tz=self.ctx.jobfile.tz)  # fmt: skip
+        if decision.refused:
+            self.result.replaced_sha256 = None
+            self.audit("preflight", outcome="refused", reason=decision.reason)
+            raise JobRefused(decision.reason)
+        if decision.act:
+            return True
+        self.result.status = jn.SKIPPED
+        self.result.replaced_sha256 = None
+        self.result.skip_reason = decision.reason
+        self.result.notes.append(decision.reason)
+        self.audit("skipped", reason=decision.reason, outcome="not_due")
+        return False
+
+    def check_identity(self) -> None:
+        """The token answering now is the one the job was matched to (before any write)."""
+        now = self.token.seen_now()
+        if now.token_serial != self.seen.token_serial or now.token_label != self.seen.token_label:
+            raise WrongCardError(f"the token in {self.token.reader} is now {now.describe()}, not "
+                                 f"{self.seen.describe()}; nothing was written")  # fmt: skip
+
+    def check_writable(self) -> None:
+        from pkcs11 import TokenFlag
+
+        if self.token.token().flags & TokenFlag.WRITE_PROTECTED:
+            raise JobRefused(f"the token {self.seen.token_label!r} is write-protected through "
+                             f"{self.token.module.path.name}; nothing was written")  # fmt: skip
+
+    def confirm_with_operator(self, found: Found) -> None:
+        if self.ctx.confirm is None:
+            return
+        replaced = None
+        current = next((d for _, d, _ in found.certificates if d != self.der), None)
+        if current is not None:
+            try:
+                replaced = cert_info(x509.load_der_x509_certificate(current))
+            except ValueError:
+                replaced = None
+        if not self.ctx.confirm(self.job, self.ctx.bundle.info, self.label, replaced):
+            self.audit("operator_declined", outcome="declined")
+            raise OperatorDeclined(f"the operator did not confirm the certificate of {self.job.holder}; nothing was written")
+        self.audit("operator_confirmed", outcome="confirmed")
+
+    def handle_replaced_certificates(self, found: Found) -> None:
+        """Each certificate under the label that is not this job's: archived (fsynced) before any
+        write, refused, or noted for overwrite, as ``replace`` says."""
+        for kind, _, der in found.replaced(self.der, self.cka_id):
+            if kind != "certificate" or der is None:
+                continue
+            sha = hashlib.sha256(der).hexdigest()
+            if sha in self._handled or (self.job.replace == "archive" and self._archived(sha)):
+                continue
+            self._handled.add(sha)
+            with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as info:
+                if self.job.replace == "refuse":
+                    raise JobRefused(f"the token already holds a certificate labelled {self.label!r} (SHA-256 "
+                                     f"{sha[:16]}…) and the job says replace: refuse; the token was not changed")  # fmt: skip
+                if self.job.replace == "archive":
+                    stored = self.ctx.store.archive(der, card_serial=None, slot="pkcs11", slot_name=self.label,
+                                                    holder=self.job.holder, job_id=self.job.id,
+                                                    batch=self.ctx.jobfile.batch, run_id=self.ctx.run_id)  # fmt: skip
+                    info["archived_to"] = str(stored.path)
+                    self.result.replaced_sha256, self.result.archived_to = sha, str(stored.path)
+                    self.audit("archived", replaced_sha256=sha, archived_to=str(stored.path))
+                else:
+                    self.result.replaced_sha256 = sha
+                    self.audit("overwrite_planned", replaced_sha256=sha)
+                self.ctx.journal.set_job(self.ctx.jobfile.batch, self.job.id, self.ctx.run_id, self.job.holder,
+                                         jn.IN_PROGRESS, replaced_sha256=self.result.replaced_sha256,
+                                         archived_to=self.result.archived_to)  # fmt: skip
+
+    def _archived(self, sha: str) -> bool:
+        stored = self.ctx.store.directory / f"{sha}.pem"
+        if stored.is_file() and (self.ctx.store.directory / f"{sha}.json").is_file():
+            if self.result.replaced_sha256 in (None, sha):
+                self.result.replaced_sha256, self.result.archived_to = sha, str(stored)
+            return True
+        return False
+
+    def verify_pin(self) -> None:
+        """Tries as the token reports them (no counter in PKCS#11: flags), the floor, one C_Login."""
+        import pkcs11
+        from pkcs11 import TokenFlag
+
+        with self.step("verify_pin") as info:
+            flags = self.token.token().flags
+            tries = 0 if flags & TokenFlag.USER_PIN_LOCKED else (1 if flags & TokenFlag.USER_PIN_FINAL_TRY else None)
+            low = bool(flags & TokenFlag.USER_PIN_COUNT_LOW)
+            info.update(tries_before=tries, count_low=low)
+            self.result.pin_tries_left = tries
+            if tries == 0:
+                self.audit("pin_refused_floor", pin_tries_left=0, outcome="refused")
+                raise PinError("the token reports its user PIN locked (CKF_USER_PIN_LOCKED); no PIN was tried. "
+                               "Unblock it with the SO PIN or the issuer's tool first", 0)  # fmt: skip
+            if tries == 1 and self.job.min_pin_retries >= 2:
+                self.audit("pin_refused_floor", pin_tries_left=1, outcome="refused")
+                raise PinError(f"the token reports one PIN try left (CKF_USER_PIN_FINAL_TRY), fewer than "
+                               f"min_pin_retries ({self.job.min_pin_retries}); no PIN was tried. The last try "
+                               "belongs to the holder", 1)  # fmt: skip
+            if low:
+                self.result.notes.append("the token reports wrong PINs since the last good one (CKF_USER_PIN_COUNT_LOW)")
+            if flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH:
+                pin_value: Any = pkcs11.PROTECTED_AUTH  # the PIN is typed on the reader's pad
+            else:
+                self._pin = self._obtain_pin(tries)
+                pin_value = self._pin.reveal().decode("utf-8")  # python-pkcs11 encodes the text itself
+            try:
+                self.session = self.token.open_session(user_pin=pin_value)
+            except pkcs11.UserAlreadyLoggedIn:
+                with p11_errors("opening a session"):
+                    self.session = self.token.open_session()
+            except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange) as exc:
+                after = self.token.token().flags
+                left = 0 if after & TokenFlag.USER_PIN_LOCKED else (1 if after & TokenFlag.USER_PIN_FINAL_TRY else None)
+                self.result.pin_tries_left = left
+                self.audit("pin_verify", pin_tries_left=left, outcome="wrong")
+                state = {0: "the PIN is now locked", 1: "one try is left"}.get(left, "the token does not say how many tries are left") if left is not None else "the token does not say how many tries are left"  # fmt: skip
+                raise PinError(f"the token refused the PIN ({type(exc).__name__}); {state}. It was not tried again", left) from None
+            except pkcs11.PKCS11Error:
+                with p11_errors("logging in"):
+                    raise
+            self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
+
+    def _obtain_pin(self, tries: int | None) -> Secret:
+        if self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None:
+            return self.ctx.ask_pin(self.job.holder, tries)
+        return obtain(self.job.pin, unattended=self.ctx.unattended)
+
+    def inventory(self) -> Found:
+        with self.step("inventory") as info:
+            found = self._read(self.session, logged_in=True)
+            cert_on, pub_on, key_on = found.ours(self.der, self.cka_id)
+            info.update(cert_on_token=cert_on, public_key_on_token=pub_on, key_on_token=key_on,
+                        replaced=len(found.replaced(self.der, self.cka_id)))  # fmt: skip
+            return found
+
+    def find_under_other_label(self) -> tuple[list[Any], Any, str] | None:
+        """This certificate already on the token under another label (written by another tool or the
+        PIV backend), with a private key of its CKA_ID: (its objects, the key, the label)."""
+        from pkcs11 import Attribute, ObjectClass
+
+        with p11_errors("looking for the certificate under other labels"):
+            self.token.calls += 1
+            certificates = list(self.session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.VALUE: self.der}))
+            for cert in certificates:  # one search at a time: a session has one active C_FindObjects
+                cka_id = bytes(cert[Attribute.ID])
+                keys = list(self.session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: cka_id}))
+                if len(keys) == 1:
+                    pubs = list(self.session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: cka_id}))
+                    return [cert, keys[0], *pubs], keys[0], str(cert[Attribute.LABEL])
+        return None
+
+    def adopt(self, found: list[Any], key: Any, label: str) -> LoadResult:
+        """Name the objects that are already there with the slot name (C_SetAttributeValue); where the
+        module keeps its own labels (OpenSC's PIV driver), leave them and say so. No second copy of
+        the key is made either way; the test signature proves the key is the certificate's."""
+        import pkcs11
+        from pkcs11 import Attribute
+
+        with self.step("relabel_existing_objects", label_before=label) as info:
+            try:
+                with p11_errors("renaming the objects"):
+                    for obj in found:
+                        self.token.calls += 1
+                        try:
+                            obj[Attribute.LABEL] = self.label
+                        except (pkcs11.FunctionNotSupported, pkcs11.AttributeReadOnly, pkcs11.TokenWriteProtected,
+                                pkcs11.SessionReadOnly):  # fmt: skip
+                            if obj is found[0]:
+                                raise _LabelsFixed() from None
+                            raise
+                relabeled = True
+            except _LabelsFixed:
+                relabeled = False
+            info["relabeled"] = relabeled
+        with self.step("verify_load") as info:
+            self._test_signature(key)
+            info["test_signature"] = "verified"
+            self.audit("verified", outcome="ok", label_on_token=self.label if relabeled else label)
+        self.result.slot_name_on_card = relabeled
+        if relabeled:
+            self.audit("slot_name_written", stored=True)
+            self.commit()
+        else:
+            self.result.status = jn.SKIPPED
+            self.result.notes.append(f"the certificate and its key are on the token under the labels the module gives "
+                                     f"them ({label!r}); the module does not let provision change labels, so the "
+                                     "slot name is kept by provision only")  # fmt: skip
+            self.audit("skipped", reason="the token already holds this certificate and its key under another label")
+        self.exports()
+        return self.result
+
+    def skip(self) -> LoadResult:
+        self.result.status = jn.SKIPPED
+        self.audit("skipped", reason="the token already holds this certificate and its key under this label")
+        self.exports()
+        return self.result
+
+    def _create(self, what: str, template: dict[Any, Any]) -> None:
+        with p11_errors(f"creating the {what}"):
+            self.token.calls += 1
+            self.session.create_object(template)
+
+    def import_key(self, on_token: bool) -> None:
+        if on_token:
+            self.result.notes.append("the key was already on the token")
+            return
+        with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
+            subject = self.certificate.subject.public_bytes()
+            self._create("private key", objects.private_key_template(self.ctx.bundle.key, self.label, self.cka_id, subject))
+            self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, cka_id=self.cka_id.hex())
+
+    def write_public_key(self, on_token: bool) -> None:
+        if on_token:
+            return
+        import pkcs11
+
+        with self.step("write_public_key") as info:
+            subject = self.certificate.subject.public_bytes()
+            template = objects.public_key_template(self.certificate.public_key(), self.label, self.cka_id, subject)
+            try:
+                self.token.calls += 1
+                self.session.create_object(template)
+                info["stored"] = True
+            except (pkcs11.FunctionNotSupported, pkcs11.TemplateInconsistent, pkcs11.AttributeValueInvalid,
+                    pkcs11.TemplateIncomplete) as exc:  # fmt: skip
+                # Some tokens derive the public key object themselves; the certificate carries it anyway.
+                info["stored"] = False
+                self.result.notes.append(f"no separate public key object ({type(exc).__name__})")
+
+    def write_certificate(self, on_token: bool) -> None:
+        if on_token:
+            return
+        with self.step("write_certificate"):
+            self._create("certificate", objects.certificate_template(self.certificate, self.label, self.cka_id))
+            self.audit("certificate_written", replaced_sha256=self.result.replaced_sha256)
+
+    def delete_replaced(self, found: Found) -> None:
+        for kind, obj, der in found.replaced(self.der, self.cka_id):
+            detail: dict[str, Any] = {"sha256": hashlib.sha256(der).hexdigest()} if der else {}
+            with self.step(f"delete_replaced_{kind}", **detail):
+                with p11_errors(f"deleting the replaced {kind.replace('_', ' ')}"):
+                    self.token.calls += 1
+                    obj.destroy()
+                self.audit("replaced_object_deleted", kind=kind, **detail)
+
+    def verify_load(self) -> None:
+
+        with self.step("verify_load") as info:
+            found = self._read(self.session, logged_in=True)
+            cert_on, _, key_on = found.ours(self.der, self.cka_id)
+            if not cert_on:
+                raise CardError(f"the certificate read back under {self.label!r} differs from the one written")
+            if not key_on:
+                raise CardError(f"no private key labelled {self.label!r} with CKA_ID {self.cka_id.hex()} on the token")
+            left = found.replaced(self.der, self.cka_id)
+            if left:
+                raise CardError(f"{len(left)} replaced object(s) are still labelled {self.label!r}")
+            key = next(o for o, i in found.private_keys if i == self.cka_id)
+            self._test_signature(key)
+            info.update(test_signature="verified", cka_id=self.cka_id.hex())
+            self.result.slot_name_on_card = True
+            self.audit("verified", outcome="ok")
+
+    def _test_signature(self, key: Any) -> None:
+        import pkcs11
+
+        public = self.certificate.public_key()
+        pin = self._pin.reveal().decode("utf-8") if self._pin is not None else None
+        with p11_errors("signing the test message"):
+            self.token.calls += 1
+            always = bool(_attribute(key, pkcs11.Attribute.ALWAYS_AUTHENTICATE))
+            if isinstance(public, rsa.RSAPublicKey):
+                signature = key.sign(TEST_MESSAGE, mechanism=pkcs11.Mechanism.SHA256_RSA_PKCS,
+                                     pin=pin if always else None)  # fmt: skip
+            else:
+                digest = hashlib.sha256(TEST_MESSAGE).digest()
+                raw = key.sign(digest, mechanism=pkcs11.Mechanism.ECDSA, pin=pin if always else None)
+                half = len(raw) // 2
+                signature = encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+        try:
+            if isinstance(public, rsa.RSAPublicKey):
+                public.verify(signature, TEST_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+            else:
+                assert isinstance(public, ec.EllipticCurvePublicKey)
+                public.verify(signature, TEST_MESSAGE, ec.ECDSA(hashes.SHA256()))
+        except Exception:  # noqa: BLE001 - cryptography's InvalidSignature and malformed signatures alike
+            raise CardError(f"the test signature of the key labelled {self.label!r} does not verify with the certificate") from None
+
+    def commit(self) -> None:
+        with self.step("commit"):
+            self.result.status = jn.LOADED
+            self.ctx.journal.set_job(
+                self.ctx.jobfile.batch, self.job.id, self.ctx.run_id, self.job.holder, jn.LOADED,
+                card_serial=None, slot=self.job.slot.hex, slot_name=self.label, fingerprint_sha256=self.sha256,
+                replaced_sha256=self.result.replaced_sha256, archived_to=self.result.archived_to,
+                pin_tries_left=self.result.pin_tries_left, not_after=self.result.not_after,
+            )  # fmt: skip
+            self.audit("committed", replaced_sha256=self.result.replaced_sha256, archived_to=self.result.archived_to,
+                       resumed=self.result.resumed, not_after=self.result.not_after)  # fmt: skip
+
+    def exports(self) -> None:
+        from provision.plan import export_path, template_values
+
+        export = self.job.export
+        if export.pem is None and export.nssdb is None:
+            return
+        values = template_values(self.ctx.jobfile.tz, cert=self.ctx.bundle.info, job=self.job,
+                                 batch=self.ctx.jobfile.batch, card_serial=None)  # fmt: skip
+        base: Path = self.ctx.export_dir or self.ctx.jobfile.path.parent
+        if export.pem is not None:
+            path = export_path(base, export.pem, values)
+            with self.step("export_pem", path=str(path)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, self.certificate.public_bytes(Encoding.PEM))
+                self.audit("exported", target="pem", path=str(path))
+        if export.nssdb is not None:
+            path = export_path(base, export.nssdb, values)
+            with self.step("export_nssdb", path=str(path)) as info:
+                nickname = export_to_nssdb(path, self.certificate, nickname=f"{self.job.holder} {self.label}")
+                info["nickname"] = nickname
+                self.audit("exported", target="nssdb", path=str(path), nickname=nickname)
+
+class _LabelsFixed(Exception):
+    """The module does not let labels change (a read-only PIV driver)."""
+
+
+def _attribute(obj: Any, attribute: Any) -> Any:
+    import pkcs11
+
+    try:
+        return obj[attribute]
+    except pkcs11.PKCS11Error:
+        return None

@@ -1,0 +1,112 @@
+"""The fault campaign: pull the card, kill the process, fuzz the inputs, hunt for leaked secrets.
+
+``PROVISION_FAULTS=full`` runs every case (``make faults``); otherwise a reduced, deterministic
+sample runs (part of ``make test``). Every case is counted per family (cases / consistent / lost /
+leaked) and the table is printed at the end of the session, and written as JSON to
+``$PROVISION_FAULTS_SUMMARY`` when that is set.
+
+PC/SC: like the interop tier, this package runs its own private pcscd on the process's
+``PCSCLITE_CSOCK_NAME`` (the client library reads it once), one daemon after the other when the
+pcsc tier runs in the same session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.faults_common import Material, summary_json, summary_lines
+from tests.helpers.pcsc_harness import Cards, PrivatePcscd, missing_tools, wait_for
+
+READERS = 2
+_OWN_DIR: Path | None = None
+_inherited = os.environ.get("PCSCLITE_CSOCK_NAME", "")
+if not Path(_inherited).parent.name.startswith("provision-pcscd-"):
+    _OWN_DIR = Path(tempfile.mkdtemp(prefix="provision-pcscd-faults-"))
+    os.environ["PCSCLITE_CSOCK_NAME"] = str(_OWN_DIR / "pcscd.comm")
+
+
+class FaultsPcscd(PrivatePcscd):
+    """A private pcscd on the socket path the process already uses; its files in ``workdir``."""
+
+    socket_file: Path = Path()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket_file
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(600))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.helpers.faults_common import TALLY
+
+    if not TALLY:
+        return
+    terminalreporter.section("fault campaign summary")
+    for line in summary_lines():
+        terminalreporter.write_line(line)
+    target = os.environ.get("PROVISION_FAULTS_SUMMARY")
+    if target:
+        Path(target).write_text(json.dumps(summary_json(), indent=2) + "\n")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _OWN_DIR is not None:
+        shutil.rmtree(_OWN_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def material() -> Material:
+    return Material()
+
+
+@pytest.fixture(scope="package")
+def pcscd() -> Iterator[FaultsPcscd]:
+    reason = missing_tools()
+    if reason:
+        if os.environ.get("PROVISION_REQUIRE_ALL_TIERS"):
+            pytest.fail(f"the fault campaign's PC/SC part cannot run: {reason}")
+        pytest.skip(reason)
+    socket_file = Path(os.environ["PCSCLITE_CSOCK_NAME"])
+    workdir = socket_file.parent / "faults"
+    daemon = FaultsPcscd(workdir, READERS)
+    daemon.socket_file = socket_file
+    try:
+        daemon.start()
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def cards(pcscd: FaultsPcscd) -> Iterator[Cards]:
+    helper = Cards(pcscd)
+    try:
+        yield helper
+    finally:
+        helper.pull_all()
+        from provision.card.transport import list_readers
+
+        wait_for(lambda: not any(r.card_present for r in list_readers()), 10, "all readers empty")
+
+
+@pytest.fixture
+def card_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Card state files live outside tmp_path: a card's EEPROM holds its PIN, which the canary
+    search of tmp_path would (rightly) find."""
+    return tmp_path_factory.mktemp("cards")

@@ -1,0 +1,107 @@
+"""The PKCS#11 backend through OpenSC's module, over pcscd + vpcd, against our simulated PIV card.
+
+OpenSC's PIV driver does not create objects (its PKCS#11 token is write-protected for C_CreateObject
+of keys and certificates), so the same job cannot *load* a PIV card through OpenSC. What it shows:
+after the PIV backend loaded the card, a job that names the card as an OpenSC token is judged by
+that backend too (identity, PIN, the certificate found by its bytes, a test signature through
+OpenSC's C_Sign), and a fresh card is refused through OpenSC with nothing written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provision import fixtures
+from tests.helpers.interop_peers import OPENSC_PKCS11, parse_pkcs11_objects
+from tests.helpers.pcsc_harness import Cards, PrivatePcscd
+
+NOW = datetime.now(UTC)
+
+
+def env_for(pcscd: PrivatePcscd, tmp: Path) -> dict[str, str]:
+    conf = tmp / "opensc.conf"
+    conf.write_text("app default {\n\tframework pkcs15 {\n\t\tuse_file_caching = no;\n\t}\n}\n")
+    return {**pcscd.env, "OPENSC_CONF": str(conf), "HOME": str(tmp)}
+
+
+def write_job(tmp: Path, canaries: Any, card: str, name: str = "job.yaml") -> Path:
+    if not (tmp / "chan.p12").exists():
+        ca = fixtures.make_ca("OpenSC PKCS#11 CA")
+        data = fixtures.holder_p12(ca, "CHAN Tai Man", canaries.pkcs12_password, key_type="p256",
+                                   not_before=NOW - timedelta(days=1), not_after=NOW + timedelta(days=365))  # fmt: skip
+        (tmp / "chan.p12").write_bytes(data)
+        canaries.write_secret_file(tmp / "p12.pass", canaries.pkcs12_password)
+        canaries.write_secret_file(tmp / "card.pin", "123456")
+    job = tmp / name
+    job.write_text(
+        "version: 1\nbatch: opensc-batch\ntimezone: Asia/Hong_Kong\ncards:\n"
+        f"  - id: HK-1\n    holder: CHAN Tai Man\n    card: {card}\n"
+        "    pkcs12: {path: chan.p12, password: {file: p12.pass}}\n"
+        "    slot: 9a\n    slot_name: \"e-Cert{cert.not_before:%Y%m%d}\"\n    pin: {file: card.pin}\n"
+    )
+    return job
+
+
+def run(env: dict[str, str], tmp: Path, job: Path, logs: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "provision", "run", str(job), "--unattended", "--json", "--no-progress",
+         "--logs", str(tmp / logs), *extra],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def opensc_token(env: dict[str, str]) -> tuple[str, str]:
+    listed = subprocess.run(["pkcs11-tool", "--module", OPENSC_PKCS11, "--list-token-slots"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    label = re.search(r"token label\s*:\s*(.+)", listed.stdout)
+    serial = re.search(r"serial num\s*:\s*(\S+)", listed.stdout)
+    assert label and serial, listed.stdout
+    return label.group(1).strip(), serial.group(1)
+
+
+@pytest.mark.timeout(180)
+def test_the_same_job_through_piv_and_through_opensc_pkcs11(pcscd: PrivatePcscd, cards: Cards, canaries: Any,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    if not Path(OPENSC_PKCS11).exists():
+        pytest.skip(f"{OPENSC_PKCS11} is missing (Debian: opensc-pkcs11)")
+    env = env_for(pcscd, tmp_path)
+    server = cards.insert(0, kind="sim", options={"serial": 23456789})
+    label, serial = opensc_token(env)
+    token_card = f"{{pkcs11: {{module: {OPENSC_PKCS11}, token_serial: '{serial}'}}}}"
+
+    # A fresh card through OpenSC: refused before any write (the token is read-only there).
+    fresh = run(env, tmp_path, write_job(tmp_path, canaries, token_card, "p11.yaml"), "logs-p11-fresh")
+    document = json.loads(fresh.stdout)
+    job = document["jobs"][0]
+    assert job["status"] in ("refused", "failed"), job
+    assert "write-protected" in job["error"] or "refused" in job["error"], job
+
+    # The PIV backend loads the card …
+    piv = run(env, tmp_path, write_job(tmp_path, canaries, "{serial: 23456789}"), "logs-piv", "--reader", server.reader)
+    assert piv.returncode == 0, piv.stderr
+    loaded = json.loads(piv.stdout)["jobs"][0]
+    assert loaded["status"] == "loaded"
+
+    # … and the same job, naming the card as an OpenSC token, finds it there and signs through OpenSC.
+    again = run(env, tmp_path, write_job(tmp_path, canaries, token_card, "p11.yaml"), "logs-p11")
+    assert again.returncode == 0, again.stdout + again.stderr
+    job = json.loads(again.stdout)["jobs"][0]
+    assert job["status"] == "skipped" and job["fingerprint_sha256"] == loaded["fingerprint_sha256"], job
+    assert any("labels" in note for note in job["notes"]), job
+    audit = [json.loads(line) for line in (tmp_path / "logs-p11" / "audit.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "verified" and e.get("token_serial") == serial for e in audit)
+
+    # pkcs11-tool through OpenSC: the PIV driver names objects itself, not with the slot name.
+    objects = subprocess.run(["pkcs11-tool", "--module", OPENSC_PKCS11, "--list-objects", "--type", "cert"],
+                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert objects.returncode == 0
+    assert [o["label"] for o in parse_pkcs11_objects(objects.stdout)] == ["Certificate for PIV Authentication"]
+    assert label
