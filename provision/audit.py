@@ -38,6 +38,7 @@ from typing import Any
 
 from provision import __version__
 from provision.errors import AuditError, EnvironmentProblem, ProvisionError, UsageError
+from provision.fsutil import fsync_dir
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -741,16 +742,6 @@ class _FileLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _fsync_dir(directory: Path) -> None:
-    if sys.platform == "win32":  # directories cannot be opened for fsync there; NTFS journals renames
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -1026,7 +1017,7 @@ class AuditLog:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         record["hash"] = digest
         return AuditRecord(
             seq=record["seq"],
@@ -1057,7 +1048,7 @@ class AuditLog:
             now += timedelta(microseconds=1)
             target = rolled_name(self.path, now)
         os.replace(self.path, target)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return target
 
     def _tail(self) -> _Tail:

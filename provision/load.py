@@ -106,6 +106,23 @@ def _spki(public_key: Any) -> bytes:
     return bytes(public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
 
 
+@contextmanager
+def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One step of a load in the journal: ``begin`` before it, ``end`` after it with what the step
+    found, ``fail`` on error. Every card backend's loader records its steps through this."""
+    ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "begin", detail)
+    _fault_point(action, "begin")
+    found: dict[str, Any] = {}
+    try:
+        yield found
+    except BaseException as exc:
+        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "fail",
+                         {"error_class": type(exc).__name__})  # fmt: skip
+        raise
+    ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "end", found)
+    _fault_point(action, "end")
+
+
 class Loader:
     """Loads ``ctx.bundle`` into ``ctx.job.slot`` of the card behind ``session``."""
 
@@ -132,18 +149,8 @@ class Loader:
     @contextmanager
     def step(self, action: str, **detail: Any) -> Iterator[dict[str, Any]]:
         """Journal ``begin`` before, ``end`` after (with what the step found), ``fail`` on error."""
-        ctx = self.ctx
-        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "begin", detail)
-        _fault_point(action, "begin")
-        found: dict[str, Any] = {}
-        try:
+        with journal_step(self.ctx, action, detail) as found:
             yield found
-        except BaseException as exc:
-            ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "fail",
-                             {"error_class": type(exc).__name__})  # fmt: skip
-            raise
-        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "end", found)
-        _fault_point(action, "end")
 
     def audit(self, event: str, **fields: Any) -> None:
         self.ctx.record(event, card_serial=self.card_serial, slot=self.slot.hex, slot_name=self.ctx.slot_name,

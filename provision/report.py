@@ -13,12 +13,12 @@ import csv
 import html
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from provision.fsutil import write_atomically
 
 JOB_COLUMNS = (
     "id",
@@ -270,17 +270,7 @@ def render(run_doc: Mapping[str, Any], fmt: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"))
 
 
 def write_report(run_doc: Mapping[str, Any], fmt: str, path: Path) -> Path:

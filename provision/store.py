@@ -19,6 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision.errors import ProvisionError
+from provision.fsutil import fsync_dir, write_atomically
+
+__all__ = ["CertificateStore", "StoreError", "StoredCertificate", "fsync_dir", "write_atomically"]
 
 
 class StoreError(ProvisionError):
@@ -43,31 +46,6 @@ class StoredCertificate:
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
-
-def fsync_dir(directory: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows; NTFS journals renames
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write, fsync, rename into place, fsync the directory: the file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class CertificateStore:

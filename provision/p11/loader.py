@@ -37,8 +37,8 @@ from provision.load import (
     LoadContext,
     LoadResult,
     OperatorDeclined,
-    _fault_point,
     export_to_nssdb,
+    journal_step,
 )
 from provision.p11 import objects
 from provision.p11.module import p11_errors
@@ -95,18 +95,8 @@ class Pkcs11Loader:
 
     @contextmanager
     def step(self, action: str, **detail: Any) -> Iterator[dict[str, Any]]:
-        ctx = self.ctx
-        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "begin", detail)
-        _fault_point(action, "begin")
-        found: dict[str, Any] = {}
-        try:
+        with journal_step(self.ctx, action, detail) as found:
             yield found
-        except BaseException as exc:
-            ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "fail",
-                             {"error_class": type(exc).__name__})  # fmt: skip
-            raise
-        ctx.journal.step(ctx.run_id, ctx.jobfile.batch, self.job.id, action, "end", found)
-        _fault_point(action, "end")
 
     def audit(self, event: str, **fields: Any) -> None:
         self.ctx.record(event, card_serial=None, token_serial=self.seen.token_serial, token_label=self.seen.token_label,

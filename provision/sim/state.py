@@ -8,12 +8,11 @@ killing the simulator is pulling the card.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from provision.fsutil import write_atomically
 
 FORMAT_VERSION = 1
 
@@ -159,31 +158,5 @@ def load_state(path: Path) -> CardState | None:
 
 def save_state(path: Path, state: CardState) -> None:
     """Replace ``path`` with ``state`` atomically and durably."""
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
     payload = json.dumps(state.to_json(), indent=1, sort_keys=True).encode("utf-8")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open a directory; its rename is already durable enough
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, payload, 0o600)  # the state holds the card's PIN and keys
