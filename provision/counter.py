@@ -163,8 +163,8 @@ class CounterScreen:
                 runner.handle_card(reader)
                 self.show_result(state)
                 if state.status in (jn.PENDING, jn.IN_DOUBT):
-                    # Declined, refused card or pulled: the clerk decides when to come back to it.
-                    self.skipped.add(state.job.id)
+                    # Declined, another holder's card, or pulled: the same holder stays next, so the
+                    # right card (or the same one, put back) finishes it; `s` skips them.
                     self.eject()
                 self.wait_for_removal(reader)
         except KeyboardInterrupt:

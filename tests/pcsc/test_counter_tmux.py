@@ -3,6 +3,7 @@ with send-keys, the screen read with capture-pane, cards served through a real p
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -23,26 +24,33 @@ NOW = datetime.now(UTC)
 
 
 class Tmux:
+    """A terminal. ``wait_for(text)`` waits for the *next* appearance of ``text``: the screen keeps
+    its history, so each call consumes one more occurrence."""
+
     def __init__(self, name: str) -> None:
         self.name = name
+        self.consumed: dict[str, int] = {}
 
     def start(self, command: str, env: dict[str, str]) -> None:
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "110", "-y", "60",
                         f"env {exports} {command}; echo EXITED $?; sleep 600"], check=True)  # fmt: skip
+        subprocess.run(["tmux", "set-option", "-t", self.name, "history-limit", "50000"], check=True)
 
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-S", "-200", "-t", self.name], check=True,
+        return subprocess.run(["tmux", "capture-pane", "-p", "-J", "-S", "-", "-t", self.name], check=True,
                               capture_output=True, text=True).stdout  # fmt: skip
 
     def wait_for(self, text: str, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout
+        wanted = self.consumed.get(text, 0) + 1
         while time.monotonic() < deadline:
             screen = self.screen()
-            if text in screen:
+            if screen.count(text) >= wanted:
+                self.consumed[text] = wanted
                 return screen
             time.sleep(0.2)
         raise AssertionError(f"{text!r} never appeared on the screen:\n{self.screen()}")
@@ -100,3 +108,92 @@ def test_a_day_at_the_counter(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, can
     assert "EXITED 1" in screen  # not everything asked for was done
     canaries.outputs.append(screen)  # the envelope number was typed without echo: not on the screen
     assert "123456" not in screen  # nor the PIN
+
+
+def test_five_holders_wrong_card_wrong_pin_skipped_and_resumed(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards,
+                                                                canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    """The issue's counter day: five holders; one hands over somebody else's card first, one mistypes
+    the PIN, one has no envelope (skipped), one card is pulled mid-load and comes back (resumed)."""
+    ca = fixtures.make_ca("Counter CA")
+    holders = [("HK-1", "CHAN Tai Man", 21000001), ("HK-2", "LEE Siu Ming", 21000002),
+               ("HK-3", "WONG Mei Ling", 21000003), ("HK-4", "CHEUNG Ka Yan", 21000004),
+               ("HK-5", "HO Wing Sze", 21000005)]  # fmt: skip
+    body = ""
+    for job_id, cn, serial in holders:
+        (tmp_path / f"{job_id}.p12").write_bytes(fixtures.holder_p12(
+            ca, cn, canaries.pkcs12_password, key_type="p256", not_before=NOW - timedelta(days=1),
+            not_after=NOW + timedelta(days=1000)))  # fmt: skip
+        body += (f"  - id: {job_id}\n    holder: {cn}\n    card: {{serial: {serial}}}\n"
+                 f'    pkcs12: {{path: {job_id}.p12, password: {{prompt: "16-digit number on the PIN envelope"}}}}\n')  # fmt: skip
+    job = tmp_path / "counter.yaml"
+    job.write_text("version: 1\nbatch: counter-five\ntimezone: Asia/Hong_Kong\ndefaults:\n  slot: 9c\n"
+                   '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {prompt: "Card PIN"}\ncards:\n' + body)  # fmt: skip
+    reader, index = pcscd.reader_name(2), 2
+    logs = tmp_path / "logs"
+    tmux.start(f"{sys.executable} -m provision run {job} --logs {logs} --reader {shlex.quote(reader)}",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], "PYTHONPATH": str(Path.cwd())})  # fmt: skip
+
+    def envelope(holder: str) -> None:
+        tmux.wait_for(f"{holder}: type the 16-digit number on the PIN envelope")
+        tmux.keys(canaries.pkcs12_password, "Enter")
+        tmux.wait_for(f"Insert the card of {holder}")
+
+    def load(server: Any, pins: list[str], holder: str) -> str:
+        tmux.wait_for("Load this certificate onto the card?")
+        tmux.keys("y", "Enter")
+        screen = ""
+        for pin in pins:
+            screen = tmux.wait_for("Card PIN:")
+            tmux.keys(pin, "Enter")
+            time.sleep(0.5)
+        screen = tmux.wait_for(f"{holder}: done")  # the result panel, one per holder
+        server.remove()
+        wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+        return screen
+
+    # 1. CHAN Tai Man: an ordinary load.
+    envelope("CHAN Tai Man")
+    load(cards.insert(index, kind="sim", options={"serial": 21000001}), ["123456"], "CHAN Tai Man")
+    # 2. LEE Siu Ming hands over HO Wing Sze's card first: refused before any write.
+    envelope("LEE Siu Ming")
+    stranger_log = tmp_path / "stranger.jsonl"
+    wrong = cards.insert(index, kind="sim", options={"serial": 21000005, "apdu_log": str(stranger_log)})
+    screen = tmux.wait_for("the counter called LEE Siu Ming")
+    assert "this is the card of HO Wing Sze" in screen
+    wrong.remove()
+    wait_for(lambda: not card_present(reader), 10, "the wrong card to leave the reader")
+    assert not [e for e in map(json.loads, stranger_log.read_text().splitlines()) if e["ins"].lower() in ("db", "fe")]
+    tmux.wait_for("Insert the card of LEE Siu Ming")  # still LEE's turn; the envelope is open already
+    load(cards.insert(index, kind="sim", options={"serial": 21000002}), ["123456"], "LEE Siu Ming")
+    # 3. WONG Mei Ling mistypes the PIN once: asked again while tries stay above the floor.
+    envelope("WONG Mei Ling")
+    screen = load(cards.insert(index, kind="sim", options={"serial": 21000003}), ["999999", "123456"], "WONG Mei Ling")
+    assert "Tries left: 2" in screen, screen
+    # 4. CHEUNG Ka Yan has no envelope today: skipped.
+    tmux.wait_for("CHEUNG Ka Yan: type the 16-digit number")
+    tmux.keys("", "Enter")
+    # 5. HO Wing Sze's card is pulled in the middle of the load, then comes back: resumed.
+    envelope("HO Wing Sze")
+    state = tmp_path / "ho.json"
+    pulled = cards.insert(index, kind="sim", mode="process", options={"serial": 21000005, "vanish_after": 14},
+                          state=state)  # fmt: skip
+    tmux.wait_for("Load this certificate onto the card?")
+    tmux.keys("y", "Enter")
+    tmux.wait_for("Card PIN:")
+    tmux.keys("123456", "Enter")
+    tmux.wait_for("HO Wing Sze: not loaded yet")
+    wait_for(lambda: not pulled.alive and not card_present(reader), 15, "the pulled card to be gone")
+    tmux.wait_for("Insert the card of HO Wing Sze")  # still HO's turn: put the card back
+    back = cards.insert(index, kind="sim", mode="process", options={"serial": 21000005}, state=state)
+    tmux.wait_for("Card PIN:")  # the load resumes: the certificate was confirmed before the pull
+    tmux.keys("123456", "Enter")
+    tmux.wait_for("HO Wing Sze: done")
+    back.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    tmux.keys("q", "Enter")
+    screen = tmux.wait_for("EXITED")
+    assert "4 loaded, 1 pending" in screen and "EXITED 1" in screen, screen[-3000:]
+    canaries.outputs.append(screen)
+    report = json.loads(next((logs / "reports").glob("*.json")).read_text())
+    statuses = {j["id"]: j["status"] for j in report["jobs"]}
+    assert statuses == {"HK-1": "loaded", "HK-2": "loaded", "HK-3": "loaded", "HK-4": "pending", "HK-5": "loaded"}
