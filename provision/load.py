@@ -523,27 +523,32 @@ class Loader:
                        resumed=self.result.resumed, not_after=self.result.not_after)  # fmt: skip
 
     def exports(self) -> None:
-        from provision.plan import export_path, template_values
+        export_certificate(self.ctx, card_serial=self.card_serial, audit=self.audit)
 
-        export = self.job.export
-        if export.pem is None and export.nssdb is None:
-            return
-        values = template_values(self.ctx.jobfile.tz, cert=self.ctx.bundle.info, job=self.job,
-                                 batch=self.ctx.jobfile.batch, card_serial=self.card_serial)  # fmt: skip
-        base = self.ctx.export_dir or self.ctx.jobfile.path.parent
-        if export.pem is not None:
-            path = export_path(base, export.pem, values)
-            with self.step("export_pem", path=str(path)):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(path, self.ctx.bundle.certificate.public_bytes(Encoding.PEM))
-                self.audit("exported", target="pem", path=str(path))
-        if export.nssdb is not None:
-            path = export_path(base, export.nssdb, values)
-            with self.step("export_nssdb", path=str(path)) as found:
-                nickname = export_to_nssdb(path, self.ctx.bundle.certificate,
-                                           nickname=f"{self.job.holder} {self.ctx.slot_name}")  # fmt: skip
-                found["nickname"] = nickname
-                self.audit("exported", target="nssdb", path=str(path), nickname=nickname)
+
+def export_certificate(ctx: LoadContext, *, card_serial: int | None, audit: Recorder) -> None:
+    """After the commit: ``export.pem`` and ``export.nssdb`` (the workflow's "Copy e-Cert to IE"),
+    each a journalled step. Every card backend's loader ends with this."""
+    from provision.plan import export_path, template_values
+
+    job, certificate = ctx.job, ctx.bundle.certificate
+    if job.export.pem is None and job.export.nssdb is None:
+        return
+    values = template_values(ctx.jobfile.tz, cert=ctx.bundle.info, job=job, batch=ctx.jobfile.batch,
+                             card_serial=card_serial)  # fmt: skip
+    base = ctx.export_dir or ctx.jobfile.path.parent
+    if job.export.pem is not None:
+        path = export_path(base, job.export.pem, values)
+        with journal_step(ctx, "export_pem", {"path": str(path)}):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, certificate.public_bytes(Encoding.PEM))
+            audit("exported", target="pem", path=str(path))
+    if job.export.nssdb is not None:
+        path = export_path(base, job.export.nssdb, values)
+        with journal_step(ctx, "export_nssdb", {"path": str(path)}) as found:
+            nickname = export_to_nssdb(path, certificate, nickname=f"{job.holder} {ctx.slot_name}")
+            found["nickname"] = nickname
+            audit("exported", target="nssdb", path=str(path), nickname=nickname)
 
 
 def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname: str) -> str:

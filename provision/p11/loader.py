@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -37,7 +36,7 @@ from provision.load import (
     LoadContext,
     LoadResult,
     OperatorDeclined,
-    export_to_nssdb,
+    export_certificate,
     journal_step,
 )
 from provision.p11 import objects
@@ -45,7 +44,6 @@ from provision.p11.module import p11_errors
 from provision.p11.source import Pkcs11Token
 from provision.renewal import renewal_decision
 from provision.secrets import Secret, obtain
-from provision.store import write_atomically
 
 TEST_MESSAGE = b"provision: test signature after load"
 
@@ -502,26 +500,7 @@ class Pkcs11Loader:
                        resumed=self.result.resumed, not_after=self.result.not_after)  # fmt: skip
 
     def exports(self) -> None:
-        from provision.plan import export_path, template_values
-
-        export = self.job.export
-        if export.pem is None and export.nssdb is None:
-            return
-        values = template_values(self.ctx.jobfile.tz, cert=self.ctx.bundle.info, job=self.job,
-                                 batch=self.ctx.jobfile.batch, card_serial=None)  # fmt: skip
-        base: Path = self.ctx.export_dir or self.ctx.jobfile.path.parent
-        if export.pem is not None:
-            path = export_path(base, export.pem, values)
-            with self.step("export_pem", path=str(path)):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(path, self.certificate.public_bytes(Encoding.PEM))
-                self.audit("exported", target="pem", path=str(path))
-        if export.nssdb is not None:
-            path = export_path(base, export.nssdb, values)
-            with self.step("export_nssdb", path=str(path)) as info:
-                nickname = export_to_nssdb(path, self.certificate, nickname=f"{self.job.holder} {self.label}")
-                info["nickname"] = nickname
-                self.audit("exported", target="nssdb", path=str(path), nickname=nickname)
+        export_certificate(self.ctx, card_serial=None, audit=self.audit)
 
 class _LabelsFixed(Exception):
     """The module does not let labels change (a read-only PIV driver)."""
