@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.faults_common import Material, summary_json, summary_lines
-from tests.helpers.pcsc_harness import Cards, PrivatePcscd, missing_tools, wait_for
+from tests.helpers.pcsc_harness import (
+    Cards,
+    PrivatePcscd,
+    inserted_cards,
+    missing_tools,
+    require,
+    serving,
+)
 
 READERS = 2
 _OWN_DIR: Path | None = None
@@ -75,34 +82,18 @@ def material() -> Material:
 
 @pytest.fixture(scope="package")
 def pcscd() -> Iterator[FaultsPcscd]:
-    reason = missing_tools()
-    if reason:
-        if os.environ.get("PROVISION_REQUIRE_ALL_TIERS"):
-            pytest.fail(f"the fault campaign's PC/SC part cannot run: {reason}")
-        pytest.skip(reason)
+    require(missing_tools(), "fault campaign's PC/SC part")
     socket_file = Path(os.environ["PCSCLITE_CSOCK_NAME"])
     workdir = socket_file.parent / "faults"
     daemon = FaultsPcscd(workdir, READERS)
     daemon.socket_file = socket_file
-    try:
-        daemon.start()
-        daemon.wait_ready()
-        yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with serving(daemon, workdir) as running:
+        yield running
 
 
 @pytest.fixture
 def cards(pcscd: FaultsPcscd) -> Iterator[Cards]:
-    helper = Cards(pcscd)
-    try:
-        yield helper
-    finally:
-        helper.pull_all()
-        from provision.card.transport import list_readers
-
-        wait_for(lambda: not any(r.card_present for r in list_readers()), 10, "all readers empty")
+    yield from inserted_cards(pcscd)
 
 
 @pytest.fixture

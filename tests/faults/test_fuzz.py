@@ -15,7 +15,6 @@ derandomized so that two runs do the same thing.
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import random
 import threading
@@ -40,6 +39,7 @@ from tests.helpers.faults_common import (
     thread_errors,
     view_card,
 )
+from tests.helpers.jobfile_strategies import mutate
 
 FAMILY_JOBS = "fuzz job files (validate)"
 FAMILY_P12 = "fuzz PKCS#12 files (inspect)"
@@ -95,31 +95,9 @@ values = st.recursive(
 )  # fmt: skip
 
 
-def _containers(node: Any, out: list[Any]) -> list[Any]:
-    out.append(node)
-    for child in node.values() if isinstance(node, dict) else node if isinstance(node, list) else []:
-        if isinstance(child, dict | list):
-            _containers(child, out)
-    return out
-
-
 @st.composite
 def job_texts(draw: st.DrawFn) -> str:
-    doc = copy.deepcopy(BASE)
-    for _ in range(draw(st.integers(0, 4))):
-        target = draw(st.sampled_from(_containers(doc, [])))
-        action = draw(st.sampled_from(["set", "delete", "add"]))
-        if isinstance(target, dict):
-            key = draw(st.sampled_from(sorted(target) or KEYS)) if action != "add" else draw(st.sampled_from(KEYS))
-            if action == "delete":
-                target.pop(key, None)
-            else:
-                target[key] = draw(values)
-        elif isinstance(target, list):
-            if action == "delete" and target:
-                target.pop(draw(st.integers(0, len(target) - 1)))
-            else:
-                target.append(draw(values))
+    doc = mutate(draw, BASE, KEYS, values, st.integers(0, 4))
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     mode = draw(st.sampled_from(["as-is", "as-is", "bytes", "lines", "yaml-tokens", "anchors"]))
     if mode == "bytes":

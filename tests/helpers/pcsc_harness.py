@@ -455,18 +455,48 @@ class Cards:
 
 
 
+def require(reason: str | None, tier: str) -> None:
+    """A tier that cannot run fails under `make test` (PROVISION_REQUIRE_ALL_TIERS), else skips."""
+    if not reason:
+        return
+    import pytest
+
+    if os.environ.get("PROVISION_REQUIRE_ALL_TIERS"):
+        pytest.fail(f"the {tier} cannot run: {reason}")
+    pytest.skip(reason)
+
+
 @contextlib.contextmanager
-def private_pcscd(workdir: Path, readers: int = 4) -> Iterator[PrivatePcscd]:
-    """Start, wait until ready, and always stop. PCSCLITE_CSOCK_NAME must already point at it."""
-    daemon = PrivatePcscd(workdir, readers)
-    if os.environ.get("PCSCLITE_CSOCK_NAME") != str(daemon.socket_path):
-        raise HarnessError("set PCSCLITE_CSOCK_NAME to the private socket before the first PC/SC call")
+def serving(daemon: PrivatePcscd, workdir: Path) -> Iterator[PrivatePcscd]:
+    """Start ``daemon``, wait until it is ready, and always stop it and remove ``workdir``."""
     try:
         daemon.start()
         daemon.wait_ready()
         yield daemon
     finally:
         daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def inserted_cards(daemon: PrivatePcscd) -> Iterator[Cards]:
+    """The body of every tier's ``cards`` fixture: all cards are pulled afterwards, a pcscd that a
+    test killed is restarted, and the next test starts with every reader empty."""
+    from provision.card.transport import list_readers
+
+    if not daemon.running:
+        daemon.start()
+        daemon.wait_ready()
+    helper = Cards(daemon)
+    try:
+        yield helper
+    finally:
+        helper.pull_all()
+        if not daemon.running:
+            daemon.stop()
+            daemon.start()
+            daemon.wait_ready()
+        else:
+            wait_for(lambda: not any(r.card_present for r in list_readers()), 10, "all readers empty")
 
 
 def _card_process_main(argv: list[str]) -> int:

@@ -27,7 +27,14 @@ from tests.helpers.interop_peers import (
     missing_peers,
     write_apdu_counts,
 )
-from tests.helpers.pcsc_harness import Cards, CardServer, missing_tools, wait_for
+from tests.helpers.pcsc_harness import (
+    Cards,
+    CardServer,
+    inserted_cards,
+    missing_tools,
+    require,
+    serving,
+)
 
 READERS = 2
 # The pcsc tier's conftest sets the socket in a "provision-pcscd-*" directory: keep it if it is
@@ -60,31 +67,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="package")
 def pcscd() -> Iterator[InteropPcscd]:
-    reason = missing_tools() or missing_peers()
-    if reason:
-        pytest.skip(reason)
+    require(missing_tools() or missing_peers(), "interop tier")
     socket_file = Path(os.environ["PCSCLITE_CSOCK_NAME"])
     workdir = socket_file.parent / "interop"
-    daemon = InteropPcscd(workdir, READERS, socket_file=socket_file)
-    try:
-        daemon.start()
-        daemon.wait_ready()
+    with serving(InteropPcscd(workdir, READERS, socket_file=socket_file), workdir) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
 def cards(pcscd: InteropPcscd) -> Iterator[Cards]:
-    helper = Cards(pcscd)
-    try:
-        yield helper
-    finally:
-        helper.pull_all()
-        from provision.card.transport import list_readers
-
-        wait_for(lambda: not any(r.card_present for r in list_readers()), 10, "all readers empty")
+    yield from inserted_cards(pcscd)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.pcsc_harness import Cards, PrivatePcscd, missing_tools, wait_for
+from tests.helpers.pcsc_harness import (
+    Cards,
+    PrivatePcscd,
+    inserted_cards,
+    missing_tools,
+    require,
+    serving,
+)
 
 READERS = 4
 _WORKDIR = Path(tempfile.mkdtemp(prefix="provision-pcscd-"))
@@ -36,37 +43,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def pcscd() -> Iterator[PrivatePcscd]:
-    reason = missing_tools()
-    if reason:
-        # `make test` sets PROVISION_REQUIRE_ALL_TIERS: there a missing tier is a failure, never a skip.
-        if os.environ.get("PROVISION_REQUIRE_ALL_TIERS"):
-            pytest.fail(f"the PC/SC tier cannot run: {reason}")
-        pytest.skip(reason)
-    daemon = PrivatePcscd(_WORKDIR, READERS)
-    try:
-        daemon.start()
-        daemon.wait_ready()
+    require(missing_tools(), "PC/SC tier")
+    with serving(PrivatePcscd(_WORKDIR, READERS), _WORKDIR) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(_WORKDIR, ignore_errors=True)
 
 
 @pytest.fixture
 def cards(pcscd: PrivatePcscd) -> Iterator[Cards]:
-    if not pcscd.running:  # a test killed it
-        pcscd.start()
-        pcscd.wait_ready()
-    helper = Cards(pcscd)
-    try:
-        yield helper
-    finally:
-        helper.pull_all()
-        if not pcscd.running:
-            pcscd.stop()
-            pcscd.start()
-            pcscd.wait_ready()
-        else:
-            from provision.card.transport import list_readers
-
-            wait_for(lambda: not any(r.card_present for r in list_readers()), 10, "all readers empty")
+    yield from inserted_cards(pcscd)

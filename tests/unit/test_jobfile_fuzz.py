@@ -3,7 +3,6 @@ JobFileError whose every problem is one located sentence, never another exceptio
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from provision.errors import JobFileError
 from provision.jobfile import JobFile, parse_jobfile
+from tests.helpers.jobfile_strategies import mutate
 
 BASE: dict[str, Any] = {
     "version": 1,
@@ -37,34 +37,9 @@ KEYS = ["version", "batch", "timezone", "defaults", "cards", "id", "holder", "ca
         "prompt", "command", "value", "x-anchor", "audit", "key"]  # fmt: skip
 
 
-def _containers(node: Any, out: list[Any]) -> list[Any]:
-    out.append(node)
-    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
-    for child in children:
-        if isinstance(child, dict | list):
-            _containers(child, out)
-    return out
-
-
 @st.composite
 def mutated_documents(draw: st.DrawFn) -> Any:
-    doc = copy.deepcopy(BASE)
-    for _ in range(draw(st.integers(1, 4))):
-        target = draw(st.sampled_from(_containers(doc, [])))
-        action = draw(st.sampled_from(["set", "delete", "add"]))
-        if isinstance(target, dict):
-            key = draw(st.sampled_from(sorted(target) or KEYS)) if action != "add" else draw(st.sampled_from(KEYS))
-            if action == "delete":
-                target.pop(key, None)
-            else:
-                target[key] = draw(json_values)
-        elif isinstance(target, list) and target:
-            index = draw(st.integers(0, len(target) - 1))
-            if action == "delete":
-                target.pop(index)
-            else:
-                target[index] = draw(json_values)
-    return doc
+    return mutate(draw, BASE, KEYS, json_values, st.integers(1, 4))
 
 
 def _check(text: str, tmp: Path) -> None:
