@@ -135,7 +135,8 @@ class CounterScreen:
                     break
                 self.render_queue()
                 state = waiting[0]
-                if state.bundle is None and not self.open_envelope(state):
+                if state.bundle is None and not (self.open_envelope(state) if state.deferred
+                                                 else runner.ensure_bundle(state)):  # fmt: skip
                     continue
                 self.instruct(state)
                 action = self.wait_for_card_or_key()
@@ -177,7 +178,6 @@ class CounterScreen:
         """Workflow steps 5–7: the 16-digit number from the holder's PIN envelope opens the file."""
         import getpass
 
-        from provision.plan import template_values
         from provision.runner import open_bundle
 
         prompt = state.job.pkcs12_password.ref
@@ -192,20 +192,13 @@ class CounterScreen:
                 return False
             _, inspection, bundle, message = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
-            if bundle is not None and inspection is not None and inspection.info is not None:
-                runner = self.runner
-                values = template_values(runner.jobfile.tz, cert=inspection.info, job=state.job, batch=runner.jobfile.batch)
-                state.bundle = bundle
-                state.slot_name = state.job.slot_name.render(values)
-                state.inspection_message = message
-                return True
-            self.console.print(Text(message, style="bold red"))
-            if inspection is None or inspection.status != "wrong-password":
-                state.status = jn.FAILED
-                state.error = message
-                self.runner.journal.set_job(self.runner.jobfile.batch, state.job.id, self.runner.run_id,
-                                            state.job.holder, jn.FAILED, error=message)  # fmt: skip
-                return False
+            if bundle is None and inspection is not None and inspection.status == "wrong-password":
+                self.console.print(Text(message, style="bold red"))
+                continue  # a mistyped envelope number: type it again
+            self.runner.accept_bundle(state, inspection, bundle, message)
+            if bundle is None:
+                self.console.print(Text(message, style="bold red"))
+            return bundle is not None
 
     def come_back(self, action: str) -> None:
         """``b N``: holder N (a number from the table) is next, even if skipped earlier today."""

@@ -177,10 +177,13 @@ class PcscSource:
 @dataclass
 class JobState:
     job: Job
-    slot_name: str
-    bundle: Bundle | None
-    inspection_message: str
+    slot_name: str  # rendered again with the certificate's fields when the bundle opens
+    bundle: Bundle | None = None  # decrypted a window ahead of the cards, dropped when the job ends
+    inspection_message: str = ""
     status: str = jn.PENDING
+    opened: bool = False  # the PKCS#12 was decrypted (or failed to): never twice per job
+    deferred: bool = False  # counter: the password is typed from the holder's envelope when called
+    fingerprint: str | None = None  # the bundle's certificate, kept after the bundle is dropped
     result: LoadResult | None = None
     error: str | None = None
     apdus: int = 0
@@ -201,6 +204,7 @@ class RunOptions:
     queue: str | None = None  # journal/queue URL (provision.queue.open_queue); None: logs/journal.sqlite3
     station: str | None = None  # this station's name in a shared queue (default: host name)
     lease_seconds: float = 30.0  # how long a claim outlives a station that stopped renewing it
+    bundle_window: int = 32  # decrypted PKCS#12 bundles kept ready ahead of the cards
 
 
 def _to_stderr(text: str) -> None:
@@ -231,6 +235,11 @@ class Runner:
         self.finished: str | None = None
         self.seal: str | None = None
         self.expected_job: JobState | None = None  # counter screen: the holder the clerk called
+        self._bundle_locks: dict[str, threading.Lock] = {}
+        self._ready = threading.Condition(self._lock)  # the prefetcher waits here for room in the window
+        self._stopping = False
+        self._held = 0  # states holding a decrypted bundle
+        self._prefetcher: threading.Thread | None = None
 
     # --- audit ---
 
@@ -238,9 +247,17 @@ class Runner:
         if self.audit is not None:
             self.audit.append(event, run_id=self.run_id, batch=self.jobfile.batch, **fields)
 
-    # --- preparation: every bundle opened once, before any card ---
+    # --- preparation: each bundle decrypted once, a window ahead of the cards ---
 
-    def prepare(self, opened: list[tuple[Job, Inspection | None, Bundle | None, str]]) -> None:
+    def prepare(self, *, defer_prompts: bool = False) -> None:
+        """The run's jobs, and their first bundles, before any card.
+
+        Each job's PKCS#12 is decrypted once, before its card is handled: the first
+        ``bundle_window`` (all of a counter's day) here, the rest by a background thread that keeps
+        that many ready ahead of the cards (``start_prefetch``), and a bundle is dropped when its job
+        ends. So memory stays flat over a batch of thousands, and a decrypted key does not sit in
+        memory for hours. A password a person types is asked here, at the start, unless the counter
+        asks it when the holder is called (``defer_prompts``)."""
         from provision.plan import template_values
 
         self.store.check_writable()
@@ -251,20 +268,91 @@ class Runner:
                     mode="unattended" if self.options.unattended else "counter")  # fmt: skip
         self.record("validated", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
-        for job, inspection, bundle, message in opened:
-            info = inspection.info if inspection else None
-            values = template_values(self.jobfile.tz, cert=info, job=job, batch=self.jobfile.batch)
-            state = JobState(job, job.slot_name.render(values), bundle, message)
-            previous = self.journal.job(self.jobfile.batch, job.id)
+        tz, batch = self.jobfile.tz, self.jobfile.batch
+        for job in self.jobfile.jobs:
+            state = JobState(job, job.slot_name.render(template_values(tz, job=job, batch=batch)))
+            if defer_prompts and job.pkcs12_password.kind == "prompt":
+                state.deferred, state.inspection_message = True, DEFERRED
+            previous = self.journal.job(batch, job.id)
             if previous is not None and previous.status in (jn.IN_DOUBT, jn.IN_PROGRESS):
                 state.status = jn.IN_DOUBT  # an interrupted load: the same card finishes it
                 state.card_serial = previous.card_serial
-            if bundle is None and message != DEFERRED:
-                state.status = jn.FAILED
-                state.error = message
-                self.record("job_failed", job_id=job.id, holder=job.holder, outcome="failed",
-                            error_class="BundleError", error=message)  # fmt: skip
             self.states.append(state)
+        window = self.options.bundle_window
+        for index, state in enumerate(self.states):
+            if index < window or (state.job.pkcs12_password.kind == "prompt" and not state.deferred):
+                self.ensure_bundle(state)
+        self.start_prefetch()
+
+    def ensure_bundle(self, state: JobState) -> bool:
+        """Decrypt this job's PKCS#12 unless that was done already; True when its bundle is ready."""
+        with self._bundle_lock(state):
+            if state.opened or state.deferred:
+                return state.bundle is not None
+            _, inspection, bundle, message = open_bundle(state.job, unattended=self.options.unattended)
+            self.accept_bundle(state, inspection, bundle, message)
+            return bundle is not None
+
+    def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None, message: str) -> None:
+        """Record what opening the job's PKCS#12 gave: the bundle and its slot name, or why the job fails."""
+        from provision.plan import template_values
+
+        info = inspection.info if inspection else None
+        state.opened, state.inspection_message = True, message
+        if bundle is not None and info is not None:
+            values = template_values(self.jobfile.tz, cert=info, job=state.job, batch=self.jobfile.batch)
+            with self._lock:
+                state.bundle, state.fingerprint = bundle, info.sha256
+                state.slot_name = state.job.slot_name.render(values)
+                self._held += 1
+            return
+        with self._lock:
+            if state.status not in (jn.PENDING, jn.IN_DOUBT):
+                return
+            state.status, state.error = jn.FAILED, message
+        self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.FAILED, error=message)
+        self.record("job_failed", job_id=state.job.id, holder=state.job.holder, outcome="failed",
+                    error_class="BundleError", error=message)  # fmt: skip
+
+    def _bundle_lock(self, state: JobState) -> threading.Lock:
+        with self._lock:
+            return self._bundle_locks.setdefault(state.job.id, threading.Lock())
+
+    def start_prefetch(self) -> None:
+        """Keep ``bundle_window`` bundles decrypted ahead of the cards, in job-file order."""
+        if all(s.opened or s.deferred or s.status not in (jn.PENDING, jn.IN_DOUBT) for s in self.states):
+            return
+        self._prefetcher = threading.Thread(target=self._prefetch, daemon=True, name="bundle-prefetch")
+        self._prefetcher.start()
+
+    def _prefetch(self) -> None:
+        window = max(1, self.options.bundle_window)
+        for state in self.states:
+            if state.opened or state.deferred:
+                continue
+            with self._ready:
+                while not self._stopping and self._held >= window:
+                    self._ready.wait(0.5)
+                if self._stopping:
+                    return
+            if state.status in (jn.PENDING, jn.IN_DOUBT):
+                self.ensure_bundle(state)
+
+    def release_bundle(self, state: JobState) -> None:
+        """The job has ended: its decrypted key and certificate go (a job still open keeps them)."""
+        with self._ready:
+            if state.bundle is not None and state.status not in (jn.PENDING, jn.IN_DOUBT, jn.IN_PROGRESS):
+                state.bundle = None
+                self._held -= 1
+                self._ready.notify_all()
+
+    def stop_prefetch(self) -> None:
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        if self._prefetcher is not None:
+            self._prefetcher.join()
+            self._prefetcher = None
 
     # --- matching ---
 
@@ -348,6 +436,9 @@ class Runner:
                             reason=why, apdus=card.operations)  # fmt: skip
                 self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
                 return
+            if state.bundle is None and not self.ensure_bundle(state):  # not decrypted ahead: now, once
+                self.say(self.result_line(state) + " Nothing was written; take the card out.")
+                return
             state, claim = self.claim_job(state, serial)
             if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
                 self.refused_cards.append({"reader": reader, **seen.audit_fields(), "reason": claim.reason})
@@ -367,6 +458,8 @@ class Runner:
                                  card_serial=serial, slot=state.job.slot.hex, slot_name=state.slot_name)  # fmt: skip
             self.say(f"{reader}: loading {state.job.holder} ({state.job.id}) into slot {state.job.slot.hex} "
                      f"as {state.slot_name!r}")  # fmt: skip
+            if state.bundle is None and not self.ensure_bundle(state):  # claim_job may have chosen another job
+                raise ProvisionError(state.error or state.inspection_message)
             assert state.bundle is not None
             ctx = LoadContext(
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
@@ -439,6 +532,7 @@ class Runner:
             self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.IN_DOUBT)
         self.record(f"job_{status.replace('-', '_')}", job_id=state.job.id, holder=state.job.holder,
                     outcome=status, error_class=type(exc).__name__ if exc else None, **fields)  # fmt: skip
+        self.release_bundle(state)
         self.say(self.result_line(state))
 
     def result_line(self, state: JobState) -> str:
@@ -534,6 +628,7 @@ class Runner:
                 if (row is not None and state.status in (jn.PENDING, jn.IN_DOUBT) and row.run_id != self.run_id
                         and row.status in (jn.LOADED, jn.SKIPPED, jn.FAILED, jn.REFUSED)):  # fmt: skip
                     state.status, state.card_serial, state.error = row.status, row.card_serial, row.error
+                    self.release_bundle(state)
 
     def _reap(self, bar: Any) -> None:
         self.sync_shared_queue()
@@ -551,6 +646,7 @@ class Runner:
         self.say(f"\nInsert the card of {expected.job.holder}{which}.")
 
     def finish(self, interrupted: bool) -> int:
+        self.stop_prefetch()
         self.sync_shared_queue(force=True)
         for state in self.states:
             if state.status == jn.IN_PROGRESS:
@@ -585,7 +681,7 @@ class Runner:
                 "id": s.job.id, "holder": s.job.holder, "status": status,
                 "in_doubt": s.status == jn.IN_DOUBT, "card_serial": s.card_serial, "slot": s.job.slot.hex,
                 "slot_name": s.slot_name,
-                "fingerprint_sha256": (r.fingerprint_sha256 if r else (s.bundle.info.sha256 if s.bundle else None)),
+                "fingerprint_sha256": r.fingerprint_sha256 if r else s.fingerprint,
                 "replaced_sha256": r.replaced_sha256 if r else None, "archived_to": r.archived_to if r else None,
                 "pin_tries_left": r.pin_tries_left if r else None, "not_after": r.not_after if r else None,
                 "slot_name_on_card": r.slot_name_on_card if r else None, "notes": r.notes if r else [],
@@ -598,21 +694,6 @@ class Runner:
 
 
 DEFERRED = "the PKCS#12 password is asked when the holder is called"
-
-
-def open_bundles(jobfile: JobFile, *, unattended: bool,
-                 defer_prompts: bool = False) -> list[tuple[Job, Inspection | None, Bundle | None, str]]:  # fmt: skip
-    """Decrypt every job's PKCS#12 once, before any card: the slow part happens while nobody waits.
-
-    ``defer_prompts``: at the counter, a password typed from the holder's PIN envelope is asked
-    when that holder is called, not all at the start of the day."""
-    opened: list[tuple[Job, Inspection | None, Bundle | None, str]] = []
-    for job in jobfile.jobs:
-        if defer_prompts and job.pkcs12_password.kind == "prompt":
-            opened.append((job, None, None, DEFERRED))
-            continue
-        opened.append(open_bundle(job, unattended=unattended))
-    return opened
 
 
 def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Job, Inspection | None, Bundle | None, str]:
@@ -727,6 +808,7 @@ def run_jobfile(
     queue: str | None = None,
     station: str | None = None,
     lease_seconds: float = 30.0,
+    bundle_window: int = 32,
 ) -> RunOutcome:
     """Everything ``provision run`` does after the job file validated."""
     if only_jobs is not None:
@@ -736,7 +818,6 @@ def run_jobfile(
     with LogsLock(logs):
         if counter_screen is None:  # the counter screen needs a person at a terminal
             counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
-        opened = open_bundles(jobfile, unattended=unattended, defer_prompts=counter_screen)
         if source is None:
             from provision.p11.source import with_pkcs11_tokens
 
@@ -749,9 +830,9 @@ def run_jobfile(
             wait = 0.0
         options = RunOptions(logs=logs, unattended=unattended, wait=wait, say=say, progress=progress,
                              ask_pin=None if unattended else terminal_pin_prompt, queue=queue, station=station,
-                             lease_seconds=lease_seconds)  # fmt: skip
+                             lease_seconds=lease_seconds, bundle_window=bundle_window)  # fmt: skip
         runner = Runner(jobfile, source, options, audit=audit)
-        runner.prepare(opened)
+        runner.prepare(defer_prompts=counter_screen)
         if counter_screen:
             from provision.counter import CounterScreen
 

@@ -205,6 +205,62 @@ def test_bad_bundle_fails_before_any_card(batch: Batch) -> None:
     assert card.write_attempt_count == 0
 
 
+class BundleWatch:
+    """Counts each PKCS#12 decryption and how many decrypted bundles are alive at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import weakref
+
+        from provision import bundle as bundle_module
+
+        self.opened: list[bytes] = []
+        self.alive: list[Any] = []
+        self.most_alive = 0
+        real = bundle_module.inspect_pkcs12
+
+        def counting(data: bytes, password: Any) -> Any:
+            inspection, opened = real(data, password)
+            self.opened.append(data)
+            if opened is not None:
+                self.alive = [r for r in self.alive if r() is not None] + [weakref.ref(opened)]
+                self.most_alive = max(self.most_alive, len(self.alive))
+            return inspection, opened
+
+        monkeypatch.setattr(bundle_module, "inspect_pkcs12", counting)
+
+    def still_alive(self) -> int:
+        return sum(1 for r in self.alive if r() is not None)
+
+
+def test_bundles_are_decrypted_once_a_window_ahead_and_dropped_after_their_job(
+        batch: Batch, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    watch = BundleWatch(monkeypatch)
+    for n in range(12):
+        batch.holder(f"HK-{n:02d}", f"HOLDER {n}", 20_000_000 + n)
+    cards = [SimCard(SimOptions(serial=20_000_000 + n)) for n in range(12)]
+    outcome = batch.run(cards, bundle_window=3)
+    assert [j["status"] for j in outcome.document["jobs"]] == ["loaded"] * 12
+    assert len(watch.opened) == 12 and len(set(watch.opened)) == 12  # each file decrypted exactly once
+    assert 3 <= watch.most_alive <= 3 + 1  # the window, plus the one its card is using
+    assert watch.still_alive() == 0  # every decrypted key is gone once its job ended
+
+
+def test_a_card_out_of_order_is_loaded_from_a_bundle_opened_for_it(
+        batch: Batch, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    watch = BundleWatch(monkeypatch)
+    for n in range(6):
+        batch.holder(f"HK-{n:02d}", f"HOLDER {n}", 20_000_000 + n)
+    batch.holder("HK-BAD", "HOLDER BAD", 20_000_099, extra="    expect: {subject_cn: Somebody Else}\n")
+    cards = [SimCard(SimOptions(serial=20_000_000 + n)) for n in reversed(range(6))]
+    bad = SimCard(SimOptions(serial=20_000_099))
+    outcome = batch.run([bad, *cards], bundle_window=1)
+    jobs = {j["id"]: j for j in outcome.document["jobs"]}
+    assert all(jobs[f"HK-{n:02d}"]["status"] == "loaded" for n in range(6))
+    assert jobs["HK-BAD"]["status"] == "failed" and "expect.subject_cn" in jobs["HK-BAD"]["error"]
+    assert bad.write_attempt_count == 0  # a bundle found wrong when its card came: nothing written
+    assert len(watch.opened) == 7 and len(set(watch.opened)) == 7
+
+
 def full_load_apdus(batch: Batch, ca: fixtures.Issuer, tmp_path: Path) -> int:
     card = SimCard(SimOptions(serial=12345678), tmp_path / "probe.json")
     preload_old_certificate(card, ca, "CHAN Tai Man")
