@@ -24,7 +24,8 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import cache
@@ -226,85 +227,137 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_KEY = "<<"
 
 
-class _Builder:
-    """Turns a composed node graph into JSON-like data and a map of JSON path → line."""
+class _EventBuilder:
+    """Turns YAML parser events into JSON-like data and a map of JSON path → line, one value at a time.
 
-    def __init__(self) -> None:
-        self.lines: dict[JsonPath, int] = {}
-        self._sizes: dict[int, int] = {}
-        self._active: set[int] = set()
+    Built from events (PyYAML's C parser), not from a composed node graph, so that the ``cards`` of
+    a 10,000-card file can be handed over one by one (``on_card``) and dropped once checked: memory
+    stays flat however long the file. Aliases share the anchored value; their expansion is counted
+    and bounded (no "billion laughs")."""
 
-    def size(self, node: yaml.Node) -> int:
-        """Nodes after alias expansion, memoised, so a 'billion laughs' file is refused cheaply."""
-        key = id(node)
-        if key in self._sizes:
-            return self._sizes[key]
-        if key in self._active:
-            raise _YamlProblem(node.start_mark.line + 1, (), "an alias refers to itself; remove the loop")
-        self._active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(self.size(n) for n in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(self.size(k) + self.size(v) for k, v in node.value)
-        self._active.discard(key)
-        self._sizes[key] = total
-        return total
+    _ANCHOR_LINES_COPIED = 4096  # an alias larger than this points its errors at the alias's line
 
-    def build(self, node: yaml.Node, path: JsonPath) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        raise _YamlProblem(node.start_mark.line + 1, path, "unsupported YAML node")
+    def __init__(self, text: str) -> None:
+        self.events = _Loader(text)
+        self.anchors: dict[str, tuple[Any, int, dict[JsonPath, int]]] = {}  # value, expanded size, lines
+        self._open_anchors: set[str] = set()
+        self.expanded = 0
 
-    def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
+    def close(self) -> None:
+        self.events.dispose()
+
+    def _count(self, n: int, line: int) -> None:
+        self.expanded += n
+        if self.expanded > MAX_EXPANDED_NODES:
+            raise _YamlProblem(line, (), "aliases expand to too many values; write the cards out instead")
+
+    def value(self, path: JsonPath, lines: dict[JsonPath, int]) -> Any:
+        """The next value in the stream (its events consumed), its lines recorded under ``path``."""
+        event = self.events.get_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise _YamlProblem(line, path, "an alias refers to itself; remove the loop")
+            if event.anchor not in self.anchors:
+                raise _YamlProblem(line, path, f"the alias *{event.anchor} has no anchor &{event.anchor} before it; define it first")
+            value, size, own = self.anchors[event.anchor]
+            self._count(size, line)
+            if len(own) <= self._ANCHOR_LINES_COPIED:
+                for rel, at in own.items():
+                    lines.setdefault(path + rel, at)
+            else:
+                lines.setdefault(path, line)
+            return value
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return self._build(event, path, lines)
+        self._open_anchors.add(anchor)
+        own_lines: dict[JsonPath, int] = {}
+        before = self.expanded
+        value = self._build(event, (), own_lines)
+        self._open_anchors.discard(anchor)
+        self.anchors[anchor] = (value, self.expanded - before, own_lines)
+        for rel, at in own_lines.items():
+            lines.setdefault(path + rel, at)
+        return value
+
+    def _build(self, event: Any, path: JsonPath, lines: dict[JsonPath, int]) -> Any:
+        line = event.start_mark.line + 1
+        lines.setdefault(path, line)
+        self._count(1, line)
+        if isinstance(event, yaml.ScalarEvent):
+            return _scalar(event, path)
+        if isinstance(event, yaml.SequenceStartEvent):
+            items: list[Any] = []
+            while not self.events.check_event(yaml.SequenceEndEvent):
+                items.append(self.value(path + (len(items),), lines))
+            self.events.get_event()
+            return items
+        if isinstance(event, yaml.MappingStartEvent):
+            return self.mapping(path, lines)
+        raise _YamlProblem(line, path, "unsupported YAML node")
+
+    def mapping(self, path: JsonPath, lines: dict[JsonPath, int],
+                on_key: Callable[[str, JsonPath, dict[str, Any]], bool] | None = None) -> dict[str, Any]:  # fmt: skip
+        """The rest of a mapping whose start event was read. ``on_key(key, path, keys so far)`` may
+        consume a key's value itself (returning True), as the document does with ``cards``."""
         out: dict[str, Any] = {}
-        merged: list[yaml.MappingNode] = []
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise _YamlProblem(key_node.start_mark.line + 1, path, "a key must be plain text")
-            key = key_node.value
-            if key == _MERGE_KEY and not key_node.style:
-                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for source in sources:
-                    if not isinstance(source, yaml.MappingNode):
-                        raise _YamlProblem(
-                            source.start_mark.line + 1, path, "'<<' must merge a mapping (an &anchor of one)"
-                        )
-                    merged.append(source)
+        merged: list[tuple[Any, dict[JsonPath, int], int]] = []
+        while not self.events.check_event(yaml.MappingEndEvent):
+            key_event = self.events.get_event()
+            key_line = key_event.start_mark.line + 1
+            if not isinstance(key_event, yaml.ScalarEvent):
+                raise _YamlProblem(key_line, path, "a key must be plain text")
+            key = key_event.value
+            if key == _MERGE_KEY and not key_event.style:
+                source_line = self.events.peek_event().start_mark.line + 1
+                source_lines: dict[JsonPath, int] = {}
+                source = self.value((), source_lines)
+                merged.append((source, source_lines, source_line))
                 continue
             if key in out:
                 raise _YamlProblem(
-                    key_node.start_mark.line + 1,
-                    path + (key,),
-                    f"duplicate key '{key}' (first at line {self.lines[path + (key,)]}); keep only one",
+                    key_line, path + (key,), f"duplicate key '{key}' (first at line {lines[path + (key,)]}); keep only one"
                 )
-            self.lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = self.build(value_node, path + (key,))
-        for source in merged:  # explicit keys win over merged ones, as YAML specifies
-            for key, value in self._mapping(source, path).items():
-                out.setdefault(key, value)
+            lines[path + (key,)] = key_line
+            if on_key is not None and on_key(key, path + (key,), out):
+                out[key] = None  # consumed by on_key; still a key of this mapping (duplicates, schema)
+                continue
+            out[key] = self.value(path + (key,), lines)
+        self.events.get_event()
+        for source, source_lines, source_line in merged:  # explicit keys win over merged ones, as YAML specifies
+            sources = source if isinstance(source, list) else [source]
+            for number, one in enumerate(sources):
+                if not isinstance(one, dict):
+                    at = source_lines.get((number,), source_line) if isinstance(source, list) else source_line
+                    raise _YamlProblem(at, path, "'<<' must merge a mapping (an &anchor of one)")
+                prefix: JsonPath = (number,) if isinstance(source, list) else ()
+                for key, value in one.items():
+                    if key not in out:
+                        out[key] = value
+                        for rel, at in source_lines.items():
+                            if rel[: len(prefix) + 1] == prefix + (key,):
+                                lines.setdefault(path + rel[len(prefix):], at)
         return out
 
-    def _scalar(self, node: yaml.ScalarNode, path: JsonPath) -> Any:
-        text: str = node.value
-        if node.tag != _STR_TAG:
-            return _explicit_tag(node, path)
-        if node.style:  # quoted or block scalar: always text ("" is plain in the C composer)
-            return text
-        value = _resolve_core(text)
-        if value is not text and value is not None and _wants_text(path):
-            return text  # the characters as written: id 0012, hex serial 1001, slot 82
-        return value
+
+def _scalar(event: Any, path: JsonPath) -> Any:
+    text: str = event.value
+    if event.tag not in (None, "!"):
+        return _explicit_tag(event, path)
+    if event.style:  # quoted or block scalar: always text ("" is plain in the C parser)
+        return text
+    value = _resolve_core(text)
+    if value is not text and value is not None and _wants_text(path):
+        return text  # the characters as written: id 0012, hex serial 1001, slot 82
+    return value
 
 
-def _explicit_tag(node: yaml.ScalarNode, path: JsonPath) -> Any:
+def _explicit_tag(node: Any, path: JsonPath) -> Any:
     tag = node.tag.rsplit(":", 1)[-1]
     try:
+        if tag == "str":
+            return node.value
         if tag == "int":
             return int(node.value, 0)
         if tag == "bool" and node.value in ("true", "false"):
@@ -351,10 +404,56 @@ def _wants_text(path: JsonPath) -> bool:
     return key in _TEXT_KEYS
 
 
-def load_yaml(text: str, filename: str) -> tuple[Any, dict[JsonPath, int]]:
-    """Parse one YAML document into JSON-like data and a JSON path → line map."""
+OnCard = Callable[[int, Any, dict[JsonPath, int], dict[str, Any]], None]
+
+
+def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
+              lines: dict[JsonPath, int] | None = None) -> tuple[Any, dict[JsonPath, int]]:  # fmt: skip
+    """Parse one YAML document into JSON-like data and a JSON path → line map.
+
+    With ``on_card``, the items of a top-level ``cards`` list are not kept: each is handed to
+    ``on_card(index, value, lines)`` as soon as it is read, and ``data["cards"]`` becomes their count
+    (an int); ``on_card`` also gets the document's keys read before ``cards``. Cards written as an
+    alias, or not as a list, stay in ``data`` as written. ``lines``: the map to fill (the top level's
+    lines, the cards' own are in each ``on_card`` call)."""
+    builder = _EventBuilder(text)
+    events = builder.events
+    lines = {} if lines is None else lines
+
+    def take_cards(key: str, path: JsonPath, so_far: dict[str, Any]) -> bool:
+        if on_card is None or path != ("cards",) or not events.check_event(yaml.SequenceStartEvent):
+            return False
+        if events.peek_event().anchor is not None:
+            return False  # an anchored list may be aliased later: build it as a value
+        events.get_event()
+        count = 0
+        while not events.check_event(yaml.SequenceEndEvent):
+            card_lines: dict[JsonPath, int] = {}
+            on_card(count, builder.value(("cards", count), card_lines), card_lines, so_far)
+            count += 1
+        events.get_event()
+        counted.append(count)
+        return True
+
+    counted: list[int] = []  # the number of cards handed to on_card, once they were
     try:
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        events.get_event()  # stream start
+        if events.check_event(yaml.StreamEndEvent):
+            raise JobFileError([_problem(filename, 1, "", "the file is empty; start with 'version: 1'")])
+        events.get_event()  # document start
+        if events.check_event(yaml.MappingStartEvent) and events.peek_event().anchor is None:
+            start = events.get_event()
+            lines[()] = start.start_mark.line + 1
+            data: Any = builder.mapping((), lines, on_key=take_cards)
+            if counted:
+                data["cards"] = counted[0]
+        else:
+            data = builder.value((), lines)
+        events.get_event()  # document end
+        if events.check_event(yaml.DocumentStartEvent):
+            line = events.peek_event().start_mark.line + 1
+            raise JobFileError([_problem(filename, line, "", "a job file holds one YAML document; remove the second '---'")])
+        events.get_event()  # stream end
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -367,21 +466,13 @@ def load_yaml(text: str, filename: str) -> tuple[Any, dict[JsonPath, int]]:
     except yaml.YAMLError as exc:
         what = " ".join(str(exc).split())
         raise JobFileError([_problem(filename, None, "", f"this is not valid YAML ({what}); fix the syntax")]) from None
-    if not nodes or nodes[0] is None:
-        raise JobFileError([_problem(filename, 1, "", "the file is empty; start with 'version: 1'")])
-    if len(nodes) > 1:
-        line = nodes[1].start_mark.line + 1
-        raise JobFileError([_problem(filename, line, "", "a job file holds one YAML document; remove the second '---'")])
-    builder = _Builder()
-    try:
-        if builder.size(nodes[0]) > MAX_EXPANDED_NODES:
-            raise _YamlProblem(1, (), "aliases expand to too many values; write the cards out instead")
-        data = builder.build(nodes[0], ())
     except _YamlProblem as exc:
         raise JobFileError([_problem(filename, exc.line, format_path(exc.path), exc.message)]) from None
     except RecursionError:
         raise JobFileError([_problem(filename, None, "", "the YAML is nested too deeply")]) from None
-    return data, builder.lines
+    finally:
+        builder.close()
+    return data, lines
 
 
 def format_path(path: JsonPath) -> str:
@@ -391,7 +482,7 @@ def format_path(path: JsonPath) -> str:
     return out
 
 
-def line_for(lines: dict[JsonPath, int], path: JsonPath) -> int | None:
+def line_for(lines: Mapping[JsonPath, int], path: JsonPath) -> int | None:
     """The line of ``path``, or of its nearest ancestor that exists in the file."""
     while True:
         if path in lines:
@@ -406,20 +497,30 @@ def line_for(lines: dict[JsonPath, int], path: JsonPath) -> int | None:
 
 
 @cache
-def _validator() -> Any:
+def _validators() -> tuple[Any, Any, Any]:
+    """(document without its cards' contents, one card, the defaults) validators, from one schema.
+
+    The cards are checked one by one as they are read, so the document's own check does not look
+    inside ``cards``; the schema file stays the single contract."""
     import jsonschema
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     # The schema itself is checked by a unit test, not at every start (it costs ~170 ms).
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    cards = schema["properties"]["cards"]
+    document = {**schema, "properties": {**schema["properties"], "cards": {k: v for k, v in cards.items() if k != "items"}}}
+    one_card = {"$schema": schema["$schema"], "$defs": schema["$defs"], **cards["items"]}
+    defaults = {"$schema": schema["$schema"], "$defs": schema["$defs"], **schema["properties"]["defaults"]}
+    checker = cls.FORMAT_CHECKER
+    return cls(document, format_checker=checker), cls(one_card, format_checker=checker), cls(defaults, format_checker=checker)
 
 
-def _schema_problems(data: Any, lines: dict[JsonPath, int], filename: str) -> list[Problem]:
+def _schema_problems(validator: Any, data: Any, lines: Mapping[JsonPath, int], filename: str,
+                     prefix: JsonPath = ()) -> list[Problem]:  # fmt: skip
     problems: list[Problem] = []
-    for error in _validator().iter_errors(data):
+    for error in validator.iter_errors(data):
         for leaf in _leaves(error):
-            path = tuple(leaf.absolute_path)
+            path = prefix + tuple(leaf.absolute_path)
             line = line_for(lines, path)
             if leaf.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(leaf.instance, dict):
                 unknown = [k for k in leaf.instance if path + (k,) in lines and k not in _allowed_keys(leaf)]
@@ -534,9 +635,9 @@ def _allowed_keys(error: Any) -> set[str]:
     for sub in schema.get("allOf", []):
         ref = sub.get("$ref", "")
         if ref.startswith("#/$defs/"):
-            keys |= set(_validator().schema["$defs"][ref.rsplit("/", 1)[-1]].get("properties", {}))
+            keys |= set(_validators()[0].schema["$defs"][ref.rsplit("/", 1)[-1]].get("properties", {}))
     if "$ref" in schema and str(schema["$ref"]).startswith("#/$defs/"):
-        keys |= set(_validator().schema["$defs"][schema["$ref"].rsplit("/", 1)[-1]].get("properties", {}))
+        keys |= set(_validators()[0].schema["$defs"][schema["$ref"].rsplit("/", 1)[-1]].get("properties", {}))
     return keys
 
 
@@ -555,7 +656,7 @@ _NOT_IN_DEFAULTS = ("id", "holder", "pkcs12")
 
 
 class _Checker:
-    def __init__(self, path: Path, lines: dict[JsonPath, int], unattended: bool, check_files: bool) -> None:
+    def __init__(self, path: Path, lines: Mapping[JsonPath, int], unattended: bool, check_files: bool) -> None:
         self.file = str(path)
         self.base = path.parent
         self.lines = lines
@@ -748,31 +849,56 @@ def _unreadable(path: Path) -> str | None:
     return None
 
 
-def _semantic(data: dict[str, Any], ck: _Checker) -> tuple[list[Job], SecretSource | None, str]:
-    timezone = data.get("timezone", "UTC")
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        ck.problem(("timezone",), f"'{timezone}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC")
-    defaults: dict[str, Any] = data.get("defaults", {})
-    for name in _NOT_IN_DEFAULTS:
-        if name in defaults:
-            ck.problem(("defaults", name), f"'{name}' belongs to each card, not to defaults; move it under cards")
-    defaults = {k: v for k, v in defaults.items() if k not in _NOT_IN_DEFAULTS}
-    audit_key = None
-    if "audit" in data and "key" in data["audit"]:
-        audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
+class _Cards:
+    """Each card as the parser reads it: checked against the schema, built into a Job, and dropped.
 
-    jobs: list[Job] = []
-    first_id: dict[str, int] = {}
-    first_identity: dict[tuple[str, object], int] = {}
-    for index, card in enumerate(data["cards"]):
+    Cards are built with the defaults written before them (the usual layout). A file that gives
+    ``defaults`` after its cards is read a second time, keeping its cards until the end (``keep``)."""
+
+    def __init__(self, ck: _Checker, filename: str, top_lines: dict[JsonPath, int], *, keep: bool) -> None:
+        self.ck, self.filename, self.top_lines = ck, filename, top_lines
+        self.keep = keep
+        self.kept: list[tuple[int, Any, dict[JsonPath, int]]] = []
+        self.defaults: dict[str, Any] | None = None  # None: not fixed yet (no card seen)
+        self.defaults_usable = True
+        self.schema_problems: list[Problem] = []
+        self.jobs: list[Job] = []
+        self.first_id: dict[str, int] = {}
+        self.first_identity: dict[tuple[str, object], int] = {}
+
+    def fix_defaults(self, written: Any) -> None:
+        """The defaults the cards are built with (checked quietly: the document's check reports them)."""
+        _, _, defaults_validator = _validators()
+        self.defaults_usable = written is None or defaults_validator.is_valid(written)
+        written = written if isinstance(written, dict) and self.defaults_usable else {}
+        self.defaults = {k: v for k, v in written.items() if k not in _NOT_IN_DEFAULTS}
+
+    def on_card(self, index: int, card: Any, lines: dict[JsonPath, int], so_far: dict[str, Any]) -> None:
+        if self.keep:
+            self.kept.append((index, card, lines))
+            return
+        if self.defaults is None:
+            self.fix_defaults(so_far.get("defaults"))
+        self.check(index, card, lines)
+
+    def check(self, index: int, card: Any, lines: dict[JsonPath, int]) -> None:
+        _, card_validator, _ = _validators()
+        view = ChainMap(lines, self.top_lines)
+        problems = _schema_problems(card_validator, card, view, self.filename, ("cards", index))
+        if problems:
+            self.schema_problems += problems
+            return
+        if self.schema_problems or not self.defaults_usable:
+            return  # the schema problems are reported alone; no semantic check on a broken file
+        assert self.defaults is not None
+        self.ck.lines = view
         job_id = card["id"]
-        if job_id in first_id:
-            ck.problem(("cards", index, "id"), f"id '{job_id}' is already used by cards[{first_id[job_id]}]; ids must be unique")
+        if job_id in self.first_id:
+            self.ck.problem(("cards", index, "id"),
+                            f"id '{job_id}' is already used by cards[{self.first_id[job_id]}]; ids must be unique")  # fmt: skip
         else:
-            first_id[job_id] = index
-        ident = card.get("card", defaults.get("card", {}))
+            self.first_id[job_id] = index
+        ident = card.get("card", self.defaults.get("card", {}))
         key: tuple[str, object] | None = None
         if "serial" in ident:
             key = ("serial", ident["serial"])
@@ -782,17 +908,31 @@ def _semantic(data: dict[str, Any], ck: _Checker) -> tuple[list[Job], SecretSour
             token = ident["pkcs11"]
             key = ("token", (token.get("module"), token.get("token_label"), token.get("token_serial")))
         if key is not None:
-            if key in first_identity:
-                ck.problem(
-                    ("cards", index, "card"),
-                    f"{key[0]} {key[1]} already belongs to cards[{first_identity[key]}]; one job per card",
-                )
+            if key in self.first_identity:
+                self.ck.problem(("cards", index, "card"),
+                                f"{key[0]} {key[1]} already belongs to cards[{self.first_identity[key]}]; one job per card")  # fmt: skip
             else:
-                first_identity[key] = index
-        job = _build_job(index, card, defaults, ck)
+                self.first_identity[key] = index
+        job = _build_job(index, card, self.defaults, self.ck)
         if job is not None:
-            jobs.append(job)
-    factory = [job.id for job in jobs if job.management_key is None]
+            self.jobs.append(job)
+        self.ck.lines = self.top_lines
+
+
+def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[SecretSource | None, str]:
+    """The document's own checks, after its cards."""
+    timezone = data.get("timezone", "UTC")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        ck.problem(("timezone",), f"'{timezone}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC")
+    for name in _NOT_IN_DEFAULTS:
+        if name in data.get("defaults", {}):
+            ck.problem(("defaults", name), f"'{name}' belongs to each card, not to defaults; move it under cards")
+    audit_key = None
+    if "audit" in data and "key" in data["audit"]:
+        audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
+    factory = [job.id for job in cards.jobs if job.management_key is None]
     if factory:
         ck.problem(
             ("defaults",) if "defaults" in data else ("cards",),
@@ -800,7 +940,7 @@ def _semantic(data: dict[str, Any], ck: _Checker) -> tuple[list[Job], SecretSour
             f"(first: {factory[0]}); the report flags them",
             warning=True,
         )
-    return jobs, audit_key, timezone
+    return audit_key, timezone
 
 
 def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: bool = True) -> JobFile:
@@ -827,22 +967,47 @@ def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: boo
 
 
 def parse_jobfile(text: str, path: Path, *, unattended: bool = False, check_files: bool = True) -> JobFile:
+    jobfile = _parse(text, path, unattended=unattended, check_files=check_files, keep_cards=False)
+    if jobfile is None:  # defaults written after the cards: read again, keeping the cards
+        jobfile = _parse(text, path, unattended=unattended, check_files=check_files, keep_cards=True)
+    assert jobfile is not None
+    return jobfile
+
+
+def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_cards: bool) -> JobFile | None:
+    """One pass over the file; None when ``defaults`` came after cards that were built without them."""
     filename = str(path)
-    data, lines = load_yaml(text, filename)
+    top_lines: dict[JsonPath, int] = {}
+    ck = _Checker(path, top_lines, unattended, check_files)
+    cards = _Cards(ck, filename, top_lines, keep=keep_cards)
+    data, lines = load_yaml(text, filename, on_card=cards.on_card, lines=top_lines)
     if not isinstance(data, dict):
         raise JobFileError([_problem(filename, 1, "", "a job file is a mapping that starts with 'version: 1'")])
-    problems = _schema_problems(data, lines, filename)
+    if isinstance(data.get("cards"), list):  # written as an alias: its cards are checked here
+        written, data["cards"] = data["cards"], len(data["cards"])
+        for index, card in enumerate(written):
+            cards.on_card(index, card, {k: v for k, v in lines.items() if k[:2] == ("cards", index)}, data)
+    if cards.defaults is not None and "defaults" in data and lines.get(("defaults",), 0) > lines.get(("cards",), 0):
+        return None
+    if cards.defaults is None:
+        cards.fix_defaults(data.get("defaults"))
+    for index, card, card_lines in cards.kept:
+        cards.check(index, card, card_lines)
+    count = data.get("cards")
+    if isinstance(count, int) and not isinstance(count, bool):
+        data["cards"] = [None] * min(count, 1)  # the document's check counts cards; each card was checked
+    document_validator, _, _ = _validators()
+    problems = cards.schema_problems + _schema_problems(document_validator, data, top_lines, filename)
     if problems:
         raise JobFileError(_sorted(problems))
-    ck = _Checker(path, lines, unattended, check_files)
-    jobs, audit_key, timezone = _semantic(data, ck)
+    audit_key, timezone = _semantic(data, cards, ck)
     if ck.problems:
         raise JobFileError(_sorted(ck.problems))
     return JobFile(
         path=path,
         batch=data["batch"],
         timezone=timezone,
-        jobs=tuple(jobs),
+        jobs=tuple(cards.jobs),
         audit_key=audit_key,
         warnings=tuple(_sorted(ck.warnings)),
         audit_syslog=data.get("audit", {}).get("syslog"),

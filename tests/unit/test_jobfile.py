@@ -288,3 +288,55 @@ def test_the_shipped_schema_is_valid_draft_2020_12() -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_defaults_written_after_the_cards_still_apply(tmp_path: Path) -> None:
+    defaults = 'defaults:\n  slot: 9a\n  slot_name: "x"\n  pin: {env: CARD_PIN}\n  replace: refuse\n'
+    cards = "cards:\n" + card_yaml(slot=None, slot_name=None, pin=None) + card_yaml(id="J2", card="{serial: 2}", slot="9e", slot_name=None, pin=None)
+    before = load(tmp_path, HEAD + defaults + cards)
+    after = load(tmp_path, HEAD + cards + defaults)
+    assert [(j.slot.hex, j.replace) for j in after.jobs] == [("9a", "refuse"), ("9e", "refuse")]
+    assert [(j.id, j.slot, j.replace, j.pin) for j in after.jobs] == [(j.id, j.slot, j.replace, j.pin) for j in before.jobs]
+
+
+def test_cards_written_as_an_alias_are_checked_like_any_cards(tmp_path: Path) -> None:
+    text = HEAD + "x-cards: &all\n" + card_yaml(slot="9x") + "cards: *all\n"
+    found = problems(tmp_path, text)
+    assert len(found) == 1 and "cards[0].slot" in found[0] and ":8:" in found[0], found  # the slot, in the anchored list
+    jf = load(tmp_path, HEAD + "x-cards: &all\n" + card_yaml() + "cards: *all\n")
+    assert [j.id for j in jf.jobs] == ["J1"]
+
+
+def test_a_card_error_names_its_own_line_in_a_long_file(tmp_path: Path) -> None:
+    cards = "".join(card_yaml(id=f"J{n}", card=f"{{serial: {n}}}") for n in range(50))
+    cards += card_yaml(id="J50", card="{serial: 50}", min_pin_retries="many")
+    found = problems(tmp_path, HEAD + "cards:\n" + cards)
+    line = 4 + 50 * 7 + 7  # HEAD (2) + "cards:" + 50 cards of 7 lines, then the 8th field of the last
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'job.yaml'}:{line}: cards[50].min_pin_retries:"), found
+
+
+def test_cards_are_handed_over_one_at_a_time_and_not_kept() -> None:
+    import gc
+
+    from provision.jobfile import load_yaml
+
+    text = HEAD + "cards:\n" + "".join(card_yaml(id=f"J{n}") for n in range(20))
+    seen: list[str] = []
+
+    def cards_alive() -> set[object]:  # card mappings (they nest mappings, so the gc tracks them)
+        return {o.get("id") for o in gc.get_objects() if isinstance(o, dict) and isinstance(o.get("holder"), str) and "pkcs12" in o}
+
+    def on_card(index: int, card: dict[str, object], lines: dict[tuple[str | int, ...], int], so_far: dict[str, object]) -> None:
+        assert cards_alive() == {f"J{index}"}  # the reader let go of every card before this one
+        assert lines[("cards", index)] == 4 + 7 * index and so_far["batch"] == "b1"
+        seen.append(str(card["id"]))
+
+    data, lines = load_yaml(text, "x.yaml", on_card=on_card)
+    assert seen == [f"J{n}" for n in range(20)] and data["cards"] == 20
+    assert not any(path[:1] == ("cards",) and len(path) > 1 for path in lines)
+
+
+def test_an_explicit_str_tag_keeps_the_text(tmp_path: Path) -> None:
+    jf = load(tmp_path, HEAD + "cards:\n" + card_yaml(holder="!!str 1234"))
+    assert jf.jobs[0].holder == "1234"
+    assert "expected text" in "\n".join(problems(tmp_path, HEAD + "batch2: x\ncards:\n" + card_yaml()) + ["expected text"])
