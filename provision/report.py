@@ -14,7 +14,7 @@ import html
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,12 @@ def error_text(error: Any) -> str:
 
 
 def render_json(run_doc: Mapping[str, Any]) -> str:
-    return json.dumps(run_doc, indent=2, ensure_ascii=False, default=str) + "\n"
+    return "".join(_json_chunks(run_doc))
+
+
+def _json_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
+    yield from json.JSONEncoder(indent=2, ensure_ascii=False, default=str).iterencode(run_doc)
+    yield "\n"
 
 
 def _csv_cell(value: Any) -> str | int | float:
@@ -101,12 +106,20 @@ def _csv_cell(value: Any) -> str | int | float:
 
 
 def render_csv(run_doc: Mapping[str, Any]) -> str:
+    return "".join(_csv_chunks(run_doc))
+
+
+def _csv_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for job in _jobs(run_doc):
         writer.writerow([_csv_cell(job.get(column)) for column in CSV_COLUMNS])
-    return buffer.getvalue()
+        if buffer.tell() > 65536:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,6 +209,11 @@ def _job_row(job: Mapping[str, Any]) -> str:
 
 
 def render_html(run_doc: Mapping[str, Any]) -> str:
+    return "".join(_html_chunks(run_doc))
+
+
+def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
+    """The page in pieces, a row at a time, so a report of 10,000 cards is never one string."""
     jobs = _jobs(run_doc)
     tally = counts(run_doc)
     run_id = run_doc.get("run_id")
@@ -211,10 +229,7 @@ def render_html(run_doc: Mapping[str, Any]) -> str:
         if seal
         else '<span class="muted">not sealed (check the journal and run provision audit verify)</span>'
     )
-    rows = "\n".join(_job_row(job) for job in jobs) or (
-        '<tr><td colspan="10" class="muted">This run has no jobs.</td></tr>'
-    )
-    return f"""<!DOCTYPE html>
+    yield f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -244,8 +259,12 @@ def render_html(run_doc: Mapping[str, Any]) -> str:
 <thead><tr><th>Job</th><th>Holder</th><th>Status</th><th>Card serial</th><th>Slot</th><th>Slot name</th>
 <th>New certificate (On Card)</th><th>Replaced certificate (On Disk)</th><th>Error</th><th>Details</th></tr></thead>
 <tbody>
-{rows}
-</tbody>
+"""
+    for job in jobs:
+        yield _job_row(job) + "\n"
+    if not jobs:
+        yield '<tr><td colspan="10" class="muted">This run has no jobs.</td></tr>\n'
+    yield """</tbody>
 </table>
 </section>
 <footer>The audit seal is the last hash of the audit log when the run ended; <code>provision audit verify</code>
@@ -259,23 +278,21 @@ checks that the log still matches it.</footer>
 # files
 
 
+def _chunks(run_doc: Mapping[str, Any], fmt: str) -> Iterator[str]:
+    renderers = {"json": _json_chunks, "csv": _csv_chunks, "html": _html_chunks}
+    if fmt not in renderers:
+        raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return renderers[fmt](run_doc)
+
+
 def render(run_doc: Mapping[str, Any], fmt: str) -> str:
-    if fmt == "json":
-        return render_json(run_doc)
-    if fmt == "csv":
-        return render_csv(run_doc)
-    if fmt == "html":
-        return render_html(run_doc)
-    raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    write_atomically(path, text.encode("utf-8"))
+    return "".join(_chunks(run_doc, fmt))
 
 
 def write_report(run_doc: Mapping[str, Any], fmt: str, path: Path) -> Path:
-    """One report in one format at ``path`` (``provision report -o FILE``), written atomically."""
-    _atomic_write(Path(path), render(run_doc, fmt))
+    """One report in one format at ``path`` (``provision report -o FILE``), written atomically,
+    in pieces (a report of thousands of cards is not built as one string first)."""
+    write_atomically(Path(path), (chunk.encode("utf-8") for chunk in _chunks(run_doc, fmt)))
     return Path(path)
 
 

@@ -235,7 +235,7 @@ class Runner:
         self.finished: str | None = None
         self.seal: str | None = None
         self.expected_job: JobState | None = None  # counter screen: the holder the clerk called
-        self._bundle_locks: dict[str, threading.Lock] = {}
+        self._opening: set[str] = set()  # jobs whose PKCS#12 is being decrypted right now
         self._ready = threading.Condition(self._lock)  # the prefetcher waits here for room in the window
         self._stopping = False
         self._held = 0  # states holding a decrypted bundle
@@ -285,20 +285,29 @@ class Runner:
         self.start_prefetch()
 
     def ensure_bundle(self, state: JobState) -> bool:
-        """Decrypt this job's PKCS#12 unless that was done already; True when its bundle is ready."""
-        with self._bundle_lock(state):
+        """Decrypt this job's PKCS#12 unless that was done already; True when its bundle is ready.
+        The prefetcher and a reader's worker never decrypt the same file twice: one waits for the other."""
+        with self._ready:
+            while state.job.id in self._opening:
+                self._ready.wait()
             if state.opened or state.deferred:
                 return state.bundle is not None
+            self._opening.add(state.job.id)
+        try:
             _, inspection, bundle, message = open_bundle(state.job, unattended=self.options.unattended)
             self.accept_bundle(state, inspection, bundle, message)
-            return bundle is not None
+        finally:
+            with self._ready:
+                self._opening.discard(state.job.id)
+                self._ready.notify_all()
+        return bundle is not None
 
     def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None, message: str) -> None:
         """Record what opening the job's PKCS#12 gave: the bundle and its slot name, or why the job fails."""
         from provision.plan import template_values
 
         info = inspection.info if inspection else None
-        state.opened, state.inspection_message = True, message
+        state.opened = True
         if bundle is not None and info is not None:
             values = template_values(self.jobfile.tz, cert=info, job=state.job, batch=self.jobfile.batch)
             with self._lock:
@@ -309,14 +318,10 @@ class Runner:
         with self._lock:
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
                 return
-            state.status, state.error = jn.FAILED, message
+            state.status, state.error, state.inspection_message = jn.FAILED, message, message
         self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.FAILED, error=message)
         self.record("job_failed", job_id=state.job.id, holder=state.job.holder, outcome="failed",
                     error_class="BundleError", error=message)  # fmt: skip
-
-    def _bundle_lock(self, state: JobState) -> threading.Lock:
-        with self._lock:
-            return self._bundle_locks.setdefault(state.job.id, threading.Lock())
 
     def start_prefetch(self) -> None:
         """Keep ``bundle_window`` bundles decrypted ahead of the cards, in job-file order."""
