@@ -29,9 +29,22 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from provision import journal as jn
 from provision.bundle import Bundle, cert_info
-from provision.errors import CardError, ManagementKeyError, PinError, ProvisionError, SecretError
+from provision.errors import (
+    CardError,
+    CardStatusError,
+    ManagementKeyError,
+    PinError,
+    ProvisionError,
+    SecretError,
+)
 from provision.jobfile import Job, JobFile
-from provision.piv.session import PIN_POLICIES, CardNotSupportedError, PivSession, SlotMetadata
+from provision.piv.session import (
+    PIN_POLICIES,
+    SW_SECURITY_NOT_SATISFIED,
+    CardNotSupportedError,
+    PivSession,
+    SlotMetadata,
+)
 from provision.piv.slots import find_algorithm
 from provision.queue.base import JournalStore
 from provision.renewal import Decision, renewal_decision
@@ -489,15 +502,20 @@ class Loader:
             back = self.session.read_certificate(self.slot.key_ref)
             if back != self.der:
                 raise CardError(f"the certificate read back from slot {self.slot.hex} differs from the one written")
-            metadata = self._metadata()
-            if metadata is not None and metadata.public_key is not None:
-                if _spki(metadata.public_key) != _spki(self.ctx.bundle.certificate.public_key()):
-                    raise CardError(f"the key in slot {self.slot.hex} is not the certificate's key")
-                found["public_key"] = "matches"
-            if self._pin_always(metadata):
-                # PIN policy "always": the VERIFY must immediately precede the key's use.
+            # The test signature, checked with the certificate's public key, proves that the key
+            # in the slot is the certificate's: no separate metadata read is needed for that.
+            verified = self._pin_always(None)
+            if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
                 self.session.verify_pin(self._pin or self._obtain_pin(None))
-            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            try:
+                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            except CardStatusError as exc:
+                if exc.sw != SW_SECURITY_NOT_SATISFIED or verified:
+                    raise
+                # This card keeps PIN policy "always" on this key although neither the job nor the
+                # slot's usual default says so: present the PIN the card accepted a moment ago.
+                self.session.verify_pin(self._pin or self._obtain_pin(None))
+                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
             found["test_signature"] = "verified"
             self.audit("verified", outcome="ok")
 

@@ -178,6 +178,7 @@ class SimOptions:
     pin_tries: int | None = None  # yubikey 3, pivapplet 5
     puk_tries: int | None = None  # same as pin_tries unless given
     pin_always_9c: bool = True  # default PIN policy of 9C is "always" (YubiKey and PivApplet)
+    pin_always_also: tuple[int, ...] = ()  # other slots whose default PIN policy is "always" (some cards: 9A)
     no_vendor_objects: bool | None = None  # 5FFFxx refused (pivapplet)
     retired_slots_max: int | None = None  # last retired slot: 0x95 yubikey, 0x8C pivapplet
     no_f7: bool | None = None  # no metadata: automatic below firmware 5.3
@@ -888,7 +889,7 @@ class SimCard:
         if self.options.touch_restricted and touch_policy not in (TOUCH_DEFAULT, TOUCH_NEVER):
             raise _Status(SW_FUNC_NOT_SUPPORTED)
         if pin_policy == PIN_POLICY_DEFAULT:
-            if slot == 0x9C and self.options.pin_always_9c:
+            if (slot == 0x9C and self.options.pin_always_9c) or slot in self.options.pin_always_also:
                 pin_policy = PIN_POLICY_ALWAYS
             elif slot == 0x9E:
                 pin_policy = PIN_POLICY_NEVER

@@ -348,6 +348,18 @@ def test_retired_slot_is_counted_in_key_history(batch: Batch) -> None:
     assert card.write_attempt_count == writes
 
 
+def test_a_card_that_wants_the_pin_for_every_use_of_9a_is_verified_once_more(batch: Batch) -> None:
+    # Neither the job nor the usual 9A default says "always", so the test signature meets 6982; the
+    # PIN the card accepted moments before is presented again, once, and the check succeeds.
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, extra="    slot: 9a\n")
+    strict = SimCard(SimOptions(serial=12345678, pin_always_also=(0x9A,)))
+    tries = strict._state.pin_tries_left
+    outcome = batch.run([strict])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "loaded", job
+    assert strict._state.pin_tries_left == tries  # no VERIFY failed on the way
+
+
 class FlakySource(SimSource):
     """The card is reset by another program once, after APDU ``at`` of the first connection."""
 
