@@ -84,8 +84,9 @@ class JobFileError(ProvisionError):
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], *, stage: str = "read") -> None:
         self.problems = list(problems)
+        self.stage = stage  # "read" (YAML or schema) or "semantic" (the schema check passed)
         first = str(problems[0]) if problems else "invalid job file"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(first + more)

@@ -35,12 +35,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from provision import schema_cache
 from provision import template as templates
 from provision.errors import JobFileError, Problem, TemplateError
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "job.schema.json"
+SCHEMA_PATH = schema_cache.SCHEMA_PATH
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_EXPANDED_NODES = 2_000_000
 MAX_PKCS12_BYTES = 16 * 1024 * 1024
@@ -855,9 +856,10 @@ class _Cards:
     Cards are built with the defaults written before them (the usual layout). A file that gives
     ``defaults`` after its cards is read a second time, keeping its cards until the end (``keep``)."""
 
-    def __init__(self, ck: _Checker, filename: str, top_lines: dict[JsonPath, int], *, keep: bool) -> None:
+    def __init__(self, ck: _Checker, filename: str, top_lines: dict[JsonPath, int], *, keep: bool,
+                 schema: bool = True) -> None:  # fmt: skip
         self.ck, self.filename, self.top_lines = ck, filename, top_lines
-        self.keep = keep
+        self.keep, self.schema = keep, schema
         self.kept: list[tuple[int, Any, dict[JsonPath, int]]] = []
         self.defaults: dict[str, Any] | None = None  # None: not fixed yet (no card seen)
         self.defaults_usable = True
@@ -868,8 +870,7 @@ class _Cards:
 
     def fix_defaults(self, written: Any) -> None:
         """The defaults the cards are built with (checked quietly: the document's check reports them)."""
-        _, _, defaults_validator = _validators()
-        self.defaults_usable = written is None or defaults_validator.is_valid(written)
+        self.defaults_usable = written is None or not self.schema or _validators()[2].is_valid(written)
         written = written if isinstance(written, dict) and self.defaults_usable else {}
         self.defaults = {k: v for k, v in written.items() if k not in _NOT_IN_DEFAULTS}
 
@@ -882,9 +883,8 @@ class _Cards:
         self.check(index, card, lines)
 
     def check(self, index: int, card: Any, lines: dict[JsonPath, int]) -> None:
-        _, card_validator, _ = _validators()
         view = ChainMap(lines, self.top_lines)
-        problems = _schema_problems(card_validator, card, view, self.filename, ("cards", index))
+        problems = _schema_problems(_validators()[1], card, view, self.filename, ("cards", index)) if self.schema else []
         if problems:
             self.schema_problems += problems
             return
@@ -967,19 +967,42 @@ def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: boo
 
 
 def parse_jobfile(text: str, path: Path, *, unattended: bool = False, check_files: bool = True) -> JobFile:
-    jobfile = _parse(text, path, unattended=unattended, check_files=check_files, keep_cards=False)
+    """Read and check a job file. The schema check is skipped for text that passed it before
+    (``schema_cache``); every other check (files, secrets, semantics) runs every time."""
+    marker = schema_cache.marker(text)
+    trusted = marker is not None and marker.exists()
+    try:
+        jobfile = _parse_twice(text, path, unattended=unattended, check_files=check_files, schema=not trusted)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+        if not trusted:
+            raise
+        # A cache entry that does not fit the text: check it properly, as if it were not there.
+        jobfile = _parse_twice(text, path, unattended=unattended, check_files=check_files, schema=True)
+    except JobFileError as exc:
+        if trusted or exc.stage != "semantic" or marker is None:
+            raise
+        schema_cache.remember(marker)  # the schema check passed: the next read of this text skips it
+        raise
+    if not trusted and marker is not None:
+        schema_cache.remember(marker)
+    return jobfile
+
+
+def _parse_twice(text: str, path: Path, *, unattended: bool, check_files: bool, schema: bool) -> JobFile:
+    jobfile = _parse(text, path, unattended=unattended, check_files=check_files, keep_cards=False, schema=schema)
     if jobfile is None:  # defaults written after the cards: read again, keeping the cards
-        jobfile = _parse(text, path, unattended=unattended, check_files=check_files, keep_cards=True)
+        jobfile = _parse(text, path, unattended=unattended, check_files=check_files, keep_cards=True, schema=schema)
     assert jobfile is not None
     return jobfile
 
 
-def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_cards: bool) -> JobFile | None:
+def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_cards: bool,
+           schema: bool = True) -> JobFile | None:  # fmt: skip
     """One pass over the file; None when ``defaults`` came after cards that were built without them."""
     filename = str(path)
     top_lines: dict[JsonPath, int] = {}
     ck = _Checker(path, top_lines, unattended, check_files)
-    cards = _Cards(ck, filename, top_lines, keep=keep_cards)
+    cards = _Cards(ck, filename, top_lines, keep=keep_cards, schema=schema)
     data, lines = load_yaml(text, filename, on_card=cards.on_card, lines=top_lines)
     if not isinstance(data, dict):
         raise JobFileError([_problem(filename, 1, "", "a job file is a mapping that starts with 'version: 1'")])
@@ -996,13 +1019,14 @@ def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_c
     count = data.get("cards")
     if isinstance(count, int) and not isinstance(count, bool):
         data["cards"] = [None] * min(count, 1)  # the document's check counts cards; each card was checked
-    document_validator, _, _ = _validators()
-    problems = cards.schema_problems + _schema_problems(document_validator, data, top_lines, filename)
-    if problems:
-        raise JobFileError(_sorted(problems))
+    if schema:
+        document_validator, _, _ = _validators()
+        problems = cards.schema_problems + _schema_problems(document_validator, data, top_lines, filename)
+        if problems:
+            raise JobFileError(_sorted(problems))
     audit_key, timezone = _semantic(data, cards, ck)
     if ck.problems:
-        raise JobFileError(_sorted(ck.problems))
+        raise JobFileError(_sorted(ck.problems), stage="semantic")
     return JobFile(
         path=path,
         batch=data["batch"],

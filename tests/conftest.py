@@ -85,6 +85,12 @@ def canaries(tmp_path: Path) -> Iterator[Canaries]:
     assert not leaks, f"secrets leaked: {leaks}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_schema_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """In-process job-file reads remember passed schema checks here, not in the user's cache."""
+    os.environ["PROVISION_CACHE_DIR"] = str(tmp_path_factory.mktemp("schema-cache"))
+
+
 @pytest.fixture
 def cli(canaries: Canaries, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Run ``provision ARGS`` as a child process; its outputs are checked for canaries."""
@@ -92,6 +98,7 @@ def cli(canaries: Canaries, tmp_path: Path):  # type: ignore[no-untyped-def]
     def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str | None = None) -> Run:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
         full_env["PROVISION_LOGS"] = str(tmp_path / "logs")
+        full_env["PROVISION_CACHE_DIR"] = str(tmp_path / "cache")
         full_env.update(env or {})
         argv = [sys.executable, "-m", "provision", *args]
         done = subprocess.run(

@@ -340,3 +340,40 @@ def test_an_explicit_str_tag_keeps_the_text(tmp_path: Path) -> None:
     jf = load(tmp_path, HEAD + "cards:\n" + card_yaml(holder="!!str 1234"))
     assert jf.jobs[0].holder == "1234"
     assert "expected text" in "\n".join(problems(tmp_path, HEAD + "batch2: x\ncards:\n" + card_yaml()) + ["expected text"])
+
+
+def test_a_text_that_passed_the_schema_is_not_checked_again(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(tmp_path, HEAD + "cards:\n" + card_yaml())
+    cache = tmp_path / "cache"
+    probe = ("import sys; from provision.jobfile import load_jobfile; jf = load_jobfile(sys.argv[1]); "
+             "print(jf.jobs[0].id, 'jsonschema' in sys.modules)")  # fmt: skip
+    env = {**os.environ, "PROVISION_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+
+    def read() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(path)], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
+    assert read() == "J1 True"  # the first read checks the schema
+    assert read() == "J1 False"  # the same text again: no schema check, no jsonschema import
+    entries = list((cache / "validated").iterdir())
+    assert len(entries) == 1 and len(entries[0].name) == 64 and entries[0].stat().st_size == 0  # a hash only
+    path.write_text(path.read_text().replace("CHAN Tai Man", "CHAN Tai Men"))
+    assert read() == "J1 True"  # one character changed: checked again
+
+
+def test_a_forged_cache_entry_cannot_smuggle_a_broken_file_past_the_schema(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from provision import schema_cache
+
+    monkeypatch.setenv("PROVISION_CACHE_DIR", str(tmp_path / "cache"))
+    text = HEAD + "cards:\n  - {id: J1, holder: x}\n"  # no pkcs12: the schema refuses it
+    entry = schema_cache.marker(text)
+    assert entry is not None
+    schema_cache.remember(entry)
+    found = problems(tmp_path, text)
+    assert any("'pkcs12' is missing" in f for f in found), found
+    monkeypatch.setenv("PROVISION_CACHE_DIR", "off")
+    assert schema_cache.marker(text) is None
