@@ -73,7 +73,7 @@ class JobRefused(ProvisionError):
     exit_code = 1
 
 
-@dataclass
+@dataclass(slots=True)  # one per job for the whole run: no per-instance dict
 class LoadResult:
     status: str
     card_serial: int | None = None
@@ -146,7 +146,8 @@ class Loader:
         self.job = ctx.job
         self.slot = ctx.job.slot
         self.der = ctx.bundle.certificate.public_bytes(Encoding.DER)
-        self.sha256 = hashlib.sha256(self.der).hexdigest()
+        digest = hashlib.sha256(self.der).hexdigest()
+        self.sha256 = ctx.bundle.info.sha256 if ctx.bundle.info.sha256 == digest else digest  # one string per job
         self.result = LoadResult(status=jn.IN_PROGRESS, card_serial=card_serial, fingerprint_sha256=self.sha256,
                                  not_after=_rfc3339(ctx.bundle.certificate.not_valid_after_utc))  # fmt: skip
         self._pin: Secret | None = None

@@ -174,7 +174,7 @@ class PcscSource:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)  # one per job for the whole run: no per-instance dict
 class JobState:
     job: Job
     slot_name: str  # rendered again with the certificate's fields when the bundle opens
