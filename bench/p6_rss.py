@@ -130,11 +130,16 @@ def main(argv: list[str]) -> int:
     first = loading[0] if loading else (0.0, 0.0, 0)
     tenth = next((s for s in loading if s[2] >= count // 10), first)
     last = loading[-1] if loading else first
+    # The batch itself: up to the last sample taken while cards were still being loaded. After it
+    # come the run's document and its reports for all N jobs (part of the peak, not of the batch).
+    last_card = next((s for s in reversed(loading) if s[2] < count), last)
     result: dict[str, Any] = {
         "cards": count, "loaded": loaded, "readers": readers, "seconds": round(elapsed, 1),
         "generate_seconds": round(generated, 1), "baseline_mb": round(baseline, 1), "peak_mb": round(peak, 1),
         "rss_at_first_card_mb": round(first[1], 1), "rss_at_10pct_mb": round(tenth[1], 1),
+        "rss_at_last_card_mb": round(last_card[1], 1), "cards_at_last_card_sample": last_card[2],
         "rss_at_end_mb": round(last[1], 1), "max_sampled_mb": round(max((s[1] for s in samples), default=0), 1),
+        "growth_10pct_to_last_card_mb": round(last_card[1] - tenth[1], 1),
         "growth_10pct_to_end_mb": round(last[1] - tenth[1], 1),
         "samples": [(round(s, 1), round(m, 1), n) for s, m, n in samples[:: max(1, len(samples) // 40)]],
     }  # fmt: skip
