@@ -31,6 +31,19 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * PAGE / 1e6
 
 
+def peak_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so a
+    child of a big parent (bench/run.py after P4) would report the parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def make_batch(directory: Path, count: int) -> Path:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
@@ -125,7 +138,7 @@ def main(argv: list[str]) -> int:
         stop.set()
         thread.join()
     loaded = sum(1 for j in outcome.document["jobs"] if j["status"] == "loaded")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB (Linux)
+    peak = peak_mb()
     loading = [s for s in samples if s[2] > 0]
     first = loading[0] if loading else (0.0, 0.0, 0)
     tenth = next((s for s in loading if s[2] >= count // 10), first)

@@ -81,13 +81,23 @@ def p4_validate_ratio() -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_big_jobfile(Path(tmp), 10_000)
         text = path.read_text()
-        load_jobfile(path)  # warm caches (schema compile) as a long-running process would have
-        baseline = best_of(lambda: yaml.load(text, Loader=yaml.CSafeLoader), 3)
-        ours = best_of(lambda: load_jobfile(path), 3)
+        cache = os.environ.get("PROVISION_CACHE_DIR")
+        os.environ["PROVISION_CACHE_DIR"] = str(Path(tmp) / "cache")
+        try:
+            load_jobfile(path)  # warm caches (schema compile) as a long-running process would have
+            baseline = best_of(lambda: yaml.load(text, Loader=yaml.CSafeLoader), 3)
+            repeat = best_of(lambda: load_jobfile(path), 3)  # the text passed before: no schema check
+            os.environ["PROVISION_CACHE_DIR"] = "off"
+            ours = best_of(lambda: load_jobfile(path), 3)  # the measure: every card checked
+        finally:
+            if cache is None:
+                os.environ.pop("PROVISION_CACHE_DIR", None)
+            else:
+                os.environ["PROVISION_CACHE_DIR"] = cache
     ratio = ours / baseline
     return {"id": "P4", "measure": "validate of a 10,000-card job file / bare yaml.CSafeLoader parse",
-            "value": round(ratio, 2), "detail": f"{ours:.3f} s vs {baseline:.3f} s", "target": "<= 3x",
-            "met": ratio <= 3.0}  # fmt: skip
+            "value": round(ratio, 2), "target": "<= 3x", "met": ratio <= 3.0,
+            "detail": f"{ours:.3f} s vs {baseline:.3f} s; the same text again (schema check remembered) {repeat:.3f} s"}  # fmt: skip
 
 
 def p5_help_ratio() -> dict[str, object]:
@@ -232,7 +242,7 @@ def p6_rss() -> list[dict[str, object]]:
     return [{
         "id": "P6", "measure": f"peak RSS over a {count:,}-card simulated batch (MB)", "value": r["peak_mb"],
         "target": "<= 100, flat", "met": met,
-        "detail": (f"ru_maxrss {r['peak_mb']} MB; RSS {r['baseline_mb']} MB before the batch, {r['rss_at_first_card_mb']} "
+        "detail": (f"peak (VmHWM) {r['peak_mb']} MB, including making the {count:,} PKCS#12 files; RSS {r['baseline_mb']} MB before the batch, {r['rss_at_first_card_mb']} "
                    f"at the first card, {r['rss_at_10pct_mb']} at 10 %, {r['rss_at_last_card_mb']} at the last "
                    f"card ({r['growth_10pct_to_last_card_mb']:+} MB over the batch), {r['rss_at_end_mb']} writing "
                    "the reports; "

@@ -559,12 +559,12 @@ class Runner:
     # --- the loop ---
 
     def run(self) -> int:
-        from tqdm import tqdm
+        bar: Any = _NoBar()  # --no-progress: tqdm (and the multiprocessing it pulls in) is not even imported
+        if self.options.progress:
+            from tqdm import tqdm
 
-        bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", disable=not self.options.progress,
-                   desc=self.jobfile.batch, leave=True)  # fmt: skip
-        if self.options.progress:  # messages go above the bar, not through it
-            self.say = lambda text: tqdm.write(text, file=sys.stderr)
+            bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=self.jobfile.batch, leave=True)
+            self.say = lambda text: tqdm.write(text, file=sys.stderr)  # messages go above the bar, not through it
         bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
         interrupted = False
         try:
@@ -696,6 +696,18 @@ class Runner:
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
                 "finished": self.finished, "counts": self.counts(), "seal": self.seal,
                 "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
+
+
+class _NoBar:
+    """The progress bar's interface, showing nothing."""
+
+    n = 0
+
+    def update(self, count: int) -> None:
+        self.n += count
+
+    def close(self) -> None:
+        pass
 
 
 DEFERRED = "the PKCS#12 password is asked when the holder is called"
