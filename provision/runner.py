@@ -179,7 +179,6 @@ class JobState:
     job: Job
     slot_name: str  # rendered again with the certificate's fields when the bundle opens
     bundle: Bundle | None = None  # decrypted a window ahead of the cards, dropped when the job ends
-    inspection_message: str = ""
     status: str = jn.PENDING
     opened: bool = False  # the PKCS#12 was decrypted (or failed to): never twice per job
     deferred: bool = False  # counter: the password is typed from the holder's envelope when called
@@ -271,8 +270,7 @@ class Runner:
         tz, batch = self.jobfile.tz, self.jobfile.batch
         for job in self.jobfile.jobs:
             state = JobState(job, job.slot_name.render(template_values(tz, job=job, batch=batch)))
-            if defer_prompts and job.pkcs12_password.kind == "prompt":
-                state.deferred, state.inspection_message = True, DEFERRED
+            state.deferred = defer_prompts and job.pkcs12_password.kind == "prompt"
             previous = self.journal.job(batch, job.id)
             if previous is not None and previous.status in (jn.IN_DOUBT, jn.IN_PROGRESS):
                 state.status = jn.IN_DOUBT  # an interrupted load: the same card finishes it
@@ -316,9 +314,10 @@ class Runner:
                 self._held += 1
             return
         with self._lock:
+            state.error = message  # also when a claim already moved the job on: its failure says why
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
                 return
-            state.status, state.error, state.inspection_message = jn.FAILED, message, message
+            state.status = jn.FAILED
         self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.FAILED, error=message)
         self.record("job_failed", job_id=state.job.id, holder=state.job.holder, outcome="failed",
                     error_class="BundleError", error=message)  # fmt: skip
@@ -464,7 +463,7 @@ class Runner:
             self.say(f"{reader}: loading {state.job.holder} ({state.job.id}) into slot {state.job.slot.hex} "
                      f"as {state.slot_name!r}")  # fmt: skip
             if state.bundle is None and not self.ensure_bundle(state):  # claim_job may have chosen another job
-                raise ProvisionError(state.error or state.inspection_message)
+                raise ProvisionError(state.error or "the PKCS#12 file could not be opened")
             assert state.bundle is not None
             ctx = LoadContext(
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
@@ -708,9 +707,6 @@ class _NoBar:
 
     def close(self) -> None:
         pass
-
-
-DEFERRED = "the PKCS#12 password is asked when the holder is called"
 
 
 def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Job, Inspection | None, Bundle | None, str]:
