@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from provision import __version__
+from provision import __version__, installed_version
 from provision.errors import (
     EXIT_INPUT,
     EXIT_INTERNAL,
@@ -551,7 +551,7 @@ def fast_help() -> str:
     lines = [
         "usage: provision [-h] [--version] COMMAND ...",
         "",
-        DESCRIPTION,
+        f"{DESCRIPTION} Version {__version__}.",
         "",
         "commands:",
         *(f"  {name:{width}}{text}" for name, text in COMMANDS.items()),
@@ -569,8 +569,13 @@ def fast_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="provision", description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("--version", action="version", version=f"provision {__version__}")
+    parser = argparse.ArgumentParser(prog="provision", description=f"{DESCRIPTION} Version {__version__}.", epilog=EPILOG)
+
+    class _Version(argparse.Action):  # the metadata is read only when asked, not at every start
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            parser.exit(message=f"provision {installed_version()}\n")
+
+    parser.add_argument("--version", nargs=0, action=_Version, help="show the installed version and exit")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else there")
     common.add_argument("--logs", default=_logs_default(), metavar="DIR",
@@ -716,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     if list(sys.argv[1:] if argv is None else argv) in (["--help"], ["-h"]):
         sys.stdout.write(fast_help())
+        return EXIT_OK
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        sys.stdout.write(f"provision {installed_version()}\n")
         return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
