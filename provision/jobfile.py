@@ -931,7 +931,8 @@ def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[Secret
     audit_key = None
     if "audit" in data and "key" in data["audit"]:
         audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
-    factory = [job.id for job in cards.jobs if job.management_key is None]
+    # PIV jobs only: a PKCS#11 token has no management key.
+    factory = [job.id for job in cards.jobs if job.management_key is None and job.card.pkcs11 is None]
     if factory:
         ck.problem(
             ("defaults",) if "defaults" in data else ("cards",),

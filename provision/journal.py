@@ -195,6 +195,17 @@ class Journal:
             rows = self._db.execute(query + " ORDER BY rowid", args).fetchall()
         return [JobRecord(*row) for row in rows]
 
+    def add_pending(self, batch: str, run_id: str, jobs: list[tuple[str, str, str]]) -> None:
+        """Rows for jobs (id, holder, slot) the journal has never seen, as pending in this run; one
+        transaction for the whole batch. Rows that exist (loaded, in doubt, …) are left as they are."""
+        stamp = now_rfc3339()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO jobs (batch, job_id, run_id, holder, status, slot, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(batch, job_id, run_id, holder, PENDING, slot, stamp) for job_id, holder, slot in jobs],
+            )
+
     def set_job(self, batch: str, job_id: str, run_id: str, holder: str, status: str, **fields: Any) -> None:
         unknown = set(fields) - set(JOB_COLUMNS)
         if unknown:

@@ -52,6 +52,10 @@ from provision.secrets import Secret, obtain
 from provision.store import CertificateStore, write_atomically
 
 DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
+# In every report of a job that wrote with it: anyone holding such a card can replace its keys and
+# certificates without the PIN.
+DEFAULT_KEY_NOTE = ("written with the card's factory default management key: anyone holding the card can "
+                    "replace its certificates without the PIN; give the job a management_key")  # fmt: skip
 KEY_HISTORY_OBJECT_ID = 0x5FC10C  # SP 800-73-4: C1 keysWithOnCardCerts, C2 keysWithOffCardCerts, F3 URL
 COMPRESS_ABOVE_BYTES = 2900  # YubiKey objects hold ~3 kB; larger certificates are gzipped as ykman does
 
@@ -427,6 +431,8 @@ class Loader:
                 key.wipe()
             self._authenticated = True
             self.audit("management_key_auth", outcome="ok", default_key=self.job.management_key is None)
+            if self.job.management_key is None:
+                self.result.notes.append(DEFAULT_KEY_NOTE)
 
     def import_key(self, state: dict[str, Any]) -> None:
         if state["key_on_card"] is True:

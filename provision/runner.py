@@ -276,6 +276,8 @@ class Runner:
                 state.status = jn.IN_DOUBT  # an interrupted load: the same card finishes it
                 state.card_serial = previous.card_serial
             self.states.append(state)
+        # Every job of the run has its row from the start, so `provision status` lists the pending too.
+        self.journal.add_pending(batch, self.run_id, [(s.job.id, s.job.holder, s.job.slot.hex) for s in self.states])
         window = self.options.bundle_window
         for index, state in enumerate(self.states):
             if index < window or (state.job.pkcs12_password.kind == "prompt" and not state.deferred):
@@ -435,7 +437,8 @@ class Runner:
             self.record("card_inserted", reader=reader, **seen.audit_fields())
             state, why = self.match(serial, guid, seen)
             if state is None:
-                self.refused_cards.append({"reader": reader, **seen.audit_fields(), "reason": why})
+                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
+                                           "reason": why})  # fmt: skip
                 self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
                             reason=why, apdus=card.operations)  # fmt: skip
                 self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
@@ -445,7 +448,8 @@ class Runner:
                 return
             state, claim = self.claim_job(state, serial)
             if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
-                self.refused_cards.append({"reader": reader, **seen.audit_fields(), "reason": claim.reason})
+                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
+                                           "reason": claim.reason})  # fmt: skip
                 self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
                             reason=claim.reason, job_id=state.job.id, apdus=card.operations)  # fmt: skip
                 self.say(f"REFUSED: {claim.reason}. Nothing was written; take the card out.")
@@ -671,8 +675,7 @@ class Runner:
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for state in self.states:
-            key = jn.PENDING if state.status == jn.IN_DOUBT else state.status
-            counts[key] = counts.get(key, 0) + 1
+            counts[state.status] = counts.get(state.status, 0) + 1
         return counts
 
     def document(self) -> dict[str, Any]:
@@ -680,11 +683,12 @@ class Runner:
         jobs = []
         for s in self.states:
             r = s.result
-            status = s.status if s.status != jn.IN_DOUBT else jn.PENDING
+            # The journal's status, in-doubt included: the run JSON, every report and `status` agree.
+            # A slot name is shown once the certificate's fields made it (never a raw template).
             jobs.append({
-                "id": s.job.id, "holder": s.job.holder, "status": status,
+                "id": s.job.id, "holder": s.job.holder, "status": s.status,
                 "in_doubt": s.status == jn.IN_DOUBT, "card_serial": s.card_serial, "slot": s.job.slot.hex,
-                "slot_name": s.slot_name,
+                "slot_name": s.slot_name if s.fingerprint is not None else None,
                 "fingerprint_sha256": r.fingerprint_sha256 if r else s.fingerprint,
                 "replaced_sha256": r.replaced_sha256 if r else None, "archived_to": r.archived_to if r else None,
                 "pin_tries_left": r.pin_tries_left if r else None, "not_after": r.not_after if r else None,

@@ -100,6 +100,7 @@ def test_resume_after_the_card_is_pulled_mid_load(pcscd: PrivatePcscd, cards: Ca
     first = run(pcscd, tmp_path, job, "--reader", server.reader)
     assert first.returncode == 1, first.stderr
     assert json.loads(first.stdout)["jobs"][0]["in_doubt"] is True
+    assert json.loads(first.stdout)["jobs"][0]["status"] == "in-doubt"
     wait_for(lambda: not card_present(server.reader), 10, "the pulled card to leave the reader")
     back = cards.insert(2, kind="sim", mode="process", options={"serial": 12345678}, state=state)
     resumed = subprocess.run(
