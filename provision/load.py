@@ -335,12 +335,8 @@ class Loader:
         if current is None or state["cert_on_card"]:
             return
         sha = hashlib.sha256(current).hexdigest()
-        previous = self.ctx.journal.job(self.ctx.jobfile.batch, self.job.id)
-        if (self.job.replace == "archive" and "archive_replaced_certificate" in self._ended and previous is not None
-                and previous.replaced_sha256 == sha and previous.archived_to and Path(previous.archived_to).is_file()):
-            # An interrupted attempt already archived this very certificate (fsynced): not again.
-            self.result.replaced_sha256, self.result.archived_to = sha, previous.archived_to
-            return
+        # No shortcut for "an interrupted attempt archived it already": the store proves its copy
+        # (parses, same SHA-256, fsynced) or rewrites it, every time, before the card is changed.
         with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as found:
             if self.job.replace == "refuse":
                 raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "

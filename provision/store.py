@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,33 +54,78 @@ class CertificateStore:
 
     def archive(self, der: bytes, *, card_serial: int | None, slot: str, slot_name: str | None, holder: str,
                 job_id: str, batch: str, run_id: str) -> StoredCertificate:  # fmt: skip
-        """Save a certificate taken off a card, durably. Returns where it is."""
+        """Save a certificate taken off a card, durably, and prove it. Returns where it is.
+
+        An entry already in the store (a resumed load, the same certificate on another card) is
+        trusted only when ``prove`` accepts it; anything else (empty, truncated, garbage, another
+        certificate, a symlink, damaged metadata) is rewritten atomically and then proved. A store
+        that cannot be made to prove the certificate raises ``StoreError``: the card is not written."""
         import hashlib
 
         cert = x509.load_der_x509_certificate(der)
         sha = hashlib.sha256(der).hexdigest()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            pem_path = self.directory / f"{sha}.pem"
-            meta_path = self.directory / f"{sha}.json"
-            if meta_path.exists():  # archived before (a resumed load): keep the first record
-                existing = self._read(meta_path)
-                if existing is not None and pem_path.exists():
-                    return existing
+            existing = self.prove(sha)
+            if existing is not None:
+                return existing
+            pem_path, meta_path = self._paths(sha)
             record = StoredCertificate(
                 path=pem_path, sha256=sha, subject=cert.subject.rfc4514_string(),
                 not_after=cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"), card_serial=card_serial,
                 slot=slot, slot_name=slot_name, holder=holder, job_id=job_id, batch=batch, run_id=run_id,
                 archived_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             )  # fmt: skip
+            # os.replace puts a regular file where a symlink or a damaged file was.
             write_atomically(pem_path, cert.public_bytes(Encoding.PEM))
             write_atomically(meta_path, (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode())
+            proved = self.prove(sha)
         except OSError as exc:
             raise StoreError(
                 f"the certificate store {self.directory} cannot be written ({exc.strerror}); "
                 "nothing was written to the card"
             ) from None
-        return record
+        if proved is None:
+            raise StoreError(
+                f"the certificate store {self.directory} does not give back the certificate just archived "
+                f"(SHA-256 {sha[:16]}…); nothing was written to the card"
+            )
+        return proved
+
+    def _paths(self, sha: str) -> tuple[Path, Path]:
+        return self.directory / f"{sha}.pem", self.directory / f"{sha}.json"
+
+    def prove(self, sha: str) -> StoredCertificate | None:
+        """The store's entry for ``sha`` if it holds that very certificate, durably; otherwise None.
+
+        Proof: both files are regular files (not symlinks), the PEM parses as one certificate whose
+        DER has SHA-256 ``sha``, and the metadata parses and names that hash and that file. Both are
+        then fsynced with their directory, so an entry written by an earlier process whose fsync
+        never happened becomes durable before the card is changed."""
+        import hashlib
+        import stat
+
+        pem_path, meta_path = self._paths(sha)
+        try:
+            for path in (pem_path, meta_path):
+                if not stat.S_ISREG(path.lstat().st_mode):
+                    return None
+            stored = x509.load_pem_x509_certificate(pem_path.read_bytes())
+            if hashlib.sha256(stored.public_bytes(Encoding.DER)).hexdigest() != sha:
+                return None
+            record = self._read(meta_path)
+            if record is None or record.sha256 != sha or Path(record.path).name != pem_path.name:
+                return None
+            for path in (pem_path, meta_path):
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fsync_dir(self.directory)
+        except (OSError, ValueError):
+            return None
+        return replace(record, path=pem_path)  # where it is now (the logs may have moved)
 
     def _read(self, meta_path: Path) -> StoredCertificate | None:
         try:
