@@ -253,37 +253,44 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     from provision import journal as jn
     from provision.jobfile import load_jobfile
-    from provision.runner import run_jobfile
+    from provision.runner import LogsLock, run_jobfile
 
     if args.queue and not args.queue.startswith("sqlite:"):
         raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
                          "again; a job in doubt is finished by the station that sees its card")  # fmt: skip
     logs = Path(args.logs)
-    journal = jn.Journal(logs / "journal.sqlite3")
-    try:
-        journal.recover_abandoned_runs()
-        open_jobs = [j for j in journal.jobs() if j.status in (jn.IN_DOUBT, jn.IN_PROGRESS, jn.PENDING)]
-        runs = {r.run_id: r for r in journal.runs()}
-    finally:
-        journal.close()
-    if not open_jobs:
-        _say("Nothing to resume: every job in the journal is finished.")
-        return EXIT_OK
-    code = EXIT_OK
-    by_file: dict[str, set[str]] = {}
-    for job in open_jobs:
-        by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
-    for path, ids in by_file.items():
-        _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
-        jobfile = _with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog)
-        outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
-                              readers=args.reader, only_jobs=ids, progress=not args.no_progress,
-                              accept_damaged_audit_tail=args.accept_damaged_audit_tail)  # fmt: skip
-        if args.json:
-            _emit_json(outcome.document)
-        else:
-            _print_summary(outcome.document, outcome.reports)
-        code = max(code, outcome.exit_code)
+    # The lock first: a run that is alive must find its journal as it left it (its runs are not
+    # "abandoned"), and a resume that cannot have the lock changes nothing at all.
+    with LogsLock(logs) as held:
+        if not (logs / "journal.sqlite3").exists():
+            _say("Nothing to resume: no run has happened here.")
+            return EXIT_OK
+        journal = jn.Journal(logs / "journal.sqlite3")
+        try:
+            journal.recover_abandoned_runs()
+            open_jobs = [j for j in journal.jobs() if j.status in (jn.IN_DOUBT, jn.IN_PROGRESS, jn.PENDING)]
+            runs = {r.run_id: r for r in journal.runs()}
+        finally:
+            journal.close()
+        if not open_jobs:
+            _say("Nothing to resume: every job in the journal is finished.")
+            return EXIT_OK
+        code = EXIT_OK
+        by_file: dict[str, set[str]] = {}
+        for job in open_jobs:
+            by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
+        for path, ids in by_file.items():
+            _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
+            jobfile = _with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog)
+            outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
+                                  readers=args.reader, only_jobs=ids, progress=not args.no_progress,
+                                  accept_damaged_audit_tail=args.accept_damaged_audit_tail,
+                                  logs_lock=held)  # fmt: skip
+            if args.json:
+                _emit_json(outcome.document)
+            else:
+                _print_summary(outcome.document, outcome.reports)
+            code = max(code, outcome.exit_code)
     return code
 
 

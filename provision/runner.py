@@ -762,6 +762,10 @@ class LogsLock:
             ) from None
         return self
 
+    @property
+    def held(self) -> bool:
+        return self._handle is not None and not self._handle.closed
+
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
             self._handle.close()
@@ -822,13 +826,18 @@ def run_jobfile(
     station: str | None = None,
     lease_seconds: float = 30.0,
     bundle_window: int = 32,
+    logs_lock: LogsLock | None = None,
 ) -> RunOutcome:
-    """Everything ``provision run`` does after the job file validated."""
+    """Everything ``provision run`` does after the job file validated. ``logs_lock``: the caller
+    already holds the logs lock (``resume`` takes it before it reads the journal)."""
     if only_jobs is not None:
         from dataclasses import replace
 
         jobfile = replace(jobfile, jobs=tuple(j for j in jobfile.jobs if j.id in only_jobs))
-    with LogsLock(logs):
+    from contextlib import AbstractContextManager, nullcontext
+
+    lock: AbstractContextManager[Any] = nullcontext() if logs_lock is not None and logs_lock.held else LogsLock(logs)
+    with lock:
         if counter_screen is None:  # the counter screen needs a person at a terminal
             counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
         if source is None:
