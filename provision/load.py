@@ -54,6 +54,8 @@ from provision.store import CertificateStore, write_atomically
 DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
 KEY_HISTORY_OBJECT_ID = 0x5FC10C  # SP 800-73-4: C1 keysWithOnCardCerts, C2 keysWithOffCardCerts, F3 URL
 COMPRESS_ABOVE_BYTES = 2900  # YubiKey objects hold ~3 kB; larger certificates are gzipped as ykman does
+# Journal steps that write to a card: one begun and not followed by a commit is an unfinished load.
+_CARD_WRITES = frozenset({"import_key", "write_certificate", "write_key_history", "write_slot_name"})
 
 Recorder = Callable[..., None]  # audit: record(event, **fields)
 PinPrompt = Callable[[str, int | None], Secret]  # (holder, tries left) → PIN typed by the citizen
@@ -156,7 +158,7 @@ class Loader:
         # The slot-name object as read in this transaction (archive, then naming): one GET DATA.
         self._slot_names: dict[int, str] | None = None
         self._slot_names_read = False
-        self._ended = ctx.journal.ended_steps(ctx.jobfile.batch, ctx.job.id)
+        self._wrote = False  # this attempt sent a write to the card (a skip then becomes a load)
 
     # --- bookkeeping ---
 
@@ -280,20 +282,41 @@ class Loader:
         return True
 
     def skip(self) -> LoadResult:
-        """The card already carries this certificate and key. A fresh job changes nothing;
-        an interrupted one is rolled forward from what it left (slot name, verify, commit)."""
-        if self.result.resumed:
-            self.verify_pin()  # the test signature needs it
-            self.register_retired_slot()
-            self.write_slot_name()
-            self.verify_load()
+        """The card already carries this certificate and a key that matches it. ``skipped`` is said
+        only once this run has proven the whole target on the card: the certificate's bytes, the
+        slot name (read back) and the key (a test signature checked with the certificate's public
+        key). Whatever is missing, e.g. after a fault between two writes of an earlier attempt, is
+        finished, verified and committed: that job ends ``loaded``, never ``skipped``."""
+        self.verify_pin()  # the test signature needs it
+        self.register_retired_slot()
+        self.write_slot_name()
+        self.verify_load()
+        if self.result.resumed or self._wrote or self._earlier_attempt_unfinished() or not self._slot_name_kept():
             self.commit()
             self.exports()
             return self.result
         self.result.status = jn.SKIPPED
-        self.audit("skipped", reason="the card already holds this certificate and its key")
+        self.audit("skipped", outcome="verified",
+                   reason="the card already holds this certificate, its key (test signature) and the slot name")  # fmt: skip
         self.exports()  # an export that failed or went missing after an earlier load is made again
         return self.result
+
+    def _earlier_attempt_unfinished(self) -> bool:
+        """An earlier attempt of this job began a write to a card and no commit ended after it."""
+        unfinished = False
+        for _, action, phase, _, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if action in _CARD_WRITES and phase == "begin":
+                unfinished = True
+            elif action == "commit" and phase == "end":
+                unfinished = False
+        return unfinished
+
+    def _slot_name_kept(self) -> bool:
+        """The slot name is on the card (read back), or, on a card that refuses it, in the journal
+        of a committed load of this job."""
+        if self.result.slot_name_on_card:
+            return True
+        return "commit" in self.ctx.journal.ended_steps(self.ctx.jobfile.batch, self.job.id)
 
     @contextmanager
     def person_pause(self) -> Iterator[None]:
@@ -470,6 +493,7 @@ class Loader:
         fields.setdefault(0xC2, b"\x00")
         body = b"".join(tlv.encode(tag, fields[tag]) for tag in (0xC1, 0xC2, 0xF3) if tag in fields) + tlv.encode(0xFE, b"")
         self.authenticate_management_key()
+        self._wrote = True
         with self.step("write_key_history", keys_with_on_card_certs=needed) as found:
             try:
                 self.session.put_object(KEY_HISTORY_OBJECT_ID, body)
@@ -485,6 +509,7 @@ class Loader:
             self.result.slot_name_on_card = True
             return
         self.authenticate_management_key()  # a resumed load may reach here without it
+        self._wrote = True
         with self.step("write_slot_name") as found:
             outcome = self.session.write_slot_name(self.slot.key_ref, self.ctx.slot_name, current=names)
             self._slot_names_read = False
