@@ -499,6 +499,58 @@ def cmd_card_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision import journal as jn
+    from provision.audit import AuditLog
+    from provision.errors import AuditError
+    from provision.runner import LogsLock
+
+    card = args.card.strip().lower()
+    if card.isdigit():
+        serial, guid = int(card), None
+    elif len(card) == 32 and all(c in "0123456789abcdef" for c in card):
+        serial, guid = None, card
+    else:
+        raise UsageError(f"{args.card!r} is neither a card serial (digits) nor a CHUID GUID (32 hex digits)")
+    if not args.reason.strip():
+        raise UsageError("--reason must say why the hold may be cleared (it goes into the audit log)")
+    logs = Path(args.logs)
+    with LogsLock(logs):  # before anything is read or changed: a live run keeps its journal as it is
+        path = logs / "journal.sqlite3"
+        journal = jn.Journal(path) if path.exists() else None
+        holds = jn.PinHolds(journal) if journal is not None else None
+        try:
+            hold = holds.get(serial, guid) if holds is not None else None
+            if holds is None or hold is None:
+                raise UsageError(f"card {args.card} is not on PIN hold in {logs}; nothing was changed")
+            audit = AuditLog(logs / "audit.jsonl", key=_audit_key(args))
+            try:
+                tail = audit.check_tail()
+                if not tail.ok:
+                    raise AuditError(f"the audit log's end is damaged ({tail.message}); the hold was not cleared. "
+                                     "Check it with 'provision audit verify'")  # fmt: skip
+                # Audited first: a hold is never lifted without its record.
+                audit.append("pin_hold_cleared", outcome="cleared", by="operator", reason=args.reason.strip(),
+                             card_serial=hold.card_serial, chuid_guid=hold.chuid_guid, held_since=hold.since,
+                             held_by_run=hold.run_id, held_by_job=hold.job_id, batch=hold.batch,
+                             pin_tries_left=hold.tries_left)  # fmt: skip
+            finally:
+                audit.close()
+            holds.clear(serial, guid)
+        finally:
+            if journal is not None:
+                journal.close()
+    if args.json:
+        _emit_json({"cleared": True, **hold.to_json()})
+    else:
+        tries = "unknown" if hold.tries_left is None else str(hold.tries_left)
+        _say(f"PIN hold on {hold.card_text()} cleared (held since {hold.since}, job {hold.job_id}; "
+             f"{tries} PIN tries left then). Runs may send it a PIN again: check the job's PIN first.")
+    return EXIT_OK
+
+
 def cmd_sim_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -546,7 +598,8 @@ COMMANDS: dict[str, str] = {
     "audit": "check the audit log's integrity ('audit verify') or read it ('audit show')",
     "report": "a run's report as JSON, CSV or HTML",
     "readers": "PC/SC readers and the cards in them",
-    "card": "a card's serial, version, PIN tries, certificates and slot names ('card info')",
+    "card": "a card's serial, version, PIN tries, certificates and slot names ('card info'); "
+            "'card clear-pin-hold' after a refused PIN",
     "sim": "simulated PIV cards for tests, training and peers ('sim serve')",
     "demo": "a complete batch on simulated cards, from generated certificates",
 }
@@ -696,6 +749,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = card.add_parser("info", parents=[common], help="read a card without changing it")
     p.add_argument("--reader", metavar="NAME", help="the reader (a unique part of its name); default: the one with a card")
     p.set_defaults(handler=cmd_card_info)
+    p = card.add_parser("clear-pin-hold", parents=[common, audit_key],
+                        help="let runs send a PIN again to a card that refused one (audited)")  # fmt: skip
+    p.add_argument("card", metavar="CARD", help="the card's serial, or its CHUID GUID (32 hex digits)")
+    p.add_argument("--reason", required=True, metavar="TEXT",
+                   help="why the hold may go, e.g. 'PIN file corrected, checked with the holder' (audited)")  # fmt: skip
+    p.set_defaults(handler=cmd_card_clear_pin_hold)
 
     p = sub.add_parser("sim", help=COMMANDS["sim"])
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)

@@ -34,6 +34,7 @@ from provision.errors import (
     CardStatusError,
     ManagementKeyError,
     PinError,
+    PinHeldError,
     ProvisionError,
     SecretError,
 )
@@ -42,6 +43,7 @@ from provision.piv.session import (
     PIN_POLICIES,
     SW_SECURITY_NOT_SATISFIED,
     CardNotSupportedError,
+    PinFormatError,
     PivSession,
     SlotMetadata,
 )
@@ -106,6 +108,7 @@ class LoadContext:
     export_dir: Path | None = None
     resuming: bool = False  # the journal says an earlier attempt on this job was interrupted
     confirm: Confirm | None = None  # counter mode: the operator checks the certificate (workflow step 8)
+    pin_holds: jn.PinHolds | None = None  # cards that refused a PIN in an earlier run (None: not kept)
 
 
 def _fault_point(action: str, phase: str) -> None:
@@ -141,10 +144,12 @@ def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Itera
 class Loader:
     """Loads ``ctx.bundle`` into ``ctx.job.slot`` of the card behind ``session``."""
 
-    def __init__(self, ctx: LoadContext, session: PivSession, card_serial: int | None) -> None:
+    def __init__(self, ctx: LoadContext, session: PivSession, card_serial: int | None, *,
+                 chuid_guid: str | None = None) -> None:  # fmt: skip
         self.ctx = ctx
         self.session = session
         self.card_serial = card_serial
+        self.chuid_guid = chuid_guid
         self.job = ctx.job
         self.slot = ctx.job.slot
         self.der = ctx.bundle.certificate.public_bytes(Encoding.DER)
@@ -379,8 +384,10 @@ class Loader:
                                      jn.IN_PROGRESS, replaced_sha256=sha, archived_to=self.result.archived_to)  # fmt: skip
 
     def verify_pin(self) -> None:
-        """Read the tries left (costs none), refuse below the floor, then VERIFY once."""
+        """Refuse a card on PIN hold, read the tries left (costs none), refuse below the floor,
+        then VERIFY once."""
         with self.step("verify_pin") as found:
+            self._refuse_if_pin_held()  # before the status read: not even a VERIFY without data
             tries = self.session.pin_tries()
             self.result.pin_tries_left = tries
             found["tries_before"] = tries
@@ -398,7 +405,7 @@ class Loader:
                     )
                 pin = self._obtain_pin(tries)
                 try:
-                    self.session.verify_pin(pin)
+                    self._present_pin(pin)
                 except PinError as exc:
                     pin.wipe()
                     self.result.pin_tries_left = exc.tries_left
@@ -412,6 +419,48 @@ class Loader:
                 self._pin = pin
                 self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
                 return
+
+    def _person_types_pin(self) -> bool:
+        """The PIN comes from a person at the counter (the citizen typing it), not from a source
+        that would send the same value again in every run."""
+        return not self.ctx.unattended and self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None
+
+    def _refuse_if_pin_held(self) -> None:
+        holds = self.ctx.pin_holds
+        if holds is None or self._person_types_pin():
+            return
+        hold = holds.get(self.card_serial, self.chuid_guid)
+        if hold is None:
+            return
+        self.audit("pin_refused_hold", outcome="refused", held_since=hold.since, held_by_run=hold.run_id,
+                   held_by_job=hold.job_id, pin_tries_left=hold.tries_left)  # fmt: skip
+        card = str(hold.card_serial) if hold.card_serial is not None else str(hold.chuid_guid)
+        raise PinHeldError(
+            f"{hold.card_text()} refused a PIN on {hold.since} (job {hold.job_id}, run {hold.run_id}) and is on PIN "
+            "hold; no PIN was sent to it. Check the PIN this job gives (with the holder if need be), then run "
+            f"'provision card clear-pin-hold {card} --reason TEXT' and run again, or load it at the counter",
+            hold.tries_left,
+        )
+
+    def _present_pin(self, pin: Secret) -> None:
+        """VERIFY. A refusal puts the card on PIN hold for later runs; a good PIN typed by a
+        person at the counter lifts a hold (that person has just proven the PIN)."""
+        holds = self.ctx.pin_holds
+        try:
+            self.session.verify_pin(pin)
+        except PinFormatError:
+            raise  # nothing was sent to the card
+        except PinError as exc:
+            if holds is not None and (self.card_serial is not None or self.chuid_guid):
+                holds.hold(self.card_serial, self.chuid_guid, tries_left=exc.tries_left, run_id=self.ctx.run_id,
+                           batch=self.ctx.jobfile.batch, job_id=self.job.id)  # fmt: skip
+                self.audit("pin_hold_set", outcome="held", pin_tries_left=exc.tries_left)
+            raise
+        if holds is not None and self._person_types_pin():
+            lifted = holds.clear(self.card_serial, self.chuid_guid)
+            if lifted is not None:
+                self.audit("pin_hold_cleared", outcome="cleared", by="counter", held_since=lifted.since,
+                           held_by_run=lifted.run_id)  # fmt: skip
 
     def _obtain_pin(self, tries: int | None) -> Secret:
         if self._pin is not None:
@@ -528,7 +577,7 @@ class Loader:
             # in the slot is the certificate's: no separate metadata read is needed for that.
             verified = self._pin_always(None)
             if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
-                self.session.verify_pin(self._pin or self._obtain_pin(None))
+                self._present_pin(self._pin or self._obtain_pin(None))
             try:
                 self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
             except CardStatusError as exc:
@@ -536,7 +585,7 @@ class Loader:
                     raise
                 # This card keeps PIN policy "always" on this key although neither the job nor the
                 # slot's usual default says so: present the PIN the card accepted a moment ago.
-                self.session.verify_pin(self._pin or self._obtain_pin(None))
+                self._present_pin(self._pin or self._obtain_pin(None))
                 self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
             found["test_signature"] = "verified"
             self.audit("verified", outcome="ok")

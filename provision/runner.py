@@ -223,6 +223,9 @@ class Runner:
         self.journal = open_queue(options.queue, logs=options.logs, station=options.station,
                                   lease_seconds=options.lease_seconds)  # fmt: skip
         self.store = CertificateStore(options.logs / "store")
+        # PIN holds live in this station's journal (with a shared queue: the local one beside it).
+        self.pin_holds = (jn.PinHolds(self.journal) if isinstance(self.journal, jn.Journal)
+                          else jn.PinHolds(jn.Journal(options.logs / "journal.sqlite3"), owned=True))  # fmt: skip
         self.audit = self.journal.mirror_audit(audit) if audit is not None else None
         self._synced_at = 0.0
         self.states: list[JobState] = []
@@ -469,7 +472,7 @@ class Runner:
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
                 journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
                 ask_pin=self.options.ask_pin, export_dir=self.options.export_dir, resuming=resuming,
-                confirm=self.options.confirm,
+                confirm=self.options.confirm, pin_holds=self.pin_holds,
             )  # fmt: skip
             loader = card.loader(ctx, seen)
             state.result = loader.result  # what the load found so far, also if it fails
@@ -863,6 +866,7 @@ def run_jobfile(
             code = runner.run()
         document = runner.document()
         runner.journal.close()
+        runner.pin_holds.close()
         reports = write_run_reports(document, logs)
     return RunOutcome(code, document, reports)
 
