@@ -62,8 +62,11 @@ class CertificateStore:
         that cannot be made to prove the certificate raises ``StoreError``: the card is not written."""
         import hashlib
 
-        cert = x509.load_der_x509_certificate(der)
         sha = hashlib.sha256(der).hexdigest()
+        try:
+            cert: x509.Certificate | None = x509.load_der_x509_certificate(der)
+        except ValueError:  # bytes that are not a certificate are kept too, byte for byte
+            cert = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             existing = self.prove(sha)
@@ -71,13 +74,15 @@ class CertificateStore:
                 return existing
             pem_path, meta_path = self._paths(sha)
             record = StoredCertificate(
-                path=pem_path, sha256=sha, subject=cert.subject.rfc4514_string(),
-                not_after=cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"), card_serial=card_serial,
+                path=pem_path, sha256=sha,
+                subject=cert.subject.rfc4514_string() if cert else f"(not a certificate: {len(der)} bytes)",
+                not_after=cert.not_valid_after_utc.isoformat().replace("+00:00", "Z") if cert else "",
+                card_serial=card_serial,
                 slot=slot, slot_name=slot_name, holder=holder, job_id=job_id, batch=batch, run_id=run_id,
                 archived_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             )  # fmt: skip
             # os.replace puts a regular file where a symlink or a damaged file was.
-            write_atomically(pem_path, cert.public_bytes(Encoding.PEM))
+            write_atomically(pem_path, cert.public_bytes(Encoding.PEM) if cert else _pem(der))
             write_atomically(meta_path, (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode())
             proved = self.prove(sha)
         except OSError as exc:
@@ -98,8 +103,9 @@ class CertificateStore:
     def prove(self, sha: str) -> StoredCertificate | None:
         """The store's entry for ``sha`` if it holds that very certificate, durably; otherwise None.
 
-        Proof: both files are regular files (not symlinks), the PEM parses as one certificate whose
-        DER has SHA-256 ``sha``, and the metadata parses and names that hash and that file. Both are
+        Proof: both files are regular files (not symlinks), the PEM's first CERTIFICATE block decodes
+        to bytes whose SHA-256 is ``sha`` (so it parses exactly when the card's certificate does),
+        and the metadata parses and names that hash and that file. Both are
         then fsynced with their directory, so an entry written by an earlier process whose fsync
         never happened becomes durable before the card is changed."""
         import hashlib
@@ -110,8 +116,8 @@ class CertificateStore:
             for path in (pem_path, meta_path):
                 if not stat.S_ISREG(path.lstat().st_mode):
                     return None
-            stored = x509.load_pem_x509_certificate(pem_path.read_bytes())
-            if hashlib.sha256(stored.public_bytes(Encoding.DER)).hexdigest() != sha:
+            stored = _unpem(pem_path.read_bytes())
+            if stored is None or hashlib.sha256(stored).hexdigest() != sha:
                 return None
             record = self._read(meta_path)
             if record is None or record.sha256 != sha or Path(record.path).name != pem_path.name:
@@ -153,3 +159,30 @@ class CertificateStore:
                 f"the logs directory {self.directory.parent} cannot be written ({exc.strerror}); "
                 "free space or fix permissions, then run again"
             ) from None
+
+
+_BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+
+
+def _pem(der: bytes) -> bytes:
+    """PEM of any bytes (RFC 7468 layout, as cryptography writes a certificate's)."""
+    import base64
+
+    text = base64.b64encode(der)
+    return b"\n".join([_BEGIN, *(text[i : i + 64] for i in range(0, len(text), 64)), _END]) + b"\n"
+
+
+def _unpem(data: bytes) -> bytes | None:
+    """The bytes of the first CERTIFICATE block, strictly decoded; None if there is none."""
+    import base64
+    import binascii
+
+    start = data.find(_BEGIN)
+    end = data.find(_END, start + 1)
+    if start < 0 or end < 0:
+        return None
+    body = b"".join(data[start + len(_BEGIN) : end].split())
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None

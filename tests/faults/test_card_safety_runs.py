@@ -192,6 +192,32 @@ def test_a_damaged_store_entry_never_loses_the_replaced_certificate(kind: str, t
     assert ok, (kind, entry, on_card)
 
 
+def test_bytes_that_are_not_a_certificate_are_archived_byte_for_byte(tmp_path: Path, canaries: Any,
+                                                                      material: Material, card_dir: Path) -> None:  # fmt: skip
+    """A slot whose certificate object holds no certificate (a broken writer, a hostile card): the
+    bytes are what would be lost, so they are what the store keeps and proves."""
+    import base64
+
+    job = FaultJob(tmp_path / "job", canaries, material)
+    state = card_dir / "not-a-cert.json"
+    new_card_state(state, canaries, material)
+    junk = b"\x30\x03" + os.urandom(200)
+    session = _session(SimCard(SimOptions(serial=SERIAL), state))
+    session.authenticate(bytes.fromhex(canaries.management_key))
+    session.write_certificate(0x9C, junk)
+    store = job.directory / "logs" / "store"
+    sha = hashlib.sha256(junk).hexdigest()
+    store.mkdir(parents=True)
+    (store / f"{sha}.pem").write_bytes(b"")  # and a damaged entry for it, too
+    entry = _run(job, [SimCard(SimOptions(serial=SERIAL), state)]).document["jobs"][0]
+    text = (store / f"{sha}.pem").read_bytes()
+    body = b"".join(text.split(b"-----")[2].split())
+    ok = entry["status"] == "loaded" and entry["replaced_sha256"] == sha and base64.b64decode(body) == junk
+    ok = ok and view_card(state).cert_sha256 == job.sha256
+    record(FAMILY, "store: not a certificate on the card", consistent=ok, why=str(entry))
+    assert ok, entry
+
+
 # ----------------------------------------------------------------------------------------------
 # 19.6 never call a half-finished load done
 
