@@ -161,9 +161,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision.demo import run_demo
+    from provision.runner import LogsLock
 
     directory = Path(args.dir) if args.dir else Path(args.logs) / "demo"
-    return run_demo(directory, holders=args.holders, out=_say, logs=Path(args.logs))
+    # The lock before the material is (re)written: a live run may be reading LOGS/demo's files.
+    with LogsLock(Path(args.logs)) as held:
+        return run_demo(directory, holders=args.holders, out=_say, logs=Path(args.logs), logs_lock=held)
 
 
 # ----------------------------------------------------------------------------------------------
