@@ -364,7 +364,7 @@ class Loader:
             return
         sha = hashlib.sha256(current).hexdigest()
         # No shortcut for "an interrupted attempt archived it already": the store proves its copy
-        # (parses, same SHA-256, fsynced) or rewrites it, every time, before the card is changed.
+        # (the card's bytes, same SHA-256, fsynced) or rewrites it, every time, before the card is changed.
         with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as found:
             if self.job.replace == "refuse":
                 raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "

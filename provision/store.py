@@ -3,7 +3,8 @@
 A certificate that is about to be replaced is written here, with what it was and where it came
 from, and fsynced (file and directory) *before* the first write to the card, so that no
 certificate can be lost. Files are named by the certificate's SHA-256: archiving the same
-certificate twice (a resumed load) finds it already there.
+certificate twice (a resumed load) finds it already there, and trusts it only once it is proven
+(``CertificateStore.prove``); a damaged entry is written again.
 """
 
 from __future__ import annotations
