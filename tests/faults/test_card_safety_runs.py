@@ -77,15 +77,17 @@ def _session(card: SimCard) -> PivSession:
     return session
 
 
-def _target_on_card(state: Path, job: FaultJob, pin: str, slot_name: str) -> dict[str, bool]:
-    """What a copy of the card holds in 9C: the job's certificate bytes, its slot name, and a key
-    that signs a fresh challenge verifiably under the certificate's public key."""
+def _target_on_card(state: Path, job: FaultJob, pin: str, slot_name: str, **options: Any) -> dict[str, bool]:
+    """What a copy of the card holds in 9C: the job's certificate bytes, its slot name (a card that
+    refuses the vendor object cannot hold one: not counted), and a key that signs a fresh challenge
+    verifiably under the certificate's public key."""
     copy = state.with_name(state.name + ".proof")
     copy.write_bytes(state.read_bytes())
     try:
-        session = _session(SimCard(SimOptions(serial=job.serial), copy))
+        session = _session(SimCard(SimOptions(serial=job.serial, **options), copy))
         cert_equal = session.read_certificate(0x9C) == job.der
-        name_equal = (session.read_slot_names() or {}).get(0x9C) == slot_name
+        names = session.read_slot_names() if options.get("profile") != "pivapplet" else None
+        name_equal = names is None or names.get(0x9C) == slot_name
         certificate = x509.load_der_x509_certificate(job.der)
         public = certificate.public_key()
         assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -222,10 +224,10 @@ def test_bytes_that_are_not_a_certificate_are_archived_byte_for_byte(tmp_path: P
 # 19.6 never call a half-finished load done
 
 
-def _full_load_apdus(job: FaultJob, canaries: Any, material: Material, card_dir: Path) -> int:
+def _full_load_apdus(job: FaultJob, canaries: Any, material: Material, card_dir: Path, **options: Any) -> int:
     state = card_dir / "count.json"
     new_card_state(state, canaries, material)
-    card = SimCard(SimOptions(serial=SERIAL), state)
+    card = SimCard(SimOptions(serial=SERIAL, **options), state)
     outcome = _run(job, [card])
     assert outcome.document["jobs"][0]["status"] == "loaded", outcome.document
     _reset_logs(job)
@@ -239,24 +241,27 @@ def _reset_logs(job: FaultJob) -> None:
     shutil.rmtree(job.directory / "out", ignore_errors=True)
 
 
-@pytest.mark.parametrize("fault", ["fail-after", "vanish-after"])
+@pytest.mark.parametrize("fault,profile", [("fail-after", "yubikey"), ("vanish-after", "yubikey"),
+                                           ("fail-after", "pivapplet")])  # fmt: skip
 def test_a_fault_after_every_apdu_is_never_reported_skipped_with_something_missing(
-        fault: str, tmp_path: Path, canaries: Any, material: Material, card_dir: Path) -> None:  # fmt: skip
+        fault: str, profile: str, tmp_path: Path, canaries: Any, material: Material, card_dir: Path) -> None:  # fmt: skip
+    """PivApplet (no vendor objects: the slot name lives in the journal; 5 PIN tries) as well as a YubiKey."""
     job = FaultJob(tmp_path / "job", canaries, material)
-    total = _full_load_apdus(job, canaries, material, card_dir)
+    card_options: dict[str, Any] = {"profile": profile}
+    total = _full_load_apdus(job, canaries, material, card_dir, **card_options)
     assert total > 10
     bad = []
     for k in range(1, total + 1):
-        state = card_dir / f"{fault}-{k}.json"
+        state = card_dir / f"{fault}-{profile}-{k}.json"
         new_card_state(state, canaries, material)
-        options = {"fail_after": k} if fault == "fail-after" else {"vanish_after": k}
-        first = _run(job, [SimCard(SimOptions(serial=SERIAL, **options), state)])  # type: ignore[arg-type]
+        options: dict[str, Any] = {"fail_after": k} if fault == "fail-after" else {"vanish_after": k}
+        first = _run(job, [SimCard(SimOptions(serial=SERIAL, **card_options, **options), state)])
         slot_name = first.document["jobs"][0]["slot_name"]
-        between = _target_on_card(state, job, canaries.pin, slot_name)
-        again = _run(job, [SimCard(SimOptions(serial=SERIAL), state)])
+        between = _target_on_card(state, job, canaries.pin, slot_name, **card_options)
+        again = _run(job, [SimCard(SimOptions(serial=SERIAL, **card_options), state)])
         entry = again.document["jobs"][0]
-        after = _target_on_card(state, job, canaries.pin, slot_name)
-        ok = entry["status"] in ("loaded", "skipped") and all(after.values())
+        after = _target_on_card(state, job, canaries.pin, slot_name, **card_options)
+        ok = entry["status"] in ("loaded", "skipped") and all(after.values()) and entry["slot_name"] == slot_name
         if not all(between.values()):
             ok = ok and entry["status"] == "loaded"  # something was missing: it was finished, not skipped
         if not ok:
@@ -505,3 +510,30 @@ def test_a_person_at_the_counter_is_not_held_and_their_good_pin_lifts_the_hold(
     ok = held == [SERIAL] and entry["status"] == "loaded" and asked and not _holds(logs)
     record(FAMILY, "counter PIN on a held card", consistent=bool(ok), why=str((held, entry, asked)))
     assert ok, (held, entry, asked)
+
+
+def test_a_card_known_only_by_its_guid_is_held_and_cleared_by_its_guid(tmp_path: Path, canaries: Any,
+                                                                       material: Material, card_dir: Path,
+                                                                       cli: Any) -> None:  # fmt: skip
+    """A PivApplet without the serial command: the hold is kept and cleared by the CHUID GUID."""
+    state = card_dir / "guid.json"
+    new_card_state(state, canaries, material)
+    options: dict[str, Any] = {"profile": "pivapplet", "no_f8": True}
+    guid = _session(SimCard(SimOptions(serial=SERIAL, **options), state)).read_chuid()
+    assert guid
+    job = FaultJob(tmp_path / "job", canaries, material, pin="99999999", card_spec=f"{{guid: {guid}}}")
+    logs = job.directory / "logs"
+    first = CountingCard(SimOptions(serial=SERIAL, **options), state)
+    entry = _run(job, [first]).document["jobs"][0]
+    holds = [(h.card_serial, h.chuid_guid) for h in _holds(logs)]
+    canaries.write_secret_file(job.directory / "card.pin", canaries.pin)
+    held = CountingCard(SimOptions(serial=SERIAL, **options), state)
+    refused = _run(job, [held]).document["jobs"][0]
+    cleared = cli("card", "clear-pin-hold", guid.upper(), "--reason", "checked", "--key-file", str(job.audit_key_file),
+                  "--logs", str(logs))  # fmt: skip
+    loaded = _run(job, [SimCard(SimOptions(serial=SERIAL, **options), state)]).document["jobs"][0]
+    ok = entry["status"] == "failed" and first.verifies() >= 1 and holds == [(None, guid)]
+    ok = ok and refused["status"] == "failed" and held.verifies() == 0 and f"clear-pin-hold {guid}" in refused["error"]
+    ok = ok and cleared.returncode == 0 and loaded["status"] == "loaded"
+    record(FAMILY, "PIN hold by GUID", consistent=ok, why=str((entry, holds, refused, cleared.stderr, loaded))[:300])
+    assert ok, (entry, holds, refused, cleared.stderr, loaded)
