@@ -305,23 +305,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     path = Path(args.logs) / "journal.sqlite3"
     if not path.exists():
         if args.json:
-            _emit_json({"runs": [], "jobs": []})
+            _emit_json({"runs": [], "jobs": [], "pin_holds": []})
         else:
             _say(f"No journal in {args.logs} yet: no run has happened here.")
         return EXIT_OK
     journal = jn.Journal(path)
     try:
-        runs, jobs = journal.runs(), journal.jobs()
+        runs, jobs, holds = journal.runs(), journal.jobs(), jn.PinHolds(journal).all()
     finally:
         journal.close()
     if args.json:
         _emit_json({"runs": [r.__dict__ for r in runs],
-                    "jobs": [{"batch": j.batch, "run_id": j.run_id, **j.to_json()} for j in jobs]})  # fmt: skip
+                    "jobs": [{"batch": j.batch, "run_id": j.run_id, **j.to_json()} for j in jobs],
+                    "pin_holds": [h.to_json() for h in holds]})  # fmt: skip
         return EXIT_OK
     for run in runs:
         _say(f"run {run.run_id}: batch {run.batch}, {run.mode}, {run.status}, started {run.started}")
     for job in jobs:
         _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {job.error}" if job.error else ""))
+    for hold in holds:
+        card = hold.card_serial if hold.card_serial is not None else hold.chuid_guid
+        _say(f"PIN hold: {hold.card_text()} refused a PIN on {hold.since} (job {hold.batch}/{hold.job_id}); "
+             f"no PIN is sent to it until 'provision card clear-pin-hold {card} --reason TEXT'")  # fmt: skip
     return EXIT_OK
 
 

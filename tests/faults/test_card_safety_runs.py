@@ -450,6 +450,9 @@ def test_a_refused_pin_is_never_sent_again_by_later_runs_until_an_operator_clear
                 and f"provision card clear-pin-hold {SERIAL}" in error and view_card(state).pin_tries == 4):
             problems.append((f"held run {attempt}", entry, card.verifies()))
 
+    status = cli("status", "--json", "--logs", str(logs))
+    if [h["card_serial"] for h in json.loads(status.stdout)["pin_holds"]] != [SERIAL]:
+        problems.append(("status", status.stdout[-300:]))
     refused = cli("card", "clear-pin-hold", str(SERIAL), "--logs", str(logs))  # no --reason: usage error
     cleared = cli("card", "clear-pin-hold", str(SERIAL), "--reason", "PIN file corrected, checked with the holder",
                   "--key-file", str(job.audit_key_file), "--logs", str(logs), "--json")  # fmt: skip
