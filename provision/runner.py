@@ -223,6 +223,9 @@ class Runner:
         self.journal = open_queue(options.queue, logs=options.logs, station=options.station,
                                   lease_seconds=options.lease_seconds)  # fmt: skip
         self.store = CertificateStore(options.logs / "store")
+        # PIN holds live in this station's journal (with a shared queue: the local one beside it).
+        self.pin_holds = (jn.PinHolds(self.journal) if isinstance(self.journal, jn.Journal)
+                          else jn.PinHolds(jn.Journal(options.logs / "journal.sqlite3"), owned=True))  # fmt: skip
         self.audit = self.journal.mirror_audit(audit) if audit is not None else None
         self._synced_at = 0.0
         self.states: list[JobState] = []
@@ -473,7 +476,7 @@ class Runner:
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
                 journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
                 ask_pin=self.options.ask_pin, export_dir=self.options.export_dir, resuming=resuming,
-                confirm=self.options.confirm,
+                confirm=self.options.confirm, pin_holds=self.pin_holds,
             )  # fmt: skip
             loader = card.loader(ctx, seen)
             state.result = loader.result  # what the load found so far, also if it fails
@@ -766,6 +769,10 @@ class LogsLock:
             ) from None
         return self
 
+    @property
+    def held(self) -> bool:
+        return self._handle is not None and not self._handle.closed
+
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
             self._handle.close()
@@ -826,13 +833,18 @@ def run_jobfile(
     station: str | None = None,
     lease_seconds: float = 30.0,
     bundle_window: int = 32,
+    logs_lock: LogsLock | None = None,
 ) -> RunOutcome:
-    """Everything ``provision run`` does after the job file validated."""
+    """Everything ``provision run`` does after the job file validated. ``logs_lock``: the caller
+    already holds the logs lock (``resume`` takes it before it reads the journal)."""
     if only_jobs is not None:
         from dataclasses import replace
 
         jobfile = replace(jobfile, jobs=tuple(j for j in jobfile.jobs if j.id in only_jobs))
-    with LogsLock(logs):
+    from contextlib import AbstractContextManager, nullcontext
+
+    lock: AbstractContextManager[Any] = nullcontext() if logs_lock is not None and logs_lock.held else LogsLock(logs)
+    with lock:
         if counter_screen is None:  # the counter screen needs a person at a terminal
             counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
         if source is None:
@@ -858,6 +870,7 @@ def run_jobfile(
             code = runner.run()
         document = runner.document()
         runner.journal.close()
+        runner.pin_holds.close()
         reports = write_run_reports(document, logs)
     return RunOutcome(code, document, reports)
 
