@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from provision import __version__, installed_version
 from provision.errors import (
+    EXIT_ENVIRONMENT,
     EXIT_INPUT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -246,9 +247,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _say("")
         _print_summary(outcome.document, outcome.reports)
-    if outcome.exit_code == EXIT_INTERRUPTED:
-        _warn("provision: interrupted; the journal is consistent and 'provision resume' finishes what was started")
+    _warn_if_stopped(outcome)
     return outcome.exit_code
+
+
+def _warn_if_stopped(outcome: Any) -> None:
+    """A run that ended early says why, once, on stderr (its records and reports are written)."""
+    if outcome.error:
+        _warn(f"provision: {outcome.error}; the run was recorded as interrupted and sealed, and 'provision resume' "
+              "finishes it once that is fixed")  # fmt: skip
+    elif outcome.exit_code == EXIT_INTERRUPTED:
+        _warn("provision: interrupted; the journal is consistent and 'provision resume' finishes what was started")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -270,7 +279,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             return EXIT_OK
         journal = jn.Journal(logs / "journal.sqlite3")
         try:
-            journal.recover_abandoned_runs()
+            # A killed run's jobs are still in progress here; the run below closes it and records that.
             open_jobs = [j for j in journal.jobs() if j.status in (jn.IN_DOUBT, jn.IN_PROGRESS, jn.PENDING)]
             runs = {r.run_id: r for r in journal.runs()}
         finally:
@@ -293,7 +302,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 _emit_json(outcome.document)
             else:
                 _print_summary(outcome.document, outcome.reports)
+            _warn_if_stopped(outcome)
             code = max(code, outcome.exit_code)
+            if outcome.exit_code in (EXIT_INTERRUPTED, EXIT_ENVIRONMENT):
+                break  # stopped: the other files wait for the next resume
     return code
 
 
@@ -314,13 +326,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         runs, jobs, holds = journal.runs(), journal.jobs(), jn.PinHolds(journal).all()
     finally:
         journal.close()
+    from provision.runner import run_alive
+
+    # 'running' with no process holding the logs lock: killed outright (the next run records it).
+    killed = not run_alive(Path(args.logs)) and any(r.status == "running" for r in runs)
     if args.json:
-        _emit_json({"runs": [r.__dict__ for r in runs],
+        _emit_json({"runs": [{**r.__dict__, "process_gone": killed and r.status == "running"} for r in runs],
                     "jobs": [{"batch": j.batch, "run_id": j.run_id, **j.to_json()} for j in jobs],
                     "pin_holds": [h.to_json() for h in holds]})  # fmt: skip
         return EXIT_OK
     for run in runs:
-        _say(f"run {run.run_id}: batch {run.batch}, {run.mode}, {run.status}, started {run.started}")
+        state = run.status
+        if killed and run.status == "running":
+            state = "running in the journal, but its process is gone (killed); 'provision resume' closes it"
+        _say(f"run {run.run_id}: batch {run.batch}, {run.mode}, {state}, started {run.started}")
     for job in jobs:
         _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {job.error}" if job.error else ""))
     for hold in holds:

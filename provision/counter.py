@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provision import journal as jn
-from provision.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SecretError
+from provision.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EnvironmentProblem, SecretError
 from provision.secrets import Secret
 
 POLL_SECONDS = 0.3
@@ -170,6 +170,10 @@ class CounterScreen:
                 self.wait_for_removal(reader)
         except KeyboardInterrupt:
             return runner.finish(True) if runner.finished is None else EXIT_INTERRUPTED
+        except EnvironmentProblem as exc:  # the PC/SC service went away: the day ends, recorded and sealed
+            runner.stop_error = exc
+            code: int = runner.finish(True)
+            return code
         code = runner.finish(False)
         self.render_queue()
         return code if code != EXIT_OK or all(s.status in (jn.LOADED, jn.SKIPPED) for s in runner.states) else EXIT_FAILED

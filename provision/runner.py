@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,6 +231,9 @@ class Runner:
         self._synced_at = 0.0
         self.states: list[JobState] = []
         self.refused_cards: list[dict[str, Any]] = []
+        self.stop_requested: str | None = None  # the signal that asked the run to end
+        self.stop_error: ProvisionError | None = None  # the environment failure that ended it
+        self.stopped_by: str | None = None  # what ended the run early, in the records
         self._lock = threading.RLock()
         self._busy: set[str] = set()
         self._workers: list[threading.Thread] = []
@@ -263,11 +267,16 @@ class Runner:
         from provision.plan import template_values
 
         self.store.check_writable()
-        self.journal.recover_abandoned_runs()
+        # Runs still 'running' while we hold the lock were killed outright (SIGKILL, power loss):
+        # they are closed as interrupted, their loads in hand are in doubt, and the log says so.
+        abandoned = self.journal.recover_abandoned_runs()
         self.journal.start_run(self.run_id, self.jobfile.batch, str(self.jobfile.path),
                                "unattended" if self.options.unattended else "counter")  # fmt: skip
         self.record("run_started", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
                     mode="unattended" if self.options.unattended else "counter")  # fmt: skip
+        for run_id in abandoned:
+            self.record("run_abandoned", abandoned_run_id=run_id, outcome="killed",
+                        reason="the run's process ended without closing it (killed or crashed)")  # fmt: skip
         self.record("validated", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
         tz, batch = self.jobfile.tz, self.jobfile.batch
@@ -578,6 +587,9 @@ class Runner:
                 self._announce()
             missed: set[str] = set()  # insertions seen while that reader's worker was finishing
             for event in self.source.events(self.options.wait):
+                if self.stop_requested is not None:  # SIGTERM/SIGHUP: no new card; the loads in hand end
+                    interrupted = True
+                    break
                 if event.kind == "removed":
                     missed.discard(event.reader)
                 ready = [event.reader] if event.kind == "inserted" else []
@@ -609,9 +621,18 @@ class Runner:
             self._reap(bar)
         except KeyboardInterrupt:
             interrupted = True
+            self.stop_requested = self.stop_requested or "SIGINT"
+        except EnvironmentProblem as exc:  # the PC/SC service or the reader went away under the run
+            interrupted = True
+            self.stop_error = exc
         finally:
             bar.close()
         return self.finish(interrupted)
+
+    def request_stop(self, cause: str) -> None:
+        """A signal asked the run to end (SIGTERM, SIGHUP): no new card is taken; the run ends at
+        the next event (within a second) as interrupted, sealed and reported."""
+        self.stop_requested = self.stop_requested or cause
 
     def claim_job(self, state: JobState, serial: int | None) -> tuple[JobState, Any]:
         """Claim the matched job in the queue. An unattended ``any: true`` job that another station
@@ -657,18 +678,31 @@ class Runner:
         self.say(f"\nInsert the card of {expected.job.holder}{which}.")
 
     def finish(self, interrupted: bool) -> int:
+        if self.finished is not None:  # already ended (the counter's own loop may have)
+            return EXIT_INTERRUPTED if interrupted else EXIT_OK
+        # A load in hand gets a bounded time to end on its own before its job is called in doubt.
+        deadline = time.monotonic() + WORKER_GRACE_SECONDS
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
         self.stop_prefetch()
         self.sync_shared_queue(force=True)
         for state in self.states:
             if state.status == jn.IN_PROGRESS:
                 state.status = jn.IN_DOUBT
+        stopped_by = None
+        if interrupted:
+            stopped_by = type(self.stop_error).__name__ if self.stop_error is not None else (self.stop_requested or "SIGINT")
+        self.stopped_by = stopped_by
         if self.audit is not None:
             counts = self.counts()
-            self.record("run_finished", outcome="interrupted" if interrupted else "finished", **counts)
+            self.record("run_finished", outcome="interrupted" if interrupted else "finished", stopped_by=stopped_by,
+                        error=self.stop_error.message if self.stop_error is not None else None, **counts)  # fmt: skip
             self.seal = self.audit.seal(run_id=self.run_id)
             self.audit.close()
         self.journal.finish_run(self.run_id, "interrupted" if interrupted else "finished", self.seal)
         self.finished = jn.now_rfc3339()
+        if self.stop_error is not None:
+            return self.stop_error.exit_code
         if interrupted:
             return EXIT_INTERRUPTED
         if all(s.status in (jn.LOADED, jn.SKIPPED) for s in self.states):
@@ -700,7 +734,7 @@ class Runner:
             })  # fmt: skip
         return {"run_id": self.run_id, "batch": self.jobfile.batch, "jobfile": str(self.jobfile.path),
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
-                "finished": self.finished, "counts": self.counts(), "seal": self.seal,
+                "finished": self.finished, "stopped_by": self.stopped_by, "counts": self.counts(), "seal": self.seal,
                 "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
 
 
@@ -778,6 +812,19 @@ class LogsLock:
             self._handle.close()
 
 
+def run_alive(logs: Path) -> bool:
+    """Whether a live process holds this logs directory's lock (read-only: creates nothing). A run
+    the journal calls 'running' while nobody holds the lock was killed outright."""
+    path = logs / ".lock"
+    if not path.is_file():
+        return False
+    try:
+        with LogsLock(logs):
+            return False
+    except EnvironmentProblem:
+        return True
+
+
 def sim_cards_for(jobfile: JobFile) -> list[Any]:
     """``run --sim``: one fresh simulated card per job, with the job's identity, in job order."""
     from provision.sim.card import SimCard, SimOptions
@@ -813,6 +860,7 @@ class RunOutcome:
     exit_code: int
     document: dict[str, Any]
     reports: dict[str, Path]
+    error: str | None = None  # what ended the run early (the PC/SC service went away, …), in words
 
 
 def run_jobfile(
@@ -861,18 +909,57 @@ def run_jobfile(
                              ask_pin=None if unattended else terminal_pin_prompt, queue=queue, station=station,
                              lease_seconds=lease_seconds, bundle_window=bundle_window)  # fmt: skip
         runner = Runner(jobfile, source, options, audit=audit)
-        runner.prepare(defer_prompts=counter_screen)
-        if counter_screen:
-            from provision.counter import CounterScreen
+        with stop_on_signals(runner, raise_interrupt=bool(counter_screen)):
+            runner.prepare(defer_prompts=counter_screen)
+            if counter_screen:
+                from provision.counter import CounterScreen
 
-            code = CounterScreen(runner).run()
-        else:
-            code = runner.run()
-        document = runner.document()
-        runner.journal.close()
-        runner.pin_holds.close()
-        reports = write_run_reports(document, logs)
-    return RunOutcome(code, document, reports)
+                code = CounterScreen(runner).run()
+            else:
+                code = runner.run()
+            document = runner.document()
+            runner.journal.close()
+            runner.pin_holds.close()
+            reports = write_run_reports(document, logs)
+    error = runner.stop_error.message if runner.stop_error is not None else None
+    return RunOutcome(code, document, reports, error)
+
+
+# How long loads already in hand may take to end by themselves when a run is stopped.
+WORKER_GRACE_SECONDS = 15.0
+
+
+@contextmanager
+def stop_on_signals(runner: Runner, *, raise_interrupt: bool) -> Iterator[None]:
+    """SIGTERM (systemd stop, kill) and SIGHUP (the terminal closed) end a run as Ctrl-C does:
+    interrupted, with its end record, a seal and the reports, and `provision resume` finishes it.
+    Unattended, the signal only asks the loop to stop (checked at every event, within a second), so
+    it never lands in the middle of a record; at the counter, where the main thread waits on a
+    person, it interrupts like Ctrl-C. A second signal while the run ends is ignored."""
+    import signal
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread() or not names:
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        for number in previous:
+            signal.signal(number, signal.SIG_IGN)
+        runner.request_stop(name)
+        if raise_interrupt:
+            raise KeyboardInterrupt(name)
+
+    for name in names:
+        number = getattr(signal, name)
+        previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged_tail: str | None = None) -> Any:
