@@ -135,3 +135,32 @@ def test_a_vanished_pcsc_service_ends_the_run_sealed_reported_and_resumable(pcsc
     canaries.outputs += [stdout, stderr]
     assert "PC/SC" in stderr and stderr.count("\n") <= 3, stderr
     check_ended_and_resume(pcscd, cards, tmp_path, proc.returncode, stdout, stderr, 3, "ServiceDownError")
+
+
+@pytest.mark.timeout(180)
+def test_a_run_killed_outright_is_recognised_and_recorded_by_the_next_command(pcscd: PrivatePcscd, cards: Cards,
+                                                                               canaries: Any, ca: fixtures.Issuer,
+                                                                               tmp_path: Path) -> None:  # fmt: skip
+    job = write_job(tmp_path, canaries, ca)
+    cards.insert(0, kind="sim", options={"serial": FIRST})
+    proc = start_run(pcscd, tmp_path, job)
+    try:
+        wait_for(lambda: any(e["event"] == "job_loaded" for e in audit_events(tmp_path)), 60, "HK-1 loaded")
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_run = next(e["run_id"] for e in audit_events(tmp_path) if e["event"] == "run_started")
+    status = json.loads(subprocess.run([*provision_cmd(), "status", "--json", "--logs", str(tmp_path / "logs")],
+                                       env=pcscd.env, capture_output=True, text=True, timeout=60).stdout)  # fmt: skip
+    (run,) = status["runs"]
+    assert run["status"] == "running" and run["process_gone"] is True
+    resumed = subprocess.run(
+        [*provision_cmd(), "resume", "--unattended", "--json", "--no-progress", "--logs", str(tmp_path / "logs")],
+        env=pcscd.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert resumed.returncode == 1, resumed.stderr  # HK-2's card never came: pending
+    assert journal_run(tmp_path, killed_run)[0] == "interrupted"
+    abandoned = [e for e in audit_events(tmp_path) if e["event"] == "run_abandoned"]
+    assert [e["abandoned_run_id"] for e in abandoned] == [killed_run]
