@@ -44,6 +44,25 @@ def _warn(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+def _logs(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The checked logs directory (provision.logsdir): links planted in it are refused, exit 3."""
+    from pathlib import Path
+
+    from provision.logsdir import open_logs
+
+    return open_logs(Path(args.logs), create=create)
+
+
+def _warn_if_logs_shared(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from provision.logsdir import shared_write_warning
+
+    warning = shared_write_warning(Path(args.logs))
+    if warning:
+        _warn(f"warning: {warning}")
+
+
 # ----------------------------------------------------------------------------------------------
 # validate
 
@@ -51,6 +70,7 @@ def _warn(text: str) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from provision.jobfile import load_jobfile
 
+    _warn_if_logs_shared(args)
     results: list[dict[str, Any]] = []
     failed = False
     for name in args.jobfiles:
@@ -138,6 +158,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from provision.jobfile import load_jobfile
     from provision.plan import plan_jobfile, print_plan
 
+    _warn_if_logs_shared(args)
     documents = []
     any_problem = False
     for name in args.jobfiles:
@@ -162,8 +183,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from provision.demo import run_demo
 
-    directory = Path(args.dir) if args.dir else Path(args.logs) / "demo"
-    return run_demo(directory, holders=args.holders, out=_say, logs=Path(args.logs))
+    logs = _logs(args, create=True)
+    directory = Path(args.dir) if args.dir else logs / "demo"
+    return run_demo(directory, holders=args.holders, out=_say, logs=logs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,6 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from provision.runner import run_jobfile
 
     jobfile = _with_syslog(load_jobfile(args.jobfile, unattended=args.unattended), args.syslog)
+    _warn_if_logs_shared(args)
     outcome = run_jobfile(jobfile, logs=Path(args.logs), unattended=args.unattended, wait=args.wait,
                           readers=args.reader, sim=args.sim, progress=not args.no_progress,
                           accept_damaged_audit_tail=args.accept_damaged_audit_tail, queue=args.queue,
@@ -249,7 +272,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from provision import journal as jn
     from provision.jobfile import load_jobfile
@@ -258,7 +280,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.queue and not args.queue.startswith("sqlite:"):
         raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
                          "again; a job in doubt is finished by the station that sees its card")  # fmt: skip
-    logs = Path(args.logs)
+    logs = _logs(args)
+    if not (logs / "journal.sqlite3").exists():
+        _say(f"Nothing to resume: there is no journal in {logs}.")
+        return EXIT_OK
     journal = jn.Journal(logs / "journal.sqlite3")
     try:
         journal.recover_abandoned_runs()
@@ -288,11 +313,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from provision import journal as jn
 
-    path = Path(args.logs) / "journal.sqlite3"
+    path = _logs(args) / "journal.sqlite3"
     if not path.exists():
         if args.json:
             _emit_json({"runs": [], "jobs": []})
@@ -316,11 +340,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from provision.store import CertificateStore
 
-    stored = CertificateStore(Path(args.logs) / "store").list()
+    stored = CertificateStore(_logs(args) / "store").list()
     if args.json:
         _emit_json({"certificates": [s.to_json() for s in stored]})
         return EXIT_OK
@@ -397,16 +420,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say)
         finally:
             queue.close()
-    logs = Path(args.logs)
+    logs = _logs(args)
     return verify_command(logs, _audit_key(args), _journal_seals(logs), args.json, _say, _warn)
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from provision.audit import cmd_audit_show as show_command
 
-    return show_command(Path(args.logs), job=args.job, card=args.card, since=args.since, until=args.until,
+    return show_command(_logs(args), job=args.job, card=args.card, since=args.since, until=args.until,
                         event=args.event, as_json=args.json, out=_say, err=_warn)  # fmt: skip
 
 
@@ -416,7 +438,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from provision.report import render, write_report
 
-    reports = Path(args.logs) / "reports"
+    reports = _logs(args) / "reports"
     if args.last or not args.run_id:
         found = sorted(reports.glob("*.json"), key=lambda p: p.stat().st_mtime) if reports.is_dir() else []
         if not found:

@@ -20,6 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from provision.errors import JournalError
+from provision.logsdir import refuse_link
+
+__all__ = ["JobRecord", "Journal", "JournalError", "RunRecord"]
+
 SCHEMA_VERSION = 1
 
 # Job states. in-progress becomes in-doubt when its run ends without finishing it.
@@ -99,25 +104,75 @@ class RunRecord:
     seal: str | None
 
 
-class JournalError(Exception):
-    pass
+_OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps"})
+
+
+def _journal_error(path: Path, exc: sqlite3.Error) -> JournalError:
+    """What went wrong with the journal, in the operator's terms, with what to do about it."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return JournalError(f"the journal {path} is held by another process ({text}); wait for it to finish and run again")
+    if "full" in text:
+        return JournalError(f"the disk of the journal {path} is full ({text}); free space and run again")
+    if any(words in text for words in ("unable to open", "readonly", "read-only", "I/O", "permission")):
+        return JournalError(f"the journal {path} cannot be opened ({text}); make it a file this user can read "
+                            "and write, on a writable disk, and run again")  # fmt: skip
+    return JournalError(f"the journal {path} is damaged ({text}); move it aside (keep it for investigation), "
+                        "check the audit log with 'provision audit verify', then run the batch again: cards "
+                        "already loaded are found and skipped")  # fmt: skip
 
 
 class Journal:
-    """One SQLite journal; safe to share between reader worker threads."""
+    """One SQLite journal; safe to share between reader worker threads.
+
+    Every SQLite failure leaves as a JournalError (exit 3) with advice, whether at opening or later."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_link(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"the directory of the journal {path} cannot be created ({exc.strerror}); "
+                               "give a directory on a writable disk") from None  # fmt: skip
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise _journal_error(path, exc) from None
+        try:
+            self._check_ours()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"the journal {path} cannot be opened ({exc}); move it aside to start a new one") from None
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _journal_error(path, exc) from None
+        except JournalError:
+            self._db.close()
+            raise
+
+    def _check_ours(self) -> None:
+        """A database with other tables (or ours without ``meta``) is someone else's: never written to."""
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {t for t in tables if not t.startswith("sqlite_")}
+        schema = None
+        if "meta" in tables:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            schema = row[0] if row else None
+        foreign = sorted(tables - _OWN_TABLES)
+        if foreign or (tables and "meta" not in tables) or schema not in (None, str(SCHEMA_VERSION)):
+            found = f"it has tables {', '.join(foreign)}" if foreign else f"schema {schema!r}" if schema else "no meta table"
+            raise JournalError(f"{self.path} is not a provision journal ({found}); give another --logs "
+                               "(or --queue), or move the file aside if it is not needed there")  # fmt: skip
+
+    def _read(self, query: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(query, args).fetchall()
+            except sqlite3.Error as exc:
+                raise _journal_error(self.path, exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -126,13 +181,16 @@ class Journal:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _journal_error(self.path, exc) from None
 
     # --- runs ---
 
@@ -161,29 +219,25 @@ class Journal:
         return rows
 
     def runs(self) -> list[RunRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM runs ORDER BY started").fetchall()
+        rows = self._read("SELECT * FROM runs ORDER BY started")
         return [RunRecord(*row) for row in rows]
 
     def run(self, run_id: str) -> RunRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return RunRecord(*row) if row else None
+        rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return RunRecord(*rows[0]) if rows else None
 
     def last_run(self) -> RunRecord | None:
         runs = self.runs()
         return runs[-1] if runs else None
 
     def seals(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT seal FROM runs WHERE seal IS NOT NULL ORDER BY started")]
+        return [r[0] for r in self._read("SELECT seal FROM runs WHERE seal IS NOT NULL ORDER BY started")]
 
     # --- jobs ---
 
     def job(self, batch: str, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id)).fetchone()
-        return JobRecord(*row) if row else None
+        rows = self._read("SELECT * FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id))
+        return JobRecord(*rows[0]) if rows else None
 
     def jobs(self, *, batch: str | None = None, run_id: str | None = None) -> list[JobRecord]:
         query, args = "SELECT * FROM jobs", []
@@ -191,8 +245,7 @@ class Journal:
             query, args = query + " WHERE batch = ?", [batch]
         elif run_id is not None:
             query, args = query + " WHERE run_id = ?", [run_id]
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY rowid", args).fetchall()
+        rows = self._read(query + " ORDER BY rowid", args)
         return [JobRecord(*row) for row in rows]
 
     def set_job(self, batch: str, job_id: str, run_id: str, holder: str, status: str, **fields: Any) -> None:
@@ -222,11 +275,10 @@ class Journal:
 
     def steps(self, batch: str, job_id: str) -> list[tuple[str, str, str, dict[str, Any], str]]:
         """(run_id, action, phase, detail, time) for a job, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT run_id, action, phase, detail, time FROM steps WHERE batch = ? AND job_id = ? ORDER BY id",
-                (batch, job_id),
-            ).fetchall()
+        rows = self._read(
+            "SELECT run_id, action, phase, detail, time FROM steps WHERE batch = ? AND job_id = ? ORDER BY id",
+            (batch, job_id),
+        )
         return [(r[0], r[1], r[2], json.loads(r[3] or "{}"), r[4]) for r in rows]
 
     def ended_steps(self, batch: str, job_id: str) -> set[str]:

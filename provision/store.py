@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision.errors import ProvisionError
 from provision.fsutil import fsync_dir, write_atomically
+from provision.logsdir import refuse_link
 
 __all__ = ["CertificateStore", "StoreError", "StoredCertificate", "fsync_dir", "write_atomically"]
 
@@ -59,6 +60,7 @@ class CertificateStore:
 
         cert = x509.load_der_x509_certificate(der)
         sha = hashlib.sha256(der).hexdigest()
+        refuse_link(self.directory, directory=True)  # never archive through a link planted in logs
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             pem_path = self.directory / f"{sha}.pem"
@@ -98,6 +100,7 @@ class CertificateStore:
 
     def check_writable(self) -> None:
         """Before any card is touched: the store must take a file (a full or read-only disk is found here)."""
+        refuse_link(self.directory, directory=True)  # never archive through a link planted in logs
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             probe = self.directory / f".probe-{os.getpid()}"
