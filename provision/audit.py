@@ -39,7 +39,7 @@ from typing import Any
 from provision import __version__
 from provision.errors import AuditError, EnvironmentProblem, ProvisionError, UsageError
 from provision.fsutil import fsync_dir
-from provision.logsdir import open_nofollow
+from provision.logsdir import open_nofollow, refuse_link
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -1053,6 +1053,7 @@ class AuditLog:
         return target
 
     def _tail(self) -> _Tail:
+        refuse_link(self.path)  # a link planted in the logs directory is neither read nor written
         raw, size = _read_last_line(self.path)
         if size == 0:
             return self._previous_file_tail()
