@@ -453,7 +453,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         raise UsageError(f"{source} is not a readable run report") from None
     if args.output:
-        _say(str(write_report(document, args.format, Path(args.output))))
+        try:
+            written = write_report(document, args.format, Path(args.output))
+        except OSError as exc:
+            raise UsageError(f"the report cannot be written to {args.output} ({exc.strerror}); choose another -o") from None
+        _say(str(written))
     else:
         sys.stdout.write(render(document, args.format))
     return EXIT_OK

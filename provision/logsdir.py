@@ -30,7 +30,7 @@ OWN_DIRECTORIES = ("store", "reports")
 
 def _planted_link(path: Path) -> LogsError:
     return LogsError(
-        f"{path} is a symbolic link, and provision follows no link inside its logs directory "
+        f"{path} is a symbolic link, and provision follows no link to its own files "
         "(whoever can write there may have planted it); remove the link, check who can write the directory, "
         "and run again"
     )

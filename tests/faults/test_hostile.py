@@ -365,3 +365,19 @@ def test_a_logs_directory_others_can_write_is_warned_about(mode: int, who: str |
         if not ok:
             failures.append(f"{command}: exit {done.returncode}, stderr {done.stderr!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_a_report_written_where_no_file_can_be_is_a_usage_error(tmp_path: Path, canaries: Any, material: Material,
+                                                                cli: Any) -> None:  # fmt: skip
+    job = FaultJob(tmp_path / "job", canaries, material, management_key="", pin="123456")
+    scene = Scene(tmp_path, job, cli)
+    scene.populate()
+    (tmp_path / "afile").write_text("a regular file where a directory should be\n")
+    failures = []
+    for where in (tmp_path, tmp_path / "afile" / "report.html"):
+        done = cli("report", "--last", "--logs", str(scene.logs), "-o", str(where))
+        ok = done.returncode == 2 and "choose another -o" in done.stderr and "Traceback" not in done.stderr
+        record(FAMILY, f"report -o {where.name or where}", consistent=ok, why=f"exit {done.returncode}: {done.stderr[-300:]!r}")
+        if not ok:
+            failures.append(f"-o {where}: exit {done.returncode}: {done.stderr!r}")
+    assert not failures, "\n".join(failures)
