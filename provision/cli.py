@@ -323,7 +323,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             _say(f"No journal in {args.logs} yet: no run has happened here.")
         return EXIT_OK
-    journal = jn.Journal(path)
+    journal = jn.Journal(path, read_only=True)
     try:
         runs, jobs = journal.runs(), journal.jobs()
     finally:
@@ -375,7 +375,7 @@ def _journal_seals(logs: Any) -> list[str]:
     path = logs / "journal.sqlite3"
     if not path.exists():
         return []
-    journal = jn.Journal(path)
+    journal = jn.Journal(path, read_only=True)
     try:
         return journal.seals()
     finally:

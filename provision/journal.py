@@ -11,6 +11,7 @@ A job is identified across runs by ``(batch, job_id)``: re-running a batch conti
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -127,25 +128,37 @@ class Journal:
 
     Every SQLite failure leaves as a JournalError (exit 3) with advice, whether at opening or later."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """``read_only``: for commands that only look (status, audit verify); nothing is created or
+        written, and a journal on read-only media (an auditor's copy) can still be read."""
         self.path = path
+        self._empty = False
         refuse_link(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise JournalError(f"the directory of the journal {path} cannot be created ({exc.strerror}); "
-                               "give a directory on a writable disk") from None  # fmt: skip
+        if not read_only:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(f"the directory of the journal {path} cannot be created ({exc.strerror}); "
+                                   "give a directory on a writable disk") from None  # fmt: skip
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            if read_only:
+                # WAL needs its -shm file; on media nobody can write, reading it as immutable is exact.
+                mode = "mode=ro" if os.access(path.parent, os.W_OK) else "immutable=1"
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, check_same_thread=False,
+                                           isolation_level=None, timeout=30)  # fmt: skip
+            else:
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
             raise _journal_error(path, exc) from None
         try:
-            self._check_ours()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._empty = not self._check_ours()
+            if not read_only:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._empty = False
         except sqlite3.Error as exc:
             self._db.close()
             raise _journal_error(path, exc) from None
@@ -153,8 +166,9 @@ class Journal:
             self._db.close()
             raise
 
-    def _check_ours(self) -> None:
-        """A database with other tables (or ours without ``meta``) is someone else's: never written to."""
+    def _check_ours(self) -> bool:
+        """A database with other tables (or ours without ``meta``) is someone else's: never written to.
+        Returns whether it has tables at all (a new, empty file has none)."""
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         tables = {t for t in tables if not t.startswith("sqlite_")}
         schema = None
@@ -166,8 +180,11 @@ class Journal:
             found = f"it has tables {', '.join(foreign)}" if foreign else f"schema {schema!r}" if schema else "no meta table"
             raise JournalError(f"{self.path} is not a provision journal ({found}); give another --logs "
                                "(or --queue), or move the file aside if it is not needed there")  # fmt: skip
+        return bool(tables)
 
     def _read(self, query: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        if self._empty:  # read-only and never written: no tables, nothing recorded
+            return []
         with self._lock:
             try:
                 return self._db.execute(query, args).fetchall()

@@ -291,6 +291,10 @@ def test_every_logs_command_on_a_read_only_file_system(case: str, tmp_path: Path
     assert not os.access(where, os.W_OK) or _really_read_only(where), "the directory is still writable"
     failures = walk(scene, f"read-only file system, {case}")
     assert not failures, "\n".join(failures)
+    if case == "logs after a run":  # an auditor's copy on read-only media can still be read
+        for command in ("status", "audit verify"):
+            done = cli(*walk_argv(job)[command], "--logs", str(scene.logs))
+            assert done.returncode == 0, (command, done.stderr)
     if case == "new logs directory":  # 'run' must say why, naming the directory it could not create
         done = cli(*walk_argv(job)["run"], "--logs", str(scene.logs))
         assert done.returncode == EXIT_ENVIRONMENT and "cannot be created" in done.stderr, done.stderr

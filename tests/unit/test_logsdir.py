@@ -152,3 +152,12 @@ def test_an_unreadable_journal_says_so(tmp_path: Path) -> None:
     (tmp_path / "journal.sqlite3").mkdir()
     with pytest.raises(JournalError, match="cannot be opened"):
         jn.Journal(tmp_path / "journal.sqlite3")
+
+
+def test_a_read_only_journal_is_neither_created_nor_written(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.touch()  # an empty file: no run recorded yet
+    journal = jn.Journal(path, read_only=True)
+    assert journal.runs() == [] and journal.seals() == []
+    journal.close()
+    assert path.read_bytes() == b""
