@@ -272,7 +272,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-
     from provision import journal as jn
     from provision.jobfile import load_jobfile
     from provision.runner import run_jobfile
@@ -313,7 +312,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-
     from provision import journal as jn
 
     path = _logs(args) / "journal.sqlite3"
@@ -340,7 +338,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
-
     from provision.store import CertificateStore
 
     stored = CertificateStore(_logs(args) / "store").list()
@@ -425,7 +422,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
-
     from provision.audit import cmd_audit_show as show_command
 
     return show_command(_logs(args), job=args.job, card=args.card, since=args.since, until=args.until,
