@@ -162,6 +162,12 @@ def _dangling_logs_link(s: Scene) -> None:
     s.logs.symlink_to(s.root / "gone" / "logs")
 
 
+def _logs_link_to_a_directory(s: Scene) -> None:
+    real = s.root / "on-another-disk"
+    s.populate(real)
+    s.logs.symlink_to(real)  # an administrator's choice, followed
+
+
 def _logs_under_a_file(s: Scene) -> None:
     (s.root / "afile").write_text("a regular file where a directory should be\n")
     s.logs = s.root / "afile" / "logs"
@@ -188,6 +194,7 @@ SCENES: dict[str, Callable[[Scene], None]] = {
     "journal not SQLite": _not_a_database,
     "journal unreadable (a directory)": _unreadable_journal,
     "--logs a dangling link": _dangling_logs_link,
+    "--logs a link to a directory": _logs_link_to_a_directory,
     "--logs under a regular file": _logs_under_a_file,
     "audit.jsonl -> victim": _planted("audit.jsonl"),
     "journal.sqlite3 -> victim": _planted("journal.sqlite3"),
