@@ -11,12 +11,13 @@ STAMP   := $(VENV)/.installed
 DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
 DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk softhsm2 postgresql
 
-.PHONY: all setup demo test lint typecheck test-unit bench faults clean
+.PHONY: all setup demo test test-installed dist fresh-check lint typecheck test-unit bench faults clean
 
 all: test
 
 $(STAMP): pyproject.toml
 	@.ci/debian-packages $(DEBIAN_BUILD)
+	@.ci/python-headers $(PYTHON)
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || .ci/debian-packages python3-venv
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
@@ -40,9 +41,31 @@ typecheck: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-# Every tier runs; a tier that cannot run (missing pcscd, peers) fails instead of skipping.
+# Every tier runs; a tier that cannot run (missing pcscd, peers) fails instead of skipping. The
+# checkout's tiers first (editable install), then what users get: the wheel installed in a fresh venv
+# and the one-file build, run from outside the checkout (.ci/installed-tier).
 test: setup lint typecheck
-	PROVISION_REQUIRE_ALL_TIERS=1 $(BIN)/pytest tests
+	PROVISION_REQUIRE_ALL_TIERS=1 $(BIN)/pytest tests --ignore=tests/installed
+	@.ci/installed-tier
+
+test-installed: setup
+	@.ci/installed-tier
+
+# What users install: dist/provision-*.tar.gz, dist/provision-*.whl (built from the sdist) and the
+# one-file dist/provision for counter PCs without Python (packaging/provision.spec), smoke-tested
+# from an empty directory with nothing on PATH.
+dist: $(STAMP)
+	rm -rf dist build/pyinstaller
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist \
+		--workpath build/pyinstaller packaging/provision.spec
+	cd /tmp && PROVISION_ONEFILE=$(CURDIR)/dist/provision $(CURDIR)/$(BIN)/pytest -q -p no:cacheprovider \
+		-c $(CURDIR)/pyproject.toml --rootdir $(CURDIR) $(CURDIR)/tests/installed/test_onefile.py
+
+# make demo and make test in a minimal Debian root (debootstrap minbase + make, git, python3), from a
+# clone of this repository's HEAD: proves the Makefile installs everything a fresh machine lacks.
+fresh-check:
+	.ci/fresh-check
 
 # make bench BENCH_ARGS=--quick for a two-minute run
 bench: setup
@@ -54,4 +77,4 @@ faults: setup
 	PROVISION_FAULTS=full PROVISION_REQUIRE_ALL_TIERS=1 $(BIN)/pytest tests/faults -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

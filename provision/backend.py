@@ -150,7 +150,7 @@ class PivCard:
     def loader(self, ctx: LoadContext, seen: CardSeen) -> CardLoader:
         from provision.load import Loader
 
-        return Loader(ctx, self.session, seen.serial)
+        return Loader(ctx, self.session, seen.serial, chuid_guid=seen.guid)
 
     @property
     def operations(self) -> int:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from provision import __version__
+from provision import __version__, installed_version
 from provision.errors import (
     EXIT_INPUT,
     EXIT_INTERNAL,
@@ -182,10 +182,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision.demo import run_demo
+    from provision.runner import LogsLock
 
     logs = _logs(args, create=True)
     directory = Path(args.dir) if args.dir else logs / "demo"
-    return run_demo(directory, holders=args.holders, out=_say, logs=logs)
+    # The lock before the material is (re)written: a live run may be reading LOGS/demo's files.
+    with LogsLock(logs) as held:
+        return run_demo(directory, holders=args.holders, out=_say, logs=logs, logs_lock=held)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,40 +277,44 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from provision import journal as jn
     from provision.jobfile import load_jobfile
-    from provision.runner import run_jobfile
+    from provision.runner import LogsLock, run_jobfile
 
     if args.queue and not args.queue.startswith("sqlite:"):
         raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
                          "again; a job in doubt is finished by the station that sees its card")  # fmt: skip
     logs = _logs(args)
-    if not (logs / "journal.sqlite3").exists():
-        _say(f"Nothing to resume: there is no journal in {logs}.")
-        return EXIT_OK
-    journal = jn.Journal(logs / "journal.sqlite3")
-    try:
-        journal.recover_abandoned_runs()
-        open_jobs = [j for j in journal.jobs() if j.status in (jn.IN_DOUBT, jn.IN_PROGRESS, jn.PENDING)]
-        runs = {r.run_id: r for r in journal.runs()}
-    finally:
-        journal.close()
-    if not open_jobs:
-        _say("Nothing to resume: every job in the journal is finished.")
-        return EXIT_OK
-    code = EXIT_OK
-    by_file: dict[str, set[str]] = {}
-    for job in open_jobs:
-        by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
-    for path, ids in by_file.items():
-        _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
-        jobfile = _with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog)
-        outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
-                              readers=args.reader, only_jobs=ids, progress=not args.no_progress,
-                              accept_damaged_audit_tail=args.accept_damaged_audit_tail)  # fmt: skip
-        if args.json:
-            _emit_json(outcome.document)
-        else:
-            _print_summary(outcome.document, outcome.reports)
-        code = max(code, outcome.exit_code)
+    # The lock first: a run that is alive must find its journal as it left it (its runs are not
+    # "abandoned"), and a resume that cannot have the lock changes nothing at all.
+    with LogsLock(logs) as held:
+        if not (logs / "journal.sqlite3").exists():
+            _say("Nothing to resume: no run has happened here.")
+            return EXIT_OK
+        journal = jn.Journal(logs / "journal.sqlite3")
+        try:
+            journal.recover_abandoned_runs()
+            open_jobs = [j for j in journal.jobs() if j.status in (jn.IN_DOUBT, jn.IN_PROGRESS, jn.PENDING)]
+            runs = {r.run_id: r for r in journal.runs()}
+        finally:
+            journal.close()
+        if not open_jobs:
+            _say("Nothing to resume: every job in the journal is finished.")
+            return EXIT_OK
+        code = EXIT_OK
+        by_file: dict[str, set[str]] = {}
+        for job in open_jobs:
+            by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
+        for path, ids in by_file.items():
+            _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
+            jobfile = _with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog)
+            outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
+                                  readers=args.reader, only_jobs=ids, progress=not args.no_progress,
+                                  accept_damaged_audit_tail=args.accept_damaged_audit_tail,
+                                  logs_lock=held)  # fmt: skip
+            if args.json:
+                _emit_json(outcome.document)
+            else:
+                _print_summary(outcome.document, outcome.reports)
+            code = max(code, outcome.exit_code)
     return code
 
 
@@ -317,23 +324,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     path = _logs(args) / "journal.sqlite3"
     if not path.exists():
         if args.json:
-            _emit_json({"runs": [], "jobs": []})
+            _emit_json({"runs": [], "jobs": [], "pin_holds": []})
         else:
             _say(f"No journal in {args.logs} yet: no run has happened here.")
         return EXIT_OK
     journal = jn.Journal(path, read_only=True)
     try:
-        runs, jobs = journal.runs(), journal.jobs()
+        runs, jobs, holds = journal.runs(), journal.jobs(), jn.PinHolds(journal).all()
     finally:
         journal.close()
     if args.json:
         _emit_json({"runs": [r.__dict__ for r in runs],
-                    "jobs": [{"batch": j.batch, "run_id": j.run_id, **j.to_json()} for j in jobs]})  # fmt: skip
+                    "jobs": [{"batch": j.batch, "run_id": j.run_id, **j.to_json()} for j in jobs],
+                    "pin_holds": [h.to_json() for h in holds]})  # fmt: skip
         return EXIT_OK
     for run in runs:
         _say(f"run {run.run_id}: batch {run.batch}, {run.mode}, {run.status}, started {run.started}")
     for job in jobs:
         _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {job.error}" if job.error else ""))
+    for hold in holds:
+        card = hold.card_serial if hold.card_serial is not None else hold.chuid_guid
+        _say(f"PIN hold: {hold.card_text()} refused a PIN on {hold.since} (job {hold.batch}/{hold.job_id}); "
+             f"no PIN is sent to it until 'provision card clear-pin-hold {card} --reason TEXT'")  # fmt: skip
     return EXIT_OK
 
 
@@ -514,6 +526,58 @@ def cmd_card_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from provision import journal as jn
+    from provision.audit import AuditLog
+    from provision.errors import AuditError
+    from provision.runner import LogsLock
+
+    card = args.card.strip().lower()
+    if card.isdigit():
+        serial, guid = int(card), None
+    elif len(card) == 32 and all(c in "0123456789abcdef" for c in card):
+        serial, guid = None, card
+    else:
+        raise UsageError(f"{args.card!r} is neither a card serial (digits) nor a CHUID GUID (32 hex digits)")
+    if not args.reason.strip():
+        raise UsageError("--reason must say why the hold may be cleared (it goes into the audit log)")
+    logs = Path(args.logs)
+    with LogsLock(logs):  # before anything is read or changed: a live run keeps its journal as it is
+        path = logs / "journal.sqlite3"
+        journal = jn.Journal(path) if path.exists() else None
+        holds = jn.PinHolds(journal) if journal is not None else None
+        try:
+            hold = holds.get(serial, guid) if holds is not None else None
+            if holds is None or hold is None:
+                raise UsageError(f"card {args.card} is not on PIN hold in {logs}; nothing was changed")
+            audit = AuditLog(logs / "audit.jsonl", key=_audit_key(args))
+            try:
+                tail = audit.check_tail()
+                if not tail.ok:
+                    raise AuditError(f"the audit log's end is damaged ({tail.message}); the hold was not cleared. "
+                                     "Check it with 'provision audit verify'")  # fmt: skip
+                # Audited first: a hold is never lifted without its record.
+                audit.append("pin_hold_cleared", outcome="cleared", by="operator", reason=args.reason.strip(),
+                             card_serial=hold.card_serial, chuid_guid=hold.chuid_guid, held_since=hold.since,
+                             held_by_run=hold.run_id, held_by_job=hold.job_id, batch=hold.batch,
+                             pin_tries_left=hold.tries_left)  # fmt: skip
+            finally:
+                audit.close()
+            holds.clear(serial, guid)
+        finally:
+            if journal is not None:
+                journal.close()
+    if args.json:
+        _emit_json({"cleared": True, **hold.to_json()})
+    else:
+        tries = "unknown" if hold.tries_left is None else str(hold.tries_left)
+        _say(f"PIN hold on {hold.card_text()} cleared (held since {hold.since}, job {hold.job_id}; "
+             f"{tries} PIN tries left then). Runs may send it a PIN again: check the job's PIN first.")
+    return EXIT_OK
+
+
 def cmd_sim_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -561,7 +625,8 @@ COMMANDS: dict[str, str] = {
     "audit": "check the audit log's integrity ('audit verify') or read it ('audit show')",
     "report": "a run's report as JSON, CSV or HTML",
     "readers": "PC/SC readers and the cards in them",
-    "card": "a card's serial, version, PIN tries, certificates and slot names ('card info')",
+    "card": "a card's serial, version, PIN tries, certificates and slot names ('card info'); "
+            "'card clear-pin-hold' after a refused PIN",
     "sim": "simulated PIV cards for tests, training and peers ('sim serve')",
     "demo": "a complete batch on simulated cards, from generated certificates",
 }
@@ -573,7 +638,7 @@ def fast_help() -> str:
     lines = [
         "usage: provision [-h] [--version] COMMAND ...",
         "",
-        DESCRIPTION,
+        f"{DESCRIPTION} Version {__version__}.",
         "",
         "commands:",
         *(f"  {name:{width}}{text}" for name, text in COMMANDS.items()),
@@ -591,8 +656,13 @@ def fast_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="provision", description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("--version", action="version", version=f"provision {__version__}")
+    parser = argparse.ArgumentParser(prog="provision", description=f"{DESCRIPTION} Version {__version__}.", epilog=EPILOG)
+
+    class _Version(argparse.Action):  # the metadata is read only when asked, not at every start
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            parser.exit(message=f"provision {installed_version()}\n")
+
+    parser.add_argument("--version", nargs=0, action=_Version, help="show the installed version and exit")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else there")
     common.add_argument("--logs", default=_logs_default(), metavar="DIR",
@@ -711,6 +781,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = card.add_parser("info", parents=[common], help="read a card without changing it")
     p.add_argument("--reader", metavar="NAME", help="the reader (a unique part of its name); default: the one with a card")
     p.set_defaults(handler=cmd_card_info)
+    p = card.add_parser("clear-pin-hold", parents=[common, audit_key],
+                        help="let runs send a PIN again to a card that refused one (audited)")  # fmt: skip
+    p.add_argument("card", metavar="CARD", help="the card's serial, or its CHUID GUID (32 hex digits)")
+    p.add_argument("--reason", required=True, metavar="TEXT",
+                   help="why the hold may go, e.g. 'PIN file corrected, checked with the holder' (audited)")  # fmt: skip
+    p.set_defaults(handler=cmd_card_clear_pin_hold)
 
     p = sub.add_parser("sim", help=COMMANDS["sim"])
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
@@ -738,6 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     if list(sys.argv[1:] if argv is None else argv) in (["--help"], ["-h"]):
         sys.stdout.write(fast_help())
+        return EXIT_OK
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        sys.stdout.write(f"provision {installed_version()}\n")
         return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -14,9 +14,12 @@ import secrets as pysecrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provision.errors import EXIT_OK, EnvironmentProblem
+
+if TYPE_CHECKING:
+    from provision.runner import LogsLock
 
 DEMO_PIN = "123456"  # the simulated card's factory PIN (CLI.md), used only with simulated cards
 
@@ -140,7 +143,9 @@ def demo_cards(jobfile: Any, ca_dir: Path) -> list[Any]:
     return [first, SimCard(SimOptions(serial=STRANGER_SERIAL)), *cards[1:]]
 
 
-def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs: Path | None = None) -> int:
+def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs: Path | None = None,
+             logs_lock: LogsLock | None = None) -> int:  # fmt: skip
+    """``logs_lock``: the lock of ``logs``, already held by the caller (see ``run_jobfile``)."""
     from provision.jobfile import load_jobfile
     from provision.plan import plan_jobfile, print_plan
     from provision.runner import SimSource, run_jobfile
@@ -158,7 +163,8 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
     logs = logs or directory / "logs"
     out(f"\nRunning the batch on simulated cards (logs in {logs}) ...")
     outcome = run_jobfile(jobfile, logs=logs, unattended=True, wait=0,
-                          source=SimSource([demo_cards(jobfile, directory)]), progress=True)  # fmt: skip
+                          source=SimSource([demo_cards(jobfile, directory)]), progress=True,
+                          logs_lock=logs_lock)  # fmt: skip
     doc = outcome.document
     out("")
     for job in doc["jobs"]:

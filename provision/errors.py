@@ -185,3 +185,8 @@ class ManagementKeyError(CardError):
 
 class WrongCardError(CardError):
     """The card in the reader is not the one the job is for; nothing was written."""
+
+
+class PinHeldError(PinError):
+    """The card refused a PIN before and is on PIN hold: no PIN was sent. An operator clears the
+    hold (``provision card clear-pin-hold``) once the PIN the job gives has been checked."""

@@ -35,13 +35,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from provision import schema_cache
+from provision import resources, schema_cache
 from provision import template as templates
 from provision.errors import JobFileError, Problem, TemplateError
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
 
-SCHEMA_PATH = schema_cache.SCHEMA_PATH
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_EXPANDED_NODES = 2_000_000
 MAX_PKCS12_BYTES = 16 * 1024 * 1024
@@ -509,7 +508,7 @@ def _validators() -> tuple[Any, Any, Any]:
     inside ``cards``; the schema file stays the single contract."""
     import jsonschema
 
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(resources.job_schema_bytes())
     cls = jsonschema.validators.validator_for(schema)
     # The schema itself is checked by a unit test, not at every start (it costs ~170 ms).
     cards = schema["properties"]["cards"]
@@ -936,7 +935,8 @@ def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[Secret
     audit_key = None
     if "audit" in data and "key" in data["audit"]:
         audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
-    factory = [job.id for job in cards.jobs if job.management_key is None]
+    # PIV jobs only: a PKCS#11 token has no management key.
+    factory = [job.id for job in cards.jobs if job.management_key is None and job.card.pkcs11 is None]
     if factory:
         ck.problem(
             ("defaults",) if "defaults" in data else ("cards",),

@@ -105,7 +105,7 @@ class RunRecord:
     seal: str | None
 
 
-_OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps"})
+_OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps", "pin_holds"})
 
 
 def _journal_error(path: Path, exc: sqlite3.Error) -> JournalError:
@@ -142,13 +142,15 @@ class Journal:
                                    "give a directory on a writable disk") from None  # fmt: skip
         self._lock = threading.RLock()
         try:
-            if read_only:
-                # WAL needs its -shm file; on media nobody can write, reading it as immutable is exact.
-                mode = "mode=ro" if os.access(path.parent, os.W_OK) else "immutable=1"
-                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, check_same_thread=False,
-                                           isolation_level=None, timeout=30)  # fmt: skip
+            if read_only and not os.access(path.parent, os.W_OK):
+                # WAL needs its -shm file beside the journal; on media nobody can write, reading the
+                # journal as immutable is exact.
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True,
+                                           check_same_thread=False, isolation_level=None, timeout=30)  # fmt: skip
             else:
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+                if read_only:  # a normal connection (it tidies WAL files on close, as a run's does), writing nothing
+                    self._db.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise _journal_error(path, exc) from None
         try:
@@ -176,7 +178,10 @@ class Journal:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             schema = row[0] if row else None
         foreign = sorted(tables - _OWN_TABLES)
-        if foreign or (tables and "meta" not in tables) or schema not in (None, str(SCHEMA_VERSION)):
+        if schema is not None and schema.isdigit() and int(schema) > PIN_HOLD_SCHEMA_VERSION:
+            raise JournalError(f"{self.path} was written by a newer provision (journal schema {schema}); use that "
+                               "version with these logs, or give another --logs")  # fmt: skip
+        if foreign or (tables and "meta" not in tables) or schema not in (None, str(SCHEMA_VERSION), str(PIN_HOLD_SCHEMA_VERSION)):
             found = f"it has tables {', '.join(foreign)}" if foreign else f"schema {schema!r}" if schema else "no meta table"
             raise JournalError(f"{self.path} is not a provision journal ({found}); give another --logs "
                                "(or --queue), or move the file aside if it is not needed there")  # fmt: skip
@@ -265,6 +270,17 @@ class Journal:
         rows = self._read(query + " ORDER BY rowid", args)
         return [JobRecord(*row) for row in rows]
 
+    def add_pending(self, batch: str, run_id: str, jobs: list[tuple[str, str, str]]) -> None:
+        """Rows for jobs (id, holder, slot) the journal has never seen, as pending in this run; one
+        transaction for the whole batch. Rows that exist (loaded, in doubt, …) are left as they are."""
+        stamp = now_rfc3339()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO jobs (batch, job_id, run_id, holder, status, slot, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(batch, job_id, run_id, holder, PENDING, slot, stamp) for job_id, holder, slot in jobs],
+            )
+
     def set_job(self, batch: str, job_id: str, run_id: str, holder: str, status: str, **fields: Any) -> None:
         unknown = set(fields) - set(JOB_COLUMNS)
         if unknown:
@@ -300,3 +316,115 @@ class Journal:
 
     def ended_steps(self, batch: str, job_id: str) -> set[str]:
         return {action for _, action, phase, _, _ in self.steps(batch, job_id) if phase == "end"}
+
+
+# --- PIN holds (schema 2) ---
+#
+# A card that refused a PIN (63Cx, or blocked) is put on hold: no run sends it a PIN that no person
+# typed until an operator clears the hold (``provision card clear-pin-hold``, audited). The same
+# wrong PIN from a file, a variable or a program would otherwise cost one try per run until the card
+# blocks. Nothing derived from the PIN is kept: with six digits, even a hash of it gives it away.
+
+PIN_HOLD_SCHEMA_VERSION = 2
+
+_PIN_HOLDS_TABLE = """
+CREATE TABLE IF NOT EXISTS pin_holds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, card_serial INTEGER, chuid_guid TEXT, tries_left INTEGER,
+    run_id TEXT NOT NULL, batch TEXT NOT NULL, job_id TEXT NOT NULL, since TEXT NOT NULL, updated TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class PinHold:
+    card_serial: int | None
+    chuid_guid: str | None
+    tries_left: int | None  # as the card said at its last refusal
+    run_id: str  # the run whose PIN the card refused first
+    batch: str
+    job_id: str
+    since: str
+    updated: str  # the last refusal
+
+    def card_text(self) -> str:
+        return f"card {self.card_serial}" if self.card_serial is not None else f"the card with GUID {self.chuid_guid}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class PinHolds:
+    """The PIN holds of one journal, by card serial and/or CHUID GUID (either identifies the card).
+
+    The table arrives with the first hold (a migration old journals survive: their rows are kept
+    and ``meta.schema`` becomes 2); reading a journal without it finds no hold and changes nothing."""
+
+    def __init__(self, journal: Journal, *, owned: bool = False) -> None:
+        self._journal = journal
+        self._owned = owned  # opened for the holds alone (the run's journal is elsewhere): closed here
+
+    def close(self) -> None:
+        if self._owned:
+            self._journal.close()
+
+    def _has_table(self) -> bool:
+        return bool(self._journal._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pin_holds'"))
+
+    @staticmethod
+    def _where(serial: int | None, guid: str | None) -> tuple[str, tuple[Any, ...]]:
+        guid = guid.lower() if guid else None
+        return ("(card_serial IS NOT NULL AND card_serial = ?) OR (chuid_guid IS NOT NULL AND chuid_guid = ?)",
+                (serial, guid))  # fmt: skip
+
+    def get(self, serial: int | None, guid: str | None) -> PinHold | None:
+        if serial is None and not guid:
+            return None
+        where, args = self._where(serial, guid)
+        with self._journal._lock:
+            if not self._has_table():
+                return None
+            rows = self._journal._read(
+                f"SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds "  # noqa: S608 - fixed text
+                f"WHERE {where} ORDER BY id LIMIT 1", args,
+            )  # fmt: skip
+        return PinHold(*rows[0]) if rows else None
+
+    def all(self) -> list[PinHold]:
+        with self._journal._lock:
+            if not self._has_table():
+                return []
+            rows = self._journal._read(
+                "SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds ORDER BY id"
+            )
+        return [PinHold(*row) for row in rows]
+
+    def hold(self, serial: int | None, guid: str | None, *, tries_left: int | None, run_id: str, batch: str,
+             job_id: str) -> None:  # fmt: skip
+        """Record a refusal. A card already on hold keeps its first refusal and gets the latest tries."""
+        if serial is None and not guid:
+            return  # a card with neither cannot be recognised in another run
+        where, args = self._where(serial, guid)
+        now = now_rfc3339()
+        with self._journal._tx() as db:
+            db.execute(_PIN_HOLDS_TABLE)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?",
+                       (str(PIN_HOLD_SCHEMA_VERSION), PIN_HOLD_SCHEMA_VERSION))  # fmt: skip
+            found = db.execute(f"SELECT id FROM pin_holds WHERE {where}", args).fetchone()  # noqa: S608 - fixed text
+            if found is None:
+                db.execute("INSERT INTO pin_holds (card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, "
+                           "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (serial, guid.lower() if guid else None, tries_left, run_id, batch, job_id, now, now))  # fmt: skip
+            else:
+                db.execute("UPDATE pin_holds SET tries_left = ?, updated = ?, card_serial = COALESCE(card_serial, ?), "
+                           "chuid_guid = COALESCE(chuid_guid, ?) WHERE id = ?",
+                           (tries_left, now, serial, guid.lower() if guid else None, found[0]))  # fmt: skip
+
+    def clear(self, serial: int | None, guid: str | None) -> PinHold | None:
+        """Lift the hold; returns what it was (None: the card was not on hold)."""
+        hold = self.get(serial, guid)
+        if hold is None:
+            return None
+        where, args = self._where(serial, guid)
+        with self._journal._tx() as db:
+            db.execute(f"DELETE FROM pin_holds WHERE {where}", args)  # noqa: S608 - fixed text
+        return hold

@@ -34,6 +34,7 @@ from provision.errors import (
     CardStatusError,
     ManagementKeyError,
     PinError,
+    PinHeldError,
     ProvisionError,
     SecretError,
 )
@@ -42,6 +43,7 @@ from provision.piv.session import (
     PIN_POLICIES,
     SW_SECURITY_NOT_SATISFIED,
     CardNotSupportedError,
+    PinFormatError,
     PivSession,
     SlotMetadata,
 )
@@ -52,8 +54,14 @@ from provision.secrets import Secret, obtain
 from provision.store import CertificateStore, write_atomically
 
 DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
+# In every report of a job that wrote with it: anyone holding such a card can replace its keys and
+# certificates without the PIN.
+DEFAULT_KEY_NOTE = ("written with the card's factory default management key: anyone holding the card can "
+                    "replace its certificates without the PIN; give the job a management_key")  # fmt: skip
 KEY_HISTORY_OBJECT_ID = 0x5FC10C  # SP 800-73-4: C1 keysWithOnCardCerts, C2 keysWithOffCardCerts, F3 URL
 COMPRESS_ABOVE_BYTES = 2900  # YubiKey objects hold ~3 kB; larger certificates are gzipped as ykman does
+# Journal steps that write to a card: one begun and not followed by a commit is an unfinished load.
+_CARD_WRITES = frozenset({"import_key", "write_certificate", "write_key_history", "write_slot_name"})
 
 Recorder = Callable[..., None]  # audit: record(event, **fields)
 PinPrompt = Callable[[str, int | None], Secret]  # (holder, tries left) → PIN typed by the citizen
@@ -104,6 +112,7 @@ class LoadContext:
     export_dir: Path | None = None
     resuming: bool = False  # the journal says an earlier attempt on this job was interrupted
     confirm: Confirm | None = None  # counter mode: the operator checks the certificate (workflow step 8)
+    pin_holds: jn.PinHolds | None = None  # cards that refused a PIN in an earlier run (None: not kept)
 
 
 def _fault_point(action: str, phase: str) -> None:
@@ -139,10 +148,12 @@ def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Itera
 class Loader:
     """Loads ``ctx.bundle`` into ``ctx.job.slot`` of the card behind ``session``."""
 
-    def __init__(self, ctx: LoadContext, session: PivSession, card_serial: int | None) -> None:
+    def __init__(self, ctx: LoadContext, session: PivSession, card_serial: int | None, *,
+                 chuid_guid: str | None = None) -> None:  # fmt: skip
         self.ctx = ctx
         self.session = session
         self.card_serial = card_serial
+        self.chuid_guid = chuid_guid
         self.job = ctx.job
         self.slot = ctx.job.slot
         self.der = ctx.bundle.certificate.public_bytes(Encoding.DER)
@@ -156,7 +167,7 @@ class Loader:
         # The slot-name object as read in this transaction (archive, then naming): one GET DATA.
         self._slot_names: dict[int, str] | None = None
         self._slot_names_read = False
-        self._ended = ctx.journal.ended_steps(ctx.jobfile.batch, ctx.job.id)
+        self._wrote = False  # this attempt sent a write to the card (a skip then becomes a load)
 
     # --- bookkeeping ---
 
@@ -280,20 +291,41 @@ class Loader:
         return True
 
     def skip(self) -> LoadResult:
-        """The card already carries this certificate and key. A fresh job changes nothing;
-        an interrupted one is rolled forward from what it left (slot name, verify, commit)."""
-        if self.result.resumed:
-            self.verify_pin()  # the test signature needs it
-            self.register_retired_slot()
-            self.write_slot_name()
-            self.verify_load()
+        """The card already carries this certificate and a key that matches it. ``skipped`` is said
+        only once this run has proven the whole target on the card: the certificate's bytes, the
+        slot name (read back) and the key (a test signature checked with the certificate's public
+        key). Whatever is missing, e.g. after a fault between two writes of an earlier attempt, is
+        finished, verified and committed: that job ends ``loaded``, never ``skipped``."""
+        self.verify_pin()  # the test signature needs it
+        self.register_retired_slot()
+        self.write_slot_name()
+        self.verify_load()
+        if self.result.resumed or self._wrote or self._earlier_attempt_unfinished() or not self._slot_name_kept():
             self.commit()
             self.exports()
             return self.result
         self.result.status = jn.SKIPPED
-        self.audit("skipped", reason="the card already holds this certificate and its key")
+        self.audit("skipped", outcome="verified",
+                   reason="the card already holds this certificate, its key (test signature) and the slot name")  # fmt: skip
         self.exports()  # an export that failed or went missing after an earlier load is made again
         return self.result
+
+    def _earlier_attempt_unfinished(self) -> bool:
+        """An earlier attempt of this job began a write to a card and no commit ended after it."""
+        unfinished = False
+        for _, action, phase, _, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if action in _CARD_WRITES and phase == "begin":
+                unfinished = True
+            elif action == "commit" and phase == "end":
+                unfinished = False
+        return unfinished
+
+    def _slot_name_kept(self) -> bool:
+        """The slot name is on the card (read back), or, on a card that refuses it, in the journal
+        of a committed load of this job."""
+        if self.result.slot_name_on_card:
+            return True
+        return "commit" in self.ctx.journal.ended_steps(self.ctx.jobfile.batch, self.job.id)
 
     @contextmanager
     def person_pause(self) -> Iterator[None]:
@@ -335,12 +367,8 @@ class Loader:
         if current is None or state["cert_on_card"]:
             return
         sha = hashlib.sha256(current).hexdigest()
-        previous = self.ctx.journal.job(self.ctx.jobfile.batch, self.job.id)
-        if (self.job.replace == "archive" and "archive_replaced_certificate" in self._ended and previous is not None
-                and previous.replaced_sha256 == sha and previous.archived_to and Path(previous.archived_to).is_file()):
-            # An interrupted attempt already archived this very certificate (fsynced): not again.
-            self.result.replaced_sha256, self.result.archived_to = sha, previous.archived_to
-            return
+        # No shortcut for "an interrupted attempt archived it already": the store proves its copy
+        # (the card's bytes, same SHA-256, fsynced) or rewrites it, every time, before the card is changed.
         with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as found:
             if self.job.replace == "refuse":
                 raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "
@@ -360,8 +388,10 @@ class Loader:
                                      jn.IN_PROGRESS, replaced_sha256=sha, archived_to=self.result.archived_to)  # fmt: skip
 
     def verify_pin(self) -> None:
-        """Read the tries left (costs none), refuse below the floor, then VERIFY once."""
+        """Refuse a card on PIN hold, read the tries left (costs none), refuse below the floor,
+        then VERIFY once."""
         with self.step("verify_pin") as found:
+            self._refuse_if_pin_held()  # before the status read: not even a VERIFY without data
             tries = self.session.pin_tries()
             self.result.pin_tries_left = tries
             found["tries_before"] = tries
@@ -379,7 +409,7 @@ class Loader:
                     )
                 pin = self._obtain_pin(tries)
                 try:
-                    self.session.verify_pin(pin)
+                    self._present_pin(pin)
                 except PinError as exc:
                     pin.wipe()
                     self.result.pin_tries_left = exc.tries_left
@@ -393,6 +423,48 @@ class Loader:
                 self._pin = pin
                 self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
                 return
+
+    def _person_types_pin(self) -> bool:
+        """The PIN comes from a person at the counter (the citizen typing it), not from a source
+        that would send the same value again in every run."""
+        return not self.ctx.unattended and self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None
+
+    def _refuse_if_pin_held(self) -> None:
+        holds = self.ctx.pin_holds
+        if holds is None or self._person_types_pin():
+            return
+        hold = holds.get(self.card_serial, self.chuid_guid)
+        if hold is None:
+            return
+        self.audit("pin_refused_hold", outcome="refused", held_since=hold.since, held_by_run=hold.run_id,
+                   held_by_job=hold.job_id, pin_tries_left=hold.tries_left)  # fmt: skip
+        card = str(hold.card_serial) if hold.card_serial is not None else str(hold.chuid_guid)
+        raise PinHeldError(
+            f"{hold.card_text()} refused a PIN on {hold.since} (job {hold.job_id}, run {hold.run_id}) and is on PIN "
+            "hold; no PIN was sent to it. Check the PIN this job gives (with the holder if need be), then run "
+            f"'provision card clear-pin-hold {card} --reason TEXT' and run again, or load it at the counter",
+            hold.tries_left,
+        )
+
+    def _present_pin(self, pin: Secret) -> None:
+        """VERIFY. A refusal puts the card on PIN hold for later runs; a good PIN typed by a
+        person at the counter lifts a hold (that person has just proven the PIN)."""
+        holds = self.ctx.pin_holds
+        try:
+            self.session.verify_pin(pin)
+        except PinFormatError:
+            raise  # nothing was sent to the card
+        except PinError as exc:
+            if holds is not None and (self.card_serial is not None or self.chuid_guid):
+                holds.hold(self.card_serial, self.chuid_guid, tries_left=exc.tries_left, run_id=self.ctx.run_id,
+                           batch=self.ctx.jobfile.batch, job_id=self.job.id)  # fmt: skip
+                self.audit("pin_hold_set", outcome="held", pin_tries_left=exc.tries_left)
+            raise
+        if holds is not None and self._person_types_pin():
+            lifted = holds.clear(self.card_serial, self.chuid_guid)
+            if lifted is not None:
+                self.audit("pin_hold_cleared", outcome="cleared", by="counter", held_since=lifted.since,
+                           held_by_run=lifted.run_id)  # fmt: skip
 
     def _obtain_pin(self, tries: int | None) -> Secret:
         if self._pin is not None:
@@ -427,6 +499,8 @@ class Loader:
                 key.wipe()
             self._authenticated = True
             self.audit("management_key_auth", outcome="ok", default_key=self.job.management_key is None)
+            if self.job.management_key is None:
+                self.result.notes.append(DEFAULT_KEY_NOTE)
 
     def import_key(self, state: dict[str, Any]) -> None:
         if state["key_on_card"] is True:
@@ -474,6 +548,7 @@ class Loader:
         fields.setdefault(0xC2, b"\x00")
         body = b"".join(tlv.encode(tag, fields[tag]) for tag in (0xC1, 0xC2, 0xF3) if tag in fields) + tlv.encode(0xFE, b"")
         self.authenticate_management_key()
+        self._wrote = True
         with self.step("write_key_history", keys_with_on_card_certs=needed) as found:
             try:
                 self.session.put_object(KEY_HISTORY_OBJECT_ID, body)
@@ -489,6 +564,7 @@ class Loader:
             self.result.slot_name_on_card = True
             return
         self.authenticate_management_key()  # a resumed load may reach here without it
+        self._wrote = True
         with self.step("write_slot_name") as found:
             outcome = self.session.write_slot_name(self.slot.key_ref, self.ctx.slot_name, current=names)
             self._slot_names_read = False
@@ -507,7 +583,7 @@ class Loader:
             # in the slot is the certificate's: no separate metadata read is needed for that.
             verified = self._pin_always(None)
             if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
-                self.session.verify_pin(self._pin or self._obtain_pin(None))
+                self._present_pin(self._pin or self._obtain_pin(None))
             try:
                 self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
             except CardStatusError as exc:
@@ -515,7 +591,7 @@ class Loader:
                     raise
                 # This card keeps PIN policy "always" on this key although neither the job nor the
                 # slot's usual default says so: present the PIN the card accepted a moment ago.
-                self.session.verify_pin(self._pin or self._obtain_pin(None))
+                self._present_pin(self._pin or self._obtain_pin(None))
                 self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
             found["test_signature"] = "verified"
             self.audit("verified", outcome="ok")

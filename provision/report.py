@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,8 +36,12 @@ JOB_COLUMNS = (
     "seconds",
     "error",
 )
-CSV_COLUMNS = (*JOB_COLUMNS, "not_after")
-STATUSES = ("loaded", "skipped", "failed", "refused", "pending")
+# A card refused at the reader (it matched no job) is a CSV row too: no job id, status "refused",
+# its serial, the reason in "error", and the reader and time it was seen.
+CSV_COLUMNS = (*JOB_COLUMNS, "not_after", "notes", "reader", "time")
+STATUSES = ("loaded", "skipped", "failed", "refused", "pending", "in-doubt")
+# The certificate is On Card only in these: elsewhere a fingerprint names the file's certificate.
+ON_CARD = ("loaded", "skipped")
 FORMATS = ("json", "csv", "html")
 
 STATUS_WORDS = {
@@ -45,6 +50,7 @@ STATUS_WORDS = {
     "failed": "Failed",
     "refused": "Refused: wrong card",
     "pending": "Pending: card never inserted",
+    "in-doubt": "In doubt: card taken out during the load; insert it again and run provision resume",
 }
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -55,6 +61,13 @@ def _jobs(run_doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if not isinstance(jobs, Sequence) or not all(isinstance(j, Mapping) for j in jobs):
         raise ValueError("the run document's 'jobs' must be a list of objects")
     return list(jobs)
+
+
+def refused_cards(run_doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    cards = run_doc.get("refused_cards") or []
+    if not isinstance(cards, Sequence) or not all(isinstance(c, Mapping) for c in cards):
+        raise ValueError("the run document's 'refused_cards' must be a list of objects")
+    return list(cards)
 
 
 def counts(run_doc: Mapping[str, Any]) -> dict[str, int]:
@@ -100,7 +113,10 @@ def _csv_cell(value: Any) -> str | int | float:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return value
-    text = error_text(value) if isinstance(value, Mapping) else str(value)
+    if isinstance(value, list):
+        text = "; ".join(str(v) for v in value)
+    else:
+        text = error_text(value) if isinstance(value, Mapping) else str(value)
     # A spreadsheet runs a cell that starts like a formula; a quote makes it text (OWASP CSV injection).
     return "'" + text if text.startswith(_FORMULA_START) else text
 
@@ -113,8 +129,10 @@ def _csv_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
-    for job in _jobs(run_doc):
-        writer.writerow([_csv_cell(job.get(column)) for column in CSV_COLUMNS])
+    refused = ({"status": "refused", "card_serial": c.get("card_serial"), "error": c.get("reason"),
+                "reader": c.get("reader"), "time": c.get("time")} for c in refused_cards(run_doc))  # fmt: skip
+    for row in itertools.chain(_jobs(run_doc), refused):
+        writer.writerow([_csv_cell(row.get(column)) for column in CSV_COLUMNS])
         if buffer.tell() > 65536:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -147,7 +165,8 @@ tbody tr:nth-child(even) { background: #fafafa; }
 .status-loaded { color: #0a6b2d; }
 .status-skipped { color: #225; }
 .status-failed, .status-refused { color: #a00; }
-.status-pending { color: #8a5a00; }
+.status-pending, .status-in-doubt { color: #8a5a00; }
+.note { color: #8a5a00; }
 .error { color: #a00; }
 .muted { color: #666; }
 footer { margin-top: 1.5rem; font-size: .85em; color: #555; }
@@ -157,7 +176,8 @@ footer { margin-top: 1.5rem; font-size: .85em; color: #555; }
   th { background: #ddd !important; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
   thead { display: table-header-group; }
   tr { page-break-inside: avoid; break-inside: avoid; }
-  .status-loaded, .status-skipped, .status-failed, .status-refused, .status-pending, .error { color: #000; }
+  .status-loaded, .status-skipped, .status-failed, .status-refused, .status-pending, .status-in-doubt,
+  .note, .error { color: #000; }
 }
 """
 
@@ -176,7 +196,7 @@ def _job_row(job: Mapping[str, Any]) -> str:
     status_class = status if status in STATUSES else "pending"
     words = STATUS_WORDS.get(status, status)
     new_cert = ""
-    if job.get("not_after") or job.get("fingerprint_sha256"):
+    if status in ON_CARD and (job.get("not_after") or job.get("fingerprint_sha256")):
         new_cert = f"expires {_e(job.get('not_after') or 'unknown')}"
         if job.get("fingerprint_sha256"):
             new_cert += f'<br><span class="mono" title="{_e(job["fingerprint_sha256"])}">SHA-256 {_e(_short(job["fingerprint_sha256"]))}</span>'
@@ -193,6 +213,7 @@ def _job_row(job: Mapping[str, Any]) -> str:
         details.append(f"{_e(job['seconds'])} s")
     if job.get("apdus") is not None:
         details.append(f"{_e(job['apdus'])} APDUs")
+    details += [f'<span class="note">{_e(note)}</span>' for note in job.get("notes") or []]
     cells = [
         f'<td class="nowrap">{_e(job.get("id"))}</td>',
         f"<td>{_e(job.get('holder'))}</td>",
@@ -206,6 +227,19 @@ def _job_row(job: Mapping[str, Any]) -> str:
         f'<td class="muted">{"<br>".join(details)}</td>',
     ]
     return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _refused_html(cards: Sequence[Mapping[str, Any]]) -> Iterator[str]:
+    yield '<section aria-label="Cards refused">\n<h2>Cards refused at the reader</h2>\n'
+    if not cards:
+        yield '<p class="muted">None: every card presented matched its job.</p>\n</section>\n'
+        return
+    yield ('<p>These cards matched no job of the run; nothing was written to them.</p>\n<table>\n<thead><tr>'
+           "<th>Card serial</th><th>Reader</th><th>Time</th><th>Reason</th></tr></thead>\n<tbody>\n")
+    for card in cards:
+        yield (f'<tr><td class="mono nowrap">{_e(card.get("card_serial"))}</td><td>{_e(card.get("reader"))}</td>'
+               f'<td class="nowrap">{_e(card.get("time"))}</td><td>{_e(card.get("reason"))}</td></tr>\n')
+    yield "</tbody>\n</table>\n</section>\n"
 
 
 def render_html(run_doc: Mapping[str, Any]) -> str:
@@ -267,7 +301,9 @@ def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     yield """</tbody>
 </table>
 </section>
-<footer>The audit seal is the last hash of the audit log when the run ended; <code>provision audit verify</code>
+"""
+    yield from _refused_html(refused_cards(run_doc))
+    yield """<footer>The audit seal is the last hash of the audit log when the run ended; <code>provision audit verify</code>
 checks that the log still matches it.</footer>
 </body>
 </html>

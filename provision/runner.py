@@ -224,6 +224,9 @@ class Runner:
         self.journal = open_queue(options.queue, logs=options.logs, station=options.station,
                                   lease_seconds=options.lease_seconds)  # fmt: skip
         self.store = CertificateStore(options.logs / "store")
+        # PIN holds live in this station's journal (with a shared queue: the local one beside it).
+        self.pin_holds = (jn.PinHolds(self.journal) if isinstance(self.journal, jn.Journal)
+                          else jn.PinHolds(jn.Journal(options.logs / "journal.sqlite3"), owned=True))  # fmt: skip
         self.audit = self.journal.mirror_audit(audit) if audit is not None else None
         self._synced_at = 0.0
         self.states: list[JobState] = []
@@ -277,6 +280,8 @@ class Runner:
                 state.status = jn.IN_DOUBT  # an interrupted load: the same card finishes it
                 state.card_serial = previous.card_serial
             self.states.append(state)
+        # Every job of the run has its row from the start, so `provision status` lists the pending too.
+        self.journal.add_pending(batch, self.run_id, [(s.job.id, s.job.holder, s.job.slot.hex) for s in self.states])
         window = self.options.bundle_window
         for index, state in enumerate(self.states):
             if index < window or (state.job.pkcs12_password.kind == "prompt" and not state.deferred):
@@ -436,7 +441,8 @@ class Runner:
             self.record("card_inserted", reader=reader, **seen.audit_fields())
             state, why = self.match(serial, guid, seen)
             if state is None:
-                self.refused_cards.append({"reader": reader, **seen.audit_fields(), "reason": why})
+                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
+                                           "reason": why})  # fmt: skip
                 self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
                             reason=why, apdus=card.operations)  # fmt: skip
                 self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
@@ -446,7 +452,8 @@ class Runner:
                 return
             state, claim = self.claim_job(state, serial)
             if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
-                self.refused_cards.append({"reader": reader, **seen.audit_fields(), "reason": claim.reason})
+                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
+                                           "reason": claim.reason})  # fmt: skip
                 self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
                             reason=claim.reason, job_id=state.job.id, apdus=card.operations)  # fmt: skip
                 self.say(f"REFUSED: {claim.reason}. Nothing was written; take the card out.")
@@ -470,7 +477,7 @@ class Runner:
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
                 journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
                 ask_pin=self.options.ask_pin, export_dir=self.options.export_dir, resuming=resuming,
-                confirm=self.options.confirm,
+                confirm=self.options.confirm, pin_holds=self.pin_holds,
             )  # fmt: skip
             loader = card.loader(ctx, seen)
             state.result = loader.result  # what the load found so far, also if it fails
@@ -672,8 +679,7 @@ class Runner:
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for state in self.states:
-            key = jn.PENDING if state.status == jn.IN_DOUBT else state.status
-            counts[key] = counts.get(key, 0) + 1
+            counts[state.status] = counts.get(state.status, 0) + 1
         return counts
 
     def document(self) -> dict[str, Any]:
@@ -681,11 +687,12 @@ class Runner:
         jobs = []
         for s in self.states:
             r = s.result
-            status = s.status if s.status != jn.IN_DOUBT else jn.PENDING
+            # The journal's status, in-doubt included: the run JSON, every report and `status` agree.
+            # A slot name is shown once the certificate's fields made it (never a raw template).
             jobs.append({
-                "id": s.job.id, "holder": s.job.holder, "status": status,
+                "id": s.job.id, "holder": s.job.holder, "status": s.status,
                 "in_doubt": s.status == jn.IN_DOUBT, "card_serial": s.card_serial, "slot": s.job.slot.hex,
-                "slot_name": s.slot_name,
+                "slot_name": s.slot_name if s.fingerprint is not None else None,
                 "fingerprint_sha256": r.fingerprint_sha256 if r else s.fingerprint,
                 "replaced_sha256": r.replaced_sha256 if r else None, "archived_to": r.archived_to if r else None,
                 "pin_tries_left": r.pin_tries_left if r else None, "not_after": r.not_after if r else None,
@@ -765,6 +772,10 @@ class LogsLock:
             ) from None
         return self
 
+    @property
+    def held(self) -> bool:
+        return self._handle is not None and not self._handle.closed
+
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
             self._handle.close()
@@ -825,13 +836,18 @@ def run_jobfile(
     station: str | None = None,
     lease_seconds: float = 30.0,
     bundle_window: int = 32,
+    logs_lock: LogsLock | None = None,
 ) -> RunOutcome:
-    """Everything ``provision run`` does after the job file validated."""
+    """Everything ``provision run`` does after the job file validated. ``logs_lock``: the caller
+    already holds the logs lock (``resume`` takes it before it reads the journal)."""
     if only_jobs is not None:
         from dataclasses import replace
 
         jobfile = replace(jobfile, jobs=tuple(j for j in jobfile.jobs if j.id in only_jobs))
-    with LogsLock(logs):
+    from contextlib import AbstractContextManager, nullcontext
+
+    lock: AbstractContextManager[Any] = nullcontext() if logs_lock is not None and logs_lock.held else LogsLock(logs)
+    with lock:
         if counter_screen is None:  # the counter screen needs a person at a terminal
             counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
         if source is None:
@@ -857,6 +873,7 @@ def run_jobfile(
             code = runner.run()
         document = runner.document()
         runner.journal.close()
+        runner.pin_holds.close()
         reports = write_run_reports(document, logs)
     return RunOutcome(code, document, reports)
 

@@ -21,7 +21,8 @@ import sys
 from functools import cache
 from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "job.schema.json"
+from provision import resources
+
 KEEP = 512  # entries; the oldest go first
 
 
@@ -41,7 +42,7 @@ def directory() -> Path | None:
 @cache
 def _schema_digest() -> bytes:
     try:
-        return hashlib.sha256(SCHEMA_PATH.read_bytes()).digest()
+        return hashlib.sha256(resources.job_schema_bytes()).digest()
     except OSError:
         return b""
 

@@ -12,12 +12,13 @@ import base64
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.product import product_env, provision_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,7 +101,8 @@ def cli(canaries: Canaries, tmp_path: Path):  # type: ignore[no-untyped-def]
         full_env["PROVISION_LOGS"] = str(tmp_path / "logs")
         full_env["PROVISION_CACHE_DIR"] = str(tmp_path / "cache")
         full_env.update(env or {})
-        argv = [sys.executable, "-m", "provision", *args]
+        full_env = product_env(full_env)
+        argv = [*provision_cmd(), *args]
         done = subprocess.run(
             argv,
             cwd=cwd or tmp_path,

@@ -410,6 +410,9 @@ class PostgresQueue:
                     del self._held[key]
         return len(held) - len(lost)
 
+    def add_pending(self, batch: str, run_id: str, jobs: list[tuple[str, str, str]]) -> None:
+        """Nothing to add: ``queue push`` made a row for every job of the batch."""
+
     def set_job(self, batch: str, job_id: str, run_id: str, holder: str, status: str, **fields: Any) -> None:
         unknown = set(fields) - set(JOB_COLUMNS)
         if unknown:

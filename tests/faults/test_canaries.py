@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 from tests.helpers.faults_common import FaultJob, Material, new_card_state, record
 from tests.helpers.pcsc_harness import Cards, PrivatePcscd, card_present, wait_for
+from tests.helpers.product import provision_cmd
 
 pytestmark = [pytest.mark.pcsc]
 FAMILY = "secret canaries (flows)"
@@ -62,7 +62,7 @@ class Flows:
 
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         env = {k: v for k, v in self.env.items() if not k.startswith("PROVISION_")}
-        return subprocess.Popen([sys.executable, "-m", "provision", *args], cwd=self.cwd, env=env,
+        return subprocess.Popen([*provision_cmd(), *args], cwd=self.cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     def run(self, name: str, *args: str, expect: tuple[int, ...] = (0,)) -> tuple[int, str, str]:

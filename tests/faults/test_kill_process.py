@@ -41,6 +41,7 @@ from tests.helpers.faults_common import (
     run_cli,
 )
 from tests.helpers.pcsc_harness import Cards, PrivatePcscd
+from tests.helpers.product import provision_cmd
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.slow]
 FAMILY = "kill runner at journal step"
@@ -56,7 +57,7 @@ def _spawn_run(pcscd: PrivatePcscd, job: FaultJob, logs: Path, reader: str, kill
     if kill_at:
         env["PROVISION_FAULT_KILL_AT"] = kill_at
     return subprocess.Popen(
-        [sys.executable, "-m", "provision", "run", str(job.path), "--unattended", "--json", "--no-progress",
+        [*provision_cmd(), "run", str(job.path), "--unattended", "--json", "--no-progress",
          "--logs", str(logs), "--reader", reader],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

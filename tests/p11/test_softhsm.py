@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from provision.jobfile import load_jobfile
 from provision.p11.objects import key_id
 from provision.runner import run_jobfile
 from tests.helpers.interop_peers import parse_pkcs11_objects
+from tests.helpers.product import provision_cmd
 from tests.helpers.softhsm import SoftHsm
 
 NOW = datetime.now(UTC)
@@ -70,7 +70,7 @@ class TokenBatch:
         return run_jobfile(jobfile, logs=self.logs, unattended=True, wait=0, progress=False, say=lambda _: None, **kw)
 
     def cli(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "provision", "run", str(self.write()), "--unattended", "--json",
+        return subprocess.run([*provision_cmd(), "run", str(self.write()), "--unattended", "--json",
                                "--no-progress", "--logs", str(self.logs), *extra],
                               env=env or self.hsm.env, capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)  # fmt: skip

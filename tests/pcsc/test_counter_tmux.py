@@ -7,7 +7,6 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ import pytest
 
 from provision import fixtures
 from tests.helpers.pcsc_harness import Cards, PrivatePcscd, card_present, wait_for
+from tests.helpers.product import checkout_pythonpath, provision_cmd
 
 pytestmark = pytest.mark.timeout(120)
 NOW = datetime.now(UTC)
@@ -84,8 +84,8 @@ def test_a_day_at_the_counter(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, can
         '    pkcs12: {path: lee.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n'
     )
     reader = pcscd.reader_name(3)
-    tmux.start(f"{sys.executable} -m provision run {job} --logs {tmp_path / 'logs'} --reader {shlex.quote(reader)}",
-               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], "PYTHONPATH": str(Path.cwd())})  # fmt: skip
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {tmp_path / 'logs'} --reader {shlex.quote(reader)}",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
     screen = tmux.wait_for("type the 16-digit number on the PIN envelope")
     assert "CHAN Tai Man" in screen and "NEXT" in screen
     tmux.keys(canaries.pkcs12_password, "Enter")
@@ -130,8 +130,8 @@ def test_five_holders_wrong_card_wrong_pin_skipped_and_resumed(tmux: Tmux, pcscd
                    '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {prompt: "Card PIN"}\ncards:\n' + body)  # fmt: skip
     reader, index = pcscd.reader_name(2), 2
     logs = tmp_path / "logs"
-    tmux.start(f"{sys.executable} -m provision run {job} --logs {logs} --reader {shlex.quote(reader)}",
-               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], "PYTHONPATH": str(Path.cwd())})  # fmt: skip
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)}",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
 
     def envelope(holder: str) -> None:
         tmux.wait_for(f"{holder}: type the 16-digit number on the PIN envelope")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from provision import fixtures
 from tests.helpers.interop_peers import OPENSC_PKCS11, parse_pkcs11_objects
 from tests.helpers.pcsc_harness import Cards, PrivatePcscd
+from tests.helpers.product import provision_cmd
 
 NOW = datetime.now(UTC)
 
@@ -51,7 +51,7 @@ def write_job(tmp: Path, canaries: Any, card: str, name: str = "job.yaml") -> Pa
 
 def run(env: dict[str, str], tmp: Path, job: Path, logs: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "provision", "run", str(job), "--unattended", "--json", "--no-progress",
+        [*provision_cmd(), "run", str(job), "--unattended", "--json", "--no-progress",
          "--logs", str(tmp / logs), *extra],
         env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from provision import fixtures
 from tests.helpers.pcsc_harness import Cards, PrivatePcscd, card_present, wait_for
+from tests.helpers.product import provision_cmd
 
 NOW = datetime.now(UTC)
 WRITE_INS = {"db", "fe", "ff", "24", "2c", "fa", "47"}
@@ -43,7 +43,7 @@ def write_job(tmp: Path, canaries: Any, ca: fixtures.Issuer, serial: int) -> Pat
 
 def run(pcscd: PrivatePcscd, tmp: Path, job: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "provision", "run", str(job), "--unattended", "--json", "--no-progress",
+        [*provision_cmd(), "run", str(job), "--unattended", "--json", "--no-progress",
          "--logs", str(tmp / "logs"), *extra],
         env=pcscd.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -100,10 +100,11 @@ def test_resume_after_the_card_is_pulled_mid_load(pcscd: PrivatePcscd, cards: Ca
     first = run(pcscd, tmp_path, job, "--reader", server.reader)
     assert first.returncode == 1, first.stderr
     assert json.loads(first.stdout)["jobs"][0]["in_doubt"] is True
+    assert json.loads(first.stdout)["jobs"][0]["status"] == "in-doubt"
     wait_for(lambda: not card_present(server.reader), 10, "the pulled card to leave the reader")
     back = cards.insert(2, kind="sim", mode="process", options={"serial": 12345678}, state=state)
     resumed = subprocess.run(
-        [sys.executable, "-m", "provision", "resume", "--unattended", "--json", "--no-progress", "--logs",
+        [*provision_cmd(), "resume", "--unattended", "--json", "--no-progress", "--logs",
          str(tmp_path / "logs"), "--reader", back.reader],
         env=pcscd.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -137,7 +138,7 @@ def test_ctrl_c_exits_130_and_resume_finishes(pcscd: PrivatePcscd, cards: Cards,
     state = tmp_path / "card.json"
     server = cards.insert(1, kind="sim", mode="process", options={"serial": 12345678, "latency_ms": 150}, state=state)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "provision", "run", str(job), "--unattended", "--no-progress", "--logs",
+        [*provision_cmd(), "run", str(job), "--unattended", "--no-progress", "--logs",
          str(tmp_path / "logs"), "--reader", server.reader],
         env=pcscd.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -161,7 +162,7 @@ def test_ctrl_c_exits_130_and_resume_finishes(pcscd: PrivatePcscd, cards: Cards,
     assert journal.job("pcsc-batch", "HK-1").status in ("in-doubt", "loaded")  # type: ignore[union-attr]
     journal.close()
     resumed = subprocess.run(
-        [sys.executable, "-m", "provision", "resume", "--unattended", "--json", "--no-progress", "--logs",
+        [*provision_cmd(), "resume", "--unattended", "--json", "--no-progress", "--logs",
          str(tmp_path / "logs"), "--reader", server.reader],
         env=pcscd.env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -169,6 +170,6 @@ def test_ctrl_c_exits_130_and_resume_finishes(pcscd: PrivatePcscd, cards: Cards,
         return  # the interrupt came after the commit
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["jobs"][0]["status"] in ("loaded", "skipped")
-    audit = subprocess.run([sys.executable, "-m", "provision", "audit", "verify", "--logs", str(tmp_path / "logs")],
+    audit = subprocess.run([*provision_cmd(), "audit", "verify", "--logs", str(tmp_path / "logs")],
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -16,6 +16,7 @@ import pytest
 
 from provision import fixtures
 from tests.helpers.pg_cluster import Cluster, pg_bin
+from tests.helpers.product import provision_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,7 +79,7 @@ def write_batch(tmp: Path, canaries: Any, ca: fixtures.Issuer, count: int, batch
 def provision_cli(*args: str, logs: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
     env["PROVISION_LOGS"] = str(logs)
-    return subprocess.run([sys.executable, "-m", "provision", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([*provision_cmd(), *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
 
 

@@ -8,13 +8,13 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from provision.cli import build_parser
+from tests.helpers.product import checkout_pythonpath, provision_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "contrib" / "systemd"
@@ -87,9 +87,9 @@ def test_the_nightly_command_on_simulated_cards_forwards_the_seal(tmp_path: Path
     argv[argv.index("/var/lib/provision")] = str(tmp_path / "logs")
     argv[argv.index("/dev/log")] = str(log_socket)
     argv[argv.index("--wait") + 1] = "0"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **checkout_pythonpath()}
     try:
-        done = subprocess.run([sys.executable, "-m", "provision", *argv, "--sim"], capture_output=True, text=True,
+        done = subprocess.run([*provision_cmd(), *argv, "--sim"], capture_output=True, text=True,
                               env=env, timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stderr
         message = server.recv(65536).decode()

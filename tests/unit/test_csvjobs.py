@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from provision.csvjobs import jobs_from_csv, parse_serial, write_jobs_from_csv
 from provision.errors import JobFileError, UsageError
 from provision.jobfile import load_jobfile
+from tests.helpers.product import checkout_pythonpath, provision_cmd
 
 TEMPLATE = """version: 1
 batch: renewal-2026-11
@@ -140,13 +140,13 @@ def test_template_with_cards_is_refused(office: Path) -> None:
 
 def test_cli_jobs_new(office: Path) -> None:
     (office / "holders.csv").write_text("id;holder;card serial;pkcs12\nHK-1;CHAN Tai Man;12345678;certs/a.p12\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run([sys.executable, "-m", "provision", "jobs", "new", "--csv", "holders.csv", "--template",
+    env = {**os.environ, **checkout_pythonpath()}
+    done = subprocess.run([*provision_cmd(), "jobs", "new", "--csv", "holders.csv", "--template",
                            "template.yaml", "-o", "batch.yaml", "--unattended"], cwd=office, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "batch.yaml: written and valid, batch renewal-2026-11, 1 job(s)"
-    bad = subprocess.run([sys.executable, "-m", "provision", "jobs", "new", "--csv", "holders.csv", "--template",
+    bad = subprocess.run([*provision_cmd(), "jobs", "new", "--csv", "holders.csv", "--template",
                           "template.yaml", "-o", "batch.yaml"], cwd=office, env=env, capture_output=True, text=True,
                          timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "already exists" in bad.stderr

@@ -283,9 +283,9 @@ def test_the_shipped_schema_is_valid_draft_2020_12() -> None:
 
     import jsonschema
 
-    from provision.jobfile import SCHEMA_PATH
+    from provision.resources import job_schema_bytes
 
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = json.loads(job_schema_bytes())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema.Draft202012Validator.check_schema(schema)
 

@@ -91,5 +91,5 @@ def test_html_is_self_contained_and_escaped() -> None:
 
 def test_counts_from_jobs_or_document() -> None:
     doc = run_document()
-    assert counts(doc) == {"loaded": 1, "skipped": 1, "failed": 1, "refused": 1, "pending": 1}
+    assert counts(doc) == {"loaded": 1, "skipped": 1, "failed": 1, "refused": 1, "pending": 1, "in-doubt": 0}
     assert counts({**doc, "counts": {"loaded": 7}}) == {"loaded": 7}
