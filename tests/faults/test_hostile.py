@@ -33,7 +33,7 @@ EXIT_INTERNAL, EXIT_ENVIRONMENT = 70, 3
 NOT_WALKED = {"readers": "needs pcscd", "card info": "needs pcscd", "queue push": "needs PostgreSQL"}
 # Commands that never open the logs directory (validate and plan only look at it to warn).
 LOGS_UNUSED = {"validate", "plan", "inspect", "jobs new"}
-JOURNAL_READERS = {"run", "resume", "status", "audit verify"}  # demo: its own, unkeyed audit log may stop it first (exit 4)
+JOURNAL_READERS = {"run", "resume", "status", "audit verify", "card clear-pin-hold"}  # demo: its own, unkeyed audit log may stop it first (exit 4)
 
 
 def commands_taking_logs() -> set[str]:
@@ -75,6 +75,8 @@ def walk_argv(job: FaultJob) -> dict[str, list[str]]:
         "audit show": ["audit", "show"],
         "report": ["report", "--last", "--format", "json"],
         "demo": ["demo"],
+        "card clear-pin-hold": ["card", "clear-pin-hold", str(job.serial), "--reason", "hostile walk",
+                                "--key-file", str(job.audit_key_file)],  # fmt: skip
     }
 
 

@@ -161,3 +161,17 @@ def test_a_read_only_journal_is_neither_created_nor_written(tmp_path: Path) -> N
     assert journal.runs() == [] and journal.seals() == []
     journal.close()
     assert path.read_bytes() == b""
+
+
+def test_a_journal_with_pin_holds_is_ours_and_a_newer_schema_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    jn.PinHolds(journal).hold(12345678, None, tries_left=2, run_id="r", batch="b", job_id="j")  # schema 2
+    journal.close()
+    jn.Journal(path, read_only=True).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '9' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="newer provision"):
+        jn.Journal(path)
