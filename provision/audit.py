@@ -39,6 +39,7 @@ from typing import Any
 from provision import __version__
 from provision.errors import AuditError, EnvironmentProblem, ProvisionError, UsageError
 from provision.fsutil import fsync_dir
+from provision.logsdir import open_nofollow, refuse_link
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -687,7 +688,7 @@ class _FileLock:
     def __enter__(self) -> _FileLock:
         self._thread_lock.acquire()
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             self._os_lock(self._fd)
         except BaseException:
             if self._fd is not None:
@@ -951,7 +952,7 @@ class AuditLog:
                     f"{self.path} is HMAC-chained; give the audit key (audit.key) to continue it"
                 )
             if not region.endswith(b"\n"):
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+                fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND)
                 try:
                     _write_all(fd, b"\n")
                 finally:
@@ -1010,7 +1011,7 @@ class AuditLog:
             record["mac"] = MAC_NAME
         line, digest = _encode_line(record, self._hasher)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
         try:
             _write_all(fd, line)
             os.fsync(fd)
@@ -1052,6 +1053,7 @@ class AuditLog:
         return target
 
     def _tail(self) -> _Tail:
+        refuse_link(self.path)  # a link planted in the logs directory is neither read nor written
         raw, size = _read_last_line(self.path)
         if size == 0:
             return self._previous_file_tail()

@@ -45,6 +45,25 @@ def _warn(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+def _logs(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The checked logs directory (provision.logsdir): links planted in it are refused, exit 3."""
+    from pathlib import Path
+
+    from provision.logsdir import open_logs
+
+    return open_logs(Path(args.logs), create=create)
+
+
+def _warn_if_logs_shared(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from provision.logsdir import shared_write_warning
+
+    warning = shared_write_warning(Path(args.logs))
+    if warning:
+        _warn(f"warning: {warning}")
+
+
 # ----------------------------------------------------------------------------------------------
 # validate
 
@@ -52,6 +71,7 @@ def _warn(text: str) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from provision.jobfile import load_jobfile
 
+    _warn_if_logs_shared(args)
     results: list[dict[str, Any]] = []
     failed = False
     for name in args.jobfiles:
@@ -139,6 +159,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from provision.jobfile import load_jobfile
     from provision.plan import plan_jobfile, print_plan
 
+    _warn_if_logs_shared(args)
     documents = []
     any_problem = False
     for name in args.jobfiles:
@@ -164,10 +185,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from provision.demo import run_demo
     from provision.runner import LogsLock
 
-    directory = Path(args.dir) if args.dir else Path(args.logs) / "demo"
+    logs = _logs(args, create=True)
+    directory = Path(args.dir) if args.dir else logs / "demo"
     # The lock before the material is (re)written: a live run may be reading LOGS/demo's files.
-    with LogsLock(Path(args.logs)) as held:
-        return run_demo(directory, holders=args.holders, out=_say, logs=Path(args.logs), logs_lock=held)
+    with LogsLock(logs) as held:
+        return run_demo(directory, holders=args.holders, out=_say, logs=logs, logs_lock=held)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,6 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from provision.runner import run_jobfile
 
     jobfile = _with_syslog(load_jobfile(args.jobfile, unattended=args.unattended), args.syslog)
+    _warn_if_logs_shared(args)
     outcome = run_jobfile(jobfile, logs=Path(args.logs), unattended=args.unattended, wait=args.wait,
                           readers=args.reader, sim=args.sim, progress=not args.no_progress,
                           accept_damaged_audit_tail=args.accept_damaged_audit_tail, queue=args.queue,
@@ -261,8 +284,6 @@ def _warn_if_stopped(outcome: Any) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from provision import journal as jn
     from provision.jobfile import load_jobfile
     from provision.runner import LogsLock, run_jobfile
@@ -270,7 +291,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.queue and not args.queue.startswith("sqlite:"):
         raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
                          "again; a job in doubt is finished by the station that sees its card")  # fmt: skip
-    logs = Path(args.logs)
+    logs = _logs(args)
     # The lock first: a run that is alive must find its journal as it left it (its runs are not
     # "abandoned"), and a resume that cannot have the lock changes nothing at all.
     with LogsLock(logs) as held:
@@ -310,18 +331,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from provision import journal as jn
 
-    path = Path(args.logs) / "journal.sqlite3"
+    path = _logs(args) / "journal.sqlite3"
     if not path.exists():
         if args.json:
             _emit_json({"runs": [], "jobs": [], "pin_holds": []})
         else:
             _say(f"No journal in {args.logs} yet: no run has happened here.")
         return EXIT_OK
-    journal = jn.Journal(path)
+    journal = jn.Journal(path, read_only=True)
     try:
         runs, jobs, holds = journal.runs(), journal.jobs(), jn.PinHolds(journal).all()
     finally:
@@ -350,11 +369,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from provision.store import CertificateStore
 
-    stored = CertificateStore(Path(args.logs) / "store").list()
+    stored = CertificateStore(_logs(args) / "store").list()
     if args.json:
         _emit_json({"certificates": [s.to_json() for s in stored]})
         return EXIT_OK
@@ -386,7 +403,7 @@ def _journal_seals(logs: Any) -> list[str]:
     path = logs / "journal.sqlite3"
     if not path.exists():
         return []
-    journal = jn.Journal(path)
+    journal = jn.Journal(path, read_only=True)
     try:
         return journal.seals()
     finally:
@@ -431,16 +448,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say)
         finally:
             queue.close()
-    logs = Path(args.logs)
+    logs = _logs(args)
     return verify_command(logs, _audit_key(args), _journal_seals(logs), args.json, _say, _warn)
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from provision.audit import cmd_audit_show as show_command
 
-    return show_command(Path(args.logs), job=args.job, card=args.card, since=args.since, until=args.until,
+    return show_command(_logs(args), job=args.job, card=args.card, since=args.since, until=args.until,
                         event=args.event, as_json=args.json, out=_say, err=_warn)  # fmt: skip
 
 
@@ -450,7 +465,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from provision.report import render, write_report
 
-    reports = Path(args.logs) / "reports"
+    reports = _logs(args) / "reports"
     if args.last or not args.run_id:
         found = sorted(reports.glob("*.json"), key=lambda p: p.stat().st_mtime) if reports.is_dir() else []
         if not found:
@@ -465,7 +480,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         raise UsageError(f"{source} is not a readable run report") from None
     if args.output:
-        _say(str(write_report(document, args.format, Path(args.output))))
+        try:
+            written = write_report(document, args.format, Path(args.output))
+        except OSError as exc:
+            raise UsageError(f"the report cannot be written to {args.output} ({exc.strerror}); choose another -o") from None
+        _say(str(written))
     else:
         sys.stdout.write(render(document, args.format))
     return EXIT_OK

@@ -127,9 +127,9 @@ def parse_serial(text: str) -> tuple[int | None, str | None, str | None]:
                       "as printed on the card"), None  # fmt: skip
     if not text.isascii() or not text.isdigit():
         return None, f"card serial {text!r} is not a number; write the card's decimal serial, or leave it empty for any card", None
-    value = int(text, 10)
+    value = int(text, 10) if len(text.lstrip("0")) <= 20 else MAX_SERIAL + 1  # int() refuses thousands of digits
     if value > MAX_SERIAL:
-        return None, f"card serial {text} is larger than a card serial can be ({MAX_SERIAL}); check the digits", None
+        return None, f"card serial {text[:24]}{'…' if len(text) > 24 else ''} is larger than a card serial can be ({MAX_SERIAL}); check the digits", None
     warning = None
     if len(text) > 1 and text.startswith("0"):
         warning = f"card serial {text!r} has leading zeros; read as the decimal number {value}"

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provision.errors import EXIT_OK
+from provision.errors import EXIT_OK, EnvironmentProblem
 
 if TYPE_CHECKING:
     from provision.runner import LogsLock
@@ -151,7 +151,11 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
     from provision.runner import SimSource, run_jobfile
 
     out(f"Writing demo material for {holders} card holder(s) and one expired e-Cert to {directory} ...")
-    job_file = write_material(directory, holders, expired=True)
+    try:
+        job_file = write_material(directory, holders, expired=True)
+    except OSError as exc:
+        raise EnvironmentProblem(f"the demo material cannot be written to {directory} ({exc.strerror}); "
+                                 "give a writable --dir (or --logs)") from None  # fmt: skip
     jobfile = load_jobfile(job_file, unattended=True)
     out(f"{job_file}: valid, batch {jobfile.batch}, {len(jobfile.jobs)} job(s)")
     plan = plan_jobfile(jobfile, unattended=True)

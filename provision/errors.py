@@ -120,6 +120,16 @@ class EnvironmentProblem(ProvisionError):
     exit_code = EXIT_ENVIRONMENT
 
 
+class LogsError(EnvironmentProblem):
+    """The logs directory cannot be used: absent where it must exist, not a directory, read-only, or
+    holding a symbolic link where provision keeps its own files (someone may have planted it)."""
+
+
+class JournalError(EnvironmentProblem):
+    """The journal cannot be used: damaged, not provision's, unreadable, locked or on a full disk.
+    The message carries the journal's own advice."""
+
+
 class CardError(ProvisionError):
     """A card operation failed. The batch goes on with the next card."""
 

@@ -347,7 +347,11 @@ def _scalar(event: Any, path: JsonPath) -> Any:
         return _explicit_tag(event, path)
     if event.style:  # quoted or block scalar: always text ("" is plain in the C parser)
         return text
-    value = _resolve_core(text)
+    try:
+        value = _resolve_core(text)
+    except ValueError:  # Python refuses to read decimal integers of more than sys.get_int_max_str_digits()
+        raise _YamlProblem(event.start_mark.line + 1, path,
+                           f"a number of {len(text)} digits is longer than any value here can be; shorten it") from None  # fmt: skip
     if value is not text and value is not None and _wants_text(path):
         return text  # the characters as written: id 0012, hex serial 1001, slot 82
     return value

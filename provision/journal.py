@@ -11,6 +11,7 @@ A job is identified across runs by ``(batch, job_id)``: re-running a batch conti
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from provision.errors import JournalError
+from provision.logsdir import refuse_link
+
+__all__ = ["JobRecord", "Journal", "JournalError", "RunRecord"]
 
 SCHEMA_VERSION = 1
 
@@ -99,25 +105,96 @@ class RunRecord:
     seal: str | None
 
 
-class JournalError(Exception):
-    pass
+_OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps", "pin_holds"})
+
+
+def _journal_error(path: Path, exc: sqlite3.Error) -> JournalError:
+    """What went wrong with the journal, in the operator's terms, with what to do about it."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return JournalError(f"the journal {path} is held by another process ({text}); wait for it to finish and run again")
+    if "full" in text:
+        return JournalError(f"the disk of the journal {path} is full ({text}); free space and run again")
+    if any(words in text for words in ("unable to open", "readonly", "read-only", "I/O", "permission")):
+        return JournalError(f"the journal {path} cannot be opened ({text}); make it a file this user can read "
+                            "and write, on a writable disk, and run again")  # fmt: skip
+    return JournalError(f"the journal {path} is damaged ({text}); move it aside (keep it for investigation), "
+                        "check the audit log with 'provision audit verify', then run the batch again: cards "
+                        "already loaded are found and skipped")  # fmt: skip
 
 
 class Journal:
-    """One SQLite journal; safe to share between reader worker threads."""
+    """One SQLite journal; safe to share between reader worker threads.
 
-    def __init__(self, path: Path) -> None:
+    Every SQLite failure leaves as a JournalError (exit 3) with advice, whether at opening or later."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """``read_only``: for commands that only look (status, audit verify); nothing is created or
+        written, and a journal on read-only media (an auditor's copy) can still be read."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._empty = False
+        refuse_link(path)
+        if not read_only:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(f"the directory of the journal {path} cannot be created ({exc.strerror}); "
+                                   "give a directory on a writable disk") from None  # fmt: skip
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"the journal {path} cannot be opened ({exc}); move it aside to start a new one") from None
+            if read_only and not os.access(path.parent, os.W_OK):
+                # WAL needs its -shm file beside the journal; on media nobody can write, reading the
+                # journal as immutable is exact.
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True,
+                                           check_same_thread=False, isolation_level=None, timeout=30)  # fmt: skip
+            else:
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+                if read_only:  # a normal connection (it tidies WAL files on close, as a run's does), writing nothing
+                    self._db.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise _journal_error(path, exc) from None
+        try:
+            self._empty = not self._check_ours()
+            if not read_only:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._empty = False
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _journal_error(path, exc) from None
+        except JournalError:
+            self._db.close()
+            raise
+
+    def _check_ours(self) -> bool:
+        """A database with other tables (or ours without ``meta``) is someone else's: never written to.
+        Returns whether it has tables at all (a new, empty file has none)."""
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {t for t in tables if not t.startswith("sqlite_")}
+        schema = None
+        if "meta" in tables:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            schema = row[0] if row else None
+        foreign = sorted(tables - _OWN_TABLES)
+        if schema is not None and schema.isdigit() and int(schema) > PIN_HOLD_SCHEMA_VERSION:
+            raise JournalError(f"{self.path} was written by a newer provision (journal schema {schema}); use that "
+                               "version with these logs, or give another --logs")  # fmt: skip
+        if foreign or (tables and "meta" not in tables) or schema not in (None, str(SCHEMA_VERSION), str(PIN_HOLD_SCHEMA_VERSION)):
+            found = f"it has tables {', '.join(foreign)}" if foreign else f"schema {schema!r}" if schema else "no meta table"
+            raise JournalError(f"{self.path} is not a provision journal ({found}); give another --logs "
+                               "(or --queue), or move the file aside if it is not needed there")  # fmt: skip
+        return bool(tables)
+
+    def _read(self, query: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        if self._empty:  # read-only and never written: no tables, nothing recorded
+            return []
+        with self._lock:
+            try:
+                return self._db.execute(query, args).fetchall()
+            except sqlite3.Error as exc:
+                raise _journal_error(self.path, exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -126,13 +203,16 @@ class Journal:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _journal_error(self.path, exc) from None
 
     # --- runs ---
 
@@ -161,29 +241,25 @@ class Journal:
         return rows
 
     def runs(self) -> list[RunRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM runs ORDER BY started").fetchall()
+        rows = self._read("SELECT * FROM runs ORDER BY started")
         return [RunRecord(*row) for row in rows]
 
     def run(self, run_id: str) -> RunRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return RunRecord(*row) if row else None
+        rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return RunRecord(*rows[0]) if rows else None
 
     def last_run(self) -> RunRecord | None:
         runs = self.runs()
         return runs[-1] if runs else None
 
     def seals(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT seal FROM runs WHERE seal IS NOT NULL ORDER BY started")]
+        return [r[0] for r in self._read("SELECT seal FROM runs WHERE seal IS NOT NULL ORDER BY started")]
 
     # --- jobs ---
 
     def job(self, batch: str, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id)).fetchone()
-        return JobRecord(*row) if row else None
+        rows = self._read("SELECT * FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id))
+        return JobRecord(*rows[0]) if rows else None
 
     def jobs(self, *, batch: str | None = None, run_id: str | None = None) -> list[JobRecord]:
         query, args = "SELECT * FROM jobs", []
@@ -191,8 +267,7 @@ class Journal:
             query, args = query + " WHERE batch = ?", [batch]
         elif run_id is not None:
             query, args = query + " WHERE run_id = ?", [run_id]
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY rowid", args).fetchall()
+        rows = self._read(query + " ORDER BY rowid", args)
         return [JobRecord(*row) for row in rows]
 
     def add_pending(self, batch: str, run_id: str, jobs: list[tuple[str, str, str]]) -> None:
@@ -233,11 +308,10 @@ class Journal:
 
     def steps(self, batch: str, job_id: str) -> list[tuple[str, str, str, dict[str, Any], str]]:
         """(run_id, action, phase, detail, time) for a job, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT run_id, action, phase, detail, time FROM steps WHERE batch = ? AND job_id = ? ORDER BY id",
-                (batch, job_id),
-            ).fetchall()
+        rows = self._read(
+            "SELECT run_id, action, phase, detail, time FROM steps WHERE batch = ? AND job_id = ? ORDER BY id",
+            (batch, job_id),
+        )
         return [(r[0], r[1], r[2], json.loads(r[3] or "{}"), r[4]) for r in rows]
 
     def ended_steps(self, batch: str, job_id: str) -> set[str]:
@@ -294,8 +368,7 @@ class PinHolds:
             self._journal.close()
 
     def _has_table(self) -> bool:
-        row = self._journal._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pin_holds'")
-        return row.fetchone() is not None
+        return bool(self._journal._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pin_holds'"))
 
     @staticmethod
     def _where(serial: int | None, guid: str | None) -> tuple[str, tuple[Any, ...]]:
@@ -310,19 +383,19 @@ class PinHolds:
         with self._journal._lock:
             if not self._has_table():
                 return None
-            row = self._journal._db.execute(
+            rows = self._journal._read(
                 f"SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds "  # noqa: S608 - fixed text
                 f"WHERE {where} ORDER BY id LIMIT 1", args,
-            ).fetchone()  # fmt: skip
-        return PinHold(*row) if row else None
+            )  # fmt: skip
+        return PinHold(*rows[0]) if rows else None
 
     def all(self) -> list[PinHold]:
         with self._journal._lock:
             if not self._has_table():
                 return []
-            rows = self._journal._db.execute(
+            rows = self._journal._read(
                 "SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds ORDER BY id"
-            ).fetchall()
+            )
         return [PinHold(*row) for row in rows]
 
     def hold(self, serial: int | None, guid: str | None, *, tries_left: int | None, run_id: str, batch: str,

@@ -9,6 +9,7 @@ what the card holds and rolls forward, never repeating a finished write.
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -782,9 +783,11 @@ class LogsLock:
         self._handle: Any = None
 
     def __enter__(self) -> LogsLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from provision.logsdir import open_logs, open_nofollow
+
+        open_logs(self.path.parent, create=True)
         try:
-            self._handle = open(self.path, "a+")  # noqa: SIM115 - held for the whole run
+            self._handle = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
         except OSError as exc:
             raise EnvironmentProblem(f"the logs directory {self.path.parent} cannot be written ({exc.strerror})") from None
         try:
@@ -987,6 +990,8 @@ def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged
 
 
 def write_run_reports(document: dict[str, Any], logs: Path) -> dict[str, Path]:
+    from provision.logsdir import refuse_link
     from provision.report import write_reports
 
+    refuse_link(logs / "reports", directory=True)  # planted during the run: the reports stay in the journal
     return dict(write_reports(document, logs / "reports"))

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision.errors import ProvisionError
 from provision.fsutil import fsync_dir, write_atomically
+from provision.logsdir import refuse_link
 
 __all__ = ["CertificateStore", "StoreError", "StoredCertificate", "fsync_dir", "write_atomically"]
 
@@ -64,6 +65,7 @@ class CertificateStore:
         import hashlib
 
         sha = hashlib.sha256(der).hexdigest()
+        refuse_link(self.directory, directory=True)  # never archive through a link planted in logs
         try:
             cert: x509.Certificate | None = x509.load_der_x509_certificate(der)
         except ValueError:  # bytes that are not a certificate are kept too, byte for byte
@@ -150,6 +152,7 @@ class CertificateStore:
 
     def check_writable(self) -> None:
         """Before any card is touched: the store must take a file (a full or read-only disk is found here)."""
+        refuse_link(self.directory, directory=True)  # never archive through a link planted in logs
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             probe = self.directory / f".probe-{os.getpid()}"

@@ -38,7 +38,11 @@ def open_queue(url: str | None, *, logs: Path, station: str | None = None,
     if url.startswith("sqlite:///"):
         from provision.queue.sqlite import SqliteQueue
 
-        return SqliteQueue(Path(url[len("sqlite:///"):]), station=station)
+        path = Path(url[len("sqlite:///"):])
+        if not path.parent.is_dir():  # a mistyped URL must not create directories
+            raise QueueError(f"--queue sqlite:///{path}: the directory {path.parent} does not exist; "
+                             "create it or correct the URL")  # fmt: skip
+        return SqliteQueue(path, station=station)
     if is_shared_url(url):
         from provision.queue.postgres import PostgresQueue
 

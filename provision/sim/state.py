@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision.errors import UsageError
 from provision.fsutil import write_atomically
 
 FORMAT_VERSION = 1
@@ -146,10 +147,14 @@ def _int(value: object) -> int:
 
 def load_state(path: Path) -> CardState | None:
     """The state saved at ``path``, or None when there is no file yet."""
+    if path.is_dir():
+        raise UsageError(f"the card state {path} is a directory; name a file (it is made on first use)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise UsageError(f"the card state {path} cannot be read ({exc.strerror}); name a file this user can read") from None
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a simulated-card state file")

@@ -1,0 +1,122 @@
+"""The logs directory is ours: the one place where it is checked and created.
+
+Whoever can write the logs directory could plant a symbolic link where provision keeps its own
+files (``audit.jsonl -> /etc/shadow``, ``store -> /elsewhere``); following it would append records
+to, or read records from, a file the operator never chose. So every entry provision owns is checked
+with ``lstat`` before a command uses the directory, and files are opened with ``O_NOFOLLOW`` where
+the platform has it (Windows does not: there the ``lstat`` check stands alone, and creating links
+needs a privilege there anyway). The directory itself may be a link an administrator made (to
+another disk), as long as it leads to a directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+from pathlib import Path
+
+from provision.errors import LogsError
+
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+
+# What provision keeps in a logs directory; none of it may be a symbolic link.
+OWN_FILES = (
+    "audit.jsonl", ".audit.jsonl.lock", "journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm", ".lock",
+)  # fmt: skip
+OWN_DIRECTORIES = ("store", "reports")
+
+
+def _planted_link(path: Path) -> LogsError:
+    return LogsError(
+        f"{path} is a symbolic link, and provision follows no link to its own files "
+        "(whoever can write there may have planted it); remove the link, check who can write the directory, "
+        "and run again"
+    )
+
+
+def refuse_link(path: Path, *, directory: bool = False) -> None:
+    """Raise LogsError when ``path`` is a symbolic link (or, for ``directory``, not a directory)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LogsError(
+            f"{path} cannot be examined ({exc.strerror}); check the logs directory and its permissions"
+        ) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise _planted_link(path)
+    if directory and not stat.S_ISDIR(st.st_mode):
+        raise LogsError(
+            f"{path} cannot be written: provision keeps a directory there, and this is not one; move it aside"
+        )
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (LogsError) instead of following it."""
+    if not O_NOFOLLOW:
+        refuse_link(path)
+    try:
+        return os.open(path, flags | O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _planted_link(path) from None
+        raise
+
+
+def open_logs(path: Path, *, create: bool) -> Path:
+    """Check the logs directory (and, with ``create``, make it) before a command uses it.
+
+    Without ``create`` an absent directory is fine (a command that only reads finds nothing). A
+    dangling link, something that is not a directory, a directory that cannot be created, and a
+    link in place of one of provision's own files are refused with a LogsError (exit 3)."""
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise LogsError(
+            f"{path} cannot be used as the logs directory ({exc.strerror}); give another --logs"
+        ) from None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise LogsError(
+                f"the logs directory {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                "create that directory or give another --logs"
+            ) from None
+    if st is None:
+        if not create:
+            return path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LogsError(
+                f"the logs directory {path} cannot be created ({exc.strerror}); give a --logs on a writable disk"
+            ) from None
+    elif not stat.S_ISDIR(st.st_mode):
+        raise LogsError(f"the logs directory {path} is not a directory; give a directory with --logs")
+    for name in OWN_FILES:
+        refuse_link(path / name)
+    for name in OWN_DIRECTORIES:
+        refuse_link(path / name, directory=True)
+    return path
+
+
+def shared_write_warning(path: Path) -> str | None:
+    """A sentence when others than the owner may write the logs directory (they could plant links or
+    replace records); None otherwise, and always on Windows (ACLs, not mode bits)."""
+    if sys.platform == "win32":
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISDIR(mode) or not mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    who = "every user" if mode & stat.S_IWOTH else "its group"
+    return (f"the logs directory {path} can be written by {who} (mode {stat.S_IMODE(mode):04o}), who could "
+            f"plant links or replace records there; make it writable by its owner only (chmod go-w {path})")  # fmt: skip

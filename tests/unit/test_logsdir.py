@@ -1,0 +1,177 @@
+"""The logs directory is ours (provision.logsdir) and the journal's failures are the user's (journal.py).
+
+The CLI-level walk is tests/faults/test_hostile.py; these tests reach below the start-of-command
+check, as an attacker racing it would: a link planted after ``open_logs`` is still not followed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from provision import journal as jn
+from provision.audit import AuditLog
+from provision.errors import EXIT_ENVIRONMENT, JournalError, LogsError
+from provision.logsdir import open_logs, shared_write_warning
+from provision.runner import LogsLock, write_run_reports
+from provision.store import CertificateStore
+
+VICTIM_TEXT = b"root:x:0:0:the attacker's target\n"
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    path = tmp_path / "victim"
+    path.write_bytes(VICTIM_TEXT)
+    return path
+
+
+def test_an_audit_log_planted_as_a_link_after_the_check_is_not_appended_to(tmp_path: Path, victim: Path) -> None:
+    logs = open_logs(tmp_path / "logs", create=True)
+    (logs / "audit.jsonl").symlink_to(victim)
+    with pytest.raises(LogsError) as caught:
+        AuditLog(logs / "audit.jsonl").append("test_event")
+    assert caught.value.exit_code == EXIT_ENVIRONMENT and "symbolic link" in caught.value.message
+    assert victim.read_bytes() == VICTIM_TEXT
+
+
+def test_a_planted_audit_lock_link_creates_nothing_at_its_target(tmp_path: Path) -> None:
+    logs = open_logs(tmp_path / "logs", create=True)
+    target = tmp_path / "created-by-attacker"
+    (logs / ".audit.jsonl.lock").symlink_to(target)
+    with pytest.raises(LogsError):
+        AuditLog(logs / "audit.jsonl").append("test_event")
+    assert not target.exists()
+
+
+def test_a_planted_run_lock_link_is_refused(tmp_path: Path, victim: Path) -> None:
+    logs = open_logs(tmp_path / "logs", create=True)
+    (logs / ".lock").symlink_to(victim)
+    with pytest.raises(LogsError), LogsLock(logs):
+        pass
+    assert victim.read_bytes() == VICTIM_TEXT
+
+
+def test_store_and_reports_planted_as_links_are_refused(tmp_path: Path) -> None:
+    logs = open_logs(tmp_path / "logs", create=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (logs / "store").symlink_to(elsewhere)
+    (logs / "reports").symlink_to(elsewhere)
+    with pytest.raises(LogsError):
+        CertificateStore(logs / "store").check_writable()
+    with pytest.raises(LogsError):
+        write_run_reports({"run_id": "20261129T000000Z-abcdef", "jobs": []}, logs)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_journal_planted_as_a_link_is_refused(tmp_path: Path, victim: Path) -> None:
+    (tmp_path / "journal.sqlite3").symlink_to(victim)
+    with pytest.raises(LogsError):
+        jn.Journal(tmp_path / "journal.sqlite3")
+    assert victim.read_bytes() == VICTIM_TEXT
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "journal.sqlite3", ".lock", "store", "reports"])
+def test_open_logs_refuses_every_planted_link(name: str, tmp_path: Path, victim: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / name).symlink_to(victim)
+    with pytest.raises(LogsError) as caught:
+        open_logs(logs, create=False)
+    assert str(logs / name) in caught.value.message and "remove the link" in caught.value.message
+
+
+def test_open_logs_follows_a_link_to_a_directory_but_not_a_dangling_one(tmp_path: Path) -> None:
+    real = tmp_path / "on-another-disk"
+    real.mkdir()
+    (tmp_path / "logs").symlink_to(real)
+    assert open_logs(tmp_path / "logs", create=True) == tmp_path / "logs"
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(LogsError, match="which does not exist"):
+        open_logs(tmp_path / "dangling", create=True)
+    assert not (tmp_path / "gone").exists()
+
+
+def test_open_logs_reports_a_logs_path_that_cannot_be_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LogsError, match="give another --logs"):
+        open_logs(tmp_path / "afile" / "logs", create=True)
+    with pytest.raises(LogsError, match="is not a directory"):
+        open_logs(tmp_path / "afile", create=False)
+
+
+@pytest.mark.parametrize("mode, expected", [(0o700, None), (0o755, None), (0o775, "its group"), (0o777, "every user")])
+def test_shared_write_warning(mode: int, expected: str | None, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    logs.chmod(mode)
+    warning = shared_write_warning(logs)
+    assert (warning is None) if expected is None else (warning is not None and expected in warning)
+
+
+# ----------------------------------------------------------------------------------------------
+# the journal's own errors
+
+
+def test_a_foreign_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (name TEXT)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(JournalError) as caught:
+        jn.Journal(path)
+    assert caught.value.exit_code == EXIT_ENVIRONMENT and "not a provision journal" in caught.value.message
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_journal_advises_moving_it_aside(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 4080)
+    with pytest.raises(JournalError) as caught:
+        jn.Journal(path)
+    assert caught.value.exit_code == EXIT_ENVIRONMENT
+    assert "damaged" in caught.value.message and "move it aside" in caught.value.message
+    assert "provision audit verify" in caught.value.message
+
+
+def test_damage_found_after_opening_is_a_journal_error_too(tmp_path: Path) -> None:
+    journal = jn.Journal(tmp_path / "journal.sqlite3")
+    journal._db.execute("DROP TABLE runs")  # noqa: SLF001 - damage the open database underneath
+    with pytest.raises(JournalError, match="damaged"):
+        journal.runs()
+    with pytest.raises(JournalError, match="damaged"):
+        journal.start_run("r", "b", "j.yaml", "sim")
+    journal.close()
+
+
+def test_an_unreadable_journal_says_so(tmp_path: Path) -> None:
+    (tmp_path / "journal.sqlite3").mkdir()
+    with pytest.raises(JournalError, match="cannot be opened"):
+        jn.Journal(tmp_path / "journal.sqlite3")
+
+
+def test_a_read_only_journal_is_neither_created_nor_written(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.touch()  # an empty file: no run recorded yet
+    journal = jn.Journal(path, read_only=True)
+    assert journal.runs() == [] and journal.seals() == []
+    journal.close()
+    assert path.read_bytes() == b""
+
+
+def test_a_journal_with_pin_holds_is_ours_and_a_newer_schema_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    jn.PinHolds(journal).hold(12345678, None, tries_left=2, run_id="r", batch="b", job_id="j")  # schema 2
+    journal.close()
+    jn.Journal(path, read_only=True).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '9' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="newer provision"):
+        jn.Journal(path)
