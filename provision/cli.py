@@ -348,7 +348,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from provision.runner import run_alive
 
     # 'running' with no process holding the logs lock: killed outright (the next run records it).
-    killed = not run_alive(Path(args.logs)) and any(r.status == "running" for r in runs)
+    killed = not run_alive(_logs(args)) and any(r.status == "running" for r in runs)
     if args.json:
         _emit_json({"runs": [{**r.__dict__, "process_gone": killed and r.status == "running"} for r in runs],
                     "jobs": [{"batch": j.batch, "run_id": j.run_id, **j.to_json()} for j in jobs],

@@ -816,16 +816,31 @@ class LogsLock:
 
 
 def run_alive(logs: Path) -> bool:
-    """Whether a live process holds this logs directory's lock (read-only: creates nothing). A run
-    the journal calls 'running' while nobody holds the lock was killed outright."""
+    """Whether a live process holds this logs directory's lock (read-only: creates and writes
+    nothing, so it works on an auditor's read-only copy). A run the journal calls 'running' while
+    nobody holds the lock was killed outright."""
     path = logs / ".lock"
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
+        return False
+    if sys.platform == "win32":
+        try:
+            with LogsLock(logs):
+                return False
+        except EnvironmentProblem:
+            return True
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return False
     try:
-        with LogsLock(logs):
-            return False
-    except EnvironmentProblem:
-        return True
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True  # a run holds it exclusively
+    finally:
+        os.close(fd)
+    return False
 
 
 def sim_cards_for(jobfile: JobFile) -> list[Any]:
