@@ -19,6 +19,7 @@ returns: the action it reports counts as done only after. Nothing here ever writ
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import hmac
@@ -37,7 +38,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from provision import __version__
-from provision.errors import AuditError, EnvironmentProblem, ProvisionError, UsageError
+from provision.errors import AuditError, EnvironmentProblem, ProvisionError, RecordsError, UsageError
 from provision.fsutil import fsync_dir
 from provision.logsdir import open_nofollow, refuse_link
 from provision.secrets import Secret
@@ -1013,8 +1014,17 @@ class AuditLog:
         created = not self.path.exists()
         fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
         try:
-            _write_all(fd, line)
-            os.fsync(fd)
+            before = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            except OSError as exc:
+                # Whole or not at all: a line cut by a full disk is taken back before anyone reads it.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before)
+                    os.fsync(fd)
+                raise RecordsError(f"the audit log {self.path} cannot take another record ({exc.strerror}); "
+                                   "free space, then 'provision resume' finishes the run") from None  # fmt: skip
         finally:
             os.close(fd)
         if created:

@@ -316,7 +316,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
             jobfile = _with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog)
             outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
-                                  readers=args.reader, only_jobs=ids, progress=not args.no_progress,
+                                  readers=args.reader, sim=args.sim, only_jobs=ids, progress=not args.no_progress,
                                   accept_damaged_audit_tail=args.accept_damaged_audit_tail,
                                   logs_lock=held)  # fmt: skip
             if args.json:
@@ -748,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("resume", parents=[common, run_options], help=COMMANDS["resume"])
+    p.add_argument("--sim", action="store_true", help="the open jobs on fresh in-process simulated cards (training)")
     p.set_defaults(handler=cmd_resume)
 
     p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])

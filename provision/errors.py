@@ -130,6 +130,15 @@ class JournalError(EnvironmentProblem):
     The message carries the journal's own advice."""
 
 
+class RecordsError(EnvironmentProblem):
+    """The audit log cannot take a record (a full disk, an I/O error): the run stops, the record is
+    written whole or not at all."""
+
+
+class InternalError(ProvisionError):
+    """A bug caught where a traceback would otherwise reach the operator (a worker thread)."""
+
+
 class CardError(ProvisionError):
     """A card operation failed. The batch goes on with the next card."""
 

@@ -24,6 +24,7 @@ O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 # What provision keeps in a logs directory; none of it may be a symbolic link.
 OWN_FILES = (
     "audit.jsonl", ".audit.jsonl.lock", "journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm", ".lock",
+    ".reserve",
 )  # fmt: skip
 OWN_DIRECTORIES = ("store", "reports")
 
@@ -120,3 +121,47 @@ def shared_write_warning(path: Path) -> str | None:
     who = "every user" if mode & stat.S_IWOTH else "its group"
     return (f"the logs directory {path} can be written by {who} (mode {stat.S_IMODE(mode):04o}), who could "
             f"plant links or replace records there; make it writable by its owner only (chmod go-w {path})")  # fmt: skip
+
+
+# Space kept aside in the logs directory while a run works: when the disk fills under a run, this
+# file is deleted so the run's end record, seal, journal end and reports still fit.
+RESERVE_NAME = ".reserve"
+RESERVE_BYTES = 2 * 1024 * 1024
+
+
+def ensure_reserve(logs: Path) -> None:
+    """Keep ``RESERVE_BYTES`` aside in ``logs`` (before any card). Real bytes, not a sparse file,
+    so the space is really taken; a disk that cannot give them stops the run here (exit 3)."""
+    path = logs / RESERVE_NAME
+    try:
+        if os.lstat(path).st_size == RESERVE_BYTES and not stat.S_ISLNK(os.lstat(path).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise LogsError(f"{path} cannot be examined ({exc.strerror}); check the logs directory") from None
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        chunk = os.urandom(64 * 1024)  # not zeros: a compressing file system would not store those
+        for _ in range(RESERVE_BYTES // len(chunk)):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise LogsError(
+            f"the disk of the logs directory {logs} has less than {RESERVE_BYTES // (1024 * 1024)} MiB free "
+            f"({exc.strerror}); free space, then run again (nothing was run)"
+        ) from None
+    os.close(fd)
+
+
+def release_reserve(logs: Path) -> bool:
+    """Give the reserve back to the disk (a run that found it full ends in it); True if there was one."""
+    try:
+        (logs / RESERVE_NAME).unlink()
+        return True
+    except OSError:
+        return False

@@ -9,6 +9,7 @@ what the card holds and rolls forward, never repeating a finished write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from provision import journal as jn
+from provision import logsdir
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
 from provision.card.base import RawTransport
@@ -33,10 +35,14 @@ from provision.errors import (
     CardError,
     CardRemovedError,
     EnvironmentProblem,
+    InternalError,
+    JournalError,
+    LogsError,
     ManagementKeyError,
     PinError,
     ProvisionError,
     ReaderGoneError,
+    RecordsError,
     TransientCardError,
 )
 from provision.jobfile import Job, JobFile
@@ -45,6 +51,8 @@ from provision.store import CertificateStore
 
 Say = Callable[[str], None]
 TRANSIENT_ATTEMPTS = 3
+# Failures of the run's own records (journal, audit log, logs directory): they end the whole run.
+RECORDS_FAILED = (JournalError, LogsError, RecordsError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,6 +243,7 @@ class Runner:
         self.stop_requested: str | None = None  # the signal that asked the run to end
         self.stop_error: ProvisionError | None = None  # the environment failure that ended it
         self.stopped_by: str | None = None  # what ended the run early, in the records
+        self.record_failed: str | None = None  # the end of the run could not be recorded (why)
         self._lock = threading.RLock()
         self._busy: set[str] = set()
         self._workers: list[threading.Thread] = []
@@ -268,6 +277,7 @@ class Runner:
         from provision.plan import template_values
 
         self.store.check_writable()
+        logsdir.ensure_reserve(self.options.logs)  # room for the run's end, should the disk fill
         # Runs still 'running' while we hold the lock were killed outright (SIGKILL, power loss):
         # they are closed as interrupted, their loads in hand are in doubt, and the log says so.
         abandoned = self.journal.recover_abandoned_runs()
@@ -355,7 +365,11 @@ class Runner:
                 if self._stopping:
                     return
             if state.status in (jn.PENDING, jn.IN_DOUBT):
-                self.ensure_bundle(state)
+                try:
+                    self.ensure_bundle(state)
+                except RECORDS_FAILED as exc:
+                    self.stop_for(exc)
+                    return
 
     def release_bundle(self, state: JobState) -> None:
         """The job has ended: its decrypted key and certificate go (a job still open keeps them)."""
@@ -430,6 +444,11 @@ class Runner:
             retrying(self._handle_card, reader)
         except TransientCardError as exc:
             self.say(f"{reader}: {exc.message}; the job stays open, re-insert the card")
+        except RECORDS_FAILED as exc:  # the journal or the audit log cannot be written: the run ends
+            self.stop_for(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in a reader thread ends the run, not in a traceback
+            self.stop_for(InternalError(f"internal error in the worker of {reader} ({type(exc).__name__}); "
+                                        "this is a bug, please report it"))  # fmt: skip
         finally:
             with self._lock:
                 self._busy.discard(reader)
@@ -510,6 +529,13 @@ class Runner:
                 state.status = jn.IN_DOUBT if resuming else jn.PENDING
             self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, state.status)
             self.say(exc.message)
+        except RECORDS_FAILED as exc:
+            # Nothing more can be recorded: the job is in doubt (the card's state decides on resume),
+            # and the run stops; no second write is tried here.
+            if state is not None:
+                with self._lock:
+                    state.status, state.error = jn.IN_DOUBT, exc.message
+            raise
         except (PinError, ManagementKeyError, CardError, ProvisionError) as exc:
             if state is None:
                 self.say(f"{reader}: the card could not be read: {exc.message}")
@@ -518,7 +544,8 @@ class Runner:
                 self._finish(state, jn.FAILED, None, exc, card.operations, start)
         finally:
             if claimed and state is not None:
-                self.journal.release(self.jobfile.batch, state.job.id)
+                with contextlib.suppress(*RECORDS_FAILED):
+                    self.journal.release(self.jobfile.batch, state.job.id)
             card.close()
 
     def _job_recorder(self, state: JobState) -> Callable[..., None]:
@@ -630,6 +657,12 @@ class Runner:
             bar.close()
         return self.finish(interrupted)
 
+    def stop_for(self, exc: ProvisionError) -> None:
+        """A failure that ends the whole run (records that cannot be written, a bug in a thread)."""
+        with self._lock:
+            self.stop_error = self.stop_error or exc
+        self.request_stop(type(exc).__name__)
+
     def request_stop(self, cause: str) -> None:
         """A signal asked the run to end (SIGTERM, SIGHUP): no new card is taken; the run ends at
         the next event (within a second) as interrupted, sealed and reported."""
@@ -690,17 +723,29 @@ class Runner:
         for state in self.states:
             if state.status == jn.IN_PROGRESS:
                 state.status = jn.IN_DOUBT
+        interrupted = interrupted or self.stop_error is not None
+        if isinstance(self.stop_error, RECORDS_FAILED):
+            logsdir.release_reserve(self.options.logs)  # the end record, seal and journal end fit in it
         stopped_by = None
         if interrupted:
             stopped_by = type(self.stop_error).__name__ if self.stop_error is not None else (self.stop_requested or "SIGINT")
         self.stopped_by = stopped_by
-        if self.audit is not None:
-            counts = self.counts()
-            self.record("run_finished", outcome="interrupted" if interrupted else "finished", stopped_by=stopped_by,
-                        error=self.stop_error.message if self.stop_error is not None else None, **counts)  # fmt: skip
-            self.seal = self.audit.seal(run_id=self.run_id)
-            self.audit.close()
-        self.journal.finish_run(self.run_id, "interrupted" if interrupted else "finished", self.seal)
+        try:
+            if self.audit is not None:
+                counts = self.counts()
+                self.record("run_finished", outcome="interrupted" if interrupted else "finished",
+                            stopped_by=stopped_by, error=self.stop_error.message if self.stop_error else None,
+                            **counts)  # fmt: skip
+                self.seal = self.audit.seal(run_id=self.run_id)
+            self.journal.finish_run(self.run_id, "interrupted" if interrupted else "finished", self.seal)
+        except RECORDS_FAILED as exc:
+            # Not even the reserve was enough: the run stays 'running' in the journal, and the next
+            # run or resume closes it as a killed one would be (run_abandoned).
+            self.stop_error = self.stop_error or exc
+            self.record_failed = exc.message
+        finally:
+            if self.audit is not None:
+                self.audit.close()
         self.finished = jn.now_rfc3339()
         if self.stop_error is not None:
             return self.stop_error.exit_code
@@ -936,10 +981,17 @@ def run_jobfile(
             else:
                 code = runner.run()
             document = runner.document()
-            runner.journal.close()
-            runner.pin_holds.close()
-            reports = write_run_reports(document, logs)
-    error = runner.stop_error.message if runner.stop_error is not None else None
+            with contextlib.suppress(*RECORDS_FAILED):
+                runner.journal.close()
+                runner.pin_holds.close()
+            error = runner.stop_error.message if runner.stop_error is not None else None
+            try:
+                reports = write_run_reports(document, logs)
+            except (OSError, ProvisionError) as exc:
+                reports = {}
+                if error is None:
+                    raise
+                error += f"; the reports could not be written either ({getattr(exc, 'strerror', None) or exc})"
     return RunOutcome(code, document, reports, error)
 
 
