@@ -369,7 +369,12 @@ class Loader:
         sha = hashlib.sha256(current).hexdigest()
         # No shortcut for "an interrupted attempt archived it already": the store proves its copy
         # (the card's bytes, same SHA-256, fsynced) or rewrites it, every time, before the card is changed.
-        with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as found:
+        # The journal tells the two apart: an archive that ended before is proven again under its own
+        # action, so no write step ever begins again after it ended.
+        action = f"{self.job.replace}_replaced_certificate"
+        if self.job.replace == "archive" and action in self.ctx.journal.ended_steps(self.ctx.jobfile.batch, self.job.id):
+            action = "prove_archived_certificate"
+        with self.step(action, replaced_sha256=sha) as found:
             if self.job.replace == "refuse":
                 raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "
                                  "and the job says replace: refuse; the card was not changed")  # fmt: skip
