@@ -37,6 +37,7 @@ import yaml
 
 from provision import schema_cache
 from provision import template as templates
+from provision.display import printable
 from provision.errors import JobFileError, Problem, TemplateError
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
@@ -197,13 +198,9 @@ class JobFile:
         return ZoneInfo(self.timezone)
 
 
-def _printable(text: str) -> str:
-    """Echoed user text stays on one line: control characters are shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _problem(file: str, line: int | None, path: str, message: str) -> Problem:
-    return Problem(file, line, _printable(path), _printable(message))
+    # Echoed user text stays on one line: control characters are shown escaped (also in --json).
+    return Problem(file, line, printable(path), printable(message))
 
 
 # ----------------------------------------------------------------------------------------------

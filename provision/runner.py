@@ -24,6 +24,7 @@ from provision import journal as jn
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
 from provision.card.base import RawTransport
+from provision.display import printable
 from provision.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -207,7 +208,7 @@ class RunOptions:
 
 
 def _to_stderr(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(printable(text) + "\n")
 
 
 class Runner:
@@ -562,8 +563,8 @@ class Runner:
         if self.options.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=self.jobfile.batch, leave=True)
-            self.say = lambda text: tqdm.write(text, file=sys.stderr)  # messages go above the bar, not through it
+            bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=printable(self.jobfile.batch), leave=True)
+            self.say = lambda text: tqdm.write(printable(text), file=sys.stderr)  # messages go above the bar, not through it
         bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
         interrupted = False
         try:
@@ -647,7 +648,8 @@ class Runner:
             return
         card = expected.job.card
         which = f" (serial {card.serial})" if card.serial is not None else ""
-        self.say(f"\nInsert the card of {expected.job.holder}{which}.")
+        self.say("")
+        self.say(f"Insert the card of {expected.job.holder}{which}.")
 
     def finish(self, interrupted: bool) -> int:
         self.stop_prefetch()
@@ -792,7 +794,7 @@ def terminal_pin_prompt(holder: str, tries: int | None) -> Any:
     if not sys.stdin.isatty():
         raise SecretError("the card PIN must be typed at the counter, but there is no terminal")
     try:
-        return Secret(getpass.getpass(f"PIN of the card of {holder} ({left}): ", stream=sys.stderr))
+        return Secret(getpass.getpass(printable(f"PIN of the card of {holder} ({left}): "), stream=sys.stderr))
     except (EOFError, KeyboardInterrupt):
         raise SecretError("no PIN was typed") from None
 

@@ -213,6 +213,8 @@ def _terminal_prompt(text: str) -> str:
             f"cannot ask for {text!r}: there is no terminal; use an env, file or command source"
         )
     try:
-        return getpass.getpass(f"{text}: ", stream=sys.stderr)
+        from provision.display import printable
+
+        return getpass.getpass(printable(f"{text}: "), stream=sys.stderr)
     except (EOFError, KeyboardInterrupt):
         raise SecretError(f"no answer was given for {text!r}") from None
