@@ -107,14 +107,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision import template as templates
-    from provision.bundle import inspect_pkcs12
+    from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.plan import certificate_lines, template_values, zone
 
     tz = zone(args.timezone)
     slot_name_template = templates.parse(args.slot_name)
     path = Path(args.file)
     try:
-        data = path.read_bytes()
+        data = read_pkcs12(path)  # bounded before the password is asked: /dev/zero ends at once
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}; check the path") from None
     password = _password_from_args(args)

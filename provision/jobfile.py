@@ -35,17 +35,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from provision import schema_cache
+from provision import limits, schema_cache
 from provision import template as templates
 from provision.display import printable
-from provision.errors import JobFileError, Problem, TemplateError
+from provision.errors import InputTooLargeError, JobFileError, Problem, TemplateError
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
 
 SCHEMA_PATH = schema_cache.SCHEMA_PATH
-MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_EXPANDED_NODES = 2_000_000
-MAX_PKCS12_BYTES = 16 * 1024 * 1024
+MAX_FILE_BYTES = limits.MAX_JOBFILE_BYTES
+MAX_EXPANDED_NODES = limits.MAX_EXPANDED_NODES
+MAX_PKCS12_BYTES = limits.MAX_PKCS12_BYTES
 
 DEFAULT_SLOT_NAME_TEMPLATE = "e-Cert{cert.not_before:%Y%m%d}"
 
@@ -426,6 +426,10 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
         events.get_event()
         count = 0
         while not events.check_event(yaml.SequenceEndEvent):
+            if count == limits.MAX_CARDS:  # before this card is built: the bound stops the work, not after it
+                line = events.peek_event().start_mark.line + 1
+                raise _YamlProblem(line, ("cards", count), f"more than {limits.MAX_CARDS} cards in one job file; "
+                                                           "split the batch into several job files")  # fmt: skip
             card_lines: dict[JsonPath, int] = {}
             on_card(count, builder.value(("cards", count), card_lines), card_lines, so_far)
             count += 1
@@ -945,10 +949,10 @@ def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: boo
     path = Path(path)
     filename = str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise JobFileError([_problem(filename, None, "", f"the file is {size} bytes; split it (limit {MAX_FILE_BYTES})")])
-        raw = path.read_bytes()
+        raw = limits.read_bounded(path, MAX_FILE_BYTES, "job file")  # bounded: /dev/zero or a FIFO too
+    except InputTooLargeError:
+        raise JobFileError([_problem(filename, None, "", f"the job file is larger than {MAX_FILE_BYTES} bytes, the "
+                                     "limit; split the batch into several job files")]) from None  # fmt: skip
     except FileNotFoundError:
         raise JobFileError([_problem(filename, None, "", "the job file does not exist; check the path")]) from None
     except IsADirectoryError:
@@ -1004,6 +1008,9 @@ def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_c
     if not isinstance(data, dict):
         raise JobFileError([_problem(filename, 1, "", "a job file is a mapping that starts with 'version: 1'")])
     if isinstance(data.get("cards"), list):  # written as an alias: its cards are checked here
+        if len(data["cards"]) > limits.MAX_CARDS:
+            raise JobFileError([_problem(filename, lines.get(("cards",)), "cards", f"more than {limits.MAX_CARDS} cards "
+                                         "in one job file; split the batch into several job files")])  # fmt: skip
         written, data["cards"] = data["cards"], len(data["cards"])
         for index, card in enumerate(written):
             cards.on_card(index, card, {k: v for k, v in lines.items() if k[:2] == ("cards", index)}, data)

@@ -36,6 +36,7 @@ from provision.errors import (
     PinError,
     ProvisionError,
     ReaderGoneError,
+    TemplateError,
     TransientCardError,
 )
 from provision.jobfile import Job, JobFile
@@ -270,7 +271,11 @@ class Runner:
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
         tz, batch = self.jobfile.tz, self.jobfile.batch
         for job in self.jobfile.jobs:
-            state = JobState(job, job.slot_name.render(template_values(tz, job=job, batch=batch)))
+            try:
+                provisional = job.slot_name.render(template_values(tz, job=job, batch=batch))
+            except TemplateError:
+                provisional = job.slot_name.text  # the job fails when its bundle is opened (accept_bundle)
+            state = JobState(job, provisional)
             state.deferred = defer_prompts and job.pkcs12_password.kind == "prompt"
             previous = self.journal.job(batch, job.id)
             if previous is not None and previous.status in (jn.IN_DOUBT, jn.IN_PROGRESS):
@@ -309,11 +314,15 @@ class Runner:
         state.opened = True
         if bundle is not None and info is not None:
             values = template_values(self.jobfile.tz, cert=info, job=state.job, batch=self.jobfile.batch)
-            with self._lock:
-                state.bundle, state.fingerprint = bundle, info.sha256
-                state.slot_name = state.job.slot_name.render(values)
-                self._held += 1
-            return
+            try:
+                slot_name = state.job.slot_name.render(values)
+            except TemplateError as exc:
+                bundle, message = None, f"slot_name: {exc.message}"
+            else:
+                with self._lock:
+                    state.bundle, state.fingerprint, state.slot_name = bundle, info.sha256, slot_name
+                    self._held += 1
+                return
         with self._lock:
             state.error = message  # also when a claim already moved the job on: its failure says why
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
@@ -713,18 +722,20 @@ class _NoBar:
 
 def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Job, Inspection | None, Bundle | None, str]:
     """One job's PKCS#12: (job, inspection, the bundle if usable, a sentence for the operator)."""
-    from provision.bundle import inspect_pkcs12
+    from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.plan import check_expectations
     from provision.secrets import obtain
 
     try:
-        password = password or obtain(job.pkcs12_password, unattended=unattended)
+        password = password if password is not None else obtain(job.pkcs12_password, unattended=unattended)
     except ProvisionError as exc:
         return (job, None, None, f"the PKCS#12 password could not be obtained: {exc.message}")
     try:
-        inspection, bundle = inspect_pkcs12(job.pkcs12_path.read_bytes(), password)
+        inspection, bundle = inspect_pkcs12(read_pkcs12(job.pkcs12_path), password)
     except OSError as exc:
         return (job, None, None, f"{job.pkcs12_path} cannot be read ({exc.strerror})")
+    except ProvisionError as exc:  # larger than its bound
+        return (job, None, None, exc.message)
     finally:
         password.wipe()
     if bundle is not None and inspection.info is not None:
