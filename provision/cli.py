@@ -94,7 +94,9 @@ def _password_from_args(args: argparse.Namespace) -> Any:
 
     from provision.secrets import SecretSource, obtain
 
-    if args.password_env:
+    if args.no_password:
+        source = SecretSource("empty", "")  # a file exported without a password, said explicitly
+    elif args.password_env:
         source = SecretSource("env", args.password_env)
     elif args.password_file:
         source = SecretSource("file", args.password_file)
@@ -637,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--password-env", metavar="NAME", help="take the password from this environment variable")
     group.add_argument("--password-file", metavar="PATH", help="take the password from this file (mode 0600)")
+    group.add_argument("--no-password", action="store_true",
+                       help="the file was exported without a password (the empty password, both encodings)")  # fmt: skip
     p.add_argument("--timezone", default="UTC", metavar="TZ", help="IANA zone for dates and the slot name")
     p.add_argument("--target", default="sp800-78-4", choices=["sp800-78-4", "yubikey-5.7"],
                    help="judge the key against SP 800-78-4 (default) or a YubiKey 5.7")  # fmt: skip

@@ -588,6 +588,9 @@ def _explain(error: Any, path: JsonPath) -> str:
         unknown = sorted(set(value) - allowed) if isinstance(value, dict) else []
         if not unknown:
             return str(error.message)  # pragma: no cover - defensive
+        if unknown == ["empty"] and is_secret:
+            return ("{empty: true} is only for pkcs12.password (a PKCS#12 file exported without a password); "
+                    "a PIN, PUK or management key is never empty")  # fmt: skip
         bits = []
         for name in unknown:
             close = difflib.get_close_matches(name, sorted(allowed), n=1)
@@ -603,6 +606,8 @@ def _explain(error: Any, path: JsonPath) -> str:
             if isinstance(value, str) and value in _YAML11_BOOLS:
                 return f"'{value}' is text in YAML 1.2; write 'any: true' to accept whichever card is presented"
             return "write 'any: true' to accept whichever card is presented"
+        if key == "empty":
+            return "write 'empty: true' for a PKCS#12 file exported without a password, or give its password as another secret form"
         return f"must be {error.validator_value!r}"
     if kind == "pattern":
         return f"{_describe_type(value)} is not valid; {_PATTERN_HELP.get(key, 'check the format')}"
@@ -613,6 +618,8 @@ def _explain(error: Any, path: JsonPath) -> str:
     if kind == "minItems":
         return "the list is empty; add at least one entry" if key != "command" else "the command needs a program name"
     if kind == "minLength":
+        if path[-2:] == ("password", "value"):
+            return "this is empty; fill it in, or write password: {empty: true} for a PKCS#12 file exported without a password"
         return "this is empty; fill it in"
     if kind == "maxLength":
         return f"this is longer than {error.validator_value} characters; shorten it"
@@ -677,6 +684,11 @@ class _Checker:
         if not isinstance(raw, dict) or len(raw) != 1:
             return None
         kind, ref = next(iter(raw.items()))
+        if kind == "empty":  # the schema allows it only here; a PIN, PUK or key is never empty
+            if path[-2:] != ("pkcs12", "password"):
+                self.problem(path, "{empty: true} is only for pkcs12.password; a PIN, PUK or management key is never empty")
+                return None
+            ref = ""
         source = SecretSource(kind, tuple(ref) if kind == "command" else ref, self.base)
         if kind == "value":
             self.problem(path, "the secret is written in the job file; prefer env, file or command", warning=True)

@@ -230,6 +230,8 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
             problems.append(f"expect.{result.check}: expected {result.expected!r}, the certificate has {result.actual!r}")
     if job.management_key is None:
         notes.append("uses the card's factory default management key")
+    if job.pkcs12_password.kind == "empty":
+        notes.append("the PKCS#12 file is opened without a password (password: {empty: true})")
     if job.pin.kind == "value" or job.pkcs12_password.kind == "value":
         notes.append("a secret is written in the job file")
     if job.renew is not None:

@@ -21,7 +21,10 @@ from pathlib import Path
 from provision import limits
 from provision.errors import InputTooLargeError, SecretError
 
-SOURCE_KINDS = ("env", "file", "prompt", "command", "value")
+SOURCE_KINDS = ("env", "file", "prompt", "command", "value", "empty")
+# ``{empty: true}``: the one secret that is empty on purpose, a PKCS#12 file exported without a
+# password. The schema allows it only for pkcs12.password; every other source giving an empty
+# value is an error, so an empty PIN, PUK or management key is never sent.
 COMMAND_TIMEOUT_SECONDS = limits.COMMAND_TIMEOUT_SECONDS
 
 
@@ -86,6 +89,8 @@ class SecretSource:
         if self.kind == "command":
             assert isinstance(self.ref, tuple)
             return f"command {self.ref[0]}"
+        if self.kind == "empty":
+            return "empty password ({empty: true})"
         return "value written in the job file"
 
     @property
@@ -173,6 +178,8 @@ def obtain(source: SecretSource, *, unattended: bool, prompt: PromptFn | None = 
     elif source.kind == "value":
         assert isinstance(source.ref, str)
         value = source.ref
+    elif source.kind == "empty":
+        return Secret(b"")  # said explicitly: the file has no password
     else:  # pragma: no cover - the loader only builds known kinds
         raise SecretError(f"unknown secret source {source.kind!r}")
     value = value.rstrip("\r\n")
