@@ -13,7 +13,7 @@ from pathlib import Path
 
 from provision.errors import InputTooLargeError
 
-MAX_JOBFILE_BYTES = 16 * 1024 * 1024  # a 10,000-card job file is about 3 MB
+MAX_JOBFILE_BYTES = 16 * 1024 * 1024  # a 10,000-card job file is about 2.5 MB
 MAX_CARDS = 20_000  # cards in one job file; a larger batch is split into several files
 MAX_EXPANDED_NODES = 2_000_000  # YAML values after alias expansion ("billion laughs")
 MAX_PKCS12_BYTES = 16 * 1024 * 1024  # an e-Cert PKCS#12 is a few kB; a long chain tens of kB
