@@ -90,6 +90,7 @@ def _sparse(path: Path, size: int, *, mode: int = 0o600) -> Path:
 
 FIELD_CASES = ("validate a 999999999 format width", "validate a 999999999 precision", "validate a strftime width",
                "validate a 600-character template", "validate a 2000-character secret value")  # fmt: skip
+# "validate 20,001 cards" names huge.yaml:LINE of the first card over the bound
 
 
 @posix_only
@@ -113,6 +114,10 @@ FIELD_CASES = ("validate a 999999999 format width", "validate a 999999999 precis
         "inspect --slot-name with a 999999999 width",
         "validate a 600-character template",
         "validate a 2000-character secret value",
+        "validate a FIFO fed without end",
+        "inspect a FIFO fed without end",
+        "validate 20,001 cards",
+        "plan a 200,000-character holder in a template",
     ],
 )
 def test_every_input_is_bounded(case: str, cli: Any, canaries: Any, tmp_path: Path) -> None:
@@ -150,20 +155,38 @@ def test_every_input_is_bounded(case: str, cli: Any, canaries: Any, tmp_path: Pa
         args = ("inspect", str(tmp_path / "chan.p12"), "--password-env", "P12_PASSWORD", "--slot-name", "{holder:>999999999}")
     elif case == "validate a 600-character template":
         args = ("validate", str(batch.job(slot_name='"' + "n" * 600 + '"')))
-    else:
+    elif case == "validate a 2000-character secret value":
         args = ("validate", str(batch.job(password="{value: '" + "7" * 2000 + "'}")))
+    elif "FIFO" in case:
+        fifo = tmp_path / "huge.fifo"
+        os.mkfifo(fifo)
+        feeder = subprocess.Popen(["sh", "-c", 'exec yes > "$0"', str(fifo)])  # opens when we read
+        args = ("validate", str(fifo)) if case.startswith("validate") else ("inspect", str(fifo), "--password-env", "P12_PASSWORD")
+    elif case == "validate 20,001 cards":
+        cards = "".join(f"  - id: HK-{n}\n    holder: H {n}\n    card: {{serial: {10_000_000 + n}}}\n"
+                        f"    pkcs12: {{path: chan.p12, password: {{file: p12.pass}}}}\n" for n in range(20_001))  # fmt: skip
+        (tmp_path / "huge.yaml").write_text("version: 1\nbatch: many\ndefaults: {slot: 9c, slot_name: x, pin: {file: card.pin}}\n"
+                                            "cards:\n" + cards)  # fmt: skip
+        args = ("validate", str(tmp_path / "huge.yaml"))
+    else:
+        args = ("plan", str(batch.job(holder_yaml="H" * 200_000, slot_name='"{holder}{holder}"')))
     try:
         done = cli(*args, env=env)
     finally:
+        if "FIFO" in case:
+            feeder.kill()
+            feeder.wait()
         for huge in tmp_path.glob("huge.*"):  # the canary search reads every file the test leaves
             huge.unlink()
     if case.startswith("plan") and "/dev/zero" not in case and "format" not in case:
         # the job file is valid; plan names the job's problem and exits 2 before any run
-        ok = done.returncode == 2 and any(w in done.stdout for w in ("larger than", "printed more than"))
+        ok = done.returncode == 2 and any(w in done.stdout for w in ("larger than", "printed more than", "more than 1024"))
     else:
         ok = done.returncode == 2 and _one_sentence_error(done.stderr)
     if case in FIELD_CASES:
         ok = ok and "job.yaml:" in done.stderr  # file:line of the offending field
+    if case == "validate 20,001 cards":
+        ok = ok and f"huge.yaml:{4 + 4 * 20_000 + 1}: cards[20000]: more than 20000 cards" in done.stderr
     _judge(case, ok, f"exit {done.returncode}: {done.stderr[-400:]}")
 
 
