@@ -894,6 +894,8 @@ class AuditLog:
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        if syslog is not None:
+            check_reachable(syslog)  # before anything is created: an unreachable address is exit 3
         self.path = Path(path)
         self.run_id = run_id
         self.rotate_bytes = rotate_bytes
@@ -911,7 +913,6 @@ class AuditLog:
             self._open_syslog(syslog)
 
     def _open_syslog(self, target: SyslogTarget) -> None:
-        check_reachable(target)
         try:
             handler = _SyslogHandler(address=target.address, facility=target.facility)
         except OSError as exc:
