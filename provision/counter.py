@@ -24,7 +24,8 @@ from rich.text import Text
 from provision import journal as jn
 from provision.display import printable
 from provision.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SecretError
-from provision.secrets import Secret
+from provision.limits import MAX_SECRET_CHARS
+from provision.secrets import Secret, typed_secret
 
 POLL_SECONDS = 0.3
 HELP = "Enter: the card is in   s: skip this holder   l: later (after the others)   b N: back to holder N   q: stop for today"
@@ -94,7 +95,7 @@ class CounterScreen:
         warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
         self.console.print(f"The holder types the card PIN. Tries left: [bold]{left}[/bold]{warn}")
         try:
-            return Secret(getpass.getpass("Card PIN: ", stream=sys.stderr))
+            return typed_secret(getpass.getpass("Card PIN: ", stream=sys.stderr), "PIN")
         except (EOFError, KeyboardInterrupt):
             raise SecretError("no PIN was typed") from None
 
@@ -198,6 +199,9 @@ class CounterScreen:
             if not typed:
                 self.skipped.add(state.job.id)
                 return False
+            if len(typed) > MAX_SECRET_CHARS:
+                self.console.print(shown(f"That is longer than {MAX_SECRET_CHARS} characters; type the password again.", style="bold red"))
+                continue
             _, inspection, bundle, message = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
             if bundle is None and inspection is not None and inspection.status == "wrong-password":

@@ -799,13 +799,13 @@ def terminal_pin_prompt(holder: str, tries: int | None) -> Any:
     import getpass
 
     from provision.errors import SecretError
-    from provision.secrets import Secret
+    from provision.secrets import typed_secret
 
     left = f"{tries} tr{'y' if tries == 1 else 'ies'} left" if tries is not None else "tries unknown"
     if not sys.stdin.isatty():
         raise SecretError("the card PIN must be typed at the counter, but there is no terminal")
     try:
-        return Secret(getpass.getpass(printable(f"PIN of the card of {holder} ({left}): "), stream=sys.stderr))
+        return typed_secret(getpass.getpass(printable(f"PIN of the card of {holder} ({left}): "), stream=sys.stderr), "PIN")
     except (EOFError, KeyboardInterrupt):
         raise SecretError("no PIN was typed") from None
 

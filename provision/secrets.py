@@ -252,6 +252,18 @@ def _run_command(argv: tuple[str, ...]) -> str:
         raise SecretError(f"program {argv[0]!r} printed something that is not UTF-8 text") from None
 
 
+def typed_secret(value: str, what: str) -> Secret:
+    """A secret a person typed at a prompt of the runner or the counter screen, held to the rules of
+    every other source: never empty (an empty PIN would spend a try on the card), at most
+    MAX_SECRET_CHARS characters."""
+    value = value.rstrip("\r\n")
+    if not value:
+        raise SecretError(f"no {what} was typed; nothing was sent to the card")
+    if len(value) > limits.MAX_SECRET_CHARS:
+        raise SecretError(f"the {what} typed is longer than {limits.MAX_SECRET_CHARS} characters; nothing was sent to the card")
+    return Secret(value)
+
+
 def _terminal_prompt(text: str) -> str:
     import getpass
 

@@ -77,3 +77,19 @@ def test_cli_errors_show_controls_as_escapes(capsys: pytest.CaptureFixture[str])
     code = main(["inspect", "no\x1b[2Jsuch\u202e.p12", "--password-env", "NOPE"])
     err = capsys.readouterr().err
     assert code == 2 and "\x1b" not in err and "\u202e" not in err and "no\\x1b[2Jsuch\\u202e.p12" in err
+
+
+@pytest.mark.parametrize("typed", ["", "\n", "1" * 1025])
+def test_a_typed_pin_is_never_empty_or_endless(typed: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import getpass
+
+    from provision import runner
+    from provision.errors import SecretError
+
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="", stream=None: typed)
+    screen, _ = _screen()
+    with pytest.raises(SecretError, match="nothing was sent to the card"):
+        screen.ask_pin("CHAN Tai Man", 3)  # the counter screen's PIN prompt
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    with pytest.raises(SecretError, match="nothing was sent to the card"):
+        runner.terminal_pin_prompt("CHAN Tai Man", 3)  # the plain runner's
