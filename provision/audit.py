@@ -778,6 +778,53 @@ def syslog_target(address: str, *, all_events: bool = False) -> SyslogTarget:
     return SyslogTarget((host, int(port)), all_events=all_events)
 
 
+SYSLOG_PROBE_SECONDS = 0.25
+
+
+def check_reachable(target: SyslogTarget) -> None:
+    """Raise EnvironmentProblem (exit 3) unless ``target`` can take messages now.
+
+    Python's SysLogHandler swallows a failed connection to a unix socket (as openlog(3) does) and
+    never connects UDP, so an address that leads nowhere would be accepted and every seal lost
+    silently. A unix socket must accept a connection; a UDP address must resolve, and an empty
+    datagram sent to it must not be refused (the ICMP "port unreachable" of a host with no
+    collector). A remote host that drops datagrams silently cannot be told from one that keeps them."""
+    try:
+        if isinstance(target.address, str):
+            _connect_unix(target.address)
+            return
+        host, port = target.address
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.settimeout(SYSLOG_PROBE_SECONDS)
+            probe.connect(address)
+            probe.send(b"")
+            try:
+                probe.recv(1)
+            except TimeoutError:
+                pass  # no answer is what a listening collector gives
+    except OSError as exc:
+        shown = target.address if isinstance(target.address, str) else f"{target.address[0]}:{target.address[1]}"
+        raise EnvironmentProblem(
+            f"cannot reach syslog at {shown} ({exc.strerror or type(exc).__name__}); start the syslog service "
+            "or correct --syslog / audit.syslog"
+        ) from None
+
+
+def _connect_unix(path: str) -> None:
+    last: OSError | None = None
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # journald's /dev/log is a datagram socket
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            probe.settimeout(SYSLOG_PROBE_SECONDS)
+            try:
+                probe.connect(path)
+                return
+            except OSError as exc:
+                last = exc
+    assert last is not None
+    raise last
+
+
 def _sd_escape(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
@@ -849,6 +896,8 @@ class AuditLog:
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        if syslog is not None:
+            check_reachable(syslog)  # before anything is created: an unreachable address is exit 3
         self.path = Path(path)
         self.run_id = run_id
         self.rotate_bytes = rotate_bytes

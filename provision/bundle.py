@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from provision import limits
 from provision.errors import BundleError
 from provision.piv.slots import ALGORITHMS, TARGETS, Algorithm, find_algorithm
 from provision.secrets import Secret
@@ -761,6 +763,12 @@ def _classify(
 
 # --------------------------------------------------------------------------------------------
 # Entry points
+
+
+def read_pkcs12(path: Path) -> bytes:
+    """A PKCS#12 file's bytes, read with its bound (limits.MAX_PKCS12_BYTES), whatever the file is:
+    ``/dev/zero`` or a FIFO ends with InputTooLargeError, not an endless read. OSError is the caller's."""
+    return limits.read_bounded(path, limits.MAX_PKCS12_BYTES, "PKCS#12 file")
 
 
 def inspect_pkcs12(

@@ -38,11 +38,21 @@ def _emit_json(document: object) -> None:
 
 
 def _say(text: str = "") -> None:
+    """One line for a person on stdout; control characters in it are shown, never obeyed."""
+    from provision.display import printable
+
+    sys.stdout.write(printable(text) + "\n")
+
+
+def _say_json(text: str) -> None:
+    """A JSON document built by a lower layer: written exactly (JSON escapes what it must)."""
     sys.stdout.write(text + "\n")
 
 
 def _warn(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    from provision.display import printable
+
+    sys.stderr.write(printable(text) + "\n")
 
 
 def _logs(args: argparse.Namespace, *, create: bool = False) -> Any:
@@ -105,7 +115,9 @@ def _password_from_args(args: argparse.Namespace) -> Any:
 
     from provision.secrets import SecretSource, obtain
 
-    if args.password_env:
+    if args.no_password:
+        source = SecretSource("empty", "")  # a file exported without a password, said explicitly
+    elif args.password_env:
         source = SecretSource("env", args.password_env)
     elif args.password_file:
         source = SecretSource("file", args.password_file)
@@ -118,14 +130,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision import template as templates
-    from provision.bundle import inspect_pkcs12
+    from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.plan import certificate_lines, template_values, zone
 
     tz = zone(args.timezone)
     slot_name_template = templates.parse(args.slot_name)
     path = Path(args.file)
     try:
-        data = path.read_bytes()
+        data = read_pkcs12(path)  # bounded before the password is asked: /dev/zero ends at once
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}; check the path") from None
     password = _password_from_args(args)
@@ -445,18 +457,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
         queue: Any = open_queue(args.queue, logs=Path(args.logs))
         try:
-            return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say)
+            return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say_json if args.json else _say)
         finally:
             queue.close()
     logs = _logs(args)
-    return verify_command(logs, _audit_key(args), _journal_seals(logs), args.json, _say, _warn)
+    return verify_command(logs, _audit_key(args), _journal_seals(logs), args.json, _say_json if args.json else _say, _warn)
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
     from provision.audit import cmd_audit_show as show_command
 
     return show_command(_logs(args), job=args.job, card=args.card, since=args.since, until=args.until,
-                        event=args.event, as_json=args.json, out=_say, err=_warn)  # fmt: skip
+                        event=args.event, as_json=args.json, out=_say_json if args.json else _say, err=_warn)  # fmt: skip
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -621,6 +633,46 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+MAX_WAIT_SECONDS = 30 * 24 * 3600  # --wait: a month; beyond it, timers overflow and nobody waits
+MAX_LEASE_SECONDS = 24 * 3600
+
+
+def _seconds_type(*, positive: bool, limit: float) -> Callable[[str], float]:
+    """An argparse type for a duration: a finite number of seconds in range. NaN, infinities and
+    negatives are usage errors (exit 2), not a run that never waits or waits for ever."""
+
+    def seconds(text: str) -> float:
+        import argparse
+        import math
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        low_ok = value > 0 if positive else value >= 0
+        if not math.isfinite(value) or not low_ok or value > limit:
+            floor = "more than 0" if positive else "0 or more"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds {floor} and at most {limit:.0f}")
+        return value
+
+    return seconds
+
+
+def _int_type(low: int, high: int) -> Callable[[str], int]:
+    def whole(text: str) -> int:
+        import argparse
+
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low} to {high})")
+        return value
+
+    return whole
+
+
 def _logs_default() -> str:
     return os.environ.get("PROVISION_LOGS", "logs")
 
@@ -698,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--password-env", metavar="NAME", help="take the password from this environment variable")
     group.add_argument("--password-file", metavar="PATH", help="take the password from this file (mode 0600)")
+    group.add_argument("--no-password", action="store_true",
+                       help="the file was exported without a password (the empty password, both encodings)")  # fmt: skip
     p.add_argument("--timezone", default="UTC", metavar="TZ", help="IANA zone for dates and the slot name")
     p.add_argument("--target", default="sp800-78-4", choices=["sp800-78-4", "yubikey-5.7"],
                    help="judge the key against SP 800-78-4 (default) or a YubiKey 5.7")  # fmt: skip
@@ -726,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_options = argparse.ArgumentParser(add_help=False)
     run_options.add_argument("--unattended", action="store_true", help="no prompts at all (scheduled batches)")
-    run_options.add_argument("--wait", type=float, metavar="SECONDS",
+    run_options.add_argument("--wait", type=_seconds_type(positive=False, limit=MAX_WAIT_SECONDS), metavar="SECONDS",
                              help="how long to wait for missing cards (default: counter until done, unattended 0)")  # fmt: skip
     run_options.add_argument("--reader", action="append", metavar="NAME", help="use only readers whose name contains NAME")
     run_options.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -737,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "or postgresql://USER@HOST:PORT/DB (many stations; $PROVISION_QUEUE)")  # fmt: skip
     run_options.add_argument("--station", default=None, metavar="NAME",
                              help="this station's name in a shared queue (default $PROVISION_STATION or the host name)")  # fmt: skip
-    run_options.add_argument("--lease", type=float, default=30.0, metavar="SECONDS",
+    run_options.add_argument("--lease", type=_seconds_type(positive=True, limit=MAX_LEASE_SECONDS), default=30.0, metavar="SECONDS",
                              help="how long a claimed job stays this station's after it stops renewing (default 30)")  # fmt: skip
     run_options.add_argument("--accept-damaged-audit-tail", metavar="REASON",
                              help="continue after a damaged audit log end; the reason is recorded in the log")  # fmt: skip
@@ -811,22 +865,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help=COMMANDS["sim"])
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
     p = sim.add_parser("serve", help="connect one simulated PIV card to the vpcd virtual reader, until stopped")
-    p.add_argument("--port", type=int, default=35963, help="vpcd port (35963 is 'Virtual PCD 00 00')")
+    p.add_argument("--port", type=_int_type(1, 65535), default=35963, help="vpcd port (35963 is 'Virtual PCD 00 00')")
     p.add_argument("--host", default="localhost", help="where vpcd listens (default localhost)")
-    p.add_argument("--serial", type=int, help="the card's serial number")
+    p.add_argument("--serial", type=_int_type(0, 2**32 - 1), help="the card's serial number")
     p.add_argument("--state", metavar="FILE", help="keep the card's state in this file across restarts")
     p.add_argument("--firmware", metavar="X.Y.Z", help="behave like this YubiKey firmware (default 5.7.1)")
     p.add_argument("--profile", choices=["yubikey", "pivapplet"], help="card family to imitate (default yubikey)")
-    p.add_argument("--pin-tries", type=int, metavar="N", help="PIN tries of a fresh card (default 3)")
-    p.add_argument("--latency-ms", type=float, metavar="N", help="each APDU takes N ms more")
-    p.add_argument("--vanish-after", type=int, metavar="N", help="after N APDUs the card is pulled")
-    p.add_argument("--fail-after", type=int, metavar="N", help="after N APDUs every answer is 6F00")
+    p.add_argument("--pin-tries", type=_int_type(1, 15), metavar="N", help="PIN tries of a fresh card (default 3)")
+    p.add_argument("--latency-ms", type=_seconds_type(positive=False, limit=60_000), metavar="N", help="each APDU takes N ms more")
+    p.add_argument("--vanish-after", type=_int_type(0, 2**31), metavar="N", help="after N APDUs the card is pulled")
+    p.add_argument("--fail-after", type=_int_type(0, 2**31), metavar="N", help="after N APDUs every answer is 6F00")
     p.add_argument("--apdu-log", metavar="FILE", help="one JSON line per APDU (header and status, no data)")
     p.set_defaults(handler=cmd_sim_serve)
 
     p = sub.add_parser("demo", parents=[common], help=COMMANDS["demo"])
     p.add_argument("--dir", metavar="DIR", help="where to write the demo material (default LOGS/demo)")
-    p.add_argument("--holders", type=int, default=4, metavar="N", help="how many card holders (default 4)")
+    p.add_argument("--holders", type=_int_type(1, 1000), default=4, metavar="N", help="how many card holders (default 4)")
     p.set_defaults(handler=cmd_demo)
     return parser
 

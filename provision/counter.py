@@ -22,11 +22,20 @@ from rich.table import Table
 from rich.text import Text
 
 from provision import journal as jn
+from provision.display import printable
 from provision.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EnvironmentProblem, SecretError
-from provision.secrets import Secret
+from provision.limits import MAX_SECRET_CHARS
+from provision.secrets import Secret, typed_secret
 
 POLL_SECONDS = 0.3
 HELP = "Enter: the card is in   s: skip this holder   l: later (after the others)   b N: back to holder N   q: stop for today"
+
+
+def shown(text: object, style: str = "") -> Text:
+    """Words for the screen built from data (names, subjects, messages): never rich markup, and
+    control characters shown as escapes, so a holder called ``[bold red]x`` or ``\x1b[2J`` is
+    displayed as written and cannot restyle or clear the clerk's screen."""
+    return Text(printable(str(text)), style=style)
 
 
 def input_ready(timeout: float) -> bool:
@@ -61,20 +70,20 @@ class CounterScreen:
     # --- what the loader asks ---
 
     def note(self, text: str) -> None:
-        self.console.print(Text(text))
+        self.console.print(shown(text))
 
     def confirm(self, job: Any, info: Any, slot_name: str, replaced: Any) -> bool:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("Holder", job.holder)
-        table.add_row("Subject", info.subject)
-        table.add_row("Issuer", info.issuer)
-        table.add_row("Serial", info.serial)
+        table.add_row("Holder", shown(job.holder))
+        table.add_row("Subject", shown(info.subject))
+        table.add_row("Issuer", shown(info.issuer))
+        table.add_row("Serial", shown(info.serial))
         table.add_row("New expiry", f"{info.not_after:%Y-%m-%d}")
-        table.add_row("Slot name", slot_name)
+        table.add_row("Slot name", shown(slot_name))
         if replaced is not None:
-            table.add_row("Replaces", f"{replaced.subject}, expiring {replaced.not_after:%Y-%m-%d} (it will be kept On Disk)")
+            table.add_row("Replaces", shown(f"{replaced.subject}, expiring {replaced.not_after:%Y-%m-%d} (it will be kept On Disk)"))
         self.console.print(Panel(table, title="Check the certificate before it is loaded", border_style="cyan"))
         self.console.print("Load this certificate onto the card? [bold]y[/bold]es / [bold]n[/bold]o: ", end="")
         return self.read_line().strip().lower() in ("y", "yes")
@@ -86,7 +95,7 @@ class CounterScreen:
         warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
         self.console.print(f"The holder types the card PIN. Tries left: [bold]{left}[/bold]{warn}")
         try:
-            return Secret(getpass.getpass("Card PIN: ", stream=sys.stderr))
+            return typed_secret(getpass.getpass("Card PIN: ", stream=sys.stderr), "PIN")
         except (EOFError, KeyboardInterrupt):
             raise SecretError("no PIN was typed") from None
 
@@ -98,7 +107,7 @@ class CounterScreen:
         return [by_id[j] for j in self.order if by_id[j].status in (jn.PENDING, jn.IN_DOUBT) and j not in self.skipped]
 
     def render_queue(self) -> None:
-        table = Table(title=f"Batch {self.runner.jobfile.batch}", expand=False)
+        table = Table(title=shown(f"Batch {self.runner.jobfile.batch}"), expand=False)
         for column in ("#", "Holder", "Card", "Status"):
             table.add_column(column)
         nxt = self.queue()[0] if self.queue() else None
@@ -112,7 +121,7 @@ class CounterScreen:
             if state is nxt:
                 status = "NEXT"
             card = state.job.card.describe()
-            table.add_row(str(number), state.job.holder, card, Text(status, style=styles.get(status, "bold" if state is nxt else "")))
+            table.add_row(str(number), shown(state.job.holder), shown(card), Text(status, style=styles.get(status, "bold" if state is nxt else "")))
         done = sum(1 for s in self.runner.states if s.status in (jn.LOADED, jn.SKIPPED))
         failed = sum(1 for s in self.runner.states if s.status in (jn.FAILED, jn.REFUSED))
         self.console.print(table)
@@ -121,7 +130,7 @@ class CounterScreen:
     def instruct(self, state: Any) -> None:
         card = state.job.card
         which = f" (card serial {card.serial})" if card.serial is not None else ""
-        words = Text(f"Insert the card of {state.job.holder}{which}", style="bold")
+        words = shown(f"Insert the card of {state.job.holder}{which}", style="bold")
         self.console.print(Panel(Group(words, Text(HELP, style="dim")), border_style="yellow"))
 
     # --- the loop ---
@@ -185,7 +194,7 @@ class CounterScreen:
         from provision.runner import open_bundle
 
         prompt = state.job.pkcs12_password.ref
-        self.console.print(Panel(Text(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
+        self.console.print(Panel(shown(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
         while True:
             try:
                 typed = getpass.getpass("Password (nothing typed: skip this holder): ", stream=sys.stderr)
@@ -194,14 +203,17 @@ class CounterScreen:
             if not typed:
                 self.skipped.add(state.job.id)
                 return False
+            if len(typed) > MAX_SECRET_CHARS:
+                self.console.print(shown(f"That is longer than {MAX_SECRET_CHARS} characters; type the password again.", style="bold red"))
+                continue
             _, inspection, bundle, message = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
             if bundle is None and inspection is not None and inspection.status == "wrong-password":
-                self.console.print(Text(message, style="bold red"))
+                self.console.print(shown(message, style="bold red"))
                 continue  # a mistyped envelope number: type it again
             self.runner.accept_bundle(state, inspection, bundle, message)
             if bundle is None:
-                self.console.print(Text(message, style="bold red"))
+                self.console.print(shown(message, style="bold red"))
             return bundle is not None
 
     def come_back(self, action: str) -> None:
@@ -242,17 +254,17 @@ class CounterScreen:
     def show_result(self, state: Any) -> None:
         result = state.result
         if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
-            lines = [Text(f"{state.job.holder}: done", style="bold green"),
-                     Text(f"New certificate On Card: slot {state.job.slot.hex} '{state.slot_name}', valid until {result.not_after[:10]}")]  # fmt: skip
+            lines = [shown(f"{state.job.holder}: done", style="bold green"),
+                     shown(f"New certificate On Card: slot {state.job.slot.hex} '{state.slot_name}', valid until {result.not_after[:10]}")]  # fmt: skip
             if result.archived_to:
-                lines.append(Text(f"Old certificate On Disk: {result.archived_to}"))
+                lines.append(shown(f"Old certificate On Disk: {result.archived_to}"))
             if state.status == jn.SKIPPED:
                 lines.append(Text("The card already held this certificate; nothing was changed."))
             self.console.print(Panel(Group(*lines), border_style="green"))
         elif state.status in (jn.PENDING, jn.IN_DOUBT):
-            self.console.print(Panel(Text(f"{state.job.holder}: not loaded yet. {state.error or ''}"), border_style="yellow"))
+            self.console.print(Panel(shown(f"{state.job.holder}: not loaded yet. {state.error or ''}"), border_style="yellow"))
         else:
-            self.console.print(Panel(Text(f"{state.job.holder}: {state.status.upper()}: {state.error}"), border_style="red"))
+            self.console.print(Panel(shown(f"{state.job.holder}: {state.status.upper()}: {state.error}"), border_style="red"))
 
     def wait_for_removal(self, reader: str) -> None:
         source = self.runner.source

@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.errors import JobFileError, Problem, UsageError
+from provision import limits
+from provision.errors import InputTooLargeError, JobFileError, Problem, UsageError
 from provision.jobfile import JobFile, load_yaml, parse_jobfile
 
 MAX_CSV_BYTES = 32 * 1024 * 1024
@@ -255,7 +256,9 @@ def read_template(path: Path) -> dict[str, Any]:
     """The template's header as data (YAML 1.2 core, as job files are read)."""
     filename = str(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = limits.read_bounded(path, limits.MAX_JOBFILE_BYTES, "template").decode("utf-8-sig")
+    except InputTooLargeError as exc:
+        raise JobFileError([Problem(filename, None, "", exc.message)]) from None
     except OSError as exc:
         raise JobFileError([Problem(filename, None, "", f"the template cannot be read ({exc.strerror}); check the path")]) from None
     except UnicodeDecodeError:
@@ -349,10 +352,7 @@ def jobs_from_csv(csv_path: Path, template_path: Path, output: Path, *, batch: s
                   unattended: bool = False, check_files: bool = True) -> CsvJobs:  # fmt: skip
     """Build and validate the job file; nothing is written. Raises JobFileError listing every problem."""
     try:
-        size = csv_path.stat().st_size
-        if size > MAX_CSV_BYTES:
-            raise UsageError(f"{csv_path} is {size} bytes; split it (limit {MAX_CSV_BYTES})")
-        raw = csv_path.read_bytes()
+        raw = limits.read_bounded(csv_path, MAX_CSV_BYTES, "CSV file")  # bounded: a FIFO or /dev/zero too
     except OSError as exc:
         raise UsageError(f"cannot read {csv_path} ({exc.strerror}); check the path") from None
     rows, problems, warnings = read_holders(raw, str(csv_path))

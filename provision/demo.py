@@ -161,7 +161,8 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
     plan = plan_jobfile(jobfile, unattended=True)
     print_plan(plan, out)
     logs = logs or directory / "logs"
-    out(f"\nRunning the batch on simulated cards (logs in {logs}) ...")
+    out("")
+    out(f"Running the batch on simulated cards (logs in {logs}) ...")
     outcome = run_jobfile(jobfile, logs=logs, unattended=True, wait=0,
                           source=SimSource([demo_cards(jobfile, directory)]), progress=True,
                           logs_lock=logs_lock)  # fmt: skip
@@ -178,15 +179,18 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
         out(line)
     for card in doc["refused_cards"]:
         out(f"  refused  card {card['card_serial']}: {card['reason']}")
-    out(f"\nAudit log:  {logs / 'audit.jsonl'}" + (f" (seal {doc['seal']})" if doc.get("seal") else ""))
+    out("")
+    out(f"Audit log:  {logs / 'audit.jsonl'}" + (f" (seal {doc['seal']})" if doc.get("seal") else ""))
     for kind, path in sorted(outcome.reports.items()):
         out(f"Report ({kind}): {path}")
     statuses = {job["id"]: job["status"] for job in doc["jobs"]}
     expected = {job.id: ("failed" if job.id == EXPIRED_HOLDER[0] else "loaded") for job in jobfile.jobs}
     as_designed = statuses == expected and len(doc["refused_cards"]) == 1
     if as_designed:
-        out("\nThe demo batch ran as designed: every card loaded, the old e-Cert archived, the stranger's card "
+        out("")
+        out("The demo batch ran as designed: every card loaded, the old e-Cert archived, the stranger's card "
             "refused untouched, the expired e-Cert stopped before any card.")
         return EXIT_OK
-    out("\nThe demo batch did not run as designed; see the lines above.")
+    out("")
+    out("The demo batch did not run as designed; see the lines above.")
     return 1

@@ -92,6 +92,22 @@ class JobFileError(ProvisionError):
         super().__init__(first + more)
 
 
+class InputTooLargeError(ProvisionError):
+    """An input is larger than its documented bound (README, "Bounds on every input")."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, what: str, limit: int, where: str) -> None:
+        super().__init__(f"{where} is larger than {limit} bytes, the limit for {_an(what)}; check that it is the right file")
+        self.what = what
+        self.limit = limit
+        self.where = where
+
+
+def _an(what: str) -> str:
+    return f"an {what}" if what[:1] in "aeiou" else f"a {what}"
+
+
 class SecretError(ProvisionError):
     """A secret could not be obtained from its source. Never carries the value."""
 

@@ -35,15 +35,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from provision import resources, schema_cache
+from provision import limits, resources, schema_cache
 from provision import template as templates
-from provision.errors import JobFileError, Problem, TemplateError
+from provision.display import printable
+from provision.errors import InputTooLargeError, JobFileError, Problem, TemplateError
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
 
-MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_EXPANDED_NODES = 2_000_000
-MAX_PKCS12_BYTES = 16 * 1024 * 1024
+MAX_FILE_BYTES = limits.MAX_JOBFILE_BYTES
+MAX_EXPANDED_NODES = limits.MAX_EXPANDED_NODES
+MAX_PKCS12_BYTES = limits.MAX_PKCS12_BYTES
 
 DEFAULT_SLOT_NAME_TEMPLATE = "e-Cert{cert.not_before:%Y%m%d}"
 
@@ -196,13 +197,9 @@ class JobFile:
         return ZoneInfo(self.timezone)
 
 
-def _printable(text: str) -> str:
-    """Echoed user text stays on one line: control characters are shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _problem(file: str, line: int | None, path: str, message: str) -> Problem:
-    return Problem(file, line, _printable(path), _printable(message))
+    # Echoed user text stays on one line: control characters are shown escaped (also in --json).
+    return Problem(file, line, printable(path), printable(message))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,6 +429,10 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
         events.get_event()
         count = 0
         while not events.check_event(yaml.SequenceEndEvent):
+            if count == limits.MAX_CARDS:  # before this card is built: the bound stops the work, not after it
+                line = events.peek_event().start_mark.line + 1
+                raise _YamlProblem(line, ("cards", count), f"more than {limits.MAX_CARDS} cards in one job file; "
+                                                           "split the batch into several job files")  # fmt: skip
             card_lines: dict[JsonPath, int] = {}
             on_card(count, builder.value(("cards", count), card_lines), card_lines, so_far)
             count += 1
@@ -590,6 +591,9 @@ def _explain(error: Any, path: JsonPath) -> str:
         unknown = sorted(set(value) - allowed) if isinstance(value, dict) else []
         if not unknown:
             return str(error.message)  # pragma: no cover - defensive
+        if unknown == ["empty"] and is_secret:
+            return ("{empty: true} is only for pkcs12.password (a PKCS#12 file exported without a password); "
+                    "a PIN, PUK or management key is never empty")  # fmt: skip
         bits = []
         for name in unknown:
             close = difflib.get_close_matches(name, sorted(allowed), n=1)
@@ -605,6 +609,8 @@ def _explain(error: Any, path: JsonPath) -> str:
             if isinstance(value, str) and value in _YAML11_BOOLS:
                 return f"'{value}' is text in YAML 1.2; write 'any: true' to accept whichever card is presented"
             return "write 'any: true' to accept whichever card is presented"
+        if key == "empty":
+            return "write 'empty: true' for a PKCS#12 file exported without a password, or give its password as another secret form"
         return f"must be {error.validator_value!r}"
     if kind == "pattern":
         return f"{_describe_type(value)} is not valid; {_PATTERN_HELP.get(key, 'check the format')}"
@@ -615,6 +621,8 @@ def _explain(error: Any, path: JsonPath) -> str:
     if kind == "minItems":
         return "the list is empty; add at least one entry" if key != "command" else "the command needs a program name"
     if kind == "minLength":
+        if path[-2:] == ("password", "value"):
+            return "this is empty; fill it in, or write password: {empty: true} for a PKCS#12 file exported without a password"
         return "this is empty; fill it in"
     if kind == "maxLength":
         return f"this is longer than {error.validator_value} characters; shorten it"
@@ -679,6 +687,11 @@ class _Checker:
         if not isinstance(raw, dict) or len(raw) != 1:
             return None
         kind, ref = next(iter(raw.items()))
+        if kind == "empty":  # the schema allows it only here; a PIN, PUK or key is never empty
+            if path[-2:] != ("pkcs12", "password"):
+                self.problem(path, "{empty: true} is only for pkcs12.password; a PIN, PUK or management key is never empty")
+                return None
+            ref = ""
         source = SecretSource(kind, tuple(ref) if kind == "command" else ref, self.base)
         if kind == "value":
             self.problem(path, "the secret is written in the job file; prefer env, file or command", warning=True)
@@ -952,10 +965,10 @@ def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: boo
     path = Path(path)
     filename = str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise JobFileError([_problem(filename, None, "", f"the file is {size} bytes; split it (limit {MAX_FILE_BYTES})")])
-        raw = path.read_bytes()
+        raw = limits.read_bounded(path, MAX_FILE_BYTES, "job file")  # bounded: /dev/zero or a FIFO too
+    except InputTooLargeError:
+        raise JobFileError([_problem(filename, None, "", f"the job file is larger than {MAX_FILE_BYTES} bytes, the "
+                                     "limit; split the batch into several job files")]) from None  # fmt: skip
     except FileNotFoundError:
         raise JobFileError([_problem(filename, None, "", "the job file does not exist; check the path")]) from None
     except IsADirectoryError:
@@ -1011,6 +1024,9 @@ def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_c
     if not isinstance(data, dict):
         raise JobFileError([_problem(filename, 1, "", "a job file is a mapping that starts with 'version: 1'")])
     if isinstance(data.get("cards"), list):  # written as an alias: its cards are checked here
+        if len(data["cards"]) > limits.MAX_CARDS:
+            raise JobFileError([_problem(filename, lines.get(("cards",)), "cards", f"more than {limits.MAX_CARDS} cards "
+                                         "in one job file; split the batch into several job files")])  # fmt: skip
         written, data["cards"] = data["cards"], len(data["cards"])
         for index, card in enumerate(written):
             cards.on_card(index, card, {k: v for k, v in lines.items() if k[:2] == ("cards", index)}, data)

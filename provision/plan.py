@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from provision import template as templates
-from provision.errors import ProvisionError, UsageError
+from provision.errors import ProvisionError, TemplateError, UsageError
 
 if TYPE_CHECKING:
     from provision.bundle import CertInfo, Inspection
@@ -215,9 +215,13 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
     elif status != "ok":
         problems.append(inspection.message)
     values = template_values(tz, cert=info, job=job, batch=jobfile.batch, now=now)
-    slot_name = job.slot_name.render(values)
-    if info is not None:
-        why = templates.check_slot_name(slot_name)
+    try:
+        slot_name = job.slot_name.render(values)
+    except TemplateError as exc:
+        slot_name = job.slot_name.text
+        problems.append(f"slot_name: {exc.message}")
+    else:
+        why = templates.check_slot_name(slot_name) if info is not None else None
         if why:
             problems.append(f"{why}; change slot_name")
     expectations = tuple(check_expectations(job.expect, info)) if info else ()
@@ -226,16 +230,20 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
             problems.append(f"expect.{result.check}: expected {result.expected!r}, the certificate has {result.actual!r}")
     if job.management_key is None:
         notes.append("uses the card's factory default management key")
+    if job.pkcs12_password.kind == "empty":
+        notes.append("the PKCS#12 file is opened without a password (password: {empty: true})")
     if job.pin.kind == "value" or job.pkcs12_password.kind == "value":
         notes.append("a secret is written in the job file")
     if job.renew is not None:
         notes.append(f"renew: loads only if the slot is empty or its certificate expires within "
                      f"{job.renew.when_expires_within}, and only a newer certificate")  # fmt: skip
-    exports = {
-        kind: export_path(jobfile.path.parent, tmpl, values)
-        for kind, tmpl in (("pem", job.export.pem), ("nssdb", job.export.nssdb))
-        if tmpl is not None
-    }
+    exports: dict[str, Path] = {}
+    for kind, tmpl in (("pem", job.export.pem), ("nssdb", job.export.nssdb)):
+        if tmpl is not None:
+            try:
+                exports[kind] = export_path(jobfile.path.parent, tmpl, values)
+            except TemplateError as exc:
+                problems.append(f"export.{kind}: {exc.message}")
     steps = tuple(load_steps(job, slot_name, inspection.piv_algorithm if inspection else None, exports))
     return JobPlan(job, slot_name, status, bundle_message, info, inspection.piv_algorithm if inspection else None,
                    expectations, tuple(problems), steps, tuple(notes))  # fmt: skip
@@ -243,17 +251,19 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
 
 def open_bundle(job: Job, *, unattended: bool) -> tuple[Inspection | None, str]:
     """Obtain the password and inspect the job's PKCS#12: one decryption per job."""
-    from provision.bundle import inspect_pkcs12
+    from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.secrets import obtain
 
+    try:  # the file first, bounded: nothing is asked for a file that cannot be used
+        data = read_pkcs12(job.pkcs12_path)
+    except OSError as exc:
+        return None, f"the PKCS#12 file {job.pkcs12_path} cannot be read ({exc.strerror})"
+    except ProvisionError as exc:
+        return None, exc.message
     try:
         password = obtain(job.pkcs12_password, unattended=unattended)
     except ProvisionError as exc:
         return None, f"the PKCS#12 password could not be obtained: {exc.message}"
-    try:
-        data = job.pkcs12_path.read_bytes()
-    except OSError as exc:
-        return None, f"the PKCS#12 file {job.pkcs12_path} cannot be read ({exc.strerror})"
     try:
         inspection, _bundle = inspect_pkcs12(data, password)
     finally:

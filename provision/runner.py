@@ -28,6 +28,7 @@ from provision import logsdir
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
 from provision.card.base import RawTransport
+from provision.display import printable
 from provision.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -43,6 +44,7 @@ from provision.errors import (
     ProvisionError,
     ReaderGoneError,
     RecordsError,
+    TemplateError,
     TransientCardError,
 )
 from provision.jobfile import Job, JobFile
@@ -217,7 +219,7 @@ class RunOptions:
 
 
 def _to_stderr(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(printable(text) + "\n")
 
 
 class Runner:
@@ -292,7 +294,11 @@ class Runner:
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
         tz, batch = self.jobfile.tz, self.jobfile.batch
         for job in self.jobfile.jobs:
-            state = JobState(job, job.slot_name.render(template_values(tz, job=job, batch=batch)))
+            try:
+                provisional = job.slot_name.render(template_values(tz, job=job, batch=batch))
+            except TemplateError:
+                provisional = job.slot_name.text  # the job fails when its bundle is opened (accept_bundle)
+            state = JobState(job, provisional)
             state.deferred = defer_prompts and job.pkcs12_password.kind == "prompt"
             previous = self.journal.job(batch, job.id)
             if previous is not None and previous.status in (jn.IN_DOUBT, jn.IN_PROGRESS):
@@ -333,11 +339,15 @@ class Runner:
         state.opened = True
         if bundle is not None and info is not None:
             values = template_values(self.jobfile.tz, cert=info, job=state.job, batch=self.jobfile.batch)
-            with self._lock:
-                state.bundle, state.fingerprint = bundle, info.sha256
-                state.slot_name = state.job.slot_name.render(values)
-                self._held += 1
-            return
+            try:
+                slot_name = state.job.slot_name.render(values)
+            except TemplateError as exc:
+                bundle, message = None, f"slot_name: {exc.message}"
+            else:
+                with self._lock:
+                    state.bundle, state.fingerprint, state.slot_name = bundle, info.sha256, slot_name
+                    self._held += 1
+                return
         with self._lock:
             state.error = message  # also when a claim already moved the job on: its failure says why
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
@@ -606,8 +616,8 @@ class Runner:
         if self.options.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=self.jobfile.batch, leave=True)
-            self.say = lambda text: tqdm.write(text, file=sys.stderr)  # messages go above the bar, not through it
+            bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=printable(self.jobfile.batch), leave=True)
+            self.say = lambda text: tqdm.write(printable(text), file=sys.stderr)  # messages go above the bar, not through it
         bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
         interrupted = False
         try:
@@ -709,7 +719,8 @@ class Runner:
             return
         card = expected.job.card
         which = f" (serial {card.serial})" if card.serial is not None else ""
-        self.say(f"\nInsert the card of {expected.job.holder}{which}.")
+        self.say("")
+        self.say(f"Insert the card of {expected.job.holder}{which}.")
 
     def finish(self, interrupted: bool) -> int:
         if self.finished is not None:  # already ended (the counter's own loop may have)
@@ -798,18 +809,20 @@ class _NoBar:
 
 def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Job, Inspection | None, Bundle | None, str]:
     """One job's PKCS#12: (job, inspection, the bundle if usable, a sentence for the operator)."""
-    from provision.bundle import inspect_pkcs12
+    from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.plan import check_expectations
     from provision.secrets import obtain
 
     try:
-        password = password or obtain(job.pkcs12_password, unattended=unattended)
+        password = password if password is not None else obtain(job.pkcs12_password, unattended=unattended)
     except ProvisionError as exc:
         return (job, None, None, f"the PKCS#12 password could not be obtained: {exc.message}")
     try:
-        inspection, bundle = inspect_pkcs12(job.pkcs12_path.read_bytes(), password)
+        inspection, bundle = inspect_pkcs12(read_pkcs12(job.pkcs12_path), password)
     except OSError as exc:
         return (job, None, None, f"{job.pkcs12_path} cannot be read ({exc.strerror})")
+    except ProvisionError as exc:  # larger than its bound
+        return (job, None, None, exc.message)
     finally:
         password.wipe()
     if bundle is not None and inspection.info is not None:
@@ -907,13 +920,13 @@ def terminal_pin_prompt(holder: str, tries: int | None) -> Any:
     import getpass
 
     from provision.errors import SecretError
-    from provision.secrets import Secret
+    from provision.secrets import typed_secret
 
     left = f"{tries} tr{'y' if tries == 1 else 'ies'} left" if tries is not None else "tries unknown"
     if not sys.stdin.isatty():
         raise SecretError("the card PIN must be typed at the counter, but there is no terminal")
     try:
-        return Secret(getpass.getpass(f"PIN of the card of {holder} ({left}): ", stream=sys.stderr))
+        return typed_secret(getpass.getpass(printable(f"PIN of the card of {holder} ({left}): "), stream=sys.stderr), "PIN")
     except (EOFError, KeyboardInterrupt):
         raise SecretError("no PIN was typed") from None
 

@@ -18,10 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.errors import SecretError
+from provision import limits
+from provision.errors import InputTooLargeError, SecretError
 
-SOURCE_KINDS = ("env", "file", "prompt", "command", "value")
-COMMAND_TIMEOUT_SECONDS = 60
+SOURCE_KINDS = ("env", "file", "prompt", "command", "value", "empty")
+# ``{empty: true}``: the one secret that is empty on purpose, a PKCS#12 file exported without a
+# password. The schema allows it only for pkcs12.password; every other source giving an empty
+# value is an error, so an empty PIN, PUK or management key is never sent.
+COMMAND_TIMEOUT_SECONDS = limits.COMMAND_TIMEOUT_SECONDS
 
 
 class Secret:
@@ -85,6 +89,8 @@ class SecretSource:
         if self.kind == "command":
             assert isinstance(self.ref, tuple)
             return f"command {self.ref[0]}"
+        if self.kind == "empty":
+            return "empty password ({empty: true})"
         return "value written in the job file"
 
     @property
@@ -155,7 +161,11 @@ def obtain(source: SecretSource, *, unattended: bool, prompt: PromptFn | None = 
         value = os.environ[source.ref]
     elif source.kind == "file":
         try:
-            value = _first_line(source.path.read_text(encoding="utf-8"))
+            raw = limits.read_bounded(source.path, limits.MAX_SECRET_FILE_BYTES, "secret file")
+            value = _first_line(raw.decode("utf-8"))
+        except InputTooLargeError:
+            raise SecretError(f"secret file {source.path} is larger than {limits.MAX_SECRET_FILE_BYTES} bytes; "
+                              "a secret file holds the secret on its first line") from None  # fmt: skip
         except (OSError, UnicodeDecodeError) as exc:
             raise SecretError(f"secret file {source.path} cannot be read: {type(exc).__name__}") from None
     elif source.kind == "prompt":
@@ -168,41 +178,90 @@ def obtain(source: SecretSource, *, unattended: bool, prompt: PromptFn | None = 
     elif source.kind == "value":
         assert isinstance(source.ref, str)
         value = source.ref
+    elif source.kind == "empty":
+        return Secret(b"")  # said explicitly: the file has no password
     else:  # pragma: no cover - the loader only builds known kinds
         raise SecretError(f"unknown secret source {source.kind!r}")
     value = value.rstrip("\r\n")
     if not value:
         raise SecretError(f"the {source.describe()} gave an empty secret; check the source")
+    if len(value) > limits.MAX_SECRET_CHARS:
+        raise SecretError(f"the {source.describe()} gave a secret longer than {limits.MAX_SECRET_CHARS} characters; "
+                          "check the source")  # fmt: skip
     return Secret(value)
 
 
 def _run_command(argv: tuple[str, ...]) -> str:
     # No shell: argv goes to the program as written, nothing is interpolated. Its stderr passes
-    # through to the operator's terminal (pass/gpg may ask there); its stdout is the secret.
+    # through to the operator's terminal (pass/gpg may ask there); its stdout is the secret, read
+    # up to its bound (a program that prints without end, such as `yes`, is stopped there) and
+    # for at most COMMAND_TIMEOUT_SECONDS.
+    import threading
+    import time
+
+    limit = limits.MAX_COMMAND_OUTPUT_BYTES
     try:
-        done = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            check=False,
-            timeout=COMMAND_TIMEOUT_SECONDS,
-        )
+        child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     except FileNotFoundError:
         raise SecretError(f"program {argv[0]!r} was not found; check the command source") from None
-    except subprocess.TimeoutExpired:
-        raise SecretError(
-            f"program {argv[0]!r} gave no answer within {COMMAND_TIMEOUT_SECONDS} s"
-        ) from None
     except OSError as exc:
         raise SecretError(f"program {argv[0]!r} could not be started ({exc.strerror})") from None
-    if done.returncode != 0:
+    assert child.stdout is not None
+    pipe = child.stdout.fileno()
+    chunks: list[bytes] = []
+
+    def read_output() -> None:  # a thread: a blocking read with a deadline, on every platform
+        size = 0
+        while size <= limit:
+            chunk = os.read(pipe, min(65536, limit + 1 - size))
+            if not chunk:
+                return
+            chunks.append(chunk)
+            size += len(chunk)
+
+    reader = threading.Thread(target=read_output, daemon=True, name="secret-command")
+    deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+    reader.start()
+    reader.join(COMMAND_TIMEOUT_SECONDS)
+    output = b"".join(chunks)
+    problem = None
+    if reader.is_alive():
+        problem = f"program {argv[0]!r} gave no answer within {COMMAND_TIMEOUT_SECONDS} s"
+    elif len(output) > limit:
+        problem = f"program {argv[0]!r} printed more than {limit} bytes; a secret program prints the secret on one line"
+    else:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            problem = f"program {argv[0]!r} gave no answer within {COMMAND_TIMEOUT_SECONDS} s"
+    if problem is not None:
+        child.kill()
+        child.wait()
+        reader.join(0.5)
+        if not reader.is_alive():  # a grandchild may still hold the pipe: then leave its fd alone
+            child.stdout.close()
+        raise SecretError(problem)
+    child.stdout.close()
+    if child.returncode != 0:
         raise SecretError(
-            f"program {argv[0]!r} exited with status {done.returncode}; run it by hand to see why"
+            f"program {argv[0]!r} exited with status {child.returncode}; run it by hand to see why"
         )
     try:
-        return _first_line(done.stdout.decode("utf-8"))
+        return _first_line(output.decode("utf-8"))
     except UnicodeDecodeError:
         raise SecretError(f"program {argv[0]!r} printed something that is not UTF-8 text") from None
+
+
+def typed_secret(value: str, what: str) -> Secret:
+    """A secret a person typed at a prompt of the runner or the counter screen, held to the rules of
+    every other source: never empty (an empty PIN would spend a try on the card), at most
+    MAX_SECRET_CHARS characters."""
+    value = value.rstrip("\r\n")
+    if not value:
+        raise SecretError(f"no {what} was typed; nothing was sent to the card")
+    if len(value) > limits.MAX_SECRET_CHARS:
+        raise SecretError(f"the {what} typed is longer than {limits.MAX_SECRET_CHARS} characters; nothing was sent to the card")
+    return Secret(value)
 
 
 def _terminal_prompt(text: str) -> str:
@@ -213,6 +272,8 @@ def _terminal_prompt(text: str) -> str:
             f"cannot ask for {text!r}: there is no terminal; use an env, file or command source"
         )
     try:
-        return getpass.getpass(f"{text}: ", stream=sys.stderr)
+        from provision.display import printable
+
+        return getpass.getpass(printable(f"{text}: "), stream=sys.stderr)
     except (EOFError, KeyboardInterrupt):
         raise SecretError(f"no answer was given for {text!r}") from None

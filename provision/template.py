@@ -9,11 +9,13 @@ the operator's calendar shows, not the UTC day.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from provision import limits
 from provision.errors import TemplateError
 
 # Field → kind of value; the kind decides which format specs make sense (checked by a trial render).
@@ -39,8 +41,12 @@ _SAMPLES: dict[type, object] = {
     int: 12345678,
 }
 
-MAX_SLOT_NAME_CHARS = 64
+MAX_SLOT_NAME_CHARS = limits.MAX_SLOT_NAME_CHARS
 _FORMATTER = string.Formatter()
+# Numbers in a format spec that make text wide: ``{holder:>999999999}`` asks for a 1 GB string.
+_SPEC_NUMBERS = re.compile(r"[0-9]+")
+# In a date spec, digits are literal text except right after % (glibc's %10Y pads to a width).
+_DATE_WIDTH = re.compile(r"%[-_^#]*([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -55,15 +61,21 @@ class Template:
     def render(self, values: Mapping[str, object], *, for_path: bool = False) -> str:
         """Fill in the fields. ``for_path``: values cannot add directories or climb out (``/``, ``..``)."""
         out: list[str] = []
+        size = 0
         for literal, field, spec in self.parts:
-            out.append(literal)
-            if field is None:
-                continue
-            if field not in values or values[field] is None:
-                out.append(f"<{field}>")  # unknown until a card is present (plan without a card)
-                continue
-            text = format(values[field], spec)
-            out.append(_path_safe(text) if for_path else text)
+            text = literal
+            if field is not None and (field not in values or values[field] is None):
+                text += f"<{field}>"  # unknown until a card is present (plan without a card)
+            elif field is not None:
+                value = format(values[field], spec)  # its width was bounded by parse()
+                text += _path_safe(value) if for_path else value
+            size += len(text)
+            if size > limits.MAX_RENDERED_CHARS:  # checked part by part: a long value stops it early
+                raise TemplateError(
+                    f"template {self.text!r} gives more than {limits.MAX_RENDERED_CHARS} characters with these "
+                    "values; shorten the template"
+                )
+            out.append(text)
         return "".join(out)
 
 
@@ -75,6 +87,8 @@ def _path_safe(text: str) -> str:
 
 def parse(text: str) -> Template:
     """Parse and check a template; raise TemplateError with one sentence saying what to change."""
+    if len(text) > limits.MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"the template is longer than {limits.MAX_TEMPLATE_CHARS} characters; shorten it")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise TemplateError(f"template {text!r} contains a control character; remove it")
     try:
@@ -99,15 +113,34 @@ def parse(text: str) -> Template:
         spec = spec or ""
         if "{" in spec or "}" in spec:
             raise TemplateError(f"template {text!r}: a format spec cannot contain another field")
+        too_wide = _too_wide(spec, FIELDS[field])
+        if too_wide is not None:  # before the trial render, which would build the wide string
+            raise TemplateError(
+                f"template {text!r}: the width or precision {too_wide} in '{{{field}:{spec}}}' is more than "
+                f"{limits.MAX_FORMAT_WIDTH}; use a smaller number"
+            )
         try:  # a trial render catches specs that do not fit the field's kind, e.g. {holder:%Y}
             format(_SAMPLES[FIELDS[field]], spec)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise TemplateError(
                 f"template {text!r}: format '{spec}' does not apply to {field} "
                 f"({FIELDS[field].__name__})"
             ) from None
         parts.append((literal, field, spec))
     return Template(text, tuple(parts))
+
+
+def _too_wide(spec: str, kind: type) -> str | None:
+    """The first width or precision in ``spec`` above the bound, as written, or None.
+
+    For text and numbers every number in the spec is a width, a precision or a one-digit fill, so
+    all are checked (leading zeros do not hide a large number). For dates the spec is strftime's,
+    where only digits right after ``%`` are a width."""
+    if kind in (datetime, date):
+        numbers = _DATE_WIDTH.findall(spec)
+    else:
+        numbers = _SPEC_NUMBERS.findall(spec)
+    return next((n for n in numbers if int(n) > limits.MAX_FORMAT_WIDTH), None)
 
 
 def known_fields() -> str:
