@@ -31,6 +31,15 @@ from tests.helpers.faults_common import record
 from tests.helpers.p12_openssl import write_certs, write_key
 
 FAMILY = "hostile inputs and environments"
+def wait_until_writing(fifo: Path, holder: int) -> None:
+    """Until the writer has put bytes into the FIFO (seen through the held read end, without
+    taking more than a byte: the pipe stays full for provision's read)."""
+    import select
+
+    ready, _, _ = select.select([holder], [], [], 10)
+    assert ready, f"nothing was written into {fifo}"
+
+
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero, `yes` and unix sockets are POSIX")
 
 ESC_HOLDER = "CHAN\x1b[2J\x1b]0;owned\x07\u202eX\r[bold red]Tai\x9b31m"
@@ -160,7 +169,11 @@ def test_every_input_is_bounded(case: str, cli: Any, canaries: Any, tmp_path: Pa
     elif "FIFO" in case:
         fifo = tmp_path / "huge.fifo"
         os.mkfifo(fifo)
-        feeder = subprocess.Popen(["sh", "-c", 'exec yes > "$0"', str(fifo)])  # opens when we read
+        # A read end held here lets `yes` open and start writing before provision opens the FIFO
+        # (a FIFO opened before any writer reads as an empty file, which would prove nothing).
+        holder = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        feeder = subprocess.Popen(["sh", "-c", 'exec yes > "$0"', str(fifo)])
+        wait_until_writing(fifo, holder)
         args = ("validate", str(fifo)) if case.startswith("validate") else ("inspect", str(fifo), "--password-env", "P12_PASSWORD")
     elif case == "validate 20,001 cards":
         cards = "".join(f"  - id: HK-{n}\n    holder: H {n}\n    card: {{serial: {10_000_000 + n}}}\n"
@@ -176,6 +189,7 @@ def test_every_input_is_bounded(case: str, cli: Any, canaries: Any, tmp_path: Pa
         if "FIFO" in case:
             feeder.kill()
             feeder.wait()
+            os.close(holder)
         for huge in tmp_path.glob("huge.*"):  # the canary search reads every file the test leaves
             huge.unlink()
     if case.startswith("plan") and "/dev/zero" not in case and "format" not in case:
@@ -183,6 +197,9 @@ def test_every_input_is_bounded(case: str, cli: Any, canaries: Any, tmp_path: Pa
         ok = done.returncode == 2 and any(w in done.stdout for w in ("larger than", "printed more than", "more than 1024"))
     else:
         ok = done.returncode == 2 and _one_sentence_error(done.stderr)
+    if "FIFO" in case or "/dev/zero" in case:
+        # the bound stopped it (or the path was refused unread), not an empty read
+        ok = ok and any(w in done.stderr + done.stdout for w in ("larger than", "is not a file"))
     if case in FIELD_CASES:
         ok = ok and "job.yaml:" in done.stderr  # file:line of the offending field
     if case == "validate 20,001 cards":

@@ -37,23 +37,29 @@ def test_read_bounded_stops_an_endless_device() -> None:
 def test_read_bounded_stops_a_fifo_fed_without_end(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    stop = threading.Event()
+    stop, opened = threading.Event(), threading.Event()
 
     def feed() -> None:
         try:
             with open(fifo, "wb") as out:
+                opened.set()
                 while not stop.is_set():
                     out.write(b"x" * 4096)
         except (BrokenPipeError, OSError):
             pass
 
+    # A read end held open first lets the writer open and start, so the read below meets a live
+    # writer (a FIFO read before any writer opened is an empty file, not an endless one).
+    holder = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
+    assert opened.wait(10)
     try:
         with pytest.raises(InputTooLargeError):
             limits.read_bounded(fifo, 100_000, "PKCS#12 file")
     finally:
         stop.set()
+        os.close(holder)
 
 
 def test_read_bounded_reads_a_file_at_its_limit(tmp_path: Path) -> None:
