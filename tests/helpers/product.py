@@ -10,6 +10,7 @@ from the wheel fails the test that needs it.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -31,7 +32,7 @@ def installed_cli() -> str | None:
 def provision_cmd() -> list[str]:
     """The command line that starts ``provision`` (arguments follow)."""
     installed = installed_cli()
-    return [installed] if installed else provision_cmd()
+    return [installed] if installed else [sys.executable, "-m", "provision"]
 
 
 def checkout_pythonpath() -> dict[str, str]:
