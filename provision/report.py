@@ -2,7 +2,8 @@
 
 The input is the run document exactly as ``run --json`` prints it: ``run_id``, ``batch``,
 ``started``, ``finished``, ``jobs`` (one dict per job with the fields of ``JOB_COLUMNS``), and
-optionally ``seal`` (the audit log's last hash, sealed in the journal), ``counts`` and, per job,
+optionally ``seal`` (the audit log's last hash, sealed in the journal), ``operator`` (the person who
+ran it, as every audit record names them; CSV repeats it on each row), ``counts`` and, per job,
 ``not_after`` (the new certificate's expiry, "On Card"). The HTML page has no external assets (inline
 CSS only, no script), prints on paper, and escapes every value.
 """
@@ -35,7 +36,7 @@ JOB_COLUMNS = (
     "seconds",
     "error",
 )
-CSV_COLUMNS = (*JOB_COLUMNS, "not_after")
+CSV_COLUMNS = (*JOB_COLUMNS, "not_after", "operator")  # operator: the run's, on every row
 STATUSES = ("loaded", "skipped", "failed", "refused", "pending")
 FORMATS = ("json", "csv", "html")
 
@@ -113,8 +114,10 @@ def _csv_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
+    operator = run_doc.get("operator")
     for job in _jobs(run_doc):
-        writer.writerow([_csv_cell(job.get(column)) for column in CSV_COLUMNS])
+        row = {**job, "operator": operator}
+        writer.writerow([_csv_cell(row.get(column)) for column in CSV_COLUMNS])
         if buffer.tell() > 65536:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -247,6 +250,7 @@ def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
 <dl class="summary">
 <dt>Batch</dt><dd>{_e(batch)}</dd>
 <dt>Run</dt><dd class="mono">{_e(run_id)}</dd>
+<dt>Operator</dt><dd>{_e(run_doc.get("operator") or "not recorded")}</dd>
 <dt>Started</dt><dd>{_e(run_doc.get("started") or "")}</dd>
 <dt>Finished</dt><dd>{_e(run_doc.get("finished") or "not finished")}</dd>
 <dt>Cards</dt><dd class="counts">{count_html} <span>Total: <b>{len(jobs)}</b></span></dd>
