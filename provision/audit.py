@@ -315,6 +315,8 @@ def _resolve(path_or_dir: Path | str, *, allow_missing: bool = False) -> tuple[l
         return files, False
     if path.is_file():
         return [path], True
+    if allow_missing:
+        return [], False
     raise UsageError(f"{path} does not exist; check --logs")
 
 
@@ -487,20 +489,20 @@ class _Verifier:
         if digest.encode("ascii") != claimed:
             return False
         self._accept(claimed, self.seq + 1, keyed)
-        if b'"event":"seal"' in body and b'"anchored":true' in body:
+        if b'"anchored":true' in body and b'"event":"seal"' in body and _top_level(body, "event") == EVENT_SEAL:
             self.anchored_seals_in_log.append((self.seq, claimed.decode("ascii"), *self._where))
         if b'"lost_seals":' in body:
             self._note_lost(json.loads(body))
         return True
 
     def _note_lost(self, record: Mapping[str, Any]) -> None:
-        """An operator accepted a deleted or emptied log: the seals it names are excused, and said so."""
+        """An operator accepted a lost or damaged log: the seals it names are excused, and said so."""
         lost = record.get("lost_seals")
         if record.get("event") != EVENT_TAIL_ACCEPTED or not isinstance(lost, list):
             return
         self.excused.update(s for s in lost if isinstance(s, str))
         self.accepted.append(
-            f"{len(lost)} seal(s) of a deleted or emptied log accepted as lost at seq {record.get('seq')} "
+            f"{len(lost)} seal(s) of a deleted, emptied or damaged log accepted as lost at seq {record.get('seq')} "
             f"by {record.get('operator')} ({record.get('reason', '')})"
         )
 
@@ -589,9 +591,8 @@ class _Verifier:
                 f"the anchor {name} line {entry.line} holds seal {entry.hash[:16]}… at seq {entry.seq}, which is "
                 "not that record of the chain: the log was rolled back and rewritten, or replaced",
             )
-        first = next((e.seq for e in self.anchor if e.hash not in self.excused), None)
         for seq, digest, path, lineno in self.anchored_seals_in_log:
-            if first is not None and seq >= first and (seq, digest) not in self.anchored:
+            if (seq, digest) not in self.anchored:
                 raise _Failure(
                     ANCHOR_MISMATCH,
                     path,
@@ -599,15 +600,6 @@ class _Verifier:
                     f"{path} line {lineno}: seal seq {seq} was anchored when written but the anchor {name} does not "
                     "hold it: a seal was removed from the anchor (or the anchor is not this log's)",
                 )
-        if first is None and self.anchored_seals_in_log:
-            seq, _, path, lineno = self.anchored_seals_in_log[0]
-            raise _Failure(
-                ANCHOR_MISMATCH,
-                path,
-                lineno,
-                f"{path} line {lineno}: seal seq {seq} was anchored when written but the anchor {name} holds no seal "
-                "of this log: it was emptied, or it is not this log's anchor",
-            )
 
     # The slow path: only at the first line the fast path refused. Returns the line (in the same
     # file) up to which the chain has been consumed, or raises _Failure with the kind of damage.
@@ -798,6 +790,8 @@ class _Verifier:
                         if (self.keyed_seen or self.hasher.has_key) and not line.keyed:
                             return None
                         self._accept(line.hash.encode("ascii"), line.seq, line.keyed)
+                        if "lost_seals" in rec:
+                            self._note_lost(rec)
                         self.accepted.append(
                             f"{path} lines {lineno}–{n - 1}: accepted at line {n} ({rec.get('reason', '')})"
                         )
@@ -817,6 +811,15 @@ class _Verifier:
     def _seq_later(self, fi: int, lineno: int, seq: int) -> bool:
         pattern = re.compile(rb'"seq":' + str(seq).encode("ascii") + rb"[,}]")
         return any(pattern.search(raw) for _, _, raw in _lines_from(self.files, fi, lineno + 1))
+
+
+def _top_level(body: bytes, name: str) -> Any:
+    """A top-level member of a record (only for the rare lines whose bytes suggest it matters)."""
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None
+    return record.get(name) if isinstance(record, dict) else None
 
 
 def _region_digest(lines: list[bytes]) -> str:
@@ -1197,15 +1200,16 @@ class AuditLog:
                 )
         return TailStatus(ok=True, message=f"{self.path}: the last record verifies")
 
+    def _anchor_entries(self) -> list[AnchorEntry]:
+        return read_anchor(self.anchor) if self.anchor is not None and self.anchor.is_file() else []
+
     def _lost_seals(self, known_seals: Iterable[str]) -> tuple[list[str], str]:
         lost = {s for s in known_seals if s}
         where = ["the journal"] if lost else []
-        if self.anchor is not None and self.anchor.is_file():
-            anchored = {entry.hash for entry in read_anchor(self.anchor)}
-            if anchored:
-                where.append(f"the anchor {self.anchor}")
-            lost |= anchored
-        return sorted(lost), " and ".join(where)
+        anchored = {entry.hash for entry in self._anchor_entries()}
+        if anchored:
+            where.append(f"the anchor {self.anchor}")
+        return sorted(lost | anchored), " and ".join(where)
 
     def accept_damaged_tail(self, reason: str, known_seals: Iterable[str] = ()) -> AuditRecord | None:
         """An operator's decision to continue after a damaged tail, recorded as an event.
@@ -1251,6 +1255,9 @@ class AuditLog:
                     _write_all(fd, b"\n")
                 finally:
                     os.close(fd)
+            lost = [e.hash for e in self._anchor_entries() if e.seq > seq]  # anchored seals in the damage
+            if lost:
+                clean["lost_seals"] = lost
             clean.update(
                 problem=tail.damage.problem,
                 file=self.path.name,
@@ -1806,7 +1813,7 @@ def cmd_audit_show(
     warn = err or out
     damaged: list[str] = []
     try:
-        if event is not None:
+        if event is not None and event not in KNOWN_EVENTS:
             names = _event_names(logs_dir)
             if event not in names:
                 raise UsageError(f"there is no audit event '{event}'; known events: {', '.join(sorted(names))}")

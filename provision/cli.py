@@ -410,6 +410,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
         if not is_shared_url(args.queue):
             raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
+        if args.seal or args.anchor:
+            raise UsageError("audit verify --queue checks the stations' chains in the database; --seal and --anchor "
+                             "check a logs directory: give --logs DIR instead of --queue")  # fmt: skip
         queue: Any = open_queue(args.queue, logs=Path(args.logs))
         try:
             return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say)

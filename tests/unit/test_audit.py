@@ -796,3 +796,40 @@ def test_show_verifies_every_record_it_reads(tmp_path: Path, capsys: pytest.Capt
     errors: list[str] = []
     assert cmd_audit_show(tmp_path, event="no_such", out=out.append, err=errors.append) == 2
     assert "known events" in errors[0] and "job_loaded" in errors[0]
+
+
+def test_an_anchor_missing_its_first_seals_or_another_logs_anchor_fails(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    entries = anchor.read_bytes().splitlines(keepends=True)
+    anchor.write_bytes(b"".join(entries[2:]))  # the head cut
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "anchor-mismatch") and "seal seq 4 " in result.message
+    anchor.write_bytes(b"")
+    assert verify(logs, key=KEY, anchor=anchor).problem == "anchor-mismatch"
+
+
+def test_a_whole_logs_directory_gone_is_caught_by_the_anchor(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    for path in logs.iterdir():
+        path.unlink()
+    logs.rmdir()
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "deleted") and "the anchor" in result.message
+    with pytest.raises(UsageError):
+        verify(logs, key=KEY)
+
+
+def test_an_accepted_damaged_tail_excuses_the_anchored_seals_it_lost(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    path = logs / "audit.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1].replace(b'"seal"', b'"sael"'))  # the last seal damaged
+    assert verify(logs, key=KEY, anchor=anchor).problem == "modified"
+    log = AuditLog(path, key=KEY, anchor=anchor, seal_each_job=True)
+    assert log.check_tail().problem == "modified"
+    written = log.accept_damaged_tail("last line corrupted by a disk fault, ticket 12")
+    assert written is not None and written.record["lost_seals"] == [json.loads(lines[-1])["hash"]]
+    log.append("job_loaded", job_id="J7")
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert result.ok, result.message
+    assert any("accepted as lost" in note for note in result.accepted_damage)
