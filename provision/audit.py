@@ -15,6 +15,13 @@ Writing: every append happens under a thread lock and an OS file lock, re-reads 
 process may have appended), refuses to continue a chain whose last record does not verify unless an
 operator accepts it (and that decision is itself an event), and is flushed and fsynced before it
 returns: the action it reports counts as done only after. Nothing here ever writes a Secret.
+
+A key means every record is keyed: ``verify`` given a key fails on any record without a valid MAC,
+and a keyed chain is never continued without its key (nor a plain one with a key). Seals (after
+every job with ``seal_each_job``, and when asked) can also be appended to an anchor, a witness file
+on other storage; ``verify(anchor=…)`` then catches a log cut, emptied or rolled back together with
+its journal, and ``verify(held=…)`` does the same for seals an auditor kept. Every record names the
+``operator`` (the person) beside the ``os_user`` and ``host``.
 """
 
 from __future__ import annotations
