@@ -446,6 +446,7 @@ class _Verifier:
     ) -> None:
         self.files = files
         self.hasher = _Hasher(key)
+        self.has_key = key is not None
         # where each seal comes from, for the sentence that names a missing one
         self.seals = {s.strip().lower(): "from the journal" for s in seals if s and s.strip()}
         self.seals.update({s: "you hold (--seal)" for s in held})
@@ -454,9 +455,8 @@ class _Verifier:
         self.anchor_path = anchor_path
         self.anchored = {(e.seq, e.hash) for e in self.anchor}
         self.anchor_found: set[tuple[int, str]] = set()
-        self.anchored_seals_in_log: list[tuple[int, str, Path, int]] = []  # seals that say they were anchored
+        self.anchored_seals_in_log: list[tuple[int, str]] = []  # (seq, hash) of seals that say they were anchored
         self.excused: set[str] = set()  # seals of a deleted log, listed by an operator's acceptance
-        self._where: tuple[Path, int] = (files[0] if files else Path(LOG_NAME), 0)
         self.single_file = single_file
         self.prev = GENESIS.encode("ascii")
         self.seq = 0
@@ -488,7 +488,7 @@ class _Verifier:
             digest = mac.hexdigest()
             keyed = True
         else:
-            if self.keyed_seen or self.hasher.has_key:
+            if self.keyed_seen or self.has_key:
                 return False  # with a key, every record must carry a valid MAC
             digest = hashlib.sha256(body).hexdigest()
             keyed = False
@@ -496,8 +496,12 @@ class _Verifier:
         if digest.encode("ascii") != claimed:
             return False
         self._accept(claimed, self.seq + 1, keyed)
-        if b'"anchored":true' in body and b'"event":"seal"' in body and _top_level(body, "event") == EVENT_SEAL:
-            self.anchored_seals_in_log.append((self.seq, claimed.decode("ascii"), *self._where))
+        if (
+            self.anchor_path is not None
+            and b'"anchored":true' in body
+            and _top_level(body, "event") == EVENT_SEAL
+        ):
+            self.anchored_seals_in_log.append((self.seq, claimed.decode("ascii")))
         if b'"lost_seals":' in body:
             self._note_lost(json.loads(body))
         return True
@@ -533,7 +537,6 @@ class _Verifier:
             skip_to = lineno = 0
             with open(path, "rb") as handle:
                 for lineno, raw in enumerate(handle, start=1):
-                    self._where = (path, lineno)
                     if lineno <= skip_to or self._advance(raw):
                         continue
                     skip_to = self._explain(fi, lineno)
@@ -598,8 +601,9 @@ class _Verifier:
                 f"the anchor {name} line {entry.line} holds seal {entry.hash[:16]}… at seq {entry.seq}, which is "
                 "not that record of the chain: the log was rolled back and rewritten, or replaced",
             )
-        for seq, digest, path, lineno in self.anchored_seals_in_log:
+        for seq, digest in self.anchored_seals_in_log:
             if (seq, digest) not in self.anchored:
+                path, lineno = self._locate(seq)
                 raise _Failure(
                     ANCHOR_MISMATCH,
                     path,
@@ -814,6 +818,14 @@ class _Verifier:
                 if _inspect(raw, self.hasher).status != "not-record":
                     return True
         return False
+
+    def _locate(self, seq: int) -> tuple[Path, int]:
+        """(file, line) of the record with ``seq`` (only to name it in a failure)."""
+        pattern = re.compile(rb'"seq":' + str(seq).encode("ascii") + rb"[,}]")
+        for fi, n, raw in _lines_from(self.files, 0, 1):
+            if pattern.search(raw):
+                return self.files[fi], n
+        return self.files[-1], 0
 
     def _seq_later(self, fi: int, lineno: int, seq: int) -> bool:
         pattern = re.compile(rb'"seq":' + str(seq).encode("ascii") + rb"[,}]")
