@@ -287,3 +287,18 @@ def test_operator_is_in_every_record_and_every_report(tmp_path: Path, cli: CLI, 
     assert "LEE Ka Yan" in (reports / f"{doc['run_id']}.html").read_text()
     text = made.cli("audit", "show", "--key-env", "AUDIT_KEY", "--event", "job_loaded", env=made.env)
     assert text.returncode == 0 and "operator='LEE Ka Yan'" in text.stdout and "fingerprint=" in text.stdout
+
+
+def test_run_anchor_option_overrides_the_job_file_and_an_unwritable_anchor_stops_the_run(
+    tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer
+) -> None:
+    made = Batch(tmp_path, cli, canaries, ca)
+    (tmp_path / "nowhere").write_text("a file, so no directory can be made under it\n")
+    stopped = made.run("--anchor", str(tmp_path / "nowhere" / "seals.jsonl"))
+    assert stopped.returncode == 3, (stopped.returncode, stopped.stderr)
+    assert "cannot append to the audit anchor" in stopped.stderr and not made.log.exists()
+    other = tmp_path / "elsewhere.jsonl"
+    run = made.run("--anchor", str(other))
+    assert run.returncode == 0, run.stderr
+    assert not made.anchor.exists() and len(other.read_bytes().splitlines()) == len(HOLDERS) + 1
+    passed(made.cli("audit", "verify", "--json", "--key-env", "AUDIT_KEY", "--anchor", str(other), env=made.env))
