@@ -196,6 +196,8 @@ def cmd_jobs_new(args: argparse.Namespace) -> int:
 def _print_summary(document: dict[str, Any], reports: dict[str, Any]) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(document["counts"].items()))
     _say(f"Run {document['run_id']} of batch {document['batch']}: {counts}")
+    if document.get("operator"):
+        _say(f"Operator: {document['operator']}")
     for job in document["jobs"]:
         line = f"  {job['status']:8} {job['id']:14} {job['holder']}"
         if job["status"] == "skipped" and job.get("notes"):
