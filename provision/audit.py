@@ -26,6 +26,7 @@ its journal, and ``verify(held=…)`` does the same for seals an auditor kept. E
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
 import hashlib
@@ -53,6 +54,7 @@ from provision.secrets import Secret
 GENESIS = "0" * 64
 MAC_NAME = "hmac-sha256"
 LOG_NAME = "audit.jsonl"
+TIMESTAMPS_NAME = "audit-timestamps.jsonl"  # RFC 3161 tokens of seals, beside the log
 EVENT_TAIL_ACCEPTED = "audit_tail_accepted"
 EVENT_SEAL = "seal"
 
@@ -67,6 +69,7 @@ NOT_AN_AUDIT_LOG = "not-an-audit-log"
 KEY_REQUIRED = "key-required"
 MAC_MISSING = "mac-missing"
 ANCHOR_MISMATCH = "anchor-mismatch"
+TIMESTAMP_INVALID = "timestamp-invalid"
 PROBLEMS = (
     MODIFIED,
     DELETED,
@@ -78,6 +81,7 @@ PROBLEMS = (
     KEY_REQUIRED,
     MAC_MISSING,
     ANCHOR_MISMATCH,
+    TIMESTAMP_INVALID,
 )
 
 # Set by the log itself; a caller's field of the same name would forge the chain.
@@ -848,6 +852,42 @@ def _region_digest(lines: list[bytes]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str] | VerifyResult:
+    """(the seals with a valid RFC 3161 token, a sentence), or the failed VerifyResult."""
+    from provision.timestamp import check_stamp
+
+    path = (logs if logs.is_dir() else logs.parent) / TIMESTAMPS_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"there are no time-stamps in {path.parent} ({TIMESTAMPS_NAME} is missing)") from None
+    except OSError as exc:
+        raise AuditError(f"cannot read {path} ({exc.strerror})") from None
+    seals: list[str] = []
+    last = ""
+    for n, raw in enumerate(data.splitlines(), start=1):
+        try:
+            entry = json.loads(raw)
+            seal, token = entry["hash"], base64.b64decode(entry["token"], validate=True)
+            if not (isinstance(seal, str) and _HEX64.match(seal)):
+                raise ValueError(seal)
+            stamp = check_stamp(token, seal, trusted)
+        except AuditError as exc:
+            why = exc.message
+        except (ValueError, KeyError, TypeError):
+            why = "the line is not a time-stamp entry (it was changed)"
+        else:
+            seals.append(seal)
+            last = f"the last at {rfc3339(stamp.gen_time)} by {stamp.tsa}"
+            continue
+        return VerifyResult(
+            ok=False, records=0, last_hash=None, first_bad_line=n, problem=TIMESTAMP_INVALID,
+            message=f"{path} line {n}: {why}", file=str(path),
+        )  # fmt: skip
+    trust = "a TSA you trust (--tsa-cert)" if trusted else "a TSA not checked against any certificate (give --tsa-cert)"
+    return seals, f"{len(seals)} seal(s) time-stamped by {trust}" + (f", {last}" if last else "")
+
+
 def verify(
     path_or_dir: Path | str,
     *,
@@ -855,6 +895,8 @@ def verify(
     seals: Iterable[str] = (),
     held: Iterable[str] = (),
     anchor: Path | str | None = None,
+    timestamps: bool = False,
+    tsa_certs: Iterable[bytes] = (),
 ) -> VerifyResult:
     """Check the chain of a logs directory (all rolled files and audit.jsonl) or of one file.
 
@@ -868,10 +910,16 @@ def verify(
     """
     held = [held_seal(s) for s in held]
     seals = list(seals)
+    stamped: list[str] = []
+    if timestamps:
+        stamped_or_failure = _check_timestamps(Path(path_or_dir), list(tsa_certs))
+        if isinstance(stamped_or_failure, VerifyResult):
+            return stamped_or_failure
+        stamped, stamp_note = stamped_or_failure
     entries = read_anchor(anchor) if anchor is not None else None
-    files, single = _resolve(path_or_dir, allow_missing=bool(seals or held or entries))
+    files, single = _resolve(path_or_dir, allow_missing=bool(seals or held or entries or stamped))
     if not files:
-        known = len(set(seals) | set(held) | {e.hash for e in entries or []})
+        known = len(set(seals) | set(held) | set(stamped) | {e.hash for e in entries or []})
         return VerifyResult(
             ok=False,
             records=0,
@@ -884,6 +932,7 @@ def verify(
                 for w, has in (
                     ("the journal", seals),
                     ("the seals you hold", held),
+                    ("the time-stamps", stamped),
                     (f"the anchor {anchor}", entries),
                 )
                 if has
@@ -895,8 +944,12 @@ def verify(
     verifier = _Verifier(
         files, key, seals, single, held=held, anchor=entries, anchor_path=Path(anchor) if anchor else None
     )
+    verifier.seals.update({s: "time-stamped by a TSA" for s in stamped if s not in verifier.seals})
     try:
-        return verifier.run()
+        result = verifier.run()
+        if timestamps:
+            result.message += f"; {stamp_note}"
+        return result
     except _Failure as failure:
         return VerifyResult(
             ok=False,
@@ -1104,8 +1157,11 @@ class AuditLog:
         operator: str | None = None,
         anchor: Path | str | None = None,
         seal_each_job: bool = False,
+        timestamp: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.timestamp_url = timestamp
+        self.timestamp_failures = 0
         self.run_id = run_id
         self.rotate_bytes = rotate_bytes
         self.rotate_daily = rotate_daily
@@ -1174,6 +1230,10 @@ class AuditLog:
         self._forward(written)
         if sealed is not None:
             self._forward(sealed)
+        if self.timestamp_url is not None:  # after the lock: a TSA's round trip never holds up other writers
+            for record in (written, sealed):
+                if record is not None and record.event == EVENT_SEAL:
+                    self._stamp(record)
         return written
 
     def seal(self, **fields: Any) -> str:
@@ -1379,6 +1439,30 @@ class AuditLog:
                 f"cannot append seal seq {written.seq} to the audit anchor {self.anchor} ({exc.strerror or exc}); "
                 "the seal is in the log but not anchored: check the anchor's storage"
             ) from None
+
+    def _stamp(self, seal: AuditRecord) -> None:
+        """An RFC 3161 time-stamp of ``seal``, kept in audit-timestamps.jsonl. A TSA that fails never
+        stops a run: the failure is itself an audit event."""
+        from provision.timestamp import request_stamp
+
+        assert self.timestamp_url is not None
+        try:
+            stamp = request_stamp(self.timestamp_url, seal.hash)
+        except ProvisionError as exc:
+            self.timestamp_failures += 1
+            self.append("timestamp_failed", tsa=self.timestamp_url, seal_seq=seal.seq, error=exc.message,
+                        outcome="failed")  # fmt: skip
+            return
+        entry = {"seq": seal.seq, "hash": seal.hash, "gen_time": rfc3339(stamp.gen_time), "tsa": stamp.tsa,
+                 "token": base64.b64encode(stamp.token).decode("ascii")}  # fmt: skip
+        target = self.path.with_name(TIMESTAMPS_NAME)
+        with self._lock:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            try:
+                _write_all(fd, canonical(entry) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _should_rotate(self, tail: _Tail, now: datetime) -> bool:
         try:
@@ -1586,7 +1670,7 @@ KNOWN_EVENTS = (
     "pin_verify", "pin_refused_floor", "management_key_auth", "key_imported", "certificate_written",
     "replaced_object_deleted", "key_history_written", "slot_name_written", "verified", "committed",
     "exported", "skipped", "job_loaded", "job_skipped", "job_failed", "job_refused", "job_in_doubt",
-    "job_pending", "run_finished", EVENT_SEAL, EVENT_TAIL_ACCEPTED,
+    "job_pending", "run_finished", "timestamp_failed", EVENT_SEAL, EVENT_TAIL_ACCEPTED,
 )  # fmt: skip
 
 
@@ -1747,11 +1831,14 @@ def cmd_audit_verify(
     *,
     held: Iterable[str] = (),
     anchor: Path | None = None,
+    timestamps: bool = False,
+    tsa_certs: Iterable[bytes] = (),
 ) -> int:
     """``provision audit verify``: 0 when intact, 4 with the first bad line otherwise (2: nothing to check)."""
     warn = err or out
     try:
-        result = verify(logs_dir, key=key, seals=seals, held=held, anchor=anchor)
+        result = verify(logs_dir, key=key, seals=seals, held=held, anchor=anchor, timestamps=timestamps,
+                        tsa_certs=tsa_certs)  # fmt: skip
     except ProvisionError as exc:
         if as_json:
             out(

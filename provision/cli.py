@@ -412,7 +412,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
         if not is_shared_url(args.queue):
             raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
-        if args.seal or args.anchor:
+        if args.seal or args.anchor or args.timestamps or args.tsa_cert:
             raise UsageError("audit verify --queue checks the stations' chains in the database; --seal and --anchor "
                              "check a logs directory: give --logs DIR instead of --queue")  # fmt: skip
         queue: Any = open_queue(args.queue, logs=Path(args.logs))
@@ -425,7 +425,24 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     logs = Path(args.logs)
     anchor = Path(args.anchor) if args.anchor else None
     return verify_command(logs, _audit_key(args), journal_seals(logs), args.json, _say, _warn,
-                          held=args.seal or (), anchor=anchor)  # fmt: skip
+                          held=args.seal or (), anchor=anchor, timestamps=args.timestamps or bool(args.tsa_cert),
+                          tsa_certs=[_certificate_der(path) for path in args.tsa_cert or ()])  # fmt: skip
+
+
+def _certificate_der(path: str) -> bytes:
+    """A TSA certificate the auditor trusts, PEM or DER, as DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        data = open(path, "rb").read()  # noqa: SIM115 - a small file, read at once
+    except OSError as exc:
+        raise UsageError(f"cannot read the TSA certificate {path} ({exc.strerror})") from None
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise UsageError(f"{path} is not a certificate (PEM or DER); give the TSA's certificate") from None
+    return cert.public_bytes(Encoding.DER)
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
@@ -707,6 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a seal you hold (report, syslog, ticket) that must be in the chain; repeatable")  # fmt: skip
     p.add_argument("--anchor", metavar="FILE",
                    help="a witness file of seals: each in the chain, in order, the log not ending before the last")  # fmt: skip
+    p.add_argument("--timestamps", action="store_true",
+                   help="check the RFC 3161 time-stamps of the seals (LOGS/audit-timestamps.jsonl)")  # fmt: skip
+    p.add_argument("--tsa-cert", action="append", metavar="FILE",
+                   help="a TSA certificate you trust (PEM or DER); time-stamps must be signed by one; repeatable")  # fmt: skip
     p.set_defaults(handler=cmd_audit_verify)
     p = audit.add_parser("show", parents=[common, audit_key], help="read the audit log for review, verifying each record")
     p.add_argument("--job", metavar="ID")

@@ -191,6 +191,7 @@ class JobFile:
     audit_syslog: str | None = None  # audit.syslog: where seals are forwarded (/dev/log, host:port)
     audit_syslog_all: bool = False  # audit.forward: all (every event), not only seals
     audit_anchor: Path | None = None  # audit.anchor: witness file of seals on other storage
+    audit_timestamp: str | None = None  # audit.timestamp: RFC 3161 time-stamp authority URL for every seal
 
     @property
     def tz(self) -> ZoneInfo:
@@ -1037,6 +1038,7 @@ def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_c
         audit_syslog=data.get("audit", {}).get("syslog"),
         audit_syslog_all=data.get("audit", {}).get("forward") == "all",
         audit_anchor=_anchor_path(path, data.get("audit", {}).get("anchor")),
+        audit_timestamp=data.get("audit", {}).get("timestamp"),
     )
 
 

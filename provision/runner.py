@@ -876,7 +876,7 @@ def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged
     key = obtain(jobfile.audit_key, unattended=unattended) if jobfile.audit_key is not None else None
     syslog = syslog_target(jobfile.audit_syslog, all_events=jobfile.audit_syslog_all) if jobfile.audit_syslog else None
     audit = AuditLog(logs / "audit.jsonl", key=key, syslog=syslog, operator=operator, anchor=jobfile.audit_anchor,
-                     seal_each_job=True)  # fmt: skip
+                     seal_each_job=True, timestamp=jobfile.audit_timestamp)  # fmt: skip
     try:
         audit.check_anchor()
         known = journal_seals(logs)

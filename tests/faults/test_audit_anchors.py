@@ -302,3 +302,25 @@ def test_run_anchor_option_overrides_the_job_file_and_an_unwritable_anchor_stops
     assert run.returncode == 0, run.stderr
     assert not made.anchor.exists() and len(other.read_bytes().splitlines()) == len(HOLDERS) + 1
     passed(made.cli("audit", "verify", "--json", "--key-env", "AUDIT_KEY", "--anchor", str(other), env=made.env))
+
+
+def test_time_stamped_seals_catch_a_rewritten_log(tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.helpers.tsa import serving_tsa
+
+    made = Batch(tmp_path, cli, canaries, ca)
+    with serving_tsa() as tsa:
+        made.job.write_text(made.job.read_text().replace("anchor: witness/seals.jsonl}", f"timestamp: '{tsa.url}'}}"))
+        run = made.run()
+        assert run.returncode == 0, run.stderr
+    cert = tmp_path / "tsa.pem"
+    cert.write_bytes(tsa.cert.public_bytes(Encoding.PEM))
+    stamps = made.logs / "audit-timestamps.jsonl"
+    assert len(stamps.read_bytes().splitlines()) == len(HOLDERS) + 1
+    ok = passed(made.verify("--tsa-cert", str(cert), anchor=False))
+    assert "time-stamped by a TSA you trust" in ok["message"]
+    # the whole log rewritten without the key, the journal deleted: the tokens name seals it lacks
+    made.log.write_bytes(rechain_plain(made.lines()))
+    made.journal.unlink()
+    failed(made.verify("--timestamps", anchor=False, key=False), "time-stamped by a TSA")

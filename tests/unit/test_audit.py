@@ -833,3 +833,56 @@ def test_an_accepted_damaged_tail_excuses_the_anchored_seals_it_lost(tmp_path: P
     result = verify(logs, key=KEY, anchor=anchor)
     assert result.ok, result.message
     assert any("accepted as lost" in note for note in result.accepted_damage)
+
+
+# ----------------------------------------------------------------------------------------------
+# RFC 3161 time-stamps of seals
+
+
+def test_every_seal_is_time_stamped_and_verify_checks_the_tokens(tmp_path: Path) -> None:
+    import base64
+
+    from tests.helpers.tsa import Tsa, serving_tsa
+
+    with serving_tsa() as tsa:
+        log = AuditLog(tmp_path / "audit.jsonl", key=KEY, seal_each_job=True, timestamp=tsa.url)
+        log.append("run_started")
+        log.append("job_loaded", job_id="J1")
+        final = log.seal()
+    stamps = tmp_path / "audit-timestamps.jsonl"
+    entries = [json.loads(line) for line in stamps.read_bytes().splitlines()]
+    assert len(entries) == 2 and entries[-1]["hash"] == final and entries[-1]["tsa"] == "CN=Test TSA"
+    result = verify(tmp_path, key=KEY, timestamps=True, tsa_certs=[tsa.cert_der])
+    assert result.ok and "2 seal(s) time-stamped by a TSA you trust" in result.message
+    assert "not checked" in verify(tmp_path, key=KEY, timestamps=True).message
+    # another TSA's certificate: refused
+    other = verify(tmp_path, key=KEY, timestamps=True, tsa_certs=[Tsa("Other TSA").cert_der])
+    assert (other.ok, other.problem) == (False, "timestamp-invalid") and "not by a trusted TSA" in other.message
+    # a token changed
+    good = stamps.read_bytes()
+    token = bytearray(base64.b64decode(entries[0]["token"]))
+    token[-1] ^= 1
+    entries[0]["token"] = base64.b64encode(bytes(token)).decode()
+    stamps.write_bytes(b"".join(canonical(e) + b"\n" for e in entries))
+    changed = verify(tmp_path, key=KEY, timestamps=True)
+    assert (changed.ok, changed.problem, changed.first_bad_line) == (False, "timestamp-invalid", 1)
+    # the log cut before a time-stamped seal: the token outlives the cut
+    stamps.write_bytes(good)
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    cut = verify(tmp_path, key=KEY, timestamps=True)
+    assert not cut.ok and "time-stamped by a TSA" in cut.message
+
+
+def test_a_tsa_that_fails_does_not_stop_the_log_and_is_recorded(tmp_path: Path) -> None:
+    from tests.helpers.tsa import serving_tsa
+
+    with serving_tsa() as tsa:
+        tsa.refuse = True
+        log = AuditLog(tmp_path / "audit.jsonl", timestamp=tsa.url)
+        log.seal()
+    assert log.timestamp_failures == 1
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
+    assert [r["event"] for r in records] == ["seal", "timestamp_failed"]
+    assert "refused" in records[1]["error"] and records[1]["seal_seq"] == 1
+    assert verify(tmp_path).ok

@@ -386,3 +386,9 @@ def test_audit_anchor_is_a_path_relative_to_the_job_file(tmp_path: Path) -> None
     assert absolute.audit_anchor == Path("/mnt/witness/s.jsonl")
     assert load(tmp_path, HEAD + "cards:\n" + card_yaml()).audit_anchor is None
     assert any("anchor" in p for p in problems(tmp_path, HEAD + "audit: {anchor: 5}\ncards:\n" + card_yaml()))
+
+
+def test_audit_timestamp_is_an_http_url(tmp_path: Path) -> None:
+    jf = load(tmp_path, HEAD + "audit: {timestamp: 'http://tsa.example/'}\ncards:\n" + card_yaml())
+    assert jf.audit_timestamp == "http://tsa.example/"
+    assert any("timestamp" in p for p in problems(tmp_path, HEAD + "audit: {timestamp: 'ftp://x'}\ncards:\n" + card_yaml()))
