@@ -1321,6 +1321,12 @@ class AuditLog:
                 handle.seek(start)
                 region = handle.read()
             last_line = first_line + region.count(b"\n") - (1 if region.endswith(b"\n") else 0)
+            if good is None and _MAC_MARK in region and region.count(b"\n") > 1:
+                # Not one keyed record verifies: far likelier the wrong key than a log damaged throughout.
+                raise UsageError(
+                    f"no record of {self.path} verifies with this audit key: it is probably not the key the log "
+                    "was written with; nothing was accepted. Give the log's key (audit.key)"
+                )
             if good is None:
                 prior = self._previous_file_tail()
                 prev, seq, keyed, rotated = prior.prev, prior.seq, prior.keyed, prior.rotated_from

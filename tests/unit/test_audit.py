@@ -886,3 +886,16 @@ def test_a_tsa_that_fails_does_not_stop_the_log_and_is_recorded(tmp_path: Path) 
     assert [r["event"] for r in records] == ["seal", "timestamp_failed"]
     assert "refused" in records[1]["error"] and records[1]["seal_seq"] == 1
     assert verify(tmp_path).ok
+
+
+def test_the_wrong_key_cannot_accept_a_keyed_log_as_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, key=KEY)
+    log.append("run_started")
+    log.seal()
+    before = path.read_bytes()
+    wrong = AuditLog(path, key=Secret("not the key of this log"))
+    assert not wrong.check_tail().ok
+    with pytest.raises(UsageError, match="probably not the key"):
+        wrong.accept_damaged_tail("trying to continue")
+    assert path.read_bytes() == before
