@@ -15,10 +15,18 @@ Writing: every append happens under a thread lock and an OS file lock, re-reads 
 process may have appended), refuses to continue a chain whose last record does not verify unless an
 operator accepts it (and that decision is itself an event), and is flushed and fsynced before it
 returns: the action it reports counts as done only after. Nothing here ever writes a Secret.
+
+A key means every record is keyed: ``verify`` given a key fails on any record without a valid MAC,
+and a keyed chain is never continued without its key (nor a plain one with a key). Seals (after
+every job with ``seal_each_job``, and when asked) can also be appended to an anchor, a witness file
+on other storage; ``verify(anchor=…)`` then catches a log cut, emptied or rolled back together with
+its journal, and ``verify(held=…)`` does the same for seals an auditor kept. Every record names the
+``operator`` (the person) beside the ``os_user`` and ``host``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
 import hashlib
@@ -31,6 +39,7 @@ import re
 import socket
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -46,6 +55,7 @@ from provision.secrets import Secret
 GENESIS = "0" * 64
 MAC_NAME = "hmac-sha256"
 LOG_NAME = "audit.jsonl"
+TIMESTAMPS_NAME = "audit-timestamps.jsonl"  # RFC 3161 tokens of seals, beside the log
 EVENT_TAIL_ACCEPTED = "audit_tail_accepted"
 EVENT_SEAL = "seal"
 
@@ -58,11 +68,26 @@ TRUNCATED = "truncated"
 SEAL_MISMATCH = "seal-mismatch"
 NOT_AN_AUDIT_LOG = "not-an-audit-log"
 KEY_REQUIRED = "key-required"
-PROBLEMS = (MODIFIED, DELETED, INSERTED, REORDERED, TRUNCATED, SEAL_MISMATCH, NOT_AN_AUDIT_LOG, KEY_REQUIRED)
+MAC_MISSING = "mac-missing"
+ANCHOR_MISMATCH = "anchor-mismatch"
+TIMESTAMP_INVALID = "timestamp-invalid"
+PROBLEMS = (
+    MODIFIED,
+    DELETED,
+    INSERTED,
+    REORDERED,
+    TRUNCATED,
+    SEAL_MISMATCH,
+    NOT_AN_AUDIT_LOG,
+    KEY_REQUIRED,
+    MAC_MISSING,
+    ANCHOR_MISMATCH,
+    TIMESTAMP_INVALID,
+)
 
 # Set by the log itself; a caller's field of the same name would forge the chain.
 RESERVED_FIELDS = frozenset(
-    {"seq", "time", "event", "operator", "host", "tool_version", "prev", "hash", "mac", "rotated_from"}
+    {"seq", "time", "event", "operator", "os_user", "host", "tool_version", "prev", "hash", "mac", "rotated_from"}
 )
 # Never a key anywhere in a record: a verifier finds these by their bytes.
 _CHAIN_KEYS = frozenset({"seq", "prev", "hash", "mac"})
@@ -167,7 +192,25 @@ def _check_name(name: str, where: str, *, nested: bool) -> None:
         raise ValueError(f"audit field {where} uses a name reserved for the chain ({name})")
 
 
-def _operator() -> str:
+def operator_name(text: str) -> str:
+    """The operator's name as given (``--operator``, ``$PROVISION_OPERATOR``, the prompt), checked.
+
+    A name is one line of printable text: control and format characters (newlines, escapes,
+    bidirectional overrides) could forge lines in a terminal or a report, so they are refused."""
+    name = text.strip()
+    if not name:
+        raise UsageError("the operator's name is empty; give --operator NAME (or $PROVISION_OPERATOR)")
+    if len(name) > 200:
+        raise UsageError("the operator's name is longer than 200 characters; give a shorter --operator NAME")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
+        raise UsageError(
+            "the operator's name contains control characters (newline, escape, direction marks); "
+            "give it as plain text with --operator NAME"
+        )
+    return name
+
+
+def os_user() -> str:
     """The OS user. getpass.getuser raises on Windows services and containers without a passwd entry."""
     try:
         return getpass.getuser()
@@ -274,17 +317,75 @@ def chain_files(current: Path) -> list[Path]:
     return [*rolled, current] if current.is_file() else rolled
 
 
-def _resolve(path_or_dir: Path | str) -> tuple[list[Path], bool]:
+def _resolve(path_or_dir: Path | str, *, allow_missing: bool = False) -> tuple[list[Path], bool]:
     """(files, single_file). A directory means its whole chain; a file means just that file."""
     path = Path(path_or_dir)
     if path.is_dir():
         files = chain_files(path / LOG_NAME)
-        if not files:
+        if not files and not allow_missing:
             raise UsageError(f"there is no audit log in {path} ({LOG_NAME} is missing); check --logs")
         return files, False
     if path.is_file():
         return [path], True
+    if allow_missing:
+        return [], False
     raise UsageError(f"{path} does not exist; check --logs")
+
+
+# ----------------------------------------------------------------------------------------------
+# anchors: a witness file of seals on other storage
+
+
+@dataclass(frozen=True)
+class AnchorEntry:
+    """One line of an anchor file: a seal as it was written, and where it is in the anchor."""
+
+    seq: int
+    hash: str
+    line: int
+    time: str | None = None
+    run_id: str | None = None
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def read_anchor(path: Path | str) -> list[AnchorEntry]:
+    """The seals of an anchor file, in file order. A line that is not a seal is an AuditError (exit 4)."""
+    anchor = Path(path)
+    try:
+        data = anchor.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"the audit anchor {anchor} does not exist; check --anchor") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot read the audit anchor {anchor} ({exc.strerror or exc})") from None
+    entries = []
+    for n, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            item = json.loads(raw)
+        except ValueError:
+            item = None
+        if not (
+            isinstance(item, dict)
+            and type(item.get("seq")) is int
+            and isinstance(item.get("hash"), str)
+            and _HEX64.match(item["hash"])
+        ):
+            raise AuditError(f"the audit anchor {anchor} line {n} is not a seal (it was changed)")
+        stamp, run = item.get("time"), item.get("run_id")
+        entries.append(AnchorEntry(item["seq"], item["hash"], n, stamp if isinstance(stamp, str) else None,
+                                   run if isinstance(run, str) else None))  # fmt: skip
+    return entries
+
+
+def held_seal(text: str) -> str:
+    """A seal an auditor gives (``--seal HASH``): 64 hex digits."""
+    seal = text.strip().lower()
+    if not _HEX64.match(seal):
+        raise UsageError(f"'{text[:80]}' is not a seal: a seal is the 64 hex digits printed as 'Audit seal:'")
+    return seal
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,12 +440,28 @@ def _lines_from(files: list[Path], fi: int, lineno: int) -> Iterator[tuple[int, 
 
 class _Verifier:
     def __init__(
-        self, files: list[Path], key: Secret | None, seals: Iterable[str], single_file: bool
+        self,
+        files: list[Path],
+        key: Secret | None,
+        seals: Iterable[str],
+        single_file: bool,
+        held: Iterable[str] = (),
+        anchor: list[AnchorEntry] | None = None,
+        anchor_path: Path | None = None,
     ) -> None:
         self.files = files
         self.hasher = _Hasher(key)
-        self.seals = {s.strip().lower() for s in seals if s and s.strip()}
+        self.has_key = key is not None
+        # where each seal comes from, for the sentence that names a missing one
+        self.seals = {s.strip().lower(): "from the journal" for s in seals if s and s.strip()}
+        self.seals.update({s: "you hold (--seal)" for s in held})
         self.found: set[str] = set()
+        self.anchor = anchor or []
+        self.anchor_path = anchor_path
+        self.anchored = {(e.seq, e.hash) for e in self.anchor}
+        self.anchor_found: set[tuple[int, str]] = set()
+        self.anchored_seals_in_log: list[tuple[int, str]] = []  # (seq, hash) of seals that say they were anchored
+        self.excused: set[str] = set()  # seals of a deleted log, listed by an operator's acceptance
         self.single_file = single_file
         self.prev = GENESIS.encode("ascii")
         self.seq = 0
@@ -376,15 +493,34 @@ class _Verifier:
             digest = mac.hexdigest()
             keyed = True
         else:
-            if self.keyed_seen:
-                return False
+            if self.keyed_seen or self.has_key:
+                return False  # with a key, every record must carry a valid MAC
             digest = hashlib.sha256(body).hexdigest()
             keyed = False
         claimed = line[-_SUFFIX + 9 : -2]
         if digest.encode("ascii") != claimed:
             return False
         self._accept(claimed, self.seq + 1, keyed)
+        if (
+            self.anchor_path is not None
+            and b'"anchored":true' in body
+            and _top_level(body, "event") == EVENT_SEAL
+        ):
+            self.anchored_seals_in_log.append((self.seq, claimed.decode("ascii")))
+        if b'"lost_seals":' in body:
+            self._note_lost(json.loads(body))
         return True
+
+    def _note_lost(self, record: Mapping[str, Any]) -> None:
+        """An operator accepted a lost or damaged log: the seals it names are excused, and said so."""
+        lost = record.get("lost_seals")
+        if record.get("event") != EVENT_TAIL_ACCEPTED or not isinstance(lost, list):
+            return
+        self.excused.update(s for s in lost if isinstance(s, str))
+        self.accepted.append(
+            f"{len(lost)} seal(s) of a deleted, emptied or damaged log accepted as lost at seq {record.get('seq')} "
+            f"by {record.get('operator')} ({record.get('reason', '')})"
+        )
 
     def _accept(self, digest: bytes, seq: int, keyed: bool) -> None:
         self.prev = digest
@@ -393,10 +529,12 @@ class _Verifier:
         if keyed:
             self.keyed_seen = True
             self.keyed_verified += 1
-        if self.seals:
+        if self.seals or self.anchored:
             text = digest.decode("ascii")
             if text in self.seals:
                 self.found.add(text)
+            if (seq, text) in self.anchored:
+                self.anchor_found.add((seq, text))
 
     def run(self) -> VerifyResult:
         last_path, last_line = self.files[-1], 0
@@ -408,27 +546,76 @@ class _Verifier:
                         continue
                     skip_to = self._explain(fi, lineno)
             last_path, last_line = path, lineno
-        missing = sorted(self.seals - self.found)
+        self._check_anchor(last_path, last_line)
+        missing = sorted(s for s in self.seals if s not in self.found and s not in self.excused)
         if missing:
-            raise _Failure(
-                SEAL_MISMATCH,
-                last_path,
-                last_line + 1,
-                f"the chain ends at line {last_line} of {last_path} but seal {missing[0][:16]}… from the journal "
-                "is not in it: the log was cut after the seal, or replaced",
+            origin = self.seals[missing[0]]
+            where = (
+                f"the audit log is empty (or was emptied) but seal {missing[0][:16]}… {origin} is not in it: "
+                "the log was emptied or replaced"
+                if self.records == 0
+                else f"the chain ends at line {last_line} of {last_path} (seq {self.seq}) but seal "
+                f"{missing[0][:16]}… {origin} is not in it: the log was cut after the seal, rolled back or replaced"
             )
+            raise _Failure(SEAL_MISMATCH if self.records else TRUNCATED, last_path, last_line + 1, where)
         return VerifyResult(
             ok=True,
             records=self.records,
             last_hash=self.prev.decode("ascii") if self.records else None,
             message=f"{self.records} record(s) in {len(self.files)} file(s) intact"
             + (f", {len(self.seals)} seal(s) found" if self.seals else "")
+            + (f", {len(self.anchor)} anchored seal(s) in place" if self.anchor_path else "")
             + (f"; {len(self.accepted)} damaged region(s) accepted by an operator" if self.accepted else ""),
             files=[str(p) for p in self.files],
             keyed=self.keyed_seen,
-            seals_checked=len(self.seals),
+            seals_checked=len(self.seals) + len(self.anchor),
             accepted_damage=self.accepted,
         )
+
+    def _check_anchor(self, last_path: Path, last_line: int) -> None:
+        if self.anchor_path is None:
+            return
+        name = self.anchor_path
+        previous: AnchorEntry | None = None
+        for entry in self.anchor:
+            if entry.hash in self.excused:
+                continue
+            if previous is not None and entry.seq <= previous.seq:
+                raise _Failure(
+                    REORDERED,
+                    name,
+                    entry.line,
+                    f"the anchor {name} line {entry.line} holds seq {entry.seq} after seq {previous.seq}: "
+                    "its seals are out of order (the anchor was reordered or spliced)",
+                )
+            previous = entry
+            if (entry.seq, entry.hash) in self.anchor_found:
+                continue
+            if entry.seq > self.seq:
+                raise _Failure(
+                    TRUNCATED,
+                    last_path,
+                    last_line + 1,
+                    f"the log ends at seq {self.seq} (line {last_line} of {last_path}) but the anchor {name} "
+                    f"line {entry.line} holds a seal at seq {entry.seq}: the log was cut, emptied or rolled back",
+                )
+            raise _Failure(
+                ANCHOR_MISMATCH,
+                name,
+                entry.line,
+                f"the anchor {name} line {entry.line} holds seal {entry.hash[:16]}… at seq {entry.seq}, which is "
+                "not that record of the chain: the log was rolled back and rewritten, or replaced",
+            )
+        for seq, digest in self.anchored_seals_in_log:
+            if (seq, digest) not in self.anchored:
+                path, lineno = self._locate(seq)
+                raise _Failure(
+                    ANCHOR_MISMATCH,
+                    path,
+                    lineno,
+                    f"{path} line {lineno}: seal seq {seq} was anchored when written but the anchor {name} does not "
+                    "hold it: a seal was removed from the anchor (or the anchor is not this log's)",
+                )
 
     # The slow path: only at the first line the fast path refused. Returns the line (in the same
     # file) up to which the chain has been consumed, or raises _Failure with the kind of damage.
@@ -466,7 +653,12 @@ class _Verifier:
             and bad.record is not None
             and "rotated_from" in bad.record
         ):
-            if self.single_file and bad.seq is not None and bad.hash is not None:
+            if (
+                self.single_file
+                and bad.seq is not None
+                and bad.hash is not None
+                and (bad.keyed or not self.hasher.has_key)
+            ):
                 self._accept(bad.hash.encode("ascii"), bad.seq, bad.keyed)
                 return lineno
             raise _Failure(
@@ -536,6 +728,14 @@ class _Verifier:
                 lineno,
                 f"{where}: a record without HMAC follows HMAC-chained records: it was forged or replaced",
             )
+        if self.hasher.has_key and not bad.keyed:
+            raise _Failure(
+                MAC_MISSING,
+                path,
+                lineno,
+                f"{where}: the record has no MAC, but an audit key was given and with a key every record must carry "
+                "a valid HMAC: the MACs were stripped and the chain recomputed, or the log was never keyed",
+            )
 
         assert bad.seq is not None
         if bad.seq == expected_seq:
@@ -603,9 +803,11 @@ class _Verifier:
                         and rec.get("damaged_sha256") == _region_digest(region)
                         and line.hash is not None
                     ):
-                        if self.keyed_seen and not line.keyed:
+                        if (self.keyed_seen or self.hasher.has_key) and not line.keyed:
                             return None
                         self._accept(line.hash.encode("ascii"), line.seq, line.keyed)
+                        if "lost_seals" in rec:
+                            self._note_lost(rec)
                         self.accepted.append(
                             f"{path} lines {lineno}–{n - 1}: accepted at line {n} ({rec.get('reason', '')})"
                         )
@@ -622,9 +824,26 @@ class _Verifier:
                     return True
         return False
 
+    def _locate(self, seq: int) -> tuple[Path, int]:
+        """(file, line) of the record with ``seq`` (only to name it in a failure)."""
+        pattern = re.compile(rb'"seq":' + str(seq).encode("ascii") + rb"[,}]")
+        for fi, n, raw in _lines_from(self.files, 0, 1):
+            if pattern.search(raw):
+                return self.files[fi], n
+        return self.files[-1], 0
+
     def _seq_later(self, fi: int, lineno: int, seq: int) -> bool:
         pattern = re.compile(rb'"seq":' + str(seq).encode("ascii") + rb"[,}]")
         return any(pattern.search(raw) for _, _, raw in _lines_from(self.files, fi, lineno + 1))
+
+
+def _top_level(body: bytes, name: str) -> Any:
+    """A top-level member of a record (only for the rare lines whose bytes suggest it matters)."""
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None
+    return record.get(name) if isinstance(record, dict) else None
 
 
 def _region_digest(lines: list[bytes]) -> str:
@@ -634,16 +853,104 @@ def _region_digest(lines: list[bytes]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def verify(path_or_dir: Path | str, *, key: Secret | None = None, seals: Iterable[str] = ()) -> VerifyResult:
+def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str] | VerifyResult:
+    """(the seals with a valid RFC 3161 token, a sentence), or the failed VerifyResult."""
+    from provision.timestamp import check_stamp
+
+    path = (logs if logs.is_dir() else logs.parent) / TIMESTAMPS_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"there are no time-stamps in {path.parent} ({TIMESTAMPS_NAME} is missing)") from None
+    except OSError as exc:
+        raise AuditError(f"cannot read {path} ({exc.strerror})") from None
+    seals: list[str] = []
+    last = ""
+    for n, raw in enumerate(data.splitlines(), start=1):
+        try:
+            entry = json.loads(raw)
+            seal, token = entry["hash"], base64.b64decode(entry["token"], validate=True)
+            if not (isinstance(seal, str) and _HEX64.match(seal)):
+                raise ValueError(seal)
+            stamp = check_stamp(token, seal, trusted)
+        except AuditError as exc:
+            why = exc.message
+        except (ValueError, KeyError, TypeError):
+            why = "the line is not a time-stamp entry (it was changed)"
+        else:
+            seals.append(seal)
+            last = f"the last at {rfc3339(stamp.gen_time)} by {stamp.tsa}"
+            continue
+        return VerifyResult(
+            ok=False, records=0, last_hash=None, first_bad_line=n, problem=TIMESTAMP_INVALID,
+            message=f"{path} line {n}: {why}", file=str(path),
+        )  # fmt: skip
+    trust = "a TSA you trust (--tsa-cert)" if trusted else "a TSA not checked against any certificate (give --tsa-cert)"
+    return seals, f"{len(seals)} seal(s) time-stamped by {trust}" + (f", {last}" if last else "")
+
+
+def verify(
+    path_or_dir: Path | str,
+    *,
+    key: Secret | None = None,
+    seals: Iterable[str] = (),
+    held: Iterable[str] = (),
+    anchor: Path | str | None = None,
+    timestamps: bool = False,
+    tsa_certs: Iterable[bytes] = (),
+) -> VerifyResult:
     """Check the chain of a logs directory (all rolled files and audit.jsonl) or of one file.
 
-    Raises UsageError when there is nothing to verify; damage of any kind is a VerifyResult with
-    ``ok=False``, the kind of problem, the file and the first bad line.
+    ``seals`` are the journal's, ``held`` those an auditor holds (``--seal``): each must be in the
+    chain. ``anchor`` is a witness file of seals: each must be in the chain at its seq, in order,
+    and every seal the log says it anchored must be in it. With ``key``, every record needs a MAC.
+
+    Raises UsageError when there is nothing to verify and nothing says there should be; damage of
+    any kind (a missing log whose seals are known included) is a VerifyResult with ``ok=False``,
+    the kind of problem, the file and the first bad line.
     """
-    files, single = _resolve(path_or_dir)
-    verifier = _Verifier(files, key, seals, single)
+    held = [held_seal(s) for s in held]
+    seals = list(seals)
+    stamped: list[str] = []
+    if timestamps:
+        stamped_or_failure = _check_timestamps(Path(path_or_dir), list(tsa_certs))
+        if isinstance(stamped_or_failure, VerifyResult):
+            return stamped_or_failure
+        stamped, stamp_note = stamped_or_failure
+    entries = read_anchor(anchor) if anchor is not None else None
+    files, single = _resolve(path_or_dir, allow_missing=bool(seals or held or entries or stamped))
+    if not files:
+        known = len(set(seals) | set(held) | set(stamped) | {e.hash for e in entries or []})
+        return VerifyResult(
+            ok=False,
+            records=0,
+            last_hash=None,
+            first_bad_line=1,
+            problem=DELETED,
+            message=f"there is no audit log in {path_or_dir} ({LOG_NAME} is missing), but "
+            + " and ".join(
+                w
+                for w, has in (
+                    ("the journal", seals),
+                    ("the seals you hold", held),
+                    ("the time-stamps", stamped),
+                    (f"the anchor {anchor}", entries),
+                )
+                if has
+            )
+            + f" know(s) {known} seal(s) of it: the log was deleted",
+            file=str(Path(path_or_dir) / LOG_NAME),
+            seals_checked=known,
+        )
+    verifier = _Verifier(
+        files, key, seals, single, held=held, anchor=entries, anchor_path=Path(anchor) if anchor else None
+    )
+    verifier.seals.update({s: "time-stamped by a TSA" for s in stamped if s not in verifier.seals})
     try:
-        return verifier.run()
+        result = verifier.run()
+        if timestamps:
+            result.message += f"; {stamp_note}"
+        return result
     except _Failure as failure:
         return VerifyResult(
             ok=False,
@@ -655,7 +962,7 @@ def verify(path_or_dir: Path | str, *, key: Secret | None = None, seals: Iterabl
             file=str(failure.path),
             files=[str(p) for p in files],
             keyed=verifier.keyed_seen,
-            seals_checked=len(verifier.seals),
+            seals_checked=len(verifier.seals) + len(verifier.anchor),
             accepted_damage=verifier.accepted,
         )
     except OSError as exc:
@@ -895,17 +1202,26 @@ class AuditLog:
         rotate_daily: bool = False,
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        operator: str | None = None,
+        anchor: Path | str | None = None,
+        seal_each_job: bool = False,
+        timestamp: str | None = None,
     ) -> None:
         if syslog is not None:
             check_reachable(syslog)  # before anything is created: an unreachable address is exit 3
         self.path = Path(path)
+        self.timestamp_url = timestamp
+        self.timestamp_failures = 0
         self.run_id = run_id
         self.rotate_bytes = rotate_bytes
         self.rotate_daily = rotate_daily
         self._hasher = _Hasher(key)
         self._keyed = key is not None
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._operator = _operator()
+        self._os_user = os_user()
+        self.operator = operator_name(operator) if operator is not None else self._os_user
+        self.anchor = Path(anchor) if anchor is not None else None
+        self.seal_each_job = seal_each_job
         self._host = _host()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _FileLock(self.path.with_name(f".{self.path.name}.lock"))
@@ -947,12 +1263,27 @@ class AuditLog:
     def append(self, event: str, **fields: Any) -> AuditRecord:
         """Write one event; returns after it is fsynced. Raises AuditError if the tail is damaged."""
         clean = self._fields(event, fields)
+        sealed: AuditRecord | None = None
         with self._lock:
             tail = self._tail()
             if tail.damage is not None:
                 raise AuditError(tail.damage.message)
-            written = self._write(event, clean, tail)
+            if event == EVENT_SEAL:
+                written = self._write_seal(clean, tail)
+            else:
+                written = self._write(event, clean, tail)
+            if self.seal_each_job and event.startswith("job_"):
+                # A job ended: seal it now, so a killed run leaves at most one job's records unsealed.
+                after = _Tail(written.hash, written.seq, written.time, self._keyed, None)
+                seal_fields = self._fields(EVENT_SEAL, {"run_id": clean.get("run_id"), "job_id": clean.get("job_id")})
+                sealed = self._write_seal(seal_fields, after)
         self._forward(written)
+        if sealed is not None:
+            self._forward(sealed)
+        if self.timestamp_url is not None:  # after the lock: a TSA's round trip never holds up other writers
+            for record in (written, sealed):
+                if record is not None and record.event == EVENT_SEAL:
+                    self._stamp(record)
         return written
 
     def seal(self, **fields: Any) -> str:
@@ -964,19 +1295,60 @@ class AuditLog:
         """
         return self.append(EVENT_SEAL, **fields).hash
 
-    def check_tail(self) -> TailStatus:
-        """Whether the chain's end verifies (an append would be allowed)."""
+    def check_anchor(self) -> None:
+        """Before a run: the anchor file can be appended to (it is created if missing)."""
+        if self.anchor is None:
+            return
+        try:
+            fd = os.open(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            os.close(fd)
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot append to the audit anchor {self.anchor} ({exc.strerror or exc}); nothing was run. "
+                "Check that its storage is mounted and writable, or fix audit.anchor / --anchor"
+            ) from None
+
+    def check_tail(self, known_seals: Iterable[str] = ()) -> TailStatus:
+        """Whether the chain's end verifies (an append would be allowed).
+
+        ``known_seals`` (the journal's) and the anchor's seals tell a log that never existed from a
+        log that was deleted or emptied: over the latter, a new chain would hide the loss."""
         with self._lock:
             tail = self._tail()
-        return tail.damage or TailStatus(ok=True, message=f"{self.path}: the last record verifies")
+        if tail.damage is not None:
+            return tail.damage
+        if tail.seq == 0:
+            lost, where = self._lost_seals(known_seals)
+            if lost:
+                return TailStatus(
+                    ok=False,
+                    problem=DELETED,
+                    message=f"the audit log {self.path} is missing or empty, but {where} hold(s) {len(lost)} "
+                    "seal(s) of it: it was deleted or emptied; no new chain is started over it until an operator "
+                    "runs 'provision audit verify' and accepts the loss explicitly",
+                )
+        return TailStatus(ok=True, message=f"{self.path}: the last record verifies")
 
-    def accept_damaged_tail(self, reason: str) -> AuditRecord | None:
+    def _anchor_entries(self) -> list[AnchorEntry]:
+        return read_anchor(self.anchor) if self.anchor is not None and self.anchor.is_file() else []
+
+    def _lost_seals(self, known_seals: Iterable[str]) -> tuple[list[str], str]:
+        lost = {s for s in known_seals if s}
+        where = ["the journal"] if lost else []
+        anchored = {entry.hash for entry in self._anchor_entries()}
+        if anchored:
+            where.append(f"the anchor {self.anchor}")
+        return sorted(lost | anchored), " and ".join(where)
+
+    def accept_damaged_tail(self, reason: str, known_seals: Iterable[str] = ()) -> AuditRecord | None:
         """An operator's decision to continue after a damaged tail, recorded as an event.
 
         The damaged bytes stay in the file as evidence; the new ``audit_tail_accepted`` record
         continues the chain from the last record that verifies and names the damaged lines and their
-        SHA-256, so ``verify`` accepts exactly those bytes and nothing else. Returns None when the
-        tail is intact (there is nothing to accept).
+        SHA-256, so ``verify`` accepts exactly those bytes and nothing else. A log that was deleted
+        or emptied while the journal (``known_seals``) or the anchor still knew its seals is accepted
+        by a first record that lists those seals (``lost_seals``). Returns None when there is
+        nothing to accept.
         """
         if not reason.strip():
             raise UsageError("accepting a damaged audit log needs a reason in words")
@@ -984,7 +1356,14 @@ class AuditLog:
         with self._lock:
             tail = self._tail()
             if tail.damage is None:
-                return None
+                lost, _ = self._lost_seals(known_seals) if tail.seq == 0 else ([], "")
+                if not lost:
+                    return None
+                # The log was deleted or emptied: the new chain starts by naming the seals it lost.
+                clean.update(problem=DELETED, file=self.path.name, lost_seals=lost)
+                written = self._write(EVENT_TAIL_ACCEPTED, clean, tail, allow_rotation=False)
+                self._forward(written)
+                return written
             start, good = self._last_good()
             data_len = self.path.stat().st_size
             with open(self.path, "rb") as handle:
@@ -992,21 +1371,28 @@ class AuditLog:
                 handle.seek(start)
                 region = handle.read()
             last_line = first_line + region.count(b"\n") - (1 if region.endswith(b"\n") else 0)
+            if good is None and _MAC_MARK in region and region.count(b"\n") > 1:
+                # Not one keyed record verifies: far likelier the wrong key than a log damaged throughout.
+                raise UsageError(
+                    f"no record of {self.path} verifies with this audit key: it is probably not the key the log "
+                    "was written with; nothing was accepted. Give the log's key (audit.key)"
+                )
             if good is None:
                 prior = self._previous_file_tail()
                 prev, seq, keyed, rotated = prior.prev, prior.seq, prior.keyed, prior.rotated_from
             else:
                 prev, seq, keyed, rotated = good.hash or GENESIS, good.seq or 0, good.keyed, None
-            if keyed and not self._keyed:
-                raise AuditError(
-                    f"{self.path} is HMAC-chained; give the audit key (audit.key) to continue it"
-                )
+            if keyed != self._keyed and seq > 0:
+                self._check_keying(_Line(raw=b"", complete=True, status="ok", keyed=keyed), self.path)
             if not region.endswith(b"\n"):
                 fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND)
                 try:
                     _write_all(fd, b"\n")
                 finally:
                     os.close(fd)
+            lost = [e.hash for e in self._anchor_entries() if e.seq > seq]  # anchored seals in the damage
+            if lost:
+                clean["lost_seals"] = lost
             clean.update(
                 problem=tail.damage.problem,
                 file=self.path.name,
@@ -1050,7 +1436,8 @@ class AuditLog:
             seq=tail.seq + 1,
             time=rfc3339(now),
             event=event,
-            operator=self._operator,
+            operator=self.operator,
+            os_user=self._os_user,
             host=self._host,
             tool_version=__version__,
             prev=tail.prev,
@@ -1088,6 +1475,59 @@ class AuditLog:
             record=record,
             file=self.path,
         )
+
+    def _write_seal(self, clean: dict[str, Any], tail: _Tail) -> AuditRecord:
+        """A ``seal`` record (under the lock), then the same seal appended to the anchor, fsynced."""
+        if self.anchor is not None:
+            clean["anchored"] = True  # under the hash: verify --anchor then misses no anchored seal
+        written = self._write(EVENT_SEAL, clean, tail, allow_rotation=False)
+        if self.anchor is not None:
+            self._anchor_write(written)
+        return written
+
+    def _anchor_write(self, written: AuditRecord) -> None:
+        assert self.anchor is not None
+        entry = {"seq": written.seq, "hash": written.hash, "time": written.time,
+                 "run_id": written.record.get("run_id")}  # fmt: skip
+        created = not self.anchor.exists()
+        try:
+            fd = os.open(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            try:
+                _write_all(fd, canonical(entry) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_dir(self.anchor.parent)
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot append seal seq {written.seq} to the audit anchor {self.anchor} ({exc.strerror or exc}); "
+                "the seal is in the log but not anchored: check the anchor's storage"
+            ) from None
+
+    def _stamp(self, seal: AuditRecord) -> None:
+        """An RFC 3161 time-stamp of ``seal``, kept in audit-timestamps.jsonl. A TSA that fails never
+        stops a run: the failure is itself an audit event."""
+        from provision.timestamp import request_stamp
+
+        assert self.timestamp_url is not None
+        try:
+            stamp = request_stamp(self.timestamp_url, seal.hash)
+        except ProvisionError as exc:
+            self.timestamp_failures += 1
+            self.append("timestamp_failed", tsa=self.timestamp_url, seal_seq=seal.seq, error=exc.message,
+                        outcome="failed")  # fmt: skip
+            return
+        entry = {"seq": seal.seq, "hash": seal.hash, "gen_time": rfc3339(stamp.gen_time), "tsa": stamp.tsa,
+                 "token": base64.b64encode(stamp.token).decode("ascii")}  # fmt: skip
+        target = self.path.with_name(TIMESTAMPS_NAME)
+        with self._lock:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            try:
+                _write_all(fd, canonical(entry) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _should_rotate(self, tail: _Tail, now: datetime) -> bool:
         try:
@@ -1129,10 +1569,7 @@ class AuditLog:
 
     def _judge(self, raw: bytes, path: Path) -> _Tail:
         line = _inspect(raw, self._hasher)
-        if line.status == "key-required" or (line.status == "ok" and line.keyed and not self._keyed):
-            raise AuditError(
-                f"{path} is HMAC-chained; give the audit key (audit.key of the job file) to append to it"
-            )
+        self._check_keying(line, path)
         if line.status == "ok" and line.complete and line.record is not None:
             assert line.hash is not None and line.seq is not None
             stamp = line.record.get("time")
@@ -1159,6 +1596,20 @@ class AuditLog:
         )
         return _Tail(GENESIS, 0, None, False, None, damage=status)
 
+    def _check_keying(self, line: _Line, path: Path) -> None:
+        """A keyed log is only continued keyed, and a plain one only plain: with a key, every record has a MAC."""
+        if line.status == "key-required" or (line.status == "ok" and line.keyed and not self._keyed):
+            raise UsageError(
+                f"{path} is HMAC-chained (it was started with an audit key); a run without that key would "
+                "continue it unkeyed, so nothing was appended: give the key in the job file's audit.key"
+            )
+        if line.status == "ok" and not line.keyed and self._keyed:
+            raise UsageError(
+                f"{path} was started without an audit key and a keyed log has a MAC on every record, so a keyed "
+                "run cannot continue it; nothing was appended: keep this log and start the keyed one in a new "
+                "--logs directory"
+            )
+
     def _last_good(self) -> tuple[int, _Line | None]:
         """(offset where the damaged region starts, the last record that verifies before it)."""
         size = self.path.stat().st_size
@@ -1183,10 +1634,7 @@ class AuditLog:
             end = offsets[index + 1] if index + 1 < len(offsets) else len(data)
             line = _inspect(data[begin:end], self._hasher)
             if line.status == "ok" and line.complete:
-                if line.keyed and not self._keyed:
-                    raise AuditError(
-                        f"{self.path} is HMAC-chained; give the audit key (audit.key) to continue it"
-                    )
+                self._check_keying(line, self.path)
                 return start + end, line
         if start > 0:
             raise AuditError(
@@ -1281,6 +1729,80 @@ def _parse_moment(value: datetime | date | str | None, *, end: bool) -> datetime
     return moment + timedelta(days=1) if end else moment  # --until DATE includes that whole day
 
 
+# Every event this version writes; `audit show --event` accepts these and any name found in the log.
+KNOWN_EVENTS = (
+    "run_started", "validated", "card_inserted", "card_identified", "card_refused", "card_error",
+    "preflight", "operator_confirmed", "operator_declined", "archived", "overwrite_planned",
+    "pin_verify", "pin_refused_floor", "management_key_auth", "key_imported", "certificate_written",
+    "replaced_object_deleted", "key_history_written", "slot_name_written", "verified", "committed",
+    "exported", "skipped", "job_loaded", "job_skipped", "job_failed", "job_refused", "job_in_doubt",
+    "job_pending", "run_finished", "timestamp_failed", EVENT_SEAL, EVENT_TAIL_ACCEPTED,
+)  # fmt: skip
+
+
+def _record_problem(line: _Line, has_key: bool, keyed_seen: bool) -> str | None:
+    """Why one record, on its own, does not verify (None: its hash or MAC is right)."""
+    if not line.complete:
+        return "the line is incomplete (the log was truncated or a write was cut)"
+    if line.status == "key-required":
+        return "HMAC-chained: give the audit key (--key-env or --key-file) to verify it"
+    if line.status != "ok":
+        return "its hash does not match its content (it was changed, or the key is not this log's)"
+    if has_key and not line.keyed:
+        return "it has no MAC, though a key was given (the MACs were stripped, or it was forged)"
+    if keyed_seen and not line.keyed:
+        return "it has no MAC after HMAC-chained records (it was forged)"
+    return None
+
+
+def _verified_records(files: list[Path], key: Secret | None, bad_lines: dict[Path, list[int]]) -> Iterator[dict[str, Any]]:
+    """Every record of the chain, oldest first, with ``verified`` and (when false) ``verify_problem``.
+
+    A record verifies when its own hash (or MAC) is right, it follows the record before it (prev,
+    seq) and the record after it follows it: so a record changed with its hash recomputed fails too.
+    Lines that are not records are listed in ``bad_lines``. Whole-chain checks (a cut tail, seals)
+    are ``verify``'s."""
+    hasher = _Hasher(key)
+    prev_hash, prev_seq = GENESIS, 0  # of the record line before
+    good_hash, good_seq = GENESIS, 0  # of the last record that verified on its own
+    keyed_seen = False
+    pending: tuple[dict[str, Any], str | None, str | None] | None = None
+    for path in files:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise AuditError(f"cannot read {path} ({exc.strerror})") from None
+        with handle:
+            for lineno, raw in enumerate(handle, start=1):
+                line = _inspect(raw, hasher)
+                if line.record is None:
+                    bad_lines.setdefault(path, []).append(lineno)
+                    continue
+                record = line.record
+                problem = _record_problem(line, hasher.has_key, keyed_seen)
+                accepted = (
+                    record.get("event") == EVENT_TAIL_ACCEPTED and line.prev == good_hash and line.seq == good_seq + 1
+                )
+                if problem is None and not (line.prev == prev_hash and line.seq == prev_seq + 1) and not accepted:
+                    if prev_seq == 0 and "rotated_from" in record:
+                        problem = f"the chain's earlier files ({record['rotated_from']}) are missing"
+                    else:
+                        problem = "it does not follow the record before it (a record was deleted, inserted or reordered)"
+                if pending is not None:
+                    before, why, digest = pending
+                    if why is None and line.prev != digest and not accepted:
+                        why = "the record after it does not follow it (it was changed and its hash recomputed, or one after it was deleted)"
+                    yield {**before, "verified": why is None, **({"verify_problem": why} if why else {})}
+                pending = (record, problem, line.hash)
+                prev_hash, prev_seq = line.hash or "", line.seq or 0
+                if problem is None:
+                    good_hash, good_seq = prev_hash, prev_seq
+                    keyed_seen = keyed_seen or line.keyed
+    if pending is not None:
+        before, why, _ = pending
+        yield {**before, "verified": why is None, **({"verify_problem": why} if why else {})}
+
+
 def show(
     path_or_dir: Path | str,
     *,
@@ -1290,11 +1812,13 @@ def show(
     until: datetime | date | str | None = None,
     event: str | None = None,
     damaged: list[str] | None = None,
+    key: Secret | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The events of the chain that match every filter given, oldest first.
+    """The events of the chain that match every filter given, oldest first, each verified as it is
+    read: ``"verified": true|false`` and, when false, ``verify_problem`` in words.
 
     Lines that are not audit records are skipped and described in ``damaged`` (when given); a file
-    with no audit record at all raises AuditError. Use ``verify`` for integrity.
+    with no audit record at all raises AuditError. ``verify`` checks the whole chain (a cut tail).
     """
     files, _ = _resolve(path_or_dir)
     start = _parse_moment(since, end=False)
@@ -1304,32 +1828,17 @@ def show(
         and not isinstance(until, datetime)
         or (isinstance(until, str) and len(until.strip()) == 10)
     )
+    bad_lines: dict[Path, list[int]] = {}
+    for record in _verified_records(files, key, bad_lines):
+        if _matches(record, job, card, event, start, stop, until_is_date):
+            yield record
     for path in files:
-        seen_record = False
-        bad_lines: list[int] = []
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise AuditError(f"cannot read {path} ({exc.strerror})") from None
-        with handle:
-            for lineno, raw in enumerate(handle, start=1):
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    record = None
-                if not isinstance(record, dict) or "event" not in record or "seq" not in record:
-                    bad_lines.append(lineno)
-                    continue
-                seen_record = True
-                if not _matches(record, job, card, event, start, stop, until_is_date):
-                    continue
-                yield record
-        if bad_lines and not seen_record:
+        lines = bad_lines.get(path, [])
+        if lines and lines[0] == 1 and len(lines) == sum(1 for _ in open(path, "rb")):
             raise AuditError(f"{path} is not a provision audit log (no line is an audit record)")
-        if bad_lines and damaged is not None:
+        if lines and damaged is not None:
             damaged.append(
-                f"{path}: line(s) {', '.join(map(str, bad_lines[:10]))}"
-                + (" …" if len(bad_lines) > 10 else "")
+                f"{path}: line(s) {', '.join(map(str, lines[:10]))}" + (" …" if len(lines) > 10 else "")
             )
 
 
@@ -1364,13 +1873,38 @@ def _matches(
 # CLI handlers (wired by cli.py)
 
 
+def journal_seals(logs_dir: Path) -> list[str]:
+    """The run seals the journal of ``logs_dir`` holds (none when there is no journal)."""
+    from provision import journal as jn
+
+    path = Path(logs_dir) / "journal.sqlite3"
+    if not path.exists():
+        return []
+    journal = jn.Journal(path)
+    try:
+        return journal.seals()
+    finally:
+        journal.close()
+
+
 def cmd_audit_verify(
-    logs_dir: Path, key: Secret | None, seals: Iterable[str], as_json: bool, out: Out, err: Out | None = None
+    logs_dir: Path,
+    key: Secret | None,
+    seals: Iterable[str],
+    as_json: bool,
+    out: Out,
+    err: Out | None = None,
+    *,
+    held: Iterable[str] = (),
+    anchor: Path | None = None,
+    timestamps: bool = False,
+    tsa_certs: Iterable[bytes] = (),
 ) -> int:
     """``provision audit verify``: 0 when intact, 4 with the first bad line otherwise (2: nothing to check)."""
     warn = err or out
     try:
-        result = verify(logs_dir, key=key, seals=seals)
+        result = verify(logs_dir, key=key, seals=seals, held=held, anchor=anchor, timestamps=timestamps,
+                        tsa_certs=tsa_certs)  # fmt: skip
     except ProvisionError as exc:
         if as_json:
             out(
@@ -1395,6 +1929,42 @@ def cmd_audit_verify(
 
 
 _SHOW_COLUMNS = ("job_id", "card_serial", "slot", "outcome", "error_class")
+_SHOW_FINGERPRINTS = ("fingerprint_sha256", "replaced_sha256", "current_sha256")
+
+
+def _event_names(logs_dir: Path) -> set[str]:
+    """The event names this version writes and those found in the log (an older or newer writer's)."""
+    names = set(KNOWN_EVENTS)
+    with contextlib.suppress(ProvisionError):
+        for record in show(logs_dir):
+            if isinstance(record.get("event"), str):
+                names.add(record["event"])
+    return names
+
+
+def _show_line(rec: Mapping[str, Any]) -> str:
+    mark = "ok " if rec.get("verified") else "BAD"
+    extra = " ".join(f"{k}={rec[k]}" for k in _SHOW_COLUMNS if rec.get(k) not in (None, ""))
+    prints = " ".join(
+        f"{k.removesuffix('_sha256')}={rec[k]}" for k in _SHOW_FINGERPRINTS if isinstance(rec.get(k), str)
+    )
+    who = f"operator={rec.get('operator')!r}"
+    if rec.get("os_user") not in (None, rec.get("operator")):
+        who += f" os_user={rec.get('os_user')!r}"
+    holder = f"holder={rec['holder']!r}" if rec.get("holder") else ""
+    fields = " ".join(part for part in (extra, prints, who, holder) if part)
+    text = f"{mark} {rec.get('time', '?')}  #{rec.get('seq')}  {rec.get('event')}  {fields}"
+    if not rec.get("verified"):
+        text += f"\n    NOT VERIFIED: {rec.get('verify_problem')}"
+    return _printable(text)
+
+
+def _printable(text: str) -> str:
+    """A record's text on a terminal: control characters shown escaped, never acted on."""
+    return "".join(
+        ch if ch == "\n" or unicodedata.category(ch) not in ("Cc", "Cf") else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
 
 
 def cmd_audit_show(
@@ -1408,26 +1978,37 @@ def cmd_audit_show(
     as_json: bool = False,
     out: Out,
     err: Out | None = None,
+    key: Secret | None = None,
 ) -> int:
-    """``provision audit show``: the matching events, one line each (or one JSON document)."""
+    """``provision audit show``: the matching events, each verified as it is read, one line each (or
+    one JSON document); 4 when any shown record does not verify."""
     warn = err or out
     damaged: list[str] = []
     try:
+        if event is not None and event not in KNOWN_EVENTS:
+            names = _event_names(logs_dir)
+            if event not in names:
+                raise UsageError(f"there is no audit event '{event}'; known events: {', '.join(sorted(names))}")
         events = list(
-            show(logs_dir, job=job, card=card, since=since, until=until, event=event, damaged=damaged)
+            show(logs_dir, job=job, card=card, since=since, until=until, event=event, damaged=damaged, key=key)
         )
     except ProvisionError as exc:
         warn(f"provision: {exc.message}")
         return exc.exit_code
+    failed = [rec for rec in events if not rec.get("verified")]
     if as_json:
-        out(json.dumps({"events": events, "damaged": damaged}, indent=2, ensure_ascii=False))
+        out(json.dumps({"events": events, "damaged": damaged, "verified": not failed}, indent=2, ensure_ascii=False))
     else:
         for rec in events:
-            extra = " ".join(f"{k}={rec[k]}" for k in _SHOW_COLUMNS if rec.get(k) not in (None, ""))
-            holder = f" holder={rec['holder']!r}" if rec.get("holder") else ""
-            out(f"{rec.get('time', '?')}  #{rec.get('seq')}  {rec.get('event')}  {extra}{holder}".rstrip())
+            out(_show_line(rec))
         if not events:
             out("no audit event matches")
     for note in damaged:
         warn(f"warning: {note} are not audit records; run 'provision audit verify'")
+    if failed:
+        warn(
+            f"provision: {len(failed)} shown record(s) do not verify (first: seq {failed[0].get('seq')}, "
+            f"{failed[0].get('verify_problem')}); run 'provision audit verify'"
+        )
+        return AuditError.exit_code
     return 0

@@ -234,6 +234,8 @@ def cmd_jobs_new(args: argparse.Namespace) -> int:
 def _print_summary(document: dict[str, Any], reports: dict[str, Any]) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(document["counts"].items()))
     _say(f"Run {document['run_id']} of batch {document['batch']}: {counts}")
+    if document.get("operator"):
+        _say(f"Operator: {document['operator']}")
     for job in document["jobs"]:
         line = f"  {job['status']:8} {job['id']:14} {job['holder']}"
         if job["status"] == "skipped" and job.get("notes"):
@@ -265,6 +267,32 @@ def _with_syslog(jobfile: Any, address: str | None) -> Any:
     return replace(jobfile, audit_syslog=address)
 
 
+def _with_anchor(jobfile: Any, anchor: str | None) -> Any:
+    """``--anchor PATH`` anchors the seals there, whatever the job file's audit.anchor says."""
+    if anchor is None:
+        return jobfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    return replace(jobfile, audit_anchor=Path(anchor))
+
+
+def _operator(args: argparse.Namespace) -> str | None:
+    """The person at the station (CA/B Forum BR §5.4.1): --operator, $PROVISION_OPERATOR, or asked once
+    at a terminal; None (the OS user is recorded) when unattended and not given."""
+    from provision.audit import operator_name
+
+    given = args.operator if args.operator is not None else os.environ.get("PROVISION_OPERATOR")
+    if given:
+        return operator_name(given)
+    if args.unattended or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    sys.stderr.write("Operator (your name, recorded in every audit record): ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    return operator_name(answer) if answer.strip() else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -273,9 +301,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     jobfile = _with_syslog(load_jobfile(args.jobfile, unattended=args.unattended), args.syslog)
     _warn_if_logs_shared(args)
+    jobfile = _with_anchor(jobfile, args.anchor)
+    operator = _operator(args)
     outcome = run_jobfile(jobfile, logs=Path(args.logs), unattended=args.unattended, wait=args.wait,
                           readers=args.reader, sim=args.sim, progress=not args.no_progress,
                           accept_damaged_audit_tail=args.accept_damaged_audit_tail, queue=args.queue,
+                          operator=operator,
                           station=args.station, lease_seconds=args.lease)  # fmt: skip
     if args.json:
         _emit_json(outcome.document)
@@ -321,16 +352,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
             _say("Nothing to resume: every job in the journal is finished.")
             return EXIT_OK
         code = EXIT_OK
+        operator = _operator(args)  # asked once for the whole resume, not once per job file
         by_file: dict[str, set[str]] = {}
         for job in open_jobs:
             by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
         for path, ids in by_file.items():
             _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
-            jobfile = _with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog)
+            jobfile = _with_anchor(_with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog),
+                                   args.anchor)
             outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
                                   readers=args.reader, sim=args.sim, only_jobs=ids, progress=not args.no_progress,
                                   accept_damaged_audit_tail=args.accept_damaged_audit_tail,
-                                  logs_lock=held)  # fmt: skip
+                                  logs_lock=held, operator=operator)  # fmt: skip
             if args.json:
                 _emit_json(outcome.document)
             else:
@@ -409,19 +442,6 @@ def _audit_key(args: argparse.Namespace) -> Any:
     return None
 
 
-def _journal_seals(logs: Any) -> list[str]:
-    from provision import journal as jn
-
-    path = logs / "journal.sqlite3"
-    if not path.exists():
-        return []
-    journal = jn.Journal(path, read_only=True)
-    try:
-        return journal.seals()
-    finally:
-        journal.close()
-
-
 def cmd_queue_push(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -455,20 +475,45 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
         if not is_shared_url(args.queue):
             raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
+        if args.seal or args.anchor or args.timestamps or args.tsa_cert:
+            raise UsageError("audit verify --queue checks the stations' chains in the database; --seal and --anchor "
+                             "check a logs directory: give --logs DIR instead of --queue")  # fmt: skip
         queue: Any = open_queue(args.queue, logs=Path(args.logs))
         try:
             return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say_json if args.json else _say)
         finally:
             queue.close()
+    from provision.audit import journal_seals
+
     logs = _logs(args)
-    return verify_command(logs, _audit_key(args), _journal_seals(logs), args.json, _say_json if args.json else _say, _warn)
+    anchor = Path(args.anchor) if args.anchor else None
+    return verify_command(logs, _audit_key(args), journal_seals(logs), args.json, _say_json if args.json else _say, _warn,
+                          held=args.seal or (), anchor=anchor, timestamps=args.timestamps or bool(args.tsa_cert),
+                          tsa_certs=[_certificate_der(path) for path in args.tsa_cert or ()])  # fmt: skip
+
+
+def _certificate_der(path: str) -> bytes:
+    """A TSA certificate the auditor trusts, PEM or DER, as DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        data = open(path, "rb").read()  # noqa: SIM115 - a small file, read at once
+    except OSError as exc:
+        raise UsageError(f"cannot read the TSA certificate {path} ({exc.strerror})") from None
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise UsageError(f"{path} is not a certificate (PEM or DER); give the TSA's certificate") from None
+    return cert.public_bytes(Encoding.DER)
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
     from provision.audit import cmd_audit_show as show_command
 
     return show_command(_logs(args), job=args.job, card=args.card, since=args.since, until=args.until,
-                        event=args.event, as_json=args.json, out=_say_json if args.json else _say, err=_warn)  # fmt: skip
+                        event=args.event, as_json=args.json, out=_say_json if args.json else _say, err=_warn,
+                        key=_audit_key(args))  # fmt: skip
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -794,7 +839,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_options.add_argument("--lease", type=_seconds_type(positive=True, limit=MAX_LEASE_SECONDS), default=30.0, metavar="SECONDS",
                              help="how long a claimed job stays this station's after it stops renewing (default 30)")  # fmt: skip
     run_options.add_argument("--accept-damaged-audit-tail", metavar="REASON",
-                             help="continue after a damaged audit log end; the reason is recorded in the log")  # fmt: skip
+                             help="continue after a damaged, emptied or deleted audit log; the reason is recorded in the log")  # fmt: skip
+    run_options.add_argument("--operator", default=None, metavar="NAME",
+                             help="the person at the station, in every audit record (default $PROVISION_OPERATOR; "
+                                  "asked at a terminal; unattended: the OS user)")  # fmt: skip
+    run_options.add_argument("--anchor", default=None, metavar="PATH",
+                             help="also append every seal, fsynced, to this witness file on other storage "
+                                  "(overrides audit.anchor)")  # fmt: skip
 
     p = sub.add_parser("run", parents=[common, run_options], help=COMMANDS["run"])
     p.add_argument("jobfile", metavar="JOBFILE")
@@ -831,8 +882,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = audit.add_parser("verify", parents=[common, audit_key], help="exit 0 if intact, 4 with the first bad line")
     p.add_argument("--queue", default=None, metavar="URL",
                    help="check every station's chain in this shared queue (postgresql://…) instead of LOGS")  # fmt: skip
+    p.add_argument("--seal", action="append", metavar="HASH",
+                   help="a seal you hold (report, syslog, ticket) that must be in the chain; repeatable")  # fmt: skip
+    p.add_argument("--anchor", metavar="FILE",
+                   help="a witness file of seals: each in the chain, in order, the log not ending before the last")  # fmt: skip
+    p.add_argument("--timestamps", action="store_true",
+                   help="check the RFC 3161 time-stamps of the seals (LOGS/audit-timestamps.jsonl)")  # fmt: skip
+    p.add_argument("--tsa-cert", action="append", metavar="FILE",
+                   help="a TSA certificate you trust (PEM or DER); time-stamps must be signed by one; repeatable")  # fmt: skip
     p.set_defaults(handler=cmd_audit_verify)
-    p = audit.add_parser("show", parents=[common], help="read the audit log for review")
+    p = audit.add_parser("show", parents=[common, audit_key], help="read the audit log for review, verifying each record")
     p.add_argument("--job", metavar="ID")
     p.add_argument("--card", metavar="SERIAL")
     p.add_argument("--since", metavar="DATE")

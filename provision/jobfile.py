@@ -191,6 +191,8 @@ class JobFile:
     warnings: tuple[Problem, ...] = field(default=())
     audit_syslog: str | None = None  # audit.syslog: where seals are forwarded (/dev/log, host:port)
     audit_syslog_all: bool = False  # audit.forward: all (every event), not only seals
+    audit_anchor: Path | None = None  # audit.anchor: witness file of seals on other storage
+    audit_timestamp: str | None = None  # audit.timestamp: RFC 3161 time-stamp authority URL for every seal
 
     @property
     def tz(self) -> ZoneInfo:
@@ -1056,7 +1058,17 @@ def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_c
         warnings=tuple(_sorted(ck.warnings)),
         audit_syslog=data.get("audit", {}).get("syslog"),
         audit_syslog_all=data.get("audit", {}).get("forward") == "all",
+        audit_anchor=_anchor_path(path, data.get("audit", {}).get("anchor")),
+        audit_timestamp=data.get("audit", {}).get("timestamp"),
     )
+
+
+def _anchor_path(jobfile: Path, anchor: str | None) -> Path | None:
+    """audit.anchor, relative to the job file's directory like every path in it."""
+    if anchor is None:
+        return None
+    given = Path(anchor)
+    return given if given.is_absolute() else Path(jobfile).parent / given
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

@@ -2,7 +2,8 @@
 
 The input is the run document exactly as ``run --json`` prints it: ``run_id``, ``batch``,
 ``started``, ``finished``, ``jobs`` (one dict per job with the fields of ``JOB_COLUMNS``), and
-optionally ``seal`` (the audit log's last hash, sealed in the journal), ``counts`` and, per job,
+optionally ``seal`` (the audit log's last hash, sealed in the journal), ``operator`` (the person who
+ran it, as every audit record names them; CSV repeats it on each row), ``counts`` and, per job,
 ``not_after`` (the new certificate's expiry, "On Card"). The HTML page has no external assets (inline
 CSS only, no script), prints on paper, and escapes every value.
 """
@@ -38,7 +39,7 @@ JOB_COLUMNS = (
 )
 # A card refused at the reader (it matched no job) is a CSV row too: no job id, status "refused",
 # its serial, the reason in "error", and the reader and time it was seen.
-CSV_COLUMNS = (*JOB_COLUMNS, "not_after", "notes", "reader", "time")
+CSV_COLUMNS = (*JOB_COLUMNS, "not_after", "notes", "reader", "time", "operator")  # operator: the run's, on every row
 STATUSES = ("loaded", "skipped", "failed", "refused", "pending", "in-doubt")
 # The certificate is On Card only in these: elsewhere a fingerprint names the file's certificate.
 ON_CARD = ("loaded", "skipped")
@@ -129,9 +130,11 @@ def _csv_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
+    operator = run_doc.get("operator")
     refused = ({"status": "refused", "card_serial": c.get("card_serial"), "error": c.get("reason"),
                 "reader": c.get("reader"), "time": c.get("time")} for c in refused_cards(run_doc))  # fmt: skip
-    for row in itertools.chain(_jobs(run_doc), refused):
+    for job in itertools.chain(_jobs(run_doc), refused):
+        row = {**job, "operator": operator}
         writer.writerow([_csv_cell(row.get(column)) for column in CSV_COLUMNS])
         if buffer.tell() > 65536:
             yield buffer.getvalue()
@@ -281,6 +284,7 @@ def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
 <dl class="summary">
 <dt>Batch</dt><dd>{_e(batch)}</dd>
 <dt>Run</dt><dd class="mono">{_e(run_id)}</dd>
+<dt>Operator</dt><dd>{_e(run_doc.get("operator") or "not recorded")}</dd>
 <dt>Started</dt><dd>{_e(run_doc.get("started") or "")}</dd>
 <dt>Finished</dt><dd>{_e(run_doc.get("finished") or "not finished")}</dd>
 <dt>Cards</dt><dd class="counts">{count_html} <span>Total: <b>{len(jobs)}</b></span></dd>

@@ -952,6 +952,7 @@ def run_jobfile(
     say: Say = _to_stderr,
     only_jobs: set[str] | None = None,
     accept_damaged_audit_tail: str | None = None,
+    operator: str | None = None,
     counter_screen: bool | None = None,
     queue: str | None = None,
     station: str | None = None,
@@ -978,7 +979,8 @@ def run_jobfile(
             if any(job.card.pkcs11 is None for job in jobfile.jobs):
                 piv = SimSource([sim_cards_for(jobfile)]) if sim else PcscSource(readers)
             source = with_pkcs11_tokens(jobfile, piv)  # the PIV source alone when no job names a token
-        audit = open_audit(logs, jobfile, unattended=unattended, accept_damaged_tail=accept_damaged_audit_tail)
+        audit = open_audit(logs, jobfile, unattended=unattended, accept_damaged_tail=accept_damaged_audit_tail,
+                           operator=operator)  # fmt: skip
         if unattended and wait is None:
             wait = 0.0
         options = RunOptions(logs=logs, unattended=unattended, wait=wait, say=say, progress=progress,
@@ -994,6 +996,7 @@ def run_jobfile(
             else:
                 code = runner.run()
             document = runner.document()
+            document["operator"] = audit.operator  # the person (BR §5.4.1), as every audit record names them
             with contextlib.suppress(*RECORDS_FAILED):
                 runner.journal.close()
                 runner.pin_holds.close()
@@ -1045,27 +1048,36 @@ def stop_on_signals(runner: Runner, *, raise_interrupt: bool) -> Iterator[None]:
             signal.signal(number, old)
 
 
-def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged_tail: str | None = None) -> Any:
-    """The audit log of this logs directory, keyed when the job file names an audit key.
+def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged_tail: str | None = None,
+               operator: str | None = None) -> Any:  # fmt: skip
+    """The audit log of this logs directory, keyed when the job file names an audit key, sealed after
+    every job and, with audit.anchor, anchored to a witness file on other storage.
 
-    A log whose end does not verify is not appended to (the new records would hide the damage)
-    unless the operator says so, with a reason that goes into the log itself."""
-    from provision.audit import AuditLog, syslog_target
+    A log whose end does not verify, or that is gone while the journal or the anchor knows its
+    seals, is not appended to (the new records would hide the damage) unless the operator says so,
+    with a reason that goes into the log itself."""
+    from provision.audit import AuditLog, journal_seals, syslog_target
     from provision.errors import AuditError
     from provision.secrets import obtain
 
     key = obtain(jobfile.audit_key, unattended=unattended) if jobfile.audit_key is not None else None
     syslog = syslog_target(jobfile.audit_syslog, all_events=jobfile.audit_syslog_all) if jobfile.audit_syslog else None
-    audit = AuditLog(logs / "audit.jsonl", key=key, syslog=syslog)
-    tail = audit.check_tail()
-    if not tail.ok:
-        if not accept_damaged_tail:
-            audit.close()
-            raise AuditError(
-                f"the audit log's end is damaged ({tail.message}); nothing was run. Check it with "
-                "'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue"
-            )
-        audit.accept_damaged_tail(accept_damaged_tail)
+    audit = AuditLog(logs / "audit.jsonl", key=key, syslog=syslog, operator=operator, anchor=jobfile.audit_anchor,
+                     seal_each_job=True, timestamp=jobfile.audit_timestamp)  # fmt: skip
+    try:
+        audit.check_anchor()
+        known = journal_seals(logs)
+        tail = audit.check_tail(known)
+        if not tail.ok:
+            if not accept_damaged_tail:
+                raise AuditError(
+                    f"the audit log's end is damaged ({tail.message}); nothing was run. Check it with "
+                    "'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue"
+                )
+            audit.accept_damaged_tail(accept_damaged_tail, known)
+    except BaseException:
+        audit.close()
+        raise
     return audit
 
 

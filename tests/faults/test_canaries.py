@@ -152,8 +152,8 @@ def test_no_secret_escapes_any_flow(pcscd: PrivatePcscd, cards: Cards, canaries:
     key_args = ("--key-file", str(job.audit_key_file))
     flows.run("audit verify", "audit", "verify", *key_args, *common)
     flows.run("audit verify --json", "audit", "verify", "--json", *key_args, *common)
-    flows.run("audit show", "audit", "show", *common)
-    flows.run("audit show --json", "audit", "show", "--json", *common)
+    flows.run("audit show", "audit", "show", *key_args, *common)  # keyed records verify only with the key
+    flows.run("audit show --json", "audit", "show", "--json", *key_args, *common)
     flows.run("status", "status", "--json", *common)
     flows.run("store list", "store", "list", "--json", *common)
     for fmt in ("json", "csv", "html"):

@@ -271,13 +271,27 @@ def test_keyed_chain_needs_the_right_key(tmp_path: Path, keyed_batch: tuple[list
 
 def test_appending_to_a_keyed_log_needs_the_key(tmp_path: Path) -> None:
     AuditLog(tmp_path / "audit.jsonl", key=KEY).append("run_started")
-    with pytest.raises(AuditError, match="HMAC-chained"):
+    before = (tmp_path / "audit.jsonl").read_bytes()
+    with pytest.raises(UsageError, match="HMAC-chained .* nothing was appended"):
         AuditLog(tmp_path / "audit.jsonl").append("run_started")
+    with pytest.raises(UsageError, match="HMAC-chained"):
+        AuditLog(tmp_path / "audit.jsonl").check_tail()
+    assert (tmp_path / "audit.jsonl").read_bytes() == before
 
 
-def test_a_plain_chain_may_become_keyed_but_not_back(tmp_path: Path) -> None:
+def test_a_plain_chain_is_not_continued_keyed(tmp_path: Path) -> None:
+    """With a key every record has a MAC: a keyed run does not append to a plain chain."""
     path = tmp_path / "audit.jsonl"
     AuditLog(path).append("a")
+    before = path.read_bytes()
+    with pytest.raises(UsageError, match="started without an audit key"):
+        AuditLog(path, key=KEY).append("b")
+    assert path.read_bytes() == before
+
+
+def test_a_keyed_chain_is_not_continued_plain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path, key=KEY).append("a")
     AuditLog(path, key=KEY).append("b")
     assert verify(tmp_path, key=KEY).ok
     good = path.read_bytes()
@@ -585,3 +599,310 @@ def test_cmd_audit_show(tmp_path: Path, batch: tuple[list[bytes], str]) -> None:
         and "not a provision audit log" in err[0]
     )
     assert cmd_audit_show(tmp_path, since="soon", out=out.append, err=err.append) in (2, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 15: a key means every record is keyed; anchors outside the logs directory; show verifies
+
+
+def _rechain_plain(lines: list[bytes]) -> bytes:
+    """An attacker without the key: every MAC dropped, the chain recomputed with plain SHA-256."""
+    out, prev = [], GENESIS
+    for raw in lines:
+        record = json.loads(raw)
+        record.pop("mac", None)
+        record.pop("hash", None)
+        record["prev"] = prev
+        body = canonical(record)
+        prev = hashlib.sha256(body).hexdigest()
+        out.append(body[:-1] + b',"hash":"' + prev.encode() + b'"}\n')
+    return b"".join(out)
+
+
+def test_with_a_key_a_record_without_mac_fails(tmp_path: Path, keyed_batch: tuple[list[bytes], str]) -> None:
+    lines, _ = keyed_batch
+    stripped = _rechain_plain(lines)
+    ok, problem, line = check(tmp_path, stripped, key=KEY)
+    assert (ok, problem, line) == (False, "mac-missing", 1)
+    assert "no MAC" in verify(tmp_path, key=KEY).message
+    # only the last record stripped (prev kept): still refused, at that line
+    last = json.loads(lines[-1])
+    last.pop("mac")
+    last.pop("hash")
+    body = canonical(last)
+    forged = body[:-1] + b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+    assert check(tmp_path, b"".join(lines[:-1]) + forged, key=KEY)[:2] == (False, "modified")
+    # a plain log given a key: refused too (a key means every record is keyed)
+    plain = tmp_path / "plain"
+    AuditLog(plain / "audit.jsonl").append("run_started")
+    assert verify(plain, key=KEY).problem == "mac-missing"
+    assert verify(plain).ok
+
+
+def _anchored_log(tmp_path: Path, *, key: Secret | None = KEY, jobs: int = 3) -> tuple[Path, Path, AuditLog]:
+    logs, anchor = tmp_path / "logs", tmp_path / "witness" / "seals.jsonl"
+    anchor.parent.mkdir(parents=True)
+    log = AuditLog(logs / "audit.jsonl", key=key, anchor=anchor, seal_each_job=True, run_id="r1", operator="Ann")
+    log.check_anchor()
+    log.append("run_started")
+    for i in range(jobs):
+        log.append("committed", job_id=f"J{i}")
+        log.append("job_loaded", job_id=f"J{i}")
+    log.append("run_finished")
+    log.seal()
+    return logs, anchor, log
+
+
+def test_a_seal_after_every_job_and_every_seal_anchored(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    records = [json.loads(line) for line in (logs / "audit.jsonl").read_bytes().splitlines()]
+    events = [r["event"] for r in records]
+    assert events == ["run_started"] + ["committed", "job_loaded", "seal"] * 3 + ["run_finished", "seal"]
+    seals = [r for r in records if r["event"] == "seal"]
+    assert all(s["anchored"] is True and s["mac"] == "hmac-sha256" for s in seals)
+    assert [s.get("job_id") for s in seals] == ["J0", "J1", "J2", None]
+    entries = [json.loads(line) for line in anchor.read_bytes().splitlines()]
+    assert [(e["seq"], e["hash"]) for e in entries] == [(s["seq"], s["hash"]) for s in seals]
+    assert all(set(e) == {"seq", "hash", "time", "run_id"} and e["run_id"] == "r1" for e in entries)
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert result.ok and result.seals_checked == 4
+
+
+def test_anchor_catches_a_cut_a_rollback_a_removed_and_a_reordered_seal(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    path = logs / "audit.jsonl"
+    good, good_anchor = path.read_bytes(), anchor.read_bytes()
+    lines = good.splitlines(keepends=True)
+    # cut after the first job's seal (a killed run's tail, or a deliberate cut)
+    path.write_bytes(b"".join(lines[:4]))
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "truncated") and "log ends at seq 4" in result.message
+    assert verify(logs, key=KEY).ok  # NOT caught without the anchor (no journal here)
+    # rolled back and continued: the same seqs now hold other records
+    path.write_bytes(b"".join(lines[:4]))
+    later = AuditLog(path, key=KEY, seal_each_job=True)
+    for i in range(4):
+        later.append("job_failed", job_id=f"X{i}")
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "anchor-mismatch") and "rolled back" in result.message
+    # a seal removed from the anchor
+    path.write_bytes(good)
+    entries = good_anchor.splitlines(keepends=True)
+    anchor.write_bytes(b"".join(entries[:1] + entries[2:]))
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "anchor-mismatch")
+    assert "removed from the anchor" in result.message
+    # reordered
+    anchor.write_bytes(b"".join([entries[1], entries[0], *entries[2:]]))
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "reordered") and "out of order" in result.message
+    # an anchor line that is not a seal
+    anchor.write_bytes(good_anchor + b"garbage\n")
+    with pytest.raises(AuditError, match="line 5 is not a seal"):
+        verify(logs, key=KEY, anchor=anchor)
+    anchor.write_bytes(good_anchor)
+    assert verify(logs, key=KEY, anchor=anchor).ok
+
+
+def test_held_seals_must_be_in_the_chain(tmp_path: Path) -> None:
+    logs, _, log = _anchored_log(tmp_path, key=None)
+    held = log.seal()
+    assert verify(logs, held=[held.upper()]).ok
+    path = logs / "audit.jsonl"
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    result = verify(logs, held=[held])
+    assert not result.ok and "you hold (--seal)" in result.message
+    with pytest.raises(UsageError, match="not a seal"):
+        verify(logs, held=["abc"])
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_missing_or_emptied_log_with_known_seals_fails(tmp_path: Path, damage: str) -> None:
+    logs, anchor, log = _anchored_log(tmp_path)
+    seal = log.seal()
+    path = logs / "audit.jsonl"
+    if damage == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(b"")
+    for kwargs in ({"seals": [seal]}, {"held": [seal]}, {"anchor": anchor}):
+        result = verify(logs, key=KEY, **kwargs)  # type: ignore[arg-type]
+        assert not result.ok and result.problem in ("deleted", "truncated"), (kwargs, result)
+    if damage == "deleted":
+        with pytest.raises(UsageError, match="no audit log"):
+            verify(logs, key=KEY)  # NOT caught without a seal or an anchor: nothing says it existed
+    else:
+        assert verify(logs, key=KEY).ok
+
+
+def test_a_new_chain_over_a_deleted_log_needs_an_operator(tmp_path: Path) -> None:
+    logs, anchor, log = _anchored_log(tmp_path)
+    journal_seal = log.seal()
+    (logs / "audit.jsonl").unlink()
+    fresh = AuditLog(logs / "audit.jsonl", key=KEY, anchor=anchor, seal_each_job=True)
+    status = fresh.check_tail([journal_seal])
+    assert not status.ok and status.problem == "deleted" and "missing or empty" in status.message
+    assert "the journal and the anchor" in status.message
+    written = fresh.accept_damaged_tail("disk replaced, ticket 9", [journal_seal])
+    assert written is not None and written.seq == 1
+    assert journal_seal in written.record["lost_seals"] and written.record["problem"] == "deleted"
+    assert fresh.check_tail([journal_seal]).ok
+    fresh.append("job_loaded", job_id="J9")
+    result = verify(logs, key=KEY, seals=[journal_seal], anchor=anchor)
+    assert result.ok, result.message
+    assert any("accepted as lost" in note and "disk replaced" in note for note in result.accepted_damage)
+
+
+def test_operator_and_os_user_are_recorded_and_names_are_checked(tmp_path: Path) -> None:
+    from provision.audit import operator_name, os_user
+
+    record = AuditLog(tmp_path / "audit.jsonl", operator="  CHAN Siu Ling ").append("run_started").record
+    assert record["operator"] == "CHAN Siu Ling" and record["os_user"] == os_user() and record["host"]
+    assert AuditLog(tmp_path / "audit.jsonl").append("x").record["operator"] == os_user()
+    for bad in ("Ann\nforged line", "Ann\x1b[31m", "Ann\u202eeoD", "", "   "):
+        with pytest.raises(UsageError):
+            operator_name(bad)
+    with pytest.raises(ValueError, match="set by the audit log"):
+        AuditLog(tmp_path / "audit.jsonl").append("x", os_user="mallory")
+
+
+def test_show_verifies_every_record_it_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, operator="Ann")
+    for i in range(5):
+        log.append("committed", job_id=f"J{i}", fingerprint_sha256="ab" * 32)
+    assert all(r["verified"] for r in show(tmp_path))
+    lines = path.read_bytes().splitlines(keepends=True)
+    # record 3 changed and its hash recomputed: its own hash is right, the next record no longer follows
+    record = json.loads(lines[2])
+    record["job_id"] = "FORGED"
+    record.pop("hash")
+    body = canonical(record)
+    lines[2] = body[:-1] + b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}\n'
+    path.write_bytes(b"".join(lines))
+    shown = list(show(tmp_path))
+    assert [r["seq"] for r in shown if not r["verified"]] == [3, 4]
+    assert "recomputed" in shown[2]["verify_problem"]
+    out: list[str] = []
+    assert cmd_audit_show(tmp_path, job="FORGED", out=out.append) == 4
+    assert out[0].startswith("BAD") and "NOT VERIFIED" in out[0]
+    out = []
+    assert cmd_audit_show(tmp_path, job="J0", out=out.append) == 0
+    assert out[0].startswith("ok") and "operator='Ann'" in out[0] and "fingerprint=" + "ab" * 32 in out[0]
+    out = []
+    assert cmd_audit_show(tmp_path, job="J0", as_json=True, out=out.append) == 0
+    assert json.loads(out[0])["events"][0]["verified"] is True
+    # a deleted record: the records on both sides of the gap are flagged
+    path.write_bytes(b"".join(lines[:1] + lines[3:]))
+    assert [r["seq"] for r in show(tmp_path) if not r["verified"]] == [1, 4]
+    # keyed records shown without the key cannot be verified; with it they are
+    keyed = tmp_path / "keyed"
+    AuditLog(keyed / "audit.jsonl", key=KEY).append("run_started")
+    assert [r["verified"] for r in show(keyed)] == [False]
+    assert [r["verified"] for r in show(keyed, key=KEY)] == [True]
+    errors: list[str] = []
+    assert cmd_audit_show(tmp_path, event="no_such", out=out.append, err=errors.append) == 2
+    assert "known events" in errors[0] and "job_loaded" in errors[0]
+
+
+def test_an_anchor_missing_its_first_seals_or_another_logs_anchor_fails(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    entries = anchor.read_bytes().splitlines(keepends=True)
+    anchor.write_bytes(b"".join(entries[2:]))  # the head cut
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "anchor-mismatch") and "seal seq 4 " in result.message
+    anchor.write_bytes(b"")
+    assert verify(logs, key=KEY, anchor=anchor).problem == "anchor-mismatch"
+
+
+def test_a_whole_logs_directory_gone_is_caught_by_the_anchor(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    for path in logs.iterdir():
+        path.unlink()
+    logs.rmdir()
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert (result.ok, result.problem) == (False, "deleted") and "the anchor" in result.message
+    with pytest.raises(UsageError):
+        verify(logs, key=KEY)
+
+
+def test_an_accepted_damaged_tail_excuses_the_anchored_seals_it_lost(tmp_path: Path) -> None:
+    logs, anchor, _ = _anchored_log(tmp_path)
+    path = logs / "audit.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1].replace(b'"seal"', b'"sael"'))  # the last seal damaged
+    assert verify(logs, key=KEY, anchor=anchor).problem == "modified"
+    log = AuditLog(path, key=KEY, anchor=anchor, seal_each_job=True)
+    assert log.check_tail().problem == "modified"
+    written = log.accept_damaged_tail("last line corrupted by a disk fault, ticket 12")
+    assert written is not None and written.record["lost_seals"] == [json.loads(lines[-1])["hash"]]
+    log.append("job_loaded", job_id="J7")
+    result = verify(logs, key=KEY, anchor=anchor)
+    assert result.ok, result.message
+    assert any("accepted as lost" in note for note in result.accepted_damage)
+
+
+# ----------------------------------------------------------------------------------------------
+# RFC 3161 time-stamps of seals
+
+
+def test_every_seal_is_time_stamped_and_verify_checks_the_tokens(tmp_path: Path) -> None:
+    import base64
+
+    from tests.helpers.tsa import Tsa, serving_tsa
+
+    with serving_tsa() as tsa:
+        log = AuditLog(tmp_path / "audit.jsonl", key=KEY, seal_each_job=True, timestamp=tsa.url)
+        log.append("run_started")
+        log.append("job_loaded", job_id="J1")
+        final = log.seal()
+    stamps = tmp_path / "audit-timestamps.jsonl"
+    entries = [json.loads(line) for line in stamps.read_bytes().splitlines()]
+    assert len(entries) == 2 and entries[-1]["hash"] == final and entries[-1]["tsa"] == "CN=Test TSA"
+    result = verify(tmp_path, key=KEY, timestamps=True, tsa_certs=[tsa.cert_der])
+    assert result.ok and "2 seal(s) time-stamped by a TSA you trust" in result.message
+    assert "not checked" in verify(tmp_path, key=KEY, timestamps=True).message
+    # another TSA's certificate: refused
+    other = verify(tmp_path, key=KEY, timestamps=True, tsa_certs=[Tsa("Other TSA").cert_der])
+    assert (other.ok, other.problem) == (False, "timestamp-invalid") and "not by a trusted TSA" in other.message
+    # a token changed
+    good = stamps.read_bytes()
+    token = bytearray(base64.b64decode(entries[0]["token"]))
+    token[-1] ^= 1
+    entries[0]["token"] = base64.b64encode(bytes(token)).decode()
+    stamps.write_bytes(b"".join(canonical(e) + b"\n" for e in entries))
+    changed = verify(tmp_path, key=KEY, timestamps=True)
+    assert (changed.ok, changed.problem, changed.first_bad_line) == (False, "timestamp-invalid", 1)
+    # the log cut before a time-stamped seal: the token outlives the cut
+    stamps.write_bytes(good)
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    cut = verify(tmp_path, key=KEY, timestamps=True)
+    assert not cut.ok and "time-stamped by a TSA" in cut.message
+
+
+def test_a_tsa_that_fails_does_not_stop_the_log_and_is_recorded(tmp_path: Path) -> None:
+    from tests.helpers.tsa import serving_tsa
+
+    with serving_tsa() as tsa:
+        tsa.refuse = True
+        log = AuditLog(tmp_path / "audit.jsonl", timestamp=tsa.url)
+        log.seal()
+    assert log.timestamp_failures == 1
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
+    assert [r["event"] for r in records] == ["seal", "timestamp_failed"]
+    assert "refused" in records[1]["error"] and records[1]["seal_seq"] == 1
+    assert verify(tmp_path).ok
+
+
+def test_the_wrong_key_cannot_accept_a_keyed_log_as_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, key=KEY)
+    log.append("run_started")
+    log.seal()
+    before = path.read_bytes()
+    wrong = AuditLog(path, key=Secret("not the key of this log"))
+    assert not wrong.check_tail().ok
+    with pytest.raises(UsageError, match="probably not the key"):
+        wrong.accept_damaged_tail("trying to continue")
+    assert path.read_bytes() == before

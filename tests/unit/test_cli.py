@@ -169,3 +169,28 @@ def test_run_with_invalid_job_file_touches_nothing(cli, tmp_path: Path) -> None:
     bad.write_text("version: 1\nbatch: b\ncards: []\n")
     run = cli("run", str(bad), "--sim")
     assert run.returncode == 2 and not (tmp_path / "logs").exists()
+
+
+def test_operator_from_option_environment_or_one_question(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import io
+
+    from provision import cli
+    from provision.errors import UsageError
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("PROVISION_OPERATOR", raising=False)
+    asked = Terminal()
+    monkeypatch.setattr(sys, "stdin", Terminal("CHAN Siu Ling\n"))
+    monkeypatch.setattr(sys, "stderr", asked)
+    assert cli._operator(argparse.Namespace(operator=None, unattended=False)) == "CHAN Siu Ling"
+    assert "Operator" in asked.getvalue()
+    assert cli._operator(argparse.Namespace(operator=None, unattended=True)) is None  # the OS user
+    monkeypatch.setenv("PROVISION_OPERATOR", "LEE Ka Yan")
+    assert cli._operator(argparse.Namespace(operator=None, unattended=True)) == "LEE Ka Yan"
+    assert cli._operator(argparse.Namespace(operator="WONG", unattended=True)) == "WONG"
+    with pytest.raises(UsageError, match="control characters"):
+        cli._operator(argparse.Namespace(operator="WONG\r\nforged", unattended=True))

@@ -377,3 +377,18 @@ def test_a_forged_cache_entry_cannot_smuggle_a_broken_file_past_the_schema(tmp_p
     assert any("'pkcs12' is missing" in f for f in found), found
     monkeypatch.setenv("PROVISION_CACHE_DIR", "off")
     assert schema_cache.marker(text) is None
+
+
+def test_audit_anchor_is_a_path_relative_to_the_job_file(tmp_path: Path) -> None:
+    jf = load(tmp_path, HEAD + "audit: {anchor: ../witness/seals.jsonl}\ncards:\n" + card_yaml())
+    assert jf.audit_anchor == tmp_path / "../witness/seals.jsonl"
+    absolute = load(tmp_path, HEAD + "audit: {anchor: /mnt/witness/s.jsonl}\ncards:\n" + card_yaml())
+    assert absolute.audit_anchor == Path("/mnt/witness/s.jsonl")
+    assert load(tmp_path, HEAD + "cards:\n" + card_yaml()).audit_anchor is None
+    assert any("anchor" in p for p in problems(tmp_path, HEAD + "audit: {anchor: 5}\ncards:\n" + card_yaml()))
+
+
+def test_audit_timestamp_is_an_http_url(tmp_path: Path) -> None:
+    jf = load(tmp_path, HEAD + "audit: {timestamp: 'http://tsa.example/'}\ncards:\n" + card_yaml())
+    assert jf.audit_timestamp == "http://tsa.example/"
+    assert any("timestamp" in p for p in problems(tmp_path, HEAD + "audit: {timestamp: 'ftp://x'}\ncards:\n" + card_yaml()))
