@@ -1880,7 +1880,7 @@ def journal_seals(logs_dir: Path) -> list[str]:
     path = Path(logs_dir) / "journal.sqlite3"
     if not path.exists():
         return []
-    journal = jn.Journal(path)
+    journal = jn.Journal(path, read_only=True)  # an auditor's copy may be on read-only media
     try:
         return journal.seals()
     finally:

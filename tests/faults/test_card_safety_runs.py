@@ -361,7 +361,7 @@ def test_a_live_run_keeps_its_journal_and_audit_log_byte_for_byte(command: str, 
             "demo": ["demo", "--holders", "1"],  # its material goes to LOGS/demo: not before the lock
             "status": ["status"], "store list": ["store", "list"],
             "audit verify": ["audit", "verify", "--key-file", str(job.audit_key_file)],
-            "audit show": ["audit", "show"]}[command]  # fmt: skip
+            "audit show": ["audit", "show", "--key-file", str(job.audit_key_file)]}[command]  # fmt: skip
     done = cli(*argv, "--logs", str(logs))
     after = _snapshot(logs)
     if command in ("status", "store list", "audit verify", "audit show"):  # readers: no lock, no change
@@ -463,7 +463,8 @@ def test_a_refused_pin_is_never_sent_again_by_later_runs_until_an_operator_clear
     if again.returncode != 2 or "not on PIN hold" not in again.stderr or _holds(logs):
         problems.append(("clear twice", again.returncode, again.stderr))
     verified = cli("audit", "verify", "--key-file", str(job.audit_key_file), "--logs", str(logs))
-    shown = cli("audit", "show", "--event", "pin_hold_cleared", "--json", "--logs", str(logs))
+    shown = cli("audit", "show", "--event", "pin_hold_cleared", "--json", "--key-file", str(job.audit_key_file),
+                "--logs", str(logs))  # fmt: skip
     if verified.returncode != 0 or "checked with the holder" not in shown.stdout:
         problems.append(("audit", verified.returncode, verified.stderr[-300:], shown.stdout[-300:]))
 

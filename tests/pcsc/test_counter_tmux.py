@@ -86,6 +86,8 @@ def test_a_day_at_the_counter(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, can
     reader = pcscd.reader_name(3)
     tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {tmp_path / 'logs'} --reader {shlex.quote(reader)}",
                {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
+    tmux.wait_for("Operator (your name")  # asked once per counter session (BR §5.4.1)
+    tmux.keys("Clerk Wong", "Enter")
     screen = tmux.wait_for("type the 16-digit number on the PIN envelope")
     assert "CHAN Tai Man" in screen and "NEXT" in screen
     tmux.keys(canaries.pkcs12_password, "Enter")
@@ -108,6 +110,8 @@ def test_a_day_at_the_counter(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, can
     assert "EXITED 1" in screen  # not everything asked for was done
     canaries.outputs.append(screen)  # the envelope number was typed without echo: not on the screen
     assert "123456" not in screen  # nor the PIN
+    records = [json.loads(line) for line in (tmp_path / "logs" / "audit.jsonl").read_text().splitlines()]
+    assert records and {r["operator"] for r in records} == {"Clerk Wong"}  # the person, in every record
 
 
 def test_five_holders_wrong_card_wrong_pin_skipped_and_resumed(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards,
@@ -130,7 +134,8 @@ def test_five_holders_wrong_card_wrong_pin_skipped_and_resumed(tmux: Tmux, pcscd
                    '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {prompt: "Card PIN"}\ncards:\n' + body)  # fmt: skip
     reader, index = pcscd.reader_name(2), 2
     logs = tmp_path / "logs"
-    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)}",
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)} "
+               "--operator 'Clerk Lee'",
                {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
 
     def envelope(holder: str) -> None:
