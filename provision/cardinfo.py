@@ -11,6 +11,7 @@ read; only a card that leaves the reader (``CardRemovedError``) ends the reading
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -109,6 +110,7 @@ class SlotInfo:
     compressed: bool | None = None  # the certificate is stored gzip (CertInfo 01); None: no certificate
     key: KeyInfo | None = None  # None: empty slot, or the card has no GET METADATA
     key_matches_certificate: bool | None = None  # None: not both known
+    public_key_sha256: str | None = None  # SHA-256 of the key's SubjectPublicKeyInfo (F7); None: not known
     slot_name: str | None = None  # from the project's slot-name object
     error: str | None = None  # what could not be read, in words
 
@@ -444,6 +446,7 @@ def _read_slot(session: PivSession, slot: Slot, metadata_supported: bool, name: 
         compressed=compressed,
         key=key,
         key_matches_certificate=matches,
+        public_key_sha256=hashlib.sha256(_spki(public_key)).hexdigest() if public_key is not None else None,
         slot_name=name,
         error="; ".join(errors) if errors else None,
     )

@@ -169,14 +169,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from provision.jobfile import load_jobfile
-    from provision.plan import plan_jobfile, print_plan
+    from provision.plan import match_cards, plan_jobfile, print_plan
+    from provision.plancards import read_pcsc_cards, read_sim_cards
 
     _warn_if_logs_shared(args)
     documents = []
     any_problem = False
-    for name in args.jobfiles:
-        jf = load_jobfile(name, unattended=args.unattended)
-        plan = plan_jobfile(jf, unattended=args.unattended)
+    jobfiles = [load_jobfile(name, unattended=args.unattended) for name in args.jobfiles]
+    present = None if args.sim else read_pcsc_cards()  # read-only: no PIN, no management key, no write
+    for jf in jobfiles:
+        plan = match_cards(plan_jobfile(jf, unattended=args.unattended), present or read_sim_cards(jf))
         any_problem = any_problem or any(job.problems for job in plan.jobs)
         if args.json:
             documents.append(plan.to_json())
@@ -731,7 +733,7 @@ EPILOG = (
 COMMANDS: dict[str, str] = {
     "validate": "check job files; writes nothing",
     "inspect": "open a PKCS#12 file and show what an operator confirms",
-    "plan": "what a run would do, card by card",
+    "plan": "what a run would do, card by card; with cards present (read-only), the difference to each job",
     "jobs": "write a job file from a CSV of holders and a template ('jobs new')",
     "run": "the batch: wait for each card, load, verify, record, report",
     "resume": "finish what an interrupted run left",
@@ -807,6 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", parents=[common], help=COMMANDS["plan"])
     p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
     p.add_argument("--unattended", action="store_true", help="plan as for an unattended run (no prompts)")
+    p.add_argument("--sim", action="store_true",
+                   help="plan against the fresh simulated cards 'run --sim' would have, instead of the readers")  # fmt: skip
     p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("jobs", help=COMMANDS["jobs"])

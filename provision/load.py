@@ -32,6 +32,7 @@ from provision.bundle import Bundle, cert_info
 from provision.errors import (
     CardError,
     CardStatusError,
+    InternalError,
     ManagementKeyError,
     PinError,
     PinHeldError,
@@ -131,7 +132,12 @@ def _spki(public_key: Any) -> bytes:
 @contextmanager
 def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One step of a load in the journal: ``begin`` before it, ``end`` after it with what the step
-    found, ``fail`` on error. Every card backend's loader records its steps through this."""
+    found, ``fail`` on error. Every card backend's loader records its steps through this, and only
+    the steps its backend declared (provision.steps): what ``plan`` showed is what runs."""
+    from provision.steps import declared_actions
+
+    if action not in declared_actions(ctx.job):
+        raise InternalError(f"the loader took the step {action!r}, which its backend does not declare")
     ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "begin", detail)
     _fault_point(action, "begin")
     found: dict[str, Any] = {}

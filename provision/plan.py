@@ -6,19 +6,25 @@ reviewed is what happens. Pure apart from opening the job's PKCS#12 file in ``pl
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from provision import template as templates
 from provision.errors import ProvisionError, TemplateError, UsageError
 
 if TYPE_CHECKING:
     from provision.bundle import CertInfo, Inspection
+    from provision.cardinfo import CardInfo
     from provision.jobfile import Expect, Job, JobFile
+    from provision.plancards import CardsSeen, PresentCard
+    from provision.steps import CardState, StepSpec
 
 
 def zone(name: str) -> ZoneInfo:
@@ -81,9 +87,10 @@ def certificate_lines(info: CertInfo, tz: ZoneInfo) -> list[str]:
 class Step:
     action: str  # the name load.py executes
     description: str  # what an operator reads
+    applies: bool | None = None  # with the card read: whether this card needs the step; None: not known
 
-    def to_json(self) -> dict[str, str]:
-        return {"action": self.action, "description": self.description}
+    def to_json(self) -> dict[str, object]:
+        return {"action": self.action, "description": self.description, "applies": self.applies}
 
 
 @dataclass(frozen=True)
@@ -125,36 +132,12 @@ def export_path(base_dir: Path, template: templates.Template, values: dict[str, 
 
 
 def load_steps(job: Job, slot_name: str, piv_algorithm: str | None, exports: dict[str, Path]) -> list[Step]:
-    """The checklist of one load, in order. ``run`` executes exactly these actions."""
-    slot = f"slot {job.slot.hex} ({job.slot.title})"
-    mgmt = "the job's management key" if job.management_key is not None else "the factory default management key"
-    replace = {
-        "archive": f"if {slot} holds a certificate, save it to the store (On Disk) and fsync before any write",
-        "refuse": f"if {slot} holds a certificate, stop: the job says replace: refuse",
-        "overwrite": f"if {slot} holds a certificate, record its fingerprint in the audit log",
-    }[job.replace]
-    steps = [
-        Step("wait_for_card", f"wait for {job.card.describe()} of {job.holder}"),
-        Step("identify_card", "read the card's serial and CHUID; refuse any card that is not this job's"),
-        Step("preflight", f"check the card supports {piv_algorithm or 'the key'}, PIN tries ≥ {job.min_pin_retries}, "
-                          f"read {slot}"),  # fmt: skip
-        Step(f"{job.replace}_replaced_certificate", replace),
-        Step("verify_pin", "show the PIN tries left, then verify the card PIN (never retried automatically)"),
-        Step("authenticate_management_key", f"mutual authentication with {mgmt}"),
-        Step("import_key", f"import the {piv_algorithm or ''} key into {slot} "
-                           f"(PIN policy {job.pin_policy}, touch policy {job.touch_policy})"),  # fmt: skip
-        Step("write_certificate", f"write the certificate into {slot}"),
-        *([Step("register_retired_slot", "count the slot in the Key History object, so middleware finds it")]
-          if job.slot.is_retired else []),  # fmt: skip
-        Step("write_slot_name", f"name the slot {slot_name!r}"),
-        Step("verify_load", "read the certificate back, compare the slot's public key, make and check a test signature"),
-        Step("commit", "record the load as done in the journal and the audit log"),
-    ]
-    if "pem" in exports:
-        steps.append(Step("export_pem", f"write the certificate as PEM to {exports['pem']}"))
-    if "nssdb" in exports:
-        steps.append(Step("export_nssdb", f"add the certificate to the NSS database {exports['nssdb']}"))
-    return steps
+    """The checklist of one load, in order: the job's backend's declared steps (provision.steps) with
+    the job's specifics. ``run`` journals exactly these actions."""
+    from provision.steps import checklist, in_plan, step_words
+
+    words = step_words(job, slot_name, piv_algorithm, {kind: str(path) for kind, path in exports.items()})
+    return [Step(spec.action_for(job), spec.words.format(**words)) for spec in checklist(job) if in_plan(spec, job)]
 
 
 @dataclass(frozen=True)
@@ -169,6 +152,9 @@ class JobPlan:
     problems: tuple[str, ...]
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = field(default=())
+    card_seen: CardView | None = None  # the job's card as read now; None: not present or not read
+    public_key_sha256: str | None = None  # SHA-256 of the certificate's SubjectPublicKeyInfo
+    differences: tuple[str, ...] = ()  # between the card and the job, in words
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -185,6 +171,8 @@ class JobPlan:
             "problems": list(self.problems),
             "notes": list(self.notes),
             "steps": [s.to_json() for s in self.steps],
+            "card_seen": self.card_seen.to_json() if self.card_seen is not None else None,
+            "differences": list(self.differences),
         }
 
 
@@ -192,6 +180,9 @@ class JobPlan:
 class Plan:
     jobfile: JobFile
     jobs: tuple[JobPlan, ...]
+    cards_read: bool = False  # cards were looked for
+    cards_unavailable: str | None = None  # why none was read (no PC/SC service, no reader, no card)
+    strangers: tuple[str, ...] = ()  # cards present that no job wants, in words
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -199,7 +190,145 @@ class Plan:
             "batch": self.jobfile.batch,
             "timezone": self.jobfile.timezone,
             "jobs": [j.to_json() for j in self.jobs],
+            "cards": {"read": self.cards_read, "unavailable": self.cards_unavailable,
+                      "without_job": list(self.strangers)},  # fmt: skip
         }
+
+
+@dataclass(frozen=True)
+class CardView:
+    """One job's card as ``plan`` read it, and what its slot holds against the job's target."""
+
+    reader: str
+    info: CardInfo
+    key_ref: int  # the job's slot
+    slot_action: str  # empty | target | archive | overwrite | refuse
+    state: CardState
+
+    def to_json(self) -> dict[str, Any]:
+        slot = self.info.slot(self.key_ref)
+        return {
+            "reader": self.reader,
+            "serial": self.info.serial,
+            "chuid_guid": self.info.chuid_guid,
+            "version": ".".join(map(str, self.info.version)) if self.info.version else None,
+            "pin_tries_left": self.info.pin_tries_left,
+            "management_key_is_default": self.info.management_key_is_default,
+            "slot": {"certificate": slot.certificate.to_json() if slot.certificate else None,
+                     "slot_name": slot.slot_name, "key_matches_certificate": slot.key_matches_certificate},
+            "slot_action": self.slot_action,
+        }  # fmt: skip
+
+
+def card_state(job: Job, info: CardInfo, target_sha256: str | None, slot_name: str,
+               target_key_sha256: str | None = None) -> CardState:  # fmt: skip
+    """What the steps care about, from a card read without changing it."""
+    from provision.steps import CardState
+
+    slot = info.slot(job.slot.key_ref)
+    current = slot.certificate.sha256 if slot.certificate is not None else None
+    cert_on = current is not None and current == target_sha256
+    return CardState(replaced=current is not None and not cert_on, cert_on_card=cert_on,
+                     key_on_card=(slot.public_key_sha256 is not None and slot.public_key_sha256 == target_key_sha256)
+                     or (cert_on and slot.key_matches_certificate is True),
+                     name_on_card=slot.slot_name == slot_name,
+                     key_history_counted=not job.slot.is_retired)  # fmt: skip
+
+
+def with_card(jp: JobPlan, present: PresentCard | None, why_absent: str) -> JobPlan:
+    """``jp`` against the card read for it (or the reason there is none): the steps it needs and the
+    differences, in words; a card that would make the load fail adds a problem."""
+    from provision.steps import applies
+
+    job = jp.job
+    if present is None or present.info is None:
+        return replace(jp, differences=(present.error if present is not None and present.error else why_absent,))
+    info = present.info
+    target = jp.info.sha256 if jp.info is not None else None
+    state = card_state(job, info, target, jp.slot_name, jp.public_key_sha256)
+    slot = info.slot(job.slot.key_ref)
+    here = f"slot {job.slot.hex}"
+    differences: list[str] = []
+    problems = list(jp.problems)
+    if slot.certificate is None:
+        action = "empty"
+        differences.append(f"{here} is empty")
+    elif state.cert_on_card:
+        action = "target"
+        differences.append(f"{here} already holds this certificate" +
+                           ("" if state.key_on_card else "; its key is not proven to be there"))  # fmt: skip
+    else:
+        action = job.replace
+        cert = slot.certificate
+        what = {"archive": "would be archived (On Disk) and replaced", "overwrite": "would be overwritten",
+                "refuse": "stays: the job says replace: refuse, so the job would be refused"}[job.replace]  # fmt: skip
+        differences.append(f"{here} holds {cert.subject_cn or cert.subject} (SHA-256 {cert.sha256[:16]}…, "
+                           f"until {cert.not_after:%Y-%m-%d}); it {what}")  # fmt: skip
+        if job.replace == "refuse":
+            problems.append(f"{here} holds another certificate and the job says replace: refuse")
+    if slot.slot_name is not None and slot.slot_name != jp.slot_name:
+        differences.append(f"{here} is named {slot.slot_name!r}, the job names it {jp.slot_name!r}")
+    tries = info.pin_tries_left
+    if tries is None:
+        differences.append("PIN tries left: not known")
+    elif tries < job.min_pin_retries:
+        differences.append(f"PIN tries left: {tries}, below the floor min_pin_retries {job.min_pin_retries}")
+        problems.append(f"the card has {tries} PIN tries left, fewer than min_pin_retries ({job.min_pin_retries})")
+    else:
+        differences.append(f"PIN tries left: {tries} (floor {job.min_pin_retries})")
+    if info.management_key_is_default:
+        differences.append("the card's management key is the factory default")
+    if job.management_key is not None and info.management_key_is_default:
+        differences.append("the job gives a management key, but the card still has the factory default")
+    steps = tuple(replace(s, applies=applies(spec, job, state) if spec.journaled else True)
+                  for s, spec in zip(jp.steps, _planned_specs(job), strict=True))  # fmt: skip
+    view = CardView(present.reader, info, job.slot.key_ref, action, state)
+    return replace(jp, card_seen=view, differences=tuple(differences), problems=tuple(problems), steps=steps)
+
+
+def _planned_specs(job: Job) -> list[StepSpec]:
+    from provision.steps import checklist, in_plan
+
+    return [spec for spec in checklist(job) if in_plan(spec, job)]
+
+
+def match_cards(plan: Plan, seen: CardsSeen) -> Plan:
+    """Each PIV job's card among those read (by serial, then CHUID GUID, then the next ``any: true``
+    job in file order, as ``run`` matches them); cards no job wants; jobs whose card is absent."""
+    cards = list(seen.cards)
+    taken: dict[str, PresentCard] = {}
+    for jp in plan.jobs:
+        ident = jp.job.card
+        if ident.pkcs11 is not None:
+            continue
+        for card in cards:
+            info = card.info
+            if info is not None and ((ident.serial is not None and info.serial == ident.serial)
+                                     or (ident.guid is not None and info.chuid_guid == ident.guid)):  # fmt: skip
+                taken[jp.job.id] = card
+                cards.remove(card)
+                break
+    for jp in plan.jobs:
+        if jp.job.card.any and jp.job.card.pkcs11 is None and cards:
+            readable = [c for c in cards if c.info is not None]
+            if readable:
+                taken[jp.job.id] = readable[0]
+                cards.remove(readable[0])
+    jobs = []
+    for jp in plan.jobs:
+        if jp.job.card.pkcs11 is not None:
+            jobs.append(replace(jp, differences=("PKCS#11 tokens are not read by plan",)))
+            continue
+        if seen.unavailable:  # said once for the whole plan
+            jobs.append(jp)
+            continue
+        jobs.append(with_card(jp, taken.get(jp.job.id), f"{jp.job.card.describe()} is not in any reader"))
+    strangers = tuple(
+        f"{c.reader}: " + (f"card serial {c.info.serial}" if c.info is not None else (c.error or "unreadable card"))
+        + " — no job of this file wants it"
+        for c in cards
+    )  # fmt: skip
+    return replace(plan, jobs=tuple(jobs), cards_read=True, cards_unavailable=seen.unavailable, strangers=strangers)
 
 
 def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_message: str,
@@ -249,39 +378,46 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
                    expectations, tuple(problems), steps, tuple(notes))  # fmt: skip
 
 
-def open_bundle(job: Job, *, unattended: bool) -> tuple[Inspection | None, str]:
-    """Obtain the password and inspect the job's PKCS#12: one decryption per job."""
+def open_bundle(job: Job, *, unattended: bool) -> tuple[Inspection | None, str, str | None]:
+    """Obtain the password and inspect the job's PKCS#12: one decryption per job. Also the SHA-256
+    of the certificate's public key (SubjectPublicKeyInfo), to find the key on a card."""
     from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.secrets import obtain
 
     try:  # the file first, bounded: nothing is asked for a file that cannot be used
         data = read_pkcs12(job.pkcs12_path)
     except OSError as exc:
-        return None, f"the PKCS#12 file {job.pkcs12_path} cannot be read ({exc.strerror})"
+        return None, f"the PKCS#12 file {job.pkcs12_path} cannot be read ({exc.strerror})", None
     except ProvisionError as exc:
-        return None, exc.message
+        return None, exc.message, None
     try:
         password = obtain(job.pkcs12_password, unattended=unattended)
     except ProvisionError as exc:
-        return None, f"the PKCS#12 password could not be obtained: {exc.message}"
+        return None, f"the PKCS#12 password could not be obtained: {exc.message}", None
     try:
-        inspection, _bundle = inspect_pkcs12(data, password)
+        inspection, bundle = inspect_pkcs12(data, password)
     finally:
         password.wipe()
-    return inspection, inspection.message
+    key_sha256 = None
+    if bundle is not None:
+        spki = bundle.certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        key_sha256 = hashlib.sha256(spki).hexdigest()
+    return inspection, inspection.message, key_sha256
 
 
 def plan_jobfile(jobfile: JobFile, *, unattended: bool = False, now: datetime | None = None) -> Plan:
     plans = []
     for job in jobfile.jobs:
-        inspection, message = open_bundle(job, unattended=unattended)
-        plans.append(plan_job(jobfile, job, inspection, message, now=now))
+        inspection, message, key_sha256 = open_bundle(job, unattended=unattended)
+        plans.append(replace(plan_job(jobfile, job, inspection, message, now=now), public_key_sha256=key_sha256))
     return Plan(jobfile, tuple(plans))
 
 
 def print_plan(plan: Plan, say: Callable[[str], None]) -> None:
     jf = plan.jobfile
     say(f"Plan for {jf.path}: batch {jf.batch}, {len(plan.jobs)} job(s), times in {jf.timezone}")
+    if plan.cards_unavailable:
+        say(f"Cards: {plan.cards_unavailable}; the steps below are those of any card")
     for jp in plan.jobs:
         job = jp.job
         say("")
@@ -299,6 +435,14 @@ def print_plan(plan: Plan, say: Callable[[str], None]) -> None:
             say(f"  problem: {problem}")
         for note in jp.notes:
             say(f"  note: {note}")
+        if jp.card_seen is not None:
+            info = jp.card_seen.info
+            say(f"  card now: serial {info.serial} in {jp.card_seen.reader}")
+        for difference in jp.differences:
+            say(f"  card: {difference}")
         say("  steps:")
         for number, step in enumerate(jp.steps, 1):
-            say(f"    {number:2}. {step.description}")
+            say(f"    {number:2}. {step.description}" + (" — not needed on this card" if step.applies is False else ""))
+    for stranger in plan.strangers:
+        say("")
+        say(f"Card without a job: {stranger}")

@@ -101,6 +101,30 @@ def test_plan_json_shape(cli, canaries, ca, tmp_path: Path) -> None:  # type: ig
     assert actions[-1] == "export_pem"
 
 
+def test_plan_sim_reads_a_fresh_simulated_card_and_says_which_steps_it_needs(cli, canaries, ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(tmp_path, canaries, ca)
+    doc = json.loads(cli("plan", "--json", "--sim", str(job)).stdout)
+    entry = doc["jobs"][0]
+    assert entry["card"] == {"serial": 12345678}  # the job's card as the file names it, kept
+    assert entry["card_seen"]["serial"] == 12345678 and entry["card_seen"]["slot_action"] == "empty"
+    applies = {s["action"]: s["applies"] for s in entry["steps"]}
+    assert applies["archive_replaced_certificate"] is False
+    assert applies["import_key"] is applies["write_certificate"] is applies["commit"] is True
+    assert doc["cards"] == {"read": True, "unavailable": None, "without_job": []}
+
+
+def test_plan_without_pcsc_says_so_once_and_plans_any_card(cli, canaries, ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job = make_job(tmp_path, canaries, ca)
+    env = {"PCSCLITE_CSOCK_NAME": str(tmp_path / "no-pcscd.comm")}
+    run = cli("plan", str(job), env=env)
+    assert run.returncode == 0, run.stderr
+    said = [line for line in run.stdout.splitlines() if "no card was read" in line]
+    assert len(said) == 1 and said[0].startswith("Cards: ")
+    doc = json.loads(cli("plan", "--json", str(job), env=env).stdout)
+    assert doc["cards"]["unavailable"] and doc["jobs"][0]["card_seen"] is None
+    assert all(s["applies"] is None for s in doc["jobs"][0]["steps"])
+
+
 def test_plan_reports_expect_mismatch_as_a_problem(cli, canaries, ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     job = make_job(tmp_path, canaries, ca, expect_cn="Someone Else")
     run = cli("plan", "--json", str(job))
