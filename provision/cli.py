@@ -672,6 +672,7 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
         fail_after=args.fail_after,
         apdu_log=Path(args.apdu_log) if args.apdu_log else None,
         profile=args.profile,
+        atr=args.atr,
         host=args.host,
         **extra,
     )
@@ -939,6 +940,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vanish-after", type=_int_type(0, 2**31), metavar="N", help="after N APDUs the card is pulled")
     p.add_argument("--fail-after", type=_int_type(0, 2**31), metavar="N", help="after N APDUs every answer is 6F00")
     p.add_argument("--apdu-log", metavar="FILE", help="one JSON line per APDU (header and status, no data)")
+    p.add_argument("--atr", default="nfc", metavar="nfc|usb|HEX",
+                   help="the ATR the reader reports: nfc (default; a YubiKey 5 NFC in a contactless reader, "
+                        "which ykman, yubico-piv-tool and OpenSC accept on any reader), usb (a YubiKey 5 on "
+                        "USB: ykman then needs a reader named 'Yubico YubiKey ...') or the ATR in hex")  # fmt: skip
     p.set_defaults(handler=cmd_sim_serve)
 
     p = sub.add_parser("demo", parents=[common], help=COMMANDS["demo"])

@@ -12,6 +12,7 @@ import base64
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,30 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.product import product_env, provision_cmd
+from tests.helpers.tiers import REQUIRE_ALL_TIERS, all_tiers_required
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that cannot exist on this platform are not generated (deselected), rather than skipped:
+    under PROVISION_REQUIRE_ALL_TIERS every test that is collected must run."""
+    if sys.platform != "win32":
+        return
+    excluded = [item for item in items if item.get_closest_marker("posix_only") is not None]
+    if excluded:
+        config.hook.pytest_deselected(items=excluded)
+        items[:] = [item for item in items if item.get_closest_marker("posix_only") is None]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Under PROVISION_REQUIRE_ALL_TIERS (``make test``) a skip is a failure: a skip there can only
+    mean that something a tier needs is missing (see ``tests/helpers/tiers.py``)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and all_tiers_required():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under {REQUIRE_ALL_TIERS}, where every test must run: {reason}"
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -59,6 +59,13 @@ logger = logging.getLogger(__name__)
 # 80 (status indicator follows as TLVs), 73 C0 21 C0 (card capabilities: the third byte C0 says
 # command chaining and extended Lc/Le are supported), 57 "YubiKey"; the last byte is TCK.
 YUBIKEY5_ATR = bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940")
+# The ATR a YubiKey 5 NFC gives in a contactless reader (yubico-piv-tool's YKPIV_ATR_YK5_NFC): the
+# same historical bytes after T0 = 8D (only TD1 follows: no USB-style interface bytes). ykman
+# (yubikit ``ScardSmartCardConnection``) takes an ATR whose T0 has the high nibble F for USB and
+# then needs a USB product id that only a reader named "Yubico YubiKey ..." gives; with this ATR it
+# treats any other reader as NFC and reads the card without one.
+YUBIKEY5_NFC_ATR = bytes.fromhex("3B8D80018073C021C057597562694B6579F9")
+ATR_NAMES = {"usb": YUBIKEY5_ATR, "nfc": YUBIKEY5_NFC_ATR}
 
 PIV_AID = bytes.fromhex("A000000308000010000100")  # RID A000000308, PIX 00001000 0100
 PIV_RID = PIV_AID[:5]
@@ -190,6 +197,7 @@ class SimOptions:
     stall_after: int | None = None  # APDU N+1 hangs (until ``release_stall`` or an hour)
     apdu_log: Path | None = None
     chuid_guid: bytes | None = None  # default: derived from the serial
+    atr: bytes = YUBIKEY5_ATR  # what the reader reports; YUBIKEY5_NFC_ATR for generic readers
 
     def __post_init__(self) -> None:
         if not 0 <= self.serial <= 0xFFFFFFFF:
@@ -207,6 +215,8 @@ class SimOptions:
             raise ValueError("chuid_guid must be 16 bytes")
         if self.latency_ms < 0:
             raise ValueError("latency_ms must not be negative")
+        if not 2 <= len(self.atr) <= 33 or self.atr[0] not in (0x3B, 0x3F):
+            raise ValueError("an ATR is 2 to 33 bytes and starts with 3B or 3F")
 
     @property
     def is_yubikey(self) -> bool:
@@ -427,7 +437,7 @@ class SimCard:
 
     @property
     def atr(self) -> bytes:
-        return YUBIKEY5_ATR
+        return self.options.atr
 
     @property
     def serial(self) -> int:

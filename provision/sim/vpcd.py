@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from provision.errors import EnvironmentProblem, UsageError
-from provision.sim.card import CardVanished, SimCard, SimOptions
+from provision.sim.card import ATR_NAMES, CardVanished, SimCard, SimOptions
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,22 @@ def parse_firmware(text: str) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
+def parse_atr(text: str) -> bytes:
+    """``--atr``: ``nfc`` (a YubiKey 5 NFC in a contactless reader), ``usb`` (a YubiKey 5 on USB) or
+    the ATR in hex (spaces and colons allowed); a UsageError for anything else."""
+    named = ATR_NAMES.get(text.strip().lower())
+    if named is not None:
+        return named
+    digits = text.replace(" ", "").replace(":", "")
+    try:
+        atr = bytes.fromhex(digits)
+    except ValueError:
+        atr = b""
+    if not 2 <= len(atr) <= 33 or atr[0] not in (0x3B, 0x3F):
+        raise UsageError(f"--atr takes nfc, usb or an ATR in hex starting with 3B or 3F (2-33 bytes), not {text!r}")
+    return atr
+
+
 def sim_options(values: dict[str, Any]) -> SimOptions:
     """``SimOptions`` from command-line values (None: the default); bad values are a UsageError."""
     chosen = {k: v for k, v in values.items() if v is not None}
@@ -221,6 +237,8 @@ def sim_options(values: dict[str, Any]) -> SimOptions:
         raise UsageError(f"the simulated card has no option {', '.join(unknown)}")
     if isinstance(chosen.get("firmware"), str):
         chosen["firmware"] = parse_firmware(chosen["firmware"])
+    if isinstance(chosen.get("atr"), str):
+        chosen["atr"] = parse_atr(chosen["atr"])
     if "apdu_log" in chosen:
         chosen["apdu_log"] = Path(chosen["apdu_log"])
     try:
@@ -239,6 +257,7 @@ def run_sim_server(
     fail_after: int | None = None,
     apdu_log: Path | None = None,
     profile: str | None = None,
+    atr: str | bytes | None = None,
     *,
     host: str = "localhost",
     stop_event: threading.Event | None = None,
@@ -261,6 +280,7 @@ def run_sim_server(
             "fail_after": fail_after,
             "apdu_log": apdu_log,
             "profile": profile,
+            "atr": atr,
             **more_options,
         }
     )

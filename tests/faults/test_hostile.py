@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.faults_common import FaultJob, Material, record
+from tests.helpers.tiers import require
 
 FAMILY = "hostile inputs and environments"
 EXIT_INTERNAL, EXIT_ENVIRONMENT = 70, 3
@@ -275,11 +276,11 @@ def read_only_dir(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
             subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
         return
     if shutil.which("chattr") is None:
-        pytest.skip("neither a tmpfs mount nor chattr is available to make a read-only directory")
+        require("neither a tmpfs mount nor chattr is available to make a read-only directory", "read-only case")
 
     def freeze_immutable() -> None:
         if subprocess.run(["chattr", "-R", "+i", str(where)], capture_output=True, check=False).returncode != 0:
-            pytest.skip("this file system does not support chattr +i")
+            require("this file system does not support chattr +i", "read-only case")
 
     try:
         yield where, freeze_immutable

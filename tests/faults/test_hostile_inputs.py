@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ def wait_until_writing(fifo: Path, holder: int) -> None:
     assert ready, f"nothing was written into {fifo}"
 
 
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero, `yes` and unix sockets are POSIX")
+posix_only = pytest.mark.posix_only  # /dev/zero, `yes` and unix sockets are POSIX (not collected on Windows: tests/conftest.py)
 
 ESC_HOLDER = "CHAN\x1b[2J\x1b]0;owned\x07\u202eX\r[bold red]Tai\x9b31m"
 ESC_HOLDER_YAML = '"CHAN\\e[2J\\e]0;owned\\a\\u202eX\\r[bold red]Tai\\x9b31m"'  # the same, as YAML escapes

@@ -7,9 +7,14 @@ Facts this module stands on (verified against the installed peers):
 - ykman treats a PC/SC reader as a USB YubiKey only if its name contains "Yubico YubiKey"
   (``ykman/pcsc/__init__.py``: ``_pid_from_name``); any other reader with a USB-style ATR (``3B F.``)
   fails in ``read_info`` with "PID must be provided for non-NFC connections", which the CLI shows as
-  "Failed to connect to YubiKey". So the interop pcscd names its vpcd readers like a YubiKey's
-  ("Yubico YubiKey CCID Virtual 00 00"); yubico-piv-tool, which prefers readers named "Yubikey",
-  then finds it by substring too.
+  "Failed to connect to YubiKey". So two of the interop pcscd's vpcd readers are named like a
+  YubiKey's ("Yubico YubiKey CCID Virtual 00 00"), where the card gives a USB YubiKey's ATR;
+  yubico-piv-tool, which prefers readers named "Yubikey", finds them by substring. The other two
+  are plain vpcd readers ("Virtual PCD 00 00"), where `provision sim serve` gives a YubiKey 5
+  NFC's ATR (``3B 8D ...``, T0 high nibble not F): ykman then reads it as an NFC YubiKey, with no
+  product id needed.
+- The cards the peers judge are loaded by the product itself: a job file per load and the real
+  ``provision run`` CLI through the same pcscd (``Peers.load``), never a test-side loader.
 - OpenSC's PIV driver lists a retired-slot certificate (82 ...) only when the Key History object
   (5FC10C, tag C1 = number of retired keys with on-card certificates) says so
   (``card-piv.c``: ``piv_process_history``); neither ykman nor yubico-piv-tool writes that object.
@@ -40,10 +45,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 
 from provision.card.apdu import ApduChannel
 from provision.card.transport import connect
-from provision.fixtures import Issuer, generate_key, make_ca, make_leaf
+from provision.fixtures import Issuer, generate_key, make_ca, make_leaf, pkcs12_bytes
 from provision.piv.session import PivSession
-from provision.secrets import Secret
-from tests.helpers.pcsc_harness import CardServer, PrivatePcscd
+from provision.piv.slots import slot_by_ref
+from tests.helpers.pcsc_harness import SLOTS_PER_ENTRY, CardServer, PrivatePcscd
+from tests.helpers.product import product_env, provision_cmd
+from tests.helpers.tiers import require
 
 DEFAULT_PIN = "123456"
 DEFAULT_MANAGEMENT_KEY = "010203040506070801020304050607080102030405060708"
@@ -58,6 +65,8 @@ def _find_opensc_pkcs11() -> str:
 OPENSC_PKCS11 = _find_opensc_pkcs11()
 YKMAN = str(Path(sys.executable).with_name("ykman"))
 READER_PREFIX = "Yubico YubiKey CCID Virtual"
+PLAIN_READER_PREFIX = "Virtual PCD"
+PLAIN_READER = 2  # the first plain reader of the interop pcscd
 OBJECT_ID_KEY_HISTORY = 0x5FC10C
 
 ALGORITHMS = ("rsa2048", "rsa1024", "p256", "p384")
@@ -124,7 +133,12 @@ class InteropPcscd(PrivatePcscd):
 
     @staticmethod
     def _friendly(entry: int) -> str:
-        return READER_PREFIX if entry == 0 else f"{READER_PREFIX} {chr(ord('A') + entry)}"
+        # Entry 0 (readers 0 and 1) looks like a YubiKey's USB reader; entry 1 (readers 2 and 3) is a
+        # plain vpcd reader, as `provision sim serve` finds it on any machine.
+        return READER_PREFIX if entry == 0 else PLAIN_READER_PREFIX
+
+    def is_plain(self, index: int) -> bool:
+        return index // SLOTS_PER_ENTRY >= 1
 
 
 # --- keys and certificates ----------------------------------------------------------------------
@@ -153,6 +167,28 @@ class Material:
             cn = f"Interop {writer} {algorithm} {slot:02x}"
             self.certs[index] = make_leaf(self.ca, cn, key=self.key(algorithm), serial=serial)[1]
         return self.certs[index]
+
+
+def large_certificate(material: Material, algorithm: str, names: int = 150) -> x509.Certificate:
+    """A certificate for ``algorithm``'s key with many subject alternative names: more than the
+    ~2.9 kB above which the product stores certificates gzipped (CertInfo 01), as ykman does."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"Interop large {algorithm}")]))
+        .issuer_name(material.ca.certificate.subject)
+        .public_key(material.key(algorithm).public_key())  # type: ignore[arg-type]
+        .serial_number(0x20000 + names)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(f"host-{i:04d}.interop.example") for i in range(names)]),
+            critical=False,
+        )
+    )
+    return builder.sign(material.ca.key, hashes.SHA256())  # type: ignore[arg-type]
 
 
 def der(cert: x509.Certificate) -> bytes:
@@ -184,31 +220,46 @@ def open_session(reader: str) -> tuple[Any, PivSession]:
     return transport, session
 
 
-def load_with_session(
-    reader: str,
-    slot: int,
-    key: PrivateKeyTypes,
-    cert: x509.Certificate,
-    *,
-    retired_in_history: int = 0,
-    compress: bool = False,
-) -> None:
-    """What a provision load does on the card: PIN, management key, import key, write certificate.
+P12_PASSWORD = "interop-p12-password"
 
-    ``retired_in_history`` > 0 also writes a Key History object saying that many retired slots hold
-    on-card certificates (OpenSC lists retired certificates only then).
+
+def provision_run_job(
+    workdir: Path, *, serial: int, slot: int, key: PrivateKeyTypes, cert: x509.Certificate, job_id: str
+) -> Path:
+    """A job file for ``provision run``: ``key`` and ``cert`` as PKCS#12 into ``slot`` of card ``serial``.
+
+    The PIN and PKCS#12 password come from files only their owner can read (JOBFILE.md: secrets);
+    the management key is omitted, i.e. the card's factory default, as on a fresh card.
     """
-    transport, session = open_session(reader)
-    try:
-        session.verify_pin(Secret(DEFAULT_PIN.encode()))
-        session.authenticate(bytes.fromhex(DEFAULT_MANAGEMENT_KEY))
-        session.import_key(slot, key)  # type: ignore[arg-type]
-        session.write_certificate(slot, der(cert), compress=compress)
-        if retired_in_history:
-            history = bytes([0xC1, 0x01, retired_in_history, 0xC2, 0x01, 0x00, 0xFE, 0x00])
-            session.put_object(OBJECT_ID_KEY_HISTORY, history)
-    finally:
-        transport.close()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / f"{job_id}.p12").write_bytes(pkcs12_bytes(key, cert, password=P12_PASSWORD))
+    for name, value in (("p12.pass", P12_PASSWORD), ("card.pin", DEFAULT_PIN)):
+        secret = workdir / name
+        secret.write_text(value + "\n")
+        secret.chmod(0o600)
+    job = workdir / f"{job_id}.yaml"
+    job.write_text(
+        f"version: 1\nbatch: interop\ncards:\n"
+        f"  - id: {job_id}\n    holder: Interop Holder\n    card: {{serial: {serial}}}\n"
+        f"    pkcs12: {{path: {job_id}.p12, password: {{file: p12.pass}}}}\n"
+        f"    slot: {slot:02x}\n    slot_name: \"interop-{{slot}}\"\n    pin: {{file: card.pin}}\n"
+    )
+    return job
+
+
+def run_provision(env: dict[str, str], job: Path, reader: str, logs: Path) -> dict[str, Any]:
+    """``provision run JOB --unattended --reader READER`` (the product's CLI, in its own process,
+    through the private pcscd); the job's entry of the run's JSON, which must say ``loaded``."""
+    done = subprocess.run(
+        [*provision_cmd(), "run", str(job), "--unattended", "--json", "--no-progress", "--logs", str(logs),
+         "--reader", reader],
+        env=product_env(env), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        cwd=job.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, f"provision run failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    entry: dict[str, Any] = json.loads(done.stdout)["jobs"][0]
+    assert entry["status"] == "loaded", entry
+    return entry
 
 
 # --- peers --------------------------------------------------------------------------------------
@@ -243,8 +294,10 @@ class Peers:
 
     pcscd: InteropPcscd
     reader: str
-    card: Any  # the SimCard served in-process (thread mode), for its APDU counter
+    card: Any  # the SimCard served in-process (thread mode), for its APDU counter; None: another process
     workdir: Path
+    opensc_reader: str = "0"  # OpenSC's --reader: an index into its reader list, or the reader's name
+    loads: int = 0
 
     @property
     def env(self) -> dict[str, str]:
@@ -253,36 +306,33 @@ class Peers:
             conf.write_text("app default {\n\tframework pkcs15 {\n\t\tuse_file_caching = no;\n\t}\n}\n")
         return {**self.pcscd.env, "OPENSC_CONF": str(conf), "HOME": str(self.pcscd.workdir)}
 
+    def apdu_count(self) -> int:
+        return int(self.card.apdu_count) if self.card is not None else 0
+
     def run(self, label: str, argv: Sequence[str], timeout: float = 60) -> PeerRun:
-        before = self.card.apdu_count
+        before = self.apdu_count()
         done = subprocess.run(
             list(argv), env=self.env, capture_output=True, text=True, timeout=timeout,
             stdin=subprocess.DEVNULL, cwd=self.workdir,
         )
-        apdus = self.card.apdu_count - before
-        if done.returncode == 0:
+        apdus = self.apdu_count() - before
+        if done.returncode == 0 and self.card is not None:
             APDU_COUNTS.setdefault(label, []).append(apdus)
         return PeerRun(tuple(argv), done.returncode, done.stdout, done.stderr, apdus)
 
-    def load(
-        self,
-        slot: int,
-        key: PrivateKeyTypes,
-        cert: x509.Certificate,
-        *,
-        retired_in_history: int = 0,
-        compress: bool = False,
-    ) -> int:
-        """``load_with_session`` on this reader; returns (and records) the APDUs it took."""
-        before = self.card.apdu_count
-        load_with_session(
-            self.reader, slot, key, cert, retired_in_history=retired_in_history, compress=compress
-        )
-        apdus = int(self.card.apdu_count - before)
-        label = "provision load (verify, auth, import, write cert"
-        label += ", gzip" if compress else ""
-        label += ", key history)" if retired_in_history else ")"
-        APDU_COUNTS.setdefault(label, []).append(apdus)
+    def load(self, slot: int, key: PrivateKeyTypes, cert: x509.Certificate, *, serial: int | None = None) -> int:
+        """``key`` and ``cert`` into ``slot`` by the product's own loader: a job file and the real
+        ``provision run`` CLI on this reader. Returns (and records) the APDUs the run took."""
+        if serial is None:
+            serial = int(self.card.serial)
+        self.loads += 1
+        job = provision_run_job(self.workdir / "jobs", serial=serial, slot=slot, key=key, cert=cert,
+                                job_id=f"interop-{self.loads}")  # fmt: skip
+        entry = run_provision(self.pcscd.env, job, self.reader, self.workdir / "logs")
+        assert str(entry["slot"]).lower() in (slot_by_ref(slot).hex, slot_by_ref(slot).name), entry
+        assert entry["fingerprint_sha256"] == cert.fingerprint(hashes.SHA256()).hex(), entry
+        apdus = int(entry["apdus"])
+        APDU_COUNTS.setdefault("provision run (one job)", []).append(apdus)
         return apdus
 
     def file(self, name: str, data: bytes) -> Path:
@@ -298,7 +348,7 @@ class Peers:
     # OpenSC ----------------------------------------------------------------------------------
 
     def pkcs15_tool(self, label: str, *args: str) -> PeerRun:
-        return self.run(f"pkcs15-tool {label}", ["pkcs15-tool", "--reader", "0", *args])
+        return self.run(f"pkcs15-tool {label}", ["pkcs15-tool", "--reader", self.opensc_reader, *args])
 
     def pkcs11_tool(self, label: str, *args: str) -> PeerRun:
         return self.run(f"pkcs11-tool {label}", ["pkcs11-tool", "--module", OPENSC_PKCS11, *args])
@@ -306,6 +356,9 @@ class Peers:
     # ykman -----------------------------------------------------------------------------------
 
     def ykman(self, label: str, *args: str) -> PeerRun:
+        # ykman comes from PyPI with make setup: missing, it fails under make test, never skips there.
+        require("ykman is not installed (pip install yubikey-manager)" if ykman_missing() else None,
+                "interop tier (ykman)")  # fmt: skip
         return self.run(f"ykman {label}", [YKMAN, "--reader", self.reader, *args])
 
 

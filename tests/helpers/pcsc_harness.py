@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.tiers import require as require  # re-exported: the tiers' conftests use it
+
 REPO = Path(__file__).resolve().parents[2]
 SLOTS_PER_ENTRY = 2  # VPCDSLOTS as Debian builds the driver
 DEFAULT_CONF = Path("/etc/reader.conf.d/vpcd")
@@ -338,14 +340,6 @@ def make_card(kind: str, options: dict[str, Any], state: Path | None) -> Any:
     return SimCard(sim_options(options), state)
 
 
-def sim_card_available() -> bool:
-    try:
-        import provision.sim.card  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @dataclass
 class CardServer:
     """One card served into one reader, in a thread or in a subprocess."""
@@ -453,17 +447,6 @@ class Cards:
             server.remove()
         self.servers.clear()
 
-
-
-def require(reason: str | None, tier: str) -> None:
-    """A tier that cannot run fails under `make test` (PROVISION_REQUIRE_ALL_TIERS), else skips."""
-    if not reason:
-        return
-    import pytest
-
-    if os.environ.get("PROVISION_REQUIRE_ALL_TIERS"):
-        pytest.fail(f"the {tier} cannot run: {reason}")
-    pytest.skip(reason)
 
 
 @contextlib.contextmanager

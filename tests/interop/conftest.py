@@ -2,8 +2,8 @@
 card, through a real private pcscd and vpcd.
 
 Reuses the pcsc tier's harness (``tests/helpers/pcsc_harness.py``: PrivatePcscd, Cards). The daemon
-here is package-scoped and named like a YubiKey's reader (see ``tests/helpers/interop_peers.py``),
-and it listens on the process's ``PCSCLITE_CSOCK_NAME``: the PC/SC client library reads that name
+here is package-scoped; readers 0 and 1 are named like a YubiKey's, 2 and 3 are plain vpcd readers
+(see ``tests/helpers/interop_peers.py``), and it listens on the process's ``PCSCLITE_CSOCK_NAME``: the PC/SC client library reads that name
 once, so when tests/pcsc runs in the same session both tiers use the same socket path, one daemon
 after the other (this one stops when the interop package is done).
 """
@@ -36,7 +36,7 @@ from tests.helpers.pcsc_harness import (
     serving,
 )
 
-READERS = 2
+READERS = 4  # two named like a YubiKey's reader, two plain vpcd readers
 # The pcsc tier's conftest sets the socket in a "provision-pcscd-*" directory: keep it if it is
 # there (in whichever order the conftests were imported, the last one wins before the first PC/SC
 # call). Never take over a socket path that came from outside the test run.

@@ -28,11 +28,9 @@ from tests.helpers.interop_peers import (
     pem,
     private_pem,
     spki,
-    ykman_missing,
 )
 
 pytestmark = pytest.mark.interop
-requires_ykman = pytest.mark.skipif(ykman_missing(), reason="ykman is not installed (pip install yubikey-manager)")
 
 P12_PASSWORD = "interop-p12"
 ORIGIN_IMPORTED = 2
@@ -85,7 +83,6 @@ def _assert_we_read_exactly(peers: Peers, material: Material, alg: str, slot: in
     assert not any(s.certificate or s.key for s in others), "only the slot the peer wrote is occupied"
 
 
-@requires_ykman
 @pytest.mark.parametrize(("alg", "slot", "compress"), YKMAN_CASES)
 def test_we_read_what_ykman_imported(insert_card: InsertCard, material: Material, alg: str, slot: int, compress: bool) -> None:
     _, peers = insert_card()

@@ -1,13 +1,17 @@
-"""Our PIV layer writes, the peers judge.
+"""The product writes, the peers judge.
 
-Through the real pcscd + vpcd + simulated card, PivSession verifies the PIN, authenticates with the
-default management key, imports the key and writes the certificate; then yubico-piv-tool, OpenSC
-(pkcs15-tool, pkcs11-tool with opensc-pkcs11.so) and ykman must see exactly that key and certificate.
+Every card here is loaded by ``provision run`` itself (``Peers.load``: a job file with a PKCS#12
+per algorithm x slot, the real CLI in its own process, through the same private pcscd + vpcd as the
+peers): it checks the PIN counter, verifies the PIN, authenticates with the card's default
+management key, imports the key, writes the certificate (gzipped when large), keeps the Key
+History and the slot name, and reads everything back. Then yubico-piv-tool, OpenSC (pkcs15-tool,
+pkcs11-tool with opensc-pkcs11.so) and ykman must see exactly that key and certificate.
 
 yubico-piv-tool (read-certificate, test-signature) and OpenSC (read-certificate, list-objects) run on
 the whole algorithm x slot matrix; ykman reads one card per algorithm with all five slots loaded;
 PKCS#11 signing, decryption and key agreement run on a subset that still has every algorithm and
-slot. Retired slots get a Key History object, without which OpenSC does not list them (tested too).
+slot. OpenSC lists a retired slot only as far as the Key History counts it: the product's count is
+what makes it list (tested by taking it away).
 """
 
 from __future__ import annotations
@@ -19,16 +23,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from provision.piv import tlv
+from provision.piv.slots import slot_by_ref
+from provision.secrets import Secret
 from tests.helpers.interop_peers import (
     ALGORITHMS,
     DEFAULT_MANAGEMENT_KEY,
     DEFAULT_PIN,
+    OBJECT_ID_KEY_HISTORY,
     PIV_TOOL_INFLATES_FROM,
     SLOTS,
     YUBICO_ALGORITHM_NAMES,
     InsertCard,
     Material,
     der,
+    large_certificate,
+    open_session,
     opensc_key_id,
     parse_pkcs11_objects,
     parse_ykman_info,
@@ -36,13 +46,11 @@ from tests.helpers.interop_peers import (
     sign_input,
     spki,
     verify_pkcs11_signature,
-    ykman_missing,
     ykman_slot_header,
     yubico_piv_tool_version,
 )
 
 pytestmark = pytest.mark.interop
-requires_ykman = pytest.mark.skipif(ykman_missing(), reason="ykman is not installed (pip install yubikey-manager)")
 
 MATRIX = [pytest.param(alg, slot, id=f"{alg}-{slot:02x}") for alg in ALGORITHMS for slot in SLOTS]
 # OpenSC gives signing keys to 9A, 9C and 9E only; 9D and the retired slots are key management
@@ -61,15 +69,11 @@ KEY_MANAGEMENT_SUBSET = [
 ]
 
 
-def _retired_in_history(slot: int) -> int:
-    return slot - 0x81 if 0x82 <= slot <= 0x95 else 0
-
-
 @pytest.mark.parametrize(("alg", "slot"), MATRIX)
 def test_yubico_piv_tool_and_opensc_read_what_we_wrote(insert_card: InsertCard, material: Material, alg: str, slot: int) -> None:
     server, peers = insert_card()
     key, cert = material.key(alg), material.cert(alg, slot)
-    peers.load(slot, key, cert, retired_in_history=_retired_in_history(slot))
+    peers.load(slot, key, cert)
     cert_pem = peers.file("cert.pem", pem(cert))
 
     # yubico-piv-tool: the certificate byte for byte, and a signature with the key in the slot.
@@ -95,26 +99,50 @@ def test_yubico_piv_tool_and_opensc_read_what_we_wrote(insert_card: InsertCard, 
     assert server.card.apdu_count > 0
 
 
-def test_opensc_lists_retired_certificates_only_with_a_key_history(insert_card: InsertCard, material: Material) -> None:
-    """OpenSC's PIV driver trusts the Key History object (5FC10C) for retired slots."""
+def test_opensc_lists_a_retired_certificate_because_our_key_history_counts_it(
+    insert_card: InsertCard, material: Material
+) -> None:
+    """OpenSC's PIV driver trusts the Key History object (5FC10C, tag C1) for retired slots."""
     _, peers = insert_card()
     cert = material.cert("p256", 0x82)
     peers.load(0x82, material.key("p256"), cert)
-    listing = peers.pkcs11_tool("list-objects", "--list-objects").check()
-    ids = {o.get("ID") for o in parse_pkcs11_objects(listing.stdout) if o["kind"].startswith("Certificate")}
-    assert opensc_key_id(0x82) not in ids
-    # The certificate is there for peers that read the slot directly.
+
+    def listed() -> set[str | None]:
+        listing = peers.pkcs11_tool("list-objects", "--list-objects").check()
+        return {o.get("ID") for o in parse_pkcs11_objects(listing.stdout) if o["kind"].startswith("Certificate")}
+
+    assert opensc_key_id(0x82) in listed()
+    # Take the product's count away: OpenSC no longer lists the certificate, which is still there for
+    # peers that read the slot directly. So the listing above came from the product's Key History.
+    transport, session = open_session(peers.reader)
+    try:
+        history = session.get_object(OBJECT_ID_KEY_HISTORY)
+        assert history is not None and history[:3] == bytes([0xC1, 0x01, 0x01]), history
+        session.verify_pin(Secret(DEFAULT_PIN.encode()))
+        session.authenticate(bytes.fromhex(DEFAULT_MANAGEMENT_KEY))
+        session.put_object(OBJECT_ID_KEY_HISTORY, bytes([0xC1, 0x01, 0x00, 0xC2, 0x01, 0x00, 0xFE, 0x00]))
+    finally:
+        transport.close()
+    assert opensc_key_id(0x82) not in listed()
     out = peers.workdir / "read.der"
     peers.piv_tool("read-certificate", "-a", "read-certificate", "-s", "82", "-K", "DER", "-o", str(out)).check()
     assert out.read_bytes() == der(cert)
 
 
-@requires_ykman
-def test_every_peer_reads_a_certificate_we_stored_compressed(insert_card: InsertCard, material: Material) -> None:
+def test_every_peer_reads_a_large_certificate_the_product_stored_compressed(
+    insert_card: InsertCard, material: Material
+) -> None:
     """CertInfo 01 (gzip), as ykman writes large certificates: each peer must inflate ours."""
     _, peers = insert_card()
-    cert = material.cert("rsa2048", 0x9D, "provision-gzip")
-    peers.load(0x9D, material.key("rsa2048"), cert, compress=True)
+    cert = large_certificate(material, "rsa2048")
+    assert len(der(cert)) > 2900
+    peers.load(0x9D, material.key("rsa2048"), cert)
+    transport, session = open_session(peers.reader)
+    try:
+        body = session.get_object(slot_by_ref(0x9D).object_id)
+    finally:
+        transport.close()
+    assert body is not None and tlv.parse_dict(body)[0x71] == b"\x01", "the product stored it gzipped"
     out = peers.workdir / "read.der"
     peers.piv_tool("read-certificate", "-a", "read-certificate", "-s", "9d", "-K", "DER", "-o", str(out)).check()
     if yubico_piv_tool_version() >= PIV_TOOL_INFLATES_FROM:
@@ -135,7 +163,7 @@ def test_pkcs11_signature_with_our_key_verifies_against_the_certificate(
 ) -> None:
     _, peers = insert_card()
     key, cert = material.key(alg), material.cert(alg, slot)
-    peers.load(slot, key, cert, retired_in_history=_retired_in_history(slot))
+    peers.load(slot, key, cert)
     message = f"interop {alg} {slot:02x}".encode()
     mechanism, data = sign_input(cert.public_key(), message)
     source = peers.file("to-sign.bin", data)
@@ -153,7 +181,7 @@ def test_pkcs11_decrypt_or_derive_with_our_key_matches_the_certificate(
 ) -> None:
     _, peers = insert_card()
     key, cert = material.key(alg), material.cert(alg, slot)
-    peers.load(slot, key, cert, retired_in_history=_retired_in_history(slot))
+    peers.load(slot, key, cert)
     public = cert.public_key()
     login = ("--login", "--pin", DEFAULT_PIN, "--id", opensc_key_id(slot))
     result = peers.workdir / "result.bin"
@@ -172,7 +200,6 @@ def test_pkcs11_decrypt_or_derive_with_our_key_matches_the_certificate(
         assert result.read_bytes() == ephemeral.exchange(ec.ECDH(), public)
 
 
-@requires_ykman
 @pytest.mark.parametrize("alg", ALGORITHMS)
 def test_ykman_sees_every_slot_we_loaded(insert_card: InsertCard, material: Material, alg: str) -> None:
     _, peers = insert_card()
@@ -198,7 +225,6 @@ def test_ykman_sees_every_slot_we_loaded(insert_card: InsertCard, material: Mate
     assert cert_out.read_bytes() == der(material.cert(alg, slot))
 
 
-@requires_ykman
 def test_ykman_reads_the_simulated_card_state(insert_card: InsertCard) -> None:
     """PIN/PUK counters and the management-key type (AES-192 on 5.7) as ykman reads them."""
     _, peers = insert_card()

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 
+from provision.sim.card import YUBIKEY5_ATR, YUBIKEY5_NFC_ATR
 from tests.helpers.pcsc_harness import PrivatePcscd, card_present, wait_for
 from tests.helpers.product import provision_cmd
 
@@ -30,7 +31,9 @@ def test_sim_serve_and_readers(cards, pcscd: PrivatePcscd, tmp_path) -> None:  #
         assert listing.returncode == 0, listing.stderr
         states = {r["name"]: r for r in json.loads(listing.stdout)["readers"]}
         assert states[reader]["card_present"] is True
-        assert states[reader]["atr"].startswith("3BFD1300")
+        # A plain vpcd reader is a generic reader: by default the card answers like a YubiKey 5 NFC
+        # in a contactless reader (T0 = 8D), which ykman accepts there; the USB ATR is --atr usb.
+        assert states[reader]["atr"] == YUBIKEY5_NFC_ATR.hex().upper()
         assert states[pcscd.reader_name(2)]["card_present"] is False
         text = run_provision(pcscd, "readers").stdout
         assert f"{reader}: card present" in text
@@ -45,6 +48,26 @@ def test_sim_serve_and_readers(cards, pcscd: PrivatePcscd, tmp_path) -> None:  #
     assert server.returncode == 0
     wait_for(lambda: not card_present(reader), 10, f"{reader} empty after the card was pulled")
     assert (tmp_path / "card.json").exists()  # the card's state outlives the process
+
+
+def test_sim_serve_gives_the_atr_it_is_told(cards, pcscd: PrivatePcscd, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    reader = pcscd.reader_name(2)
+    for option, atr in (("usb", YUBIKEY5_ATR), ("3B 02 14 50", bytes.fromhex("3B021450"))):
+        server = subprocess.Popen(
+            [*provision_cmd(), "sim", "serve", "--port", str(pcscd.port(2)), "--atr", option],
+            env=pcscd.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: card_present(reader), 15, f"the simulated card in {reader}")
+            listing = run_provision(pcscd, "readers", "--json")
+            states = {r["name"]: r for r in json.loads(listing.stdout)["readers"]}
+            assert states[reader]["atr"] == atr.hex().upper(), option
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=15)
+        wait_for(lambda: not card_present(reader), 10, f"{reader} empty")
+    refused = run_provision(pcscd, "sim", "serve", "--port", str(pcscd.port(2)), "--atr", "usb-c")
+    assert refused.returncode == 2 and "--atr takes nfc, usb or an ATR in hex" in refused.stderr
 
 
 def test_readers_without_pcscd_is_an_environment_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ from provision import fixtures
 from tests.helpers.interop_peers import OPENSC_PKCS11, parse_pkcs11_objects
 from tests.helpers.pcsc_harness import Cards, PrivatePcscd
 from tests.helpers.product import provision_cmd
+from tests.helpers.tiers import require
 
 NOW = datetime.now(UTC)
 
@@ -70,8 +71,8 @@ def opensc_token(env: dict[str, str]) -> tuple[str, str]:
 @pytest.mark.timeout(180)
 def test_the_same_job_through_piv_and_through_opensc_pkcs11(pcscd: PrivatePcscd, cards: Cards, canaries: Any,
                                                             tmp_path: Path) -> None:  # fmt: skip
-    if not Path(OPENSC_PKCS11).exists():
-        pytest.skip(f"{OPENSC_PKCS11} is missing (Debian: opensc-pkcs11)")
+    require(None if Path(OPENSC_PKCS11).exists() else f"{OPENSC_PKCS11} is missing (Debian: opensc-pkcs11)",
+            "OpenSC PKCS#11 case")  # fmt: skip
     env = env_for(pcscd, tmp_path)
     server = cards.insert(0, kind="sim", options={"serial": 23456789})
     label, serial = opensc_token(env)

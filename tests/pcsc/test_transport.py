@@ -16,7 +16,6 @@ from tests.helpers.pcsc_harness import (
     Cards,
     PrivatePcscd,
     card_present,
-    sim_card_available,
     wait_for,
 )
 
@@ -79,7 +78,6 @@ def test_select_reaches_the_card_and_the_answer_comes_back(pcscd: PrivatePcscd, 
     assert server.card.apdus == [SELECT_PIV]
 
 
-@pytest.mark.skipif(not sim_card_available(), reason="provision.sim.card is not there yet")
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_select_on_the_simulated_piv_card(pcscd: PrivatePcscd, cards: Cards, tmp_path, mode: str) -> None:
     cards.insert(0, kind="sim", mode=mode, options={"serial": 12345678}, state=tmp_path / "card.json")
@@ -206,7 +204,6 @@ def test_no_library_exception_escapes(pcscd: PrivatePcscd, cards: Cards) -> None
         card.transmit(SELECT_PIV)
 
 
-@pytest.mark.skipif(not sim_card_available(), reason="provision.sim.card is not there yet")
 def test_simulated_card_vanishing_after_n_apdus_is_card_removed(
     pcscd: PrivatePcscd, cards: Cards, tmp_path
 ) -> None:
@@ -221,7 +218,6 @@ def test_simulated_card_vanishing_after_n_apdus_is_card_removed(
     assert server.proc is not None and server.proc.returncode == 0
 
 
-@pytest.mark.skipif(not sim_card_available(), reason="provision.sim.card is not there yet")
 def test_simulated_card_answers_large_objects_with_extended_le(pcscd: PrivatePcscd, cards: Cards) -> None:
     cards.insert(0, kind="sim")
     with connect(pcscd.reader_name(0)) as card:

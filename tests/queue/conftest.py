@@ -17,6 +17,7 @@ import pytest
 from provision import fixtures
 from tests.helpers.pg_cluster import Cluster, pg_bin
 from tests.helpers.product import provision_cmd
+from tests.helpers.tiers import require
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,10 +29,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
     bin_dir = pg_bin()
-    if bin_dir is None:
-        if os.environ.get("PROVISION_REQUIRE_ALL_TIERS"):
-            pytest.fail("PostgreSQL is not installed (make setup installs the Debian package postgresql)")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    require(None if bin_dir else "PostgreSQL is not installed (Debian: postgresql; make setup installs it)",
+            "shared-queue tier")  # fmt: skip
+    assert bin_dir is not None
     cluster = Cluster(bin_dir)
     try:
         cluster.start()

@@ -18,10 +18,15 @@ from provision.jobfile import load_jobfile
 from provision.load import export_to_nssdb
 from provision.runner import SimSource, run_jobfile
 from provision.sim.card import SimCard, SimOptions
+from tests.helpers.tiers import require
 
 NOW = datetime.now(UTC)
 CERTUTIL = shutil.which("certutil")
-pytestmark = pytest.mark.skipif(CERTUTIL is None, reason="NSS certutil (libnss3-tools) is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _certutil_installed() -> None:
+    require(None if CERTUTIL else "NSS certutil is not installed (Debian: libnss3-tools)", "NSS export tests")
 
 
 def certutil(*argv: str) -> subprocess.CompletedProcess[bytes]:

@@ -9,9 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from provision.report import write_reports
+from tests.helpers.tiers import require
 from tests.unit.test_report import run_document
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -20,10 +19,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    if CHROMIUM is None:
-        if os.environ.get("PROVISION_REQUIRE_ALL_TIERS"):
-            pytest.fail("chromium is not installed (Debian package chromium)")
-        pytest.skip("chromium is not installed (Debian package chromium)")
+    require(None if CHROMIUM else "chromium is not installed (Debian package chromium)", "HTML report check")
+    assert CHROMIUM is not None
     profile = tmp_path / "profile"
     return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip

@@ -11,10 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from provision.cli import build_parser
 from tests.helpers.product import checkout_pythonpath, provision_cmd
+from tests.helpers.tiers import require
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "contrib" / "systemd"
@@ -52,12 +51,12 @@ def test_only_exit_0_is_success_and_a_stop_is_ctrl_c() -> None:
     assert timer["Unit"] == ["provision-renewal.service"] and timer["Persistent"] == ["true"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    require(None if shutil.which("systemd-analyze") else "systemd-analyze is not installed (Debian: systemd)",
+            "systemd unit check")  # fmt: skip
     # verify checks that ExecStart exists: point it at this checkout's provision.
     binary = REPO / ".venv" / "bin" / "provision"
-    if not binary.exists():
-        pytest.skip("no .venv/bin/provision in this checkout")
+    require(None if binary.exists() else "no .venv/bin/provision in this checkout (make setup)", "systemd unit check")
     text = (UNITS / "provision-renewal.service").read_text().replace(exec_start()[0], str(binary))
     (tmp_path / "provision-renewal.service").write_text(text)
     shutil.copy(UNITS / "provision-renewal.timer", tmp_path)

@@ -17,7 +17,7 @@ from provision.errors import InputTooLargeError, JobFileError, SecretError, Temp
 from provision.jobfile import load_jobfile
 from provision.secrets import SecretSource, obtain
 
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero, FIFOs and `yes` are POSIX")
+posix_only = pytest.mark.posix_only  # /dev/zero, FIFOs and `yes` are POSIX (not collected on Windows: tests/conftest.py)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -228,6 +228,42 @@ def test_atr_is_a_yubikey5_atr_with_extended_length_and_a_valid_tck() -> None:
     assert historical[-7:] == b"YubiKey"
 
 
+def test_the_nfc_atr_is_a_yubikey5_nfc_atr_that_ykman_does_not_take_for_usb() -> None:
+    from provision.card.transport import atr_supports_extended
+    from provision.sim.card import YUBIKEY5_NFC_ATR
+
+    atr = SimCard(SimOptions(atr=YUBIKEY5_NFC_ATR)).atr
+    assert atr.hex().upper() == "3B8D80018073C021C057597562694B6579F9"  # yubico-piv-tool's YKPIV_ATR_YK5_NFC
+    assert atr[1] & 0xF0 != 0xF0  # yubikit: T0 with high nibble F means USB (and a USB product id)
+    assert reduce(lambda a, b: a ^ b, atr[1:]) == 0  # TCK
+    assert atr[-14:-1] == SimCard(SimOptions()).atr[-14:-1]  # the same historical bytes as on USB
+    assert atr_supports_extended(atr)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("nfc", "3B8D80018073C021C057597562694B6579F9"),
+        ("USB", "3BFD1300008131FE158073C021C057597562694B657940"),
+        ("3B 02 14 50", "3B021450"),
+        ("3f:00", "3F00"),
+    ],
+)
+def test_sim_serve_atr_option(text: str, expected: str) -> None:
+    from provision.sim.vpcd import sim_options
+
+    assert sim_options({"atr": text}).atr.hex().upper() == expected
+
+
+@pytest.mark.parametrize("text", ["", "usb-c", "3B", "00FD", "3B" * 34, "zz"])
+def test_sim_serve_refuses_what_is_not_an_atr(text: str) -> None:
+    from provision.errors import UsageError
+    from provision.sim.vpcd import sim_options
+
+    with pytest.raises(UsageError, match="--atr takes"):
+        sim_options({"atr": text})
+
+
 @pytest.mark.parametrize(
     "raw",
     [
