@@ -22,9 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision import journal as jn
@@ -39,7 +36,7 @@ from provision.load import (
     export_certificate,
     journal_step,
 )
-from provision.p11 import objects
+from provision.p11 import mechanisms, objects, pins
 from provision.p11.module import p11_errors
 from provision.p11.source import Pkcs11Token
 from provision.renewal import renewal_decision
@@ -121,7 +118,7 @@ class Pkcs11Loader:
             cert_on, pub_on, key_on = found.ours(self.der, self.cka_id)
             done = cert_on and key_on and not found.replaced(self.der, self.cka_id)
             if done and not self.ctx.resuming:
-                return self.skip()
+                return self.skip(found)
             if not (done or cert_on or key_on or found.replaced(self.der, self.cka_id)):
                 elsewhere = self.find_under_other_label()
                 if elsewhere is not None:
@@ -278,27 +275,24 @@ class Pkcs11Loader:
         return False
 
     def verify_pin(self) -> None:
-        """Tries as the token reports them (no counter in PKCS#11: flags), the floor, one C_Login."""
+        """Tries as the token's flags prove them (PKCS#11 has no counter), the floor, one C_Login.
+        A token that reports nothing is said so; its refusal may mean a blocked PIN (``pins``)."""
         import pkcs11
         from pkcs11 import TokenFlag
 
         with self.step("verify_pin") as info:
             flags = self.token.token().flags
-            tries = 0 if flags & TokenFlag.USER_PIN_LOCKED else (1 if flags & TokenFlag.USER_PIN_FINAL_TRY else None)
-            low = bool(flags & TokenFlag.USER_PIN_COUNT_LOW)
-            info.update(tries_before=tries, count_low=low)
+            before = pins.PinFlags.of(flags)
+            tries = before.tries_left
+            info.update(tries_before=tries, count_low=before.count_low, count_reported=before.any)
             self.result.pin_tries_left = tries
-            if tries == 0:
-                self.audit("pin_refused_floor", pin_tries_left=0, outcome="refused")
-                raise PinError("the token reports its user PIN locked (CKF_USER_PIN_LOCKED); no PIN was tried. "
-                               "Unblock it with the SO PIN or the issuer's tool first", 0)  # fmt: skip
-            if tries == 1 and self.job.min_pin_retries >= 2:
-                self.audit("pin_refused_floor", pin_tries_left=1, outcome="refused")
-                raise PinError(f"the token reports one PIN try left (CKF_USER_PIN_FINAL_TRY), fewer than "
-                               f"min_pin_retries ({self.job.min_pin_retries}); no PIN was tried. The last try "
-                               "belongs to the holder", 1)  # fmt: skip
-            if low:
-                self.result.notes.append("the token reports wrong PINs since the last good one (CKF_USER_PIN_COUNT_LOW)")
+            refused = pins.refusal_before_login(before, self.job.min_pin_retries)
+            if refused is not None:
+                self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
+                raise PinError(refused, tries)
+            note = pins.note_before_login(before)
+            if note is not None:
+                self.result.notes.append(note)
             if flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH:
                 pin_value: Any = pkcs11.PROTECTED_AUTH  # the PIN is typed on the reader's pad
             else:
@@ -309,13 +303,14 @@ class Pkcs11Loader:
             except pkcs11.UserAlreadyLoggedIn:
                 with p11_errors("opening a session"):
                     self.session = self.token.open_session()
-            except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange) as exc:
-                after = self.token.token().flags
-                left = 0 if after & TokenFlag.USER_PIN_LOCKED else (1 if after & TokenFlag.USER_PIN_FINAL_TRY else None)
+            except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange,
+                    pkcs11.PinExpired) as exc:  # fmt: skip
+                after = pins.PinFlags.of(self.token.token().flags)
+                message, left = pins.refusal_after_login(type(exc).__name__, after, self.token.module.path.name)
                 self.result.pin_tries_left = left
-                self.audit("pin_verify", pin_tries_left=left, outcome="wrong")
-                state = {0: "the PIN is now locked", 1: "one try is left"}.get(left, "the token does not say how many tries are left") if left is not None else "the token does not say how many tries are left"  # fmt: skip
-                raise PinError(f"the token refused the PIN ({type(exc).__name__}); {state}. It was not tried again", left) from None
+                self.audit("pin_verify", pin_tries_left=left, outcome="blocked" if left == 0 else "wrong",
+                           count_reported=after.any)  # fmt: skip
+                raise PinError(message, left) from None
             except pkcs11.PKCS11Error:
                 with p11_errors("logging in"):
                     raise
@@ -374,9 +369,10 @@ class Pkcs11Loader:
                 relabeled = False
             info["relabeled"] = relabeled
         with self.step("verify_load") as info:
-            self._test_signature(key)
-            info["test_signature"] = "verified"
-            self.audit("verified", outcome="ok", label_on_token=self.label if relabeled else label)
+            mechanism = self._test_signature(key)
+            info.update(test_signature="verified", test_signature_mechanism=mechanism)
+            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.audit("verified", outcome="ok", mechanism=mechanism, label_on_token=self.label if relabeled else label)
         self.result.slot_name_on_card = relabeled
         if relabeled:
             self.audit("slot_name_written", stored=True)
@@ -390,9 +386,13 @@ class Pkcs11Loader:
         self.exports()
         return self.result
 
-    def skip(self) -> LoadResult:
+    def skip(self, found: Found) -> LoadResult:
+        """Already on the token: ``skipped`` only once the test signature verified (a load whose
+        check could not be made stays failed however often it runs)."""
+        self.verify_load()
         self.result.status = jn.SKIPPED
-        self.audit("skipped", reason="the token already holds this certificate and its key under this label")
+        self.audit("skipped", outcome="verified",
+                   reason="the token already holds this certificate and its key (test signature) under this label")  # fmt: skip
         self.exports()
         return self.result
 
@@ -457,35 +457,50 @@ class Pkcs11Loader:
             if left:
                 raise CardError(f"{len(left)} replaced object(s) are still labelled {self.label!r}")
             key = next(o for o, i in found.private_keys if i == self.cka_id)
-            self._test_signature(key)
-            info.update(test_signature="verified", cka_id=self.cka_id.hex())
+            mechanism = self._test_signature(key)
+            info.update(test_signature="verified", test_signature_mechanism=mechanism, cka_id=self.cka_id.hex())
             self.result.slot_name_on_card = True
-            self.audit("verified", outcome="ok")
+            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.audit("verified", outcome="ok", mechanism=mechanism)
 
-    def _test_signature(self, key: Any) -> None:
+    def _test_signature(self, key: Any) -> str:
+        """Sign ``TEST_MESSAGE`` with ``key`` on the token and verify it against the certificate; the
+        mechanism is the first of ``mechanisms.preference`` the token signs with. Returns its name."""
         import pkcs11
 
         public = self.certificate.public_key()
-        pin = self._pin.reveal().decode("utf-8") if self._pin is not None else None
-        with p11_errors("signing the test message"):
+        with p11_errors("reading the token's mechanism list"):
             self.token.calls += 1
-            always = bool(_attribute(key, pkcs11.Attribute.ALWAYS_AUTHENTICATE))
-            if isinstance(public, rsa.RSAPublicKey):
-                signature = key.sign(TEST_MESSAGE, mechanism=pkcs11.Mechanism.SHA256_RSA_PKCS,
-                                     pin=pin if always else None)  # fmt: skip
-            else:
-                digest = hashlib.sha256(TEST_MESSAGE).digest()
-                raw = key.sign(digest, mechanism=pkcs11.Mechanism.ECDSA, pin=pin if always else None)
-                half = len(raw) // 2
-                signature = encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
-        try:
-            if isinstance(public, rsa.RSAPublicKey):
-                public.verify(signature, TEST_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
-            else:
-                assert isinstance(public, ec.EllipticCurvePublicKey)
-                public.verify(signature, TEST_MESSAGE, ec.ECDSA(hashes.SHA256()))
-        except Exception:  # noqa: BLE001 - cryptography's InvalidSignature and malformed signatures alike
-            raise CardError(f"the test signature of the key labelled {self.label!r} does not verify with the certificate") from None
+            slot = self.token.token().slot
+            try:
+                offered: list[int] | None = mechanisms.signing_mechanisms(slot)
+            except pkcs11.FunctionNotSupported:
+                offered = None  # no list: each candidate is tried, a refusal moves to the next
+        candidates = mechanisms.usable(public, offered) if offered is not None else list(mechanisms.preference(public))
+        always = bool(_attribute(key, pkcs11.Attribute.ALWAYS_AUTHENTICATE))
+        pin = self._pin.reveal().decode("utf-8") if self._pin is not None and always else None
+        declined: list[str] = []
+        for mechanism in candidates:
+            with p11_errors(f"signing the test message ({mechanism.name})"):
+                self.token.calls += 1
+                try:
+                    signature = key.sign(mechanism.data(TEST_MESSAGE), mechanism=pkcs11.Mechanism(mechanism.code),
+                                         mechanism_param=mechanism.parameter(), pin=pin)  # fmt: skip
+                except _declined() as exc:
+                    declined.append(f"{mechanism.name} ({type(exc).__name__})")
+                    continue
+            try:
+                mechanism.verify(public, bytes(signature), TEST_MESSAGE)
+            except Exception:  # noqa: BLE001 - cryptography's InvalidSignature and malformed signatures alike
+                raise CardError(f"the test signature ({mechanism.name}) of the key labelled {self.label!r} does not "
+                                "verify with the certificate") from None  # fmt: skip
+            return mechanism.name
+        listed = ", ".join(mechanisms.mechanism_name(code) for code in offered) if offered is not None else "no list"
+        refused = f"; C_Sign refused {', '.join(declined)}" if declined else ""
+        raise CardError(f"the token offers no signing mechanism provision can check for this key (offered: "
+                        f"{listed or 'none'}{refused}); the key labelled {self.label!r} is not verified, so the job "
+                        "is not done. Use a module that signs with one of "
+                        + ", ".join(m.name for m in mechanisms.preference(public)))  # fmt: skip
 
     def commit(self) -> None:
         with self.step("commit"):
@@ -504,6 +519,14 @@ class Pkcs11Loader:
 
 class _LabelsFixed(Exception):
     """The module does not let labels change (a read-only PIV driver)."""
+
+
+def _declined() -> tuple[type[Exception], ...]:
+    import pkcs11
+
+    # C_Sign refusing the mechanism for this key (not the token failing): the next candidate is tried
+    return (pkcs11.MechanismInvalid, pkcs11.MechanismParamInvalid, pkcs11.KeyTypeInconsistent,
+            pkcs11.KeySizeRange, pkcs11.DataLenRange, pkcs11.DataInvalid, pkcs11.FunctionNotSupported)  # fmt: skip
 
 
 def _attribute(obj: Any, attribute: Any) -> Any:
