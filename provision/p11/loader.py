@@ -464,43 +464,15 @@ class Pkcs11Loader:
             self.audit("verified", outcome="ok", mechanism=mechanism)
 
     def _test_signature(self, key: Any) -> str:
-        """Sign ``TEST_MESSAGE`` with ``key`` on the token and verify it against the certificate; the
-        mechanism is the first of ``mechanisms.preference`` the token signs with. Returns its name."""
+        """Sign ``TEST_MESSAGE`` with ``key`` on the token and verify it against the certificate
+        (``mechanisms.check_key``). Returns the mechanism's name."""
         import pkcs11
 
-        public = self.certificate.public_key()
-        with p11_errors("reading the token's mechanism list"):
-            self.token.calls += 1
-            slot = self.token.token().slot
-            try:
-                offered: list[int] | None = mechanisms.signing_mechanisms(slot)
-            except pkcs11.FunctionNotSupported:
-                offered = None  # no list: each candidate is tried, a refusal moves to the next
-        candidates = mechanisms.usable(public, offered) if offered is not None else list(mechanisms.preference(public))
         always = bool(_attribute(key, pkcs11.Attribute.ALWAYS_AUTHENTICATE))
         pin = self._pin.reveal().decode("utf-8") if self._pin is not None and always else None
-        declined: list[str] = []
-        for mechanism in candidates:
-            with p11_errors(f"signing the test message ({mechanism.name})"):
-                self.token.calls += 1
-                try:
-                    signature = key.sign(mechanism.data(TEST_MESSAGE), mechanism=pkcs11.Mechanism(mechanism.code),
-                                         mechanism_param=mechanism.parameter(), pin=pin)  # fmt: skip
-                except _declined() as exc:
-                    declined.append(f"{mechanism.name} ({type(exc).__name__})")
-                    continue
-            try:
-                mechanism.verify(public, bytes(signature), TEST_MESSAGE)
-            except Exception:  # noqa: BLE001 - cryptography's InvalidSignature and malformed signatures alike
-                raise CardError(f"the test signature ({mechanism.name}) of the key labelled {self.label!r} does not "
-                                "verify with the certificate") from None  # fmt: skip
-            return mechanism.name
-        listed = ", ".join(mechanisms.mechanism_name(code) for code in offered) if offered is not None else "no list"
-        refused = f"; C_Sign refused {', '.join(declined)}" if declined else ""
-        raise CardError(f"the token offers no signing mechanism provision can check for this key (offered: "
-                        f"{listed or 'none'}{refused}); the key labelled {self.label!r} is not verified, so the job "
-                        "is not done. Use a module that signs with one of "
-                        + ", ".join(m.name for m in mechanisms.preference(public)))  # fmt: skip
+        self.token.calls += 2
+        return mechanisms.check_key(self.token.token().slot, key, self.certificate.public_key(), TEST_MESSAGE,
+                                    label=self.label, pin=pin)  # fmt: skip
 
     def commit(self) -> None:
         with self.step("commit"):
@@ -519,14 +491,6 @@ class Pkcs11Loader:
 
 class _LabelsFixed(Exception):
     """The module does not let labels change (a read-only PIV driver)."""
-
-
-def _declined() -> tuple[type[Exception], ...]:
-    import pkcs11
-
-    # C_Sign refusing the mechanism for this key (not the token failing): the next candidate is tried
-    return (pkcs11.MechanismInvalid, pkcs11.MechanismParamInvalid, pkcs11.KeyTypeInconsistent,
-            pkcs11.KeySizeRange, pkcs11.DataLenRange, pkcs11.DataInvalid, pkcs11.FunctionNotSupported)  # fmt: skip
 
 
 def _attribute(obj: Any, attribute: Any) -> Any:

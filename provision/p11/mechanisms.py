@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from provision.errors import CardError
+from provision.p11.module import p11_errors
+
 CKF_SIGN = 0x800
 
 # DigestInfo prefixes (RFC 8017 §9.2, note 1) for raw CKM_RSA_PKCS
@@ -136,3 +139,47 @@ def signing_mechanisms(slot: Any) -> list[int]:
         if int(info.flags) & CKF_SIGN:
             out.append(int(mechanism))
     return sorted(out)
+
+
+def _declined() -> tuple[type[Exception], ...]:
+    import pkcs11
+
+    # C_Sign refusing this mechanism for this key (not the token failing): the next candidate is tried
+    return (pkcs11.MechanismInvalid, pkcs11.MechanismParamInvalid, pkcs11.KeyTypeInconsistent,
+            pkcs11.KeySizeRange, pkcs11.DataLenRange, pkcs11.DataInvalid, pkcs11.FunctionNotSupported)  # fmt: skip
+
+
+def check_key(slot: Any, key: Any, public_key: Any, message: bytes, *, label: str, pin: str | None) -> str:
+    """Sign ``message`` with the private key object ``key`` (python-pkcs11) on the token in ``slot``
+    and verify the signature with ``public_key`` (the certificate's): the first usable mechanism of
+    ``preference`` the token signs with. Returns its name; a ``CardError`` when the signature does
+    not verify or no mechanism provision can check is offered. ``pin``: for CKA_ALWAYS_AUTHENTICATE."""
+    import pkcs11
+
+    with p11_errors("reading the token's mechanism list"):
+        try:
+            offered: list[int] | None = signing_mechanisms(slot)
+        except pkcs11.FunctionNotSupported:
+            offered = None  # no list: each candidate is tried, a refusal moves to the next
+    candidates = usable(public_key, offered) if offered is not None else list(preference(public_key))
+    declined: list[str] = []
+    for mechanism in candidates:
+        with p11_errors(f"signing the test message ({mechanism.name})"):
+            try:
+                signature = key.sign(mechanism.data(message), mechanism=pkcs11.Mechanism(mechanism.code),
+                                     mechanism_param=mechanism.parameter(), pin=pin)  # fmt: skip
+            except _declined() as exc:
+                declined.append(f"{mechanism.name} ({type(exc).__name__})")
+                continue
+        try:
+            mechanism.verify(public_key, bytes(signature), message)
+        except Exception:  # noqa: BLE001 - cryptography's InvalidSignature and malformed signatures alike
+            raise CardError(f"the test signature ({mechanism.name}) of the key labelled {label!r} does not "
+                            "verify with the certificate") from None  # fmt: skip
+        return mechanism.name
+    listed = ", ".join(mechanism_name(code) for code in offered) if offered is not None else "no list"
+    refused = f"; C_Sign refused {', '.join(declined)}" if declined else ""
+    wanted = ", ".join(m.name for m in preference(public_key))
+    raise CardError(f"the token offers no signing mechanism provision can check for this key (offered: "
+                    f"{listed or 'none'}{refused}); the key labelled {label!r} is not verified, so the job is not "
+                    f"done. A module that signs with one of {wanted} can check it")  # fmt: skip
