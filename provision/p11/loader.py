@@ -118,7 +118,7 @@ class Pkcs11Loader:
             cert_on, pub_on, key_on = found.ours(self.der, self.cka_id)
             done = cert_on and key_on and not found.replaced(self.der, self.cka_id)
             if done and not self.ctx.resuming:
-                return self.skip(found)
+                return self.skip()
             if not (done or cert_on or key_on or found.replaced(self.der, self.cka_id)):
                 elsewhere = self.find_under_other_label()
                 if elsewhere is not None:
@@ -386,7 +386,7 @@ class Pkcs11Loader:
         self.exports()
         return self.result
 
-    def skip(self, found: Found) -> LoadResult:
+    def skip(self) -> LoadResult:
         """Already on the token: ``skipped`` only once the test signature verified (a load whose
         check could not be made stays failed however often it runs)."""
         self.verify_load()
