@@ -306,7 +306,7 @@ class Pkcs11Loader:
             except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange,
                     pkcs11.PinExpired) as exc:  # fmt: skip
                 after = pins.PinFlags.of(self.token.token().flags)
-                message, left = pins.refusal_after_login(type(exc).__name__, after, self.token.module.path.name)
+                message, left = pins.refusal_after_login(type(exc).__name__, after, str(self.token.module.path))
                 self.result.pin_tries_left = left
                 self.audit("pin_verify", pin_tries_left=left, outcome="blocked" if left == 0 else "wrong",
                            count_reported=after.any)  # fmt: skip

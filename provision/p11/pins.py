@@ -79,7 +79,7 @@ def refusal_after_login(error: str, after: PinFlags, module: str) -> tuple[str, 
     if after.count_low:
         return (f"the token refused the PIN ({ckr}) and reports wrong PINs since the last good one "
                 "(CKF_USER_PIN_COUNT_LOW) but not how many tries are left. It was not tried again", None)  # fmt: skip
-    return (f"the token refused the PIN ({ckr}) and {NOT_REPORTED}: the PIN may be wrong, or it may already be "
+    return (f"the token refused the PIN ({ckr}); {NOT_REPORTED}, so the PIN may be wrong, or it may already be "
             "blocked (some middleware answer a blocked PIN this way). It was not tried again. Before another run, "
             f"check the PIN's state with the issuer's tool or `pkcs11-tool --module {module} --list-token-slots` "
             "(it shows 'user PIN locked' where the token says so), and check the PIN the job gives: every run with "

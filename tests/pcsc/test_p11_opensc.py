@@ -112,3 +112,44 @@ def test_the_same_job_through_piv_and_through_opensc_pkcs11(pcscd: PrivatePcscd,
     assert objects.returncode == 0
     assert [o["label"] for o in parse_pkcs11_objects(objects.stdout)] == ["Certificate for PIV Authentication"]
     assert label
+
+
+def pin_tries(env: dict[str, str], reader: str, tmp: Path) -> int:
+    info = subprocess.run([*provision_cmd(), "card", "info", "--json", "--reader", reader, "--logs", str(tmp / "logs-info")],
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    return int(json.loads(info.stdout)["pin"]["tries_left"])
+
+
+@pytest.mark.timeout(180)
+def test_a_wrong_pin_through_opensc_is_tried_once_and_the_last_try_is_left_to_the_holder(
+        pcscd: PrivatePcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    """OpenSC's PIV token sets no PIN flag after the first wrong PIN (3 → 2 tries), then
+    CKF_USER_PIN_FINAL_TRY: a job says the PIN may be blocked when the token tells nothing, sends
+    one PIN per run, and with min_pin_retries 2 never sends the last one."""
+    if not Path(OPENSC_PKCS11).exists():
+        pytest.skip(f"{OPENSC_PKCS11} is missing (Debian: opensc-pkcs11)")
+    env = env_for(pcscd, tmp_path)
+    server = cards.insert(0, kind="sim", options={"serial": 23456790})
+    _, serial = opensc_token(env)
+    token_card = f"{{pkcs11: {{module: {OPENSC_PKCS11}, token_serial: '{serial}'}}}}"
+    piv = run(env, tmp_path, write_job(tmp_path, canaries, "{serial: 23456790}"), "logs-piv", "--reader", server.reader)
+    assert piv.returncode == 0, piv.stderr
+    assert pin_tries(env, server.reader, tmp_path) == 3
+    canaries.write_secret_file(tmp_path / "card.pin", "654321")
+    job_file = write_job(tmp_path, canaries, token_card, "p11.yaml")
+
+    first = json.loads(run(env, tmp_path, job_file, "logs-p11").stdout)["jobs"][0]
+    assert first["status"] == "failed" and first["pin_tries_left"] is None, first
+    assert "CKR_PIN_INCORRECT" in first["error"] and "the token does not report PIN tries left" in first["error"]
+    assert "may already be blocked" in first["error"] and "--list-token-slots" in first["error"]
+    assert pin_tries(env, server.reader, tmp_path) == 2  # one C_Login, one try
+
+    second = json.loads(run(env, tmp_path, job_file, "logs-p11").stdout)["jobs"][0]
+    assert second["status"] == "failed" and second["pin_tries_left"] == 1, second
+    assert "one try is left (CKF_USER_PIN_FINAL_TRY)" in second["error"]
+    assert pin_tries(env, server.reader, tmp_path) == 1
+
+    third = json.loads(run(env, tmp_path, job_file, "logs-p11").stdout)["jobs"][0]
+    assert third["status"] in ("failed", "refused") and "no PIN was tried" in third["error"], third
+    assert pin_tries(env, server.reader, tmp_path) == 1  # the last try belongs to the holder
