@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from provision import journal as jn
 from provision.backend import CardSeen
 from provision.bundle import cert_info
-from provision.errors import CardError, PinError, WrongCardError
+from provision.errors import CardError, PinError, PinHeldError, WrongCardError
 from provision.load import (
     JobRefused,
     LoadContext,
@@ -282,6 +282,9 @@ class Pkcs11Loader:
 
         with self.step("verify_pin") as info:
             flags = self.token.token().flags
+            typed = self._person_types_pin() or bool(flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH)
+            if not typed:
+                self._refuse_if_pin_held()
             before = pins.PinFlags.of(flags)
             tries = before.tries_left
             info.update(tries_before=tries, count_low=before.count_low, count_reported=before.any)
@@ -310,11 +313,58 @@ class Pkcs11Loader:
                 self.result.pin_tries_left = left
                 self.audit("pin_verify", pin_tries_left=left, outcome="blocked" if left == 0 else "wrong",
                            count_reported=after.any)  # fmt: skip
+                if isinstance(exc, (pkcs11.PinIncorrect, pkcs11.PinLocked)):
+                    message += self._hold_pin(left)
                 raise PinError(message, left) from None
             except pkcs11.PKCS11Error:
                 with p11_errors("logging in"):
                     raise
             self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
+            if typed:
+                self._lift_pin_hold()
+
+    def _person_types_pin(self) -> bool:
+        """The PIN comes from a person at the counter, not from a source that would send the same
+        value again in every run (as the PIV loader)."""
+        return not self.ctx.unattended and self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None
+
+    def _hold_id(self) -> str:
+        return pins.hold_id(self.seen.token_serial, self.seen.token_label)
+
+    def _refuse_if_pin_held(self) -> None:
+        """A token that refused a PIN in an earlier run gets none from a file, variable or program
+        (the same wrong PIN would cost a try per run, unseen on tokens that report no count)."""
+        holds = self.ctx.pin_holds
+        hold = holds.get(None, self._hold_id()) if holds is not None else None
+        if hold is None:
+            return
+        self.audit("pin_refused_hold", outcome="refused", held_since=hold.since, held_by_run=hold.run_id,
+                   held_by_job=hold.job_id, pin_tries_left=hold.tries_left)  # fmt: skip
+        raise PinHeldError(
+            f"the token {self.seen.token_label!r} (serial {self.seen.token_serial}) refused a PIN on {hold.since} "
+            f"(job {hold.job_id}, run {hold.run_id}) and is on PIN hold; no PIN was sent to it. Check the PIN this "
+            f"job gives (with the holder if need be) and the token's PIN state, then run 'provision card "
+            f"clear-pin-hold {self._hold_id()} --reason TEXT' and run again, or load it at the counter",
+            hold.tries_left,
+        )  # fmt: skip
+
+    def _hold_pin(self, tries_left: int | None) -> str:
+        """Put the token on PIN hold after a refusal; the sentence that says so (empty: no journal)."""
+        holds = self.ctx.pin_holds
+        if holds is None:
+            return ""
+        holds.hold(None, self._hold_id(), tries_left=tries_left, run_id=self.ctx.run_id,
+                   batch=self.ctx.jobfile.batch, job_id=self.job.id)  # fmt: skip
+        self.audit("pin_hold_set", outcome="held", pin_tries_left=tries_left, pin_hold=self._hold_id())
+        return (f". The token is now on PIN hold: no run sends it a PIN from a file, variable or program until "
+                f"'provision card clear-pin-hold {self._hold_id()} --reason TEXT'")  # fmt: skip
+
+    def _lift_pin_hold(self) -> None:
+        holds = self.ctx.pin_holds
+        lifted = holds.clear(None, self._hold_id()) if holds is not None else None
+        if lifted is not None:
+            self.audit("pin_hold_cleared", outcome="cleared", by="counter", held_since=lifted.since,
+                       held_by_run=lifted.run_id)  # fmt: skip
 
     def _obtain_pin(self, tries: int | None) -> Secret:
         if self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None:

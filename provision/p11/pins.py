@@ -9,6 +9,7 @@ they are unknown, and unknown never counts as "enough to try again": a job sends
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 CKF_USER_PIN_COUNT_LOW = 0x00010000
@@ -84,3 +85,10 @@ def refusal_after_login(error: str, after: PinFlags, module: str) -> tuple[str, 
             f"check the PIN's state with the issuer's tool or `pkcs11-tool --module {module} --list-token-slots` "
             "(it shows 'user PIN locked' where the token says so), and check the PIN the job gives: every run with "
             "a wrong PIN costs a try", None)  # fmt: skip
+
+
+def hold_id(token_serial: str | None, token_label: str | None) -> str:
+    """The 32 hex digits a token's PIN hold is kept under: the journal's PIN holds and ``provision
+    card clear-pin-hold`` know a card by its serial or its 32-hex CHUID GUID, a token by this (its
+    serial and label, whichever module reaches it)."""
+    return hashlib.sha256(f"pkcs11 token\0{token_serial or ''}\0{token_label or ''}".encode()).hexdigest()[:32]

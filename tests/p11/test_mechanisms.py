@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from provision import fixtures
 from provision.p11 import mechanisms
 from provision.p11.module import finalize_modules
 from provision.p11.source import Pkcs11Token
+from tests.helpers.product import provision_cmd
 from tests.helpers.softhsm import SoftHsm
 from tests.p11.test_softhsm import TokenBatch
 
@@ -170,7 +173,7 @@ def test_a_token_offering_only_hashed_ecdsa_loads_and_verifies_ec(batch: TokenBa
 
 
 class SilentToken:
-    """A token whose CK_TOKEN_INFO never carries PIN flags and whose C_Login answers ``refuse``."""
+    """A token whose CK_TOKEN_INFO never carries PIN flags; its C_Login answers ``refuse`` if given."""
 
     PIN_FLAGS = 0x00010000 | 0x00020000 | 0x00040000
 
@@ -192,7 +195,7 @@ class SilentToken:
         return self._token.open(rw=rw, user_pin=user_pin)
 
 
-@pytest.mark.parametrize("refuse", [None, pkcs11.PinIncorrect, pkcs11.PinLocked], ids=["good", "incorrect", "locked"])
+@pytest.mark.parametrize("refuse", [None, pkcs11.PinLocked], ids=["good", "locked"])
 def test_a_token_that_reports_no_pin_flags(batch: TokenBatch, monkeypatch: pytest.MonkeyPatch,
                                            refuse: type[Exception] | None) -> None:  # fmt: skip
     logins: list[str] = []
@@ -210,9 +213,33 @@ def test_a_token_that_reports_no_pin_flags(batch: TokenBatch, monkeypatch: pytes
         return
     assert outcome.exit_code == 1 and job["status"] == "failed", job
     assert batch.objects("chan") == []
-    if refuse is pkcs11.PinIncorrect:
-        assert job["pin_tries_left"] is None
-        assert "CKR_PIN_INCORRECT" in job["error"] and "does not report PIN tries left" in job["error"]
-        assert "may already be blocked" in job["error"] and "--list-token-slots" in job["error"]
-    else:
-        assert job["pin_tries_left"] == 0 and "blocked (CKR_PIN_LOCKED)" in job["error"], job
+    assert job["pin_tries_left"] == 0 and "blocked (CKR_PIN_LOCKED)" in job["error"], job
+
+
+def test_a_refused_pin_on_a_token_without_pin_flags_is_never_sent_again_until_the_hold_is_cleared(
+        batch: TokenBatch, monkeypatch: pytest.MonkeyPatch, canaries: Any) -> None:  # fmt: skip
+    logins: list[str] = []
+    real = Pkcs11Token.token
+    monkeypatch.setattr(Pkcs11Token, "token", lambda self: SilentToken(real(self), logins, None))
+    batch.hsm.init_token("chan")
+    batch.p12("chan", "CHAN Tai Man", "p256")
+    canaries.write_secret_file(batch.tmp / "token.pin", "654321")  # wrong: SoftHSM2 answers CKR_PIN_INCORRECT
+    batch.job("HK-1", "CHAN Tai Man", "chan", batch.token_card("chan"))
+    first = batch.run()
+    job = first.document["jobs"][0]
+    assert first.exit_code == 1 and job["status"] == "failed" and job["pin_tries_left"] is None, job
+    assert "CKR_PIN_INCORRECT" in job["error"] and "the token does not report PIN tries left" in job["error"]
+    assert "may already be blocked" in job["error"] and "--list-token-slots" in job["error"]
+    held = re.search(r"clear-pin-hold ([0-9a-f]{32})", job["error"])
+    assert held is not None and logins == ["login"], job
+    for _ in range(2):  # the same PIN file in later runs: nothing is sent
+        again = batch.run()
+        job = again.document["jobs"][0]
+        assert job["status"] == "failed" and "on PIN hold; no PIN was sent" in job["error"], job
+    assert logins == ["login"] and batch.objects("chan") == []
+    canaries.write_secret_file(batch.tmp / "token.pin", "123456")  # corrected, then the hold is cleared
+    cleared = subprocess.run([*provision_cmd(), "card", "clear-pin-hold", held.group(1), "--reason", "PIN file fixed",
+                              "--logs", str(batch.logs), "--json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert cleared.returncode == 0, cleared.stderr
+    done = batch.run()
+    assert done.document["jobs"][0]["status"] == "loaded" and logins == ["login", "login"]

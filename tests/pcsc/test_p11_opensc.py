@@ -126,7 +126,8 @@ def test_a_wrong_pin_through_opensc_is_tried_once_and_the_last_try_is_left_to_th
         pcscd: PrivatePcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:  # fmt: skip
     """OpenSC's PIV token sets no PIN flag after the first wrong PIN (3 → 2 tries), then
     CKF_USER_PIN_FINAL_TRY: a job says the PIN may be blocked when the token tells nothing, sends
-    one PIN per run, and with min_pin_retries 2 never sends the last one."""
+    one PIN, puts the token on PIN hold (no PIN from the file again until an operator clears it),
+    and with min_pin_retries 2 never sends the last one."""
     if not Path(OPENSC_PKCS11).exists():
         pytest.skip(f"{OPENSC_PKCS11} is missing (Debian: opensc-pkcs11)")
     env = env_for(pcscd, tmp_path)
@@ -144,12 +145,27 @@ def test_a_wrong_pin_through_opensc_is_tried_once_and_the_last_try_is_left_to_th
     assert "CKR_PIN_INCORRECT" in first["error"] and "the token does not report PIN tries left" in first["error"]
     assert "may already be blocked" in first["error"] and "--list-token-slots" in first["error"]
     assert pin_tries(env, server.reader, tmp_path) == 2  # one C_Login, one try
+    held = re.search(r"clear-pin-hold ([0-9a-f]{32})", first["error"])
+    assert held and "now on PIN hold" in first["error"], first
 
+    # The same PIN file again: the token is on PIN hold, no PIN is sent.
     second = json.loads(run(env, tmp_path, job_file, "logs-p11").stdout)["jobs"][0]
-    assert second["status"] == "failed" and second["pin_tries_left"] == 1, second
-    assert "one try is left (CKF_USER_PIN_FINAL_TRY)" in second["error"]
+    assert second["status"] == "failed" and "on PIN hold; no PIN was sent" in second["error"], second
+    assert pin_tries(env, server.reader, tmp_path) == 2
+
+    def clear_hold() -> None:
+        cleared = subprocess.run([*provision_cmd(), "card", "clear-pin-hold", held.group(1), "--reason", "test",
+                                  "--logs", str(tmp_path / "logs-p11"), "--json"],
+                                 env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert cleared.returncode == 0, cleared.stderr
+
+    clear_hold()
+    third = json.loads(run(env, tmp_path, job_file, "logs-p11").stdout)["jobs"][0]
+    assert third["status"] == "failed" and third["pin_tries_left"] == 1, third
+    assert "one try is left (CKF_USER_PIN_FINAL_TRY)" in third["error"]
     assert pin_tries(env, server.reader, tmp_path) == 1
 
-    third = json.loads(run(env, tmp_path, job_file, "logs-p11").stdout)["jobs"][0]
-    assert third["status"] in ("failed", "refused") and "no PIN was tried" in third["error"], third
+    clear_hold()
+    fourth = json.loads(run(env, tmp_path, job_file, "logs-p11").stdout)["jobs"][0]
+    assert fourth["status"] in ("failed", "refused") and "no PIN was tried" in fourth["error"], fourth
     assert pin_tries(env, server.reader, tmp_path) == 1  # the last try belongs to the holder
