@@ -43,6 +43,7 @@ from provision.renewal import renewal_decision
 from provision.secrets import Secret, obtain
 
 TEST_MESSAGE = b"provision: test signature after load"
+_TOKEN_WRITES = frozenset({"import_key", "write_public_key", "write_certificate", "relabel_existing_objects"})
 
 
 @dataclass
@@ -440,11 +441,26 @@ class Pkcs11Loader:
         """Already on the token: ``skipped`` only once the test signature verified (a load whose
         check could not be made stays failed however often it runs)."""
         self.verify_load()
+        if self._earlier_attempt_unfinished():  # written by an attempt that did not verify: now done
+            self.commit()
+            self.exports()
+            return self.result
         self.result.status = jn.SKIPPED
         self.audit("skipped", outcome="verified",
                    reason="the token already holds this certificate and its key (test signature) under this label")  # fmt: skip
         self.exports()
         return self.result
+
+    def _earlier_attempt_unfinished(self) -> bool:
+        """An earlier attempt of this job (this journal) began a write to the token and no commit
+        ended after it (its test signature failed or could not be made)."""
+        unfinished = False
+        for _, action, phase, _, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if phase == "begin" and (action in _TOKEN_WRITES or action.startswith("delete_replaced_")):
+                unfinished = True
+            elif action == "commit" and phase == "end":
+                unfinished = False
+        return unfinished
 
     def _create(self, what: str, template: dict[Any, Any]) -> None:
         with p11_errors(f"creating the {what}"):
