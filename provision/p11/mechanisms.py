@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from provision.errors import CardError
-from provision.p11.module import p11_errors
+from provision.p11.module import REMOVED, p11_errors
 
 CKF_SIGN = 0x800
 
@@ -134,8 +134,10 @@ def signing_mechanisms(slot: Any) -> list[int]:
     for mechanism in slot.get_mechanisms():
         try:
             info = slot.get_mechanism_info(mechanism)
-        except (pkcs11.MechanismInvalid, pkcs11.FunctionNotSupported):
-            continue
+        except pkcs11.PKCS11Error as exc:
+            if type(exc).__name__ in REMOVED:
+                raise
+            continue  # listed but not described: not a mechanism provision relies on
         if int(info.flags) & CKF_SIGN:
             out.append(int(mechanism))
     return sorted(out)

@@ -174,6 +174,24 @@ def test_an_rsa_key_is_never_checked_with_ecdsa(rsa2048: Any) -> None:
         check(slot, FakeKey(rsa2048, {int(M.ECDSA)}), rsa2048.public_key())
 
 
+def test_mechanism_names_include_vendor_codes() -> None:
+    assert mechanisms.mechanism_name(0x1044) == "CKM_ECDSA_SHA256"
+    assert mechanisms.mechanism_name(0x80000123) == "CKM_0x80000123"
+
+
+class BrokenInfoSlot(FakeSlot):
+    def get_mechanism_info(self, mechanism: Any) -> Any:
+        if int(mechanism) == int(M.ECDSA_SHA256):
+            raise pkcs11.GeneralError()
+        return super().get_mechanism_info(mechanism)
+
+
+def test_a_mechanism_the_token_cannot_describe_is_passed_over(p256: Any) -> None:
+    slot = BrokenInfoSlot({int(M.ECDSA_SHA256): CKF_SIGN, int(M.ECDSA_SHA384): CKF_SIGN})
+    key = FakeKey(p256, {int(M.ECDSA_SHA256), int(M.ECDSA_SHA384)})
+    assert check(slot, key, p256.public_key()) == "CKM_ECDSA_SHA384"
+
+
 # --- PIN flags ---
 
 NONE = pins.PinFlags.of(0)
