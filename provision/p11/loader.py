@@ -22,15 +22,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision import journal as jn
 from provision.backend import CardSeen
 from provision.bundle import cert_info
-from provision.errors import CardError, PinError, WrongCardError
+from provision.errors import CardError, PinError, PinHeldError, WrongCardError
 from provision.load import (
     JobRefused,
     LoadContext,
@@ -39,13 +36,14 @@ from provision.load import (
     export_certificate,
     journal_step,
 )
-from provision.p11 import objects
+from provision.p11 import mechanisms, objects, pins
 from provision.p11.module import p11_errors
 from provision.p11.source import Pkcs11Token
 from provision.renewal import renewal_decision
 from provision.secrets import Secret, obtain
 
 TEST_MESSAGE = b"provision: test signature after load"
+_TOKEN_WRITES = frozenset({"import_key", "write_public_key", "write_certificate", "relabel_existing_objects"})
 
 
 @dataclass
@@ -278,27 +276,27 @@ class Pkcs11Loader:
         return False
 
     def verify_pin(self) -> None:
-        """Tries as the token reports them (no counter in PKCS#11: flags), the floor, one C_Login."""
+        """Tries as the token's flags prove them (PKCS#11 has no counter), the floor, one C_Login.
+        A token that reports nothing is said so; its refusal may mean a blocked PIN (``pins``)."""
         import pkcs11
         from pkcs11 import TokenFlag
 
         with self.step("verify_pin") as info:
             flags = self.token.token().flags
-            tries = 0 if flags & TokenFlag.USER_PIN_LOCKED else (1 if flags & TokenFlag.USER_PIN_FINAL_TRY else None)
-            low = bool(flags & TokenFlag.USER_PIN_COUNT_LOW)
-            info.update(tries_before=tries, count_low=low)
+            typed = self._person_types_pin() or bool(flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH)
+            if not typed:
+                self._refuse_if_pin_held()
+            before = pins.PinFlags.of(flags)
+            tries = before.tries_left
+            info.update(tries_before=tries, count_low=before.count_low, count_reported=before.any)
             self.result.pin_tries_left = tries
-            if tries == 0:
-                self.audit("pin_refused_floor", pin_tries_left=0, outcome="refused")
-                raise PinError("the token reports its user PIN locked (CKF_USER_PIN_LOCKED); no PIN was tried. "
-                               "Unblock it with the SO PIN or the issuer's tool first", 0)  # fmt: skip
-            if tries == 1 and self.job.min_pin_retries >= 2:
-                self.audit("pin_refused_floor", pin_tries_left=1, outcome="refused")
-                raise PinError(f"the token reports one PIN try left (CKF_USER_PIN_FINAL_TRY), fewer than "
-                               f"min_pin_retries ({self.job.min_pin_retries}); no PIN was tried. The last try "
-                               "belongs to the holder", 1)  # fmt: skip
-            if low:
-                self.result.notes.append("the token reports wrong PINs since the last good one (CKF_USER_PIN_COUNT_LOW)")
+            refused = pins.refusal_before_login(before, self.job.min_pin_retries)
+            if refused is not None:
+                self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
+                raise PinError(refused, tries)
+            note = pins.note_before_login(before)
+            if note is not None:
+                self.result.notes.append(note)
             if flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH:
                 pin_value: Any = pkcs11.PROTECTED_AUTH  # the PIN is typed on the reader's pad
             else:
@@ -309,17 +307,65 @@ class Pkcs11Loader:
             except pkcs11.UserAlreadyLoggedIn:
                 with p11_errors("opening a session"):
                     self.session = self.token.open_session()
-            except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange) as exc:
-                after = self.token.token().flags
-                left = 0 if after & TokenFlag.USER_PIN_LOCKED else (1 if after & TokenFlag.USER_PIN_FINAL_TRY else None)
+            except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange,
+                    pkcs11.PinExpired) as exc:  # fmt: skip
+                after = pins.PinFlags.of(self.token.token().flags)
+                message, left = pins.refusal_after_login(type(exc).__name__, after, str(self.token.module.path))
                 self.result.pin_tries_left = left
-                self.audit("pin_verify", pin_tries_left=left, outcome="wrong")
-                state = {0: "the PIN is now locked", 1: "one try is left"}.get(left, "the token does not say how many tries are left") if left is not None else "the token does not say how many tries are left"  # fmt: skip
-                raise PinError(f"the token refused the PIN ({type(exc).__name__}); {state}. It was not tried again", left) from None
+                self.audit("pin_verify", pin_tries_left=left, outcome="blocked" if left == 0 else "wrong",
+                           count_reported=after.any)  # fmt: skip
+                if isinstance(exc, (pkcs11.PinIncorrect, pkcs11.PinLocked)):
+                    message += self._hold_pin(left)
+                raise PinError(message, left) from None
             except pkcs11.PKCS11Error:
                 with p11_errors("logging in"):
                     raise
             self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
+            if typed:
+                self._lift_pin_hold()
+
+    def _person_types_pin(self) -> bool:
+        """The PIN comes from a person at the counter, not from a source that would send the same
+        value again in every run (as the PIV loader)."""
+        return not self.ctx.unattended and self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None
+
+    def _hold_id(self) -> str:
+        return pins.hold_id(self.seen.token_serial, self.seen.token_label)
+
+    def _refuse_if_pin_held(self) -> None:
+        """A token that refused a PIN in an earlier run gets none from a file, variable or program
+        (the same wrong PIN would cost a try per run, unseen on tokens that report no count)."""
+        holds = self.ctx.pin_holds
+        hold = holds.get(None, self._hold_id()) if holds is not None else None
+        if hold is None:
+            return
+        self.audit("pin_refused_hold", outcome="refused", held_since=hold.since, held_by_run=hold.run_id,
+                   held_by_job=hold.job_id, pin_tries_left=hold.tries_left)  # fmt: skip
+        raise PinHeldError(
+            f"the token {self.seen.token_label!r} (serial {self.seen.token_serial}) refused a PIN on {hold.since} "
+            f"(job {hold.job_id}, run {hold.run_id}) and is on PIN hold; no PIN was sent to it. Check the PIN this "
+            f"job gives (with the holder if need be) and the token's PIN state, then run 'provision card "
+            f"clear-pin-hold {self._hold_id()} --reason TEXT' and run again, or load it at the counter",
+            hold.tries_left,
+        )  # fmt: skip
+
+    def _hold_pin(self, tries_left: int | None) -> str:
+        """Put the token on PIN hold after a refusal; the sentence that says so (empty: no journal)."""
+        holds = self.ctx.pin_holds
+        if holds is None:
+            return ""
+        holds.hold(None, self._hold_id(), tries_left=tries_left, run_id=self.ctx.run_id,
+                   batch=self.ctx.jobfile.batch, job_id=self.job.id)  # fmt: skip
+        self.audit("pin_hold_set", outcome="held", pin_tries_left=tries_left, pin_hold=self._hold_id())
+        return (f". The token is now on PIN hold: no run sends it a PIN from a file, variable or program until "
+                f"'provision card clear-pin-hold {self._hold_id()} --reason TEXT'")  # fmt: skip
+
+    def _lift_pin_hold(self) -> None:
+        holds = self.ctx.pin_holds
+        lifted = holds.clear(None, self._hold_id()) if holds is not None else None
+        if lifted is not None:
+            self.audit("pin_hold_cleared", outcome="cleared", by="counter", held_since=lifted.since,
+                       held_by_run=lifted.run_id)  # fmt: skip
 
     def _obtain_pin(self, tries: int | None) -> Secret:
         if self.job.pin.kind == "prompt" and self.ctx.ask_pin is not None:
@@ -374,9 +420,10 @@ class Pkcs11Loader:
                 relabeled = False
             info["relabeled"] = relabeled
         with self.step("verify_load") as info:
-            self._test_signature(key)
-            info["test_signature"] = "verified"
-            self.audit("verified", outcome="ok", label_on_token=self.label if relabeled else label)
+            mechanism = self._test_signature(key)
+            info.update(test_signature="verified", test_signature_mechanism=mechanism)
+            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.audit("verified", outcome="ok", mechanism=mechanism, label_on_token=self.label if relabeled else label)
         self.result.slot_name_on_card = relabeled
         if relabeled:
             self.audit("slot_name_written", stored=True)
@@ -391,10 +438,29 @@ class Pkcs11Loader:
         return self.result
 
     def skip(self) -> LoadResult:
+        """Already on the token: ``skipped`` only once the test signature verified (a load whose
+        check could not be made stays failed however often it runs)."""
+        self.verify_load()
+        if self._earlier_attempt_unfinished():  # written by an attempt that did not verify: now done
+            self.commit()
+            self.exports()
+            return self.result
         self.result.status = jn.SKIPPED
-        self.audit("skipped", reason="the token already holds this certificate and its key under this label")
+        self.audit("skipped", outcome="verified",
+                   reason="the token already holds this certificate and its key (test signature) under this label")  # fmt: skip
         self.exports()
         return self.result
+
+    def _earlier_attempt_unfinished(self) -> bool:
+        """An earlier attempt of this job (this journal) began a write to the token and no commit
+        ended after it (its test signature failed or could not be made)."""
+        unfinished = False
+        for _, action, phase, _, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if phase == "begin" and (action in _TOKEN_WRITES or action.startswith("delete_replaced_")):
+                unfinished = True
+            elif action == "commit" and phase == "end":
+                unfinished = False
+        return unfinished
 
     def _create(self, what: str, template: dict[Any, Any]) -> None:
         with p11_errors(f"creating the {what}"):
@@ -457,35 +523,22 @@ class Pkcs11Loader:
             if left:
                 raise CardError(f"{len(left)} replaced object(s) are still labelled {self.label!r}")
             key = next(o for o, i in found.private_keys if i == self.cka_id)
-            self._test_signature(key)
-            info.update(test_signature="verified", cka_id=self.cka_id.hex())
+            mechanism = self._test_signature(key)
+            info.update(test_signature="verified", test_signature_mechanism=mechanism, cka_id=self.cka_id.hex())
             self.result.slot_name_on_card = True
-            self.audit("verified", outcome="ok")
+            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.audit("verified", outcome="ok", mechanism=mechanism)
 
-    def _test_signature(self, key: Any) -> None:
+    def _test_signature(self, key: Any) -> str:
+        """Sign ``TEST_MESSAGE`` with ``key`` on the token and verify it against the certificate
+        (``mechanisms.check_key``). Returns the mechanism's name."""
         import pkcs11
 
-        public = self.certificate.public_key()
-        pin = self._pin.reveal().decode("utf-8") if self._pin is not None else None
-        with p11_errors("signing the test message"):
-            self.token.calls += 1
-            always = bool(_attribute(key, pkcs11.Attribute.ALWAYS_AUTHENTICATE))
-            if isinstance(public, rsa.RSAPublicKey):
-                signature = key.sign(TEST_MESSAGE, mechanism=pkcs11.Mechanism.SHA256_RSA_PKCS,
-                                     pin=pin if always else None)  # fmt: skip
-            else:
-                digest = hashlib.sha256(TEST_MESSAGE).digest()
-                raw = key.sign(digest, mechanism=pkcs11.Mechanism.ECDSA, pin=pin if always else None)
-                half = len(raw) // 2
-                signature = encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
-        try:
-            if isinstance(public, rsa.RSAPublicKey):
-                public.verify(signature, TEST_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
-            else:
-                assert isinstance(public, ec.EllipticCurvePublicKey)
-                public.verify(signature, TEST_MESSAGE, ec.ECDSA(hashes.SHA256()))
-        except Exception:  # noqa: BLE001 - cryptography's InvalidSignature and malformed signatures alike
-            raise CardError(f"the test signature of the key labelled {self.label!r} does not verify with the certificate") from None
+        always = bool(_attribute(key, pkcs11.Attribute.ALWAYS_AUTHENTICATE))
+        pin = self._pin.reveal().decode("utf-8") if self._pin is not None and always else None
+        self.token.calls += 2
+        return mechanisms.check_key(self.token.token().slot, key, self.certificate.public_key(), TEST_MESSAGE,
+                                    label=self.label, pin=pin)  # fmt: skip
 
     def commit(self) -> None:
         with self.step("commit"):

@@ -72,7 +72,7 @@ def finalize_modules() -> None:
                     pass
 
 
-_REMOVED = ("TokenNotPresent", "DeviceRemoved", "SessionHandleInvalid", "SessionClosed", "SlotIDInvalid",
+REMOVED = ("TokenNotPresent", "DeviceRemoved", "SessionHandleInvalid", "SessionClosed", "SlotIDInvalid",
             "TokenNotRecognised")  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def p11_errors(doing: str) -> Iterator[None]:
         yield
     except pkcs11.PKCS11Error as exc:
         name = type(exc).__name__
-        if name in _REMOVED:
+        if name in REMOVED:
             raise CardRemovedError(f"the token went away while {doing} ({name}); put it back to finish") from None
         detail = f": {exc}" if str(exc) else ""
         raise CardError(f"the PKCS#11 module refused {doing} ({name}{detail})") from None

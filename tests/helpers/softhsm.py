@@ -37,10 +37,17 @@ class SoftHsm:
         self.tokens = self.workdir / "tokens"
         self.tokens.mkdir(parents=True, exist_ok=True)
         self.conf = self.workdir / "softhsm2.conf"
-        self.conf.write_text(f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+        self.offer_mechanisms(None)
         module = find_softhsm()
         assert module is not None
         self.module = module
+
+    def offer_mechanisms(self, names: list[str] | None) -> None:
+        """Restrict ``C_GetMechanismList`` (``slots.mechanisms``) to ``names`` (None: all). Read at
+        ``C_Initialize``: call ``provision.p11.module.finalize_modules()`` before the next in-process use."""
+        offered = f"slots.mechanisms = {','.join(names)}\n" if names is not None else ""
+        self.conf.write_text(f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+                             + offered)  # fmt: skip
 
     @property
     def env(self) -> dict[str, str]:
