@@ -63,7 +63,8 @@ def test_fresh_replacing_and_skipped_loads_take_the_planned_steps(tb: TokenBatch
     assert journaled(tb, first.document["run_id"]) == expected(tb, FRESH)
     again = tb.run()
     assert again.document["jobs"][0]["status"] == "skipped"
-    assert journaled(tb, again.document["run_id"]) == expected(tb, ON_TOKEN) == ["preflight", "verify_pin", "inventory"]
+    assert journaled(tb, again.document["run_id"]) == expected(tb, ON_TOKEN) == ["preflight", "verify_pin", "inventory",
+                                                                                   "verify_load"]  # skipped only once verified
     # a new key and certificate under the same label: the old ones are archived and deleted
     tb.p12("chan", "CHAN Tai Man", "p256", serial=42, not_before=old.not_valid_before_utc)
     (tb.logs / "journal.sqlite3").unlink()
