@@ -173,7 +173,7 @@ class Runner:
         self.started = jn.now_rfc3339()
         self.finished: str | None = None
         self.seal: str | None = None
-        self.expected_job: JobState | None = None  # counter screen: the holder the clerk called (call())
+        self._called: JobState | None = None  # counter screen: the holder the clerk called (call)
         self._opening: set[str] = set()  # jobs whose PKCS#12 is being decrypted right now
         self._ready = threading.Condition(self._lock)  # the prefetcher waits here for room in the window
         self._stopping = False
@@ -330,7 +330,7 @@ class Runner:
                     return s, ""
             for s in open_states:
                 if seen.claims(s.job.card):
-                    called = self.expected_job
+                    called = self._called
                     if called is not None and s is not called:
                         return None, (f"this is the card of {s.job.holder}, but the counter called "
                                       f"{called.job.holder}; give it back and ask for the right card")  # fmt: skip
@@ -349,8 +349,8 @@ class Runner:
             return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
 
     def expected(self) -> JobState | None:
-        if self.expected_job is not None:
-            return self.expected_job
+        if self._called is not None:
+            return self._called
         return next((s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)), None)
 
     def open_jobs(self) -> list[JobState]:
@@ -645,7 +645,7 @@ class Runner:
     def call(self, state: JobState | None) -> None:
         """The counter called this holder: ``match`` gives their card only and refuses another
         holder's (None: no holder called, as in a batch)."""
-        self.expected_job = state
+        self._called = state
 
     def take_reader(self, reader: str) -> bool:
         """Mark ``reader`` as being handled; False when its card already is."""

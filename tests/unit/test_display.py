@@ -45,7 +45,7 @@ def _screen() -> tuple[CounterScreen, io.StringIO]:
     runner = SimpleNamespace(states=[], options=SimpleNamespace(), say=None,
                              jobfile=SimpleNamespace(batch="b\x1b[5m"))  # fmt: skip
     screen = CounterScreen(console=console, read_line=lambda: "n")
-    screen.attach(runner)  # type: ignore[arg-type]
+    screen.attach(runner)
     return screen, out
 
 
