@@ -272,8 +272,9 @@ class ToolRun:
 
 def p1_p2(daemon: Any, work: Path, repeat: int) -> dict[str, Any]:
     """Each tool loads the same PKCS#12 into slot 9C of a fresh card, ``repeat`` times per latency."""
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
-    from provision.runner import PcscSource, run_jobfile
+    from provision.readers import PcscSource
 
     material = Material(work / "material")
     reader = daemon.reader_name(0)
@@ -380,8 +381,9 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
     card and inserts the next one. The time is from the first card's identification to the last
     job's result, so the run's start (PKCS#12 decryption of every job) is not in it.
     """
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
-    from provision.runner import PcscSource, run_jobfile
+    from provision.readers import PcscSource
 
     d = work / f"p3-{readers}x{per_reader}-{time.monotonic_ns()}"
     d.mkdir(parents=True)
@@ -464,8 +466,9 @@ def _write_p3_material(d: Path, count: int) -> None:
 
 def p3_inprocess(work: Path, readers: int, per_reader: int, latency_ms: float) -> dict[str, Any]:
     """The same with in-process simulated readers (SimSource): no pcscd, no card changes."""
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
-    from provision.runner import SimSource, run_jobfile
+    from provision.sim.source import SimSource
 
     d = work / f"p3s-{readers}x{per_reader}-{time.monotonic_ns()}"
     d.mkdir(parents=True)

@@ -83,9 +83,10 @@ def main(argv: list[str]) -> int:
     count = int(next((a for a in argv if a.isdigit()), "10000"))
     readers = int(argv[argv.index("--readers") + 1]) if "--readers" in argv else 4
 
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
-    from provision.runner import SimSource, run_jobfile
     from provision.sim.card import SimCard, SimOptions
+    from provision.sim.source import SimSource
 
     class LazySimSource(SimSource):
         """SimSource whose cards are made when inserted (a queue of N ready cards is not the tool's)."""
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> int:
             self._insert_next(reader)
 
         def done_with(self, reader: str) -> None:
-            from provision.runner import CardEvent
+            from provision.backend import CardEvent
 
             self._events.put(CardEvent("removed", reader))
             self._insert_lazy(reader)

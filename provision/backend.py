@@ -120,7 +120,7 @@ class CardBackend(Protocol):
 
 
 class PivSource(Protocol):
-    """What ``runner.SimSource`` and ``runner.PcscSource`` offer: PIV cards behind raw transports."""
+    """What ``sim.source.SimSource`` and ``readers.PcscSource`` offer: PIV cards behind raw transports."""
 
     def events(self, timeout: float | None) -> Iterator[Any]: ...
 

@@ -197,7 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision.demo import run_demo
-    from provision.runner import LogsLock
+    from provision.logsdir import LogsLock
 
     logs = _logs(args, create=True)
     directory = Path(args.dir) if args.dir else logs / "demo"
@@ -298,8 +298,8 @@ def _operator(args: argparse.Namespace) -> str | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
-    from provision.runner import run_jobfile
 
     jobfile = _with_syslog(load_jobfile(args.jobfile, unattended=args.unattended), args.syslog)
     _warn_if_logs_shared(args)
@@ -330,8 +330,9 @@ def _warn_if_stopped(outcome: Any) -> None:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from provision import journal as jn
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
-    from provision.runner import LogsLock, run_jobfile
+    from provision.logsdir import LogsLock
 
     if args.queue and not args.queue.startswith("sqlite:"):
         raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
@@ -392,7 +393,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         runs, jobs, holds = journal.runs(), journal.jobs(), jn.PinHolds(journal).all()
     finally:
         journal.close()
-    from provision.runner import run_alive
+    from provision.logsdir import run_alive
 
     # 'running' with no process holding the logs lock: killed outright (the next run records it).
     killed = not run_alive(_logs(args)) and any(r.status == "running" for r in runs)
@@ -610,7 +611,7 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
     from provision import journal as jn
     from provision.audit import AuditLog
     from provision.errors import AuditError
-    from provision.runner import LogsLock
+    from provision.logsdir import LogsLock
 
     card = args.card.strip().lower()
     if card.isdigit():

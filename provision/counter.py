@@ -7,6 +7,10 @@ can skip a holder, come back to one, or stop for the day (``provision resume`` c
 
 Keys are read a line at a time, and only when the screen is waiting, so that the PIN prompt
 (getpass, on the terminal) never competes with a background reader.
+
+The screen is the runner's UI at a counter (``runner.RunUI``: it says, asks the PIN, shows the
+certificate to confirm), handed to the runner by ``provision.app``; and its queue drives the runner
+through public methods only: ``call`` the holder, ``load_card`` their card, ``finish`` the day.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from rich.text import Text
 
 from provision import journal as jn
 from provision.display import printable
-from provision.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EnvironmentProblem, SecretError
+from provision.errors import EXIT_FAILED, EXIT_OK, EnvironmentProblem, SecretError
+from provision.jobfile import Job
 from provision.limits import MAX_SECRET_CHARS
+from provision.runner import Runner, open_bundle
 from provision.secrets import Secret, typed_secret
 
 POLL_SECONDS = 0.3
@@ -56,21 +62,31 @@ def input_ready(timeout: float) -> bool:
 
 
 class CounterScreen:
-    def __init__(self, runner: Any, *, console: Console | None = None, read_line: Callable[[], str] | None = None) -> None:
-        self.runner = runner
+    """The runner's UI at a counter (``runner.RunUI``), and the clerk's queue that drives it."""
+
+    types_pins = True  # the citizen types the PIN, one card at a time
+    checks_certificates = True  # the clerk checks each certificate before it is written (workflow step 8)
+
+    def __init__(self, *, console: Console | None = None, read_line: Callable[[], str] | None = None) -> None:
+        self.runner: Any = None  # the run whose queue this is (attach)
         self.console = console or Console(stderr=True, highlight=False)
         self.read_line = read_line or (lambda: sys.stdin.readline())
-        self.order: list[str] = [s.job.id for s in runner.states]  # the queue, as the clerk arranges it
+        self.order: list[str] = []  # the queue, as the clerk arranges it
         self.later: set[str] = set()  # put back to the end of the queue
         self.skipped: set[str] = set()  # skipped today (they stay pending in the journal)
-        runner.options.ask_pin = self.ask_pin
-        runner.options.confirm = self.confirm
-        runner.say = self.note
 
-    # --- what the loader asks ---
+    def attach(self, runner: Runner) -> None:
+        """The run whose holders this screen calls, in job-file order to begin with."""
+        self.runner = runner
+        self.order = [s.job.id for s in runner.states]
 
-    def note(self, text: str) -> None:
+    # --- what the runner and the loader ask ---
+
+    def say(self, text: str) -> None:
         self.console.print(shown(text))
+
+    def announce_next(self, job: Job) -> list[str]:
+        return []  # the screen calls each holder itself (instruct)
 
     def confirm(self, job: Any, info: Any, slot_name: str, replaced: Any) -> bool:
         table = Table.grid(padding=(0, 2))
@@ -135,8 +151,9 @@ class CounterScreen:
 
     # --- the loop ---
 
-    def run(self) -> int:
-        runner = self.runner
+    def run(self, runner: Runner) -> int:
+        """The counter's day: call the next holder, take their card (or the clerk's key), load it."""
+        self.attach(runner)
         try:
             while True:
                 waiting = self.queue()
@@ -168,9 +185,8 @@ class CounterScreen:
                 reader = action
                 # The card in the reader is matched to its job by serial: the expected holder
                 # first (match() refuses another holder's card at the counter).
-                runner.expected_job = state
-                runner._busy.add(reader)
-                runner.handle_card(reader)
+                runner.call(state)
+                runner.load_card(reader)
                 self.show_result(state)
                 if state.status in (jn.PENDING, jn.IN_DOUBT):
                     # Declined, another holder's card, or pulled: the same holder stays next, so the
@@ -178,11 +194,9 @@ class CounterScreen:
                     self.eject()
                 self.wait_for_removal(reader)
         except KeyboardInterrupt:
-            return runner.finish(True) if runner.finished is None else EXIT_INTERRUPTED
+            return runner.finish(True)  # EXIT_INTERRUPTED, also when the run had already ended
         except EnvironmentProblem as exc:  # the PC/SC service went away: the day ends, recorded and sealed
-            runner.stop_error = exc
-            code: int = runner.finish(True)
-            return code
+            return runner.finish(True, error=exc)
         code = runner.finish(False)
         self.render_queue()
         return code if code != EXIT_OK or all(s.status in (jn.LOADED, jn.SKIPPED) for s in runner.states) else EXIT_FAILED
@@ -190,8 +204,6 @@ class CounterScreen:
     def open_envelope(self, state: Any) -> bool:
         """Workflow steps 5–7: the 16-digit number from the holder's PIN envelope opens the file."""
         import getpass
-
-        from provision.runner import open_bundle
 
         prompt = state.job.pkcs12_password.ref
         self.console.print(Panel(shown(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
@@ -238,9 +250,8 @@ class CounterScreen:
 
     def wait_for_card_or_key(self) -> str:
         """A reader name when a card is in, or the clerk's key (s, l, b N, q)."""
-        source = self.runner.source
         while True:
-            present = [r for r in source.present() if r not in self.runner._busy]
+            present = self.runner.free_readers()
             if present:
                 return str(present[0])
             if input_ready(POLL_SECONDS):

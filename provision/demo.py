@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from provision.errors import EXIT_OK, EnvironmentProblem
 
 if TYPE_CHECKING:
-    from provision.runner import LogsLock
+    from provision.logsdir import LogsLock
 
 DEMO_PIN = "123456"  # the simulated card's factory PIN (CLI.md), used only with simulated cards
 
@@ -121,7 +121,7 @@ def demo_cards(jobfile: Any, ca_dir: Path) -> list[Any]:
     from provision.card.apdu import ApduChannel
     from provision.load import DEFAULT_MANAGEMENT_KEY
     from provision.piv.session import PivSession
-    from provision.runner import sim_cards_for
+    from provision.sim.batch import sim_cards_for
     from provision.sim.card import SimCard, SimOptions
     from provision.sim.inprocess import SimTransport
 
@@ -146,9 +146,10 @@ def demo_cards(jobfile: Any, ca_dir: Path) -> list[Any]:
 def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs: Path | None = None,
              logs_lock: LogsLock | None = None) -> int:  # fmt: skip
     """``logs_lock``: the lock of ``logs``, already held by the caller (see ``run_jobfile``)."""
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
     from provision.plan import plan_jobfile, print_plan
-    from provision.runner import SimSource, run_jobfile
+    from provision.sim.source import SimSource
 
     out(f"Writing demo material for {holders} card holder(s) and one expired e-Cert to {directory} ...")
     try:

@@ -16,8 +16,9 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
-from provision.errors import LogsError
+from provision.errors import EnvironmentProblem, LogsError
 
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 
@@ -165,3 +166,72 @@ def release_reserve(logs: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+# One run at a time per logs directory
+
+
+class LogsLock:
+    """One run at a time per logs directory (two runs must not interleave their journals)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.path = logs / ".lock"
+        self._handle: Any = None
+
+    def __enter__(self) -> LogsLock:
+        open_logs(self.path.parent, create=True)
+        try:
+            self._handle = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
+        except OSError as exc:
+            raise EnvironmentProblem(f"the logs directory {self.path.parent} cannot be written ({exc.strerror})") from None
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(self._handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.close()
+            raise EnvironmentProblem(
+                f"another provision run is using {self.path.parent}; wait for it to finish or use another --logs"
+            ) from None
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None and not self._handle.closed
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def run_alive(logs: Path) -> bool:
+    """Whether a live process holds this logs directory's lock (read-only: creates and writes
+    nothing, so it works on an auditor's read-only copy). A run the journal calls 'running' while
+    nobody holds the lock was killed outright."""
+    path = logs / ".lock"
+    if not path.is_file() or path.is_symlink():
+        return False
+    if sys.platform == "win32":
+        try:
+            with LogsLock(logs):
+                return False
+        except EnvironmentProblem:
+            return True
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True  # a run holds it exclusively
+    finally:
+        os.close(fd)
+    return False

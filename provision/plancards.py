@@ -77,7 +77,7 @@ def read_transports(pairs: list[tuple[str, RawTransport]]) -> CardsSeen:
 
 def read_sim_cards(jobfile: JobFile) -> CardsSeen:
     """``plan --sim``: the fresh simulated cards ``run --sim`` would have, one per PIV job."""
-    from provision.runner import sim_cards_for
+    from provision.sim.batch import sim_cards_for
     from provision.sim.inprocess import SimTransport
 
     pairs: list[tuple[str, RawTransport]] = []

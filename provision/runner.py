@@ -5,20 +5,22 @@ belongs to, and hands both to ``load.Loader``. A card with no job, or not the ca
 expects, is refused after read-only APDUs only. A card pulled mid-load leaves its job *in doubt*;
 when that card comes back (in this run, a later one, or ``provision resume``) the loader reads
 what the card holds and rolls forward, never repeating a finished write.
+
+The runner is given its card source and a small UI interface (``RunUI``: say, ask the PIN, confirm
+the certificate, call the next card) by the composition root, ``provision.app``; it knows neither
+the counter screen nor the simulator. In a batch its own loop (``run``) takes insertion events; at
+the counter the screen calls one holder after another and hands their cards to ``load_card``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import queue
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +29,6 @@ from provision import journal as jn
 from provision import logsdir
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
-from provision.card.base import RawTransport
 from provision.display import printable
 from provision.errors import (
     EXIT_FAILED,
@@ -48,21 +49,27 @@ from provision.errors import (
     TransientCardError,
 )
 from provision.jobfile import Job, JobFile
-from provision.load import Confirm, JobRefused, LoadContext, LoadResult, OperatorDeclined, PinPrompt
+from provision.load import JobRefused, LoadContext, LoadResult, OperatorDeclined
+from provision.secrets import Secret
 from provision.store import CertificateStore
 
-Say = Callable[[str], None]
 TRANSIENT_ATTEMPTS = 3
 # Failures of the run's own records (journal, audit log, logs directory): they end the whole run.
 RECORDS_FAILED = (JournalError, LogsError, RecordsError)
 
 
+# How long loads already in hand may take to end by themselves when a run is stopped.
+WORKER_GRACE_SECONDS = 15.0
+
+
 # ----------------------------------------------------------------------------------------------
-# Card sources: where cards come from (PC/SC readers, or in-process simulated readers)
+# What the runner is given: where cards come from, and who (if anyone) is at the station
 
 
 class CardSource(Protocol):
-    """PIV reader sources also ``connect(reader) -> RawTransport``; backends ``open(reader)`` (backend.py)."""
+    """Where cards come from: PC/SC readers (``provision.readers``), simulated readers
+    (``provision.sim.source``), PKCS#11 tokens (``provision.p11.source``). PIV reader sources also
+    ``connect(reader)`` (a ``RawTransport``); backends ``open(reader)`` (backend.py)."""
 
     def events(self, timeout: float | None) -> Iterator[CardEvent]:
         """Insertions and removals until ``timeout`` seconds pass with nothing new (None: forever)."""
@@ -77,110 +84,29 @@ class CardSource(Protocol):
         ...
 
 
-class SimSource:
-    """In-process simulated readers: each reader gets its queue of cards, one after another."""
+class RunUI(Protocol):
+    """What the runner asks of the person at the station, or of nobody: the counter screen
+    (``provision.counter``), a plain terminal and the unattended mode (``provision.ui``), and tests
+    implement it. The composition root (``provision.app``) chooses one and hands it to the runner."""
 
-    def __init__(self, cards_per_reader: list[list[Any]]) -> None:
-        from provision.sim.inprocess import SimTransport
+    types_pins: bool  # a person types card PINs (ask_pin), so cards are handled one at a time
+    checks_certificates: bool  # a person checks each certificate before it is written (confirm)
 
-        self._transport_cls = SimTransport
-        self.names = [f"Provision Sim {i:02d}" for i in range(len(cards_per_reader))]
-        self._queues = {name: list(cards) for name, cards in zip(self.names, cards_per_reader, strict=True)}
-        self._current: dict[str, Any] = {}
-        self._events: queue.Queue[CardEvent] = queue.Queue()
-        for name in self.names:
-            self._insert_next(name)
+    def say(self, text: str) -> None:
+        """One line for the operator (the runner's progress and results)."""
+        ...
 
-    def _insert_next(self, reader: str) -> None:
-        pending = self._queues[reader]
-        if pending:
-            card = pending.pop(0)
-            card.power_on()
-            self._current[reader] = card
-            self._events.put(CardEvent("inserted", reader))
-        else:
-            self._current.pop(reader, None)
+    def ask_pin(self, holder: str, tries: int | None) -> Secret:
+        """The card PIN, typed by its holder, who sees the tries left (only when ``types_pins``)."""
+        ...
 
-    def insert(self, reader: str, card: Any) -> None:
-        """Put a card (back) into a reader, e.g. a pulled card returning."""
-        self._queues[reader].insert(0, card)
-        if reader not in self._current:
-            self._insert_next(reader)
+    def confirm(self, job: Job, info: Any, slot_name: str, replaced: Any) -> bool:
+        """Whether the operator accepts this certificate (only when ``checks_certificates``)."""
+        ...
 
-    def events(self, timeout: float | None) -> Iterator[CardEvent]:
-        # Every card of a simulated source is "present": its queue only waits for the reader to be
-        # free. So the source ends when every card has been handed over, not after ``timeout``.
-        while True:
-            try:
-                yield self._events.get(timeout=0.05)
-            except queue.Empty:
-                if not self._current and self._events.empty():
-                    return
-                yield CardEvent("tick", "")
-
-    def connect(self, reader: str) -> RawTransport:
-        card = self._current.get(reader)
-        if card is None or getattr(card, "vanished", False):
-            raise CardRemovedError(f"no card in {reader}")
-        return self._transport_cls(card, reader)
-
-    def done_with(self, reader: str) -> None:
-        self._events.put(CardEvent("removed", reader))
-        self._insert_next(reader)
-
-    def present(self) -> list[str]:
-        return [name for name in self.names if name in self._current]
-
-    def requeue(self, reader: str) -> None:
-        """Take the card out and put it at the back of the pile (the counter skipped its holder)."""
-        card = self._current.pop(reader, None)
-        if card is not None:
-            self._queues[reader].append(card)
-        self._insert_next(reader)
-
-
-class PcscSource:
-    """Real readers through PC/SC (pcscd, WinSCard): insertion events on all readers at once."""
-
-    def __init__(self, reader_filter: list[str] | None = None) -> None:
-        from provision.card import transport
-
-        self._t = transport
-        self._filter = [f.lower() for f in reader_filter or []]
-
-    def _wanted(self, name: str) -> bool:
-        return not self._filter or any(f in name.lower() for f in self._filter)
-
-    def events(self, timeout: float | None) -> Iterator[CardEvent]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        known = self._t.list_readers()
-        for state in known:
-            if state.card_present and self._wanted(state.name):
-                yield CardEvent("inserted", state.name)
-        while True:
-            # Watch in one-second slices and tick between them, so the runner can notice that a
-            # worker finished the last job without waiting for the card to be taken out.
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return
-            for event in self._t.watch(known, timeout=1.0 if left is None else min(1.0, left)):
-                if not self._wanted(event.reader):
-                    continue
-                if event.kind == "inserted":
-                    yield CardEvent("inserted", event.reader)
-                elif event.kind in ("removed", "reader-removed"):
-                    yield CardEvent("removed", event.reader)
-            yield CardEvent("tick", "")
-            known = self._t.list_readers()
-
-    def connect(self, reader: str) -> RawTransport:
-        return self._t.connect(reader)
-
-    def done_with(self, reader: str) -> None:
-        pass  # the person takes the card out; the removal event comes from PC/SC
-
-    def present(self) -> list[str]:
-        return [r.name for r in self._t.list_readers() if r.card_present and not r.mute and self._wanted(r.name)]
+    def announce_next(self, job: Job) -> list[str]:
+        """The lines that ask for the next card, this job's (none: nobody to hand it over)."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,9 +133,6 @@ class RunOptions:
     logs: Path
     unattended: bool = False
     wait: float | None = None  # seconds to wait for missing cards; None: until all are done (counter)
-    ask_pin: PinPrompt | None = None
-    confirm: Confirm | None = None
-    say: Say = field(default_factory=lambda: _to_stderr)
     progress: bool = True
     export_dir: Path | None = None
     queue: str | None = None  # journal/queue URL (provision.queue.open_queue); None: logs/journal.sqlite3
@@ -218,17 +141,15 @@ class RunOptions:
     bundle_window: int = 32  # decrypted PKCS#12 bundles kept ready ahead of the cards
 
 
-def _to_stderr(text: str) -> None:
-    sys.stderr.write(printable(text) + "\n")
-
-
 class Runner:
-    def __init__(self, jobfile: JobFile, source: CardSource | CardBackend, options: RunOptions, *, audit: Any = None) -> None:
+    def __init__(self, jobfile: JobFile, source: CardSource | CardBackend, options: RunOptions, *, ui: RunUI,
+                 audit: Any = None) -> None:  # fmt: skip
         self.jobfile = jobfile
         self.source = source
         self.backend: CardBackend = as_backend(source)  # PIV readers or PKCS#11 tokens: the runner need not know
         self.options = options
-        self.say = options.say
+        self.ui = ui
+        self.say = ui.say  # above the progress bar while run() shows one
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
         from provision.queue import open_queue
 
@@ -252,7 +173,7 @@ class Runner:
         self.started = jn.now_rfc3339()
         self.finished: str | None = None
         self.seal: str | None = None
-        self.expected_job: JobState | None = None  # counter screen: the holder the clerk called
+        self._called: JobState | None = None  # counter screen: the holder the clerk called (call)
         self._opening: set[str] = set()  # jobs whose PKCS#12 is being decrypted right now
         self._ready = threading.Condition(self._lock)  # the prefetcher waits here for room in the window
         self._stopping = False
@@ -409,7 +330,7 @@ class Runner:
                     return s, ""
             for s in open_states:
                 if seen.claims(s.job.card):
-                    called = self.expected_job
+                    called = self._called
                     if called is not None and s is not called:
                         return None, (f"this is the card of {s.job.holder}, but the counter called "
                                       f"{called.job.holder}; give it back and ask for the right card")  # fmt: skip
@@ -428,8 +349,8 @@ class Runner:
             return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
 
     def expected(self) -> JobState | None:
-        if self.expected_job is not None:
-            return self.expected_job
+        if self._called is not None:
+            return self._called
         return next((s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)), None)
 
     def open_jobs(self) -> list[JobState]:
@@ -514,8 +435,9 @@ class Runner:
             ctx = LoadContext(
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
                 journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
-                ask_pin=self.options.ask_pin, export_dir=self.options.export_dir, resuming=resuming,
-                confirm=self.options.confirm, pin_holds=self.pin_holds,
+                ask_pin=self.ui.ask_pin if self.ui.types_pins else None, export_dir=self.options.export_dir,
+                resuming=resuming, confirm=self.ui.confirm if self.ui.checks_certificates else None,
+                pin_holds=self.pin_holds,
             )  # fmt: skip
             loader = card.loader(ctx, seen)
             state.result = loader.result  # what the load found so far, also if it fails
@@ -634,12 +556,10 @@ class Runner:
                 with self._lock:
                     ready += [r for r in missed if r not in self._busy and r in self.source.present()]
                 for reader in ready:
-                    with self._lock:
-                        if reader in self._busy:  # a quick swap: handle the new card when the worker ends
-                            missed.add(reader)
-                            continue
-                        missed.discard(reader)
-                        self._busy.add(reader)
+                    if not self.take_reader(reader):  # a quick swap: handle the new card when the worker ends
+                        missed.add(reader)
+                        continue
+                    missed.discard(reader)
                     worker = threading.Thread(target=self.handle_card, args=(reader,), daemon=True,
                                               name=f"reader-{reader}")  # fmt: skip
                     # Only the live workers are kept: a batch of thousands of cards must not keep
@@ -647,7 +567,7 @@ class Runner:
                     self._workers = [w for w in self._workers if w.is_alive()]
                     self._workers.append(worker)
                     worker.start()
-                    if self.options.ask_pin is not None:
+                    if self.ui.types_pins:
                         worker.join()  # one person at the counter: one card at a time
                 self._reap(bar)
                 if not self.open_jobs() and not self._busy:
@@ -717,12 +637,39 @@ class Runner:
             return
         if self.options.unattended:
             return
-        card = expected.job.card
-        which = f" (serial {card.serial})" if card.serial is not None else ""
-        self.say("")
-        self.say(f"Insert the card of {expected.job.holder}{which}.")
+        for line in self.ui.announce_next(expected.job):
+            self.say(line)
 
-    def finish(self, interrupted: bool) -> int:
+    # --- driven one card at a time (the counter screen) ---
+
+    def call(self, state: JobState | None) -> None:
+        """The counter called this holder: ``match`` gives their card only and refuses another
+        holder's (None: no holder called, as in a batch)."""
+        self._called = state
+
+    def take_reader(self, reader: str) -> bool:
+        """Mark ``reader`` as being handled; False when its card already is."""
+        with self._lock:
+            if reader in self._busy:
+                return False
+            self._busy.add(reader)
+            return True
+
+    def free_readers(self) -> list[str]:
+        """Readers that hold a card nobody is handling yet."""
+        with self._lock:
+            busy = set(self._busy)
+        return [reader for reader in self.source.present() if reader not in busy]
+
+    def load_card(self, reader: str) -> None:
+        """Handle the card in ``reader`` now, in this thread (a counter: one card at a time)."""
+        if self.take_reader(reader):
+            self.handle_card(reader)
+
+    def finish(self, interrupted: bool, error: ProvisionError | None = None) -> int:
+        """End the run: its end record, seal and journal end. ``error``: what ended it early."""
+        if error is not None:
+            self.stop_error = error
         if self.finished is not None:  # already ended (the counter's own loop may have)
             return EXIT_INTERRUPTED if interrupted else EXIT_OK
         # A load in hand gets a bounded time to end on its own before its job is called in doubt.
@@ -833,257 +780,3 @@ def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Jo
     return (job, inspection, bundle, inspection.message)
 
 
-class LogsLock:
-    """One run at a time per logs directory (two runs must not interleave their journals)."""
-
-    def __init__(self, logs: Path) -> None:
-        self.path = logs / ".lock"
-        self._handle: Any = None
-
-    def __enter__(self) -> LogsLock:
-        from provision.logsdir import open_logs, open_nofollow
-
-        open_logs(self.path.parent, create=True)
-        try:
-            self._handle = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
-        except OSError as exc:
-            raise EnvironmentProblem(f"the logs directory {self.path.parent} cannot be written ({exc.strerror})") from None
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                msvcrt.locking(self._handle.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._handle.close()
-            raise EnvironmentProblem(
-                f"another provision run is using {self.path.parent}; wait for it to finish or use another --logs"
-            ) from None
-        return self
-
-    @property
-    def held(self) -> bool:
-        return self._handle is not None and not self._handle.closed
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.close()
-
-
-def run_alive(logs: Path) -> bool:
-    """Whether a live process holds this logs directory's lock (read-only: creates and writes
-    nothing, so it works on an auditor's read-only copy). A run the journal calls 'running' while
-    nobody holds the lock was killed outright."""
-    path = logs / ".lock"
-    if not path.is_file() or path.is_symlink():
-        return False
-    if sys.platform == "win32":
-        try:
-            with LogsLock(logs):
-                return False
-        except EnvironmentProblem:
-            return True
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True  # a run holds it exclusively
-    finally:
-        os.close(fd)
-    return False
-
-
-def sim_cards_for(jobfile: JobFile) -> list[Any]:
-    """``run --sim``: one fresh simulated card per job, with the job's identity, in job order."""
-    from provision.sim.card import SimCard, SimOptions
-
-    cards = []
-    for index, job in enumerate(jobfile.jobs):
-        if job.card.pkcs11 is not None:
-            continue  # a token job: its token comes from the PKCS#11 module
-        serial = job.card.serial if job.card.serial is not None else 30_000_000 + index
-        guid = bytes.fromhex(job.card.guid) if job.card.guid else None
-        cards.append(SimCard(SimOptions(serial=serial, chuid_guid=guid)))
-    return cards
-
-
-def terminal_pin_prompt(holder: str, tries: int | None) -> Any:
-    """Counter mode: the citizen types the PIN, seeing how many tries are left (workflow step 10)."""
-    import getpass
-
-    from provision.errors import SecretError
-    from provision.secrets import typed_secret
-
-    left = f"{tries} tr{'y' if tries == 1 else 'ies'} left" if tries is not None else "tries unknown"
-    if not sys.stdin.isatty():
-        raise SecretError("the card PIN must be typed at the counter, but there is no terminal")
-    try:
-        return typed_secret(getpass.getpass(printable(f"PIN of the card of {holder} ({left}): "), stream=sys.stderr), "PIN")
-    except (EOFError, KeyboardInterrupt):
-        raise SecretError("no PIN was typed") from None
-
-
-@dataclass
-class RunOutcome:
-    exit_code: int
-    document: dict[str, Any]
-    reports: dict[str, Path]
-    error: str | None = None  # what ended the run early (the PC/SC service went away, …), in words
-
-
-def run_jobfile(
-    jobfile: JobFile,
-    *,
-    logs: Path,
-    unattended: bool,
-    wait: float | None,
-    readers: list[str] | None = None,
-    sim: bool = False,
-    source: CardSource | CardBackend | None = None,
-    progress: bool = True,
-    say: Say = _to_stderr,
-    only_jobs: set[str] | None = None,
-    accept_damaged_audit_tail: str | None = None,
-    operator: str | None = None,
-    counter_screen: bool | None = None,
-    queue: str | None = None,
-    station: str | None = None,
-    lease_seconds: float = 30.0,
-    bundle_window: int = 32,
-    logs_lock: LogsLock | None = None,
-) -> RunOutcome:
-    """Everything ``provision run`` does after the job file validated. ``logs_lock``: the caller
-    already holds the logs lock (``resume`` takes it before it reads the journal)."""
-    if only_jobs is not None:
-        from dataclasses import replace
-
-        jobfile = replace(jobfile, jobs=tuple(j for j in jobfile.jobs if j.id in only_jobs))
-    from contextlib import AbstractContextManager, nullcontext
-
-    lock: AbstractContextManager[Any] = nullcontext() if logs_lock is not None and logs_lock.held else LogsLock(logs)
-    with lock:
-        if counter_screen is None:  # the counter screen needs a person at a terminal
-            counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
-        if source is None:
-            from provision.p11.source import with_pkcs11_tokens
-
-            piv = None
-            if any(job.card.pkcs11 is None for job in jobfile.jobs):
-                piv = SimSource([sim_cards_for(jobfile)]) if sim else PcscSource(readers)
-            source = with_pkcs11_tokens(jobfile, piv)  # the PIV source alone when no job names a token
-        audit = open_audit(logs, jobfile, unattended=unattended, accept_damaged_tail=accept_damaged_audit_tail,
-                           operator=operator)  # fmt: skip
-        if unattended and wait is None:
-            wait = 0.0
-        options = RunOptions(logs=logs, unattended=unattended, wait=wait, say=say, progress=progress,
-                             ask_pin=None if unattended else terminal_pin_prompt, queue=queue, station=station,
-                             lease_seconds=lease_seconds, bundle_window=bundle_window)  # fmt: skip
-        runner = Runner(jobfile, source, options, audit=audit)
-        with stop_on_signals(runner, raise_interrupt=bool(counter_screen)):
-            runner.prepare(defer_prompts=counter_screen)
-            if counter_screen:
-                from provision.counter import CounterScreen
-
-                code = CounterScreen(runner).run()
-            else:
-                code = runner.run()
-            document = runner.document()
-            document["operator"] = audit.operator  # the person (BR §5.4.1), as every audit record names them
-            with contextlib.suppress(*RECORDS_FAILED):
-                runner.journal.close()
-                runner.pin_holds.close()
-            error = runner.stop_error.message if runner.stop_error is not None else None
-            try:
-                reports = write_run_reports(document, logs)
-            except (OSError, ProvisionError) as exc:
-                reports = {}
-                if error is None:
-                    raise
-                error += f"; the reports could not be written either ({getattr(exc, 'strerror', None) or exc})"
-    return RunOutcome(code, document, reports, error)
-
-
-# How long loads already in hand may take to end by themselves when a run is stopped.
-WORKER_GRACE_SECONDS = 15.0
-
-
-@contextmanager
-def stop_on_signals(runner: Runner, *, raise_interrupt: bool) -> Iterator[None]:
-    """SIGTERM (systemd stop, kill) and SIGHUP (the terminal closed) end a run as Ctrl-C does:
-    interrupted, with its end record, a seal and the reports, and `provision resume` finishes it.
-    Unattended, the signal only asks the loop to stop (checked at every event, within a second), so
-    it never lands in the middle of a record; at the counter, where the main thread waits on a
-    person, it interrupts like Ctrl-C. A second signal while the run ends is ignored."""
-    import signal
-
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    if threading.current_thread() is not threading.main_thread() or not names:
-        yield
-        return
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        for number in previous:
-            signal.signal(number, signal.SIG_IGN)
-        runner.request_stop(name)
-        if raise_interrupt:
-            raise KeyboardInterrupt(name)
-
-    for name in names:
-        number = getattr(signal, name)
-        previous[number] = signal.signal(number, handler)
-    try:
-        yield
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
-
-
-def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged_tail: str | None = None,
-               operator: str | None = None) -> Any:  # fmt: skip
-    """The audit log of this logs directory, keyed when the job file names an audit key, sealed after
-    every job and, with audit.anchor, anchored to a witness file on other storage.
-
-    A log whose end does not verify, or that is gone while the journal or the anchor knows its
-    seals, is not appended to (the new records would hide the damage) unless the operator says so,
-    with a reason that goes into the log itself."""
-    from provision.audit import AuditLog, journal_seals, syslog_target
-    from provision.errors import AuditError
-    from provision.secrets import obtain
-
-    key = obtain(jobfile.audit_key, unattended=unattended) if jobfile.audit_key is not None else None
-    syslog = syslog_target(jobfile.audit_syslog, all_events=jobfile.audit_syslog_all) if jobfile.audit_syslog else None
-    audit = AuditLog(logs / "audit.jsonl", key=key, syslog=syslog, operator=operator, anchor=jobfile.audit_anchor,
-                     seal_each_job=True, timestamp=jobfile.audit_timestamp)  # fmt: skip
-    try:
-        audit.check_anchor()
-        known = journal_seals(logs)
-        tail = audit.check_tail(known)
-        if not tail.ok:
-            if not accept_damaged_tail:
-                raise AuditError(
-                    f"the audit log's end is damaged ({tail.message}); nothing was run. Check it with "
-                    "'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue"
-                )
-            audit.accept_damaged_tail(accept_damaged_tail, known)
-    except BaseException:
-        audit.close()
-        raise
-    return audit
-
-
-def write_run_reports(document: dict[str, Any], logs: Path) -> dict[str, Path]:
-    from provision.logsdir import refuse_link
-    from provision.report import write_reports
-
-    refuse_link(logs / "reports", directory=True)  # planted during the run: the reports stay in the journal
-    return dict(write_reports(document, logs / "reports"))

@@ -34,14 +34,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision import fixtures
+from provision.app import run_jobfile
 from provision.card.apdu import ApduChannel
 from provision.jobfile import load_jobfile
+from provision.logsdir import LogsLock
 from provision.piv.session import PivSession
-from provision.runner import LogsLock, Runner, RunOptions, SimSource, run_jobfile
+from provision.runner import Runner, RunOptions
 from provision.secrets import Secret
 from provision.sim.card import SimCard, SimOptions
 from provision.sim.inprocess import SimTransport
+from provision.sim.source import SimSource
 from provision.store import CertificateStore
+from provision.ui import UnattendedUI
 from tests.helpers.faults_common import SERIAL, FaultJob, Material, new_card_state, record, view_card
 
 FAMILY = "card safety across runs"
@@ -306,11 +310,11 @@ def _snapshot(logs: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def live_run_lock(tmp_path: Path) -> Any:
-    """A child process holding the logs lock the way a live run does (``runner.LogsLock``)."""
+    """A child process holding the logs lock the way a live run does (``logsdir.LogsLock``)."""
     procs: list[subprocess.Popen[str]] = []
 
     def hold(logs: Path) -> None:
-        code = ("import sys; from pathlib import Path; from provision.runner import LogsLock\n"
+        code = ("import sys; from pathlib import Path; from provision.logsdir import LogsLock\n"
                 "with LogsLock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()\n")  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-c", code, str(logs)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -487,10 +491,16 @@ def _counter_run(job: FaultJob, cards: list[Any], typed: str) -> Any:
         asked.append(tries)
         return Secret(typed)
 
+    class Citizen(UnattendedUI):  # types the PIN; the certificate is not shown to anyone
+        types_pins = True
+
+        def ask_pin(self, holder: str, tries: int | None) -> Secret:
+            return ask_pin(holder, tries)
+
     logs = job.directory / "logs"
-    options = RunOptions(logs=logs, unattended=False, wait=0.2, say=lambda _t: None, progress=False, ask_pin=ask_pin)
+    options = RunOptions(logs=logs, unattended=False, wait=0.2, progress=False)
     with LogsLock(logs):
-        runner = Runner(load_jobfile(path, unattended=False), SimSource([cards]), options)
+        runner = Runner(load_jobfile(path, unattended=False), SimSource([cards]), options, ui=Citizen(lambda _t: None))
         runner.prepare()
         runner.run()
         document = runner.document()

@@ -327,7 +327,7 @@ class FuzzedCard(SimCard):
 
 def test_fuzzed_card_gives_typed_errors_only(tmp_path: Path, canaries: Any, material: Material, card_dir: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import provision.runner as runner
+    import provision.sim.batch as simulated
 
     job = FaultJob(tmp_path / "job", canaries, material, export=False)
     failures: list[str] = []
@@ -336,7 +336,7 @@ def test_fuzzed_card_gives_typed_errors_only(tmp_path: Path, canaries: Any, mate
         state, logs = card_dir / f"fuzz-{case}.json", tmp_path / f"logs-{case}"
         old = new_card_state(state, canaries, material, old_cert=case % 2 == 0)
         card = FuzzedCard(SimOptions(serial=job.serial), state, seed=1000 + case, rate=rate)
-        monkeypatch.setattr(runner, "sim_cards_for", lambda _jobfile, c=card: [c])
+        monkeypatch.setattr(simulated, "sim_cards_for", lambda _jobfile, c=card: [c])
         box: dict[str, Any] = {}
         verdict = Verdict()
         with thread_errors() as crashed:

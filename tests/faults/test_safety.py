@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from provision.app import run_jobfile
 from provision.jobfile import load_jobfile
-from provision.runner import LogsLock, SimSource, run_jobfile
+from provision.logsdir import LogsLock
 from provision.sim.card import SimCard, SimOptions
+from provision.sim.source import SimSource
 from tests.helpers.faults_common import INS_AUTH, INS_VERIFY, FaultJob, Material, new_card_state, record
 
 FAMILY = "safety (wrong card, PIN, keys)"

@@ -16,9 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision import fixtures
+from provision.app import run_jobfile
 from provision.jobfile import load_jobfile
 from provision.p11.objects import key_id
-from provision.runner import run_jobfile
 from tests.helpers.interop_peers import parse_pkcs11_objects
 from tests.helpers.product import provision_cmd
 from tests.helpers.softhsm import SoftHsm

@@ -13,9 +13,10 @@ from pathlib import Path
 
 
 def main(spec_path: str) -> int:
+    from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
-    from provision.runner import SimSource, run_jobfile
     from provision.sim.card import SimCard, SimOptions
+    from provision.sim.source import SimSource
 
     spec = json.loads(Path(spec_path).read_text())
     readers = [[SimCard(SimOptions(serial=serial, latency_ms=spec.get("latency_ms", 0.0)), state_path=Path(state))

@@ -14,10 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision import fixtures
+from provision.app import run_jobfile
 from provision.jobfile import load_jobfile
 from provision.load import export_to_nssdb
-from provision.runner import SimSource, run_jobfile
 from provision.sim.card import SimCard, SimOptions
+from provision.sim.source import SimSource
 from tests.helpers.tiers import require
 
 NOW = datetime.now(UTC)

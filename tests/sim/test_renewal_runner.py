@@ -13,12 +13,13 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision import fixtures
+from provision.app import run_jobfile
 from provision.card.apdu import ApduChannel
 from provision.jobfile import load_jobfile
 from provision.piv.session import PivSession
-from provision.runner import SimSource, run_jobfile
 from provision.sim.card import SimCard, SimOptions
 from provision.sim.inprocess import SimTransport
+from provision.sim.source import SimSource
 
 NOW = datetime.now(UTC)
 DEFAULT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")

@@ -12,14 +12,15 @@ import pytest
 
 from provision import fixtures
 from provision import journal as jn
+from provision.app import run_jobfile
 from provision.card.apdu import ApduChannel
 from provision.cardinfo import read_card_info
 from provision.jobfile import load_jobfile
 from provision.piv.session import PivSession
-from provision.runner import SimSource, run_jobfile
 from provision.secrets import Secret
 from provision.sim.card import SimCard, SimOptions
 from provision.sim.inprocess import SimTransport
+from provision.sim.source import SimSource
 
 NOW = datetime.now(UTC)
 DEFAULT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")

@@ -44,7 +44,9 @@ def _screen() -> tuple[CounterScreen, io.StringIO]:
     console = Console(file=out, force_terminal=True, color_system="truecolor", width=300, highlight=False)
     runner = SimpleNamespace(states=[], options=SimpleNamespace(), say=None,
                              jobfile=SimpleNamespace(batch="b\x1b[5m"))  # fmt: skip
-    return CounterScreen(runner, console=console, read_line=lambda: "n"), out
+    screen = CounterScreen(console=console, read_line=lambda: "n")
+    screen.attach(runner)
+    return screen, out
 
 
 def test_the_counter_screen_shows_names_as_written() -> None:
@@ -53,7 +55,7 @@ def test_the_counter_screen_shows_names_as_written() -> None:
                            not_after=datetime(2030, 1, 1, tzinfo=UTC))  # fmt: skip
     job = SimpleNamespace(holder=HOSTILE)
     assert screen.confirm(job, info, f"e-Cert {HOSTILE}", None) is False
-    screen.note(f"loading {HOSTILE}")
+    screen.say(f"loading {HOSTILE}")
     screen.render_queue()
     text = out.getvalue()
     for raw in ("\x1b[2J", "\x1b]0;owned", "\x07", "\u202e", "\r", "\x9b", "\x1b[5m"):
@@ -83,7 +85,7 @@ def test_cli_errors_show_controls_as_escapes(capsys: pytest.CaptureFixture[str])
 def test_a_typed_pin_is_never_empty_or_endless(typed: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import getpass
 
-    from provision import runner
+    from provision import ui
     from provision.errors import SecretError
 
     monkeypatch.setattr(getpass, "getpass", lambda prompt="", stream=None: typed)
@@ -92,4 +94,4 @@ def test_a_typed_pin_is_never_empty_or_endless(typed: str, monkeypatch: pytest.M
         screen.ask_pin("CHAN Tai Man", 3)  # the counter screen's PIN prompt
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     with pytest.raises(SecretError, match="nothing was sent to the card"):
-        runner.terminal_pin_prompt("CHAN Tai Man", 3)  # the plain runner's
+        ui.terminal_pin_prompt("CHAN Tai Man", 3)  # the plain runner's

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from provision import journal as jn
+from provision.app import write_run_reports
 from provision.audit import AuditLog
 from provision.errors import EXIT_ENVIRONMENT, JournalError, LogsError
-from provision.logsdir import open_logs, shared_write_warning
-from provision.runner import LogsLock, write_run_reports
+from provision.logsdir import LogsLock, open_logs, shared_write_warning
 from provision.store import CertificateStore
 
 VICTIM_TEXT = b"root:x:0:0:the attacker's target\n"

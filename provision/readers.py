@@ -1,0 +1,57 @@
+"""Real readers through PC/SC (pcscd, WinSCard) as a card source of the runner.
+
+The composition root (``provision.app``) builds it for ``provision run`` without ``--sim``;
+``card/transport.py`` stays the only module that imports pyscard, and only when a reader is used.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from provision.backend import CardEvent
+from provision.card.base import RawTransport
+
+
+class PcscSource:
+    """Real readers through PC/SC (pcscd, WinSCard): insertion events on all readers at once."""
+
+    def __init__(self, reader_filter: list[str] | None = None) -> None:
+        from provision.card import transport
+
+        self._t = transport
+        self._filter = [f.lower() for f in reader_filter or []]
+
+    def _wanted(self, name: str) -> bool:
+        return not self._filter or any(f in name.lower() for f in self._filter)
+
+    def events(self, timeout: float | None) -> Iterator[CardEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        known = self._t.list_readers()
+        for state in known:
+            if state.card_present and self._wanted(state.name):
+                yield CardEvent("inserted", state.name)
+        while True:
+            # Watch in one-second slices and tick between them, so the runner can notice that a
+            # worker finished the last job without waiting for the card to be taken out.
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            for event in self._t.watch(known, timeout=1.0 if left is None else min(1.0, left)):
+                if not self._wanted(event.reader):
+                    continue
+                if event.kind == "inserted":
+                    yield CardEvent("inserted", event.reader)
+                elif event.kind in ("removed", "reader-removed"):
+                    yield CardEvent("removed", event.reader)
+            yield CardEvent("tick", "")
+            known = self._t.list_readers()
+
+    def connect(self, reader: str) -> RawTransport:
+        return self._t.connect(reader)
+
+    def done_with(self, reader: str) -> None:
+        pass  # the person takes the card out; the removal event comes from PC/SC
+
+    def present(self) -> list[str]:
+        return [r.name for r in self._t.list_readers() if r.card_present and not r.mute and self._wanted(r.name)]

@@ -1,0 +1,74 @@
+"""The plain faces of a run: what the runner's UI interface (``runner.RunUI``) is when there is no
+counter screen.
+
+``UnattendedUI``: nobody is there; messages go to stderr, PINs and passwords come from the job
+file's sources, nothing is asked. ``TerminalUI``: a person at a plain terminal (no counter screen):
+the citizen types the card PIN at a prompt on the terminal, one card at a time, and is told which
+card to insert next. The counter screen (``provision.counter``) and the tests are the other
+implementations; the composition root (``provision.app``) chooses one and hands it to the runner.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from provision.display import printable
+from provision.errors import SecretError
+from provision.jobfile import Job
+from provision.secrets import Secret, typed_secret
+
+Say = Callable[[str], None]
+
+
+def to_stderr(text: str) -> None:
+    sys.stderr.write(printable(text) + "\n")
+
+
+def terminal_pin_prompt(holder: str, tries: int | None) -> Secret:
+    """A person at the terminal types the card PIN, seeing how many tries are left (workflow step 10)."""
+    import getpass
+
+    left = f"{tries} tr{'y' if tries == 1 else 'ies'} left" if tries is not None else "tries unknown"
+    if not sys.stdin.isatty():
+        raise SecretError("the card PIN must be typed at the counter, but there is no terminal")
+    try:
+        return typed_secret(getpass.getpass(printable(f"PIN of the card of {holder} ({left}): "), stream=sys.stderr), "PIN")
+    except (EOFError, KeyboardInterrupt):
+        raise SecretError("no PIN was typed") from None
+
+
+class UnattendedUI:
+    """Nobody at the station: the runner's messages are the only output; nothing is asked."""
+
+    types_pins = False
+    checks_certificates = False
+
+    def __init__(self, say: Say = to_stderr) -> None:
+        self._say = say
+
+    def say(self, text: str) -> None:
+        self._say(text)
+
+    def ask_pin(self, holder: str, tries: int | None) -> Secret:
+        raise SecretError(f"the card PIN of {holder} cannot be typed: the run is unattended")
+
+    def confirm(self, job: Job, info: Any, slot_name: str, replaced: Any) -> bool:
+        return True  # never asked (checks_certificates is False)
+
+    def announce_next(self, job: Job) -> list[str]:
+        return []  # nobody to hand the next card over
+
+
+class TerminalUI(UnattendedUI):
+    """A person at a plain terminal: PINs typed at a prompt, one card at a time, the next card named."""
+
+    types_pins = True
+
+    def ask_pin(self, holder: str, tries: int | None) -> Secret:
+        return terminal_pin_prompt(holder, tries)
+
+    def announce_next(self, job: Job) -> list[str]:
+        which = f" (serial {job.card.serial})" if job.card.serial is not None else ""
+        return ["", f"Insert the card of {job.holder}{which}."]
