@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from provision import journal as jn
-from provision.audit import AuditLog
+from provision.audit.chain import AuditLog
 from provision.errors import EXIT_ENVIRONMENT, JournalError, LogsError
 from provision.logsdir import open_logs, shared_write_warning
 from provision.runner import LogsLock, write_run_reports
