@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from provision import __version__  # noqa: E402
-from provision.audit import GENESIS, MAC_NAME, _encode_line, _Hasher, rfc3339, verify  # noqa: E402
+from provision.audit.records import GENESIS, MAC_NAME, Hasher, encode_line, rfc3339  # noqa: E402
+from provision.audit.verify import verify  # noqa: E402
 from provision.secrets import Secret  # noqa: E402
 
 EVENTS = ("card_inserted", "card_identified", "preflight", "archive", "pin_verify", "key_imported",
@@ -26,7 +27,7 @@ EVENTS = ("card_inserted", "card_identified", "preflight", "archive", "pin_verif
 def generate(path: Path, count: int, key: Secret | None) -> None:
     from datetime import UTC, datetime, timedelta
 
-    hasher = _Hasher(key)
+    hasher = Hasher(key)
     prev, start = GENESIS, datetime(2025, 11, 25, 2, 0, tzinfo=UTC)
     with open(path, "wb", buffering=1 << 20) as out:
         for seq in range(1, count + 1):
@@ -42,7 +43,7 @@ def generate(path: Path, count: int, key: Secret | None) -> None:
             }  # fmt: skip
             if key is not None:
                 record["mac"] = MAC_NAME
-            line, prev = _encode_line(record, hasher)
+            line, prev = encode_line(record, hasher)
             out.write(line)
 
 

@@ -167,7 +167,9 @@ def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged
     A log whose end does not verify, or that is gone while the journal or the anchor knows its
     seals, is not appended to (the new records would hide the damage) unless the operator says so,
     with a reason that goes into the log itself."""
-    from provision.audit import AuditLog, journal_seals, syslog_target
+    from provision.audit.chain import AuditLog
+    from provision.audit.forward import syslog_target
+    from provision.audit.verify import journal_seals
     from provision.errors import AuditError
     from provision.secrets import obtain
 

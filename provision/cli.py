@@ -263,7 +263,7 @@ def _with_syslog(jobfile: Any, address: str | None) -> Any:
         return jobfile
     from dataclasses import replace
 
-    from provision.audit import syslog_target
+    from provision.audit.forward import syslog_target
 
     syslog_target(address)  # a wrong address is a usage error before anything runs
     return replace(jobfile, audit_syslog=address)
@@ -282,7 +282,7 @@ def _with_anchor(jobfile: Any, anchor: str | None) -> Any:
 def _operator(args: argparse.Namespace) -> str | None:
     """The person at the station (CA/B Forum BR §5.4.1): --operator, $PROVISION_OPERATOR, or asked once
     at a terminal; None (the OS user is recorded) when unattended and not given."""
-    from provision.audit import operator_name
+    from provision.audit.records import operator_name
 
     given = args.operator if args.operator is not None else os.environ.get("PROVISION_OPERATOR")
     if given:
@@ -470,11 +470,11 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from provision.audit import cmd_audit_verify as verify_command
+    from provision.cli_audit import cmd_audit_verify as verify_command
+    from provision.cli_audit import cmd_audit_verify_queue
 
     if args.queue:
         from provision.queue import is_shared_url, open_queue
-        from provision.queue.audit_mirror import cmd_audit_verify_queue
 
         if not is_shared_url(args.queue):
             raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
@@ -486,7 +486,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say_json if args.json else _say)
         finally:
             queue.close()
-    from provision.audit import journal_seals
+    from provision.audit.verify import journal_seals
 
     logs = _logs(args)
     anchor = Path(args.anchor) if args.anchor else None
@@ -512,7 +512,7 @@ def _certificate_der(path: str) -> bytes:
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
-    from provision.audit import cmd_audit_show as show_command
+    from provision.cli_audit import cmd_audit_show as show_command
 
     return show_command(_logs(args), job=args.job, card=args.card, since=args.since, until=args.until,
                         event=args.event, as_json=args.json, out=_say_json if args.json else _say, err=_warn,
@@ -609,7 +609,7 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from provision import journal as jn
-    from provision.audit import AuditLog
+    from provision.audit.chain import AuditLog
     from provision.errors import AuditError
     from provision.logsdir import LogsLock
 

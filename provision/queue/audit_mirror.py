@@ -4,7 +4,7 @@ A station keeps writing its own hash-chained ``audit.jsonl`` (provision.audit do
 hashing). ``MirroredAudit`` copies every line it wrote, byte for byte, into ``provision_audit``
 (station, seq, line, hash, prev); lines written while the mirror was not there (earlier runs, an
 outage) are copied from the files first, so the database holds each station's whole chain.
-``verify_stations`` hands each station's lines to ``provision.audit.verify``: the same verifier
+``verify_stations`` hands each station's lines to ``provision.audit.verify.verify``: the same verifier
 as for a file, with the station's seals from the queue's runs.
 """
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision.audit import LOG_NAME, AuditRecord, VerifyResult, canonical, chain_files, verify
+from provision.audit.records import EVENT_SEAL, LOG_NAME, AuditRecord, canonical, chain_files
+from provision.audit.verify import VerifyResult, verify
 from provision.secrets import Secret
 
 
@@ -46,8 +47,6 @@ class MirroredAudit:
         return record
 
     def seal(self, **fields: Any) -> str:
-        from provision.audit import EVENT_SEAL
-
         return self.append(EVENT_SEAL, **fields).hash
 
     def close(self) -> None:
@@ -92,7 +91,7 @@ class StationResult:
 
 
 def verify_stations(queue: Any, *, key: Secret | None = None, stations: Iterable[str] | None = None) -> list[StationResult]:
-    """Every station's chain in the queue, checked by provision.audit.verify with its seals."""
+    """Every station's chain in the queue, checked by provision.audit.verify.verify with its seals."""
     results = []
     for station in stations if stations is not None else queue.stations():
         with tempfile.TemporaryDirectory(prefix="provision-audit-") as tmp:
@@ -110,22 +109,3 @@ def verify_stations(queue: Any, *, key: Secret | None = None, stations: Iterable
             results.append(StationResult(station, result))
     return results
 
-
-def cmd_audit_verify_queue(queue: Any, key: Secret | None, as_json: bool, out: Any) -> int:
-    """``provision audit verify --queue URL``: 0 when every station's chain verifies, 4 otherwise."""
-    from provision.errors import AuditError
-
-    results = verify_stations(queue, key=key)
-    ok = all(r.result.ok for r in results)
-    if as_json:
-        out(json.dumps({"ok": ok, "stations": [r.to_json() for r in results]}, indent=2, ensure_ascii=False))
-    else:
-        if not results:
-            out("no station has written audit records into this queue yet")
-        for r in results:
-            if r.result.ok:
-                out(f"station {r.station}: audit chain intact, {r.result.records} records, "
-                    f"{r.result.seals_checked} seal(s); last hash {r.result.last_hash}")  # fmt: skip
-            else:
-                out(f"station {r.station}: audit chain FAILED verification ({r.result.problem}): {r.result.message}")
-    return 0 if ok else AuditError.exit_code

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from provision import fixtures
-from provision.audit import canonical
+from provision.audit.records import canonical
 
 CLI = Callable[..., Any]
 HOLDERS = ("CHAN Tai Man", "WONG Siu Ming")

@@ -126,7 +126,8 @@ def test_an_audit_record_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     """The disk fills in the middle of an audit line: the line is taken back, the error is typed,
     and the log still verifies to its last whole record."""
     with counted("full disk: test_an_audit_record_is_written_whole_or_not_at_all"):
-        from provision.audit import AuditLog, verify
+        from provision.audit.chain import AuditLog
+        from provision.audit.verify import verify
         from provision.errors import RecordsError
 
         where = tmp_path / "tiny"

@@ -138,7 +138,7 @@ def test_kill_at_random_moments_then_resume(pcscd: PrivatePcscd, cards: Cards, c
 _APPENDER = """
 import sys
 from pathlib import Path
-from provision.audit import AuditLog
+from provision.audit.chain import AuditLog
 from provision.secrets import Secret
 log = AuditLog(Path(sys.argv[1]), key=Secret(bytes.fromhex(sys.argv[2])))
 i = 0
@@ -149,7 +149,8 @@ while True:
 
 
 def test_sigkill_during_heavy_audit_appends_never_corrupts_silently(tmp_path: Path, canaries: Any) -> None:
-    from provision.audit import AuditLog, verify
+    from provision.audit.chain import AuditLog
+    from provision.audit.verify import verify
     from provision.secrets import Secret
 
     rng = random.Random(11)

@@ -14,18 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from provision.audit import (
-    GENESIS,
-    AuditLog,
-    SecretInAuditError,
-    SyslogTarget,
-    canonical,
-    chain_files,
-    cmd_audit_show,
-    cmd_audit_verify,
-    show,
-    verify,
-)
+from provision.audit.chain import AuditLog
+from provision.audit.forward import SyslogTarget
+from provision.audit.records import GENESIS, SecretInAuditError, canonical, chain_files
+from provision.audit.verify import show, verify
+from provision.cli_audit import cmd_audit_show, cmd_audit_verify
 from provision.errors import AuditError, UsageError
 from provision.secrets import Secret
 
@@ -361,7 +354,7 @@ def test_threads_do_not_interleave_or_fork(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 from pathlib import Path
-from provision.audit import AuditLog
+from provision.audit.chain import AuditLog
 from provision.secrets import Secret
 log = AuditLog(Path(sys.argv[1]), key=Secret(sys.argv[2]))
 sys.stdin.readline()  # start together
@@ -754,7 +747,7 @@ def test_a_new_chain_over_a_deleted_log_needs_an_operator(tmp_path: Path) -> Non
 
 
 def test_operator_and_os_user_are_recorded_and_names_are_checked(tmp_path: Path) -> None:
-    from provision.audit import operator_name, os_user
+    from provision.audit.records import operator_name, os_user
 
     record = AuditLog(tmp_path / "audit.jsonl", operator="  CHAN Siu Ling ").append("run_started").record
     assert record["operator"] == "CHAN Siu Ling" and record["os_user"] == os_user() and record["host"]

@@ -12,7 +12,7 @@ import pytest
 
 from provision import journal as jn
 from provision.app import write_run_reports
-from provision.audit import AuditLog
+from provision.audit.chain import AuditLog
 from provision.errors import EXIT_ENVIRONMENT, JournalError, LogsError
 from provision.logsdir import LogsLock, open_logs, shared_write_warning
 from provision.store import CertificateStore

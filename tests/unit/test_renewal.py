@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from provision.audit import SyslogTarget, syslog_target
+from provision.audit.forward import SyslogTarget, syslog_target
 from provision.bundle import CertInfo
 from provision.errors import JobFileError, UsageError
 from provision.jobfile import Job, Renew, parse_duration, parse_jobfile
