@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,7 +47,6 @@ from provision.piv.session import (
     PivSession,
     SlotMetadata,
 )
-from provision.piv.slots import find_algorithm
 from provision.queue.base import JournalStore
 from provision.renewal import Decision, renewal_decision
 from provision.secrets import Secret, obtain
@@ -718,11 +716,3 @@ def _version_text(version: tuple[int, int, int] | None) -> str:
 def _rfc3339(moment: Any) -> str:
     return str(moment.isoformat()).replace("+00:00", "Z")
 
-
-def key_algorithm_supported(version: tuple[int, int, int] | None, key_type: str, bits: int) -> bool:
-    target = "yubikey-5.7" if version is not None and version >= (5, 7, 0) else "sp800-78-4"
-    return find_algorithm(key_type, bits, target) is not None
-
-
-def elapsed(start: float) -> float:
-    return round(time.monotonic() - start, 3)
