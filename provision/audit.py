@@ -47,7 +47,14 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from provision import __version__
-from provision.errors import AuditError, EnvironmentProblem, ProvisionError, RecordsError, UsageError
+from provision.errors import (
+    AuditError,
+    EnvironmentProblem,
+    ProvisionError,
+    RecordsError,
+    SecretInAuditError,
+    UsageError,
+)
 from provision.fsutil import fsync_dir
 from provision.logsdir import open_nofollow, refuse_link
 from provision.secrets import Secret
@@ -107,10 +114,6 @@ _TAIL_WINDOW = 1 << 20  # how far back accept_damaged_tail looks for the last go
 _ACCEPT_LOOKAHEAD = 10_000  # lines after a damaged region in which verify looks for its acceptance
 
 Out = Callable[[str], None]
-
-
-class SecretInAuditError(ValueError):
-    """A caller tried to put a secret (a Secret, or a field named like one) into the audit log."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from provision.bundle import CertInfo, cert_info
-from provision.errors import CardProtocolError, CardStatusError
+from provision.errors import CardNotSupportedError, CardProtocolError, CardStatusError
 from provision.piv import tlv
 from provision.piv.session import (
     KEY_REF_MANAGEMENT,
@@ -30,7 +30,6 @@ from provision.piv.session import (
     PIN_POLICIES,
     SLOT_NAMES_OBJECT_ID,
     TOUCH_POLICIES,
-    CardNotSupportedError,
     PivSession,
     PublicKey,
     SlotMetadata,

@@ -30,20 +30,21 @@ from provision import journal as jn
 from provision.bundle import Bundle, cert_info
 from provision.errors import (
     CardError,
+    CardNotSupportedError,
     CardStatusError,
     InternalError,
+    JobRefused,
     ManagementKeyError,
+    OperatorDeclined,
     PinError,
+    PinFormatError,
     PinHeldError,
-    ProvisionError,
     SecretError,
 )
 from provision.jobfile import Job, JobFile
 from provision.piv.session import (
     PIN_POLICIES,
     SW_SECURITY_NOT_SATISFIED,
-    CardNotSupportedError,
-    PinFormatError,
     PivSession,
     SlotMetadata,
 )
@@ -66,18 +67,6 @@ Recorder = Callable[..., None]  # audit: record(event, **fields)
 PinPrompt = Callable[[str, int | None], Secret]  # (holder, tries left) → PIN typed by the citizen
 # (job, new certificate, slot name, certificate now on the card or None) → the operator's yes/no
 Confirm = Callable[[Job, Any, str, Any], bool]
-
-
-class OperatorDeclined(ProvisionError):
-    """The operator did not confirm the certificate; nothing was written and the job stays open."""
-
-    exit_code = 1
-
-
-class JobRefused(ProvisionError):
-    """The job cannot be done on this card and nothing was written (replace: refuse, expect …)."""
-
-    exit_code = 1
 
 
 @dataclass(slots=True)  # one per job for the whole run: no per-instance dict

@@ -37,9 +37,11 @@ from provision.errors import (
     CardRemovedError,
     EnvironmentProblem,
     InternalError,
+    JobRefused,
     JournalError,
     LogsError,
     ManagementKeyError,
+    OperatorDeclined,
     PinError,
     ProvisionError,
     ReaderGoneError,
@@ -48,7 +50,7 @@ from provision.errors import (
     TransientCardError,
 )
 from provision.jobfile import Job, JobFile
-from provision.load import Confirm, JobRefused, LoadContext, LoadResult, OperatorDeclined, PinPrompt
+from provision.load import Confirm, LoadContext, LoadResult, PinPrompt
 from provision.store import CertificateStore
 
 Say = Callable[[str], None]

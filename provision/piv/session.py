@@ -36,11 +36,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algo
 
 from provision.card.apdu import SW_OK, ApduChannel, describe_sw
 from provision.errors import (
-    CardError,
+    CardNotSupportedError,
     CardProtocolError,
     CardStatusError,
+    KeyMismatchError,
     ManagementKeyError,
     PinError,
+    PinFormatError,
 )
 from provision.piv import tlv
 from provision.piv.slots import ALGORITHM_BY_CODE, Algorithm, find_algorithm, slot_by_ref
@@ -102,18 +104,6 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 PrivateKey = (
     rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey
 )
-
-
-class CardNotSupportedError(CardError):
-    """The card lacks a function we asked for (no GET METADATA, no such algorithm, ...)."""
-
-
-class PinFormatError(PinError):
-    """The PIN cannot be a PIV PIN (6 to 8 bytes); nothing was sent, no try was spent."""
-
-
-class KeyMismatchError(CardError):
-    """The key in the slot did not produce a result that the certificate's public key accepts."""
 
 
 def _triple_des(key: bytes | bytearray) -> CipherAlgorithm:

@@ -17,7 +17,6 @@ import pytest
 from provision.audit import (
     GENESIS,
     AuditLog,
-    SecretInAuditError,
     SyslogTarget,
     canonical,
     chain_files,
@@ -26,7 +25,7 @@ from provision.audit import (
     show,
     verify,
 )
-from provision.errors import AuditError, UsageError
+from provision.errors import AuditError, SecretInAuditError, UsageError
 from provision.secrets import Secret
 
 REPO = Path(__file__).resolve().parents[2]
