@@ -119,7 +119,7 @@ def demo_cards(jobfile: Any, ca_dir: Path) -> list[Any]:
 
     from provision import fixtures
     from provision.card.apdu import ApduChannel
-    from provision.load import DEFAULT_MANAGEMENT_KEY
+    from provision.piv.profiles import DEFAULT_MANAGEMENT_KEY
     from provision.piv.session import PivSession
     from provision.runner import sim_cards_for
     from provision.sim.card import SimCard, SimOptions

@@ -42,8 +42,15 @@ from provision.errors import (
     SecretError,
 )
 from provision.jobfile import Job, JobFile
+from provision.piv.profiles import (
+    COMPRESS_ABOVE_BYTES,
+    DEFAULT_MANAGEMENT_KEY,
+    KEY_HISTORY_OBJECT_ID,
+    holds_extended_algorithms,
+    key_history_update,
+    pin_always,
+)
 from provision.piv.session import (
-    PIN_POLICIES,
     SW_SECURITY_NOT_SATISFIED,
     PivSession,
     SlotMetadata,
@@ -53,13 +60,10 @@ from provision.renewal import Decision, renewal_decision
 from provision.secrets import Secret, obtain
 from provision.store import CertificateStore, write_atomically
 
-DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
 # In every report of a job that wrote with it: anyone holding such a card can replace its keys and
 # certificates without the PIN.
 DEFAULT_KEY_NOTE = ("written with the card's factory default management key: anyone holding the card can "
                     "replace its certificates without the PIN; give the job a management_key")  # fmt: skip
-KEY_HISTORY_OBJECT_ID = 0x5FC10C  # SP 800-73-4: C1 keysWithOnCardCerts, C2 keysWithOffCardCerts, F3 URL
-COMPRESS_ABOVE_BYTES = 2900  # YubiKey objects hold ~3 kB; larger certificates are gzipped as ykman does
 # Journal steps that write to a card: one begun and not followed by a commit is an unfinished load.
 _CARD_WRITES = frozenset({"import_key", "write_certificate", "write_key_history", "write_slot_name"})
 
@@ -205,7 +209,7 @@ class Loader:
             alg = bundle.algorithm
             # GET VERSION only where the answer matters (keys that need firmware 5.7).
             version = None if alg.standard else self.session.version()
-            if not alg.standard and (version is None or version < (5, 7, 0)):
+            if not alg.standard and not holds_extended_algorithms(version):
                 raise JobRefused(
                     f"the card (firmware {_version_text(version)}) cannot hold a {alg.name} key; "
                     "it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384"
@@ -529,22 +533,9 @@ class Loader:
         Raise it to cover this slot; keep everything else in the object as it was."""
         if not self.slot.is_retired:
             return
-        from provision.piv import tlv
-
-        needed = self.slot.key_ref - 0x82 + 1
-        raw = self.session.get_object(KEY_HISTORY_OBJECT_ID)
-        fields: dict[int, bytes] = {}
-        if raw:
-            try:
-                fields = dict(tlv.iter_tlv(raw))
-            except CardError:
-                fields = {}  # an unreadable object is rewritten whole
-        on_card = fields.get(0xC1, b"\x00")
-        if len(on_card) == 1 and on_card[0] >= needed:
+        needed, body = key_history_update(self.session.get_object(KEY_HISTORY_OBJECT_ID), self.slot.key_ref)
+        if body is None:
             return
-        fields[0xC1] = bytes([needed])
-        fields.setdefault(0xC2, b"\x00")
-        body = b"".join(tlv.encode(tag, fields[tag]) for tag in (0xC1, 0xC2, 0xF3) if tag in fields) + tlv.encode(0xFE, b"")
         self.authenticate_management_key()
         self._wrote = True
         with self.step("write_key_history", keys_with_on_card_certs=needed) as found:
@@ -595,12 +586,7 @@ class Loader:
             self.audit("verified", outcome="ok")
 
     def _pin_always(self, metadata: SlotMetadata | None) -> bool:
-        if metadata is not None and metadata.pin_policy is not None:
-            return metadata.pin_policy == PIN_POLICIES["always"]
-        # Without metadata, assume the YubiKey default (always on 9C) unless the job set a policy.
-        if self.job.pin_policy != "default":
-            return self.job.pin_policy == "always"
-        return self.slot.key_ref == 0x9C
+        return pin_always(self.slot.key_ref, self.job.pin_policy, None if metadata is None else metadata.pin_policy)
 
     def commit(self) -> None:
         with self.step("commit"):
