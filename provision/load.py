@@ -89,6 +89,18 @@ class LoadResult:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What preflight found on the card, before anything is written; the later steps act on it."""
+
+    current: bytes | None  # the certificate in the job's slot now (DER), None if empty
+    metadata: SlotMetadata | None  # GET METADATA of the slot; None: empty slot or a card without F7
+    key_on_card: bool | None  # the slot's key is the certificate's; None: no F7 to tell
+    cert_on_card: bool  # the slot holds exactly this job's certificate
+    done: bool  # certificate and key both proven on the card: nothing to write
+    renewal: Decision | None  # renew: the decision on the card's certificate; None: not asked
+
+
 @dataclass
 class LoadContext:
     jobfile: JobFile
@@ -183,10 +195,10 @@ class Loader:
     def run(self) -> LoadResult:
         try:
             state = self.preflight()
-            if state["done"]:
+            if state.done:
                 return self.skip()
-            if state["renewal"] is not None and not state["renewal"].act:
-                return self.skip_not_due(state["renewal"])
+            if state.renewal is not None and not state.renewal.act:
+                return self.skip_not_due(state.renewal)
             self.confirm_with_operator(state)
             self.handle_replaced_certificate(state)
             self.verify_pin()
@@ -203,7 +215,7 @@ class Loader:
             if self._pin is not None:
                 self._pin.wipe()
 
-    def preflight(self) -> dict[str, Any]:
+    def preflight(self) -> Preflight:
         bundle, job = self.ctx.bundle, self.job
         with self.step("preflight") as found:
             alg = bundle.algorithm
@@ -250,8 +262,8 @@ class Loader:
             outcome = "done" if done else ("load" if renewal is None or renewal.act else "not_due")
             self.audit("preflight", current_sha256=found["current_sha256"], outcome=outcome,
                        **({"reason": renewal.reason} if renewal is not None else {}))  # fmt: skip
-            return {"current": current, "metadata": metadata, "key_on_card": key_matches,
-                    "cert_on_card": cert_matches, "done": done, "renewal": renewal}  # fmt: skip
+            return Preflight(current=current, metadata=metadata, key_on_card=key_matches,
+                             cert_on_card=cert_matches, done=done, renewal=renewal)  # fmt: skip
 
     def _renewal_decision(self, current: bytes | None) -> Decision:
         info, unreadable = None, False
@@ -339,15 +351,15 @@ class Loader:
         finally:
             transport.begin_transaction()
 
-    def confirm_with_operator(self, state: dict[str, Any]) -> None:
+    def confirm_with_operator(self, state: Preflight) -> None:
         """Counter mode: show the certificate (and what it replaces) before anything is written."""
         if self.ctx.confirm is None:
             return
         from provision.bundle import cert_info
 
-        current = state["current"]
+        current = state.current
         replaced = None
-        if current is not None and not state["cert_on_card"]:
+        if current is not None and not state.cert_on_card:
             try:
                 replaced = cert_info(x509.load_der_x509_certificate(current))
             except ValueError:
@@ -359,9 +371,9 @@ class Loader:
             raise OperatorDeclined(f"the operator did not confirm the certificate of {self.job.holder}; nothing was written")
         self.audit("operator_confirmed", outcome="confirmed")
 
-    def handle_replaced_certificate(self, state: dict[str, Any]) -> None:
-        current: bytes | None = state["current"]
-        if current is None or state["cert_on_card"]:
+    def handle_replaced_certificate(self, state: Preflight) -> None:
+        current = state.current
+        if current is None or state.cert_on_card:
             return
         sha = hashlib.sha256(current).hexdigest()
         # No shortcut for "an interrupted attempt archived it already": the store proves its copy
@@ -504,8 +516,8 @@ class Loader:
             if self.job.management_key is None:
                 self.result.notes.append(DEFAULT_KEY_NOTE)
 
-    def import_key(self, state: dict[str, Any]) -> None:
-        if state["key_on_card"] is True:
+    def import_key(self, state: Preflight) -> None:
+        if state.key_on_card is True:
             self.result.notes.append("the key was already on the card")
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
@@ -514,8 +526,8 @@ class Loader:
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, pin_policy=self.job.pin_policy,
                        touch_policy=self.job.touch_policy)  # fmt: skip
 
-    def write_certificate(self, state: dict[str, Any]) -> None:
-        if state["cert_on_card"]:
+    def write_certificate(self, state: Preflight) -> None:
+        if state.cert_on_card:
             return
         with self.step("write_certificate"):
             self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
