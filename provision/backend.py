@@ -16,12 +16,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from provision.card.base import RawTransport
-from provision.errors import ProvisionError
+from provision.errors import EnvironmentProblem, ProvisionError, UsageError
 from provision.jobfile import CardIdentity
 from provision.load import LoadContext, LoadResult
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+    from provision.card.transport import ReaderState
+    from provision.cardinfo import CardInfo
+    from provision.sim.card import SimCard
 
 
 @dataclass(frozen=True)
@@ -234,3 +241,68 @@ class MixedBackend:
 
     def present(self) -> list[str]:
         return [reader for backend in self.backends for reader in backend.present()]
+
+
+# --- what commands ask the PIV backend (they never open a channel or a session themselves) ------
+
+
+def pcsc_readers() -> list[ReaderState]:
+    """Every PC/SC reader, with whether a card is in it (``provision readers``)."""
+    from provision.card.transport import list_readers
+
+    return list_readers()
+
+
+def connect_pcsc(reader: str) -> RawTransport:
+    """A transport to the card in the PC/SC reader ``reader``; the caller closes it."""
+    from provision.card.transport import connect
+
+    return connect(reader)
+
+
+def read_card_behind(transport: RawTransport) -> CardInfo:
+    """SELECT the PIV application behind ``transport`` and describe the card, read-only
+    (``cardinfo.read_card_info``: no PIN, no management key, no write)."""
+    from provision.card.apdu import ApduChannel
+    from provision.cardinfo import read_card_info
+    from provision.piv.session import PivSession
+
+    session = PivSession(ApduChannel(transport))
+    session.select()
+    return read_card_info(session)
+
+
+def read_card_in_reader(reader: str | None) -> tuple[str, CardInfo]:
+    """``provision card info``: (the reader's name, the card in it described read-only). ``reader``
+    None: the one reader with a card in it (none or several is the operator's to resolve)."""
+    if reader is None:
+        present = [r.name for r in pcsc_readers() if r.card_present]
+        if not present:
+            raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
+        if len(present) > 1:
+            raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
+        reader = present[0]
+    transport = connect_pcsc(reader)
+    try:
+        info = read_card_behind(transport)
+    finally:
+        transport.close()
+    return transport.reader, info
+
+
+def preload_sim_card(card: SimCard, slot: int, key: PrivateKeyTypes, certificate_der: bytes, slot_name: str) -> None:
+    """Put a key, its certificate and a slot name into ``slot`` of a simulated card with the factory
+    management key, as an earlier load would have (the demo's old e-Cert); the card is reset after."""
+    from provision.card.apdu import ApduChannel
+    from provision.piv.profiles import DEFAULT_MANAGEMENT_KEY
+    from provision.piv.session import PivSession
+    from provision.sim.inprocess import SimTransport
+
+    card.power_on()
+    session = PivSession(ApduChannel(SimTransport(card)))
+    session.select()
+    session.authenticate(DEFAULT_MANAGEMENT_KEY)
+    session.import_key(slot, key)  # type: ignore[arg-type]  # a key type PIV refuses raises
+    session.write_certificate(slot, certificate_der)
+    session.write_slot_name(slot, slot_name)
+    card.reset()

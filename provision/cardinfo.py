@@ -21,8 +21,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from provision.bundle import CertInfo, cert_info
-from provision.errors import CardProtocolError, CardStatusError
+from provision.errors import CardNotSupportedError, CardProtocolError, CardStatusError
 from provision.piv import tlv
+from provision.piv.profiles import SLOT_REFUSED_SW
 from provision.piv.session import (
     KEY_REF_MANAGEMENT,
     KEY_REF_PUK,
@@ -30,7 +31,6 @@ from provision.piv.session import (
     PIN_POLICIES,
     SLOT_NAMES_OBJECT_ID,
     TOUCH_POLICIES,
-    CardNotSupportedError,
     PivSession,
     PublicKey,
     SlotMetadata,
@@ -39,9 +39,6 @@ from provision.piv.session import (
 from provision.piv.slots import SLOTS, Slot
 
 T = TypeVar("T")
-
-# Answers meaning "this card has no such slot" (PivApplet: 6A86 beyond 8C).
-_SLOT_REFUSED_SW = frozenset({0x6A86, 0x6A81})
 
 _PIN_POLICY_NAMES = {v: k for k, v in PIN_POLICIES.items()}
 _TOUCH_POLICY_NAMES = {v: k for k, v in TOUCH_POLICIES.items()}
@@ -409,7 +406,7 @@ def _read_slot(session: PivSession, slot: Slot, metadata_supported: bool, name: 
             if slot.is_retired:
                 return SlotInfo(slot, supported=False, slot_name=name)
         except CardStatusError as exc:
-            if exc.sw in _SLOT_REFUSED_SW and slot.is_retired:
+            if exc.sw in SLOT_REFUSED_SW and slot.is_retired:
                 return SlotInfo(slot, supported=False, slot_name=name)
             errors.append(f"key metadata: {exc}")
         except CardProtocolError as exc:
@@ -433,7 +430,7 @@ def _read_slot(session: PivSession, slot: Slot, metadata_supported: bool, name: 
             if public_key is not None and cert_spki is not None:
                 matches = _spki(public_key) == cert_spki
     except CardStatusError as exc:
-        if exc.sw in _SLOT_REFUSED_SW and slot.is_retired and key is None:
+        if exc.sw in SLOT_REFUSED_SW and slot.is_retired and key is None:
             return SlotInfo(slot, supported=False, slot_name=name)
         errors.append(f"certificate: {exc}")
     except CardProtocolError as exc:

@@ -555,9 +555,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_readers(args: argparse.Namespace) -> int:
-    from provision.card.transport import list_readers
+    from provision.backend import pcsc_readers
 
-    readers = list_readers()
+    readers = pcsc_readers()
     if args.json:
         _emit_json({"readers": [r.to_json() for r in readers]})
         return EXIT_OK
@@ -575,31 +575,13 @@ def cmd_readers(args: argparse.Namespace) -> int:
 
 
 def cmd_card_info(args: argparse.Namespace) -> int:
-    from provision.card.apdu import ApduChannel
-    from provision.card.transport import connect, list_readers
-    from provision.cardinfo import read_card_info
-    from provision.errors import EnvironmentProblem
-    from provision.piv.session import PivSession
+    from provision.backend import read_card_in_reader
 
-    reader = args.reader
-    if reader is None:
-        present = [r.name for r in list_readers() if r.card_present]
-        if not present:
-            raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
-        if len(present) > 1:
-            raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
-        reader = present[0]
-    transport = connect(reader)
-    try:
-        session = PivSession(ApduChannel(transport))
-        session.select()
-        info = read_card_info(session)
-    finally:
-        transport.close()
+    reader, info = read_card_in_reader(args.reader)
     if args.json:
-        _emit_json({"reader": transport.reader, **info.to_json()})
+        _emit_json({"reader": reader, **info.to_json()})
     else:
-        _say(f"Reader: {transport.reader}")
+        _say(f"Reader: {reader}")
         for line in info.info_lines():
             _say(line)
     return EXIT_OK

@@ -118,12 +118,9 @@ def demo_cards(jobfile: Any, ca_dir: Path) -> list[Any]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from provision import fixtures
-    from provision.card.apdu import ApduChannel
-    from provision.load import DEFAULT_MANAGEMENT_KEY
-    from provision.piv.session import PivSession
+    from provision.backend import preload_sim_card
     from provision.sim.batch import sim_cards_for
     from provision.sim.card import SimCard, SimOptions
-    from provision.sim.inprocess import SimTransport
 
     cards = sim_cards_for(jobfile)
     first = cards[0]
@@ -131,15 +128,8 @@ def demo_cards(jobfile: Any, ca_dir: Path) -> list[Any]:
     ca = fixtures.make_ca("Provision Demo e-Cert CA (2023)")
     key, old = fixtures.make_leaf(ca, jobfile.jobs[0].holder, key_type="p256", serial=0x0777,
                                   not_before=now - timedelta(days=3 * 365), not_after=now + timedelta(days=7))  # fmt: skip
-    first.power_on()
-    session = PivSession(ApduChannel(SimTransport(first)))
-    session.select()
-    session.authenticate(DEFAULT_MANAGEMENT_KEY)
-    slot = jobfile.jobs[0].slot.key_ref
-    session.import_key(slot, key)  # type: ignore[arg-type]
-    session.write_certificate(slot, old.public_bytes(Encoding.DER))
-    session.write_slot_name(slot, f"e-Cert{(now - timedelta(days=3 * 365)):%Y%m%d}")
-    first.reset()
+    preload_sim_card(first, jobfile.jobs[0].slot.key_ref, key, old.public_bytes(Encoding.DER),
+                     f"e-Cert{(now - timedelta(days=3 * 365)):%Y%m%d}")  # fmt: skip
     return [first, SimCard(SimOptions(serial=STRANGER_SERIAL)), *cards[1:]]
 
 

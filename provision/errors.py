@@ -215,3 +215,66 @@ class WrongCardError(CardError):
 class PinHeldError(PinError):
     """The card refused a PIN before and is on PIN hold: no PIN was sent. An operator clears the
     hold (``provision card clear-pin-hold``) once the PIN the job gives has been checked."""
+
+
+class StoreError(ProvisionError):
+    """The certificate store (logs directory) cannot archive or prove a certificate."""
+
+    exit_code = EXIT_ENVIRONMENT  # the logs directory is part of the environment
+
+
+class QueueError(ProvisionError):
+    """The queue refuses what was asked (batch not pushed, a different job file, a bad URL)."""
+
+    exit_code = EXIT_INPUT
+
+
+class QueueUnavailable(EnvironmentProblem):
+    """The database server cannot be reached even after retrying."""
+
+
+class LeaseLost(ProvisionError):
+    """Another station took over this job (our lease ran out); this station must not write to it."""
+
+    exit_code = EXIT_FAILED
+
+
+class OperatorDeclined(ProvisionError):
+    """The operator did not confirm the certificate; nothing was written and the job stays open."""
+
+    exit_code = EXIT_FAILED
+
+
+class JobRefused(ProvisionError):
+    """The job cannot be done on this card and nothing was written (replace: refuse, expect …)."""
+
+    exit_code = EXIT_FAILED
+
+
+class CardNotSupportedError(CardError):
+    """The card lacks a function we asked for (no GET METADATA, no such algorithm, ...)."""
+
+
+class PinFormatError(PinError):
+    """The PIN cannot be a PIV PIN (6 to 8 bytes); nothing was sent, no try was spent."""
+
+
+class KeyMismatchError(CardError):
+    """The key in the slot did not produce a result that the certificate's public key accepts."""
+
+
+# Not ProvisionErrors: neither reaches the CLI as an expected failure.
+
+
+class SecretInAuditError(ValueError):
+    """A caller tried to put a secret (a Secret, or a field named like one) into the audit log.
+    A bug in the caller: should it reach the CLI, it exits as an internal error."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class CardVanished(Exception):  # noqa: N818 - a card event, not an error of ours
+    """The simulated card left the reader (``vanish_after``); the bridge closes its socket. A
+    simulator event, caught by the simulator's own bridges; it never reaches the CLI."""
+
+    exit_code = EXIT_INTERNAL

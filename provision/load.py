@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,36 +30,40 @@ from provision import journal as jn
 from provision.bundle import Bundle, cert_info
 from provision.errors import (
     CardError,
+    CardNotSupportedError,
     CardStatusError,
     InternalError,
+    JobRefused,
     ManagementKeyError,
+    OperatorDeclined,
     PinError,
+    PinFormatError,
     PinHeldError,
-    ProvisionError,
     SecretError,
 )
 from provision.jobfile import Job, JobFile
+from provision.piv.profiles import (
+    COMPRESS_ABOVE_BYTES,
+    DEFAULT_MANAGEMENT_KEY,
+    KEY_HISTORY_OBJECT_ID,
+    holds_extended_algorithms,
+    key_history_update,
+    pin_always,
+)
 from provision.piv.session import (
-    PIN_POLICIES,
     SW_SECURITY_NOT_SATISFIED,
-    CardNotSupportedError,
-    PinFormatError,
     PivSession,
     SlotMetadata,
 )
-from provision.piv.slots import find_algorithm
 from provision.queue.base import JournalStore
 from provision.renewal import Decision, renewal_decision
 from provision.secrets import Secret, obtain
 from provision.store import CertificateStore, write_atomically
 
-DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
 # In every report of a job that wrote with it: anyone holding such a card can replace its keys and
 # certificates without the PIN.
 DEFAULT_KEY_NOTE = ("written with the card's factory default management key: anyone holding the card can "
                     "replace its certificates without the PIN; give the job a management_key")  # fmt: skip
-KEY_HISTORY_OBJECT_ID = 0x5FC10C  # SP 800-73-4: C1 keysWithOnCardCerts, C2 keysWithOffCardCerts, F3 URL
-COMPRESS_ABOVE_BYTES = 2900  # YubiKey objects hold ~3 kB; larger certificates are gzipped as ykman does
 # Journal steps that write to a card: one begun and not followed by a commit is an unfinished load.
 _CARD_WRITES = frozenset({"import_key", "write_certificate", "write_key_history", "write_slot_name"})
 
@@ -68,18 +71,6 @@ Recorder = Callable[..., None]  # audit: record(event, **fields)
 PinPrompt = Callable[[str, int | None], Secret]  # (holder, tries left) → PIN typed by the citizen
 # (job, new certificate, slot name, certificate now on the card or None) → the operator's yes/no
 Confirm = Callable[[Job, Any, str, Any], bool]
-
-
-class OperatorDeclined(ProvisionError):
-    """The operator did not confirm the certificate; nothing was written and the job stays open."""
-
-    exit_code = 1
-
-
-class JobRefused(ProvisionError):
-    """The job cannot be done on this card and nothing was written (replace: refuse, expect …)."""
-
-    exit_code = 1
 
 
 @dataclass(slots=True)  # one per job for the whole run: no per-instance dict
@@ -96,6 +87,18 @@ class LoadResult:
     error: str | None = None
     skip_reason: str | None = None  # skipped for another reason than "already on the card" (renew)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What preflight found on the card, before anything is written; the later steps act on it."""
+
+    current: bytes | None  # the certificate in the job's slot now (DER), None if empty
+    metadata: SlotMetadata | None  # GET METADATA of the slot; None: empty slot or a card without F7
+    key_on_card: bool | None  # the slot's key is the certificate's; None: no F7 to tell
+    cert_on_card: bool  # the slot holds exactly this job's certificate
+    done: bool  # certificate and key both proven on the card: nothing to write
+    renewal: Decision | None  # renew: the decision on the card's certificate; None: not asked
 
 
 @dataclass
@@ -192,10 +195,10 @@ class Loader:
     def run(self) -> LoadResult:
         try:
             state = self.preflight()
-            if state["done"]:
+            if state.done:
                 return self.skip()
-            if state["renewal"] is not None and not state["renewal"].act:
-                return self.skip_not_due(state["renewal"])
+            if state.renewal is not None and not state.renewal.act:
+                return self.skip_not_due(state.renewal)
             self.confirm_with_operator(state)
             self.handle_replaced_certificate(state)
             self.verify_pin()
@@ -212,13 +215,13 @@ class Loader:
             if self._pin is not None:
                 self._pin.wipe()
 
-    def preflight(self) -> dict[str, Any]:
+    def preflight(self) -> Preflight:
         bundle, job = self.ctx.bundle, self.job
         with self.step("preflight") as found:
             alg = bundle.algorithm
             # GET VERSION only where the answer matters (keys that need firmware 5.7).
             version = None if alg.standard else self.session.version()
-            if not alg.standard and (version is None or version < (5, 7, 0)):
+            if not alg.standard and not holds_extended_algorithms(version):
                 raise JobRefused(
                     f"the card (firmware {_version_text(version)}) cannot hold a {alg.name} key; "
                     "it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384"
@@ -259,8 +262,8 @@ class Loader:
             outcome = "done" if done else ("load" if renewal is None or renewal.act else "not_due")
             self.audit("preflight", current_sha256=found["current_sha256"], outcome=outcome,
                        **({"reason": renewal.reason} if renewal is not None else {}))  # fmt: skip
-            return {"current": current, "metadata": metadata, "key_on_card": key_matches,
-                    "cert_on_card": cert_matches, "done": done, "renewal": renewal}  # fmt: skip
+            return Preflight(current=current, metadata=metadata, key_on_card=key_matches,
+                             cert_on_card=cert_matches, done=done, renewal=renewal)  # fmt: skip
 
     def _renewal_decision(self, current: bytes | None) -> Decision:
         info, unreadable = None, False
@@ -348,15 +351,15 @@ class Loader:
         finally:
             transport.begin_transaction()
 
-    def confirm_with_operator(self, state: dict[str, Any]) -> None:
+    def confirm_with_operator(self, state: Preflight) -> None:
         """Counter mode: show the certificate (and what it replaces) before anything is written."""
         if self.ctx.confirm is None:
             return
         from provision.bundle import cert_info
 
-        current = state["current"]
+        current = state.current
         replaced = None
-        if current is not None and not state["cert_on_card"]:
+        if current is not None and not state.cert_on_card:
             try:
                 replaced = cert_info(x509.load_der_x509_certificate(current))
             except ValueError:
@@ -368,9 +371,9 @@ class Loader:
             raise OperatorDeclined(f"the operator did not confirm the certificate of {self.job.holder}; nothing was written")
         self.audit("operator_confirmed", outcome="confirmed")
 
-    def handle_replaced_certificate(self, state: dict[str, Any]) -> None:
-        current: bytes | None = state["current"]
-        if current is None or state["cert_on_card"]:
+    def handle_replaced_certificate(self, state: Preflight) -> None:
+        current = state.current
+        if current is None or state.cert_on_card:
             return
         sha = hashlib.sha256(current).hexdigest()
         # No shortcut for "an interrupted attempt archived it already": the store proves its copy
@@ -513,8 +516,8 @@ class Loader:
             if self.job.management_key is None:
                 self.result.notes.append(DEFAULT_KEY_NOTE)
 
-    def import_key(self, state: dict[str, Any]) -> None:
-        if state["key_on_card"] is True:
+    def import_key(self, state: Preflight) -> None:
+        if state.key_on_card is True:
             self.result.notes.append("the key was already on the card")
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
@@ -523,8 +526,8 @@ class Loader:
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, pin_policy=self.job.pin_policy,
                        touch_policy=self.job.touch_policy)  # fmt: skip
 
-    def write_certificate(self, state: dict[str, Any]) -> None:
-        if state["cert_on_card"]:
+    def write_certificate(self, state: Preflight) -> None:
+        if state.cert_on_card:
             return
         with self.step("write_certificate"):
             self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
@@ -542,22 +545,9 @@ class Loader:
         Raise it to cover this slot; keep everything else in the object as it was."""
         if not self.slot.is_retired:
             return
-        from provision.piv import tlv
-
-        needed = self.slot.key_ref - 0x82 + 1
-        raw = self.session.get_object(KEY_HISTORY_OBJECT_ID)
-        fields: dict[int, bytes] = {}
-        if raw:
-            try:
-                fields = dict(tlv.iter_tlv(raw))
-            except CardError:
-                fields = {}  # an unreadable object is rewritten whole
-        on_card = fields.get(0xC1, b"\x00")
-        if len(on_card) == 1 and on_card[0] >= needed:
+        needed, body = key_history_update(self.session.get_object(KEY_HISTORY_OBJECT_ID), self.slot.key_ref)
+        if body is None:
             return
-        fields[0xC1] = bytes([needed])
-        fields.setdefault(0xC2, b"\x00")
-        body = b"".join(tlv.encode(tag, fields[tag]) for tag in (0xC1, 0xC2, 0xF3) if tag in fields) + tlv.encode(0xFE, b"")
         self.authenticate_management_key()
         self._wrote = True
         with self.step("write_key_history", keys_with_on_card_certs=needed) as found:
@@ -608,12 +598,7 @@ class Loader:
             self.audit("verified", outcome="ok")
 
     def _pin_always(self, metadata: SlotMetadata | None) -> bool:
-        if metadata is not None and metadata.pin_policy is not None:
-            return metadata.pin_policy == PIN_POLICIES["always"]
-        # Without metadata, assume the YubiKey default (always on 9C) unless the job set a policy.
-        if self.job.pin_policy != "default":
-            return self.job.pin_policy == "always"
-        return self.slot.key_ref == 0x9C
+        return pin_always(self.slot.key_ref, self.job.pin_policy, None if metadata is None else metadata.pin_policy)
 
     def commit(self) -> None:
         with self.step("commit"):
@@ -718,11 +703,3 @@ def _version_text(version: tuple[int, int, int] | None) -> str:
 def _rfc3339(moment: Any) -> str:
     return str(moment.isoformat()).replace("+00:00", "Z")
 
-
-def key_algorithm_supported(version: tuple[int, int, int] | None, key_type: str, bits: int) -> bool:
-    target = "yubikey-5.7" if version is not None and version >= (5, 7, 0) else "sp800-78-4"
-    return find_algorithm(key_type, bits, target) is not None
-
-
-def elapsed(start: float) -> float:
-    return round(time.monotonic() - start, 3)

@@ -31,24 +31,20 @@ class CardsSeen:
 
 
 def _read(reader: str, transport: RawTransport) -> PresentCard:
-    from provision.card.apdu import ApduChannel
-    from provision.cardinfo import read_card_info
-    from provision.piv.session import PivSession
+    from provision.backend import read_card_behind
 
     try:
-        session = PivSession(ApduChannel(transport))
-        session.select()
-        return PresentCard(reader, read_card_info(session))
+        return PresentCard(reader, read_card_behind(transport))
     except CardError as exc:
         return PresentCard(reader, None, f"not read as a PIV card: {exc.message}")
 
 
 def read_pcsc_cards() -> CardsSeen:
     """Every card in every PC/SC reader, read-only."""
-    from provision.card.transport import connect, list_readers
+    from provision.backend import connect_pcsc, pcsc_readers
 
     try:
-        readers = list_readers()
+        readers = pcsc_readers()
     except ProvisionError as exc:
         return CardsSeen((), f"no card was read: {exc.message}")
     if not readers:
@@ -59,7 +55,7 @@ def read_pcsc_cards() -> CardsSeen:
     cards = []
     for name in present:
         try:
-            transport = connect(name)
+            transport = connect_pcsc(name)
         except ProvisionError as exc:
             cards.append(PresentCard(name, None, exc.message))
             continue

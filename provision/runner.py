@@ -38,9 +38,11 @@ from provision.errors import (
     CardRemovedError,
     EnvironmentProblem,
     InternalError,
+    JobRefused,
     JournalError,
     LogsError,
     ManagementKeyError,
+    OperatorDeclined,
     PinError,
     ProvisionError,
     ReaderGoneError,
@@ -49,7 +51,7 @@ from provision.errors import (
     TransientCardError,
 )
 from provision.jobfile import Job, JobFile
-from provision.load import JobRefused, LoadContext, LoadResult, OperatorDeclined
+from provision.load import LoadContext, LoadResult
 from provision.secrets import Secret
 from provision.store import CertificateStore
 

@@ -19,15 +19,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from provision.errors import ProvisionError
+from provision.errors import StoreError
 from provision.fsutil import fsync_dir, write_atomically
 from provision.logsdir import refuse_link
 
-__all__ = ["CertificateStore", "StoreError", "StoredCertificate", "fsync_dir", "write_atomically"]
-
-
-class StoreError(ProvisionError):
-    exit_code = 3  # the logs directory is part of the environment
+__all__ = ["CertificateStore", "StoredCertificate", "fsync_dir", "write_atomically"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
 from typing import Any
 
-from provision.errors import AuditError, EnvironmentProblem, UsageError
+from provision.errors import AuditError, EnvironmentProblem, SecretInAuditError, UsageError
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -67,10 +67,6 @@ SECRET_FIELD_NAMES = frozenset(
 HASH_KEY = b',"hash":"'
 MAC_MARK = b'"mac":"hmac-sha256"'
 _ROLLED_RE = re.compile(r"^(?P<stem>.+)-(?P<ts>\d{8}T\d{12}Z)(?P<suffix>\.jsonl)$")
-
-
-class SecretInAuditError(ValueError):
-    """A caller tried to put a secret (a Secret, or a field named like one) into the audit log."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,12 +27,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from provision import journal as jn
 from provision.backend import CardSeen
 from provision.bundle import cert_info
-from provision.errors import CardError, PinError, PinHeldError, WrongCardError
+from provision.errors import CardError, JobRefused, OperatorDeclined, PinError, PinHeldError, WrongCardError
 from provision.load import (
-    JobRefused,
     LoadContext,
     LoadResult,
-    OperatorDeclined,
     export_certificate,
     journal_step,
 )

@@ -17,6 +17,7 @@ Choices worth knowing:
   32 → AES-256, 24 → 3DES on firmware before 5.7 (and on cards without GET VERSION), AES-192 from
   5.7 on (the YubiKey 5.7 default key changed algorithm, not value).
 - Slot names live in vendor object ``5FFF50`` (see ``SLOT_NAMES_OBJECT_ID``).
+- What differs between cards (status-word sets, firmware gates) is in ``provision.piv.profiles``.
 """
 
 from __future__ import annotations
@@ -36,13 +37,22 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algo
 
 from provision.card.apdu import SW_OK, ApduChannel, describe_sw
 from provision.errors import (
-    CardError,
+    CardNotSupportedError,
     CardProtocolError,
     CardStatusError,
+    KeyMismatchError,
     ManagementKeyError,
     PinError,
+    PinFormatError,
 )
 from provision.piv import tlv
+from provision.piv.profiles import (
+    MANAGEMENT_KEY_REFUSED_SW,
+    NO_SERIAL_SW,
+    UNSUPPORTED_SW,
+    VENDOR_REFUSED_SW,
+    default_management_key_algorithm,
+)
 from provision.piv.slots import ALGORITHM_BY_CODE, Algorithm, find_algorithm, slot_by_ref
 from provision.secrets import Secret
 
@@ -75,11 +85,6 @@ SLOT_NAMES_OBJECT_ID = 0x5FFF50
 SLOT_NAMES_FORMAT = 1
 SLOT_NAME_MAX_BYTES = 64
 
-# Status words meaning "this card does not have that command / function".
-_UNSUPPORTED_SW = frozenset({0x6D00, 0x6A81, 0x6B00, 0x6E00})
-# ... and meaning "this card does not take objects in the vendor range" (PIV.md).
-_VENDOR_REFUSED_SW = frozenset({0x6A82, 0x6A86, 0x6A81, 0x6A84})
-
 SW_REFERENCE_NOT_FOUND = 0x6A88
 SW_FILE_NOT_FOUND = 0x6A82
 SW_SECURITY_NOT_SATISFIED = 0x6982
@@ -102,18 +107,6 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 PrivateKey = (
     rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey
 )
-
-
-class CardNotSupportedError(CardError):
-    """The card lacks a function we asked for (no GET METADATA, no such algorithm, ...)."""
-
-
-class PinFormatError(PinError):
-    """The PIN cannot be a PIV PIN (6 to 8 bytes); nothing was sent, no try was spent."""
-
-
-class KeyMismatchError(CardError):
-    """The key in the slot did not produce a result that the certificate's public key accepts."""
 
 
 def _triple_des(key: bytes | bytearray) -> CipherAlgorithm:
@@ -405,7 +398,7 @@ class PivSession:
         """Firmware version (YubiKey GET VERSION), or None on cards without it."""
         if self._version is _UNSET:
             data, sw = self.channel.send_raw_sw(INS_GET_VERSION, 0, 0, le=0)
-            if sw in _UNSUPPORTED_SW:
+            if sw in UNSUPPORTED_SW:
                 self._version = None
             elif sw != SW_OK:
                 raise CardStatusError(f"GET VERSION failed: {sw:04X} ({describe_sw(sw)})", sw)
@@ -419,7 +412,7 @@ class PivSession:
     def serial(self) -> int | None:
         """Serial number (YubiKey 5 GET SERIAL), unsigned; None on cards without it."""
         data, sw = self.channel.send_raw_sw(INS_GET_SERIAL, 0, 0, le=0)
-        if sw in _UNSUPPORTED_SW or sw in (0x6A82, 0x6A86, 0x6A88):
+        if sw in UNSUPPORTED_SW or sw in NO_SERIAL_SW:
             return None
         if sw != SW_OK:
             raise CardStatusError(f"GET SERIAL failed: {sw:04X} ({describe_sw(sw)})", sw)
@@ -500,8 +493,7 @@ class PivSession:
             return 0x08
         if key_len == 32:
             return 0x0C
-        version = self.version()
-        return 0x0A if version is not None and version >= (5, 7, 0) else 0x03
+        return default_management_key_algorithm(self.version())
 
     def authenticate(self, key: Secret | bytes, key_type: ManagementKeyType | None = None) -> None:
         """Mutual authentication with the management key (SP 800-73-4 part 2, 3.2.4 + appendix A).
@@ -548,7 +540,7 @@ class PivSession:
                 )
             finally:
                 _wipe(body)
-            if sw in (SW_SECURITY_NOT_SATISFIED, 0x6A80, 0x6984):
+            if sw in MANAGEMENT_KEY_REFUSED_SW:
                 raise ManagementKeyError(
                     "the card refused the management key (wrong key); it was not retried"
                 )
@@ -580,7 +572,7 @@ class PivSession:
         data, sw = self.channel.send_raw_sw(INS_GET_METADATA, 0x00, slot, le=0)
         if sw == SW_REFERENCE_NOT_FOUND:
             return None
-        if sw in _UNSUPPORTED_SW:
+        if sw in UNSUPPORTED_SW:
             raise CardNotSupportedError(
                 f"this card has no GET METADATA ({sw:04X}); its slots' contents cannot be read"
             )
@@ -751,7 +743,7 @@ class PivSession:
         try:
             body = self.get_object(SLOT_NAMES_OBJECT_ID)
         except CardStatusError as exc:
-            if exc.sw in _VENDOR_REFUSED_SW:
+            if exc.sw in VENDOR_REFUSED_SW:
                 return None
             raise
         return {} if body is None else parse_slot_names(body)
@@ -777,7 +769,7 @@ class PivSession:
             try:
                 body = self.get_object(SLOT_NAMES_OBJECT_ID)
             except CardStatusError as exc:
-                if exc.sw in _VENDOR_REFUSED_SW:
+                if exc.sw in VENDOR_REFUSED_SW:
                     return SlotNameResult(stored=False, sw=exc.sw)
                 raise
             names = {} if body is None else parse_slot_names(body)
@@ -789,7 +781,7 @@ class PivSession:
         try:
             self.put_object(SLOT_NAMES_OBJECT_ID, payload)
         except CardStatusError as exc:
-            if exc.sw in _VENDOR_REFUSED_SW:
+            if exc.sw in VENDOR_REFUSED_SW:
                 return SlotNameResult(stored=False, sw=exc.sw)
             raise
         return SlotNameResult(stored=True)

@@ -7,10 +7,10 @@ import os
 import socket
 from pathlib import Path
 
-from provision.queue.base import Claim, JobQueue, JournalStore, LeaseLost, QueueError, QueueUnavailable
+from provision.errors import QueueError
+from provision.queue.base import Claim, JobQueue, JournalStore
 
-__all__ = ["Claim", "JobQueue", "JournalStore", "LeaseLost", "QueueError", "QueueUnavailable",
-           "default_station", "is_shared_url", "open_queue"]  # fmt: skip
+__all__ = ["Claim", "JobQueue", "JournalStore", "default_station", "is_shared_url", "open_queue"]
 
 DEFAULT_LEASE_SECONDS = 30.0
 

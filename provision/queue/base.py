@@ -12,24 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from provision.errors import EXIT_INPUT, EnvironmentProblem, ProvisionError
 from provision.journal import JobRecord, RunRecord
-
-
-class QueueError(ProvisionError):
-    """The queue refuses what was asked (batch not pushed, a different job file, a bad URL)."""
-
-    exit_code = EXIT_INPUT
-
-
-class QueueUnavailable(EnvironmentProblem):
-    """The database server cannot be reached even after retrying."""
-
-
-class LeaseLost(ProvisionError):
-    """Another station took over this job (our lease ran out); this station must not write to it."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from provision import journal as jn
+from provision.errors import LeaseLost, QueueError, QueueUnavailable
 from provision.journal import JOB_COLUMNS, JobRecord, RunRecord, now_rfc3339
-from provision.queue.base import Claim, LeaseLost, QueueError, QueueUnavailable
+from provision.queue.base import Claim
 
 T = TypeVar("T")
 Conn = psycopg.Connection[TupleRow]

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from provision.errors import CardProtocolError
+from provision.errors import CardProtocolError, CardVanished
 from provision.piv import tlv
 from provision.sim.state import (
     DEFAULT_MGMT_KEY,
@@ -160,10 +160,6 @@ PrivateKey = (
 )
 
 Profile = Literal["yubikey", "pivapplet"]
-
-
-class CardVanished(Exception):  # noqa: N818 - a card event, not an error of ours
-    """The simulated card left the reader (``vanish_after``); the bridge closes its socket."""
 
 
 class _Status(Exception):  # noqa: N818 - control flow: answer with this status word

@@ -6,8 +6,8 @@ No pcscd, no sockets: ``transmit`` calls ``SimCard.process``. A card that vanish
 
 from __future__ import annotations
 
-from provision.errors import CardRemovedError
-from provision.sim.card import CardVanished, SimCard
+from provision.errors import CardRemovedError, CardVanished
+from provision.sim.card import SimCard
 
 
 class SimTransport:

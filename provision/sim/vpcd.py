@@ -23,8 +23,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from provision.errors import EnvironmentProblem, UsageError
-from provision.sim.card import ATR_NAMES, CardVanished, SimCard, SimOptions
+from provision.errors import CardVanished, EnvironmentProblem, UsageError
+from provision.sim.card import ATR_NAMES, SimCard, SimOptions
 
 log = logging.getLogger(__name__)
 

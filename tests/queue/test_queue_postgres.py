@@ -205,7 +205,8 @@ def test_database_restart_mid_run_loses_nothing(tmp_path: Path, canaries: Any, q
 
 
 def test_sqlite_url_is_the_same_interface_for_one_station(tmp_path: Path) -> None:
-    from provision.queue import JobQueue, QueueError
+    from provision.errors import QueueError
+    from provision.queue import JobQueue
     from provision.queue.sqlite import SqliteQueue
 
     queue = open_queue(f"sqlite:///{tmp_path}/j.sqlite3", logs=tmp_path / "logs", station="only")

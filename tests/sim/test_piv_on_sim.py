@@ -19,17 +19,17 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from provision.card.apdu import ApduChannel, TraceRecord
 from provision.errors import (
+    CardNotSupportedError,
     CardProtocolError,
     CardRemovedError,
     CardStatusError,
     ManagementKeyError,
     PinError,
+    PinFormatError,
 )
 from provision.fixtures import Issuer, KeyType, generate_key, make_ca, make_leaf
 from provision.piv.session import (
     SLOT_NAMES_OBJECT_ID,
-    CardNotSupportedError,
-    PinFormatError,
     PivSession,
     SlotNameResult,
 )

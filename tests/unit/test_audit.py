@@ -16,10 +16,10 @@ import pytest
 
 from provision.audit.chain import AuditLog
 from provision.audit.forward import SyslogTarget
-from provision.audit.records import GENESIS, SecretInAuditError, canonical, chain_files
+from provision.audit.records import GENESIS, canonical, chain_files
 from provision.audit.verify import show, verify
 from provision.cli_audit import cmd_audit_show, cmd_audit_verify
-from provision.errors import AuditError, UsageError
+from provision.errors import AuditError, SecretInAuditError, UsageError
 from provision.secrets import Secret
 
 REPO = Path(__file__).resolve().parents[2]

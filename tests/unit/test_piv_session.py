@@ -12,15 +12,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from provision.card.apdu import ApduChannel
-from provision.errors import CardProtocolError, CardStatusError, ManagementKeyError, PinError
-from provision.piv import session as s
-from provision.piv.session import (
+from provision.errors import (
     CardNotSupportedError,
+    CardProtocolError,
+    CardStatusError,
     KeyMismatchError,
+    ManagementKeyError,
+    PinError,
     PinFormatError,
-    PivSession,
-    SlotNameResult,
 )
+from provision.piv import session as s
+from provision.piv.session import PivSession, SlotNameResult
 from provision.secrets import Secret
 from tests.helpers.scripted_transport import ScriptedTransport, h
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from provision.errors import CardRemovedError
-from provision.sim.card import CardVanished, SimCard, SimOptions
+from provision.errors import CardRemovedError, CardVanished
+from provision.sim.card import SimCard, SimOptions
 from provision.sim.inprocess import SimTransport
 
 DEFAULT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
