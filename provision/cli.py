@@ -131,7 +131,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from provision import template as templates
     from provision.bundle import inspect_pkcs12, read_pkcs12
-    from provision.plan import certificate_lines, template_values, zone
+    from provision.fields import template_values
+    from provision.plan import certificate_lines, zone
 
     tz = zone(args.timezone)
     slot_name_template = templates.parse(args.slot_name)

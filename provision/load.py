@@ -620,7 +620,7 @@ class Loader:
 def export_certificate(ctx: LoadContext, *, card_serial: int | None, audit: Recorder) -> None:
     """After the commit: ``export.pem`` and ``export.nssdb`` (the workflow's "Copy e-Cert to IE"),
     each a journalled step. Every card backend's loader ends with this."""
-    from provision.plan import export_path, template_values
+    from provision.fields import export_path, template_values
 
     job, certificate = ctx.job, ctx.bundle.certificate
     if job.export.pem is None and job.export.nssdb is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from provision import template as templates
 from provision.errors import ProvisionError, TemplateError, UsageError
+from provision.fields import export_path, template_values
 
 if TYPE_CHECKING:
     from provision.bundle import CertInfo, Inspection
@@ -32,34 +33,6 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"'{name}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC") from None
-
-
-def template_values(
-    tz: ZoneInfo,
-    *,
-    cert: CertInfo | None = None,
-    job: Job | None = None,
-    batch: str | None = None,
-    card_serial: int | None = None,
-    now: datetime | None = None,
-) -> dict[str, object]:
-    """The fields of JOBFILE.md's template table; dates in the job file's time zone."""
-    now = now or datetime.now(UTC)
-    values: dict[str, object] = {"today": now.astimezone(tz).date(), "batch": batch}
-    if cert is not None:
-        values |= {
-            "cert.not_before": cert.not_before.astimezone(tz),
-            "cert.not_after": cert.not_after.astimezone(tz),
-            "cert.subject_cn": cert.subject_cn or "",
-            "cert.issuer_cn": cert.issuer_cn or "",
-            "cert.serial": cert.serial,
-            "cert.sha256": cert.sha256,
-        }
-    if job is not None:
-        values |= {"job.id": job.id, "holder": job.holder, "slot": job.slot.hex}
-        card_serial = card_serial if card_serial is not None else job.card.serial
-    values["card.serial"] = card_serial
-    return values
 
 
 def certificate_lines(info: CertInfo, tz: ZoneInfo) -> list[str]:
@@ -123,12 +96,6 @@ def check_expectations(expect: Expect, info: CertInfo) -> list[ExpectResult]:
         results.append(ExpectResult("not_after_after", expect.not_after_after.isoformat(),
                                     info.not_after.isoformat(), actual_date > expect.not_after_after))  # fmt: skip
     return results
-
-
-def export_path(base_dir: Path, template: templates.Template, values: dict[str, object]) -> Path:
-    """Where an export goes: the rendered template, relative to the job file's directory."""
-    rendered = Path(template.render(values, for_path=True))
-    return rendered if rendered.is_absolute() else base_dir / rendered
 
 
 def load_steps(job: Job, slot_name: str, piv_algorithm: str | None, exports: dict[str, Path]) -> list[Step]:

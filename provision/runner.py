@@ -199,7 +199,7 @@ class Runner:
         ends. So memory stays flat over a batch of thousands, and a decrypted key does not sit in
         memory for hours. A password a person types is asked here, at the start, unless the counter
         asks it when the holder is called (``defer_prompts``)."""
-        from provision.plan import template_values
+        from provision.fields import template_values
 
         self.store.check_writable()
         logsdir.ensure_reserve(self.options.logs)  # room for the run's end, should the disk fill
@@ -256,7 +256,7 @@ class Runner:
 
     def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None, message: str) -> None:
         """Record what opening the job's PKCS#12 gave: the bundle and its slot name, or why the job fails."""
-        from provision.plan import template_values
+        from provision.fields import template_values
 
         info = inspection.info if inspection else None
         state.opened = True

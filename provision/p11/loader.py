@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -35,8 +35,7 @@ from provision.load import (
     journal_step,
 )
 from provision.p11 import mechanisms, objects, pins
-from provision.p11.module import p11_errors
-from provision.p11.source import Pkcs11Token
+from provision.p11.module import Module, p11_errors
 from provision.renewal import renewal_decision
 from provision.secrets import Secret, obtain
 
@@ -68,8 +67,22 @@ class Found:
         return out
 
 
+class TokenHandle(Protocol):
+    """What the loader uses of an open token (provision.p11.source.Pkcs11Token builds the loader)."""
+
+    calls: int
+    reader: str
+    module: Module
+
+    def token(self) -> Any: ...
+
+    def seen_now(self) -> CardSeen: ...
+
+    def open_session(self, *, user_pin: Any = None) -> Any: ...
+
+
 class Pkcs11Loader:
-    def __init__(self, ctx: LoadContext, token: Pkcs11Token, seen: CardSeen) -> None:
+    def __init__(self, ctx: LoadContext, token: TokenHandle, seen: CardSeen) -> None:
         self.ctx = ctx
         self.token = token
         self.seen = seen

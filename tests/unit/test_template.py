@@ -9,7 +9,7 @@ import pytest
 
 from provision import template
 from provision.errors import TemplateError
-from provision.plan import template_values
+from provision.fields import template_values
 
 
 class FakeCert:

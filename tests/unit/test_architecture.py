@@ -1,0 +1,119 @@
+"""The shape of the house (STYLE.md): imports only look down.
+
+Every import counts, also those inside functions and under TYPE_CHECKING: a cycle hidden in a
+function is still a cycle the next change trips over."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent.parent / "provision"
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str | None:
+    while name not in MODULES and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name if name in MODULES else None
+
+
+def _imports(module: str) -> list[tuple[str, str]]:
+    """(imported module, imported name or '') for every provision import of ``module``."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, "") for alias in node.names if alias.name.startswith("provision")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if source.startswith("provision"):
+                out += [(source, alias.name) for alias in node.names]
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module in MODULES:
+        for source, name in _imports(module):
+            target = _resolve(f"{source}.{name}" if name else source)
+            if target and target != module:
+                graph[module].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    private = [(module, f"{source}.{name}") for module in MODULES for source, name in _imports(module)
+               if name.startswith("_") and not name.startswith("__") and _resolve(f"{source}.{name}") != module]  # fmt: skip
+    assert private == []
+
+
+def test_the_runner_imports_no_ui_and_no_simulator() -> None:
+    imported = _graph()["provision.runner"]
+    assert not {m for m in imported if m in ("provision.counter", "provision.ui") or m.startswith("provision.sim")}
+
+
+def test_no_command_module_talks_to_a_card_directly() -> None:
+    for command in ("provision.cli", "provision.cli_audit", "provision.demo"):
+        direct = {m for m in _graph()[command] if m.startswith(("provision.piv", "provision.card"))}
+        assert not direct, f"{command} imports {direct}: it should ask a backend"
+
+
+def test_the_checker_sees_a_cycle_and_a_private_import() -> None:
+    """The checks above would fail on the shapes they forbid."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+    assert _resolve("provision.audit.chain.AuditLog") == "provision.audit.chain"
