@@ -46,26 +46,19 @@ from provision.sim.inprocess import SimTransport
 from provision.sim.source import SimSource
 from provision.store import CertificateStore
 from provision.ui import UnattendedUI
-from tests.helpers.faults_common import SERIAL, FaultJob, Material, new_card_state, record, view_card
+from tests.helpers.faults_common import (
+    SERIAL,
+    CountingCard,
+    FaultJob,
+    Material,
+    new_card_state,
+    record,
+    view_card,
+)
 
 FAMILY = "card safety across runs"
 INS_VERIFY = 0x20
 
-
-class CountingCard(SimCard):
-    """Keeps every command APDU it received (the test counts them)."""
-
-    def __init__(self, options: SimOptions, state: Path | None = None) -> None:
-        super().__init__(options, state)
-        self.apdus: list[bytes] = []
-
-    def process(self, apdu: bytes) -> bytes:
-        self.apdus.append(bytes(apdu))
-        return super().process(apdu)
-
-    def verifies(self) -> int:
-        """Every VERIFY of the PIN, with or without data (the status read is a VERIFY too)."""
-        return sum(1 for a in self.apdus if len(a) >= 4 and a[1] == INS_VERIFY and a[3] == 0x80)
 
 
 def _run(job: FaultJob, cards: list[Any]) -> Any:

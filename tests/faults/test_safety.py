@@ -18,31 +18,22 @@ import pytest
 from provision.app import run_jobfile
 from provision.jobfile import load_jobfile
 from provision.logsdir import LogsLock
-from provision.sim.card import SimCard, SimOptions
+from provision.sim.card import SimOptions
 from provision.sim.source import SimSource
-from tests.helpers.faults_common import INS_AUTH, INS_VERIFY, FaultJob, Material, new_card_state, record
+from tests.helpers.faults_common import (
+    INS_AUTH,
+    INS_VERIFY,
+    CountingCard,
+    FaultJob,
+    Material,
+    new_card_state,
+    record,
+)
 
 FAMILY = "safety (wrong card, PIN, keys)"
 SERIAL_A, SERIAL_B = 12345678, 87654321
 GUID_A = "00112233445566778899aabbccddeeff"
 
-
-class CountingCard(SimCard):
-    """Keeps every command APDU it received (the test counts them)."""
-
-    def __init__(self, options: SimOptions, state: Path | None = None) -> None:
-        super().__init__(options, state)
-        self.apdus: list[bytes] = []
-
-    def process(self, apdu: bytes) -> bytes:
-        self.apdus.append(bytes(apdu))
-        return super().process(apdu)
-
-    def count(self, ins: int, *, with_data: bool | None = None, p2: int | None = None) -> int:
-        found = [a for a in self.apdus if len(a) >= 4 and a[1] == ins and (p2 is None or a[3] == p2)]
-        if with_data is not None:
-            found = [a for a in found if (len(a) > 5) == with_data]
-        return len(found)
 
 
 def _run(job: FaultJob, cards: list[Any], *, unattended: bool = True) -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import fixtures
+from provision.sim.card import SimCard, SimOptions
 
 FULL = os.environ.get("PROVISION_FAULTS", "").lower() == "full"
 MODE = "full" if FULL else "reduced"
@@ -410,3 +411,26 @@ def thread_errors() -> Iterator[list[str]]:
         yield found
     finally:
         threading.excepthook = previous
+
+
+class CountingCard(SimCard):
+    """A simulated card that keeps every command APDU it received (the tests count them)."""
+
+    def __init__(self, options: SimOptions, state: Path | None = None) -> None:
+        super().__init__(options, state)
+        self.apdus: list[bytes] = []
+
+    def process(self, apdu: bytes) -> bytes:
+        self.apdus.append(bytes(apdu))
+        return super().process(apdu)
+
+    def count(self, ins: int, *, with_data: bool | None = None, p2: int | None = None) -> int:
+        """Commands with this INS (and P2); ``with_data``: only those with (or without) a body."""
+        found = [a for a in self.apdus if len(a) >= 4 and a[1] == ins and (p2 is None or a[3] == p2)]
+        if with_data is not None:
+            found = [a for a in found if (len(a) > 5) == with_data]
+        return len(found)
+
+    def verifies(self) -> int:
+        """Every VERIFY of the PIN, with or without data (the status read is a VERIFY too)."""
+        return self.count(INS_VERIFY, p2=0x80)

@@ -10,6 +10,8 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,20 @@ def start_run(pcscd: PrivatePcscd, tmp: Path, job: Path) -> subprocess.Popen[str
          "--logs", str(tmp / "logs")],
         env=pcscd.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+@contextmanager
+def live_run(pcscd: PrivatePcscd, cards: Cards, canaries: Any, ca: fixtures.Issuer, tmp: Path) -> Iterator[Any]:
+    """A run that has loaded HK-1 and now waits for HK-2's card; killed at the end if still alive."""
+    job = write_job(tmp, canaries, ca)
+    cards.insert(0, kind="sim", options={"serial": FIRST})
+    proc = start_run(pcscd, tmp, job)
+    try:
+        wait_for(lambda: any(e["event"] == "job_loaded" for e in audit_events(tmp)), 60, "HK-1 loaded")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def audit_events(tmp: Path) -> list[dict[str, Any]]:
@@ -98,17 +114,10 @@ def check_ended_and_resume(pcscd: PrivatePcscd, cards: Cards, tmp: Path, done: s
 def test_a_signal_ends_the_run_sealed_reported_and_resumable(signame: str, pcscd: PrivatePcscd, cards: Cards,
                                                              canaries: Any, ca: fixtures.Issuer,
                                                              tmp_path: Path) -> None:  # fmt: skip
-    job = write_job(tmp_path, canaries, ca)
-    cards.insert(0, kind="sim", options={"serial": FIRST})
-    proc = start_run(pcscd, tmp_path, job)
-    try:
-        wait_for(lambda: any(e["event"] == "job_loaded" for e in audit_events(tmp_path)), 60, "HK-1 loaded")
+    with live_run(pcscd, cards, canaries, ca, tmp_path) as proc:
         time.sleep(0.5)  # the run is waiting for HK-2's card now
         proc.send_signal(getattr(signal, signame))
         stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     canaries.outputs += [stdout, stderr]
     check_ended_and_resume(pcscd, cards, tmp_path, proc.returncode, stdout, stderr, 130, signame)
 
@@ -117,18 +126,13 @@ def test_a_signal_ends_the_run_sealed_reported_and_resumable(signame: str, pcscd
 def test_a_vanished_pcsc_service_ends_the_run_sealed_reported_and_resumable(pcscd: PrivatePcscd, cards: Cards,
                                                                             canaries: Any, ca: fixtures.Issuer,
                                                                             tmp_path: Path) -> None:  # fmt: skip
-    job = write_job(tmp_path, canaries, ca)
-    cards.insert(0, kind="sim", options={"serial": FIRST})
-    proc = start_run(pcscd, tmp_path, job)
     try:
-        wait_for(lambda: any(e["event"] == "job_loaded" for e in audit_events(tmp_path)), 60, "HK-1 loaded")
-        time.sleep(0.5)
-        cards.pull_all()
-        pcscd.stop()  # the PC/SC service goes away under the live run
-        stdout, stderr = proc.communicate(timeout=60)
+        with live_run(pcscd, cards, canaries, ca, tmp_path) as proc:
+            time.sleep(0.5)
+            cards.pull_all()
+            pcscd.stop()  # the PC/SC service goes away under the live run
+            stdout, stderr = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
         if not pcscd.running:
             pcscd.start()
             pcscd.wait_ready()
@@ -141,16 +145,9 @@ def test_a_vanished_pcsc_service_ends_the_run_sealed_reported_and_resumable(pcsc
 def test_a_run_killed_outright_is_recognised_and_recorded_by_the_next_command(pcscd: PrivatePcscd, cards: Cards,
                                                                                canaries: Any, ca: fixtures.Issuer,
                                                                                tmp_path: Path) -> None:  # fmt: skip
-    job = write_job(tmp_path, canaries, ca)
-    cards.insert(0, kind="sim", options={"serial": FIRST})
-    proc = start_run(pcscd, tmp_path, job)
-    try:
-        wait_for(lambda: any(e["event"] == "job_loaded" for e in audit_events(tmp_path)), 60, "HK-1 loaded")
+    with live_run(pcscd, cards, canaries, ca, tmp_path) as proc:
         proc.kill()
         proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     killed_run = next(e["run_id"] for e in audit_events(tmp_path) if e["event"] == "run_started")
     status = json.loads(subprocess.run([*provision_cmd(), "status", "--json", "--logs", str(tmp_path / "logs")],
                                        env=pcscd.env, capture_output=True, text=True, timeout=60).stdout)  # fmt: skip
