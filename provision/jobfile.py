@@ -56,7 +56,7 @@ _TEXT_KEYS = frozenset(
         "batch", "timezone", "id", "holder", "slot", "slot_name", "guid", "path", "subject_cn",
         "issuer_cn", "fingerprint_sha256", "not_after_after", "pem", "nssdb", "env", "file",
         "prompt", "value", "management_key_type", "replace", "pin_policy", "touch_policy",
-        "when_expires_within", "syslog", "module", "token_label", "token_serial",
+        "when_expires_within", "syslog", "module", "token_label", "token_serial", "label",
     }
 )  # fmt: skip
 
@@ -139,6 +139,30 @@ class Export:
 
 
 @dataclass(frozen=True)
+class DerivedKey:
+    """``{derive: {master: <secret>, label: "…"}}``: a per-card management key, derived from the
+    master secret and the card's serial (``piv.mgmtkey.derive_management_key``)."""
+
+    master: SecretSource
+    label: str
+
+    def describe(self) -> str:
+        return f"key derived from the master in the {self.master.describe()} (label {self.label!r})"
+
+
+@dataclass(frozen=True)
+class PinProtectedKey:
+    """``{pin_protected: true}``: a random key, stored PIN-protected on the card as ykman does."""
+
+    def describe(self) -> str:
+        return "a random key stored PIN-protected on the card"
+
+
+ManagementKey = SecretSource | DerivedKey
+KeyRotation = DerivedKey | PinProtectedKey
+
+
+@dataclass(frozen=True)
 class Renew:
     """``renew``: load only when the certificate on the card expires within ``window``."""
 
@@ -170,7 +194,7 @@ class Job:
     slot: Slot
     slot_name: templates.Template
     pin: SecretSource
-    management_key: SecretSource | None
+    management_key: ManagementKey | None
     management_key_type: str
     replace: str
     min_pin_retries: int
@@ -179,6 +203,16 @@ class Job:
     expect: Expect
     export: Export
     renew: Renew | None = None
+    management_key_rotate: KeyRotation | None = None
+
+    @property
+    def management_key_kind(self) -> str:
+        """The kind of management key the card ends with: default, job, derived or pin-protected."""
+        if isinstance(self.management_key_rotate, PinProtectedKey):
+            return "pin-protected"
+        if isinstance(self.management_key_rotate, DerivedKey) or isinstance(self.management_key, DerivedKey):
+            return "derived"
+        return "default" if self.management_key is None else "job"
 
 
 @dataclass(frozen=True)
@@ -708,6 +742,22 @@ class _Checker:
             self.problem(path + (kind,), why)
         return source
 
+    def management_key(self, raw: Any, path: JsonPath) -> ManagementKey | None:
+        if isinstance(raw, dict) and "derive" in raw:
+            return self.derived_key(raw["derive"], path + ("derive",))
+        return self.secret(raw, path)
+
+    def derived_key(self, raw: Any, path: JsonPath) -> DerivedKey | None:
+        if not isinstance(raw, dict) or "master" not in raw or not isinstance(raw.get("label"), str):
+            return None  # the schema said why
+        master = self.secret(raw["master"], path + ("master",))
+        return None if master is None else DerivedKey(master, raw["label"])
+
+    def rotation(self, raw: Any, path: JsonPath) -> KeyRotation | None:
+        if isinstance(raw, dict) and "derive" in raw:
+            return self.derived_key(raw["derive"], path + ("derive",))
+        return PinProtectedKey() if isinstance(raw, dict) and raw.get("pin_protected") is True else None
+
     def template(self, text: str, path: JsonPath) -> templates.Template | None:
         if text not in self._templates:
             try:
@@ -768,7 +818,9 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
     if "pin" not in merged:
         ck.problem(here, "'pin' is missing; say where the card PIN comes from, e.g. pin: {prompt: \"Card PIN\"}")
     password = ck.secret(card["pkcs12"]["password"], here + ("pkcs12", "password"))
-    management_key = ck.secret(merged["management_key"], at("management_key")) if "management_key" in merged else None
+    management_key = ck.management_key(merged["management_key"], at("management_key")) if "management_key" in merged else None
+    rotate = ck.rotation(merged["management_key_rotate"], at("management_key_rotate")) \
+        if "management_key_rotate" in merged else None  # fmt: skip
 
     p12 = Path(os.path.expanduser(card["pkcs12"]["path"]))
     p12 = p12 if p12.is_absolute() else ck.base / p12
@@ -788,6 +840,9 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
         pkcs11=_pkcs11_target(ident["pkcs11"], at("card") + ("pkcs11",), ck) if "pkcs11" in ident else None,
     )
 
+    if identity.pkcs11 is not None and (isinstance(management_key, DerivedKey) or rotate is not None):
+        ck.problem(at("management_key_rotate") if rotate is not None else at("management_key"),
+                   "a PKCS#11 token has no PIV management key to derive or rotate; remove it from this card")  # fmt: skip
     raw_expect = merged.get("expect", {})
     not_after_after = None
     if "not_after_after" in raw_expect:
@@ -833,6 +888,7 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
         expect=expect,
         export=export,
         renew=renew,
+        management_key_rotate=rotate,
     )
 
 

@@ -41,7 +41,8 @@ from provision.errors import (
     PinHeldError,
     SecretError,
 )
-from provision.jobfile import Job, JobFile
+from provision.jobfile import DerivedKey, Job, JobFile, PinProtectedKey
+from provision.piv import mgmtkey
 from provision.piv.profiles import (
     COMPRESS_ABOVE_BYTES,
     DEFAULT_MANAGEMENT_KEY,
@@ -87,6 +88,8 @@ class LoadResult:
     error: str | None = None
     skip_reason: str | None = None  # skipped for another reason than "already on the card" (renew)
     notes: list[str] = field(default_factory=list)
+    # The kind of management key the card ends with: default, job, derived, pin-protected (PIV)
+    management_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +211,7 @@ class Loader:
             self.register_retired_slot()
             self.write_slot_name()
             self.verify_load()
+            self.rotate_management_key()
             self.commit()
             self.exports()
             return self.result
@@ -309,6 +313,7 @@ class Loader:
         self.register_retired_slot()
         self.write_slot_name()
         self.verify_load()
+        self.rotate_management_key()
         if self.result.resumed or self._wrote or self._earlier_attempt_unfinished() or not self._slot_name_kept():
             self.commit()
             self.exports()
@@ -493,28 +498,179 @@ class Loader:
             return
         with self.step("authenticate_management_key", default_key=self.job.management_key is None):
             key_type = None if self.job.management_key_type == "auto" else self.job.management_key_type
-            if self.job.management_key is None:
-                key = Secret(DEFAULT_MANAGEMENT_KEY)
-            else:
-                text = obtain(self.job.management_key, unattended=self.ctx.unattended)
-                try:
-                    key = Secret(bytes.fromhex(text.reveal().decode("ascii")))
-                except (ValueError, UnicodeDecodeError):
-                    raise SecretError(f"the management key from the {self.job.management_key.describe()} "
-                                      "is not hexadecimal") from None  # fmt: skip
-                finally:
-                    text.wipe()
+            key = self._job_management_key()
             try:
                 self.session.authenticate(key, key_type)  # type: ignore[arg-type]
             except ManagementKeyError:
-                self.audit("management_key_auth", outcome="failed")
-                raise
+                if not self._rotated_key_opens():
+                    self.audit("management_key_auth", outcome="failed")
+                    raise
+                self.audit("management_key_auth", outcome="ok", rotated_key=True)
+                return
             finally:
                 key.wipe()
             self._authenticated = True
             self.audit("management_key_auth", outcome="ok", default_key=self.job.management_key is None)
-            if self.job.management_key is None:
+            self.result.management_key = self._used_key_kind()
+            if self.job.management_key is None and self.job.management_key_rotate is None:
                 self.result.notes.append(DEFAULT_KEY_NOTE)
+
+    def _rotated_key_opens(self) -> bool:
+        """The job's key was refused: an earlier run may have rotated this card already (it went on
+        after the change, or the journal never heard of it). Its target key is tried once."""
+        rotation = self.job.management_key_rotate
+        if rotation is None:
+            return False
+        target = self._rotation_target(rotation)
+        if target is None:
+            return False
+        try:
+            if not self._try_key(target):
+                return False
+        finally:
+            target.wipe()
+        self.result.management_key = "derived" if isinstance(rotation, DerivedKey) else "pin-protected"
+        return True
+
+    def _used_key_kind(self) -> str:
+        if self.job.management_key is None:
+            return "default"
+        return "derived" if isinstance(self.job.management_key, DerivedKey) else "job"
+
+    def _job_management_key(self) -> Secret:
+        """The key the job authenticates with: the factory default, the job's secret (hex), or the
+        key derived from the job's master secret and this card's serial."""
+        source = self.job.management_key
+        if source is None:
+            return Secret(DEFAULT_MANAGEMENT_KEY)
+        if isinstance(source, DerivedKey):
+            return self._derived_key(source)
+        return self._hex_secret(source, "management key")
+
+    def _hex_secret(self, source: Any, what: str) -> Secret:
+        text = obtain(source, unattended=self.ctx.unattended)
+        try:
+            return Secret(bytes.fromhex(text.reveal().decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            raise SecretError(f"the {what} from the {source.describe()} is not hexadecimal") from None
+        finally:
+            text.wipe()
+
+    def _derived_key(self, spec: DerivedKey) -> Secret:
+        if self.card_serial is None:
+            raise JobRefused("the job derives the management key from the card's serial, and this card has none "
+                             "(no GET SERIAL); give this card its own management_key")  # fmt: skip
+        master = self._hex_secret(spec.master, "master secret")
+        try:
+            if not len(master):
+                raise SecretError(f"the master secret from the {spec.master.describe()} is empty")
+            buf = mgmtkey.derive_management_key(master.reveal(), spec.label, self.card_serial)
+        finally:
+            master.wipe()
+        key = Secret(buf)
+        for i in range(len(buf)):
+            buf[i] = 0
+        return key
+
+    # --- management key rotation (management_key_rotate) ---
+
+    def rotate_management_key(self) -> None:
+        """Change the card's management key away from the one the job used, to the derived key or
+        to a random key stored PIN-protected on the card (as ykman --protect does). Safe to run
+        again after an interruption: the target key is tried first (a finished rotation is only
+        completed), then the job's key; the new key is proven by a fresh mutual authentication."""
+        rotation = self.job.management_key_rotate
+        if rotation is None:
+            return
+        kind = "derived" if isinstance(rotation, DerivedKey) else "pin-protected"
+        target = self._rotation_target(rotation)
+        try:
+            opened = target is not None and self._try_key(target)
+            if opened and self._rotation_finished(rotation):
+                self.result.management_key = kind
+                return
+            with self.step("rotate_management_key", to=kind) as found:
+                if opened:
+                    found["key_changed_before"] = True  # an interrupted rotation: only the rest is left
+                else:
+                    old = self._job_management_key()
+                    try:
+                        self.session.authenticate(old)
+                    except ManagementKeyError:
+                        self.audit("management_key_rotated", outcome="failed", to=kind)
+                        raise ManagementKeyError(
+                            "neither the rotation's target key nor the job's management key opens this card; "
+                            "it was not changed by this attempt") from None  # fmt: skip
+                    finally:
+                        old.wipe()
+                    algorithm = self.session.management_key_algorithm()
+                    if target is None:  # pin_protected, first attempt: a fresh random key, stored first
+                        target = Secret(os.urandom(mgmtkey.DERIVED_KEY_LENGTH))
+                    if isinstance(rotation, PinProtectedKey):
+                        stored = mgmtkey.protected_data(target.reveal())
+                        try:
+                            self.session.put_object(mgmtkey.PROTECTED_DATA_OBJECT_ID, bytes(stored))
+                        finally:
+                            for i in range(len(stored)):
+                                stored[i] = 0
+                    self._wrote = True
+                    self.session.set_management_key(target, algorithm)
+                    found["algorithm"] = f"{algorithm:02X}"
+                if isinstance(rotation, PinProtectedKey):
+                    self._mark_key_protected()
+                if target is None or not self._try_key(target):  # the proof: a fresh mutual authentication
+                    raise ManagementKeyError("the card does not accept the new management key after the change")
+                self.result.management_key = kind
+                self.audit("management_key_rotated", outcome="ok", to=kind)
+        finally:
+            if target is not None:
+                target.wipe()
+        self.result.notes = [n for n in self.result.notes if n != DEFAULT_KEY_NOTE]
+
+    def _rotation_target(self, rotation: DerivedKey | PinProtectedKey) -> Secret | None:
+        """The key the card ends with: derived, or the one already stored PIN-protected (an earlier,
+        interrupted attempt); None when a random key is still to be made."""
+        if isinstance(rotation, DerivedKey):
+            return self._derived_key(rotation)
+        if self._pin is None:
+            self.verify_pin()
+        try:
+            body = self.session.get_object(mgmtkey.PROTECTED_DATA_OBJECT_ID)
+        except CardStatusError as exc:
+            if exc.sw != SW_SECURITY_NOT_SATISFIED or self._pin is None:
+                raise
+            # PIN policy "always" used the verification up: the object is readable after a fresh VERIFY.
+            self._present_pin(self._pin)
+            body = self.session.get_object(mgmtkey.PROTECTED_DATA_OBJECT_ID)
+        found = mgmtkey.stored_key(body)
+        return None if not found else Secret(found)
+
+    def _try_key(self, key: Secret) -> bool:
+        try:
+            self.session.authenticate(key)
+        except ManagementKeyError:
+            self._authenticated = False
+            return False
+        self._authenticated = True
+        return True
+
+    def _rotation_finished(self, rotation: DerivedKey | PinProtectedKey) -> bool:
+        if isinstance(rotation, DerivedKey):
+            return True
+        return bool(mgmtkey.admin_data_flags(self._admin_data()) & mgmtkey.FLAG_MGM_KEY_PROTECTED)
+
+    def _admin_data(self) -> bytes | None:
+        try:
+            return self.session.get_object(mgmtkey.ADMIN_DATA_OBJECT_ID)
+        except CardStatusError:
+            return None
+
+    def _mark_key_protected(self) -> None:
+        """ADMIN DATA 5FFF00 says "management key stored PIN-protected" (flag 02), so ykman finds it."""
+        body = self._admin_data()
+        if mgmtkey.admin_data_flags(body) & mgmtkey.FLAG_MGM_KEY_PROTECTED:
+            return
+        self.session.put_object(mgmtkey.ADMIN_DATA_OBJECT_ID, mgmtkey.admin_data_with_flags(body, mgmtkey.FLAG_MGM_KEY_PROTECTED))
 
     def import_key(self, state: Preflight) -> None:
         if state.key_on_card is True:

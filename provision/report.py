@@ -39,7 +39,7 @@ JOB_COLUMNS = (
 )
 # A card refused at the reader (it matched no job) is a CSV row too: no job id, status "refused",
 # its serial, the reason in "error", and the reader and time it was seen.
-CSV_COLUMNS = (*JOB_COLUMNS, "not_after", "notes", "reader", "time", "operator")  # operator: the run's, on every row
+CSV_COLUMNS = (*JOB_COLUMNS, "not_after", "notes", "reader", "time", "operator", "management_key")  # operator: the run's, on every row
 STATUSES = ("loaded", "skipped", "failed", "refused", "pending", "in-doubt")
 # The certificate is On Card only in these: elsewhere a fingerprint names the file's certificate.
 ON_CARD = ("loaded", "skipped")
@@ -52,6 +52,13 @@ STATUS_WORDS = {
     "refused": "Refused: wrong card",
     "pending": "Pending: card never inserted",
     "in-doubt": "In doubt: card taken out during the load; insert it again and run provision resume",
+}
+# The kind of management key a PIV card ends with (run JSON "management_key"; CSV column; HTML).
+MANAGEMENT_KEY_WORDS = {
+    "default": "factory default (anyone holding the card can replace its certificates)",
+    "job": "the job's key",
+    "derived": "derived per card from the master key",
+    "pin-protected": "random, stored PIN-protected on the card",
 }
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -216,6 +223,8 @@ def _job_row(job: Mapping[str, Any]) -> str:
         details.append(f"{_e(job['seconds'])} s")
     if job.get("apdus") is not None:
         details.append(f"{_e(job['apdus'])} APDUs")
+    if job.get("management_key"):
+        details.append(f"management key: {_e(MANAGEMENT_KEY_WORDS.get(str(job['management_key']), job['management_key']))}")
     details += [f'<span class="note">{_e(note)}</span>' for note in job.get("notes") or []]
     cells = [
         f'<td class="nowrap">{_e(job.get("id"))}</td>',

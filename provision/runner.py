@@ -737,11 +737,23 @@ class Runner:
                 "pin_tries_left": r.pin_tries_left if r else None, "not_after": r.not_after if r else None,
                 "slot_name_on_card": r.slot_name_on_card if r else None, "notes": r.notes if r else [],
                 "apdus": s.apdus, "seconds": round(s.seconds, 3), "error": s.error,
+                "management_key": _management_key_kind(s.job, r),
             })  # fmt: skip
         return {"run_id": self.run_id, "batch": self.jobfile.batch, "jobfile": str(self.jobfile.path),
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
                 "finished": self.finished, "stopped_by": self.stopped_by, "counts": self.counts(), "seal": self.seal,
                 "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
+
+
+def _management_key_kind(job: Job, result: Any) -> str | None:
+    """PIV only: the kind of management key the card ends with, as far as this run knows it."""
+    if job.card.pkcs11 is not None:
+        return None
+    found = getattr(result, "management_key", None)
+    if found:
+        return str(found)
+    # Not authenticated in this run (a skip): what the job says the card carries, once it is on the card.
+    return job.management_key_kind if getattr(result, "status", None) in (jn.LOADED, jn.SKIPPED) else None
 
 
 class _NoBar:

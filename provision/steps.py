@@ -12,15 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from provision.secrets import SecretSource
+
 if TYPE_CHECKING:
     from provision.jobfile import Job
 
 # When a step applies, judged against what the card holds (``CardState``):
 # always; replacing (the slot holds another certificate); writing (anything to write);
 # key_missing, cert_missing, name_missing, key_history (a retired slot not yet counted);
-# adopting (the certificate and key are on the token under another label); pem, nssdb (exports).
+# adopting (the certificate and key are on the token under another label); pem, nssdb (exports);
+# rotating (the job has management_key_rotate).
 When = Literal["always", "replacing", "writing", "key_missing", "cert_missing", "name_missing", "key_history",
-               "adopting", "pem", "nssdb", "runner"]  # fmt: skip
+               "adopting", "pem", "nssdb", "rotating", "runner"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ PIV_STEPS: tuple[StepSpec, ...] = (
     StepSpec("write_key_history", "count the slot in the Key History object, so middleware finds it", "key_history"),
     StepSpec("write_slot_name", "name the slot {slot_name!r}", "name_missing"),
     StepSpec("verify_load", "read the certificate back, compare the slot's public key, make and check a test signature"),
+    StepSpec("rotate_management_key", "change the card's management key to {rotate_to}; try that key first, "
+             "then the job's (an interrupted change is finished, never left unknown); prove it by a fresh mutual "
+             "authentication", "rotating"),  # fmt: skip
     StepSpec("commit", "record the load as done in the journal and the audit log", "writing"),
     StepSpec("export_pem", "write the certificate as PEM to {pem}", "pem"),
     StepSpec("export_nssdb", "add the certificate to the NSS database {nssdb}", "nssdb"),
@@ -104,6 +110,8 @@ def in_plan(spec: StepSpec, job: Job) -> bool:
         return getattr(job.export, spec.when) is not None
     if spec.when == "key_history":
         return job.slot.is_retired
+    if spec.when == "rotating":
+        return job.management_key_rotate is not None
     return True
 
 
@@ -115,6 +123,13 @@ def declared_actions(job: Job) -> frozenset[str]:
             out.add(spec.action_for(job))
             out.update(spec.aliases)
     return frozenset(out)
+
+
+def _management_key_words(job: Job) -> str:
+    key = job.management_key
+    if key is None:
+        return "the factory default management key"
+    return "the job's management key" if isinstance(key, SecretSource) else f"the {key.describe()}"
 
 
 def step_words(job: Job, slot_name: str, algorithm: str | None, exports: dict[str, str]) -> dict[str, str]:
@@ -129,8 +144,8 @@ def step_words(job: Job, slot_name: str, algorithm: str | None, exports: dict[st
         "replace": job.replace,
         "pin_policy": job.pin_policy,
         "touch_policy": job.touch_policy,
-        "management_key": "the job's management key" if job.management_key is not None
-        else "the factory default management key",
+        "management_key": _management_key_words(job),
+        "rotate_to": job.management_key_rotate.describe() if job.management_key_rotate is not None else "",
         "pem": exports.get("pem", ""),
         "nssdb": exports.get("nssdb", ""),
     }
@@ -178,6 +193,8 @@ def applies(spec: StepSpec, job: Job, state: CardState) -> bool:
             return job.export.pem is not None
         case "nssdb":
             return job.export.nssdb is not None
+        case "rotating":
+            return job.management_key_rotate is not None
     return False  # "runner": not the loader's
 
 

@@ -67,6 +67,7 @@ INS_GET_METADATA = 0xF7
 INS_GET_SERIAL = 0xF8
 INS_GET_VERSION = 0xFD
 INS_IMPORT_KEY = 0xFE
+INS_SET_MANAGEMENT_KEY = 0xFF  # Yubico: 00 FF FF FF|FE  <alg> 9B len key  (FE: touch required)
 
 KEY_REF_PIN = 0x80
 KEY_REF_PUK = 0x81
@@ -560,6 +561,28 @@ class PivSession:
         finally:
             _wipe(keybuf)
             _wipe(witness)
+
+    def management_key_algorithm(self) -> int:
+        """The algorithm of the card's 24-byte management key: the card's own metadata (F7 on 9B)
+        when it has it, else the firmware's default (3DES before 5.7, AES-192 from 5.7)."""
+        return self._management_key_algorithm(24, None)
+
+    def set_management_key(self, key: Secret | bytes | bytearray, algorithm: int) -> None:
+        """SET MANAGEMENT KEY (Yubico INS FF, P1 FF, P2 FF: no touch). Needs management-key
+        authentication. The key's bytes are wiped from the buffers built here."""
+        keybuf = bytearray(key.reveal() if isinstance(key, Secret) else key)
+        body = bytearray()
+        try:
+            if _MGMT_KEY_LENGTH.get(algorithm) != len(keybuf):
+                raise ManagementKeyError(f"a new management key of {len(keybuf)} bytes does not fit algorithm "
+                                         f"{algorithm:02X}; nothing was sent")  # fmt: skip
+            body = bytearray([algorithm]) + tlv.tag_bytes(KEY_REF_MANAGEMENT) + tlv.encode_length(len(keybuf)) + keybuf
+            _, sw = self.channel.send_raw_sw(INS_SET_MANAGEMENT_KEY, 0xFF, 0xFF, body)
+            if sw != SW_OK:
+                raise CardStatusError(f"SET MANAGEMENT KEY failed: {sw:04X} ({describe_sw(sw)})", sw)
+        finally:
+            _wipe(keybuf)
+            _wipe(body)
 
     # --- metadata ---
 

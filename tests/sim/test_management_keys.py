@@ -1,0 +1,184 @@
+"""Management keys on the simulated card: a key derived per card, and management_key_rotate (to the
+derived key, or to a random key stored PIN-protected as ykman does), finished after an interruption,
+never leaving a card on the factory key, and said in every report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provision import fixtures
+from provision import journal as jn
+from provision.errors import ManagementKeyError
+from provision.piv import mgmtkey
+from provision.report import render_csv, render_html
+from provision.secrets import Secret
+from provision.sim.card import SimCard, SimOptions
+from tests.sim.test_runner import DEFAULT_KEY, Batch, session_for
+
+SERIAL = 12345678
+LABEL = "HK e-Cert 2026"
+
+
+@pytest.fixture(scope="module")
+def ca() -> fixtures.Issuer:
+    return fixtures.make_ca("Management Key CA")
+
+
+@pytest.fixture
+def batch(tmp_path: Path, canaries: Any, ca: fixtures.Issuer) -> Batch:
+    canaries.write_secret_file(tmp_path / "master.key", canaries.management_key)  # the master secret
+    batch = Batch(tmp_path, canaries, ca, None)
+    batch.holder("HK-1", "CHAN Tai Man", SERIAL)
+    return batch
+
+
+def derived(canaries: Any, serial: int = SERIAL) -> bytes:
+    return bytes(mgmtkey.derive_management_key(bytes.fromhex(canaries.management_key), LABEL, serial))
+
+
+DERIVE = f'{{derive: {{master: {{file: master.key}}, label: "{LABEL}"}}}}'
+
+
+def opens(card: SimCard, key: bytes) -> bool:
+    session = session_for(card)
+    try:
+        session.authenticate(key)
+    except ManagementKeyError:
+        return False
+    finally:
+        card.reset()
+    return True
+
+
+def ended_actions(batch: Batch) -> list[str]:
+    journal = jn.Journal(batch.logs / "journal.sqlite3")
+    try:
+        return [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
+    finally:
+        journal.close()
+
+
+def only_job(outcome: Any) -> dict[str, Any]:
+    assert outcome.exit_code == 0, outcome.document
+    (job,) = outcome.document["jobs"]
+    return dict(job)
+
+
+@pytest.mark.parametrize("firmware", [(5, 7, 1), (5, 4, 3)], ids=["aes192", "3des"])
+def test_a_card_on_its_derived_key_loads(batch: Batch, canaries: Any, firmware: tuple[int, int, int]) -> None:
+    card = SimCard(SimOptions(serial=SERIAL, firmware=firmware))
+    session = session_for(card)
+    session.authenticate(DEFAULT_KEY)
+    session.set_management_key(derived(canaries), session.management_key_algorithm())
+    card.reset()
+    job = only_job(batch.run([card], defaults=f"  management_key: {DERIVE}\n"))
+    assert job["status"] == "loaded" and job["management_key"] == "derived"
+    assert not any("factory default" in note for note in job["notes"])
+    assert card.state.mgmt_algorithm == (0x0A if firmware >= (5, 7, 0) else 0x03)
+
+
+def test_derived_key_of_another_serial_is_refused(batch: Batch, canaries: Any) -> None:
+    card = SimCard(SimOptions(serial=SERIAL))
+    session = session_for(card)
+    session.authenticate(DEFAULT_KEY)
+    session.set_management_key(derived(canaries, SERIAL + 1), 0x0A)
+    card.reset()
+    outcome = batch.run([card], defaults=f"  management_key: {DERIVE}\n")
+    assert outcome.document["jobs"][0]["status"] == "failed"
+    assert outcome.document["jobs"][0]["management_key"] is None  # nothing known: not claimed
+
+
+@pytest.mark.parametrize("firmware", [(5, 7, 1), (5, 4, 3)], ids=["aes192", "3des"])
+def test_rotation_to_the_derived_key(batch: Batch, canaries: Any, firmware: tuple[int, int, int]) -> None:
+    card = SimCard(SimOptions(serial=SERIAL, firmware=firmware))
+    job = only_job(batch.run([card], defaults=f"  management_key_rotate: {DERIVE}\n"))
+    assert job["status"] == "loaded" and job["management_key"] == "derived"
+    assert not any("factory default" in note for note in job["notes"])  # the card did not stay on it
+    assert card.state.mgmt_key == derived(canaries)
+    assert opens(card, derived(canaries)) and not opens(card, DEFAULT_KEY)
+    actions = ended_actions(batch)
+    assert actions.index("verify_load") < actions.index("rotate_management_key") < actions.index("commit")
+    # Reports: JSON (run), CSV column, HTML words.
+    assert "derived" in render_csv(outcome_doc := batch_doc(batch)).splitlines()[1].split(",")
+    assert "derived per card" in render_html(outcome_doc)
+    # A second run: the card already carries all; the rotation is not done again, the key stays.
+    again = only_job(batch.run([card], defaults=f"  management_key: {DERIVE}\n  management_key_rotate: {DERIVE}\n"))
+    assert again["status"] == "skipped" and card.state.mgmt_key == derived(canaries)
+
+
+def batch_doc(batch: Batch) -> dict[str, Any]:
+    reports = sorted((batch.logs / "reports").glob("*.json"))
+    return dict(json.loads(reports[-1].read_text()))
+
+
+def test_rotation_to_a_pin_protected_key(batch: Batch) -> None:
+    card = SimCard(SimOptions(serial=SERIAL))
+    job = only_job(batch.run([card], defaults="  management_key_rotate: {pin_protected: true}\n"))
+    assert job["status"] == "loaded" and job["management_key"] == "pin-protected"
+    state = card.state
+    stored = mgmtkey.stored_key(state.objects[mgmtkey.PROTECTED_DATA_OBJECT_ID])
+    assert stored is not None and len(stored) == 24 and stored == state.mgmt_key != DEFAULT_KEY
+    assert mgmtkey.admin_data_flags(state.objects[mgmtkey.ADMIN_DATA_OBJECT_ID]) & mgmtkey.FLAG_MGM_KEY_PROTECTED
+    assert opens(card, stored) and not opens(card, DEFAULT_KEY)
+    # The stored key is readable only after VERIFY PIN (6982 before).
+    session = session_for(card)
+    with pytest.raises(Exception) as refused:
+        session.get_object(mgmtkey.PROTECTED_DATA_OBJECT_ID)
+    assert getattr(refused.value, "sw", None) == 0x6982
+    session.verify_pin(Secret("123456"))
+    assert mgmtkey.stored_key(session.get_object(mgmtkey.PROTECTED_DATA_OBJECT_ID)) == stored
+    card.reset()
+
+
+def _interrupted_pin_protected(card: SimCard, *, key_changed: bool) -> bytes:
+    """The card as an interrupted rotation left it: the new key stored, changed on the card or not,
+    ADMIN DATA not yet saying so."""
+    key = bytes(range(1, 25))
+    session = session_for(card)
+    session.authenticate(DEFAULT_KEY)
+    session.put_object(mgmtkey.PROTECTED_DATA_OBJECT_ID, bytes(mgmtkey.protected_data(key)))
+    if key_changed:
+        session.set_management_key(key, 0x0A)
+    card.reset()
+    return key
+
+
+@pytest.mark.parametrize("key_changed", [False, True], ids=["before-change", "after-change"])
+def test_an_interrupted_pin_protected_rotation_is_finished(batch: Batch, key_changed: bool) -> None:
+    card = SimCard(SimOptions(serial=SERIAL))
+    key = _interrupted_pin_protected(card, key_changed=key_changed)
+    job = only_job(batch.run([card], defaults="  management_key_rotate: {pin_protected: true}\n"))
+    assert job["status"] == "loaded" and job["management_key"] == "pin-protected"
+    state = card.state
+    # The key stored by the interrupted attempt is the one the card ends with: never a second random key.
+    assert state.mgmt_key == key and mgmtkey.stored_key(state.objects[mgmtkey.PROTECTED_DATA_OBJECT_ID]) == key
+    assert mgmtkey.admin_data_flags(state.objects[mgmtkey.ADMIN_DATA_OBJECT_ID]) & mgmtkey.FLAG_MGM_KEY_PROTECTED
+
+
+def test_an_interrupted_derive_rotation_is_finished(batch: Batch, canaries: Any) -> None:
+    """The card already has the derived key (the change went through, the journal never heard):
+    the run tries the target first and finishes; the job's old key is not needed."""
+    card = SimCard(SimOptions(serial=SERIAL))
+    session = session_for(card)
+    session.authenticate(DEFAULT_KEY)
+    session.set_management_key(derived(canaries), 0x0A)
+    card.reset()
+    job = only_job(batch.run([card], defaults=f"  management_key_rotate: {DERIVE}\n"))
+    assert job["status"] == "loaded" and job["management_key"] == "derived"
+    assert card.state.mgmt_key == derived(canaries)
+    assert "rotate_management_key" not in ended_actions(batch)  # nothing left to change
+
+
+def test_the_factory_key_is_flagged_and_plan_names_the_rotation(batch: Batch, cli: Any) -> None:
+    card = SimCard(SimOptions(serial=SERIAL))
+    job = only_job(batch.run([card]))
+    assert job["management_key"] == "default" and any("factory default" in n for n in job["notes"])
+    path = batch.write(f"  management_key_rotate: {DERIVE}\n")
+    shown = cli("plan", str(path), "--json")
+    steps = json.loads(shown.stdout)["jobs"][0]["steps"]
+    words = [s for s in steps if s["action"] == "rotate_management_key"]
+    assert words and f"label {LABEL!r}" in json.dumps(words[0])
