@@ -1007,7 +1007,8 @@ def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[Secret
     if "audit" in data and "key" in data["audit"]:
         audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
     # PIV jobs only: a PKCS#11 token has no management key.
-    factory = [job.id for job in cards.jobs if job.management_key is None and job.card.pkcs11 is None]
+    factory = [job.id for job in cards.jobs
+               if job.management_key is None and job.management_key_rotate is None and job.card.pkcs11 is None]  # fmt: skip
     if factory:
         ck.problem(
             ("defaults",) if "defaults" in data else ("cards",),

@@ -325,7 +325,8 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
         if not result.ok:
             problems.append(f"expect.{result.check}: expected {result.expected!r}, the certificate has {result.actual!r}")
     if job.management_key is None:
-        notes.append("uses the card's factory default management key")
+        notes.append("uses the card's factory default management key"
+                     + (", then changes it (management_key_rotate)" if job.management_key_rotate is not None else ""))
     if job.pkcs12_password.kind == "empty":
         notes.append("the PKCS#12 file is opened without a password (password: {empty: true})")
     if job.pin.kind == "value" or job.pkcs12_password.kind == "value":
