@@ -351,7 +351,8 @@ def region_digest(lines: list[bytes]) -> str:
 KNOWN_EVENTS = (
     "run_started", "validated", "card_inserted", "card_identified", "card_refused", "card_error",
     "preflight", "operator_confirmed", "operator_declined", "archived", "overwrite_planned",
-    "pin_verify", "pin_refused_floor", "management_key_auth", "key_imported", "certificate_written",
+    "pin_verify", "pin_refused_floor", "management_key_auth", "management_key_rotated", "key_imported",
+    "certificate_written",
     "replaced_object_deleted", "key_history_written", "slot_name_written", "verified", "committed",
     "exported", "skipped", "job_loaded", "job_skipped", "job_failed", "job_refused", "job_in_doubt",
     "job_pending", "run_finished", "timestamp_failed", EVENT_SEAL, EVENT_TAIL_ACCEPTED,

@@ -182,3 +182,57 @@ def test_the_factory_key_is_flagged_and_plan_names_the_rotation(batch: Batch, cl
     steps = json.loads(shown.stdout)["jobs"][0]["steps"]
     words = [s for s in steps if s["action"] == "rotate_management_key"]
     assert words and f"label {LABEL!r}" in json.dumps(words[0])
+
+
+def _apdus_of_a_load(batch: Batch, defaults: str, tmp_path: Path) -> int:
+    import shutil
+
+    card = SimCard(SimOptions(serial=SERIAL))
+    batch.run([card], defaults=defaults)
+    shutil.rmtree(batch.logs)
+    shutil.rmtree(batch.tmp / "out", ignore_errors=True)
+    return int(card.apdu_count)
+
+
+@pytest.mark.parametrize("rotate", ["pin", "derive"])
+def test_a_card_pulled_at_every_apdu_of_the_rotation_ends_on_the_target_key(
+    batch: Batch, canaries: Any, tmp_path: Path, rotate: str
+) -> None:
+    """Pull the card after each APDU of the rotation (and of the commit around it); put it back;
+    the next run finishes: the card ends on the target key, never on an unknown one."""
+    import shutil
+
+    defaults = ("  management_key_rotate: {pin_protected: true}\n" if rotate == "pin"
+                else f"  management_key_rotate: {DERIVE}\n")  # fmt: skip
+    plain = _apdus_of_a_load(batch, "", tmp_path)
+    total = _apdus_of_a_load(batch, defaults, tmp_path)
+    assert total > plain
+    halfway: set[str] = set()
+    for k in range(plain - 8, total):
+        state = tmp_path / f"card-{k}.json"
+        first = SimCard(SimOptions(serial=SERIAL, vanish_after=k), state)
+        batch.run([first], defaults=defaults)
+        left = first.state
+        if rotate == "pin" and left.mgmt_key != DEFAULT_KEY and not (
+                mgmtkey.admin_data_flags(left.objects.get(mgmtkey.ADMIN_DATA_OBJECT_ID)) & 0x02):  # fmt: skip
+            halfway.add("changed, not yet marked")
+        if rotate == "pin" and left.objects.get(mgmtkey.PROTECTED_DATA_OBJECT_ID) and left.mgmt_key == DEFAULT_KEY:
+            halfway.add("stored, not yet changed")
+        if rotate == "derive" and left.mgmt_key != DEFAULT_KEY:
+            halfway.add("changed")
+        back = SimCard(SimOptions(serial=SERIAL), state)
+        job = only_job(batch.run([back], defaults=defaults))
+        assert job["status"] == "loaded" and job["management_key"] == ("pin-protected" if rotate == "pin"
+                                                                      else "derived"), (k, job)  # fmt: skip
+        card_state = back.state
+        if rotate == "pin":
+            stored = mgmtkey.stored_key(card_state.objects.get(mgmtkey.PROTECTED_DATA_OBJECT_ID))
+            assert stored is not None and card_state.mgmt_key == stored, k
+            assert mgmtkey.admin_data_flags(card_state.objects.get(mgmtkey.ADMIN_DATA_OBJECT_ID)) & 0x02, k
+        else:
+            assert card_state.mgmt_key == derived(canaries), k
+        assert card_state.mgmt_key != DEFAULT_KEY, k
+        shutil.rmtree(batch.logs)
+        shutil.rmtree(batch.tmp / "out", ignore_errors=True)
+    # The sweep did stop the card in the middle of the rotation, at each of its stages.
+    assert halfway == ({"changed, not yet marked", "stored, not yet changed"} if rotate == "pin" else {"changed"})
