@@ -282,13 +282,16 @@ def _rebase(value: str, source_dir: Path, target_dir: Path) -> str:
 def _rebase_secret(secret: Any, source_dir: Path, target_dir: Path) -> Any:
     if isinstance(secret, dict) and isinstance(secret.get("file"), str):
         return {"file": _rebase(secret["file"], source_dir, target_dir)}
+    if isinstance(secret, dict) and isinstance(secret.get("derive"), dict):  # a derived management key's master
+        derive = secret["derive"]
+        return {"derive": {**derive, "master": _rebase_secret(derive.get("master"), source_dir, target_dir)}}
     return secret
 
 
 def _rebased_template(data: dict[str, Any], source_dir: Path, target_dir: Path) -> dict[str, Any]:
     out = {k: data[k] for k in _TEMPLATE_KEYS if k in data}
     defaults = dict(out.get("defaults") or {})
-    for name in ("pin", "management_key"):
+    for name in ("pin", "management_key", "management_key_rotate"):
         if name in defaults:
             defaults[name] = _rebase_secret(defaults[name], source_dir, target_dir)
     if isinstance(defaults.get("export"), dict):

@@ -150,3 +150,17 @@ def test_cli_jobs_new(office: Path) -> None:
                           "template.yaml", "-o", "batch.yaml"], cwd=office, env=env, capture_output=True, text=True,
                          timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "already exists" in bad.stderr
+
+
+def test_a_derived_management_keys_master_file_is_rebased_too(office: Path) -> None:
+    (office / "secrets" / "master.key").write_text("00112233\n")
+    (office / "secrets" / "master.key").chmod(0o600)
+    derive = '{derive: {master: {file: secrets/master.key}, label: "HK"}}'
+    (office / "template.yaml").write_text(TEMPLATE.replace(
+        "  renew:", f"  management_key: {derive}\n  management_key_rotate: {derive}\n  renew:"))  # fmt: skip
+    (office / "holders.csv").write_text("id,holder,card_serial,pkcs12\nHK-1,A,1,certs/a.p12\n")
+    write_jobs_from_csv(office / "holders.csv", office / "template.yaml", office / "out" / "batch.yaml")
+    job = load_jobfile(office / "out" / "batch.yaml", unattended=True).jobs[0]
+    for spec in (job.management_key, job.management_key_rotate):
+        assert spec.master.path.resolve() == (office / "secrets" / "master.key").resolve()  # type: ignore[union-attr]
+        assert spec.label == "HK"  # type: ignore[union-attr]

@@ -395,3 +395,31 @@ def test_audit_timestamp_is_an_http_url(tmp_path: Path) -> None:
     jf = load(tmp_path, HEAD + "audit: {timestamp: 'http://tsa.example/'}\ncards:\n" + card_yaml())
     assert jf.audit_timestamp == "http://tsa.example/"
     assert any("timestamp" in p for p in problems(tmp_path, HEAD + "audit: {timestamp: 'ftp://x'}\ncards:\n" + card_yaml()))
+
+
+def test_derived_management_key_and_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from provision.jobfile import DerivedKey, PinProtectedKey
+
+    monkeypatch.setenv("MGMT_MASTER", "00")
+    derive = '{derive: {master: {env: MGMT_MASTER}, label: "HK 2026"}}'
+    job = load(tmp_path, HEAD + "cards:\n" + card_yaml(management_key=derive, management_key_rotate=derive)).jobs[0]
+    assert job.management_key == DerivedKey(job.management_key.master, "HK 2026")
+    assert job.management_key.master.kind == "env" and job.management_key_kind == "derived"
+    assert isinstance(job.management_key_rotate, DerivedKey)
+    pinned = load(tmp_path, HEAD + "cards:\n" + card_yaml(management_key_rotate="{pin_protected: true}")).jobs[0]
+    assert pinned.management_key is None and isinstance(pinned.management_key_rotate, PinProtectedKey)
+    assert pinned.management_key_kind == "pin-protected"
+    assert load(tmp_path, HEAD + "cards:\n" + card_yaml()).jobs[0].management_key_kind == "default"
+
+
+@pytest.mark.parametrize("field", [
+    "management_key: {derive: {master: 0011, label: x}}",  # a bare master: refused like any secret
+    "management_key: {derive: {master: {env: MGMT_MASTER}}}",  # no label
+    "management_key_rotate: {pin_protected: false}",
+    "management_key_rotate: {}",
+    "management_key_rotate: {derive: {master: {env: MGMT_MASTER}, label: x}, pin_protected: true}",
+])  # fmt: skip
+def test_bad_management_key_forms_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str) -> None:
+    monkeypatch.setenv("MGMT_MASTER", "00")
+    name, value = field.split(": ", 1)
+    assert problems(tmp_path, HEAD + "cards:\n" + card_yaml(**{name: value}))
