@@ -497,7 +497,7 @@ class Loader:
         if self._authenticated:
             return
         with self.step("authenticate_management_key", default_key=self.job.management_key is None):
-            key_type = None if self.job.management_key_type == "auto" else self.job.management_key_type
+            key_type = self._key_type()
             key = self._job_management_key()
             try:
                 self.session.authenticate(key, key_type)  # type: ignore[arg-type]
@@ -595,7 +595,7 @@ class Loader:
                 else:
                     old = self._job_management_key()
                     try:
-                        self.session.authenticate(old)
+                        self.session.authenticate(old, self._key_type())  # type: ignore[arg-type]
                     except ManagementKeyError:
                         self.audit("management_key_rotated", outcome="failed", to=kind)
                         raise ManagementKeyError(
@@ -603,7 +603,7 @@ class Loader:
                             "it was not changed by this attempt") from None  # fmt: skip
                     finally:
                         old.wipe()
-                    algorithm = self.session.management_key_algorithm()
+                    algorithm = self.session.management_key_algorithm(self._key_type())  # type: ignore[arg-type]
                     if target is None:  # pin_protected, first attempt: a fresh random key, stored first
                         target = Secret(os.urandom(mgmtkey.DERIVED_KEY_LENGTH))
                     if isinstance(rotation, PinProtectedKey):
@@ -647,12 +647,15 @@ class Loader:
 
     def _try_key(self, key: Secret) -> bool:
         try:
-            self.session.authenticate(key)
+            self.session.authenticate(key, self._key_type())  # type: ignore[arg-type]
         except ManagementKeyError:
             self._authenticated = False
             return False
         self._authenticated = True
         return True
+
+    def _key_type(self) -> str | None:
+        return None if self.job.management_key_type == "auto" else self.job.management_key_type
 
     def _rotation_finished(self, rotation: DerivedKey | PinProtectedKey) -> bool:
         if isinstance(rotation, DerivedKey):

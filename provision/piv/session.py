@@ -562,10 +562,11 @@ class PivSession:
             _wipe(keybuf)
             _wipe(witness)
 
-    def management_key_algorithm(self) -> int:
+    def management_key_algorithm(self, key_type: ManagementKeyType | None = None) -> int:
         """The algorithm of the card's 24-byte management key: the card's own metadata (F7 on 9B)
-        when it has it, else the firmware's default (3DES before 5.7, AES-192 from 5.7)."""
-        return self._management_key_algorithm(24, None)
+        when it has it (a different ``key_type`` is refused), else ``key_type``, else the firmware's
+        default (3DES before 5.7, AES-192 from 5.7)."""
+        return self._management_key_algorithm(24, key_type)
 
     def set_management_key(self, key: Secret | bytes | bytearray, algorithm: int) -> None:
         """SET MANAGEMENT KEY (Yubico INS FF, P1 FF, P2 FF: no touch). Needs management-key

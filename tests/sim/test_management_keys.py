@@ -92,7 +92,7 @@ def test_derived_key_of_another_serial_is_refused(batch: Batch, canaries: Any) -
     assert outcome.document["jobs"][0]["management_key"] is None  # nothing known: not claimed
 
 
-@pytest.mark.parametrize("firmware", [(5, 7, 1), (5, 4, 3)], ids=["aes192", "3des"])
+@pytest.mark.parametrize("firmware", [(5, 7, 1), (5, 4, 3), (5, 2, 7)], ids=["aes192", "3des", "3des-no-metadata"])
 def test_rotation_to_the_derived_key(batch: Batch, canaries: Any, firmware: tuple[int, int, int]) -> None:
     card = SimCard(SimOptions(serial=SERIAL, firmware=firmware))
     job = only_job(batch.run([card], defaults=f"  management_key_rotate: {DERIVE}\n"))
