@@ -62,6 +62,17 @@ def ended_actions(batch: Batch) -> list[str]:
         journal.close()
 
 
+def assert_key_not_in_logs(batch: Batch, key: bytes) -> None:
+    """The card's new key is in no journal, audit record or report (the master is a canary)."""
+    import base64
+
+    forms = [key, key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key)]
+    for path in batch.logs.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not any(form in blob for form in forms), f"the management key is in {path}"
+
+
 def only_job(outcome: Any) -> dict[str, Any]:
     assert outcome.exit_code == 0, outcome.document
     (job,) = outcome.document["jobs"]
@@ -100,6 +111,7 @@ def test_rotation_to_the_derived_key(batch: Batch, canaries: Any, firmware: tupl
     assert not any("factory default" in note for note in job["notes"])  # the card did not stay on it
     assert card.state.mgmt_key == derived(canaries)
     assert opens(card, derived(canaries)) and not opens(card, DEFAULT_KEY)
+    assert_key_not_in_logs(batch, derived(canaries))
     actions = ended_actions(batch)
     assert actions.index("verify_load") < actions.index("rotate_management_key") < actions.index("commit")
     # Reports: JSON (run), CSV column, HTML words.
@@ -124,6 +136,7 @@ def test_rotation_to_a_pin_protected_key(batch: Batch) -> None:
     assert stored is not None and len(stored) == 24 and stored == state.mgmt_key != DEFAULT_KEY
     assert mgmtkey.admin_data_flags(state.objects[mgmtkey.ADMIN_DATA_OBJECT_ID]) & mgmtkey.FLAG_MGM_KEY_PROTECTED
     assert opens(card, stored) and not opens(card, DEFAULT_KEY)
+    assert_key_not_in_logs(batch, stored)
     # The stored key is readable only after VERIFY PIN (6982 before).
     session = session_for(card)
     with pytest.raises(Exception) as refused:
