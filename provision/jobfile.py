@@ -147,7 +147,7 @@ class DerivedKey:
     label: str
 
     def describe(self) -> str:
-        return f"key derived from the master in the {self.master.describe()} (label {self.label!r})"
+        return f"the key derived from the master secret in the {self.master.describe()} (label {self.label!r})"
 
 
 @dataclass(frozen=True)

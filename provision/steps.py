@@ -129,7 +129,7 @@ def _management_key_words(job: Job) -> str:
     key = job.management_key
     if key is None:
         return "the factory default management key"
-    return "the job's management key" if isinstance(key, SecretSource) else f"the {key.describe()}"
+    return "the job's management key" if isinstance(key, SecretSource) else key.describe()
 
 
 def step_words(job: Job, slot_name: str, algorithm: str | None, exports: dict[str, str]) -> dict[str, str]:
