@@ -249,3 +249,24 @@ def test_a_card_pulled_at_every_apdu_of_the_rotation_ends_on_the_target_key(
         shutil.rmtree(batch.tmp / "out", ignore_errors=True)
     # The sweep did stop the card in the middle of the rotation, at each of its stages.
     assert halfway == ({"changed, not yet marked", "stored, not yet changed"} if rotate == "pin" else {"changed"})
+
+
+@pytest.mark.parametrize("rotate", ["{pin_protected: true}", DERIVE], ids=["pin", "derive"])
+def test_a_rotating_load_takes_exactly_the_planned_steps(batch: Batch, rotate: str) -> None:
+    from provision.jobfile import load_jobfile
+    from provision.plan import match_cards, plan_jobfile
+    from provision.plancards import read_transports
+    from provision.sim.inprocess import SimTransport
+    from tests.sim.test_checklist import journaled, needed
+
+    defaults = f"  management_key_rotate: {rotate}\n"
+    card = SimCard(SimOptions(serial=SERIAL))
+    card.power_on()
+    plan = match_cards(plan_jobfile(load_jobfile(batch.write(defaults), unattended=True), unattended=True),
+                       read_transports([("sim", SimTransport(card))]))  # fmt: skip
+    card.reset()
+    outcome = batch.run([card], defaults=defaults)
+    assert outcome.document["jobs"][0]["status"] == "loaded"
+    steps = journaled(batch, outcome.document["run_id"])
+    assert steps == needed(plan)
+    assert steps[-2:] == ["rotate_management_key", "commit"] or steps[-3:-1] == ["rotate_management_key", "commit"]
