@@ -47,6 +47,7 @@ from provision.piv.profiles import (
     COMPRESS_ABOVE_BYTES,
     DEFAULT_MANAGEMENT_KEY,
     KEY_HISTORY_OBJECT_ID,
+    VENDOR_REFUSED_SW,
     holds_extended_algorithms,
     key_history_update,
     pin_always,
@@ -512,7 +513,7 @@ class Loader:
             self._authenticated = True
             self.audit("management_key_auth", outcome="ok", default_key=self.job.management_key is None)
             self.result.management_key = self._used_key_kind()
-            if self.job.management_key is None and self.job.management_key_rotate is None:
+            if self.job.management_key is None:  # until a rotation takes the card off that key
                 self.result.notes.append(DEFAULT_KEY_NOTE)
 
     def _rotated_key_opens(self) -> bool:
@@ -588,6 +589,7 @@ class Loader:
             opened = target is not None and self._try_key(target)
             if opened and self._rotation_finished(rotation):
                 self.result.management_key = kind
+                self.result.notes = [n for n in self.result.notes if n != DEFAULT_KEY_NOTE]
                 return
             with self.step("rotate_management_key", to=kind) as found:
                 if opened:
@@ -607,6 +609,10 @@ class Loader:
                     if target is None:  # pin_protected, first attempt: a fresh random key, stored first
                         target = Secret(os.urandom(mgmtkey.DERIVED_KEY_LENGTH))
                     if isinstance(rotation, PinProtectedKey):
+                        # Stored and announced (ADMIN DATA) before the change: an interruption never
+                        # loses the key, and a card that refuses either object keeps its old key.
+                        self._wrote = True
+                        self._mark_key_protected()
                         stored = mgmtkey.protected_data(target.reveal())
                         try:
                             self.session.put_object(mgmtkey.PROTECTED_DATA_OBJECT_ID, bytes(stored))
@@ -614,10 +620,11 @@ class Loader:
                             for i in range(len(stored)):
                                 stored[i] = 0
                     self._wrote = True
+                    self.result.management_key = None  # not known until the new key is proven
                     self.session.set_management_key(target, algorithm)
                     found["algorithm"] = f"{algorithm:02X}"
                 if isinstance(rotation, PinProtectedKey):
-                    self._mark_key_protected()
+                    self._mark_key_protected()  # nothing to do unless an older attempt stopped before it
                 if target is None or not self._try_key(target):  # the proof: a fresh mutual authentication
                     raise ManagementKeyError("the card does not accept the new management key after the change")
                 self.result.management_key = kind
@@ -673,7 +680,16 @@ class Loader:
         body = self._admin_data()
         if mgmtkey.admin_data_flags(body) & mgmtkey.FLAG_MGM_KEY_PROTECTED:
             return
-        self.session.put_object(mgmtkey.ADMIN_DATA_OBJECT_ID, mgmtkey.admin_data_with_flags(body, mgmtkey.FLAG_MGM_KEY_PROTECTED))
+        try:
+            self.session.put_object(mgmtkey.ADMIN_DATA_OBJECT_ID,
+                                    mgmtkey.admin_data_with_flags(body, mgmtkey.FLAG_MGM_KEY_PROTECTED))  # fmt: skip
+        except CardStatusError as exc:
+            if exc.sw not in VENDOR_REFUSED_SW:
+                raise
+            raise CardNotSupportedError(
+                f"this card refuses the ADMIN DATA object {mgmtkey.ADMIN_DATA_OBJECT_ID:06X} ({exc.sw:04X}), so no "
+                "peer could find a PIN-protected management key; its key was not changed. Use "
+                "management_key_rotate: {derive: …} for this card") from None  # fmt: skip
 
     def import_key(self, state: Preflight) -> None:
         if state.key_on_card is True:

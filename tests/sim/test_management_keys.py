@@ -226,9 +226,9 @@ def test_a_card_pulled_at_every_apdu_of_the_rotation_ends_on_the_target_key(
         first = SimCard(SimOptions(serial=SERIAL, vanish_after=k), state)
         batch.run([first], defaults=defaults)
         left = first.state
-        if rotate == "pin" and left.mgmt_key != DEFAULT_KEY and not (
-                mgmtkey.admin_data_flags(left.objects.get(mgmtkey.ADMIN_DATA_OBJECT_ID)) & 0x02):  # fmt: skip
-            halfway.add("changed, not yet marked")
+        marked = mgmtkey.admin_data_flags(left.objects.get(mgmtkey.ADMIN_DATA_OBJECT_ID)) & 0x02
+        if rotate == "pin" and marked and not left.objects.get(mgmtkey.PROTECTED_DATA_OBJECT_ID):
+            halfway.add("marked, not yet stored")
         if rotate == "pin" and left.objects.get(mgmtkey.PROTECTED_DATA_OBJECT_ID) and left.mgmt_key == DEFAULT_KEY:
             halfway.add("stored, not yet changed")
         if rotate == "derive" and left.mgmt_key != DEFAULT_KEY:
@@ -248,7 +248,7 @@ def test_a_card_pulled_at_every_apdu_of_the_rotation_ends_on_the_target_key(
         shutil.rmtree(batch.logs)
         shutil.rmtree(batch.tmp / "out", ignore_errors=True)
     # The sweep did stop the card in the middle of the rotation, at each of its stages.
-    assert halfway == ({"changed, not yet marked", "stored, not yet changed"} if rotate == "pin" else {"changed"})
+    assert halfway == ({"marked, not yet stored", "stored, not yet changed"} if rotate == "pin" else {"changed"})
 
 
 @pytest.mark.parametrize("rotate", ["{pin_protected: true}", DERIVE], ids=["pin", "derive"])
@@ -270,3 +270,14 @@ def test_a_rotating_load_takes_exactly_the_planned_steps(batch: Batch, rotate: s
     steps = journaled(batch, outcome.document["run_id"])
     assert steps == needed(plan)
     assert steps[-2:] == ["rotate_management_key", "commit"] or steps[-3:-1] == ["rotate_management_key", "commit"]
+
+
+def test_a_card_without_admin_data_keeps_its_key_and_says_why(batch: Batch) -> None:
+    """PIN-protected needs ADMIN DATA (5FFF00) for ykman to find the key: a card that refuses vendor
+    objects fails the job before its key is changed, and the reports do not claim a rotation."""
+    card = SimCard(SimOptions(serial=SERIAL, no_vendor_objects=True))
+    outcome = batch.run([card], defaults="  management_key_rotate: {pin_protected: true}\n")
+    (job,) = outcome.document["jobs"]
+    assert job["status"] == "failed" and "ADMIN DATA" in job["error"]
+    assert card.state.mgmt_key == DEFAULT_KEY and job["management_key"] == "default"
+    assert any("factory default" in note for note in job["notes"])
