@@ -74,6 +74,9 @@ class CounterScreen:
         self.order: list[str] = []  # the queue, as the clerk arranges it
         self.later: set[str] = set()  # put back to the end of the queue
         self.skipped: set[str] = set()  # skipped today (they stay pending in the journal)
+        self.earlier: set[str] = set()  # done by an earlier run of the day (the journal says so)
+        self.stopping = False  # the clerk left a prompt with q or Ctrl-D: the day ends
+        self._pin_asked: tuple[str, int | None] | None = None  # the last PIN prompt of this card
 
     def attach(self, runner: Runner) -> None:
         """The run whose holders this screen calls, in job-file order to begin with."""
@@ -109,11 +112,18 @@ class CounterScreen:
 
         left = "unknown" if tries is None else str(tries)
         warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
-        self.console.print(f"The holder types the card PIN. Tries left: [bold]{left}[/bold]{warn}")
+        if self._pin_asked is not None and self._pin_asked[0] == holder:
+            # Asked again for the same card: the card refused the PIN just typed (and counted it).
+            self.console.print(shown(f"Wrong PIN, {left} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
+        self._pin_asked = (holder, tries)
+        self.console.print(f"The holder types the card PIN (q: leave). Tries left: [bold]{left}[/bold]{warn}")
         try:
-            return typed_secret(getpass.getpass("Card PIN: ", stream=sys.stderr), "PIN")
+            typed = getpass.getpass("Card PIN: ", stream=sys.stderr)
         except (EOFError, KeyboardInterrupt):
             raise SecretError("no PIN was typed") from None
+        if typed.strip().lower() in ("q", ""):
+            raise SecretError("no PIN was typed; nothing was sent to the card")
+        return typed_secret(typed, "PIN")
 
     # --- the queue ---
 
@@ -127,13 +137,15 @@ class CounterScreen:
         for column in ("#", "Holder", "Card", "Status"):
             table.add_column(column)
         nxt = self.queue()[0] if self.queue() else None
-        styles = {jn.LOADED: "green", jn.SKIPPED: "green", jn.FAILED: "red", jn.REFUSED: "red"}
+        styles = {"done (earlier run)": "green", jn.LOADED: "green", jn.SKIPPED: "green", jn.FAILED: "red", jn.REFUSED: "red"}
         for number, state in enumerate(self.runner.states, 1):
             status = state.status
             if state.job.id in self.skipped and status in (jn.PENDING, jn.IN_DOUBT):
                 status = "skipped today"
             elif state.job.id in self.later and status in (jn.PENDING, jn.IN_DOUBT) and state is not nxt:
                 status = "later"
+            if state.job.id in self.earlier:
+                status = "done (earlier run)"
             if state is nxt:
                 status = "NEXT"
             card = state.job.card.describe()
@@ -154,6 +166,8 @@ class CounterScreen:
     def run(self, runner: Runner) -> int:
         """The counter's day: call the next holder, take their card (or the clerk's key), load it."""
         self.attach(runner)
+        # The day's job file opened again: holders the journal shows as loaded are done, not queued.
+        self.earlier = set(runner.adopt_done_from_journal())
         try:
             while True:
                 waiting = self.queue()
@@ -163,6 +177,9 @@ class CounterScreen:
                 state = waiting[0]
                 if state.bundle is None and not (self.open_envelope(state) if state.deferred
                                                  else runner.ensure_bundle(state)):  # fmt: skip
+                    if self.stopping:
+                        self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
+                        break
                     continue
                 self.instruct(state)
                 action = self.wait_for_card_or_key()
@@ -186,6 +203,7 @@ class CounterScreen:
                 # The card in the reader is matched to its job by serial: the expected holder
                 # first (match() refuses another holder's card at the counter).
                 runner.call(state)
+                self._pin_asked = None
                 runner.load_card(reader)
                 self.show_result(state)
                 if state.status in (jn.PENDING, jn.IN_DOUBT):
@@ -209,9 +227,12 @@ class CounterScreen:
         self.console.print(Panel(shown(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
         while True:
             try:
-                typed = getpass.getpass("Password (nothing typed: skip this holder): ", stream=sys.stderr)
+                typed = getpass.getpass("Password (nothing typed: skip this holder; q: stop for today): ", stream=sys.stderr)
             except (EOFError, KeyboardInterrupt):
-                typed = ""
+                typed = "q"  # Ctrl-D leaves the prompt, as q does
+            if typed.strip().lower() == "q":  # never taken as a password
+                self.stopping = True
+                return False
             if not typed:
                 self.skipped.add(state.job.id)
                 return False

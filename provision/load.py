@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -37,6 +37,7 @@ from provision.errors import (
     ManagementKeyError,
     OperatorDeclined,
     PinError,
+    PinFloorError,
     PinFormatError,
     PinHeldError,
     SecretError,
@@ -199,6 +200,7 @@ class Loader:
                 return self.skip()
             if state.renewal is not None and not state.renewal.act:
                 return self.skip_not_due(state.renewal)
+            self.check_pin_floor_first()
             self.confirm_with_operator(state)
             self.handle_replaced_certificate(state)
             self.verify_pin()
@@ -414,13 +416,7 @@ class Loader:
             floor = self.job.min_pin_retries
             while True:
                 if tries < floor:
-                    self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
-                    raise PinError(
-                        f"the card has {tries} PIN tr{'y' if tries == 1 else 'ies'} left, fewer than "
-                        f"min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: "
-                        "unblock the card with its PUK first",
-                        tries,
-                    )
+                    self._refuse_below_floor(tries)
                 pin = self._obtain_pin(tries)
                 try:
                     self._present_pin(pin)
@@ -432,11 +428,41 @@ class Loader:
                     # a PIN from a file, variable or program is never retried.
                     if self.job.pin.kind != "prompt" or self.ctx.ask_pin is None or exc.tries_left is None:
                         raise
+                    if exc.tries_left < floor:
+                        # The card counted this PIN: say so (never "no PIN was tried").
+                        left = exc.tries_left
+                        raise PinFloorError(
+                            f"wrong PIN, {left} tr{'y' if left == 1 else 'ies'} left; fewer than min_pin_retries "
+                            f"({floor}), so the PIN is not asked again. The last tries belong to the holder: "
+                            "unblock the card with its PUK first",
+                            left,
+                        ) from None
                     tries = exc.tries_left
                     continue
                 self._pin = pin
                 self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
                 return
+
+    def check_pin_floor_first(self) -> None:
+        """Counter mode: a card already below the PIN floor is refused before the clerk is shown
+        the certificate (the PIN status read costs no try; a card on hold is not even asked)."""
+        if self.ctx.confirm is None:
+            return
+        self._refuse_if_pin_held()
+        tries = self.session.pin_tries()
+        if tries is not None and tries < self.job.min_pin_retries:
+            self.result.pin_tries_left = tries
+            self._refuse_below_floor(tries)
+
+    def _refuse_below_floor(self, tries: int) -> NoReturn:
+        floor = self.job.min_pin_retries
+        self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
+        raise PinFloorError(
+            f"the card has {tries} PIN tr{'y' if tries == 1 else 'ies'} left{' (blocked)' if tries == 0 else ''}, fewer than "
+            f"min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: "
+            "unblock the card with its PUK first",
+            tries,
+        )
 
     def _person_types_pin(self) -> bool:
         """The PIN comes from a person at the counter (the citizen typing it), not from a source

@@ -628,6 +628,23 @@ class Runner:
                     state.status, state.card_serial, state.error = row.status, row.card_serial, row.error
                     self.release_bundle(state)
 
+    def adopt_done_from_journal(self) -> list[str]:
+        """Jobs that an earlier run of this batch loaded (or found on the card) are done: the
+        journal says so, so they are not queued again (the counter's job file opened again)."""
+        rows = {j.job_id: j for j in self.journal.jobs(batch=self.jobfile.batch)}
+        adopted: list[str] = []
+        with self._lock:
+            for state in self.states:
+                row = rows.get(state.job.id)
+                if (row is not None and state.status == jn.PENDING and row.run_id != self.run_id
+                        and row.status in (jn.LOADED, jn.SKIPPED)):  # fmt: skip
+                    state.status, state.card_serial, state.error = row.status, row.card_serial, None
+                    adopted.append(state.job.id)
+        for state in self.states:
+            if state.job.id in adopted:
+                self.release_bundle(state)
+        return adopted
+
     def _reap(self, bar: Any) -> None:
         self.sync_shared_queue()
         done = sum(1 for s in self.states if s.status not in (jn.PENDING, jn.IN_DOUBT, jn.IN_PROGRESS))
