@@ -125,6 +125,54 @@ class CounterScreen:
             raise SecretError("no PIN was typed; nothing was sent to the card")
         return typed_secret(typed, "PIN")
 
+    # --- unblocking a card at the counter (the citizen types the PUK and a new PIN) ---
+
+    def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
+        from provision.errors import CardError, PinError, PukError
+        from provision.pinservice import tries_text
+
+        asked = self._pin_asked
+        if asked is not None and asked[0] == holder and asked[1] is not None and tries < asked[1]:
+            # The PIN just typed was refused (and counted): say so, as for every refused PIN.
+            self.console.print(shown(f"Wrong PIN, {tries} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
+        state = "is blocked" if tries == 0 else f"has {tries} PIN tr{'y' if tries == 1 else 'ies'} left, below the floor"
+        words = [shown(f"The card of {holder} {state}.", style="bold red"),
+                 Text("u: the holder unblocks it now with the PUK and a new PIN (the load goes on)   "
+                      "Enter: not now", style="dim")]  # fmt: skip
+        self.console.print(Panel(Group(*words), border_style="red"))
+        self.console.print("Unblock now? [bold]u[/bold] / Enter: ", end="")
+        if self.read_line().strip().lower() not in ("u", "y", "yes"):
+            return False
+        try:
+            result = make_service(self).unblock_pin()
+        except (PukError, PinError, SecretError, CardError) as exc:
+            self.console.print(Panel(shown(f"Not unblocked: {exc.message}"), border_style="red"))
+            return False
+        self.console.print(Panel(shown(f"PIN unblocked: PIN tries left {tries_text(result.pin_tries_left)}, "
+                                       f"PUK tries left {tries_text(result.puk_tries_left)}. The holder now types "
+                                       "the new PIN to load the certificate.", style="bold green"),
+                                 border_style="green"))  # fmt: skip
+        return True
+
+    def ask_secret(self, prompt: str) -> Secret:
+        """The PUK or the new PIN, typed by the citizen without echo (q or Ctrl-D: leave)."""
+        import getpass
+
+        try:
+            typed = getpass.getpass(f"{prompt} (q: leave): ", stream=sys.stderr)
+        except (EOFError, KeyboardInterrupt):
+            raise SecretError(f"no {prompt} was typed; nothing was sent to the card") from None
+        if typed.strip().lower() == "q":
+            raise SecretError(f"no {prompt} was typed; nothing was sent to the card")
+        return typed_secret(typed, prompt)
+
+    def confirm_last_try(self, what: str) -> bool:
+        from provision.pinservice import LAST_TRY_ANSWER
+
+        self.console.print(shown(f"This is the card's LAST {what} try: a wrong {what} now blocks it for good.", style="bold red"))
+        self.console.print(shown(f"Type '{LAST_TRY_ANSWER}' to spend it (anything else stops): "), end="")
+        return self.read_line().strip().lower() == LAST_TRY_ANSWER
+
     # --- the queue ---
 
     def queue(self) -> list[Any]:

@@ -110,6 +110,11 @@ class RunUI(Protocol):
         """The lines that ask for the next card, this job's (none: nobody to hand it over)."""
         ...
 
+    def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
+        """A card blocked or below the PIN floor: whether its holder unblocked it now with the PUK
+        (``make_service(ui)`` gives the card's ``pinservice.PinService``); False: not offered."""
+        ...
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -439,7 +444,7 @@ class Runner:
                 journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
                 ask_pin=self.ui.ask_pin if self.ui.types_pins else None, export_dir=self.options.export_dir,
                 resuming=resuming, confirm=self.ui.confirm if self.ui.checks_certificates else None,
-                pin_holds=self.pin_holds,
+                pin_holds=self.pin_holds, offer_unblock=self.ui.offer_unblock if self.ui.types_pins else None,
             )  # fmt: skip
             loader = card.loader(ctx, seen)
             state.result = loader.result  # what the load found so far, also if it fails

@@ -254,6 +254,9 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
     tmux.keys("999999", "Enter")
     screen = tmux.wait_for("Wrong PIN, 2 tries left.")
     tmux.keys("888888", "Enter")
+    screen = tmux.wait_for("Unblock now?")  # below the floor now: unblocking is offered
+    assert "Wrong PIN, 1 try left." in screen and "LEE Siu Ming has 1 PIN try left" in " ".join(screen.split())
+    tmux.keys("", "Enter")  # not now
     screen = tmux.wait_for("LEE Siu Ming: FAILED")
     assert "wrong PIN, 1 try left" in " ".join(screen.split()), screen[-2500:]
     assert "no PIN was tried" not in screen
@@ -278,6 +281,8 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
         again.wait_for("WONG Mei Ling: type the 16-digit number on the PIN envelope")
         again.keys(canaries.pkcs12_password, "Enter")
         low = cards.insert(index, kind="sim", options={"serial": 22000003, "pin_tries": 1})
+        again.wait_for("Unblock now?")
+        again.keys("", "Enter")  # not now
         screen = again.wait_for("WONG Mei Ling: FAILED")
         words = " ".join(screen.split())
         assert "fewer than min_pin_retries" in words and "Load this certificate onto the card?" not in screen, screen
@@ -287,3 +292,53 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
         again.wait_for("EXITED")
     finally:
         again.kill()
+
+
+def test_a_blocked_card_is_unblocked_and_loaded_in_one_visit(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards,
+                                                             canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    """Issue 16: the citizen's card is blocked; the counter offers `u`, the citizen types the PUK and
+    a new PIN (the PUK tries are shown first), and the load goes on in the same visit."""
+    from provision.sim.card import SimCard, SimOptions
+
+    job = _counter_job(tmp_path, canaries, [("HK-1", "CHAN Tai Man", 23000001)], "counter-unblock")
+    reader, index, logs = pcscd.reader_name(1), 1, tmp_path / "logs"
+    blocked = SimCard(SimOptions(serial=23000001))
+    blocked.process(bytes.fromhex("00A4040009A00000030800001000"))
+    for _ in range(3):
+        blocked.process(bytes.fromhex("0020008008") + b"000000\xff\xff")
+    assert blocked.process(bytes.fromhex("00200080"))[-2:] == b"\x69\x83"
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)} --operator 'Clerk Yip'",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
+    tmux.wait_for("CHAN Tai Man: type the 16-digit number on the PIN envelope")
+    tmux.keys(canaries.pkcs12_password, "Enter")
+    tmux.wait_for("Insert the card of CHAN Tai Man")
+    server = cards.insert(index, card=blocked)
+    screen = tmux.wait_for("Unblock now?")
+    assert "The card of CHAN Tai Man is blocked." in screen
+    assert "Load this certificate onto the card?" not in screen  # the floor comes before the certificate
+    tmux.keys("u", "Enter")
+    screen = tmux.wait_for("PUK (q: leave):")
+    assert "PUK tries left: 3" in screen
+    tmux.keys("12345678", "Enter")
+    tmux.wait_for("New PIN (6 to 8 characters) (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    tmux.wait_for("New PIN again (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    screen = tmux.wait_for("Load this certificate onto the card?")
+    assert "PIN unblocked: PIN tries left 3, PUK tries left 3" in " ".join(screen.split())
+    tmux.keys("y", "Enter")
+    tmux.wait_for("Card PIN:")
+    tmux.keys(canaries.pin, "Enter")
+    screen = tmux.wait_for("CHAN Tai Man: done")
+    server.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    screen = tmux.wait_for("EXITED")
+    assert "EXITED 0" in screen, screen[-2000:]
+    canaries.outputs.append(screen)
+    records = [json.loads(line) for line in (logs / "audit.jsonl").read_text().splitlines()]
+    events = [(r["event"], r.get("outcome")) for r in records if r.get("job_id") == "HK-1"]
+    assert ("pin_unblock", "ok") in events and ("pin_verify", "ok") in events and ("job_loaded", None) in [
+        (e, None) for e, _ in events]  # fmt: skip
+    assert events.index(("pin_unblock", "ok")) < events.index(("pin_verify", "ok"))
+    unblock = next(r for r in records if r["event"] == "pin_unblock")
+    assert unblock["operator"] == "Clerk Yip" and unblock["card_serial"] == 23000001 and unblock["puk_tries_left"] == 3
