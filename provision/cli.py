@@ -290,9 +290,11 @@ def _operator(args: argparse.Namespace) -> str | None:
         return operator_name(given)
     if args.unattended or not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
-    sys.stderr.write("Operator (your name, recorded in every audit record): ")
+    sys.stderr.write("Operator (your name, recorded in every audit record; q: leave): ")
     sys.stderr.flush()
     answer = sys.stdin.readline()
+    if answer == "" or answer.strip().lower() == "q":  # q and Ctrl-D leave the prompt: nothing is done
+        raise UsageError("no operator was given (the prompt was left); nothing was done")
     return operator_name(answer) if answer.strip() else None
 
 

@@ -27,7 +27,7 @@ from rich.text import Text
 
 from provision import journal as jn
 from provision.display import printable
-from provision.errors import EXIT_FAILED, EXIT_OK, EnvironmentProblem, SecretError
+from provision.errors import EXIT_FAILED, EXIT_OK, EnvironmentProblem, OperatorDeclined, SecretError
 from provision.jobfile import Job
 from provision.limits import MAX_SECRET_CHARS
 from provision.runner import Runner, open_bundle
@@ -119,10 +119,13 @@ class CounterScreen:
         self.console.print(f"The holder types the card PIN (q: leave). Tries left: [bold]{left}[/bold]{warn}")
         try:
             typed = getpass.getpass("Card PIN: ", stream=sys.stderr)
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
+            typed = "q"  # Ctrl-D leaves the prompt, as q does
+        except KeyboardInterrupt:
             raise SecretError("no PIN was typed") from None
         if typed.strip().lower() in ("q", ""):
-            raise SecretError("no PIN was typed; nothing was sent to the card")
+            # The clerk left the prompt: the holder is not loaded yet and stays next (s skips them).
+            raise OperatorDeclined(f"no PIN was typed for {holder}; nothing was sent to the card")
         return typed_secret(typed, "PIN")
 
     # --- unblocking a card at the counter (the citizen types the PUK and a new PIN) ---

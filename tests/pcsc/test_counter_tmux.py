@@ -276,8 +276,19 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
         screen = again.wait_for("type the 16-digit number on the PIN envelope")
         assert "done (earlier run)" in screen and "CHAN Tai Man: type" not in screen, screen
         assert "LEE Siu Ming: type the 16-digit number" in screen
-        # 5. WONG Mei Ling's card has 1 PIN try left (< floor 2): refused before the certificate is shown.
-        again.keys("", "Enter")  # LEE has no envelope with them now: skipped
+        # 5. q at the PIN prompt leaves it: nothing is sent, LEE Siu Ming is not loaded yet and stays next.
+        again.keys(canaries.pkcs12_password, "Enter")
+        lee = cards.insert(index, kind="sim", options={"serial": 22000002})
+        again.wait_for("Load this certificate onto the card?")
+        again.keys("y", "Enter")
+        again.wait_for("Card PIN:")
+        again.keys("q", "Enter")
+        again.wait_for("LEE Siu Ming: not loaded yet")
+        lee.remove()
+        wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+        again.wait_for("Insert the card of LEE Siu Ming")
+        again.keys("s", "Enter")  # skipped for today
+        # 6. WONG Mei Ling's card has 1 PIN try left (< floor 2): refused before the certificate is shown.
         again.wait_for("WONG Mei Ling: type the 16-digit number on the PIN envelope")
         again.keys(canaries.pkcs12_password, "Enter")
         low = cards.insert(index, kind="sim", options={"serial": 22000003, "pin_tries": 1})
@@ -285,7 +296,8 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
         again.keys("", "Enter")  # not now
         screen = again.wait_for("WONG Mei Ling: FAILED")
         words = " ".join(screen.split())
-        assert "fewer than min_pin_retries" in words and "Load this certificate onto the card?" not in screen, screen
+        wong = screen.split("loading WONG Mei Ling")[-1]
+        assert "fewer than min_pin_retries" in words and "Load this certificate onto the card?" not in wong, screen
         low.remove()
         wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
         again.keys("q", "Enter")
