@@ -123,7 +123,7 @@ class CounterScreen:
             typed = "q"  # Ctrl-D leaves the prompt, as q does
         except KeyboardInterrupt:
             raise SecretError("no PIN was typed") from None
-        if typed.strip().lower() in ("q", ""):
+        if typed.strip().lower() == "q":
             # The clerk left the prompt: the holder is not loaded yet and stays next (s skips them).
             raise OperatorDeclined(f"no PIN was typed for {holder}; nothing was sent to the card")
         return typed_secret(typed, "PIN")
