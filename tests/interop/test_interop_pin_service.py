@@ -58,3 +58,17 @@ def test_without_a_terminal_a_missing_secret_is_exit_2(insert_card: InsertCard, 
     assert done.returncode == 2, done.stderr
     assert "no terminal" in done.stderr
     canaries.outputs += [done.stdout, done.stderr]
+
+
+def test_the_last_puk_try_is_never_spent_from_options_alone(insert_card: InsertCard, canaries: Any) -> None:
+    _, peers = insert_card(serial=31000004, puk_tries=1)
+    done = provision_card(peers, "unblock-pin", "--puk-env", "CARD_PUK", "--new-pin-env", "NEW_PIN",
+                          env={"CARD_PUK": "12345678", "NEW_PIN": canaries.pin})  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "PUK tries left: 1" in done.stderr and "yes, this is the last try" in done.stderr
+    canaries.outputs += [done.stdout, done.stderr]
+    # Nothing was sent: the default PIN still works.
+    peers.piv_tool("verify-pin (unchanged)", "-a", "verify-pin", "-P", DEFAULT_PIN).check()
+    records = [json.loads(line) for line in (peers.workdir / "logs" / "audit.jsonl").read_text().splitlines()]
+    refused = [r for r in records if r["event"] == "pin_unblock"]
+    assert refused[-1]["outcome"] == "refused" and refused[-1]["reason"] == "last_puk_try_not_confirmed"
