@@ -3,7 +3,9 @@
 It shows the queue (next, done, failed, waiting), the one thing to do now in plain words
 ("Insert the card of CHAN Tai Man"), the certificate to confirm before anything is written, the
 PIN prompt with the tries left, and the result ("On Card" / "On Disk"). Between cards the clerk
-can skip a holder, come back to one, or stop for the day (``provision resume`` continues).
+can skip a holder, come back to one, or stop for the day (``provision resume`` continues). A card
+blocked or below the PIN floor can be unblocked by its holder in the same visit (``u``: the PUK
+and a new PIN, through ``provision.pinservice``); ``q`` or Ctrl-D leaves any prompt.
 
 Keys are read a line at a time, and only when the screen is waiting, so that the PIN prompt
 (getpass, on the terminal) never competes with a background reader.
