@@ -432,7 +432,7 @@ class Loader:
                     # a PIN from a file, variable or program is never retried.
                     if self.job.pin.kind != "prompt" or self.ctx.ask_pin is None or exc.tries_left is None:
                         raise
-                    if exc.tries_left < floor and self.ctx.offer_unblock is not None:
+                    if exc.tries_left < floor and self.ctx.offer_unblock is not None and self._person_types_pin():
                         tries = self._unblock_or_refuse(exc.tries_left, wrong=True)
                         continue
                     if exc.tries_left < floor:
@@ -464,7 +464,8 @@ class Loader:
     def _unblock_or_refuse(self, tries: int, *, wrong: bool = False) -> int:
         """Below the floor: at the counter the holder may unblock the card with the PUK now (the
         load goes on with the new PIN: the PIN tries left are returned); otherwise refused."""
-        offer = self.ctx.offer_unblock
+        # Only where the holder types the PIN: a new PIN would not match a PIN file, variable or program.
+        offer = self.ctx.offer_unblock if self._person_types_pin() else None
         if offer is not None:
             from provision.pinservice import PinService
 
