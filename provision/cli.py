@@ -485,7 +485,7 @@ def cmd_card_pin_service(args: argparse.Namespace) -> int:
     from provision import journal as jn
     from provision.audit.chain import AuditLog
     from provision.backend import piv_session_in_reader
-    from provision.errors import AuditError
+    from provision.errors import AuditError, PinError, PukError
     from provision.logsdir import LogsLock
     from provision.pinservice import PinService
 
@@ -513,12 +513,20 @@ def cmd_card_pin_service(args: argparse.Namespace) -> int:
             service = PinService(session, _TerminalPinUI(), record=record,
                                  holds=jn.PinHolds(journal) if journal is not None else None)  # fmt: skip
             service.identify()
-            if action == "unblock-pin":
-                result = service.unblock_pin(**sources)
-            elif action == "change-pin":
-                result = service.change_pin(**sources)
-            else:
-                result = service.change_puk(**sources)
+            try:
+                if action == "unblock-pin":
+                    result = service.unblock_pin(**sources)
+                elif action == "change-pin":
+                    result = service.change_pin(**sources)
+                else:
+                    result = service.change_puk(**sources)
+            except (PinError, PukError) as exc:
+                if args.json:  # the tries left, also when the card said no (the message goes to stderr)
+                    what = "pin_tries_left" if isinstance(exc, PinError) else "puk_tries_left"
+                    _emit_json({"reader": reader, "action": action, "ok": False, "card_serial": service.card_serial,
+                                "chuid_guid": service.chuid_guid, "error_class": type(exc).__name__,
+                                "error": exc.message, what: exc.tries_left})  # fmt: skip
+                raise
         finally:
             audit.close()
             if journal is not None:

@@ -66,6 +66,8 @@ def test_the_last_puk_try_is_never_spent_from_options_alone(insert_card: InsertC
                           env={"CARD_PUK": "12345678", "NEW_PIN": canaries.pin})  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "PUK tries left: 1" in done.stderr and "yes, this is the last try" in done.stderr
+    refusal = json.loads(done.stdout)
+    assert refusal["ok"] is False and refusal["puk_tries_left"] == 1 and refusal["error_class"] == "PukError"
     canaries.outputs += [done.stdout, done.stderr]
     # Nothing was sent: the default PIN still works.
     peers.piv_tool("verify-pin (unchanged)", "-a", "verify-pin", "-P", DEFAULT_PIN).check()
