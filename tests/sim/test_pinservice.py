@@ -155,3 +155,46 @@ def test_unblock_lifts_a_pin_hold(tmp_path: Path) -> None:
     assert holds.get(30000009, None) is None
     assert records[-1]["event"] == "pin_hold_cleared" and records[-1]["by"] == "unblock"
     journal.close()
+
+
+class RecordingCard(SimCard):
+    def __init__(self, options: SimOptions) -> None:
+        super().__init__(options)
+        self.apdus: list[bytes] = []
+
+    def process(self, apdu: bytes) -> bytes:
+        self.apdus.append(bytes(apdu))
+        return super().process(apdu)
+
+
+@pytest.mark.parametrize(("call", "expected"), [
+    (lambda s: s.unblock_pin(Secret("12345678"), Secret("654321")),
+     "002C008010" + b"12345678".hex() + b"654321".hex() + "FFFF"),
+    (lambda s: s.change_reference(0x80, Secret("123456"), Secret("24681357")),
+     "0024008010" + b"123456".hex() + "FFFF" + b"24681357".hex()),
+    (lambda s: s.change_reference(0x81, Secret("12345678"), Secret("876543")),
+     "0024008110" + b"12345678".hex() + b"876543".hex() + "FFFF"),
+])  # fmt: skip
+def test_the_apdus_are_the_standard_ones(call: Any, expected: str) -> None:
+    """RESET RETRY COUNTER and CHANGE REFERENCE DATA as SP 800-73-4 writes them: each value padded
+    with FF to 8 bytes; and the PUK count read from F7 slot 81, which spends nothing."""
+    card = RecordingCard(SimOptions())
+    session = PivSession(ApduChannel(SimTransport(card)))
+    session.select()
+    assert session.puk_tries() == 3
+    call(session)
+    assert card.apdus[-1].hex().upper() == expected.upper()
+    assert bytes.fromhex("00F70081") in [a[:4] for a in card.apdus]
+    assert session.puk_tries() == 3  # nothing spent
+
+
+def test_a_new_pin_of_the_wrong_length_sends_nothing() -> None:
+    from provision.errors import PinFormatError
+
+    card = RecordingCard(SimOptions())
+    session = PivSession(ApduChannel(SimTransport(card)))
+    session.select()
+    before = len(card.apdus)
+    with pytest.raises(PinFormatError, match="nothing was sent"):
+        session.unblock_pin(Secret("12345678"), Secret("123"))
+    assert len(card.apdus) == before
