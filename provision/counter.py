@@ -114,7 +114,8 @@ class CounterScreen:
 
         left = "unknown" if tries is None else str(tries)
         warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
-        if self._pin_asked is not None and self._pin_asked[0] == holder:
+        asked = self._pin_asked
+        if asked is not None and asked[0] == holder and (tries is None or asked[1] is None or tries < asked[1]):
             # Asked again for the same card: the card refused the PIN just typed (and counted it).
             self.console.print(shown(f"Wrong PIN, {left} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
         self._pin_asked = (holder, tries)
@@ -153,6 +154,7 @@ class CounterScreen:
         except (PukError, PinError, SecretError, CardError) as exc:
             self.console.print(Panel(shown(f"Not unblocked: {exc.message}"), border_style="red"))
             return False
+        self._pin_asked = None  # the next PIN prompt is the new PIN's first
         self.console.print(Panel(shown(f"PIN unblocked: PIN tries left {tries_text(result.pin_tries_left)}, "
                                        f"PUK tries left {tries_text(result.puk_tries_left)}. The holder now types "
                                        "the new PIN to load the certificate.", style="bold green"),

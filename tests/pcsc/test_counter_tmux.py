@@ -253,6 +253,7 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
     tmux.wait_for("Card PIN")
     tmux.keys("999999", "Enter")
     screen = tmux.wait_for("Wrong PIN, 2 tries left.")
+    tmux.wait_for("Card PIN:")  # the second prompt
     tmux.keys("888888", "Enter")
     screen = tmux.wait_for("Unblock now?")  # below the floor now: unblocking is offered
     assert "Wrong PIN, 1 try left." in screen and "LEE Siu Ming has 1 PIN try left" in " ".join(screen.split())
@@ -354,3 +355,43 @@ def test_a_blocked_card_is_unblocked_and_loaded_in_one_visit(tmux: Tmux, pcscd: 
     assert events.index(("pin_unblock", "ok")) < events.index(("pin_verify", "ok"))
     unblock = next(r for r in records if r["event"] == "pin_unblock")
     assert unblock["operator"] == "Clerk Yip" and unblock["card_serial"] == 23000001 and unblock["puk_tries_left"] == 3
+
+
+def test_two_wrong_pins_then_unblock_and_load(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canaries: Any,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """The citizen mistypes twice (each refusal said with the tries the card counted), is offered
+    `u`, unblocks with the PUK, and types the new PIN: loaded in the same visit."""
+    job = _counter_job(tmp_path, canaries, [("HK-1", "LEE Siu Ming", 24000001)], "counter-wrong-unblock")
+    reader, index, logs = pcscd.reader_name(1), 1, tmp_path / "logs"
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)} --operator 'Clerk Yip'",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
+    tmux.wait_for("LEE Siu Ming: type the 16-digit number on the PIN envelope")
+    tmux.keys(canaries.pkcs12_password, "Enter")
+    server = cards.insert(index, kind="sim", options={"serial": 24000001})
+    tmux.wait_for("Load this certificate onto the card?")
+    tmux.keys("y", "Enter")
+    tmux.wait_for("Card PIN:")
+    tmux.keys("999999", "Enter")
+    tmux.wait_for("Wrong PIN, 2 tries left.")
+    tmux.wait_for("Card PIN:")  # the second prompt
+    tmux.keys("888888", "Enter")
+    tmux.wait_for("Wrong PIN, 1 try left.")
+    tmux.wait_for("Unblock now?")
+    tmux.keys("u", "Enter")
+    screen = tmux.wait_for("PUK (q: leave):")
+    assert "PUK tries left: 3" in screen
+    tmux.keys("12345678", "Enter")
+    tmux.wait_for("New PIN (6 to 8 characters) (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    tmux.wait_for("New PIN again (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    tmux.wait_for("PIN unblocked")
+    tmux.wait_for("Card PIN:")  # the third prompt: the new PIN
+    tmux.keys(canaries.pin, "Enter")
+    screen = tmux.wait_for("LEE Siu Ming: done")
+    assert "Wrong PIN, 3 tries left" not in screen and "no PIN was tried" not in screen
+    server.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    screen = tmux.wait_for("EXITED")
+    assert "EXITED 0" in screen, screen[-2000:]
+    canaries.outputs.append(screen)
