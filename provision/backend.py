@@ -13,6 +13,7 @@ and ``provision.p11.source.Pkcs11Source`` (a PKCS#11 module, ``provision.p11.loa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from provision.card.transport import ReaderState
     from provision.cardinfo import CardInfo
+    from provision.piv.session import PivSession
     from provision.sim.card import SimCard
 
 
@@ -288,6 +290,29 @@ def read_card_in_reader(reader: str | None) -> tuple[str, CardInfo]:
     finally:
         transport.close()
     return transport.reader, info
+
+
+@contextlib.contextmanager
+def piv_session_in_reader(reader: str | None) -> Iterator[tuple[str, PivSession]]:
+    """``provision card unblock-pin|change-pin|change-puk``: the PIV application SELECTed on the
+    card in ``reader`` (None: the one reader with a card in it), closed afterwards."""
+    from provision.card.apdu import ApduChannel
+    from provision.piv.session import PivSession
+
+    if reader is None:
+        present = [r.name for r in pcsc_readers() if r.card_present]
+        if not present:
+            raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
+        if len(present) > 1:
+            raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
+        reader = present[0]
+    transport = connect_pcsc(reader)
+    try:
+        session = PivSession(ApduChannel(transport))
+        session.select()
+        yield transport.reader, session
+    finally:
+        transport.close()
 
 
 def preload_sim_card(card: SimCard, slot: int, key: PrivateKeyTypes, certificate_der: bytes, slot_name: str) -> None:

@@ -290,9 +290,11 @@ def _operator(args: argparse.Namespace) -> str | None:
         return operator_name(given)
     if args.unattended or not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
-    sys.stderr.write("Operator (your name, recorded in every audit record): ")
+    sys.stderr.write("Operator (your name, recorded in every audit record; q: leave): ")
     sys.stderr.flush()
     answer = sys.stdin.readline()
+    if answer == "" or answer.strip().lower() == "q":  # q and Ctrl-D leave the prompt: nothing is done
+        raise UsageError("no operator was given (the prompt was left); nothing was done")
     return operator_name(answer) if answer.strip() else None
 
 
@@ -431,6 +433,116 @@ def cmd_store_list(args: argparse.Namespace) -> int:
              f"{' ' + repr(s.slot_name) if s.slot_name else ''}, job {s.job_id} — {s.path}")  # fmt: skip
     return EXIT_OK
 
+
+
+class _TerminalPinUI:
+    """The PIN service's person: prompts and tries on stderr (stdout keeps the result, or --json)."""
+
+    def say(self, text: str) -> None:
+        _warn(text)
+
+    def ask_secret(self, prompt: str) -> Any:
+        import getpass
+
+        from provision.errors import SecretError
+        from provision.secrets import typed_secret
+
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise SecretError(f"cannot ask for the {prompt}: there is no terminal; give it with its --…-env or --…-file option")
+        try:
+            typed = getpass.getpass(f"{prompt}: ", stream=sys.stderr)
+        except (EOFError, KeyboardInterrupt):
+            raise SecretError(f"no {prompt} was typed; nothing was sent to the card") from None
+        return typed_secret(typed, prompt)
+
+    def confirm_last_try(self, what: str) -> bool:
+        from provision.pinservice import LAST_TRY_ANSWER
+
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            return False  # never from options alone
+        sys.stderr.write(f"This is the card's LAST {what} try: a wrong {what} now blocks it for good.\n"
+                         f"Type '{LAST_TRY_ANSWER}' to spend it (anything else stops): ")  # fmt: skip
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower() == LAST_TRY_ANSWER
+
+
+def _source(env: str | None, file: str | None) -> Any:
+    from pathlib import Path
+
+    from provision.secrets import SecretSource
+
+    if env:
+        return SecretSource("env", env)
+    if file:
+        return SecretSource("file", file, Path.cwd())
+    return None
+
+
+def cmd_card_pin_service(args: argparse.Namespace) -> int:
+    """``card unblock-pin``, ``card change-pin``, ``card change-puk``: audited, never retried."""
+    from pathlib import Path
+
+    from provision import journal as jn
+    from provision.audit.chain import AuditLog
+    from provision.backend import piv_session_in_reader
+    from provision.errors import AuditError, PinError, PukError
+    from provision.logsdir import LogsLock
+    from provision.pinservice import PinService
+
+    action = args.card_command
+    sources = {
+        "unblock-pin": {"puk": _source(args.puk_env, args.puk_file), "new_pin": _source(args.new_pin_env, args.new_pin_file)},
+        "change-pin": {"pin": _source(args.pin_env, args.pin_file), "new_pin": _source(args.new_pin_env, args.new_pin_file)},
+        "change-puk": {"puk": _source(args.puk_env, args.puk_file), "new_puk": _source(args.new_puk_env, args.new_puk_file)},
+    }[action]
+    operator = _operator(args)
+    logs = Path(_logs(args, create=True))
+    with LogsLock(logs), piv_session_in_reader(args.reader) as (reader, session):
+        path = logs / "journal.sqlite3"
+        journal = jn.Journal(path) if path.exists() else None
+        audit = AuditLog(logs / "audit.jsonl", key=_audit_key(args), operator=operator)
+        try:
+            tail = audit.check_tail()
+            if not tail.ok:
+                raise AuditError(f"the audit log's end is damaged ({tail.message}); nothing was sent to the card. "
+                                 "Check it with 'provision audit verify'")  # fmt: skip
+
+            def record(event: str, **fields: Any) -> None:
+                audit.append(event, reader=reader, command=f"card {action}", **fields)
+
+            service = PinService(session, _TerminalPinUI(), record=record,
+                                 holds=jn.PinHolds(journal) if journal is not None else None)  # fmt: skip
+            service.identify()
+            try:
+                if action == "unblock-pin":
+                    result = service.unblock_pin(**sources)
+                elif action == "change-pin":
+                    result = service.change_pin(**sources)
+                else:
+                    result = service.change_puk(**sources)
+            except (PinError, PukError) as exc:
+                if args.json:  # the tries left, also when the card said no (the message goes to stderr)
+                    what = "pin_tries_left" if isinstance(exc, PinError) else "puk_tries_left"
+                    _emit_json({"reader": reader, "action": action, "ok": False, "card_serial": service.card_serial,
+                                "chuid_guid": service.chuid_guid, "error_class": type(exc).__name__,
+                                "error": exc.message, what: exc.tries_left})  # fmt: skip
+                raise
+        finally:
+            audit.close()
+            if journal is not None:
+                journal.close()
+    if args.json:
+        _emit_json({"reader": reader, **result.to_json()})
+        return EXIT_OK
+    from provision.pinservice import tries_text
+
+    done = {"unblock-pin": "PIN unblocked and set", "change-pin": "PIN changed", "change-puk": "PUK changed"}[action]
+    card = result.card_serial if result.card_serial is not None else (result.chuid_guid or "(no serial)")
+    _say(f"{done} on card {card}. PIN tries left: {tries_text(result.pin_tries_left)}; "
+         f"PUK tries left: {tries_text(result.puk_tries_left)}.")  # fmt: skip
+    if result.pin_hold_cleared:
+        _say("The card's PIN hold was lifted: runs may send it a PIN again.")
+    return EXIT_OK
 
 # ----------------------------------------------------------------------------------------------
 # audit, report
@@ -729,7 +841,7 @@ COMMANDS: dict[str, str] = {
     "report": "a run's report as JSON, CSV or HTML",
     "readers": "PC/SC readers and the cards in them",
     "card": "a card's serial, version, PIN tries, certificates and slot names ('card info'); "
-            "'card clear-pin-hold' after a refused PIN",
+            "'card clear-pin-hold' after a refused PIN; 'card unblock-pin|change-pin|change-puk' at the counter",
     "sim": "simulated PIV cards for tests, training and peers ('sim serve')",
     "demo": "a complete batch on simulated cards, from generated certificates",
 }
@@ -909,6 +1021,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, metavar="TEXT",
                    help="why the hold may go, e.g. 'PIN file corrected, checked with the holder' (audited)")  # fmt: skip
     p.set_defaults(handler=cmd_card_clear_pin_hold)
+    services = (
+        ("unblock-pin", "set a new PIN with the PUK (RESET RETRY COUNTER); the card's PIN tries come back", ("puk", "new-pin")),
+        ("change-pin", "change the PIN, proven by the current one (CHANGE REFERENCE DATA)", ("pin", "new-pin")),
+        ("change-puk", "change the PUK, proven by the current one (CHANGE REFERENCE DATA)", ("puk", "new-puk")),
+    )
+    for name, text, secrets in services:
+        p = card.add_parser(name, parents=[common, audit_key], help=text + "; tries shown before each attempt, audited",
+                            description=text + ". The tries left are shown before each attempt. A value not given "
+                            "by an option is typed at the terminal without echo (a new one twice); without a "
+                            "terminal that is exit 2. The last PUK try is spent only after 'yes, this is the last "
+                            "try' is typed at the terminal. Never retried; audited in --logs.")  # fmt: skip
+        p.add_argument("--reader", metavar="NAME", help="the reader (a unique part of its name); default: the one with a card")
+        p.add_argument("--operator", default=None, metavar="NAME",
+                       help="who serves the card holder (recorded in the audit record; default $PROVISION_OPERATOR)")  # fmt: skip
+        for secret in secrets:
+            what = secret.replace("-", " ").upper().replace("NEW ", "new ")
+            group = p.add_mutually_exclusive_group()
+            group.add_argument(f"--{secret}-env", metavar="NAME", help=f"read the {what} from this environment variable")
+            group.add_argument(f"--{secret}-file", metavar="PATH", help=f"read the {what} from the first line of this file (mode 0600)")
+        p.set_defaults(handler=cmd_card_pin_service, unattended=False, pin_env=None, pin_file=None, puk_env=None,
+                       puk_file=None, new_pin_env=None, new_pin_file=None, new_puk_env=None, new_puk_file=None)  # fmt: skip
 
     p = sub.add_parser("sim", help=COMMANDS["sim"])
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)

@@ -3,7 +3,9 @@
 It shows the queue (next, done, failed, waiting), the one thing to do now in plain words
 ("Insert the card of CHAN Tai Man"), the certificate to confirm before anything is written, the
 PIN prompt with the tries left, and the result ("On Card" / "On Disk"). Between cards the clerk
-can skip a holder, come back to one, or stop for the day (``provision resume`` continues).
+can skip a holder, come back to one, or stop for the day (``provision resume`` continues). A card
+blocked or below the PIN floor can be unblocked by its holder in the same visit (``u``: the PUK
+and a new PIN, through ``provision.pinservice``); ``q`` or Ctrl-D leaves any prompt.
 
 Keys are read a line at a time, and only when the screen is waiting, so that the PIN prompt
 (getpass, on the terminal) never competes with a background reader.
@@ -27,7 +29,7 @@ from rich.text import Text
 
 from provision import journal as jn
 from provision.display import printable
-from provision.errors import EXIT_FAILED, EXIT_OK, EnvironmentProblem, SecretError
+from provision.errors import EXIT_FAILED, EXIT_OK, EnvironmentProblem, OperatorDeclined, SecretError
 from provision.jobfile import Job
 from provision.limits import MAX_SECRET_CHARS
 from provision.runner import Runner, open_bundle
@@ -74,6 +76,9 @@ class CounterScreen:
         self.order: list[str] = []  # the queue, as the clerk arranges it
         self.later: set[str] = set()  # put back to the end of the queue
         self.skipped: set[str] = set()  # skipped today (they stay pending in the journal)
+        self.earlier: set[str] = set()  # done by an earlier run of the day (the journal says so)
+        self.stopping = False  # the clerk left a prompt with q or Ctrl-D: the day ends
+        self._pin_asked: tuple[str, int | None] | None = None  # the last PIN prompt of this card
 
     def attach(self, runner: Runner) -> None:
         """The run whose holders this screen calls, in job-file order to begin with."""
@@ -109,11 +114,71 @@ class CounterScreen:
 
         left = "unknown" if tries is None else str(tries)
         warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
-        self.console.print(f"The holder types the card PIN. Tries left: [bold]{left}[/bold]{warn}")
+        asked = self._pin_asked
+        if asked is not None and asked[0] == holder and (tries is None or asked[1] is None or tries < asked[1]):
+            # Asked again for the same card: the card refused the PIN just typed (and counted it).
+            self.console.print(shown(f"Wrong PIN, {left} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
+        self._pin_asked = (holder, tries)
+        self.console.print(f"The holder types the card PIN (q: leave). Tries left: [bold]{left}[/bold]{warn}")
         try:
-            return typed_secret(getpass.getpass("Card PIN: ", stream=sys.stderr), "PIN")
-        except (EOFError, KeyboardInterrupt):
+            typed = getpass.getpass("Card PIN: ", stream=sys.stderr)
+        except EOFError:
+            typed = "q"  # Ctrl-D leaves the prompt, as q does
+        except KeyboardInterrupt:
             raise SecretError("no PIN was typed") from None
+        if typed.strip().lower() == "q":
+            # The clerk left the prompt: the holder is not loaded yet and stays next (s skips them).
+            raise OperatorDeclined(f"no PIN was typed for {holder}; nothing was sent to the card")
+        return typed_secret(typed, "PIN")
+
+    # --- unblocking a card at the counter (the citizen types the PUK and a new PIN) ---
+
+    def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
+        from provision.errors import CardError, PinError, PukError
+        from provision.pinservice import tries_text
+
+        asked = self._pin_asked
+        if asked is not None and asked[0] == holder and asked[1] is not None and tries < asked[1]:
+            # The PIN just typed was refused (and counted): say so, as for every refused PIN.
+            self.console.print(shown(f"Wrong PIN, {tries} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
+        state = "is blocked" if tries == 0 else f"has {tries} PIN tr{'y' if tries == 1 else 'ies'} left, below the floor"
+        words = [shown(f"The card of {holder} {state}.", style="bold red"),
+                 Text("u: the holder unblocks it now with the PUK and a new PIN (the load goes on)   "
+                      "Enter: not now", style="dim")]  # fmt: skip
+        self.console.print(Panel(Group(*words), border_style="red"))
+        self.console.print("Unblock now? [bold]u[/bold] / Enter: ", end="")
+        if self.read_line().strip().lower() not in ("u", "y", "yes"):
+            return False
+        try:
+            result = make_service(self).unblock_pin()
+        except (PukError, PinError, SecretError, CardError) as exc:
+            self.console.print(Panel(shown(f"Not unblocked: {exc.message}"), border_style="red"))
+            return False
+        self._pin_asked = None  # the next PIN prompt is the new PIN's first
+        self.console.print(Panel(shown(f"PIN unblocked: PIN tries left {tries_text(result.pin_tries_left)}, "
+                                       f"PUK tries left {tries_text(result.puk_tries_left)}. The holder now types "
+                                       "the new PIN to load the certificate.", style="bold green"),
+                                 border_style="green"))  # fmt: skip
+        return True
+
+    def ask_secret(self, prompt: str) -> Secret:
+        """The PUK or the new PIN, typed by the citizen without echo (q or Ctrl-D: leave)."""
+        import getpass
+
+        try:
+            typed = getpass.getpass(f"{prompt} (q: leave): ", stream=sys.stderr)
+        except (EOFError, KeyboardInterrupt):
+            raise SecretError(f"no {prompt} was typed; nothing was sent to the card") from None
+        if typed.strip().lower() == "q":
+            raise SecretError(f"no {prompt} was typed; nothing was sent to the card")
+        return typed_secret(typed, prompt)
+
+    def confirm_last_try(self, what: str) -> bool:
+        from provision.pinservice import LAST_TRY_ANSWER
+
+        self.console.print(shown(f"This is the card's LAST {what} try: a wrong {what} now blocks it for good.", style="bold red"))
+        self.console.print(shown(f"Type '{LAST_TRY_ANSWER}' to spend it (anything else stops): "), end="")
+        return self.read_line().strip().lower() == LAST_TRY_ANSWER
 
     # --- the queue ---
 
@@ -127,13 +192,15 @@ class CounterScreen:
         for column in ("#", "Holder", "Card", "Status"):
             table.add_column(column)
         nxt = self.queue()[0] if self.queue() else None
-        styles = {jn.LOADED: "green", jn.SKIPPED: "green", jn.FAILED: "red", jn.REFUSED: "red"}
+        styles = {"done (earlier run)": "green", jn.LOADED: "green", jn.SKIPPED: "green", jn.FAILED: "red", jn.REFUSED: "red"}
         for number, state in enumerate(self.runner.states, 1):
             status = state.status
             if state.job.id in self.skipped and status in (jn.PENDING, jn.IN_DOUBT):
                 status = "skipped today"
             elif state.job.id in self.later and status in (jn.PENDING, jn.IN_DOUBT) and state is not nxt:
                 status = "later"
+            if state.job.id in self.earlier:
+                status = "done (earlier run)"
             if state is nxt:
                 status = "NEXT"
             card = state.job.card.describe()
@@ -154,6 +221,8 @@ class CounterScreen:
     def run(self, runner: Runner) -> int:
         """The counter's day: call the next holder, take their card (or the clerk's key), load it."""
         self.attach(runner)
+        # The day's job file opened again: holders the journal shows as loaded are done, not queued.
+        self.earlier = set(runner.adopt_done_from_journal())
         try:
             while True:
                 waiting = self.queue()
@@ -163,6 +232,9 @@ class CounterScreen:
                 state = waiting[0]
                 if state.bundle is None and not (self.open_envelope(state) if state.deferred
                                                  else runner.ensure_bundle(state)):  # fmt: skip
+                    if self.stopping:
+                        self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
+                        break
                     continue
                 self.instruct(state)
                 action = self.wait_for_card_or_key()
@@ -186,6 +258,7 @@ class CounterScreen:
                 # The card in the reader is matched to its job by serial: the expected holder
                 # first (match() refuses another holder's card at the counter).
                 runner.call(state)
+                self._pin_asked = None
                 runner.load_card(reader)
                 self.show_result(state)
                 if state.status in (jn.PENDING, jn.IN_DOUBT):
@@ -209,9 +282,12 @@ class CounterScreen:
         self.console.print(Panel(shown(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
         while True:
             try:
-                typed = getpass.getpass("Password (nothing typed: skip this holder): ", stream=sys.stderr)
+                typed = getpass.getpass("Password (nothing typed: skip this holder; q: stop for today): ", stream=sys.stderr)
             except (EOFError, KeyboardInterrupt):
-                typed = ""
+                typed = "q"  # Ctrl-D leaves the prompt, as q does
+            if typed.strip().lower() == "q":  # never taken as a password
+                self.stopping = True
+                return False
             if not typed:
                 self.skipped.add(state.job.id)
                 return False

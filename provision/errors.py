@@ -204,6 +204,19 @@ class PinError(CardError):
         self.tries_left = tries_left
 
 
+class PinFloorError(PinError):
+    """The card has fewer PIN tries left than the job's floor (or none): no PIN is sent; the holder
+    unblocks it with the PUK (at the counter: ``u``, or ``provision card unblock-pin``)."""
+
+
+class PukError(CardError):
+    """The PUK was refused or is blocked. Never retried automatically."""
+
+    def __init__(self, message: str, tries_left: int | None) -> None:
+        super().__init__(message)
+        self.tries_left = tries_left
+
+
 class ManagementKeyError(CardError):
     """Management-key authentication failed. Never retried automatically."""
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -37,6 +37,7 @@ from provision.errors import (
     ManagementKeyError,
     OperatorDeclined,
     PinError,
+    PinFloorError,
     PinFormatError,
     PinHeldError,
     SecretError,
@@ -73,6 +74,8 @@ Recorder = Callable[..., None]  # audit: record(event, **fields)
 PinPrompt = Callable[[str, int | None], Secret]  # (holder, tries left) → PIN typed by the citizen
 # (job, new certificate, slot name, certificate now on the card or None) → the operator's yes/no
 Confirm = Callable[[Job, Any, str, Any], bool]
+# (holder, PIN tries left, make_service(ui) → pinservice.PinService of this card) → unblocked now
+UnblockOffer = Callable[[str, int, Any], bool]
 
 
 @dataclass(slots=True)  # one per job for the whole run: no per-instance dict
@@ -121,6 +124,8 @@ class LoadContext:
     resuming: bool = False  # the journal says an earlier attempt on this job was interrupted
     confirm: Confirm | None = None  # counter mode: the operator checks the certificate (workflow step 8)
     pin_holds: jn.PinHolds | None = None  # cards that refused a PIN in an earlier run (None: not kept)
+    # counter mode: a card blocked or below the PIN floor may be unblocked by its holder (the PUK)
+    offer_unblock: UnblockOffer | None = None
 
 
 def _fault_point(action: str, phase: str) -> None:
@@ -203,6 +208,7 @@ class Loader:
                 return self.skip()
             if state.renewal is not None and not state.renewal.act:
                 return self.skip_not_due(state.renewal)
+            self.check_pin_floor_first()
             self.confirm_with_operator(state)
             self.handle_replaced_certificate(state)
             self.verify_pin()
@@ -420,13 +426,7 @@ class Loader:
             floor = self.job.min_pin_retries
             while True:
                 if tries < floor:
-                    self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
-                    raise PinError(
-                        f"the card has {tries} PIN tr{'y' if tries == 1 else 'ies'} left, fewer than "
-                        f"min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: "
-                        "unblock the card with its PUK first",
-                        tries,
-                    )
+                    tries = self._unblock_or_refuse(tries)
                 pin = self._obtain_pin(tries)
                 try:
                     self._present_pin(pin)
@@ -438,11 +438,75 @@ class Loader:
                     # a PIN from a file, variable or program is never retried.
                     if self.job.pin.kind != "prompt" or self.ctx.ask_pin is None or exc.tries_left is None:
                         raise
+                    if exc.tries_left < floor and self.ctx.offer_unblock is not None and self._person_types_pin():
+                        tries = self._unblock_or_refuse(exc.tries_left, wrong=True)
+                        continue
+                    if exc.tries_left < floor:
+                        # The card counted this PIN: say so (never "no PIN was tried").
+                        left = exc.tries_left
+                        raise PinFloorError(
+                            f"wrong PIN, {left} tr{'y' if left == 1 else 'ies'} left; fewer than min_pin_retries "
+                            f"({floor}), so the PIN is not asked again. The last tries belong to the holder: "
+                            "unblock the card with its PUK first",
+                            left,
+                        ) from None
                     tries = exc.tries_left
                     continue
                 self._pin = pin
                 self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
                 return
+
+    def check_pin_floor_first(self) -> None:
+        """Counter mode: a card already below the PIN floor is refused before the clerk is shown
+        the certificate (the PIN status read costs no try; a card on hold is not even asked)."""
+        if self.ctx.confirm is None:
+            return
+        self._refuse_if_pin_held()
+        tries = self.session.pin_tries()
+        if tries is not None and tries < self.job.min_pin_retries:
+            self.result.pin_tries_left = tries
+            self._unblock_or_refuse(tries)
+
+    def _unblock_or_refuse(self, tries: int, *, wrong: bool = False) -> int:
+        """Below the floor: at the counter the holder may unblock the card with the PUK now (the
+        load goes on with the new PIN: the PIN tries left are returned); otherwise refused."""
+        # Only where the holder types the PIN: a new PIN would not match a PIN file, variable or program.
+        offer = self.ctx.offer_unblock if self._person_types_pin() else None
+        if offer is not None:
+            from provision.pinservice import PinService
+
+            def make_service(ui: Any) -> PinService:
+                service = PinService(self.session, ui, record=self.ctx.record, holds=self.ctx.pin_holds)
+                service.card_serial, service.chuid_guid = self.card_serial, self.chuid_guid
+                return service
+
+            with self.person_pause():
+                unblocked = offer(self.job.holder, tries, make_service)
+            if unblocked:
+                left = self.session.pin_tries()
+                if left is not None and left >= self.job.min_pin_retries:
+                    self.result.pin_tries_left = left
+                    return left
+        if wrong:
+            floor = self.job.min_pin_retries
+            self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
+            raise PinFloorError(
+                f"wrong PIN, {tries} tr{'y' if tries == 1 else 'ies'} left; fewer than min_pin_retries "
+                f"({floor}), so the PIN is not asked again. The last tries belong to the holder: "
+                "unblock the card with its PUK first",
+                tries,
+            )
+        self._refuse_below_floor(tries)
+
+    def _refuse_below_floor(self, tries: int) -> NoReturn:
+        floor = self.job.min_pin_retries
+        self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
+        raise PinFloorError(
+            f"the card has {tries} PIN tr{'y' if tries == 1 else 'ies'} left{' (blocked)' if tries == 0 else ''}, fewer than "
+            f"min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: "
+            "unblock the card with its PUK first",
+            tries,
+        )
 
     def _person_types_pin(self) -> bool:
         """The PIN comes from a person at the counter (the citizen typing it), not from a source

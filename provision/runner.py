@@ -110,6 +110,11 @@ class RunUI(Protocol):
         """The lines that ask for the next card, this job's (none: nobody to hand it over)."""
         ...
 
+    def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
+        """A card blocked or below the PIN floor: whether its holder unblocked it now with the PUK
+        (``make_service(ui)`` gives the card's ``pinservice.PinService``); False: not offered."""
+        ...
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -439,7 +444,7 @@ class Runner:
                 journal=self.journal, store=self.store, record=self._job_recorder(state), unattended=self.options.unattended,
                 ask_pin=self.ui.ask_pin if self.ui.types_pins else None, export_dir=self.options.export_dir,
                 resuming=resuming, confirm=self.ui.confirm if self.ui.checks_certificates else None,
-                pin_holds=self.pin_holds,
+                pin_holds=self.pin_holds, offer_unblock=self.ui.offer_unblock if self.ui.types_pins else None,
             )  # fmt: skip
             loader = card.loader(ctx, seen)
             state.result = loader.result  # what the load found so far, also if it fails
@@ -627,6 +632,23 @@ class Runner:
                         and row.status in (jn.LOADED, jn.SKIPPED, jn.FAILED, jn.REFUSED)):  # fmt: skip
                     state.status, state.card_serial, state.error = row.status, row.card_serial, row.error
                     self.release_bundle(state)
+
+    def adopt_done_from_journal(self) -> list[str]:
+        """Jobs that an earlier run of this batch loaded (or found on the card) are done: the
+        journal says so, so they are not queued again (the counter's job file opened again)."""
+        rows = {j.job_id: j for j in self.journal.jobs(batch=self.jobfile.batch)}
+        adopted: list[str] = []
+        with self._lock:
+            for state in self.states:
+                row = rows.get(state.job.id)
+                if (row is not None and state.status == jn.PENDING and row.run_id != self.run_id
+                        and row.status in (jn.LOADED, jn.SKIPPED)):  # fmt: skip
+                    state.status, state.card_serial, state.error = row.status, row.card_serial, None
+                    adopted.append(state.job.id)
+        for state in self.states:
+            if state.job.id in adopted:
+                self.release_bundle(state)
+        return adopted
 
     def _reap(self, bar: Any) -> None:
         self.sync_shared_queue()

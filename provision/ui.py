@@ -60,6 +60,9 @@ class UnattendedUI:
     def announce_next(self, job: Job) -> list[str]:
         return []  # nobody to hand the next card over
 
+    def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
+        return False  # the PUK is the holder's: unblocking is offered at the counter screen only
+
 
 class TerminalUI(UnattendedUI):
     """A person at a plain terminal: PINs typed at a prompt, one card at a time, the next card named."""

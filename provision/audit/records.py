@@ -356,4 +356,5 @@ KNOWN_EVENTS = (
     "replaced_object_deleted", "key_history_written", "slot_name_written", "verified", "committed",
     "exported", "skipped", "job_loaded", "job_skipped", "job_failed", "job_refused", "job_in_doubt",
     "job_pending", "run_finished", "timestamp_failed", EVENT_SEAL, EVENT_TAIL_ACCEPTED,
+    "pin_unblock", "pin_change", "puk_change",
 )  # fmt: skip

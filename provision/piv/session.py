@@ -44,6 +44,7 @@ from provision.errors import (
     ManagementKeyError,
     PinError,
     PinFormatError,
+    PukError,
 )
 from provision.piv import tlv
 from provision.piv.profiles import (
@@ -59,6 +60,8 @@ from provision.secrets import Secret
 PIV_AID = bytes.fromhex("A000000308000010000100")
 
 INS_VERIFY = 0x20
+INS_CHANGE_REFERENCE = 0x24
+INS_RESET_RETRY_COUNTER = 0x2C
 INS_AUTHENTICATE = 0x87
 INS_SELECT = 0xA4
 INS_GET_DATA = 0xCB
@@ -472,6 +475,74 @@ class PivSession:
         if sw >> 8 == 0x63:
             raise PinError("the card refused the PIN (no try counter given)", None)
         raise CardStatusError(f"VERIFY failed: {sw:04X} ({describe_sw(sw)})", sw)
+
+    # --- PIN service: unblock with the PUK, change PIN or PUK ---
+
+    def puk_tries(self) -> int | None:
+        """PUK tries left from GET METADATA on slot 81, without spending one. None: the card
+        cannot tell (no F7, or no retries in its answer); PIV has no status read for the PUK."""
+        try:
+            meta = self.get_metadata(KEY_REF_PUK)
+        except CardNotSupportedError:
+            return None
+        return None if meta is None else meta.retries_left
+
+    @staticmethod
+    def _padded_pair(first: Secret, second: Secret, first_what: str, second_what: str) -> bytearray:
+        """Two 6–8 byte values, each padded with FF to 8 (RESET RETRY COUNTER, CHANGE REFERENCE DATA)."""
+        data = bytearray()
+        for value, what in ((first, first_what), (second, second_what)):
+            buf = bytearray(value.reveal())
+            try:
+                if not 6 <= len(buf) <= 8 or b"\xff" in buf:
+                    _wipe(data)
+                    raise PinFormatError(
+                        f"the {what} must be 6 to 8 bytes long, this one has {len(buf)}; nothing was sent to "
+                        "the card and no try was used",
+                        None,
+                    )
+                data.extend(buf)
+                data.extend(b"\xff" * (8 - len(buf)))
+            finally:
+                _wipe(buf)
+        return data
+
+    def unblock_pin(self, puk: Secret, new_pin: Secret) -> None:
+        """RESET RETRY COUNTER (``00 2C 00 80``, PUK || new PIN): sets a new PIN and gives it all its
+        tries back. Never retried; a wrong PUK raises PukError with the PUK tries left."""
+        data = self._padded_pair(puk, new_pin, "PUK", "new PIN")
+        try:
+            _, sw = self.channel.send_raw_sw(INS_RESET_RETRY_COUNTER, 0x00, KEY_REF_PIN, data)
+        finally:
+            _wipe(data)
+        self._reference_answer(sw, "PUK", "RESET RETRY COUNTER")
+
+    def change_reference(self, ref: int, old: Secret, new: Secret) -> None:
+        """CHANGE REFERENCE DATA (``00 24 00 80`` PIN, ``00 24 00 81`` PUK): old || new. A wrong old
+        value costs a try of that reference, as a wrong VERIFY does."""
+        what = "PIN" if ref == KEY_REF_PIN else "PUK"
+        data = self._padded_pair(old, new, what, f"new {what}")
+        try:
+            _, sw = self.channel.send_raw_sw(INS_CHANGE_REFERENCE, 0x00, ref, data)
+        finally:
+            _wipe(data)
+        self._reference_answer(sw, what, "CHANGE REFERENCE DATA")
+
+    @staticmethod
+    def _reference_answer(sw: int, what: str, command: str) -> None:
+        error = PinError if what == "PIN" else PukError
+        if sw == SW_OK:
+            return
+        if sw & 0xFFF0 == 0x63C0:
+            left = sw & 0x0F
+            if left == 0:
+                raise error(f"wrong {what}; the {what} is now blocked", 0)
+            raise error(f"wrong {what}; {left} tr{'y' if left == 1 else 'ies'} left. Check the {what} before trying again", left)
+        if sw == SW_AUTH_BLOCKED:
+            raise error(f"the {what} is blocked; nothing was changed", 0)
+        if sw == 0x6A80:
+            raise PinFormatError(f"the card refused the new value ({sw:04X}): a {what} of 6 to 8 characters is needed", None)
+        raise CardStatusError(f"{command} failed: {sw:04X} ({describe_sw(sw)})", sw)
 
     # --- management key ---
 

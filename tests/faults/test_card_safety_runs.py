@@ -544,3 +544,79 @@ def test_a_card_known_only_by_its_guid_is_held_and_cleared_by_its_guid(tmp_path:
     ok = ok and cleared.returncode == 0 and loaded["status"] == "loaded"
     record(FAMILY, "PIN hold by GUID", consistent=ok, why=str((entry, holds, refused, cleared.stderr, loaded))[:300])
     assert ok, (entry, holds, refused, cleared.stderr, loaded)
+
+
+def _below_floor(state: Path) -> None:
+    """The card's PIN has 1 try left (below the default floor of 2): wrong PINs typed elsewhere."""
+    card = SimCard(SimOptions(serial=SERIAL), state)
+    session = _session(card)
+    while (session.pin_tries() or 0) > 1:
+        with pytest.raises(Exception, match="wrong PIN"):
+            session.verify_pin(Secret("00000000"))
+
+
+class _Unblocker:
+    """The citizen's side of the PIN service: the PUK and a new PIN, typed twice."""
+
+    def __init__(self, typed: list[str]) -> None:
+        self.typed = typed
+
+    def say(self, text: str) -> None:
+        pass
+
+    def ask_secret(self, prompt: str) -> Secret:
+        return Secret(self.typed.pop(0))
+
+    def confirm_last_try(self, what: str) -> bool:
+        return False
+
+
+def test_unblocking_is_offered_only_where_the_holder_types_the_pin(
+        tmp_path: Path, canaries: Any, material: Material, card_dir: Path) -> None:  # fmt: skip
+    """A card below the floor, a PIN from a file: no unblock is offered (a new PIN would not match
+    the file), no PIN is sent, the job fails. The same card at the counter with the PIN typed: the
+    holder unblocks it with the PUK and the load goes on in the same run."""
+    job = FaultJob(tmp_path / "job", canaries, material)
+    state = card_dir / "below-floor.json"
+    new_card_state(state, canaries, material)
+    _below_floor(state)
+    offered: list[int] = []
+
+    class Counter(UnattendedUI):
+        types_pins = True
+
+        def ask_pin(self, holder: str, tries: int | None) -> Secret:
+            return Secret(canaries.pin)
+
+        def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
+            offered.append(tries)
+            make_service(_Unblocker(["12345678", canaries.pin, canaries.pin])).unblock_pin()
+            return True
+
+    def run(path: Path) -> Any:
+        logs = job.directory / "logs"
+        options = RunOptions(logs=logs, unattended=False, wait=0.2, progress=False)
+        card = CountingCard(SimOptions(serial=SERIAL), state)
+        from provision.app import open_audit
+
+        with LogsLock(logs):
+            jobfile = load_jobfile(path, unattended=False)
+            audit = open_audit(logs, jobfile, unattended=False, accept_damaged_tail=None, operator="Clerk Lau")
+            runner = Runner(jobfile, SimSource([[card]]), options, ui=Counter(lambda _t: None), audit=audit)
+            runner.prepare()
+            runner.run()
+            document = runner.document()
+            runner.journal.close()
+            runner.pin_holds.close()
+            audit.close()
+        return document["jobs"][0], card
+
+    entry, card = run(job.path)  # pin: {file: card.pin}
+    assert entry["status"] == "failed" and not offered and card.count(INS_VERIFY, with_data=True) == 0, entry
+    assert card.count(0x2C) == 0 and view_card(state).pin_tries == 1
+    counter = job.path.with_name("counter.yaml")
+    counter.write_text(job.path.read_text().replace("pin: {file: card.pin}", 'pin: {prompt: "PIN of the card"}'))
+    entry, card = run(counter)
+    assert entry["status"] == "loaded" and offered == [1] and card.count(0x2C) == 1, entry
+    audit = [json.loads(line) for line in (job.directory / "logs" / "audit.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in audit if r["event"] == "pin_unblock"] == ["ok"]

@@ -202,3 +202,196 @@ def test_five_holders_wrong_card_wrong_pin_skipped_and_resumed(tmux: Tmux, pcscd
     report = json.loads(next((logs / "reports").glob("*.json")).read_text())
     statuses = {j["id"]: j["status"] for j in report["jobs"]}
     assert statuses == {"HK-1": "loaded", "HK-2": "loaded", "HK-3": "loaded", "HK-4": "pending", "HK-5": "loaded"}
+
+
+def _counter_job(tmp_path: Path, canaries: Any, holders: list[tuple[str, str, int]], batch: str,
+                 floor: int | None = None) -> Path:  # fmt: skip
+    ca = fixtures.make_ca("Counter CA")
+    body = ""
+    for job_id, cn, serial in holders:
+        (tmp_path / f"{job_id}.p12").write_bytes(fixtures.holder_p12(
+            ca, cn, canaries.pkcs12_password, key_type="p256", not_before=NOW - timedelta(days=1),
+            not_after=NOW + timedelta(days=1000)))  # fmt: skip
+        body += (f"  - id: {job_id}\n    holder: {cn}\n    card: {{serial: {serial}}}\n"
+                 f'    pkcs12: {{path: {job_id}.p12, password: {{prompt: "16-digit number on the PIN envelope"}}}}\n')  # fmt: skip
+    job = tmp_path / f"{batch}.yaml"
+    extra = f"  min_pin_retries: {floor}\n" if floor is not None else ""
+    job.write_text(f"version: 1\nbatch: {batch}\ntimezone: Asia/Hong_Kong\ndefaults:\n  slot: 9c\n"
+                   '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {prompt: "Card PIN"}\n' + extra
+                   + "cards:\n" + body)  # fmt: skip
+    return job
+
+
+def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:
+    """Issue 16: every refused PIN says "wrong PIN, N tries left" (never "no PIN was tried"); a card
+    below the PIN floor is refused before the certificate is shown; `q` at the envelope prompt is not a
+    password but stops the day; the job file opened again does not queue the holders already loaded."""
+    holders = [("HK-1", "CHAN Tai Man", 22000001), ("HK-2", "LEE Siu Ming", 22000002),
+               ("HK-3", "WONG Mei Ling", 22000003)]  # fmt: skip
+    job = _counter_job(tmp_path, canaries, holders, "counter-fixes")
+    reader, index, logs = pcscd.reader_name(1), 1, tmp_path / "logs"
+    env = {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()}
+    command = f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)} --operator 'Clerk Ho'"
+    tmux.start(command, env)
+    # 1. CHAN Tai Man: loaded.
+    tmux.wait_for("CHAN Tai Man: type the 16-digit number on the PIN envelope")
+    tmux.keys(canaries.pkcs12_password, "Enter")
+    first = cards.insert(index, kind="sim", options={"serial": 22000001})
+    tmux.wait_for("Load this certificate onto the card?")
+    tmux.keys("y", "Enter")
+    tmux.wait_for("Card PIN")
+    tmux.keys("123456", "Enter")
+    tmux.wait_for("CHAN Tai Man: done")
+    first.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    # 2. LEE Siu Ming mistypes twice: both refusals say "wrong PIN" with the tries the card counted.
+    tmux.wait_for("LEE Siu Ming: type the 16-digit number on the PIN envelope")
+    tmux.keys(canaries.pkcs12_password, "Enter")
+    second = cards.insert(index, kind="sim", options={"serial": 22000002})
+    tmux.wait_for("Load this certificate onto the card?")
+    tmux.keys("y", "Enter")
+    tmux.wait_for("Card PIN")
+    tmux.keys("999999", "Enter")
+    screen = tmux.wait_for("Wrong PIN, 2 tries left.")
+    tmux.wait_for("Card PIN:")  # the second prompt
+    tmux.keys("888888", "Enter")
+    screen = tmux.wait_for("Unblock now?")  # below the floor now: unblocking is offered
+    assert "Wrong PIN, 1 try left." in screen and "LEE Siu Ming has 1 PIN try left" in " ".join(screen.split())
+    tmux.keys("", "Enter")  # not now
+    screen = tmux.wait_for("LEE Siu Ming: FAILED")
+    assert "wrong PIN, 1 try left" in " ".join(screen.split()), screen[-2500:]
+    assert "no PIN was tried" not in screen
+    second.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    # 3. `q` at WONG Mei Ling's envelope prompt stops the day; it is not taken as a password.
+    tmux.wait_for("WONG Mei Ling: type the 16-digit number on the PIN envelope")
+    tmux.keys("q", "Enter")
+    screen = tmux.wait_for("EXITED")
+    assert "Stopping for today" in screen and "wrong-password" not in screen.lower(), screen[-2500:]
+    canaries.outputs.append(screen)
+    # 4. The same job file opened again: CHAN Tai Man is done (from the journal), not asked for.
+    tmux.kill()
+    again = Tmux(f"provision-again-{time.monotonic_ns()}")
+    try:
+        again.start(command, env)
+        screen = again.wait_for("type the 16-digit number on the PIN envelope")
+        assert "done (earlier run)" in screen and "CHAN Tai Man: type" not in screen, screen
+        assert "LEE Siu Ming: type the 16-digit number" in screen
+        # 5. q at the PIN prompt leaves it: nothing is sent, LEE Siu Ming is not loaded yet and stays next.
+        again.keys(canaries.pkcs12_password, "Enter")
+        lee = cards.insert(index, kind="sim", options={"serial": 22000002})
+        again.wait_for("Load this certificate onto the card?")
+        again.keys("y", "Enter")
+        again.wait_for("Card PIN:")
+        again.keys("q", "Enter")
+        again.wait_for("LEE Siu Ming: not loaded yet")
+        lee.remove()
+        wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+        again.wait_for("Insert the card of LEE Siu Ming")
+        again.keys("s", "Enter")  # skipped for today
+        # 6. WONG Mei Ling's card has 1 PIN try left (< floor 2): refused before the certificate is shown.
+        again.wait_for("WONG Mei Ling: type the 16-digit number on the PIN envelope")
+        again.keys(canaries.pkcs12_password, "Enter")
+        low = cards.insert(index, kind="sim", options={"serial": 22000003, "pin_tries": 1})
+        again.wait_for("Unblock now?")
+        again.keys("", "Enter")  # not now
+        screen = again.wait_for("WONG Mei Ling: FAILED")
+        words = " ".join(screen.split())
+        wong = screen.split("loading WONG Mei Ling")[-1]
+        assert "fewer than min_pin_retries" in words and "Load this certificate onto the card?" not in wong, screen
+        low.remove()
+        wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+        again.keys("q", "Enter")
+        again.wait_for("EXITED")
+    finally:
+        again.kill()
+
+
+def test_a_blocked_card_is_unblocked_and_loaded_in_one_visit(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards,
+                                                             canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    """Issue 16: the citizen's card is blocked; the counter offers `u`, the citizen types the PUK and
+    a new PIN (the PUK tries are shown first), and the load goes on in the same visit."""
+    from provision.sim.card import SimCard, SimOptions
+
+    job = _counter_job(tmp_path, canaries, [("HK-1", "CHAN Tai Man", 23000001)], "counter-unblock")
+    reader, index, logs = pcscd.reader_name(1), 1, tmp_path / "logs"
+    blocked = SimCard(SimOptions(serial=23000001))
+    blocked.process(bytes.fromhex("00A4040009A00000030800001000"))
+    for _ in range(3):
+        blocked.process(bytes.fromhex("0020008008") + b"000000\xff\xff")
+    assert blocked.process(bytes.fromhex("00200080"))[-2:] == b"\x69\x83"
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)} --operator 'Clerk Yip'",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
+    tmux.wait_for("CHAN Tai Man: type the 16-digit number on the PIN envelope")
+    tmux.keys(canaries.pkcs12_password, "Enter")
+    tmux.wait_for("Insert the card of CHAN Tai Man")
+    server = cards.insert(index, card=blocked)
+    screen = tmux.wait_for("Unblock now?")
+    assert "The card of CHAN Tai Man is blocked." in screen
+    assert "Load this certificate onto the card?" not in screen  # the floor comes before the certificate
+    tmux.keys("u", "Enter")
+    screen = tmux.wait_for("PUK (q: leave):")
+    assert "PUK tries left: 3" in screen
+    tmux.keys("12345678", "Enter")
+    tmux.wait_for("New PIN (6 to 8 characters) (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    tmux.wait_for("New PIN again (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    screen = tmux.wait_for("Load this certificate onto the card?")
+    assert "PIN unblocked: PIN tries left 3, PUK tries left 3" in " ".join(screen.split())
+    tmux.keys("y", "Enter")
+    tmux.wait_for("Card PIN:")
+    tmux.keys(canaries.pin, "Enter")
+    screen = tmux.wait_for("CHAN Tai Man: done")
+    server.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    screen = tmux.wait_for("EXITED")
+    assert "EXITED 0" in screen, screen[-2000:]
+    canaries.outputs.append(screen)
+    records = [json.loads(line) for line in (logs / "audit.jsonl").read_text().splitlines()]
+    events = [(r["event"], r.get("outcome")) for r in records if r.get("job_id") == "HK-1"]
+    assert ("pin_unblock", "ok") in events and ("pin_verify", "ok") in events and ("job_loaded", None) in [
+        (e, None) for e, _ in events]  # fmt: skip
+    assert events.index(("pin_unblock", "ok")) < events.index(("pin_verify", "ok"))
+    unblock = next(r for r in records if r["event"] == "pin_unblock")
+    assert unblock["operator"] == "Clerk Yip" and unblock["card_serial"] == 23000001 and unblock["puk_tries_left"] == 3
+
+
+def test_two_wrong_pins_then_unblock_and_load(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canaries: Any,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """The citizen mistypes twice (each refusal said with the tries the card counted), is offered
+    `u`, unblocks with the PUK, and types the new PIN: loaded in the same visit."""
+    job = _counter_job(tmp_path, canaries, [("HK-1", "LEE Siu Ming", 24000001)], "counter-wrong-unblock")
+    reader, index, logs = pcscd.reader_name(1), 1, tmp_path / "logs"
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)} --operator 'Clerk Yip'",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
+    tmux.wait_for("LEE Siu Ming: type the 16-digit number on the PIN envelope")
+    tmux.keys(canaries.pkcs12_password, "Enter")
+    server = cards.insert(index, kind="sim", options={"serial": 24000001})
+    tmux.wait_for("Load this certificate onto the card?")
+    tmux.keys("y", "Enter")
+    tmux.wait_for("Card PIN:")
+    tmux.keys("999999", "Enter")
+    tmux.wait_for("Wrong PIN, 2 tries left.")
+    tmux.wait_for("Card PIN:")  # the second prompt
+    tmux.keys("888888", "Enter")
+    tmux.wait_for("Wrong PIN, 1 try left.")
+    tmux.wait_for("Unblock now?")
+    tmux.keys("u", "Enter")
+    screen = tmux.wait_for("PUK (q: leave):")
+    assert "PUK tries left: 3" in screen
+    tmux.keys("12345678", "Enter")
+    tmux.wait_for("New PIN (6 to 8 characters) (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    tmux.wait_for("New PIN again (q: leave):")
+    tmux.keys(canaries.pin, "Enter")
+    tmux.wait_for("PIN unblocked")
+    tmux.wait_for("Card PIN:")  # the third prompt: the new PIN
+    tmux.keys(canaries.pin, "Enter")
+    screen = tmux.wait_for("LEE Siu Ming: done")
+    assert "Wrong PIN, 3 tries left" not in screen and "no PIN was tried" not in screen
+    server.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    screen = tmux.wait_for("EXITED")
+    assert "EXITED 0" in screen, screen[-2000:]
+    canaries.outputs.append(screen)

@@ -800,3 +800,13 @@ def test_write_counters_for_the_wrong_card_check(card: SimCard) -> None:
     assert put_object(card, 0x5FC105, b"\x70\x00") == 0x6982
     assert card.write_apdu_count == 0 and card.write_attempt_count == 1
     assert card.apdu_count == 6
+
+
+def test_change_puk_counts_tries_and_a_blocked_puk_answers_6983(card: SimCard) -> None:
+    """CHANGE REFERENCE DATA on the PUK (00 24 00 81): a wrong PUK costs a try (63Cx), the last wrong
+    one blocks it, and then even the right PUK is refused with 6983, for CHANGE and for RESET RETRY."""
+    for left in (2, 1, 0):
+        assert tx(card, apdu(0, 0x24, 0, 0x81, pin_block(b"00000000") + pin_block(b"11223344")))[1] == 0x63C0 | left
+    assert tx(card, apdu(0, 0x24, 0, 0x81, pin_block(b"12345678") + pin_block(b"11223344")))[1] == 0x6983
+    assert tx(card, apdu(0, 0x2C, 0, 0x80, pin_block(b"12345678") + pin_block(b"654321")))[1] == 0x6983
+    assert ok(card, apdu(0, 0x20, 0, 0x80, pin_block(b"123456"))) == b""  # the PIN itself is untouched
