@@ -62,6 +62,10 @@ def walk_argv(job: FaultJob) -> dict[str, list[str]]:
     (d / "holders.csv").write_text(f"id,holder,card_serial,pkcs12,password_file\nHK-9,LEE,{job.serial},chan.p12,p12.pass\n")
     (d / "template.yaml").write_text('version: 1\nbatch: t\ndefaults:\n  slot: 9c\n  slot_name: "x"\n'
                                      "  pin: {file: card.pin}\n")  # fmt: skip
+    puk = d / "card.puk"
+    fd = os.open(puk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("12345678\n")  # the simulated card's PUK, not a canary
     return {
         "validate": ["validate", str(job.path)],
         "plan": ["plan", str(job.path)],
@@ -78,6 +82,13 @@ def walk_argv(job: FaultJob) -> dict[str, list[str]]:
         "demo": ["demo"],
         "card clear-pin-hold": ["card", "clear-pin-hold", str(job.serial), "--reason", "hostile walk",
                                 "--key-file", str(job.audit_key_file)],  # fmt: skip
+        # PIN service: the logs are checked before any card is looked for (no card is in a reader here)
+        "card unblock-pin": ["card", "unblock-pin", "--puk-file", str(puk), "--new-pin-file", str(d / "card.pin"),
+                             "--key-file", str(job.audit_key_file)],  # fmt: skip
+        "card change-pin": ["card", "change-pin", "--pin-file", str(d / "card.pin"), "--new-pin-file",
+                            str(d / "card.pin"), "--key-file", str(job.audit_key_file)],  # fmt: skip
+        "card change-puk": ["card", "change-puk", "--puk-file", str(puk), "--new-puk-file", str(puk),
+                            "--key-file", str(job.audit_key_file)],  # fmt: skip
     }
 
 
