@@ -70,6 +70,8 @@ def write_material(directory: Path, count: int, *, now: datetime | None = None, 
                           not_after=now + timedelta(days=3650))  # fmt: skip
     (certs / "demo-ca.pem").write_bytes(ca.certificate.public_bytes(Encoding.PEM))
     _write_private(certs / "card.pin", DEMO_PIN)
+    # Each card leaves on its own management key, derived from this master and its serial.
+    _write_private(certs / "master.key", pysecrets.token_hex(32))
     cards_yaml = []
     everyone = holders(count) + ([EXPIRED_HOLDER] if expired else [])
     for index, (job_id, holder, serial, key_type, encryption) in enumerate(everyone):
@@ -104,6 +106,7 @@ def write_material(directory: Path, count: int, *, now: datetime | None = None, 
         "  pin: {file: certs/card.pin}\n"
         "  replace: archive\n"
         "  min_pin_retries: 2\n"
+        "  management_key_rotate: {derive: {master: {file: certs/master.key}, label: demo}}\n"
         "  export:\n"
         '    pem: "out/{job.id}.pem"\n'
         "cards:\n" + "".join(cards_yaml),
