@@ -274,17 +274,23 @@ def read_card_behind(transport: RawTransport) -> CardInfo:
     return read_card_info(session)
 
 
+def the_reader(reader: str | None) -> str:
+    """``reader``, or when None the one reader with a card in it (none or several is the operator's
+    to resolve: --reader)."""
+    if reader is not None:
+        return reader
+    present = [r.name for r in pcsc_readers() if r.card_present]
+    if not present:
+        raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
+    if len(present) > 1:
+        raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
+    return present[0]
+
+
 def read_card_in_reader(reader: str | None) -> tuple[str, CardInfo]:
     """``provision card info``: (the reader's name, the card in it described read-only). ``reader``
     None: the one reader with a card in it (none or several is the operator's to resolve)."""
-    if reader is None:
-        present = [r.name for r in pcsc_readers() if r.card_present]
-        if not present:
-            raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
-        if len(present) > 1:
-            raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
-        reader = present[0]
-    transport = connect_pcsc(reader)
+    transport = connect_pcsc(the_reader(reader))
     try:
         info = read_card_behind(transport)
     finally:
@@ -299,14 +305,7 @@ def piv_session_in_reader(reader: str | None) -> Iterator[tuple[str, PivSession]
     from provision.card.apdu import ApduChannel
     from provision.piv.session import PivSession
 
-    if reader is None:
-        present = [r.name for r in pcsc_readers() if r.card_present]
-        if not present:
-            raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
-        if len(present) > 1:
-            raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
-        reader = present[0]
-    transport = connect_pcsc(reader)
+    transport = connect_pcsc(the_reader(reader))
     try:
         session = PivSession(ApduChannel(transport))
         session.select()
