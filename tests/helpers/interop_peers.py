@@ -296,7 +296,9 @@ class Peers:
     reader: str
     card: Any  # the SimCard served in-process (thread mode), for its APDU counter; None: another process
     workdir: Path
-    opensc_reader: str = "0"  # OpenSC's --reader: an index into its reader list, or the reader's name
+    # OpenSC's --reader: the reader's name (None: ``reader``). An index would depend on the order pcscd
+    # read its reader configs in, which is the file system's directory order (tmpfs reverses it).
+    opensc_reader: str | None = None
     loads: int = 0
 
     @property
@@ -348,7 +350,7 @@ class Peers:
     # OpenSC ----------------------------------------------------------------------------------
 
     def pkcs15_tool(self, label: str, *args: str) -> PeerRun:
-        return self.run(f"pkcs15-tool {label}", ["pkcs15-tool", "--reader", self.opensc_reader, *args])
+        return self.run(f"pkcs15-tool {label}", ["pkcs15-tool", "--reader", self.opensc_reader or self.reader, *args])
 
     def pkcs11_tool(self, label: str, *args: str) -> PeerRun:
         return self.run(f"pkcs11-tool {label}", ["pkcs11-tool", "--module", OPENSC_PKCS11, *args])
