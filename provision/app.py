@@ -35,6 +35,7 @@ class RunOutcome:
     document: dict[str, Any]
     reports: dict[str, Path]
     error: str | None = None  # what ended the run early (the PC/SC service went away, …), in words
+    sealed: bool = True  # False: not even the run's end record and seal could be written
 
 
 def run_jobfile(
@@ -103,7 +104,7 @@ def run_jobfile(
                 if error is None:
                     raise
                 error += f"; the reports could not be written either ({getattr(exc, 'strerror', None) or exc})"
-    return RunOutcome(code, document, reports, error)
+    return RunOutcome(code, document, reports, error, sealed=runner.record_failed is None)
 
 
 @contextmanager

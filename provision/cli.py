@@ -324,7 +324,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _warn_if_stopped(outcome: Any) -> None:
     """A run that ended early says why, once, on stderr (its records and reports are written)."""
-    if outcome.error:
+    if outcome.error and not outcome.sealed:
+        _warn(f"provision: {outcome.error}; not even the run's end could be recorded, so the journal still calls "
+              "it running: once that is fixed, 'provision resume' closes it and finishes what was started")  # fmt: skip
+    elif outcome.error:
         _warn(f"provision: {outcome.error}; the run was recorded as interrupted and sealed, and 'provision resume' "
               "finishes it once that is fixed")  # fmt: skip
     elif outcome.exit_code == EXIT_INTERRUPTED:

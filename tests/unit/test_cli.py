@@ -218,3 +218,14 @@ def test_operator_from_option_environment_or_one_question(monkeypatch: pytest.Mo
     assert cli._operator(argparse.Namespace(operator="WONG", unattended=True)) == "WONG"
     with pytest.raises(UsageError, match="control characters"):
         cli._operator(argparse.Namespace(operator="WONG\r\nforged", unattended=True))
+
+
+def test_a_stopped_run_claims_a_seal_only_when_its_end_was_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from provision.app import RunOutcome
+    from provision.cli import _warn_if_stopped
+
+    _warn_if_stopped(RunOutcome(3, {}, {}, "the disk of the journal is full", sealed=True))
+    assert "recorded as interrupted and sealed" in capsys.readouterr().err
+    _warn_if_stopped(RunOutcome(3, {}, {}, "the disk of the journal is full", sealed=False))
+    said = capsys.readouterr().err
+    assert "sealed" not in said and "still calls it running" in said
