@@ -7,7 +7,9 @@ from a module configuration (``x-init-reserved``). p11-kit ignores user configur
 running as root (CI runs as root), so the token is served by ``p11-kit server`` (which drops to
 ``nobody`` first and then reads ``$HOME/.config/pkcs11/modules``), and provision reaches it through
 p11-kit's RPC client module, ``p11-kit-client.so``, with ``P11_KIT_SERVER_ADDRESS`` naming the
-socket: a remote token, as a token forwarded into a container is reached.
+socket: a remote token, as a token forwarded into a container is reached. The server starts one
+``p11-kit-remote`` per connection (so no login outlives a ``provision`` process); the other modules
+the system registers with p11-kit are disabled there, so the server serves NSS's token alone.
 
 Every token gets its own directory under the system temporary directory (the server's user must
 reach it) and its own server, started here and stopped by ``close``; nothing global is touched.
@@ -100,6 +102,9 @@ class NssToken:
                               text=True, timeout=60)  # fmt: skip
         password.unlink()
         assert done.returncode == 0, done.stderr
+        for system in ("/etc/pkcs11/modules", "/usr/share/p11-kit/modules"):  # the server serves NSS alone
+            for config in Path(system).glob("*.module"):
+                (modules / config.name).write_text("disable-in: p11-kit-remote\n")
         (modules / "provision-nss.module").write_text(
             f"module: {self.softokn}\n"
             f"x-init-reserved: configdir='sql:{db}' certPrefix='' keyPrefix='' secmod='secmod.db' "
