@@ -128,6 +128,18 @@ class NssToken:
             time.sleep(0.05)
         return "0000000000000000"
 
+    def import_pkcs12(self, p12: Path, password_file: Path, pin_file: Path) -> None:
+        """What a Firefox user does: NSS's own ``pk12util`` imports the key and certificate into the
+        token's database (NSS's CKA_ID, the PKCS#12 friendly name as label)."""
+        done = subprocess.run(["pk12util", "-i", str(p12), "-d", f"sql:{self.workdir / 'db'}", "-w",
+                               str(password_file), "-k", str(pin_file)], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        if os.geteuid() == 0:  # the server's user keeps the database's files
+            nobody = pwd.getpwnam("nobody")
+            for path in (self.workdir / "db").rglob("*"):
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+
     def pkcs11_tool(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["pkcs11-tool", "--module", str(self.module), *args], env=self.env,
                               capture_output=True, text=True, timeout=60)  # fmt: skip

@@ -12,7 +12,9 @@ They differ where a vendor's middleware differs from SoftHSM2:
 - PIN reporting: NSS keeps no PIN try counter and never sets a ``CKF_USER_PIN_*`` flag; a wrong PIN
   is ``CKR_PIN_INCORRECT`` however often it is sent (SoftHSM2 sets ``CKF_USER_PIN_COUNT_LOW`` and
   blocks);
-- the token's serial is sixteen zeros for every NSS database, so tokens are told apart by label.
+- the token's serial is sixteen zeros for every NSS database, so tokens are told apart by label;
+- NSS's own tools write keys too: a PKCS#12 imported with ``pk12util`` (NSS's CKA_ID, the friendly
+  name as label) is found by provision's CKA_ID rule and adopted under the slot name.
 
 Every load here is ``provision run`` (the CLI in a child process), as an operator runs it.
 """
@@ -168,3 +170,28 @@ def test_the_two_implementations_offer_different_mechanism_lists(softhsm: Any, n
     # PIN reporting: SoftHSM2 counts a wrong PIN (CKF_USER_PIN_COUNT_LOW), NSS reports nothing, ever
     assert not PinFlags.of(soft_before).any and PinFlags.of(soft_after).count_low
     assert not PinFlags.of(nss_before).any and not PinFlags.of(nss_after).any
+
+
+def test_a_pkcs12_imported_by_nss_itself_is_found_by_its_cka_id_and_adopted(batch: TokenBatch, nss: NssToken) -> None:
+    """``pk12util`` (as Firefox imports a PKCS#12) gives the key NSS's CKA_ID and the friendly name
+    as label: provision finds the certificate and key by that ID (``objects.key_id`` is NSS's rule),
+    proves the key with a test signature, puts the slot name on them and writes nothing else."""
+    nss.init_token("chan")
+    cert = batch.p12("chan", "CHAN Tai Man", "p256", serial=7)  # NSS refuses the CA's issuer and serial (1) twice
+    nss.import_pkcs12(batch.tmp / "chan.p12", batch.tmp / "p12.pass", batch.tmp / "token.pin")
+    kid = key_id(cert.public_key()).hex()
+    imported = batch.objects("chan")  # the holder's key and certificate, and the CA's certificate
+    ours = [o for o in imported if o.get("ID") == kid]
+    assert {o["kind"].split()[0] for o in ours} >= {"Certificate", "Private"}
+    assert slot_name(cert) not in {o.get("label") for o in imported}
+    batch.job("HK-1", "CHAN Tai Man", "chan", batch.token_card("chan"))
+    done = batch.cli()
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)["jobs"][0]
+    assert job["status"] == "loaded" and "test signature verified with CKM_ECDSA" in job["notes"], job
+    listed = batch.objects("chan")
+    assert len(listed) == len(imported)  # nothing written but labels
+    assert {o["label"] for o in listed if o.get("ID") == kid} == {slot_name(cert)}
+    assert [o for o in listed if o.get("ID") != kid] == [o for o in imported if o.get("ID") != kid]
+    again = json.loads(batch.cli().stdout)["jobs"][0]
+    assert again["status"] == "skipped", again
