@@ -35,6 +35,7 @@ from provision.errors import (
     InternalError,
     JobRefused,
     ManagementKeyError,
+    MetadataUnavailableError,
     OperatorDeclined,
     PinError,
     PinFloorError,
@@ -298,7 +299,9 @@ class Loader:
     def _metadata(self) -> SlotMetadata | None:
         try:
             return self.session.get_metadata(self.slot.key_ref)
-        except CardNotSupportedError:
+        except (CardNotSupportedError, MetadataUnavailableError):
+            # Either way nothing is known about this slot's key: the certificate and, where it
+            # matters, a test signature decide (as on a card without F7).
             self._metadata_supported = False
             return None
 
