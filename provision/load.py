@@ -308,7 +308,9 @@ class Loader:
     def _key_proves_certificate(self) -> bool:
         self.verify_pin()
         try:
-            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            self._test_signature()
+        except PinError:
+            raise  # a refused PIN is never a reason to load again (nor to present it again)
         except CardError:
             return False
         return True
@@ -824,20 +826,39 @@ class Loader:
                 raise CardError(f"the certificate read back from slot {self.slot.hex} differs from the one written")
             # The test signature, checked with the certificate's public key, proves that the key
             # in the slot is the certificate's: no separate metadata read is needed for that.
-            verified = self._pin_always(None)
-            if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
-                self._present_pin(self._pin or self._obtain_pin(None))
-            try:
-                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
-            except CardStatusError as exc:
-                if exc.sw != SW_SECURITY_NOT_SATISFIED or verified:
-                    raise
-                # This card keeps PIN policy "always" on this key although neither the job nor the
-                # slot's usual default says so: present the PIN the card accepted a moment ago.
-                self._present_pin(self._pin or self._obtain_pin(None))
-                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            self._test_signature()
             found["test_signature"] = "verified"
             self.audit("verified", outcome="ok")
+
+    def _test_signature(self) -> None:
+        """One test signature with the slot's key, with the VERIFY right before it that PIN policy
+        *always* needs. Also where ``verify_pin`` sent no VERIFY because the card said the PIN was
+        already verified (PivApplet keeps that across a re-SELECT, e.g. from an earlier program):
+        an *always* key still wants its own VERIFY immediately before its use."""
+        verified = self._pin_always(None)
+        if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
+            self._present_pin_again()
+        try:
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+        except CardStatusError as exc:
+            if exc.sw != SW_SECURITY_NOT_SATISFIED or verified:
+                raise
+            # This card keeps PIN policy "always" on this key although neither the job nor the
+            # slot's usual default says so: present the PIN the card accepted a moment ago.
+            self._present_pin_again()
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+
+    def _present_pin_again(self) -> None:
+        """VERIFY with the PIN of this load right before a key's use. Kept once accepted, so a later
+        VERIFY does not ask a person again; a refused one raises and is never presented again."""
+        pin = self._pin or self._obtain_pin(None)
+        try:
+            self._present_pin(pin)
+        except PinError:
+            if pin is not self._pin:
+                pin.wipe()
+            raise
+        self._pin = pin
 
     def _pin_always(self, metadata: SlotMetadata | None) -> bool:
         return pin_always(self.slot.key_ref, self.job.pin_policy, None if metadata is None else metadata.pin_policy)

@@ -186,6 +186,9 @@ class SimOptions:
     retired_slots_max: int | None = None  # last retired slot: 0x95 yubikey, 0x8C pivapplet
     no_f7: bool | None = None  # no metadata: automatic below firmware 5.3
     no_f8: bool = False  # no serial command
+    # The PIN stays verified across a re-SELECT of PIV (PivApplet does; SP 800-73-4 asks no reset
+    # there): a program that connects after another one verified the PIN finds it verified.
+    pin_kept_on_select: bool = False
     restricted_touch: bool | None = None  # touch policies other than default/never → 6A81
     latency_ms: float = 0.0
     vanish_after: int | None = None  # after N APDUs the card is gone
@@ -656,8 +659,10 @@ class SimCard:
         if len(aid) < len(PIV_RID) or not PIV_AID.startswith(aid):
             raise _Status(SW_NOT_FOUND)  # the current selection stays as it was
         # (Re)selecting PIV drops the security status, as on real cards (OpenSC avoids reselecting
-        # for exactly this reason).
+        # for exactly this reason); some keep the PIN verified (``pin_kept_on_select``).
+        pin_verified = self._pin_verified
         self._reset_security()
+        self._pin_verified = pin_verified and self.options.pin_kept_on_select
         self._selected = True
         if cmd.p2 == 0x0C:
             return b""

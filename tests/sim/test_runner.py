@@ -404,3 +404,40 @@ def test_transient_reset_is_retried_and_finishes_the_load(batch: Batch, at: int)
     ended = [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
     for write in ("import_key", "write_certificate", "write_slot_name"):
         assert ended.count(write) == 1, ended
+
+
+def test_rerun_proves_an_always_key_when_the_pin_is_already_verified(batch: Batch) -> None:
+    """Seen on PivApplet: the PIN stays verified across a re-SELECT, so a program that comes after
+    another one (here a session that verified the PIN and left the card powered, as PC/SC leaves
+    it) finds it verified, and its status read sends no VERIFY. The re-run must still give 9C's
+    key (PIN policy *always*) its own VERIFY before the test signature, prove the target and
+    write nothing; it used to take the 6982 for "not this key" and import the key again. No F7,
+    as PivApplet for an imported key: only the test signature can prove the key."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678, no_f7=True, pin_kept_on_select=True))
+    assert batch.run([card]).exit_code == 0
+    session_for(card).verify_pin(Secret("123456"))
+    writes = card.write_attempt_count
+    card.power_on = lambda: None  # type: ignore[method-assign]  # connecting does not reset a powered card
+    again = batch.run([card])
+    assert again.document["jobs"][0]["status"] == "skipped", again.document["jobs"][0]
+    assert card.write_attempt_count == writes
+
+
+def test_rerun_with_a_wrong_pin_and_the_pin_already_verified_spends_one_try_and_writes_nothing(
+    batch: Batch, canaries: Any
+) -> None:
+    """The same re-run with a wrong PIN file: the VERIFY before the test signature is refused, the
+    job fails on that, and nothing is written or presented again (never a second try)."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678, no_f7=True, pin_kept_on_select=True))
+    assert batch.run([card]).exit_code == 0
+    session_for(card).verify_pin(Secret("123456"))
+    canaries.write_secret_file(batch.tmp / "card.pin", "99999999")
+    writes = card.write_attempt_count
+    card.power_on = lambda: None  # type: ignore[method-assign]
+    again = batch.run([card])
+    job = again.document["jobs"][0]
+    assert job["status"] == "failed" and "PIN" in job["error"], job
+    assert card.write_attempt_count == writes
+    assert session_for(card).pin_tries() == 2  # 3 tries, one spent
