@@ -808,6 +808,13 @@ class Loader:
         if names is not None and names.get(self.slot.key_ref) == self.ctx.slot_name:
             self.result.slot_name_on_card = True
             return
+        if not names and self._slot_name_refused_by_committed_load():
+            # This card refused the name when this job was loaded (PivApplet answers GET DATA 5FFF50
+            # 6A82 and PUT DATA 6A81): asking again writes nothing and would turn a re-run's
+            # "skipped" into "loaded" with a management-key authentication for nothing.
+            self.result.slot_name_on_card = False
+            self.result.notes.append("slot name kept by provision only: the card refused it when this job was loaded")
+            return
         self.authenticate_management_key()  # a resumed load may reach here without it
         self._wrote = True
         with self.step("write_slot_name") as found:
@@ -818,6 +825,16 @@ class Loader:
             if not outcome.stored:
                 self.result.notes.append(f"slot name kept by provision only: {outcome.reason}")
             self.audit("slot_name_written", stored=outcome.stored)
+
+    def _slot_name_refused_by_committed_load(self) -> bool:
+        """The last ``write_slot_name`` of this job found the name refused, and a commit followed."""
+        refused = committed_refused = False
+        for _, action, phase, detail, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if action == "write_slot_name" and phase == "end":
+                refused = detail.get("stored") is False
+            elif action == "commit" and phase == "end":
+                committed_refused = refused
+        return committed_refused
 
     def verify_load(self) -> None:
         with self.step("verify_load") as found:

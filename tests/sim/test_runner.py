@@ -441,3 +441,21 @@ def test_rerun_with_a_wrong_pin_and_the_pin_already_verified_spends_one_try_and_
     assert job["status"] == "failed" and "PIN" in job["error"], job
     assert card.write_attempt_count == writes
     assert session_for(card).pin_tries() == 2  # 3 tries, one spent
+
+
+def test_rerun_on_a_card_that_refuses_the_slot_name_is_skipped_without_a_write(batch: Batch) -> None:
+    """PivApplet refuses vendor objects (GET DATA 5FFF50 6A82, PUT DATA refused): the first load
+    keeps the slot name in the journal only. A re-run proves certificate and key and does not ask
+    the card for the name again: ``skipped``, no write APDU, no management-key authentication."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678, profile="pivapplet"))
+    first = batch.run([card])
+    assert first.document["jobs"][0]["status"] == "loaded"
+    assert first.document["jobs"][0]["slot_name_on_card"] is False
+    writes = card.write_attempt_count
+    again = batch.run([card])
+    job = again.document["jobs"][0]
+    assert job["status"] == "skipped", job
+    assert card.write_attempt_count == writes
+    assert not any("authenticate_management_key" == s[1] for s in jn.Journal(batch.logs / "journal.sqlite3")
+                   .steps("test-batch", "HK-1") if s[0] == again.document["run_id"])  # fmt: skip
