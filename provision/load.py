@@ -765,8 +765,16 @@ class Loader:
             self.result.notes.append("the key was already on the card")
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
-            self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
-                                    self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
+            try:
+                self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
+                                        self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
+            except CardStatusError as exc:
+                # PivApplet takes touch policies default/never only and answers 6A81 to the others.
+                if exc.sw != 0x6A81 or self.job.touch_policy in ("default", "never"):
+                    raise
+                raise CardNotSupportedError(
+                    f"this card does not take touch policy '{self.job.touch_policy}' (IMPORT KEY answered "
+                    f"{exc.sw:04X}); the key was not imported. Use touch_policy: never or default for it") from None  # fmt: skip
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, pin_policy=self.job.pin_policy,
                        touch_policy=self.job.touch_policy)  # fmt: skip
 

@@ -459,3 +459,15 @@ def test_rerun_on_a_card_that_refuses_the_slot_name_is_skipped_without_a_write(b
     assert card.write_attempt_count == writes
     assert not any("authenticate_management_key" == s[1] for s in jn.Journal(batch.logs / "journal.sqlite3")
                    .steps("test-batch", "HK-1") if s[0] == again.document["run_id"])  # fmt: skip
+
+
+def test_a_touch_policy_the_card_does_not_take_is_named(batch: Batch) -> None:
+    """PivApplet answers IMPORT KEY with 6A81 for touch policies other than default/never: the job
+    fails saying so, and nothing is on the card (no key, no certificate)."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, extra="    touch_policy: always\n")
+    card = SimCard(SimOptions(serial=12345678, profile="pivapplet"))
+    outcome = batch.run([card])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "failed" and "touch policy 'always'" in job["error"], job
+    info = read_card_info(session_for(card))
+    assert info.slot(0x9C).certificate is None and info.slot(0x9C).key is None
