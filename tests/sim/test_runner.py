@@ -471,3 +471,32 @@ def test_a_touch_policy_the_card_does_not_take_is_named(batch: Batch) -> None:
     assert job["status"] == "failed" and "touch policy 'always'" in job["error"], job
     info = read_card_info(session_for(card))
     assert info.slot(0x9C).certificate is None and info.slot(0x9C).key is None
+
+
+def test_a_card_that_answers_like_pivapplet_is_loaded_replaced_and_skipped_on_rerun(
+    batch: Batch, ca: fixtures.Issuer
+) -> None:
+    """Everything PivApplet 0.9.0 did differently at once (README, "A PIV card that is not ours"):
+    metadata without tag 01 and 6F00 for imported keys, the PIN kept across a re-SELECT, no vendor
+    objects. The old certificate and its imported key are replaced (archived), card info calls the
+    new key unknown, and a re-run after another program verified the PIN proves the target and
+    writes nothing."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    options = SimOptions(serial=12345678, profile="pivapplet", metadata_like_pivapplet=True, pin_kept_on_select=True)
+    card = SimCard(options)
+    preload_old_certificate(card, ca, "CHAN Tai Man")
+    first = batch.run([card])
+    job = first.document["jobs"][0]
+    assert job["status"] == "loaded" and job["replaced_sha256"] and job["archived_to"], job
+    info = read_card_info(session_for(card))
+    assert (info.pin_tries_left, info.pin_tries_total) == (5, 5)
+    slot = info.slot(0x9C)
+    assert slot.certificate is not None and slot.certificate.sha256 == job["fingerprint_sha256"]
+    assert slot.key is None and slot.error is not None and "6F00" in slot.error
+    assert info.slot(0x9A).error is None and not info.slot(0x9A).occupied
+    session_for(card).verify_pin(Secret("123456"))
+    writes = card.write_attempt_count
+    card.power_on = lambda: None  # type: ignore[method-assign]
+    again = batch.run([card])
+    assert again.document["jobs"][0]["status"] == "skipped", again.document["jobs"][0]
+    assert card.write_attempt_count == writes
