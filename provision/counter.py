@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provision import journal as jn
-from provision.display import printable
+from provision.display import failure_text, printable
 from provision.errors import OperatorDeclined, SecretError
 from provision.jobfile import Job
 from provision.limits import MAX_SECRET_CHARS
@@ -310,14 +310,14 @@ class CounterScreen:
             if len(typed) > MAX_SECRET_CHARS:
                 self.console.print(shown(f"That is longer than {MAX_SECRET_CHARS} characters; type the password again.", style="bold red"))
                 continue
-            _, inspection, bundle, message = open_bundle(state.job, unattended=False, password=Secret(typed))
+            _, inspection, bundle, problem = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
-            if bundle is None and inspection is not None and inspection.status == "wrong-password":
-                self.console.print(shown(message, style="bold red"))
+            if problem is not None and problem.status == "wrong-password":
+                self.console.print(shown(problem.message, style="bold red"))
                 continue  # a mistyped envelope number: type it again
-            self.runner.accept_bundle(state, inspection, bundle, message)
-            if bundle is None:
-                self.console.print(shown(message, style="bold red"))
+            self.runner.accept_bundle(state, inspection, bundle, problem)
+            if problem is not None:
+                self.console.print(shown(problem.message, style="bold red"))
             return bundle is not None
 
     def come_back(self, action: str) -> None:
@@ -358,6 +358,6 @@ class CounterScreen:
                 lines.append(Text("The card already held this certificate; nothing was changed."))
             self.console.print(Panel(Group(*lines), border_style="green"))
         elif state.status in (jn.PENDING, jn.IN_DOUBT):
-            self.console.print(Panel(shown(f"{state.job.holder}: not loaded yet. {state.error or ''}"), border_style="yellow"))
+            self.console.print(Panel(shown(f"{state.job.holder}: not loaded yet. {failure_text(state.failure) or ''}"), border_style="yellow"))
         else:
-            self.console.print(Panel(shown(f"{state.job.holder}: {state.status.upper()}: {state.error}"), border_style="red"))
+            self.console.print(Panel(shown(f"{state.job.holder}: {state.status.upper()}: {failure_text(state.failure)}"), border_style="red"))
