@@ -324,11 +324,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _warn_if_stopped(outcome: Any) -> None:
     """A run that ended early says why, once, on stderr (its records and reports are written)."""
-    if outcome.error and not outcome.sealed:
-        _warn(f"provision: {outcome.error}; not even the run's end could be recorded, so the journal still calls "
+    error = outcome.failure.message if outcome.failure is not None else None
+    if error and outcome.reports_failure is not None:
+        failed = outcome.reports_failure
+        error += f"; the reports could not be written either ({getattr(failed, 'strerror', None) or failed})"
+    if error and not outcome.sealed:
+        _warn(f"provision: {error}; not even the run's end could be recorded, so the journal still calls "
               "it running: once that is fixed, 'provision resume' closes it and finishes what was started")  # fmt: skip
-    elif outcome.error:
-        _warn(f"provision: {outcome.error}; the run was recorded as interrupted and sealed, and 'provision resume' "
+    elif error:
+        _warn(f"provision: {error}; the run was recorded as interrupted and sealed, and 'provision resume' "
               "finishes it once that is fixed")  # fmt: skip
     elif outcome.exit_code == EXIT_INTERRUPTED:
         _warn("provision: interrupted; the journal is consistent and 'provision resume' finishes what was started")
