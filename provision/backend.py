@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from provision.card.base import RawTransport
 from provision.errors import EnvironmentProblem, ProvisionError, UsageError
+from provision.i18n import msg
 from provision.jobfile import CardIdentity
 from provision.load import LoadContext, LoadResult
 
@@ -281,9 +282,9 @@ def the_reader(reader: str | None) -> str:
         return reader
     present = [r.name for r in pcsc_readers() if r.card_present]
     if not present:
-        raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
+        raise EnvironmentProblem(msg('no card is in any reader; insert one (or name a reader with --reader)'))
     if len(present) > 1:
-        raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
+        raise UsageError(msg('cards are in several readers ({join}); choose one with --reader', join=', '.join(present)))
     return present[0]
 
 

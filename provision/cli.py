@@ -22,6 +22,8 @@ from provision.errors import (
     ProvisionError,
     UsageError,
 )
+from provision.i18n import choose, localize, msg, set_language
+from provision.i18n import gettext as _
 
 TYPE_CHECKING = False  # importing typing costs start-up time; mypy honours this name
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ def _warn_if_logs_shared(args: argparse.Namespace) -> None:
 
     warning = shared_write_warning(Path(args.logs))
     if warning:
-        _warn(f"warning: {warning}")
+        _warn(_("warning: {warning}").format(warning=localize(warning)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,14 +95,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
                             "errors": [p.to_json() for p in exc.problems], "warnings": []})  # fmt: skip
             if not args.json:
                 for problem in exc.problems:
-                    _warn(f"error: {problem}")
+                    _warn(_("error: {problem}").format(problem=problem.localized()))
             continue
         results.append({"file": name, "valid": True, "batch": jf.batch, "jobs": len(jf.jobs), "errors": [],
                         "warnings": [w.to_json() for w in jf.warnings]})  # fmt: skip
         if not args.json:
             for warning in jf.warnings:
-                _warn(f"warning: {warning}")
-            _say(f"{name}: valid, batch {jf.batch}, {len(jf.jobs)} job(s)")
+                _warn(_("warning: {warning}").format(warning=warning.localized()))
+            _say(_("{file}: valid, batch {batch}, {n} job(s)").format(file=name, batch=jf.batch, n=len(jf.jobs)))
     if args.json:
         _emit_json({"valid": not failed, "files": results})
     return EXIT_INPUT if failed else EXIT_OK
@@ -140,7 +142,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         data = read_pkcs12(path)  # bounded before the password is asked: /dev/zero ends at once
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}; check the path") from None
+        raise UsageError(msg("cannot read {path}: {reason}; check the path", path=path, reason=exc.strerror)) from None
     password = _password_from_args(args)
     try:
         inspection, _bundle = inspect_pkcs12(data, password, target=args.target)
@@ -155,12 +157,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _emit_json(document)
     else:
         _say(f"{path}: {inspection.status}")
-        _say(f"  {inspection.message}")
+        _say(f"  {localize(inspection.message)}")
         if inspection.info is not None:
             for line in certificate_lines(inspection.info, tz):
                 _say(f"  {line}")
-            _say(f"  PIV algorithm: {inspection.piv_algorithm or 'none'}")
-            _say(f"  slot name:     {slot_name}   (template {args.slot_name})")
+            _say("  " + _("PIV algorithm: {algorithm}").format(algorithm=inspection.piv_algorithm or _("none")))
+            _say("  " + _("slot name: {name}   (template {template})").format(name=slot_name, template=args.slot_name))
     return EXIT_OK if inspection.status == "ok" else EXIT_INPUT
 
 
@@ -224,9 +226,9 @@ def cmd_jobs_new(args: argparse.Namespace) -> int:
         _emit_json({"file": args.output, "valid": True, "batch": jf.batch, "jobs": len(jf.jobs),
                     "warnings": made.warnings + [str(w) for w in jf.warnings]})  # fmt: skip
         return EXIT_OK
-    for warning in made.warnings + [str(w) for w in jf.warnings]:
-        _warn(f"warning: {warning}")
-    _say(f"{args.output}: written and valid, batch {jf.batch}, {len(jf.jobs)} job(s)")
+    for warning in made.warnings + [w.localized() for w in jf.warnings]:
+        _warn(_("warning: {warning}").format(warning=localize(warning)))
+    _say(_("{file}: written and valid, batch {batch}, {n} job(s)").format(file=args.output, batch=jf.batch, n=len(jf.jobs)))
     return EXIT_OK
 
 
@@ -235,27 +237,33 @@ def cmd_jobs_new(args: argparse.Namespace) -> int:
 
 
 def _print_summary(document: dict[str, Any], reports: dict[str, Any]) -> None:
+    """The run for a person, in the chosen language; the status names stay as in every record, so
+    that the summary, the reports and ``provision status`` say the same word."""
+    from provision.report import error_text, when
+
+    zone = document.get("timezone")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(document["counts"].items()))
-    _say(f"Run {document['run_id']} of batch {document['batch']}: {counts}")
+    _say(_("Run {run_id} of batch {batch}: {counts}").format(run_id=document["run_id"], batch=document["batch"], counts=counts))
     if document.get("operator"):
-        _say(f"Operator: {document['operator']}")
+        _say(_("Operator: {operator}").format(operator=document["operator"]))
     for job in document["jobs"]:
         line = f"  {job['status']:8} {job['id']:14} {job['holder']}"
         if job["status"] == "skipped" and job.get("notes"):
-            line += f" — {'; '.join(job['notes'])}"  # renew: not due, nothing written
+            line += f" — {'; '.join(localize(n) for n in job['notes'])}"  # renew: not due, nothing written
         elif job["status"] in ("loaded", "skipped"):
-            line += f" — slot {job['slot']} {job['slot_name']!r}, On Card until {job['not_after']}"
+            line += " — " + _("slot {slot} {slot_name!r}, On Card until {date}").format(
+                slot=job["slot"], slot_name=job["slot_name"], date=when(job["not_after"], zone))
             if job["archived_to"]:
-                line += f"; old certificate On Disk: {job['archived_to']}"
+                line += "; " + _("old certificate On Disk: {path}").format(path=job["archived_to"])
         elif job["error"]:
-            line += f" — {job['error']}"
+            line += f" — {error_text(job['error'])}"
         _say(line)
     for card in document.get("refused_cards", []):
-        _say(f"  refused card in {card['reader']}: {card['reason']}")
+        _say("  " + _("refused card in {reader}: {reason}").format(reader=card["reader"], reason=localize(card["reason"])))
     if document.get("seal"):
-        _say(f"Audit seal: {document['seal']}")
+        _say(_("Audit seal: {seal}").format(seal=document["seal"]))
     for kind, path in sorted(reports.items()):
-        _say(f"Report ({kind}): {path}")
+        _say(_("Report ({kind}): {path}").format(kind=kind, path=path))
 
 
 def _with_syslog(jobfile: Any, address: str | None) -> Any:
@@ -290,11 +298,11 @@ def _operator(args: argparse.Namespace) -> str | None:
         return operator_name(given)
     if args.unattended or not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
-    sys.stderr.write("Operator (your name, recorded in every audit record; q: leave): ")
+    sys.stderr.write(_("Operator (your name, recorded in every audit record; q: leave): "))
     sys.stderr.flush()
     answer = sys.stdin.readline()
     if answer == "" or answer.strip().lower() == "q":  # q and Ctrl-D leave the prompt: nothing is done
-        raise UsageError("no operator was given (the prompt was left); nothing was done")
+        raise UsageError(msg("no operator was given (the prompt was left); nothing was done"))
     return operator_name(answer) if answer.strip() else None
 
 
@@ -325,13 +333,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _warn_if_stopped(outcome: Any) -> None:
     """A run that ended early says why, once, on stderr (its records and reports are written)."""
     if outcome.error and not outcome.sealed:
-        _warn(f"provision: {outcome.error}; not even the run's end could be recorded, so the journal still calls "
-              "it running: once that is fixed, 'provision resume' closes it and finishes what was started")  # fmt: skip
+        _warn("provision: " + _("{error}; not even the run's end could be recorded, so the journal still calls it running: "
+              "once that is fixed, 'provision resume' closes it and finishes what was started").format(error=localize(outcome.error)))  # fmt: skip
     elif outcome.error:
-        _warn(f"provision: {outcome.error}; the run was recorded as interrupted and sealed, and 'provision resume' "
-              "finishes it once that is fixed")  # fmt: skip
+        _warn("provision: " + _("{error}; the run was recorded as interrupted and sealed, and 'provision resume' "
+              "finishes it once that is fixed").format(error=localize(outcome.error)))  # fmt: skip
     elif outcome.exit_code == EXIT_INTERRUPTED:
-        _warn("provision: interrupted; the journal is consistent and 'provision resume' finishes what was started")
+        _warn("provision: " + _("interrupted; the journal is consistent and 'provision resume' finishes what was started"))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -341,8 +349,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from provision.logsdir import LogsLock
 
     if args.queue and not args.queue.startswith("sqlite:"):
-        raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
-                         "again; a job in doubt is finished by the station that sees its card")  # fmt: skip
+        raise UsageError(msg("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' again; a job in doubt is finished by the station that sees its card"))  # fmt: skip
     logs = _logs(args)
     # The lock first: a run that is alive must find its journal as it left it (its runs are not
     # "abandoned"), and a resume that cannot have the lock changes nothing at all.
@@ -451,11 +458,11 @@ class _TerminalPinUI:
         from provision.secrets import typed_secret
 
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
-            raise SecretError(f"cannot ask for the {prompt}: there is no terminal; give it with its --…-env or --…-file option")
+            raise SecretError(msg('cannot ask for the {prompt}: there is no terminal; give it with its --…-env or --…-file option', prompt=prompt))
         try:
             typed = getpass.getpass(f"{prompt}: ", stream=sys.stderr)
         except (EOFError, KeyboardInterrupt):
-            raise SecretError(f"no {prompt} was typed; nothing was sent to the card") from None
+            raise SecretError(msg('no {prompt} was typed; nothing was sent to the card', prompt=prompt)) from None
         return typed_secret(typed, prompt)
 
     def confirm_last_try(self, what: str) -> bool:
@@ -507,8 +514,7 @@ def cmd_card_pin_service(args: argparse.Namespace) -> int:
         try:
             tail = audit.check_tail()
             if not tail.ok:
-                raise AuditError(f"the audit log's end is damaged ({tail.message}); nothing was sent to the card. "
-                                 "Check it with 'provision audit verify'")  # fmt: skip
+                raise AuditError(msg("the audit log's end is damaged ({message}); nothing was sent to the card. Check it with 'provision audit verify'", message=tail.message))  # fmt: skip
 
             def record(event: str, **fields: Any) -> None:
                 audit.append(event, reader=reader, command=f"card {action}", **fields)
@@ -568,7 +574,7 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
     from provision.queue import is_shared_url, open_queue
 
     if not is_shared_url(args.queue):
-        raise UsageError("queue push needs a shared queue: --queue postgresql://USER@HOST:PORT/DB (or $PROVISION_QUEUE)")
+        raise UsageError(msg('queue push needs a shared queue: --queue postgresql://USER@HOST:PORT/DB (or $PROVISION_QUEUE)'))
     jobfile = load_jobfile(args.jobfile, unattended=args.unattended)
     queue: Any = open_queue(args.queue, logs=Path(args.logs))
     try:
@@ -593,10 +599,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         from provision.queue import is_shared_url, open_queue
 
         if not is_shared_url(args.queue):
-            raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
+            raise UsageError(msg("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue"))
         if args.seal or args.anchor or args.timestamps or args.tsa_cert:
-            raise UsageError("audit verify --queue checks the stations' chains in the database; --seal and --anchor "
-                             "check a logs directory: give --logs DIR instead of --queue")  # fmt: skip
+            raise UsageError(msg("audit verify --queue checks the stations' chains in the database; --seal and --anchor check a logs directory: give --logs DIR instead of --queue"))  # fmt: skip
         queue: Any = open_queue(args.queue, logs=Path(args.logs))
         try:
             return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say_json if args.json else _say)
@@ -619,11 +624,11 @@ def _certificate_der(path: str) -> bytes:
     try:
         data = open(path, "rb").read()  # noqa: SIM115 - a small file, read at once
     except OSError as exc:
-        raise UsageError(f"cannot read the TSA certificate {path} ({exc.strerror})") from None
+        raise UsageError(msg('cannot read the TSA certificate {path} ({strerror})', path=path, strerror=exc.strerror)) from None
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except ValueError:
-        raise UsageError(f"{path} is not a certificate (PEM or DER); give the TSA's certificate") from None
+        raise UsageError(msg("{path} is not a certificate (PEM or DER); give the TSA's certificate", path=path)) from None
     return cert.public_bytes(Encoding.DER)
 
 
@@ -645,21 +650,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.last or not args.run_id:
         found = sorted(reports.glob("*.json"), key=lambda p: p.stat().st_mtime) if reports.is_dir() else []
         if not found:
-            raise UsageError(f"no run has a report in {reports} yet; run a batch first")
+            raise UsageError(msg('no run has a report in {reports} yet; run a batch first', reports=reports))
         source = found[-1]
     else:
         source = reports / f"{args.run_id}.json"
         if not source.is_file():
-            raise UsageError(f"there is no report for run {args.run_id!r} in {reports}; 'provision status' lists runs")
+            raise UsageError(msg("there is no report for run {run_id!r} in {reports}; 'provision status' lists runs", run_id=args.run_id, reports=reports))
     try:
         document = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UsageError(f"{source} is not a readable run report") from None
+        raise UsageError(msg('{source} is not a readable run report', source=source)) from None
     if args.output:
         try:
             written = write_report(document, args.format, Path(args.output))
         except OSError as exc:
-            raise UsageError(f"the report cannot be written to {args.output} ({exc.strerror}); choose another -o") from None
+            raise UsageError(msg('the report cannot be written to {output} ({strerror}); choose another -o', output=args.output, strerror=exc.strerror)) from None
         _say(str(written))
     else:
         sys.stdout.write(render(document, args.format))
@@ -717,9 +722,9 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
     elif len(card) == 32 and all(c in "0123456789abcdef" for c in card):
         serial, guid = None, card
     else:
-        raise UsageError(f"{args.card!r} is neither a card serial (digits) nor a CHUID GUID (32 hex digits)")
+        raise UsageError(msg('{card!r} is neither a card serial (digits) nor a CHUID GUID (32 hex digits)', card=args.card))
     if not args.reason.strip():
-        raise UsageError("--reason must say why the hold may be cleared (it goes into the audit log)")
+        raise UsageError(msg('--reason must say why the hold may be cleared (it goes into the audit log)'))
     logs = Path(args.logs)
     with LogsLock(logs):  # before anything is read or changed: a live run keeps its journal as it is
         path = logs / "journal.sqlite3"
@@ -728,13 +733,12 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
         try:
             hold = holds.get(serial, guid) if holds is not None else None
             if holds is None or hold is None:
-                raise UsageError(f"card {args.card} is not on PIN hold in {logs}; nothing was changed")
+                raise UsageError(msg('card {card} is not on PIN hold in {logs}; nothing was changed', card=args.card, logs=logs))
             audit = AuditLog(logs / "audit.jsonl", key=_audit_key(args))
             try:
                 tail = audit.check_tail()
                 if not tail.ok:
-                    raise AuditError(f"the audit log's end is damaged ({tail.message}); the hold was not cleared. "
-                                     "Check it with 'provision audit verify'")  # fmt: skip
+                    raise AuditError(msg("the audit log's end is damaged ({message}); the hold was not cleared. Check it with 'provision audit verify'", message=tail.message))  # fmt: skip
                 # Audited first: a hold is never lifted without its record.
                 audit.append("pin_hold_cleared", outcome="cleared", by="operator", reason=args.reason.strip(),
                              card_serial=hold.card_serial, chuid_guid=hold.chuid_guid, held_since=hold.since,
@@ -829,6 +833,8 @@ EPILOG = (
     "Exit codes: 0 done, 1 a card failed, 2 invalid input, 3 environment, 4 audit log "
     "failed verification, 70 internal error, 130 interrupted."
 )
+LANG_HELP = ("language of the screens, prompts, messages and reports: en or zh_Hant (Traditional Chinese, Hong Kong); "
+             "default $PROVISION_LANG, else the locale (zh_HK, zh_TW → zh_Hant), else en. --json stays language-neutral")
 # One line per command: argparse's sub-parsers and the fast top-level help both read this table.
 COMMANDS: dict[str, str] = {
     "validate": "check job files; writes nothing",
@@ -881,8 +887,10 @@ def build_parser() -> argparse.ArgumentParser:
             parser.exit(message=f"provision {installed_version()}\n")
 
     parser.add_argument("--version", nargs=0, action=_Version, help="show the installed version and exit")
+    parser.add_argument("--lang", dest="lang_top", default=None, metavar="en|zh_Hant", help=LANG_HELP)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else there")
+    common.add_argument("--lang", default=None, metavar="en|zh_Hant", help=LANG_HELP)
     common.add_argument("--logs", default=_logs_default(), metavar="DIR",
                         help="work files (journal, audit log, store, reports); default ./logs or $PROVISION_LOGS")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -1084,12 +1092,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
+        try:
+            set_language(choose(getattr(args, "lang", None) or getattr(args, "lang_top", None)))
+        except ValueError as exc:
+            raise UsageError(exc.args[0]) from None
         return handler(args)
     except ProvisionError as exc:
-        _warn(f"provision: {exc.message}")
+        _warn(f"provision: {exc.localized()}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _warn("provision: interrupted; 'provision resume' finishes what was started")
+        _warn("provision: " + _("interrupted; 'provision resume' finishes what was started"))
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK

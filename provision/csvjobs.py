@@ -49,6 +49,7 @@ from typing import Any
 
 from provision import limits
 from provision.errors import InputTooLargeError, JobFileError, Problem, UsageError
+from provision.i18n import msg
 from provision.jobfile import JobFile, load_yaml, parse_jobfile
 
 MAX_CSV_BYTES = 32 * 1024 * 1024
@@ -181,14 +182,14 @@ def read_holders(raw: bytes, filename: str) -> tuple[list[HolderRow], list[Probl
             if not value:
                 problem(line, name, f"the {name} cell is empty; fill it in (or delete the row)")
         if job_id and not _ID.match(job_id):
-            problem(line, "id", f"id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), "
+            problem(line, msg('id'), f"id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), "
                                 "starting with a letter or digit")  # fmt: skip
         for name, value in (("holder", holder), ("pkcs12", p12), ("password_file", get("password_file"))):
             if any(not c.isprintable() for c in value) or any(b in value for b in _LINE_BREAKS):
                 problem(line, name, f"the {name} cell contains a line break or control character; remove it")
         serial, error, warning = parse_serial(get("card_serial"))
         if error:
-            problem(line, "card_serial", error)
+            problem(line, msg('card_serial'), error)
         if warning:
             warnings.append(Problem(filename, line, "card_serial", warning))
         if len(problems) == before:
@@ -215,7 +216,7 @@ def _header_index(cells: list[str], line: int, problem: Callable[[int | None, st
                                     "secret from a spreadsheet into a job file: remove the column and give "
                                     "owner-only password files in 'password_file'")  # fmt: skip
             else:
-                warnings.append(Problem(filename, line, name, f"the column {name!r} is not used and was ignored"))
+                warnings.append(Problem(filename, line, name, msg('the column {name!r} is not used and was ignored', name=name)))
             continue
         if column in index:
             problem(line, name, f"two columns mean {column!r} (columns {index[column] + 1} and {position + 1}); keep one")
@@ -234,12 +235,12 @@ def _duplicates(rows: list[HolderRow], problem: Callable[[int | None, str, str],
     first_serial: dict[int, int] = {}
     for row in rows:
         if row.id in first_id:
-            problem(row.line, "id", f"id {row.id!r} is on line {first_id[row.id]} and line {row.line}; ids must be unique")
+            problem(row.line, msg('id'), f"id {row.id!r} is on line {first_id[row.id]} and line {row.line}; ids must be unique")
         else:
             first_id[row.id] = row.line
         if row.card_serial is not None:
             if row.card_serial in first_serial:
-                problem(row.line, "card_serial", f"card serial {row.card_serial} is on line {first_serial[row.card_serial]} "
+                problem(row.line, msg('card_serial'), f"card serial {row.card_serial} is on line {first_serial[row.card_serial]} "
                                                  f"and line {row.line}; one job per card")  # fmt: skip
             else:
                 first_serial[row.card_serial] = row.line
@@ -260,15 +261,15 @@ def read_template(path: Path) -> dict[str, Any]:
     except InputTooLargeError as exc:
         raise JobFileError([Problem(filename, None, "", exc.message)]) from None
     except OSError as exc:
-        raise JobFileError([Problem(filename, None, "", f"the template cannot be read ({exc.strerror}); check the path")]) from None
+        raise JobFileError([Problem(filename, None, "", msg('the template cannot be read ({strerror}); check the path', strerror=exc.strerror))]) from None
     except UnicodeDecodeError:
-        raise JobFileError([Problem(filename, None, "", "the template is not UTF-8 text; save it as UTF-8")]) from None
+        raise JobFileError([Problem(filename, None, "", msg('the template is not UTF-8 text; save it as UTF-8'))]) from None
     data, lines = load_yaml(text, filename)
     if not isinstance(data, dict):
-        raise JobFileError([Problem(filename, 1, "", "a template is a job file without cards: a mapping with version, batch, defaults")])
+        raise JobFileError([Problem(filename, 1, "", msg('a template is a job file without cards: a mapping with version, batch, defaults'))])
     if data.get("cards"):
         raise JobFileError([Problem(filename, lines.get(("cards",)), "cards",
-                                    "a template has no cards (they come from the CSV); remove them")])  # fmt: skip
+                                    msg('a template has no cards (they come from the CSV); remove them'))])  # fmt: skip
     return data
 
 
@@ -357,7 +358,7 @@ def jobs_from_csv(csv_path: Path, template_path: Path, output: Path, *, batch: s
     try:
         raw = limits.read_bounded(csv_path, MAX_CSV_BYTES, "CSV file")  # bounded: a FIFO or /dev/zero too
     except OSError as exc:
-        raise UsageError(f"cannot read {csv_path} ({exc.strerror}); check the path") from None
+        raise UsageError(msg('cannot read {csv_path} ({strerror}); check the path', csv_path=csv_path, strerror=exc.strerror)) from None
     rows, problems, warnings = read_holders(raw, str(csv_path))
     template = read_template(template_path)
     if problems:
@@ -394,7 +395,7 @@ def write_jobs_from_csv(csv_path: Path, template_path: Path, output: Path, *, ba
     from provision.store import write_atomically
 
     if output.exists() and not force:
-        raise UsageError(f"{output} already exists; choose another -o or pass --force to replace it")
+        raise UsageError(msg('{output} already exists; choose another -o or pass --force to replace it', output=output))
     output.parent.mkdir(parents=True, exist_ok=True)  # paths in the job file are relative to it
     made = jobs_from_csv(csv_path, template_path, output, batch=batch, unattended=unattended, check_files=check_files)
     write_atomically(output, made.text.encode("utf-8"))

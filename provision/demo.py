@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import EXIT_OK, EnvironmentProblem
+from provision.i18n import msg
 
 if TYPE_CHECKING:
     from provision.logsdir import LogsLock
@@ -148,8 +149,7 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
     try:
         job_file = write_material(directory, holders, expired=True)
     except OSError as exc:
-        raise EnvironmentProblem(f"the demo material cannot be written to {directory} ({exc.strerror}); "
-                                 "give a writable --dir (or --logs)") from None  # fmt: skip
+        raise EnvironmentProblem(msg('the demo material cannot be written to {directory} ({strerror}); give a writable --dir (or --logs)', directory=directory, strerror=exc.strerror)) from None  # fmt: skip
     jobfile = load_jobfile(job_file, unattended=True)
     out(f"{job_file}: valid, batch {jobfile.batch}, {len(jobfile.jobs)} job(s)")
     plan = plan_jobfile(jobfile, unattended=True)

@@ -39,6 +39,7 @@ from provision import limits, resources, schema_cache
 from provision import template as templates
 from provision.display import printable
 from provision.errors import InputTooLargeError, JobFileError, Problem, TemplateError
+from provision.i18n import msg
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
 
@@ -725,12 +726,12 @@ class _Checker:
         kind, ref = next(iter(raw.items()))
         if kind == "empty":  # the schema allows it only here; a PIN, PUK or key is never empty
             if path[-2:] != ("pkcs12", "password"):
-                self.problem(path, "{empty: true} is only for pkcs12.password; a PIN, PUK or management key is never empty")
+                self.problem(path, msg('{{empty: true}} is only for pkcs12.password; a PIN, PUK or management key is never empty'))
                 return None
             ref = ""
         source = SecretSource(kind, tuple(ref) if kind == "command" else ref, self.base)
         if kind == "value":
-            self.problem(path, "the secret is written in the job file; prefer env, file or command", warning=True)
+            self.problem(path, msg('the secret is written in the job file; prefer env, file or command'), warning=True)
         # Many cards share one source (via defaults): check each distinct source once.
         cache_key = (kind, source.ref if kind != "value" else "")
         if cache_key not in self._secret_checks:
@@ -802,21 +803,21 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
     slot_text = merged.get("slot")
     slot: Slot | None = None
     if slot_text is None:
-        ck.problem(here, "'slot' is missing; give it here or under defaults (e.g. slot: 9c)")
+        ck.problem(here, msg("'slot' is missing; give it here or under defaults (e.g. slot: 9c)"))
     else:
         slot = parse_slot(str(slot_text))
         if slot is None:
-            ck.problem(at("slot"), f"'{slot_text}' is not a PIV slot ({SLOT_HELP})")
+            ck.problem(at("slot"), msg("'{slot_text}' is not a PIV slot ({SLOT_HELP})", slot_text=slot_text, SLOT_HELP=SLOT_HELP))
 
     slot_name: templates.Template | None = None
     if "slot_name" not in merged:
-        ck.problem(here, f"'slot_name' is missing; give a template here or under defaults, e.g. {DEFAULT_SLOT_NAME_TEMPLATE!r}")
+        ck.problem(here, msg("'slot_name' is missing; give a template here or under defaults, e.g. {DEFAULT_SLOT_NAME_TEMPLATE!r}", DEFAULT_SLOT_NAME_TEMPLATE=DEFAULT_SLOT_NAME_TEMPLATE))
     else:
         slot_name = ck.template(merged["slot_name"], at("slot_name"))
 
     pin = ck.secret(merged["pin"], at("pin")) if "pin" in merged else None
     if "pin" not in merged:
-        ck.problem(here, "'pin' is missing; say where the card PIN comes from, e.g. pin: {prompt: \"Card PIN\"}")
+        ck.problem(here, msg('\'pin\' is missing; say where the card PIN comes from, e.g. pin: {{prompt: "Card PIN"}}'))
     password = ck.secret(card["pkcs12"]["password"], here + ("pkcs12", "password"))
     management_key = ck.management_key(merged["management_key"], at("management_key")) if "management_key" in merged else None
     rotate = ck.rotation(merged["management_key_rotate"], at("management_key_rotate")) \
@@ -830,7 +831,7 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
             ck.problem(here + ("pkcs12", "path"), why)
 
     if "card" not in merged:
-        ck.problem(here, "'card' is missing; say which card with {serial: N}, {guid: HEX}, {any: true} or {pkcs11: …}")
+        ck.problem(here, msg("'card' is missing; say which card with {{serial: N}}, {{guid: HEX}}, {{any: true}} or {{pkcs11: …}}"))
         return None
     ident = merged["card"]
     identity = CardIdentity(
@@ -842,7 +843,7 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
 
     if identity.pkcs11 is not None and (isinstance(management_key, DerivedKey) or rotate is not None):
         ck.problem(at("management_key_rotate") if rotate is not None else at("management_key"),
-                   "a PKCS#11 token has no PIV management key to derive or rotate; remove it from this card")  # fmt: skip
+                   msg('a PKCS#11 token has no PIV management key to derive or rotate; remove it from this card'))  # fmt: skip
     raw_expect = merged.get("expect", {})
     not_after_after = None
     if "not_after_after" in raw_expect:
@@ -896,13 +897,12 @@ def _pkcs11_target(raw: dict[str, Any], path: JsonPath, ck: _Checker) -> Pkcs11T
     module = Path(os.path.expanduser(raw["module"]))
     module = module if module.is_absolute() else ck.base / module
     if "token_label" not in raw and "token_serial" not in raw:
-        ck.problem(path, "say which token: give token_label, token_serial or both (pkcs11-tool --list-token-slots shows them)")
+        ck.problem(path, msg('say which token: give token_label, token_serial or both (pkcs11-tool --list-token-slots shows them)'))
     if ck.check_files:
         if not module.exists():
-            ck.problem(path + ("module",), f"the PKCS#11 module {module} does not exist; install the card's middleware "
-                                           "or correct the path")  # fmt: skip
+            ck.problem(path + ("module",), msg("the PKCS#11 module {module} does not exist; install the card's middleware or correct the path", module=module))  # fmt: skip
         elif not module.is_file():
-            ck.problem(path + ("module",), f"{module} is not a file; name the module's shared library (.so, .dll, .dylib)")
+            ck.problem(path + ("module",), msg("{module} is not a file; name the module's shared library (.so, .dll, .dylib)", module=module))
     return Pkcs11Target(module, raw.get("token_label"), raw.get("token_serial"))
 
 
@@ -969,7 +969,7 @@ class _Cards:
         job_id = card["id"]
         if job_id in self.first_id:
             self.ck.problem(("cards", index, "id"),
-                            f"id '{job_id}' is already used by cards[{self.first_id[job_id]}]; ids must be unique")  # fmt: skip
+                            msg("id '{job_id}' is already used by cards[{value}]; ids must be unique", job_id=job_id, value=self.first_id[job_id]))  # fmt: skip
         else:
             self.first_id[job_id] = index
         ident = card.get("card", self.defaults.get("card", {}))
@@ -984,7 +984,7 @@ class _Cards:
         if key is not None:
             if key in self.first_identity:
                 self.ck.problem(("cards", index, "card"),
-                                f"{key[0]} {key[1]} already belongs to cards[{self.first_identity[key]}]; one job per card")  # fmt: skip
+                                msg('{value} {value2} already belongs to cards[{value3}]; one job per card', value=key[0], value2=key[1], value3=self.first_identity[key]))  # fmt: skip
             else:
                 self.first_identity[key] = index
         job = _build_job(index, card, self.defaults, self.ck)
@@ -999,10 +999,10 @@ def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[Secret
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        ck.problem(("timezone",), f"'{timezone}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC")
+        ck.problem(("timezone",), msg("'{timezone}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC", timezone=timezone))
     for name in _NOT_IN_DEFAULTS:
         if name in data.get("defaults", {}):
-            ck.problem(("defaults", name), f"'{name}' belongs to each card, not to defaults; move it under cards")
+            ck.problem(("defaults", name), msg("'{name}' belongs to each card, not to defaults; move it under cards", name=name))
     audit_key = None
     if "audit" in data and "key" in data["audit"]:
         audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
@@ -1012,8 +1012,7 @@ def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[Secret
     if factory:
         ck.problem(
             ("defaults",) if "defaults" in data else ("cards",),
-            f"{len(factory)} job(s) give no management_key, so the card's factory default key is used "
-            f"(first: {factory[0]}); the report flags them",
+            msg("{len} job(s) give no management_key, so the card's factory default key is used (first: {value}); the report flags them", len=len(factory), value=factory[0]),
             warning=True,
         )
     return audit_key, timezone

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from provision.errors import CardError, CardNotSupportedError, PinError, PukError, SecretError
+from provision.i18n import msg
 from provision.secrets import Secret, SecretSource, obtain
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class PinService:
         try:
             if first.reveal() != second.reveal():
                 first.wipe()
-                raise SecretError(f"the two new {what}s typed differ; nothing was sent to the card")
+                raise SecretError(msg('the two new {what}s typed differ; nothing was sent to the card', what=what))
         finally:
             second.wipe()
         return first
@@ -126,12 +127,10 @@ class PinService:
         """Refuse a blocked PUK; spend the last try only with a person's explicit yes."""
         if puk_left == 0:
             self._audit(action, outcome="refused", reason="puk_blocked", puk_tries_left=0)
-            raise PukError("the PUK of this card is blocked (0 tries left); nothing was sent. The card can only be "
-                           "reset (its keys and certificates are lost) or replaced", 0)  # fmt: skip
+            raise PukError(msg('the PUK of this card is blocked (0 tries left); nothing was sent. The card can only be reset (its keys and certificates are lost) or replaced'), 0)  # fmt: skip
         if puk_left == 1 and not self.ui.confirm_last_try("PUK"):
             self._audit(action, outcome="refused", reason="last_puk_try_not_confirmed", puk_tries_left=1)
-            raise PukError("the card has 1 PUK try left; it is spent only when a person types "
-                           f"'{LAST_TRY_ANSWER}' at the terminal. Nothing was sent to the card", 1)  # fmt: skip
+            raise PukError(msg("the card has 1 PUK try left; it is spent only when a person types '{LAST_TRY_ANSWER}' at the terminal. Nothing was sent to the card", LAST_TRY_ANSWER=LAST_TRY_ANSWER), 1)  # fmt: skip
 
     # --- the three services ---
 
@@ -163,8 +162,7 @@ class PinService:
         self.ui.say(f"PIN tries left: {tries_text(pin_left)}")
         if pin_left == 0:
             self._audit("pin_change", outcome="refused", reason="pin_blocked", pin_tries_left=0)
-            raise PinError("the PIN is blocked; nothing was sent. Unblock it with the PUK: "
-                           "'provision card unblock-pin'", 0)  # fmt: skip
+            raise PinError(msg("the PIN is blocked; nothing was sent. Unblock it with the PUK: 'provision card unblock-pin'"), 0)  # fmt: skip
         with self._secrets(pin, "PIN", new_pin, "PIN") as (old, new):
             try:
                 self.session.change_reference(KEY_REF_PIN, old, new)

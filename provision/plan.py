@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from provision import template as templates
 from provision.errors import ProvisionError, TemplateError, UsageError
 from provision.fields import export_path, template_values
+from provision.i18n import gettext as _
+from provision.i18n import localize, msg
 
 if TYPE_CHECKING:
     from provision.bundle import CertInfo, Inspection
@@ -32,7 +34,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise UsageError(f"'{name}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC") from None
+        raise UsageError(msg("'{name}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC", name=name)) from None
 
 
 def certificate_lines(info: CertInfo, tz: ZoneInfo) -> list[str]:
@@ -42,18 +44,20 @@ def certificate_lines(info: CertInfo, tz: ZoneInfo) -> list[str]:
         local = moment.astimezone(tz)
         return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
 
+    from provision.display import labelled
+
     key = f"{info.key_type} {info.curve or info.key_bits}"
-    lines = [
-        f"subject:       {info.subject}",
-        f"issuer:        {info.issuer}",
-        f"serial:        {info.serial}",
-        f"valid:         {when(info.not_before)} to {when(info.not_after)}",
-        f"key:           {key}",
-        f"SHA-256:       {info.sha256}",
+    pairs = [
+        (_("subject"), info.subject),
+        (_("issuer"), info.issuer),
+        (_("serial"), str(info.serial)),
+        (_("valid"), _("{start} to {end}").format(start=when(info.not_before), end=when(info.not_after))),
+        (_("key"), key),
+        ("SHA-256", info.sha256),
     ]
     if info.friendly_name:
-        lines.append(f"friendly name: {info.friendly_name}")
-    return lines
+        pairs.append((_("friendly name"), info.friendly_name))
+    return labelled(pairs)
 
 
 @dataclass(frozen=True)
@@ -383,34 +387,37 @@ def plan_jobfile(jobfile: JobFile, *, unattended: bool = False, now: datetime | 
 
 def print_plan(plan: Plan, say: Callable[[str], None]) -> None:
     jf = plan.jobfile
-    say(f"Plan for {jf.path}: batch {jf.batch}, {len(plan.jobs)} job(s), times in {jf.timezone}")
+    say(_("Plan for {path}: batch {batch}, {n} job(s), times in {zone}").format(
+        path=jf.path, batch=jf.batch, n=len(plan.jobs), zone=jf.timezone))
     if plan.cards_unavailable:
-        say(f"Cards: {plan.cards_unavailable}; the steps below are those of any card")
+        say(_("Cards: {why}; the steps below are those of any card").format(why=localize(plan.cards_unavailable)))
     for jp in plan.jobs:
         job = jp.job
         say("")
-        mark = "ready" if not jp.problems else "WILL FAIL"
-        say(f"[{mark}] {job.id}: {job.holder} — {job.card.describe()}, slot {job.slot.hex}, "
-            f"slot name {jp.slot_name!r}")  # fmt: skip
-        say(f"  bundle: {jp.bundle_status} — {jp.bundle_message}")
+        mark = _("ready") if not jp.problems else _("WILL FAIL")
+        say(_("[{mark}] {id}: {holder} — {card}, slot {slot}, slot name {slot_name!r}").format(
+            mark=mark, id=job.id, holder=job.holder, card=job.card.describe(), slot=job.slot.hex, slot_name=jp.slot_name))
+        say("  " + _("bundle: {status} — {message}").format(status=jp.bundle_status, message=localize(jp.bundle_message)))
         if jp.info is not None:
             for line in certificate_lines(jp.info, jf.tz):
                 say(f"  {line}")
         for result in jp.expectations:
-            say(f"  expect {result.check}: {'ok' if result.ok else 'MISMATCH'} "
-                f"(expected {result.expected}, found {result.actual})")  # fmt: skip
+            say("  " + _("expect {check}: {verdict} (expected {expected}, found {actual})").format(
+                check=result.check, verdict=_("ok") if result.ok else _("MISMATCH"), expected=result.expected,
+                actual=result.actual))  # fmt: skip
         for problem in jp.problems:
-            say(f"  problem: {problem}")
+            say("  " + _("problem: {problem}").format(problem=localize(problem)))
         for note in jp.notes:
-            say(f"  note: {note}")
+            say("  " + _("note: {note}").format(note=localize(note)))
         if jp.card_seen is not None:
             info = jp.card_seen.info
-            say(f"  card now: serial {info.serial} in {jp.card_seen.reader}")
+            say("  " + _("card now: serial {serial} in {reader}").format(serial=info.serial, reader=jp.card_seen.reader))
         for difference in jp.differences:
-            say(f"  card: {difference}")
-        say("  steps:")
+            say("  " + _("card: {difference}").format(difference=localize(difference)))
+        say("  " + _("steps:"))
         for number, step in enumerate(jp.steps, 1):
-            say(f"    {number:2}. {step.description}" + (" — not needed on this card" if step.applies is False else ""))
+            needed = (" — " + _("not needed on this card")) if step.applies is False else ""
+            say(f"    {number:2}. {localize(step.description)}{needed}")
     for stranger in plan.strangers:
         say("")
-        say(f"Card without a job: {stranger}")
+        say(_("Card without a job: {card}").format(card=localize(str(stranger))))

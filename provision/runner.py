@@ -50,6 +50,7 @@ from provision.errors import (
     TemplateError,
     TransientCardError,
 )
+from provision.i18n import msg
 from provision.jobfile import Job, JobFile
 from provision.load import LoadContext, LoadResult
 from provision.secrets import Secret
@@ -385,8 +386,7 @@ class Runner:
         except RECORDS_FAILED as exc:  # the journal or the audit log cannot be written: the run ends
             self.stop_for(exc)
         except Exception as exc:  # noqa: BLE001 - a bug in a reader thread ends the run, not in a traceback
-            self.stop_for(InternalError(f"internal error in the worker of {reader} ({type(exc).__name__}); "
-                                        "this is a bug, please report it"))  # fmt: skip
+            self.stop_for(InternalError(msg('internal error in the worker of {reader} ({name}); this is a bug, please report it', reader=reader, name=type(exc).__name__)))  # fmt: skip
         finally:
             with self._lock:
                 self._busy.discard(reader)
