@@ -182,14 +182,14 @@ def read_holders(raw: bytes, filename: str) -> tuple[list[HolderRow], list[Probl
             if not value:
                 problem(line, name, f"the {name} cell is empty; fill it in (or delete the row)")
         if job_id and not _ID.match(job_id):
-            problem(line, msg('id'), f"id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), "
+            problem(line, 'id', f"id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), "
                                 "starting with a letter or digit")  # fmt: skip
         for name, value in (("holder", holder), ("pkcs12", p12), ("password_file", get("password_file"))):
             if any(not c.isprintable() for c in value) or any(b in value for b in _LINE_BREAKS):
                 problem(line, name, f"the {name} cell contains a line break or control character; remove it")
         serial, error, warning = parse_serial(get("card_serial"))
         if error:
-            problem(line, msg('card_serial'), error)
+            problem(line, 'card_serial', error)
         if warning:
             warnings.append(Problem(filename, line, "card_serial", warning))
         if len(problems) == before:
@@ -235,12 +235,12 @@ def _duplicates(rows: list[HolderRow], problem: Callable[[int | None, str, str],
     first_serial: dict[int, int] = {}
     for row in rows:
         if row.id in first_id:
-            problem(row.line, msg('id'), f"id {row.id!r} is on line {first_id[row.id]} and line {row.line}; ids must be unique")
+            problem(row.line, 'id', f"id {row.id!r} is on line {first_id[row.id]} and line {row.line}; ids must be unique")
         else:
             first_id[row.id] = row.line
         if row.card_serial is not None:
             if row.card_serial in first_serial:
-                problem(row.line, msg('card_serial'), f"card serial {row.card_serial} is on line {first_serial[row.card_serial]} "
+                problem(row.line, 'card_serial', f"card serial {row.card_serial} is on line {first_serial[row.card_serial]} "
                                                  f"and line {row.line}; one job per card")  # fmt: skip
             else:
                 first_serial[row.card_serial] = row.line

@@ -154,7 +154,7 @@ class Msg(str):
     params: dict[str, object]
 
     def __new__(cls, msgid: str, params: dict[str, object]) -> Msg:
-        self = super().__new__(cls, msgid.format(**params) if params else msgid)
+        self = super().__new__(cls, msgid.format(**params))  # always: "{{" in an id is a literal brace
         self.msgid = msgid
         self.params = params
         return self
@@ -170,7 +170,7 @@ def localize(sentence: str) -> str:
     if _translations is None or not sentence:
         return sentence
     if isinstance(sentence, Msg):
-        return _(sentence.msgid).format(**sentence.params) if sentence.params else _(sentence.msgid)
+        return _(sentence.msgid).format(**sentence.params)
     translated = _(sentence)
     if translated != sentence:
         return translated
@@ -203,7 +203,7 @@ def _patterns(language: str) -> tuple[tuple[re.Pattern[str], str], ...]:
         for field in _field().finditer(msgid):
             pieces.append(re.escape(msgid[end : field.start()]))
             name = field.group(1)
-            pieces.append(f"(?P={name})" if name in seen else f"(?P<{name}>.+?)")
+            pieces.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
             seen.add(name)
             end = field.end()
         pieces.append(re.escape(msgid[end:]))

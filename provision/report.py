@@ -129,6 +129,11 @@ def error_text(error: Any, *, translate: bool = True) -> str:
     return words(str(error))
 
 
+def status_words(status: str) -> str:
+    """A status for a person, in the chosen language (the status name itself stays in every record)."""
+    return _(STATUS_WORDS[status]) if status in STATUS_WORDS else status
+
+
 def csv_header() -> list[str]:
     if current_language() == ENGLISH:
         return list(CSV_COLUMNS)
@@ -262,21 +267,55 @@ def _short(fingerprint: Any) -> str:
     return f"{text[:16]}…" if len(text) > 20 else text
 
 
+_HTML_TEXTS = (
+    N_('unknown'),
+    N_('expires {date}'),
+    N_('none'),
+    N_('archived to {path}'),
+    N_('Cards refused'),
+    N_('Cards refused at the reader'),
+    N_('None: every card presented matched its job.'),
+    N_('These cards matched no job of the run; nothing was written to them.'),
+    N_('not sealed (check the journal and run provision audit verify)'),
+    N_('not finished'),
+    N_('Time zone'),
+    N_('Total: {n}'),
+    N_('Run summary'),
+    N_('Batch'),
+    N_('Run'),
+    N_('Operator'),
+    N_('Started'),
+    N_('Finished'),
+    N_('Cards'),
+    N_('Audit seal'),
+    N_('This run has no jobs.'),
+    N_('Batch {batch}'),
+    N_('not recorded'),
+)
+
+
+def _html_words() -> dict[str, str]:
+    """The page's own words, translated and escaped (computed before the f-strings: the extractor
+    cannot see a _() inside an f-string)."""
+    return {text: _e(_(text)) for text in _HTML_TEXTS}
+
+
 def _job_row(job: Mapping[str, Any], zone: str | None) -> str:
+    w = _html_words()
     status = str(job.get("status") or "pending")
     status_class = status if status in STATUSES else "pending"
-    words = _(STATUS_WORDS[status]) if status in STATUS_WORDS else status
+    words = status_words(status)
     new_cert = ""
     if status in ON_CARD and (job.get("not_after") or job.get("fingerprint_sha256")):
-        expiry = _time(job.get("not_after"), zone) if job.get("not_after") else _e(_("unknown"))
-        new_cert = _e(_("expires {date}")).format(date=expiry)
+        expiry = _time(job.get("not_after"), zone) if job.get("not_after") else w['unknown']
+        new_cert = w['expires {date}'].format(date=expiry)
         if job.get("fingerprint_sha256"):
             new_cert += f'<br><span class="mono" title="{_e(job["fingerprint_sha256"])}">SHA-256 {_e(_short(job["fingerprint_sha256"]))}</span>'
-    replaced = f'<span class="muted">{_e(_("none"))}</span>'
+    replaced = f'<span class="muted">{w["none"]}</span>'
     if job.get("replaced_sha256") or job.get("archived_to"):
         replaced = f'<span class="mono" title="{_e(job.get("replaced_sha256"))}">SHA-256 {_e(_short(job.get("replaced_sha256")))}</span>'
         if job.get("archived_to"):
-            replaced += "<br>" + _e(_("archived to {path}")).format(path=f'<span class="mono">{_e(job["archived_to"])}</span>')
+            replaced += "<br>" + w["archived to {path}"].format(path=f'<span class="mono">{_e(job["archived_to"])}</span>')
     error = error_text(job.get("error"))
     details = []
     if job.get("pin_tries_left") is not None:
@@ -306,12 +345,13 @@ def _job_row(job: Mapping[str, Any], zone: str | None) -> str:
 
 
 def _refused_html(cards: Sequence[Mapping[str, Any]], zone: str | None) -> Iterator[str]:
-    yield f'<section aria-label="{_e(_("Cards refused"))}">\n<h2>{_e(_("Cards refused at the reader"))}</h2>\n'
+    w = _html_words()
+    yield f'<section aria-label="{w["Cards refused"]}">\n<h2>{w["Cards refused at the reader"]}</h2>\n'
     if not cards:
-        yield f'<p class="muted">{_e(_("None: every card presented matched its job."))}</p>\n</section>\n'
+        yield f'<p class="muted">{w["None: every card presented matched its job."]}</p>\n</section>\n'
         return
     headings = (_("Card serial"), _("Reader"), _("Time"), _("Reason"))
-    yield (f"<p>{_e(_('These cards matched no job of the run; nothing was written to them.'))}</p>\n<table>\n<thead><tr>"
+    yield (f"<p>{w['These cards matched no job of the run; nothing was written to them.']}</p>\n<table>\n<thead><tr>"
            + "".join(f"<th>{_e(h)}</th>" for h in headings) + "</tr></thead>\n<tbody>\n")
     for card in cards:
         yield (f'<tr><td class="mono nowrap">{_e(card.get("card_serial"))}</td><td>{_e(card.get("reader"))}</td>'
@@ -326,13 +366,14 @@ def render_html(run_doc: Mapping[str, Any]) -> str:
 def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     """The page in pieces, a row at a time, so a report of 10,000 cards is never one string. Texts
     are in the chosen language (provision.i18n), times in the job's time zone (``timezone``)."""
+    w = _html_words()
     jobs = _jobs(run_doc)
     tally = counts(run_doc)
     run_id = run_doc.get("run_id")
     batch = run_doc.get("batch")
     zone = str(run_doc["timezone"]) if run_doc.get("timezone") else None
     count_html = " ".join(
-        f'<span class="status-{_e(k) if k in STATUSES else "pending"}">{_e(_(STATUS_WORDS[k]) if k in STATUS_WORDS else k)}: <b>{_e(v)}</b></span>'
+        f'<span class="status-{_e(k) if k in STATUSES else "pending"}">{_e(status_words(k))}: <b>{_e(v)}</b></span>'
         for k, v in tally.items()
         if v or k in ("loaded", "failed")
     )
@@ -340,14 +381,14 @@ def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     seal_html = (
         f'<span class="mono">{_e(seal)}</span>'
         if seal
-        else f'<span class="muted">{_e(_("not sealed (check the journal and run provision audit verify)"))}</span>'
+        else f'<span class="muted">{w["not sealed (check the journal and run provision audit verify)"]}</span>'
     )
     title = _("Card provisioning report")
     lang = "zh-Hant-HK" if current_language() != ENGLISH else "en"
     started = _time(run_doc.get("started"), zone)
-    finished = _time(run_doc.get("finished"), zone) or _e(_("not finished"))
-    zone_html = f"<dt>{_e(_('Time zone'))}</dt><dd>{_e(zone)}</dd>\n" if zone else ""
-    total = _e(_("Total: {n}")).format(n=f"<b>{len(jobs)}</b>")
+    finished = _time(run_doc.get("finished"), zone) or w['not finished']
+    zone_html = f"<dt>{w['Time zone']}</dt><dd>{_e(zone)}</dd>\n" if zone else ""
+    total = w['Total: {n}'].format(n=f"<b>{len(jobs)}</b>")
     headings = (_("Job"), _("Holder"), _("Status"), _("Card serial"), _("Slot"), _("Slot name"),
                 _("New certificate (On Card)"), _("Replaced certificate (On Disk)"), _("Error"), _("Details"))  # fmt: skip
     yield f"""<!DOCTYPE html>
@@ -362,21 +403,21 @@ def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
 <body>
 <header>
 <h1>{_e(title)}</h1>
-<div class="muted">{_e(_("Batch {batch}").format(batch=batch))}</div>
+<div class="muted">{w["Batch {batch}"].format(batch=_e(batch))}</div>
 </header>
-<section aria-label="{_e(_("Run summary"))}">
+<section aria-label="{w['Run summary']}">
 <dl class="summary">
-<dt>{_e(_("Batch"))}</dt><dd>{_e(batch)}</dd>
-<dt>{_e(_("Run"))}</dt><dd class="mono">{_e(run_id)}</dd>
-<dt>{_e(_("Operator"))}</dt><dd>{_e(run_doc.get("operator") or _("not recorded"))}</dd>
-<dt>{_e(_("Started"))}</dt><dd>{started}</dd>
-<dt>{_e(_("Finished"))}</dt><dd>{finished}</dd>
-{zone_html}<dt>{_e(_("Cards"))}</dt><dd class="counts">{count_html} <span>{total}</span></dd>
-<dt>{_e(_("Audit seal"))}</dt><dd>{seal_html}</dd>
+<dt>{w['Batch']}</dt><dd>{_e(batch)}</dd>
+<dt>{w['Run']}</dt><dd class="mono">{_e(run_id)}</dd>
+<dt>{w['Operator']}</dt><dd>{_e(run_doc["operator"]) if run_doc.get("operator") else w["not recorded"]}</dd>
+<dt>{w['Started']}</dt><dd>{started}</dd>
+<dt>{w['Finished']}</dt><dd>{finished}</dd>
+{zone_html}<dt>{w['Cards']}</dt><dd class="counts">{count_html} <span>{total}</span></dd>
+<dt>{w['Audit seal']}</dt><dd>{seal_html}</dd>
 </dl>
 </section>
-<section aria-label="{_e(_("Cards"))}">
-<h2>{_e(_("Cards"))}</h2>
+<section aria-label="{w['Cards']}">
+<h2>{w['Cards']}</h2>
 <table>
 <thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in headings)}</tr></thead>
 <tbody>
@@ -384,7 +425,7 @@ def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     for job in jobs:
         yield _job_row(job, zone) + "\n"
     if not jobs:
-        yield f'<tr><td colspan="10" class="muted">{_e(_("This run has no jobs."))}</td></tr>\n'
+        yield f'<tr><td colspan="10" class="muted">{w["This run has no jobs."]}</td></tr>\n'
     yield """</tbody>
 </table>
 </section>

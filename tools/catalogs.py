@@ -72,6 +72,7 @@ def update() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             catalog = Catalog(locale=language, domain="provision", project="provision")
         catalog.update(template, update_header_comment=False, no_fuzzy_matching=True)
+        catalog.fuzzy = False  # the header (Plural-Forms) must reach the .mo
         catalog.obsolete.clear()  # a text gone from the source is gone from the catalog
         path.write_bytes(_po_bytes(catalog))
 
