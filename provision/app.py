@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provision.backend import CardBackend
 from provision.errors import ProvisionError
@@ -25,9 +25,6 @@ from provision.jobfile import JobFile
 from provision.logsdir import LogsLock
 from provision.runner import RECORDS_FAILED, CardSource, Runner, RunOptions, RunUI
 from provision.ui import Say, TerminalUI, UnattendedUI, to_stderr
-
-if TYPE_CHECKING:
-    from provision.counter import CounterScreen
 
 
 @dataclass
@@ -78,20 +75,21 @@ def run_jobfile(
                            operator=operator)  # fmt: skip
         if unattended and wait is None:
             wait = 0.0
+        if counter_screen:  # the clerk ends the day; the screen is the progress shown
+            wait, progress = None, False
         options = RunOptions(logs=logs, unattended=unattended, wait=wait, progress=progress, queue=queue,
                              station=station, lease_seconds=lease_seconds, bundle_window=bundle_window)  # fmt: skip
-        screen: CounterScreen | None = None
         ui: RunUI
         if counter_screen:
             from provision.counter import CounterScreen
 
-            ui = screen = CounterScreen()
+            ui = CounterScreen()
         else:
             ui = UnattendedUI(say) if unattended else TerminalUI(say)
         runner = Runner(jobfile, source, options, ui=ui, audit=audit)
-        with stop_on_signals(runner, raise_interrupt=screen is not None):
-            runner.prepare(defer_prompts=screen is not None)
-            code = screen.run(runner) if screen is not None else runner.run()
+        with stop_on_signals(runner, raise_interrupt=counter_screen):
+            runner.prepare(defer_prompts=counter_screen)
+            code = runner.run()
             document = runner.document()
             document["operator"] = audit.operator  # the person (BR §5.4.1), as every audit record names them
             # The language the people at the counter saw (a language code; every other field stays

@@ -11,8 +11,9 @@ Keys are read a line at a time, and only when the screen is waiting, so that the
 (getpass, on the terminal) never competes with a background reader.
 
 The screen is the runner's UI at a counter (``runner.RunUI``: it says, asks the PIN, shows the
-certificate to confirm), handed to the runner by ``provision.app``; and its queue drives the runner
-through public methods only: ``call`` the holder, ``load_card`` their card, ``finish`` the day.
+certificate to confirm), handed to the runner by ``provision.app``. It has no loop of its own: at
+each event of the runner's loop it has its turn (``between_cards``: call the next holder, read the
+clerk's key, or end the day), and it is told when their card was handled (``card_handled``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from rich.text import Text
 
 from provision import journal as jn
 from provision.display import printable
-from provision.errors import EXIT_FAILED, EXIT_OK, EnvironmentProblem, OperatorDeclined, SecretError
+from provision.errors import OperatorDeclined, SecretError
 from provision.jobfile import Job
 from provision.limits import MAX_SECRET_CHARS
-from provision.runner import Runner, open_bundle
+from provision.runner import JobState, Runner, Turn, open_bundle
 from provision.secrets import Secret, typed_secret
 
 POLL_SECONDS = 0.3
@@ -64,7 +65,7 @@ def input_ready(timeout: float) -> bool:
 
 
 class CounterScreen:
-    """The runner's UI at a counter (``runner.RunUI``), and the clerk's queue that drives it."""
+    """The runner's UI at a counter (``runner.RunUI``): the clerk's queue, one holder at a time."""
 
     types_pins = True  # the citizen types the PIN, one card at a time
     checks_certificates = True  # the clerk checks each certificate before it is written (workflow step 8)
@@ -78,12 +79,83 @@ class CounterScreen:
         self.skipped: set[str] = set()  # skipped today (they stay pending in the journal)
         self.earlier: set[str] = set()  # done by an earlier run of the day (the journal says so)
         self.stopping = False  # the clerk left a prompt with q or Ctrl-D: the day ends
+        self.called: JobState | None = None  # the holder asked to hand over their card now
+        self.take_out: str | None = None  # the reader whose card the clerk is asked to take out
         self._pin_asked: tuple[str, int | None] | None = None  # the last PIN prompt of this card
 
     def attach(self, runner: Runner) -> None:
         """The run whose holders this screen calls, in job-file order to begin with."""
         self.runner = runner
         self.order = [s.job.id for s in runner.states]
+
+    # --- the runner's loop gives the screen its turn ---
+
+    def begin(self, run: Runner) -> None:
+        self.attach(run)
+        # The day's job file opened again: holders the journal shows as loaded are done, not queued.
+        self.earlier = set(run.adopt_done_from_journal())
+
+    def between_cards(self, run: Runner) -> Turn:
+        """Call the next holder (their envelope, then their card), or act on the clerk's key."""
+        if self.take_out is not None:
+            if run.card_stays(self.take_out):
+                return Turn.WAIT
+            self.take_out = None
+        if self.called is None:
+            waiting = self.queue()
+            if not waiting:
+                return Turn.END
+            self.render_queue()
+            state = waiting[0]
+            if state.bundle is None and not (self.open_envelope(state) if state.deferred
+                                             else run.ensure_bundle(state)):  # fmt: skip
+                if self.stopping:
+                    return self.stop_for_today()
+                return Turn.WAIT  # the next holder at the next turn
+            self.instruct(state)
+            # The card in the reader is matched to its job by serial: the called holder's only
+            # (match() refuses another holder's card at the counter).
+            self.called = state
+            run.call(state)
+            self._pin_asked = None
+        if run.free_readers():
+            return Turn.TAKE_CARD
+        key = self.read_key()
+        if key is None:
+            return Turn.WAIT
+        if key == "q":
+            return self.stop_for_today()
+        state, self.called = self.called, None
+        if key == "s":
+            self.skipped.add(state.job.id)
+            self.eject()
+        elif key == "l":
+            self.order.remove(state.job.id)
+            self.order.append(state.job.id)
+            self.later.add(state.job.id)
+            self.eject()
+        else:
+            self.come_back(key)
+        return Turn.WAIT
+
+    def card_handled(self, run: Runner, reader: str) -> None:
+        state, self.called = self.called, None
+        if state is not None:
+            self.show_result(state)
+            if state.status in (jn.PENDING, jn.IN_DOUBT):
+                # Declined, another holder's card, or pulled: the same holder stays next, so the
+                # right card (or the same one, put back) finishes it; `s` skips them.
+                self.eject()
+        if run.card_stays(reader):
+            self.console.print(Text("Take the card out of the reader.", style="bold"))
+            self.take_out = reader
+
+    def ended(self, run: Runner) -> None:
+        self.render_queue()
+
+    def stop_for_today(self) -> Turn:
+        self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
+        return Turn.END
 
     # --- what the runner and the loader ask ---
 
@@ -216,63 +288,7 @@ class CounterScreen:
         words = shown(f"Insert the card of {state.job.holder}{which}", style="bold")
         self.console.print(Panel(Group(words, Text(HELP, style="dim")), border_style="yellow"))
 
-    # --- the loop ---
-
-    def run(self, runner: Runner) -> int:
-        """The counter's day: call the next holder, take their card (or the clerk's key), load it."""
-        self.attach(runner)
-        # The day's job file opened again: holders the journal shows as loaded are done, not queued.
-        self.earlier = set(runner.adopt_done_from_journal())
-        try:
-            while True:
-                waiting = self.queue()
-                if not waiting:
-                    break
-                self.render_queue()
-                state = waiting[0]
-                if state.bundle is None and not (self.open_envelope(state) if state.deferred
-                                                 else runner.ensure_bundle(state)):  # fmt: skip
-                    if self.stopping:
-                        self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
-                        break
-                    continue
-                self.instruct(state)
-                action = self.wait_for_card_or_key()
-                if action == "q":
-                    self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
-                    break
-                if action == "s":
-                    self.skipped.add(state.job.id)
-                    self.eject()
-                    continue
-                if action == "l":
-                    self.order.remove(state.job.id)
-                    self.order.append(state.job.id)
-                    self.later.add(state.job.id)
-                    self.eject()
-                    continue
-                if action.startswith("b"):
-                    self.come_back(action)
-                    continue
-                reader = action
-                # The card in the reader is matched to its job by serial: the expected holder
-                # first (match() refuses another holder's card at the counter).
-                runner.call(state)
-                self._pin_asked = None
-                runner.load_card(reader)
-                self.show_result(state)
-                if state.status in (jn.PENDING, jn.IN_DOUBT):
-                    # Declined, another holder's card, or pulled: the same holder stays next, so the
-                    # right card (or the same one, put back) finishes it; `s` skips them.
-                    self.eject()
-                self.wait_for_removal(reader)
-        except KeyboardInterrupt:
-            return runner.finish(True)  # EXIT_INTERRUPTED, also when the run had already ended
-        except EnvironmentProblem as exc:  # the PC/SC service went away: the day ends, recorded and sealed
-            return runner.finish(True, error=exc)
-        code = runner.finish(False)
-        self.render_queue()
-        return code if code != EXIT_OK or all(s.status in (jn.LOADED, jn.SKIPPED) for s in runner.states) else EXIT_FAILED
+    # --- the holder called ---
 
     def open_envelope(self, state: Any) -> bool:
         """Workflow steps 5–7: the 16-digit number from the holder's PIN envelope opens the file."""
@@ -319,24 +335,17 @@ class CounterScreen:
 
     def eject(self) -> None:
         """Simulated readers only: the card of a holder who is not next goes back to the pile."""
-        requeue = getattr(self.runner.source, "requeue", None)
-        if requeue is not None:
-            for reader in self.runner.source.present():
-                requeue(reader)
+        self.runner.put_cards_back()
 
-    def wait_for_card_or_key(self) -> str:
-        """A reader name when a card is in, or the clerk's key (s, l, b N, q)."""
-        while True:
-            present = self.runner.free_readers()
-            if present:
-                return str(present[0])
-            if input_ready(POLL_SECONDS):
-                line = self.read_line()
-                if line == "":  # end of input: nobody is at the keyboard any more
-                    return "q"
-                key = line.strip().lower()
-                if key in ("s", "l", "q") or key.startswith("b"):
-                    return key
+    def read_key(self) -> str | None:
+        """The clerk's key (s, l, b N, q) if one was typed within a moment; end of input is q."""
+        if not input_ready(POLL_SECONDS):
+            return None
+        line = self.read_line()
+        if line == "":  # end of input: nobody is at the keyboard any more
+            return "q"
+        key = line.strip().lower()
+        return key if key in ("s", "l", "q") or key.startswith("b") else None
 
     def show_result(self, state: Any) -> None:
         result = state.result
@@ -352,11 +361,3 @@ class CounterScreen:
             self.console.print(Panel(shown(f"{state.job.holder}: not loaded yet. {state.error or ''}"), border_style="yellow"))
         else:
             self.console.print(Panel(shown(f"{state.job.holder}: {state.status.upper()}: {state.error}"), border_style="red"))
-
-    def wait_for_removal(self, reader: str) -> None:
-        source = self.runner.source
-        if getattr(source, "requeue", None) is not None or reader not in source.present():
-            return  # a simulated reader takes its card out by itself
-        self.console.print(Text("Take the card out of the reader.", style="bold"))
-        while reader in source.present():
-            time.sleep(POLL_SECONDS)

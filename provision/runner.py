@@ -8,8 +8,9 @@ what the card holds and rolls forward, never repeating a finished write.
 
 The runner is given its card source and a small UI interface (``RunUI``: say, ask the PIN, confirm
 the certificate, call the next card) by the composition root, ``provision.app``; it knows neither
-the counter screen nor the simulator. In a batch its own loop (``run``) takes insertion events; at
-the counter the screen calls one holder after another and hands their cards to ``load_card``.
+the counter screen nor the simulator. Its one loop (``run``) takes the card source's events; between
+them it gives the UI its turn (``RunUI.between_cards``): unattended, every card is taken as it
+comes; at the counter the screen calls one holder after another and reads the clerk's keys.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +89,14 @@ class CardSource(Protocol):
         ...
 
 
+class Turn(Enum):
+    """What the UI wants between cards (``RunUI.between_cards``)."""
+
+    TAKE_CARD = "take-card"  # a card in a free reader is handled now
+    WAIT = "wait"  # not yet: asked again at the source's next event (within a second)
+    END = "end"  # the person ended the day: no more cards in this run
+
+
 class RunUI(Protocol):
     """What the runner asks of the person at the station, or of nobody: the counter screen
     (``provision.counter``), a plain terminal and the unattended mode (``provision.ui``), and tests
@@ -114,6 +124,22 @@ class RunUI(Protocol):
     def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
         """A card blocked or below the PIN floor: whether its holder unblocked it now with the PUK
         (``make_service(ui)`` gives the card's ``pinservice.PinService``); False: not offered."""
+        ...
+
+    def begin(self, run: Runner) -> None:
+        """The run's loop starts (its jobs are prepared): a screen can lay out its queue."""
+        ...
+
+    def between_cards(self, run: Runner) -> Turn:
+        """The UI's turn at each event of the card source: take the cards that are in, wait, or end."""
+        ...
+
+    def card_handled(self, run: Runner, reader: str) -> None:
+        """The card in ``reader`` was handled (only when ``types_pins``: one card at a time)."""
+        ...
+
+    def ended(self, run: Runner) -> None:
+        """The run ended by itself or by the person (not by a signal or a failure) and is recorded."""
         ...
 
 
@@ -541,6 +567,7 @@ class Runner:
     # --- the loop ---
 
     def run(self) -> int:
+        """The run's one loop: the card source's events, the UI's turn between them, and the cards."""
         bar: Any = _NoBar()  # --no-progress: tqdm (and the multiprocessing it pulls in) is not even imported
         if self.options.progress:
             from tqdm import tqdm
@@ -550,32 +577,44 @@ class Runner:
         bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
         interrupted = False
         try:
+            self.ui.begin(self)
             if self.open_jobs():
                 self._announce()
-            missed: set[str] = set()  # insertions seen while that reader's worker was finishing
+            # Cards that came in and are not handled yet: a quick swap while that reader's worker was
+            # finishing, or a card that came before the person was ready for it.
+            waiting: set[str] = set()
             for event in self.source.events(self.options.wait):
                 if self.stop_requested is not None:  # SIGTERM/SIGHUP: no new card; the loads in hand end
                     interrupted = True
                     break
                 if event.kind == "removed":
-                    missed.discard(event.reader)
-                ready = [event.reader] if event.kind == "inserted" else []
-                with self._lock:
-                    ready += [r for r in missed if r not in self._busy and r in self.source.present()]
-                for reader in ready:
-                    if not self.take_reader(reader):  # a quick swap: handle the new card when the worker ends
-                        missed.add(reader)
-                        continue
-                    missed.discard(reader)
-                    worker = threading.Thread(target=self.handle_card, args=(reader,), daemon=True,
-                                              name=f"reader-{reader}")  # fmt: skip
-                    # Only the live workers are kept: a batch of thousands of cards must not keep
-                    # thousands of finished threads.
-                    self._workers = [w for w in self._workers if w.is_alive()]
-                    self._workers.append(worker)
-                    worker.start()
-                    if self.ui.types_pins:
-                        worker.join()  # one person at the counter: one card at a time
+                    waiting.discard(event.reader)
+                fresh = [event.reader] if event.kind == "inserted" else []
+                waiting.update(fresh)
+                turn = self.ui.between_cards(self)
+                if turn is Turn.END:
+                    break
+                if turn is Turn.TAKE_CARD and waiting:
+                    with self._lock:
+                        ready = fresh + [r for r in waiting if r not in fresh and r not in self._busy
+                                         and r in self.source.present()]  # fmt: skip
+                    for reader in ready:
+                        if not self.take_reader(reader):  # a quick swap: handle the new card when the worker ends
+                            continue
+                        waiting.discard(reader)
+                        if self.ui.types_pins:
+                            # One person at the station: one card at a time, in this thread, so that a
+                            # Ctrl-C at a prompt reaches the prompt; then the UI's turn again.
+                            self.handle_card(reader)
+                            self.ui.card_handled(self, reader)
+                            break
+                        worker = threading.Thread(target=self.handle_card, args=(reader,), daemon=True,
+                                                  name=f"reader-{reader}")  # fmt: skip
+                        # Only the live workers are kept: a batch of thousands of cards must not keep
+                        # thousands of finished threads.
+                        self._workers = [w for w in self._workers if w.is_alive()]
+                        self._workers.append(worker)
+                        worker.start()
                 self._reap(bar)
                 if not self.open_jobs() and not self._busy:
                     break
@@ -592,7 +631,10 @@ class Runner:
             self.stop_error = exc
         finally:
             bar.close()
-        return self.finish(interrupted)
+        code = self.finish(interrupted)
+        if not interrupted:
+            self.ui.ended(self)
+        return code
 
     def stop_for(self, exc: ProvisionError) -> None:
         """A failure that ends the whole run (records that cannot be written, a bug in a thread)."""
@@ -664,7 +706,7 @@ class Runner:
         for line in self.ui.announce_next(expected.job):
             self.say(line)
 
-    # --- driven one card at a time (the counter screen) ---
+    # --- what a UI that calls one holder after another asks (the counter screen) ---
 
     def call(self, state: JobState | None) -> None:
         """The counter called this holder: ``match`` gives their card only and refuses another
@@ -685,16 +727,21 @@ class Runner:
             busy = set(self._busy)
         return [reader for reader in self.source.present() if reader not in busy]
 
-    def load_card(self, reader: str) -> None:
-        """Handle the card in ``reader`` now, in this thread (a counter: one card at a time)."""
-        if self.take_reader(reader):
-            self.handle_card(reader)
+    def put_cards_back(self) -> None:
+        """The cards in the readers are not the ones wanted now: a simulated source puts them at
+        the back of its pile; a real reader's card stays until a person takes it out."""
+        requeue = getattr(self.source, "requeue", None)
+        if requeue is not None:
+            for reader in self.source.present():
+                requeue(reader)
 
-    def finish(self, interrupted: bool, error: ProvisionError | None = None) -> int:
-        """End the run: its end record, seal and journal end. ``error``: what ended it early."""
-        if error is not None:
-            self.stop_error = error
-        if self.finished is not None:  # already ended (the counter's own loop may have)
+    def card_stays(self, reader: str) -> bool:
+        """Whether a card is in ``reader`` until a person takes it out (a simulated one leaves by itself)."""
+        return getattr(self.source, "requeue", None) is None and reader in self.source.present()
+
+    def finish(self, interrupted: bool) -> int:
+        """End the run: its end record, seal and journal end."""
+        if self.finished is not None:  # already ended: a second call changes nothing
             return EXIT_INTERRUPTED if interrupted else EXIT_OK
         # A load in hand gets a bounded time to end on its own before its job is called in doubt.
         deadline = time.monotonic() + WORKER_GRACE_SECONDS

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provision.display import printable
 from provision.errors import SecretError
 from provision.jobfile import Job
+from provision.runner import Turn
 from provision.secrets import Secret, typed_secret
+
+if TYPE_CHECKING:
+    from provision.runner import Runner
 
 Say = Callable[[str], None]
 
@@ -62,6 +66,18 @@ class UnattendedUI:
 
     def offer_unblock(self, holder: str, tries: int, make_service: Any) -> bool:
         return False  # the PUK is the holder's: unblocking is offered at the counter screen only
+
+    def begin(self, run: Runner) -> None:
+        pass  # no screen to lay out
+
+    def between_cards(self, run: Runner) -> Turn:
+        return Turn.TAKE_CARD  # every card is handled as it comes
+
+    def card_handled(self, run: Runner, reader: str) -> None:
+        pass  # the runner's own lines said it
+
+    def ended(self, run: Runner) -> None:
+        pass
 
 
 class TerminalUI(UnattendedUI):

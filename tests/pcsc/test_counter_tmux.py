@@ -222,6 +222,22 @@ def _counter_job(tmp_path: Path, canaries: Any, holders: list[tuple[str, str, in
     return job
 
 
+def _hand_over(term: Tmux, cards: Cards, index: int, password: str, options: dict[str, Any]) -> Any:
+    """The clerk types the holder's envelope number, the holder's card goes in, and the clerk
+    accepts the certificate: the PIN prompt is on the screen. The card served, to take out later."""
+    term.keys(password, "Enter")
+    card = cards.insert(index, kind="sim", options=options)
+    term.wait_for("Load this certificate onto the card?")
+    term.keys("y", "Enter")
+    term.wait_for("Card PIN:")
+    return card
+
+
+def _take_out(card: Any, reader: str) -> None:
+    card.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+
+
 def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:
     """Issue 16: every refused PIN says "wrong PIN, N tries left" (never "no PIN was tried"); a card
     below the PIN floor is refused before the certificate is shown; `q` at the envelope prompt is not a
@@ -235,22 +251,13 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
     tmux.start(command, env)
     # 1. CHAN Tai Man: loaded.
     tmux.wait_for("CHAN Tai Man: type the 16-digit number on the PIN envelope")
-    tmux.keys(canaries.pkcs12_password, "Enter")
-    first = cards.insert(index, kind="sim", options={"serial": 22000001})
-    tmux.wait_for("Load this certificate onto the card?")
-    tmux.keys("y", "Enter")
-    tmux.wait_for("Card PIN")
+    first = _hand_over(tmux, cards, index, canaries.pkcs12_password, {"serial": 22000001})
     tmux.keys("123456", "Enter")
     tmux.wait_for("CHAN Tai Man: done")
-    first.remove()
-    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    _take_out(first, reader)
     # 2. LEE Siu Ming mistypes twice: both refusals say "wrong PIN" with the tries the card counted.
     tmux.wait_for("LEE Siu Ming: type the 16-digit number on the PIN envelope")
-    tmux.keys(canaries.pkcs12_password, "Enter")
-    second = cards.insert(index, kind="sim", options={"serial": 22000002})
-    tmux.wait_for("Load this certificate onto the card?")
-    tmux.keys("y", "Enter")
-    tmux.wait_for("Card PIN")
+    second = _hand_over(tmux, cards, index, canaries.pkcs12_password, {"serial": 22000002})
     tmux.keys("999999", "Enter")
     screen = tmux.wait_for("Wrong PIN, 2 tries left.")
     tmux.wait_for("Card PIN:")  # the second prompt
@@ -261,8 +268,7 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
     screen = tmux.wait_for("LEE Siu Ming: FAILED")
     assert "wrong PIN, 1 try left" in " ".join(screen.split()), screen[-2500:]
     assert "no PIN was tried" not in screen
-    second.remove()
-    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    _take_out(second, reader)
     # 3. `q` at WONG Mei Ling's envelope prompt stops the day; it is not taken as a password.
     tmux.wait_for("WONG Mei Ling: type the 16-digit number on the PIN envelope")
     tmux.keys("q", "Enter")
@@ -278,15 +284,10 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
         assert "done (earlier run)" in screen and "CHAN Tai Man: type" not in screen, screen
         assert "LEE Siu Ming: type the 16-digit number" in screen
         # 5. q at the PIN prompt leaves it: nothing is sent, LEE Siu Ming is not loaded yet and stays next.
-        again.keys(canaries.pkcs12_password, "Enter")
-        lee = cards.insert(index, kind="sim", options={"serial": 22000002})
-        again.wait_for("Load this certificate onto the card?")
-        again.keys("y", "Enter")
-        again.wait_for("Card PIN:")
+        lee = _hand_over(again, cards, index, canaries.pkcs12_password, {"serial": 22000002})
         again.keys("q", "Enter")
         again.wait_for("LEE Siu Ming: not loaded yet")
-        lee.remove()
-        wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+        _take_out(lee, reader)
         again.wait_for("Insert the card of LEE Siu Ming")
         again.keys("s", "Enter")  # skipped for today
         # 6. WONG Mei Ling's card has 1 PIN try left (< floor 2): refused before the certificate is shown.
@@ -299,8 +300,7 @@ def test_counter_day_fixes(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canari
         words = " ".join(screen.split())
         wong = screen.split("loading WONG Mei Ling")[-1]
         assert "fewer than min_pin_retries" in words and "Load this certificate onto the card?" not in wong, screen
-        low.remove()
-        wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+        _take_out(low, reader)
         again.keys("q", "Enter")
         again.wait_for("EXITED")
     finally:
@@ -343,8 +343,7 @@ def test_a_blocked_card_is_unblocked_and_loaded_in_one_visit(tmux: Tmux, pcscd: 
     tmux.wait_for("Card PIN:")
     tmux.keys(canaries.pin, "Enter")
     screen = tmux.wait_for("CHAN Tai Man: done")
-    server.remove()
-    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    _take_out(server, reader)
     screen = tmux.wait_for("EXITED")
     assert "EXITED 0" in screen, screen[-2000:]
     canaries.outputs.append(screen)
@@ -366,11 +365,7 @@ def test_two_wrong_pins_then_unblock_and_load(tmux: Tmux, pcscd: PrivatePcscd, c
     tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {logs} --reader {shlex.quote(reader)} --operator 'Clerk Yip'",
                {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
     tmux.wait_for("LEE Siu Ming: type the 16-digit number on the PIN envelope")
-    tmux.keys(canaries.pkcs12_password, "Enter")
-    server = cards.insert(index, kind="sim", options={"serial": 24000001})
-    tmux.wait_for("Load this certificate onto the card?")
-    tmux.keys("y", "Enter")
-    tmux.wait_for("Card PIN:")
+    server = _hand_over(tmux, cards, index, canaries.pkcs12_password, {"serial": 24000001})
     tmux.keys("999999", "Enter")
     tmux.wait_for("Wrong PIN, 2 tries left.")
     tmux.wait_for("Card PIN:")  # the second prompt
@@ -390,8 +385,7 @@ def test_two_wrong_pins_then_unblock_and_load(tmux: Tmux, pcscd: PrivatePcscd, c
     tmux.keys(canaries.pin, "Enter")
     screen = tmux.wait_for("LEE Siu Ming: done")
     assert "Wrong PIN, 3 tries left" not in screen and "no PIN was tried" not in screen
-    server.remove()
-    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    _take_out(server, reader)
     screen = tmux.wait_for("EXITED")
     assert "EXITED 0" in screen, screen[-2000:]
     canaries.outputs.append(screen)
