@@ -170,7 +170,9 @@ def localize(sentence: str) -> str:
     if _translations is None or not sentence:
         return sentence
     if isinstance(sentence, Msg):
-        return _(sentence.msgid).format(**sentence.params)
+        # A parameter that is itself a recorded sentence (an error inside "{reader}: {error}") too.
+        params = {k: localize(v) if isinstance(v, Msg) else v for k, v in sentence.params.items()}
+        return _(sentence.msgid).format(**params)
     translated = _(sentence)
     if translated != sentence:
         return translated

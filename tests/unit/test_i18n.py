@@ -155,7 +155,7 @@ def unwrapped_sites(path: Path) -> list[str]:
 # better without lowering its number here (so the baseline never hides a new one).
 BASELINE = json.loads((Path(__file__).parent / "i18n_baseline.json").read_text(encoding="utf-8"))
 # Converted modules: every sentence a person sees from them is in the catalog. No baseline allowed.
-TRANSLATED = ("errors.py", "report.py", "i18n.py", "steps.py")
+TRANSLATED = ("errors.py", "report.py", "i18n.py", "steps.py", "ui.py", "counter.py", "runner.py", "plan.py")
 
 
 def test_user_facing_sentences_go_through_the_catalog() -> None:
