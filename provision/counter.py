@@ -245,7 +245,8 @@ class CounterScreen:
         if tries == 0:
             state = _("The card of {holder} is blocked.").format(holder=holder)
         else:
-            state = _("The card of {holder} has {tries}, below the floor.").format(holder=holder, tries=tries_left(tries))
+            state = ngettext("The card of {holder} has {n} PIN try left, below the floor.",
+                             "The card of {holder} has {n} PIN tries left, below the floor.", tries).format(holder=holder, n=tries)
         words = [shown(state, style="bold red"),
                  Text(_("u: the holder unblocks it now with the PUK and a new PIN (the load goes on)   Enter: not now"),
                       style="dim")]  # fmt: skip
