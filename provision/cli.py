@@ -355,7 +355,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     # "abandoned"), and a resume that cannot have the lock changes nothing at all.
     with LogsLock(logs) as held:
         if not (logs / "journal.sqlite3").exists():
-            _say("Nothing to resume: no run has happened here.")
+            _say(_("Nothing to resume: no run has happened here."))
             return EXIT_OK
         journal = jn.Journal(logs / "journal.sqlite3")
         try:
@@ -365,7 +365,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         finally:
             journal.close()
         if not open_jobs:
-            _say("Nothing to resume: every job in the journal is finished.")
+            _say(_("Nothing to resume: every job in the journal is finished."))
             return EXIT_OK
         code = EXIT_OK
         operator = _operator(args)  # asked once for the whole resume, not once per job file
@@ -373,7 +373,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         for job in open_jobs:
             by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
         for path, ids in by_file.items():
-            _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
+            _warn(_("Resuming {n} job(s) of {path}: {ids}").format(n=len(ids), path=path, ids=", ".join(sorted(ids))))
             jobfile = _with_anchor(_with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog),
                                    args.anchor)
             outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
@@ -399,7 +399,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             _emit_json({"runs": [], "jobs": [], "pin_holds": []})
         else:
-            _say(f"No journal in {args.logs} yet: no run has happened here.")
+            _say(_("No journal in {logs} yet: no run has happened here.").format(logs=args.logs))
         return EXIT_OK
     journal = jn.Journal(path, read_only=True)
     try:
@@ -418,14 +418,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for run in runs:
         state = run.status
         if killed and run.status == "running":
-            state = "running in the journal, but its process is gone (killed); 'provision resume' closes it"
-        _say(f"run {run.run_id}: batch {run.batch}, {run.mode}, {state}, started {run.started}")
+            state = _("running in the journal, but its process is gone (killed); 'provision resume' closes it")
+        _say(_("run {run_id}: batch {batch}, {mode}, {state}, started {started}").format(
+            run_id=run.run_id, batch=run.batch, mode=run.mode, state=state, started=run.started))
     for job in jobs:
-        _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {job.error}" if job.error else ""))
+        _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {localize(job.error)}" if job.error else ""))
     for hold in holds:
         card = hold.card_serial if hold.card_serial is not None else hold.chuid_guid
-        _say(f"PIN hold: {hold.card_text()} refused a PIN on {hold.since} (job {hold.batch}/{hold.job_id}); "
-             f"no PIN is sent to it until 'provision card clear-pin-hold {card} --reason TEXT'")  # fmt: skip
+        _say(_("PIN hold: {card_text} refused a PIN on {since} (job {batch}/{job_id}); no PIN is sent to it until "
+               "'provision card clear-pin-hold {card} --reason TEXT'").format(card_text=hold.card_text(), since=hold.since,
+                                                                            batch=hold.batch, job_id=hold.job_id, card=card))  # fmt: skip
     return EXIT_OK
 
 
@@ -437,10 +439,12 @@ def cmd_store_list(args: argparse.Namespace) -> int:
         _emit_json({"certificates": [s.to_json() for s in stored]})
         return EXIT_OK
     if not stored:
-        _say("The store is empty: no certificate has been taken off a card.")
+        _say(_("The store is empty: no certificate has been taken off a card."))
     for s in stored:
-        _say(f"{s.archived_at}  On Disk: {s.subject} (until {s.not_after}) from card {s.card_serial} slot {s.slot}"
-             f"{' ' + repr(s.slot_name) if s.slot_name else ''}, job {s.job_id} — {s.path}")  # fmt: skip
+        slot = f"{s.slot} {s.slot_name!r}" if s.slot_name else s.slot
+        _say(_("{archived_at}  On Disk: {subject} (until {not_after}) from card {serial} slot {slot}, job {job_id} — {path}")
+             .format(archived_at=s.archived_at, subject=s.subject, not_after=s.not_after, serial=s.card_serial, slot=slot,
+                     job_id=s.job_id, path=s.path))  # fmt: skip
     return EXIT_OK
 
 
@@ -545,12 +549,12 @@ def cmd_card_pin_service(args: argparse.Namespace) -> int:
         return EXIT_OK
     from provision.pinservice import tries_text
 
-    done = {"unblock-pin": "PIN unblocked and set", "change-pin": "PIN changed", "change-puk": "PUK changed"}[action]
-    card = result.card_serial if result.card_serial is not None else (result.chuid_guid or "(no serial)")
-    _say(f"{done} on card {card}. PIN tries left: {tries_text(result.pin_tries_left)}; "
-         f"PUK tries left: {tries_text(result.puk_tries_left)}.")  # fmt: skip
+    done = {"unblock-pin": _("PIN unblocked and set"), "change-pin": _("PIN changed"), "change-puk": _("PUK changed")}[action]
+    card = result.card_serial if result.card_serial is not None else (result.chuid_guid or _("(no serial)"))
+    _say(_("{done} on card {card}. PIN tries left: {pin}; PUK tries left: {puk}.").format(
+        done=done, card=card, pin=tries_text(result.pin_tries_left), puk=tries_text(result.puk_tries_left)))
     if result.pin_hold_cleared:
-        _say("The card's PIN hold was lifted: runs may send it a PIN again.")
+        _say(_("The card's PIN hold was lifted: runs may send it a PIN again."))
     return EXIT_OK
 
 # ----------------------------------------------------------------------------------------------
@@ -585,7 +589,8 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
         _emit_json({"batch": jobfile.batch, "jobfile": str(Path(args.jobfile).resolve()), "added": added,
                     "already_queued": present})  # fmt: skip
     else:
-        _say(f"{args.jobfile}: batch {jobfile.batch}, {added} job(s) added to the queue, {present} already there")
+        _say(_("{file}: batch {batch}, {added} job(s) added to the queue, {present} already there").format(
+            file=args.jobfile, batch=jobfile.batch, added=added, present=present))
     return EXIT_OK
 
 
@@ -683,7 +688,7 @@ def cmd_readers(args: argparse.Namespace) -> int:
         _emit_json({"readers": [r.to_json() for r in readers]})
         return EXIT_OK
     if not readers:
-        _say("No smart-card reader is connected. Plug one in (or start 'provision sim serve').")
+        _say(_("No smart-card reader is connected. Plug one in (or start 'provision sim serve')."))
     for reader in readers:
         if reader.mute:
             state = "a card that does not answer (reinsert it)"
@@ -702,7 +707,7 @@ def cmd_card_info(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({"reader": reader, **info.to_json()})
     else:
-        _say(f"Reader: {reader}")
+        _say(_("Reader: {reader}").format(reader=reader))
         for line in info.info_lines():
             _say(line)
     return EXIT_OK
@@ -754,8 +759,9 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
         _emit_json({"cleared": True, **hold.to_json()})
     else:
         tries = "unknown" if hold.tries_left is None else str(hold.tries_left)
-        _say(f"PIN hold on {hold.card_text()} cleared (held since {hold.since}, job {hold.job_id}; "
-             f"{tries} PIN tries left then). Runs may send it a PIN again: check the job's PIN first.")
+        _say(_("PIN hold on {card_text} cleared (held since {since}, job {job_id}; {tries} PIN tries left then). Runs may "
+               "send it a PIN again: check the job's PIN first.").format(card_text=hold.card_text(), since=hold.since,
+                                                                         job_id=hold.job_id, tries=tries))  # fmt: skip
     return EXIT_OK
 
 
@@ -1109,8 +1115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("PROVISION_DEBUG"):
             raise
         # Only the type: a library's message could quote a value we passed it.
-        _warn(f"provision: internal error ({type(exc).__name__}); this is a bug, please report it "
-              "with the command you ran (set PROVISION_DEBUG=1 for a traceback)")  # fmt: skip
+        _warn("provision: " + _("internal error ({name}); this is a bug, please report it with the command you ran "
+                                "(set PROVISION_DEBUG=1 for a traceback)").format(name=type(exc).__name__))  # fmt: skip
         return EXIT_INTERNAL
 
 

@@ -150,10 +150,10 @@ def read_holders(raw: bytes, filename: str) -> tuple[list[HolderRow], list[Probl
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        problem(line, "", "the file is not UTF-8 text; in Excel save it as 'CSV UTF-8 (Comma delimited)'")
+        problem(line, "", msg("the file is not UTF-8 text; in Excel save it as 'CSV UTF-8 (Comma delimited)'"))
         return [], problems, warnings
     if "\x00" in text:
-        problem(text[: text.index("\x00")].count("\n") + 1, "", "the file contains NUL bytes; it is not a CSV text file")
+        problem(text[: text.index("\x00")].count("\n") + 1, "", msg('the file contains NUL bytes; it is not a CSV text file'))
         return [], problems, warnings
     first_line = text.split("\n", 1)[0]
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line), strict=False)
@@ -180,13 +180,12 @@ def read_holders(raw: bytes, filename: str) -> tuple[list[HolderRow], list[Probl
         job_id, holder, p12 = get("id"), get("holder"), get("pkcs12")
         for name, value in (("id", job_id), ("holder", holder), ("pkcs12", p12)):
             if not value:
-                problem(line, name, f"the {name} cell is empty; fill it in (or delete the row)")
+                problem(line, name, msg('the {name} cell is empty; fill it in (or delete the row)', name=name))
         if job_id and not _ID.match(job_id):
-            problem(line, 'id', f"id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), "
-                                "starting with a letter or digit")  # fmt: skip
+            problem(line, 'id', msg('id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), starting with a letter or digit', job_id=job_id))  # fmt: skip
         for name, value in (("holder", holder), ("pkcs12", p12), ("password_file", get("password_file"))):
             if any(not c.isprintable() for c in value) or any(b in value for b in _LINE_BREAKS):
-                problem(line, name, f"the {name} cell contains a line break or control character; remove it")
+                problem(line, name, msg('the {name} cell contains a line break or control character; remove it', name=name))
         serial, error, warning = parse_serial(get("card_serial"))
         if error:
             problem(line, 'card_serial', error)
@@ -195,9 +194,9 @@ def read_holders(raw: bytes, filename: str) -> tuple[list[HolderRow], list[Probl
         if len(problems) == before:
             rows.append(HolderRow(line, job_id, holder, serial, p12, get("password_file") or None))
     if header is None:
-        problem(1, "", "the file has no header row; the first row names the columns: id, holder, card_serial, pkcs12, password_file")
+        problem(1, "", msg('the file has no header row; the first row names the columns: id, holder, card_serial, pkcs12, password_file'))
     elif not rows and not problems:
-        problem(last_line or 1, "", "the file has a header but no holders; add one row per holder")
+        problem(last_line or 1, "", msg('the file has a header but no holders; add one row per holder'))
     _duplicates(rows, problem)
     return rows, problems, warnings
 
@@ -212,21 +211,18 @@ def _header_index(cells: list[str], line: int, problem: Callable[[int | None, st
         column = next((c for c, aliases in _COLUMNS.items() if key in aliases), None)
         if column is None:
             if _SECRET_LOOKING.search(key):
-                problem(line, name, f"the column {name!r} looks like it holds secrets; provision never copies a "
-                                    "secret from a spreadsheet into a job file: remove the column and give "
-                                    "owner-only password files in 'password_file'")  # fmt: skip
+                problem(line, name, msg("the column {name!r} looks like it holds secrets; provision never copies a secret from a spreadsheet into a job file: remove the column and give owner-only password files in 'password_file'", name=name))  # fmt: skip
             else:
                 warnings.append(Problem(filename, line, name, msg('the column {name!r} is not used and was ignored', name=name)))
             continue
         if column in index:
-            problem(line, name, f"two columns mean {column!r} (columns {index[column] + 1} and {position + 1}); keep one")
+            problem(line, name, msg('two columns mean {column!r} (columns {value} and {value2}); keep one', column=column, value=index[column] + 1, value2=position + 1))
             continue
         index[column] = position
     for column in _REQUIRED:
         if column not in index:
             aliases = ", ".join(_COLUMNS[column])
-            problem(line, "", f"the header has no {column!r} column (accepted names: {aliases}); the columns are "
-                              "id, holder, card_serial, pkcs12, password_file")  # fmt: skip
+            problem(line, "", msg('the header has no {column!r} column (accepted names: {aliases}); the columns are id, holder, card_serial, pkcs12, password_file', column=column, aliases=aliases))  # fmt: skip
     return index
 
 
@@ -235,13 +231,12 @@ def _duplicates(rows: list[HolderRow], problem: Callable[[int | None, str, str],
     first_serial: dict[int, int] = {}
     for row in rows:
         if row.id in first_id:
-            problem(row.line, 'id', f"id {row.id!r} is on line {first_id[row.id]} and line {row.line}; ids must be unique")
+            problem(row.line, 'id', msg('id {id!r} is on line {value} and line {line}; ids must be unique', id=row.id, value=first_id[row.id], line=row.line))
         else:
             first_id[row.id] = row.line
         if row.card_serial is not None:
             if row.card_serial in first_serial:
-                problem(row.line, 'card_serial', f"card serial {row.card_serial} is on line {first_serial[row.card_serial]} "
-                                                 f"and line {row.line}; one job per card")  # fmt: skip
+                problem(row.line, 'card_serial', msg('card serial {card_serial} is on line {value} and line {line}; one job per card', card_serial=row.card_serial, value=first_serial[row.card_serial], line=row.line))  # fmt: skip
             else:
                 first_serial[row.card_serial] = row.line
 

@@ -283,7 +283,7 @@ class _EventBuilder:
     def _count(self, n: int, line: int) -> None:
         self.expanded += n
         if self.expanded > MAX_EXPANDED_NODES:
-            raise _YamlProblem(line, (), "aliases expand to too many values; write the cards out instead")
+            raise _YamlProblem(line, (), msg('aliases expand to too many values; write the cards out instead'))
 
     def value(self, path: JsonPath, lines: dict[JsonPath, int]) -> Any:
         """The next value in the stream (its events consumed), its lines recorded under ``path``."""
@@ -291,9 +291,9 @@ class _EventBuilder:
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in self._open_anchors:
-                raise _YamlProblem(line, path, "an alias refers to itself; remove the loop")
+                raise _YamlProblem(line, path, msg('an alias refers to itself; remove the loop'))
             if event.anchor not in self.anchors:
-                raise _YamlProblem(line, path, f"the alias *{event.anchor} has no anchor &{event.anchor} before it; define it first")
+                raise _YamlProblem(line, path, msg('the alias *{anchor} has no anchor &{anchor} before it; define it first', anchor=event.anchor))
             value, size, own = self.anchors[event.anchor]
             self._count(size, line)
             if len(own) <= self._ANCHOR_LINES_COPIED:
@@ -329,7 +329,7 @@ class _EventBuilder:
             return items
         if isinstance(event, yaml.MappingStartEvent):
             return self.mapping(path, lines)
-        raise _YamlProblem(line, path, "unsupported YAML node")
+        raise _YamlProblem(line, path, msg('unsupported YAML node'))
 
     def mapping(self, path: JsonPath, lines: dict[JsonPath, int],
                 on_key: Callable[[str, JsonPath, dict[str, Any]], bool] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -341,7 +341,7 @@ class _EventBuilder:
             key_event = self.events.get_event()
             key_line = key_event.start_mark.line + 1
             if not isinstance(key_event, yaml.ScalarEvent):
-                raise _YamlProblem(key_line, path, "a key must be plain text")
+                raise _YamlProblem(key_line, path, msg('a key must be plain text'))
             key = key_event.value
             if key == _MERGE_KEY and not key_event.style:
                 source_line = self.events.peek_event().start_mark.line + 1
@@ -351,7 +351,7 @@ class _EventBuilder:
                 continue
             if key in out:
                 raise _YamlProblem(
-                    key_line, path + (key,), f"duplicate key '{key}' (first at line {lines[path + (key,)]}); keep only one"
+                    key_line, path + (key,), msg("duplicate key '{key}' (first at line {value}); keep only one", key=key, value=lines[path + (key,)])
                 )
             lines[path + (key,)] = key_line
             if on_key is not None and on_key(key, path + (key,), out):
@@ -364,7 +364,7 @@ class _EventBuilder:
             for number, one in enumerate(sources):
                 if not isinstance(one, dict):
                     at = source_lines.get((number,), source_line) if isinstance(source, list) else source_line
-                    raise _YamlProblem(at, path, "'<<' must merge a mapping (an &anchor of one)")
+                    raise _YamlProblem(at, path, msg("'<<' must merge a mapping (an &anchor of one)"))
                 prefix: JsonPath = (number,) if isinstance(source, list) else ()
                 for key, value in one.items():
                     if key not in out:
@@ -385,7 +385,7 @@ def _scalar(event: Any, path: JsonPath) -> Any:
         value = _resolve_core(text)
     except ValueError:  # Python refuses to read decimal integers of more than sys.get_int_max_str_digits()
         raise _YamlProblem(event.start_mark.line + 1, path,
-                           f"a number of {len(text)} digits is longer than any value here can be; shorten it") from None  # fmt: skip
+                           msg('a number of {len} digits is longer than any value here can be; shorten it', len=len(text))) from None  # fmt: skip
     if value is not text and value is not None and _wants_text(path):
         return text  # the characters as written: id 0012, hex serial 1001, slot 82
     return value
@@ -405,7 +405,7 @@ def _explicit_tag(node: Any, path: JsonPath) -> Any:
     except ValueError:
         pass
     raise _YamlProblem(
-        node.start_mark.line + 1, path, f"the YAML tag {node.tag!r} is not supported here; remove it"
+        node.start_mark.line + 1, path, msg('the YAML tag {tag!r} is not supported here; remove it', tag=node.tag)
     )
 
 
@@ -468,8 +468,7 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
         while not events.check_event(yaml.SequenceEndEvent):
             if count == limits.MAX_CARDS:  # before this card is built: the bound stops the work, not after it
                 line = events.peek_event().start_mark.line + 1
-                raise _YamlProblem(line, ("cards", count), f"more than {limits.MAX_CARDS} cards in one job file; "
-                                                           "split the batch into several job files")  # fmt: skip
+                raise _YamlProblem(line, ("cards", count), msg('more than {MAX_CARDS} cards in one job file; split the batch into several job files', MAX_CARDS=limits.MAX_CARDS))  # fmt: skip
             card_lines: dict[JsonPath, int] = {}
             on_card(count, builder.value(("cards", count), card_lines), card_lines, so_far)
             count += 1
@@ -481,7 +480,7 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
     try:
         events.get_event()  # stream start
         if events.check_event(yaml.StreamEndEvent):
-            raise JobFileError([_problem(filename, 1, "", "the file is empty; start with 'version: 1'")])
+            raise JobFileError([_problem(filename, 1, "", msg("the file is empty; start with 'version: 1'"))])
         events.get_event()  # document start
         if events.check_event(yaml.MappingStartEvent) and events.peek_event().anchor is None:
             start = events.get_event()
@@ -494,24 +493,24 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
         events.get_event()  # document end
         if events.check_event(yaml.DocumentStartEvent):
             line = events.peek_event().start_mark.line + 1
-            raise JobFileError([_problem(filename, line, "", "a job file holds one YAML document; remove the second '---'")])
+            raise JobFileError([_problem(filename, line, "", msg("a job file holds one YAML document; remove the second '---'"))])
         events.get_event()  # stream end
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         what = " ".join((exc.problem or exc.context or "invalid YAML").split())
-        raise JobFileError([_problem(filename, line, "", f"this is not valid YAML ({what}); fix the syntax")]) from None
+        raise JobFileError([_problem(filename, line, "", msg('this is not valid YAML ({what}); fix the syntax', what=what))]) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) else "a byte"
-        raise JobFileError([_problem(filename, line, "", f"the file contains {what}, which YAML does not allow; remove it")]) from None
+        raise JobFileError([_problem(filename, line, "", msg('the file contains {what}, which YAML does not allow; remove it', what=what))]) from None
     except yaml.YAMLError as exc:
         what = " ".join(str(exc).split())
-        raise JobFileError([_problem(filename, None, "", f"this is not valid YAML ({what}); fix the syntax")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('this is not valid YAML ({what}); fix the syntax', what=what))]) from None
     except _YamlProblem as exc:
         raise JobFileError([_problem(filename, exc.line, format_path(exc.path), exc.message)]) from None
     except RecursionError:
-        raise JobFileError([_problem(filename, None, "", "the YAML is nested too deeply")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('the YAML is nested too deeply'))]) from None
     finally:
         builder.close()
     return data, lines
@@ -1025,19 +1024,18 @@ def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: boo
     try:
         raw = limits.read_bounded(path, MAX_FILE_BYTES, "job file")  # bounded: /dev/zero or a FIFO too
     except InputTooLargeError:
-        raise JobFileError([_problem(filename, None, "", f"the job file is larger than {MAX_FILE_BYTES} bytes, the "
-                                     "limit; split the batch into several job files")]) from None  # fmt: skip
+        raise JobFileError([_problem(filename, None, "", msg('the job file is larger than {MAX_FILE_BYTES} bytes, the limit; split the batch into several job files', MAX_FILE_BYTES=MAX_FILE_BYTES))]) from None  # fmt: skip
     except FileNotFoundError:
-        raise JobFileError([_problem(filename, None, "", "the job file does not exist; check the path")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('the job file does not exist; check the path'))]) from None
     except IsADirectoryError:
-        raise JobFileError([_problem(filename, None, "", "this is a directory; name a job file (.yaml)")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('this is a directory; name a job file (.yaml)'))]) from None
     except OSError as exc:
-        raise JobFileError([_problem(filename, None, "", f"the job file cannot be read ({exc.strerror})")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('the job file cannot be read ({strerror})', strerror=exc.strerror))]) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise JobFileError([_problem(filename, line, "", "the file is not UTF-8 text; save it as UTF-8")]) from None
+        raise JobFileError([_problem(filename, line, "", msg('the file is not UTF-8 text; save it as UTF-8'))]) from None
     return parse_jobfile(text, path, unattended=unattended, check_files=check_files)
 
 
@@ -1080,11 +1078,10 @@ def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_c
     cards = _Cards(ck, filename, top_lines, keep=keep_cards, schema=schema)
     data, lines = load_yaml(text, filename, on_card=cards.on_card, lines=top_lines)
     if not isinstance(data, dict):
-        raise JobFileError([_problem(filename, 1, "", "a job file is a mapping that starts with 'version: 1'")])
+        raise JobFileError([_problem(filename, 1, "", msg("a job file is a mapping that starts with 'version: 1'"))])
     if isinstance(data.get("cards"), list):  # written as an alias: its cards are checked here
         if len(data["cards"]) > limits.MAX_CARDS:
-            raise JobFileError([_problem(filename, lines.get(("cards",)), "cards", f"more than {limits.MAX_CARDS} cards "
-                                         "in one job file; split the batch into several job files")])  # fmt: skip
+            raise JobFileError([_problem(filename, lines.get(("cards",)), "cards", msg('more than {MAX_CARDS} cards in one job file; split the batch into several job files', MAX_CARDS=limits.MAX_CARDS))])  # fmt: skip
         written, data["cards"] = data["cards"], len(data["cards"])
         for index, card in enumerate(written):
             cards.on_card(index, card, {k: v for k, v in lines.items() if k[:2] == ("cards", index)}, data)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from provision.errors import CardError, CardNotSupportedError, PinError, PukError, SecretError
+from provision.i18n import gettext as _
 from provision.i18n import msg
 from provision.secrets import Secret, SecretSource, obtain
 
@@ -68,7 +69,7 @@ class PinServiceResult:
 
 
 def tries_text(tries: int | None) -> str:
-    return "unknown (this card cannot tell without spending one)" if tries is None else str(tries)
+    return _("unknown (this card cannot tell without spending one)") if tries is None else str(tries)
 
 
 class PinService:
@@ -137,7 +138,7 @@ class PinService:
     def unblock_pin(self, *, puk: SecretSource | None = None, new_pin: SecretSource | None = None) -> PinServiceResult:
         """RESET RETRY COUNTER: a new PIN with all its tries, proven by the PUK."""
         puk_left = self.puk_tries()
-        self.ui.say(f"PUK tries left: {tries_text(puk_left)}")
+        self.ui.say(msg("PUK tries left: {tries}", tries=tries_text(puk_left)))
         self._spend_puk_try(puk_left, "pin_unblock")
         with self._secrets(puk, "PUK", new_pin, "PIN") as (old, new):
             try:
@@ -159,7 +160,7 @@ class PinService:
     def change_pin(self, *, pin: SecretSource | None = None, new_pin: SecretSource | None = None) -> PinServiceResult:
         """CHANGE REFERENCE DATA on the PIN: the current PIN proves it (a wrong one costs a try)."""
         pin_left = self.pin_tries()
-        self.ui.say(f"PIN tries left: {tries_text(pin_left)}")
+        self.ui.say(msg("PIN tries left: {tries}", tries=tries_text(pin_left)))
         if pin_left == 0:
             self._audit("pin_change", outcome="refused", reason="pin_blocked", pin_tries_left=0)
             raise PinError(msg("the PIN is blocked; nothing was sent. Unblock it with the PUK: 'provision card unblock-pin'"), 0)  # fmt: skip
@@ -176,7 +177,7 @@ class PinService:
     def change_puk(self, *, puk: SecretSource | None = None, new_puk: SecretSource | None = None) -> PinServiceResult:
         """CHANGE REFERENCE DATA on the PUK: the current PUK proves it (a wrong one costs a try)."""
         puk_left = self.puk_tries()
-        self.ui.say(f"PUK tries left: {tries_text(puk_left)}")
+        self.ui.say(msg("PUK tries left: {tries}", tries=tries_text(puk_left)))
         self._spend_puk_try(puk_left, "puk_change")
         with self._secrets(puk, "PUK", new_puk, "PUK") as (old, new):
             try:
