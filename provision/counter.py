@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provision import journal as jn
-from provision.display import printable
+from provision.display import failure_text, printable
 from provision.errors import OperatorDeclined, SecretError
 from provision.i18n import N_, localize, msg, ngettext
 from provision.i18n import gettext as _
@@ -349,14 +349,14 @@ class CounterScreen:
                 self.console.print(shown(_("That is longer than {n} characters; type the password again.").format(n=MAX_SECRET_CHARS),
                                          style="bold red"))  # fmt: skip
                 continue
-            _job, inspection, bundle, message = open_bundle(state.job, unattended=False, password=Secret(typed))
+            _job, inspection, bundle, problem = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
-            if bundle is None and inspection is not None and inspection.status == "wrong-password":
-                self.console.print(shown(localize(message), style="bold red"))
+            if problem is not None and problem.status == "wrong-password":
+                self.console.print(shown(problem.localized(), style="bold red"))
                 continue  # a mistyped envelope number: type it again
-            self.runner.accept_bundle(state, inspection, bundle, message)
-            if bundle is None:
-                self.console.print(shown(localize(message), style="bold red"))
+            self.runner.accept_bundle(state, inspection, bundle, problem)
+            if problem is not None:
+                self.console.print(shown(problem.localized(), style="bold red"))
             return bundle is not None
 
     def come_back(self, action: str) -> None:
@@ -398,9 +398,10 @@ class CounterScreen:
                 lines.append(Text(_("The card already held this certificate; nothing was changed.")))
             self.console.print(Panel(Group(*lines), border_style="green"))
         elif state.status in (jn.PENDING, jn.IN_DOUBT):
-            why = localize(str(state.error)) if state.error else ""
+            why = localize(failure_text(state.failure) or "")
             self.console.print(Panel(shown(_("{holder}: not loaded yet. {why}").format(holder=state.job.holder, why=why)),
                                      border_style="yellow"))  # fmt: skip
         else:
             words = _(STATUS_SHOWN[state.status]) if state.status in STATUS_SHOWN else state.status
-            self.console.print(Panel(shown(f"{state.job.holder}: {words.upper()}: {localize(str(state.error))}"), border_style="red"))
+            failure = localize(failure_text(state.failure) or "")
+            self.console.print(Panel(shown(f"{state.job.holder}: {words.upper()}: {failure}"), border_style="red"))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from provision.errors import ProvisionError
+
 # Cc: C0 and C1 controls and DEL; Cf: invisible format characters, among them the bidi overrides
 # and isolates (U+202A-U+202E, U+2066-U+2069) and zero-width characters; Zl/Zp: line and paragraph
 # separators, which some terminals break lines at; Cs: lone surrogates (undecodable bytes).
@@ -46,3 +48,9 @@ def labelled(pairs: list[tuple[str, str]]) -> list[str]:
     """``label: value`` lines with the values in one column, whatever the labels' language."""
     width = max((cell_width(label) for label, _value in pairs), default=0)
     return [f"{label}:{' ' * (width - cell_width(label) + 1)}{value}" for label, value in pairs]
+
+
+def failure_text(failure: ProvisionError | None) -> str | None:
+    """The sentence a person (and every record of the run) reads for a job's failure, kept as an
+    exception until it is shown; None when the job has none."""
+    return None if failure is None else failure.message

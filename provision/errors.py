@@ -142,11 +142,13 @@ class TemplateError(ProvisionError):
 
 
 class BundleError(ProvisionError):
-    """A PKCS#12 file cannot be used; ``status`` is one of the classes of CLI.md."""
+    """A PKCS#12 file cannot be used for its job; ``status`` is one of the classes of CLI.md, or
+    None when the file was not classified (unreadable, its password not obtained) or the file is
+    fine but not for this job (``expect``, ``slot_name``)."""
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str | None, message: str) -> None:
         super().__init__(message)
         self.status = status
 
@@ -275,6 +277,13 @@ class LeaseLost(ProvisionError):
 
 class OperatorDeclined(ProvisionError):
     """The operator did not confirm the certificate; nothing was written and the job stays open."""
+
+    exit_code = EXIT_FAILED
+
+
+class RecordedFailure(ProvisionError):
+    """A job's failure as the journal recorded it (another station's, in a shared queue): its
+    sentence is all that is known of it."""
 
     exit_code = EXIT_FAILED
 

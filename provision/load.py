@@ -90,7 +90,6 @@ class LoadResult:
     not_after: str | None = None
     slot_name_on_card: bool | None = None
     resumed: bool = False
-    error: str | None = None
     skip_reason: str | None = None  # skipped for another reason than "already on the card" (renew)
     notes: list[str] = field(default_factory=list)
     # The kind of management key the card ends with: default, job, derived, pin-protected (PIV)

@@ -31,11 +31,12 @@ from provision import journal as jn
 from provision import logsdir
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
-from provision.display import printable
+from provision.display import failure_text, printable
 from provision.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    BundleError,
     CardError,
     CardRemovedError,
     EnvironmentProblem,
@@ -48,6 +49,7 @@ from provision.errors import (
     PinError,
     ProvisionError,
     ReaderGoneError,
+    RecordedFailure,
     RecordsError,
     TemplateError,
     TransientCardError,
@@ -156,7 +158,7 @@ class JobState:
     deferred: bool = False  # counter: the password is typed from the holder's envelope when called
     fingerprint: str | None = None  # the bundle's certificate, kept after the bundle is dropped
     result: LoadResult | None = None
-    error: str | None = None
+    failure: ProvisionError | None = None  # why the job failed, refused or is in doubt; said where it is shown
     apdus: int = 0
     seconds: float = 0.0
     card_serial: int | None = None
@@ -278,15 +280,16 @@ class Runner:
                 return state.bundle is not None
             self._opening.add(state.job.id)
         try:
-            _, inspection, bundle, message = open_bundle(state.job, unattended=self.options.unattended)
-            self.accept_bundle(state, inspection, bundle, message)
+            _, inspection, bundle, problem = open_bundle(state.job, unattended=self.options.unattended)
+            self.accept_bundle(state, inspection, bundle, problem)
         finally:
             with self._ready:
                 self._opening.discard(state.job.id)
                 self._ready.notify_all()
         return bundle is not None
 
-    def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None, message: str) -> None:
+    def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None,
+                      problem: BundleError | None) -> None:  # fmt: skip
         """Record what opening the job's PKCS#12 gave: the bundle and its slot name, or why the job fails."""
         from provision.fields import template_values
 
@@ -297,20 +300,22 @@ class Runner:
             try:
                 slot_name = state.job.slot_name.render(values)
             except TemplateError as exc:
-                bundle, message = None, f"slot_name: {exc.message}"
+                bundle, problem = None, BundleError(None, msg('slot_name: {message}', message=exc.message))
             else:
                 with self._lock:
                     state.bundle, state.fingerprint, state.slot_name = bundle, info.sha256, slot_name
                     self._held += 1
                 return
+        problem = problem or BundleError(None, msg('the PKCS#12 file could not be opened'))
         with self._lock:
-            state.error = message  # also when a claim already moved the job on: its failure says why
+            state.failure = problem  # also when a claim already moved the job on: its failure says why
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
                 return
             state.status = jn.FAILED
-        self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.FAILED, error=message)
+        self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.FAILED,
+                             error=problem.message)  # fmt: skip
         self.record("job_failed", job_id=state.job.id, holder=state.job.holder, outcome="failed",
-                    error_class="BundleError", error=message)  # fmt: skip
+                    error_class=type(problem).__name__, error=problem.message)  # fmt: skip
 
     def start_prefetch(self) -> None:
         """Keep ``bundle_window`` bundles decrypted ahead of the cards, in job-file order."""
@@ -464,7 +469,7 @@ class Runner:
             self.say(msg("{reader}: loading {holder} ({id}) into slot {slot} as {name!r}", reader=reader,
                          holder=state.job.holder, id=state.job.id, slot=state.job.slot.hex, name=state.slot_name))  # fmt: skip
             if state.bundle is None and not self.ensure_bundle(state):  # claim_job may have chosen another job
-                raise ProvisionError(state.error or msg("the PKCS#12 file could not be opened"))
+                raise ProvisionError(failure_text(state.failure) or msg("the PKCS#12 file could not be opened"))
             assert state.bundle is not None
             ctx = LoadContext(
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
@@ -500,7 +505,7 @@ class Runner:
             # and the run stops; no second write is tried here.
             if state is not None:
                 with self._lock:
-                    state.status, state.error = jn.IN_DOUBT, exc.message
+                    state.status, state.failure = jn.IN_DOUBT, exc
             raise
         except (PinError, ManagementKeyError, CardError, ProvisionError) as exc:
             if state is None:
@@ -528,10 +533,10 @@ class Runner:
             state.result = result
             state.apdus += apdus
             state.seconds += time.monotonic() - start
-            state.error = exc.message if exc is not None else (result.error if result else None)
+            state.failure = exc
         fields: dict[str, Any] = {"card_serial": state.card_serial, "slot": state.job.slot.hex,
                                   "slot_name": state.slot_name, "apdus": state.apdus,
-                                  "seconds": round(state.seconds, 3), "error": state.error}  # fmt: skip
+                                  "seconds": round(state.seconds, 3), "error": failure_text(exc)}  # fmt: skip
         if result is not None:
             fields.update(fingerprint_sha256=result.fingerprint_sha256, replaced_sha256=result.replaced_sha256,
                           archived_to=result.archived_to, pin_tries_left=result.pin_tries_left,
@@ -569,7 +574,7 @@ class Runner:
             return msg("{holder} ({id}): the card was removed during the load; put it back to finish "
                        "('provision resume' finishes it later)", holder=job.holder, id=job.id)  # fmt: skip
         return msg("{holder} ({id}): {status}: {error}", holder=job.holder, id=job.id, status=state.status.upper(),
-                   error=state.error)  # fmt: skip
+                   error=failure_text(state.failure))  # fmt: skip
 
     # --- the loop ---
 
@@ -679,7 +684,8 @@ class Runner:
                 row = shared.get(state.job.id)
                 if (row is not None and state.status in (jn.PENDING, jn.IN_DOUBT) and row.run_id != self.run_id
                         and row.status in (jn.LOADED, jn.SKIPPED, jn.FAILED, jn.REFUSED)):  # fmt: skip
-                    state.status, state.card_serial, state.error = row.status, row.card_serial, row.error
+                    state.status, state.card_serial = row.status, row.card_serial
+                    state.failure = RecordedFailure(row.error) if row.error else None
                     self.release_bundle(state)
 
     def adopt_done_from_journal(self) -> list[str]:
@@ -692,7 +698,7 @@ class Runner:
                 row = rows.get(state.job.id)
                 if (row is not None and state.status == jn.PENDING and row.run_id != self.run_id
                         and row.status in (jn.LOADED, jn.SKIPPED)):  # fmt: skip
-                    state.status, state.card_serial, state.error = row.status, row.card_serial, None
+                    state.status, state.card_serial, state.failure = row.status, row.card_serial, None
                     adopted.append(state.job.id)
         for state in self.states:
             if state.job.id in adopted:
@@ -812,7 +818,7 @@ class Runner:
                 "replaced_sha256": r.replaced_sha256 if r else None, "archived_to": r.archived_to if r else None,
                 "pin_tries_left": r.pin_tries_left if r else None, "not_after": r.not_after if r else None,
                 "slot_name_on_card": r.slot_name_on_card if r else None, "notes": r.notes if r else [],
-                "apdus": s.apdus, "seconds": round(s.seconds, 3), "error": s.error,
+                "apdus": s.apdus, "seconds": round(s.seconds, 3), "error": failure_text(s.failure),
                 "management_key": _management_key_kind(s.job, r),
             })  # fmt: skip
         return {"run_id": self.run_id, "batch": self.jobfile.batch, "jobfile": str(self.jobfile.path),
@@ -844,8 +850,9 @@ class _NoBar:
         pass
 
 
-def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Job, Inspection | None, Bundle | None, str]:
-    """One job's PKCS#12: (job, inspection, the bundle if usable, a sentence for the operator)."""
+def open_bundle(job: Job, *, unattended: bool, password: Any = None
+                ) -> tuple[Job, Inspection | None, Bundle | None, BundleError | None]:  # fmt: skip
+    """One job's PKCS#12: (job, inspection, the bundle if usable, else why not)."""
     from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.plan import check_expectations
     from provision.secrets import obtain
@@ -853,20 +860,28 @@ def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Jo
     try:
         password = password if password is not None else obtain(job.pkcs12_password, unattended=unattended)
     except ProvisionError as exc:
-        return (job, None, None, f"the PKCS#12 password could not be obtained: {exc.message}")
+        problem = BundleError(None, msg('the PKCS#12 password could not be obtained: {message}', message=exc.message))
+        problem.__cause__ = exc
+        return (job, None, None, problem)
     try:
         inspection, bundle = inspect_pkcs12(read_pkcs12(job.pkcs12_path), password)
     except OSError as exc:
-        return (job, None, None, f"{job.pkcs12_path} cannot be read ({exc.strerror})")
+        problem = BundleError(None, msg('{pkcs12_path} cannot be read ({strerror})', pkcs12_path=job.pkcs12_path, strerror=exc.strerror))
+        problem.__cause__ = exc
+        return (job, None, None, problem)
     except ProvisionError as exc:  # larger than its bound
-        return (job, None, None, exc.message)
+        problem = BundleError(None, exc.message)
+        problem.__cause__ = exc
+        return (job, None, None, problem)
     finally:
         password.wipe()
-    if bundle is not None and inspection.info is not None:
-        failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
-        if failed:
-            e = failed[0]
-            return (job, inspection, None, f"expect.{e.check}: expected {e.expected!r}, the certificate has {e.actual!r}")
-    return (job, inspection, bundle, inspection.message)
+    if bundle is None or inspection.info is None:
+        return (job, inspection, None, BundleError(inspection.status, inspection.message))
+    failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
+    if failed:
+        e = failed[0]
+        expected = BundleError(None, msg('expect.{check}: expected {expected!r}, the certificate has {actual!r}', check=e.check, expected=e.expected, actual=e.actual))
+        return (job, inspection, None, expected)
+    return (job, inspection, bundle, None)
 
 

@@ -404,3 +404,32 @@ def test_transient_reset_is_retried_and_finishes_the_load(batch: Batch, at: int)
     ended = [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
     for write in ("import_key", "write_certificate", "write_slot_name"):
         assert ended.count(write) == 1, ended
+
+
+def test_a_failure_stays_an_exception_until_it_is_shown(batch: Batch) -> None:
+    """Job state keeps what failed as the exception it was (its class, tries left, the bundle's
+    status); the run JSON and the runner's line say its sentence."""
+    from provision.errors import BundleError, PinError
+    from provision.logsdir import LogsLock
+    from provision.runner import Runner, RunOptions
+    from provision.ui import UnattendedUI
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    batch.holder("HK-2", "LEE Siu Ming", 12345679, extra="    expect: {subject_cn: Somebody Else}\n")
+    batch.canaries.write_secret_file(batch.tmp / "card.pin", "654321")  # not the card's PIN
+    jobfile = load_jobfile(batch.write(), unattended=True)
+    lines: list[str] = []
+    with LogsLock(batch.logs):
+        runner = Runner(jobfile, SimSource([[SimCard(SimOptions(serial=12345678))]]),
+                        RunOptions(logs=batch.logs, unattended=True, wait=0, progress=False), ui=UnattendedUI(lines.append))  # fmt: skip
+        runner.prepare()
+        runner.run()
+        document = runner.document()
+        runner.journal.close()
+        runner.pin_holds.close()
+    wrong_pin, unexpected = (s.failure for s in runner.states)
+    assert isinstance(wrong_pin, PinError) and wrong_pin.tries_left == 2
+    assert isinstance(unexpected, BundleError) and unexpected.status is None
+    assert unexpected.message.startswith("expect.subject_cn: expected 'Somebody Else'")
+    assert [j["error"] for j in document["jobs"]] == [wrong_pin.message, unexpected.message]
+    assert f"CHAN Tai Man (HK-1): FAILED: {wrong_pin.message}" in lines
