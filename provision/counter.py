@@ -308,7 +308,7 @@ class CounterScreen:
                 status = "done (earlier run)"
             if state is nxt:
                 status = "NEXT"
-            card = state.job.card.describe()
+            card = localize(state.job.card.describe())
             words = _(STATUS_SHOWN[status]) if status in STATUS_SHOWN else status
             table.add_row(str(number), shown(state.job.holder), shown(card), Text(words, style=styles.get(status, "bold" if state is nxt else "")))
         done = sum(1 for s in self.runner.states if s.status in (jn.LOADED, jn.SKIPPED))

@@ -173,13 +173,19 @@ def localize(sentence: str) -> str:
         # A parameter that is itself a recorded sentence (an error inside "{reader}: {error}") too.
         params = {k: localize(v) if isinstance(v, Msg) else v for k, v in sentence.params.items()}
         return _(sentence.msgid).format(**params)
+    return _recognise(sentence, depth=2)
+
+
+def _recognise(sentence: str, depth: int) -> str:
+    """A recorded English sentence through the catalog; its parts too ("wait for {card} of {holder}"
+    with "card serial 123" inside), ``depth`` levels down."""
     translated = _(sentence)
-    if translated != sentence:
+    if translated != sentence or depth == 0:
         return translated
     for pattern, msgid in _patterns(_language):
         match = pattern.fullmatch(sentence)
         if match:  # the groups are already text as recorded: a field's !r is not applied again
-            values = {name: _(value) for name, value in match.groupdict().items()}  # "the job's key" inside
+            values = {name: _recognise(value, depth - 1) for name, value in match.groupdict().items()}
             return _field().sub(lambda f: "{" + f.group(1) + "}", _(msgid)).format(**values)
     return sentence
 

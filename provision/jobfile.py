@@ -108,11 +108,12 @@ class CardIdentity:
     def describe(self) -> str:
         if self.pkcs11 is not None:
             return self.pkcs11.describe()
+        # msg(): the English words in records and plans, shown translated (i18n.localize).
         if self.serial is not None:
-            return f"card serial {self.serial}"
+            return msg("card serial {serial}", serial=self.serial)
         if self.guid is not None:
-            return f"card GUID {self.guid}"
-        return "any card"
+            return msg("card GUID {guid}", guid=self.guid)
+        return msg("any card")
 
     def to_json(self) -> dict[str, object]:
         if self.pkcs11 is not None:
@@ -148,7 +149,8 @@ class DerivedKey:
     label: str
 
     def describe(self) -> str:
-        return f"the key derived from the master secret in the {self.master.describe()} (label {self.label!r})"
+        return msg("the key derived from the master secret in the {master} (label {label!r})", master=self.master.describe(),
+                   label=self.label)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class PinProtectedKey:
     """``{pin_protected: true}``: a random key, stored PIN-protected on the card as ykman does."""
 
     def describe(self) -> str:
-        return "a random key stored PIN-protected on the card"
+        return msg("a random key stored PIN-protected on the card")
 
 
 ManagementKey = SecretSource | DerivedKey
