@@ -26,13 +26,13 @@ Four ways to mark a text, each found by the extractor (babel.cfg):
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from functools import cache
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # `provision --help` imports this module: re, gettext and Babel load when used
+if TYPE_CHECKING:  # `provision --help` imports this module (errors.py does): it imports nothing more;
+    # re, gettext and Babel load when a text is translated or a date written.
     import gettext as _gettext_module
     import re
+    from collections.abc import Mapping
     from datetime import datetime
 
 DOMAIN = "provision"
@@ -101,8 +101,16 @@ _language = ENGLISH
 _translations: _gettext_module.NullTranslations | None = None
 
 
-@cache
+_CATALOGS: dict[str, _gettext_module.NullTranslations] = {}
+
+
 def _catalog(language: str) -> _gettext_module.NullTranslations:
+    if language not in _CATALOGS:
+        _CATALOGS[language] = _read_catalog(language)
+    return _CATALOGS[language]
+
+
+def _read_catalog(language: str) -> _gettext_module.NullTranslations:
     import gettext
 
     if language == ENGLISH:
@@ -190,15 +198,22 @@ def _recognise(sentence: str, depth: int) -> str:
     return sentence
 
 
-@cache
 def _field() -> re.Pattern[str]:
-    import re
+    import re  # re caches compiled patterns itself
 
     return re.compile(r"\{(\w+)(![rs])?\}")
 
 
-@cache
+_PATTERNS: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {}
+
+
 def _patterns(language: str) -> tuple[tuple[re.Pattern[str], str], ...]:
+    if language not in _PATTERNS:
+        _PATTERNS[language] = _make_patterns(language)
+    return _PATTERNS[language]
+
+
+def _make_patterns(language: str) -> tuple[tuple[re.Pattern[str], str], ...]:
     """A regular expression per message id with ``{name}`` fields, to recognise recorded sentences.
     Only ids whose fields are plain names (``{x}``, ``{x!r}``) qualify; longer ids are tried first."""
     import re
