@@ -81,10 +81,10 @@ class CardSeen:
 
     def describe(self) -> str:
         if self.is_token:
-            return f"token {self.token_label!r} (serial {self.token_serial})"
+            return msg("token {label!r} (serial {serial})", label=self.token_label, serial=self.token_serial)
         if self.serial is not None:
-            return f"serial {self.serial}"
-        return f"GUID {self.guid}" if self.guid else "no serial or GUID"
+            return msg("serial {serial}", serial=self.serial)
+        return msg("GUID {guid}", guid=self.guid) if self.guid else msg("no serial or GUID")
 
 
 def same_module(a: Path, b: Path) -> bool:

@@ -54,7 +54,7 @@ from provision.errors import (
     TemplateError,
     TransientCardError,
 )
-from provision.i18n import msg
+from provision.i18n import localize, msg
 from provision.jobfile import Job, JobFile
 from provision.load import LoadContext, LoadResult
 from provision.secrets import Secret
@@ -371,12 +371,13 @@ class Runner:
                 if seen.claims(s.job.card):
                     called = self._called
                     if called is not None and s is not called:
-                        return None, (f"this is the card of {s.job.holder}, but the counter called "
-                                      f"{called.job.holder}; give it back and ask for the right card")  # fmt: skip
+                        return None, msg("this is the card of {holder}, but the counter called {called}; give it back "
+                                         "and ask for the right card", holder=s.job.holder, called=called.job.holder)  # fmt: skip
                     return s, ""
             for s in self.states:
                 if seen.claims(s.job.card):
-                    return None, f"this card's job {s.job.id} ({s.job.holder}) is already {s.status}"
+                    return None, msg("this card's job {id} ({holder}) is already {status}", id=s.job.id, holder=s.job.holder,
+                                     status=s.status)  # fmt: skip
             for s in open_states:
                 if seen.takes_any(s.job.card):
                     if not self.options.unattended and s is not self.expected():
@@ -384,8 +385,10 @@ class Runner:
                     return s, ""
             who = seen.describe()
             expected = self.expected()
-            hint = f"; the counter expects the card of {expected.job.holder}" if expected and not self.options.unattended else ""
-            return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
+            if expected and not self.options.unattended:
+                return None, msg("no job in {file} is for this card ({who}); the counter expects the card of {holder}",
+                                 file=self.jobfile.path.name, who=who, holder=expected.job.holder)  # fmt: skip
+            return None, msg("no job in {file} is for this card ({who})", file=self.jobfile.path.name, who=who)
 
     def expected(self) -> JobState | None:
         if self._called is not None:
@@ -585,7 +588,7 @@ class Runner:
             from tqdm import tqdm
 
             bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=printable(self.jobfile.batch), leave=True)
-            self.say = lambda text: tqdm.write(printable(text), file=sys.stderr)  # messages go above the bar, not through it
+            self.say = lambda text: tqdm.write(printable(localize(text)), file=sys.stderr)  # above the bar, not through it
         bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
         interrupted = False
         try:
