@@ -32,8 +32,9 @@ class RunOutcome:
     exit_code: int
     document: dict[str, Any]
     reports: dict[str, Path]
-    error: str | None = None  # what ended the run early (the PC/SC service went away, …), in words
+    failure: ProvisionError | None = None  # what ended the run early (the PC/SC service went away, …)
     sealed: bool = True  # False: not even the run's end record and seal could be written
+    reports_failure: OSError | ProvisionError | None = None  # after such an end, the reports failed too
 
 
 def run_jobfile(
@@ -99,15 +100,16 @@ def run_jobfile(
             with contextlib.suppress(*RECORDS_FAILED):
                 runner.journal.close()
                 runner.pin_holds.close()
-            error = runner.stop_error.message if runner.stop_error is not None else None
+            failure, reports_failure = runner.stop_error, None
             try:
                 reports = write_run_reports(document, logs)
             except (OSError, ProvisionError) as exc:
                 reports = {}
-                if error is None:
+                if failure is None:
                     raise
-                error += f"; the reports could not be written either ({getattr(exc, 'strerror', None) or exc})"
-    return RunOutcome(code, document, reports, error, sealed=runner.record_failed is None)
+                reports_failure = exc
+    return RunOutcome(code, document, reports, failure, sealed=runner.record_failed is None,
+                      reports_failure=reports_failure)  # fmt: skip
 
 
 @contextmanager

@@ -332,12 +332,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _warn_if_stopped(outcome: Any) -> None:
     """A run that ended early says why, once, on stderr (its records and reports are written)."""
-    if outcome.error and not outcome.sealed:
+    error = outcome.failure.localized() if outcome.failure is not None else None
+    if error and outcome.reports_failure is not None:
+        failed = outcome.reports_failure
+        error += "; " + _("the reports could not be written either ({reason})").format(
+            reason=getattr(failed, "strerror", None) or failed)
+    if error and not outcome.sealed:
         _warn("provision: " + _("{error}; not even the run's end could be recorded, so the journal still calls it running: "
-              "once that is fixed, 'provision resume' closes it and finishes what was started").format(error=localize(outcome.error)))  # fmt: skip
-    elif outcome.error:
+              "once that is fixed, 'provision resume' closes it and finishes what was started").format(error=error))  # fmt: skip
+    elif error:
         _warn("provision: " + _("{error}; the run was recorded as interrupted and sealed, and 'provision resume' "
-              "finishes it once that is fixed").format(error=localize(outcome.error)))  # fmt: skip
+              "finishes it once that is fixed").format(error=error))  # fmt: skip
     elif outcome.exit_code == EXIT_INTERRUPTED:
         _warn("provision: " + _("interrupted; the journal is consistent and 'provision resume' finishes what was started"))
 

@@ -202,7 +202,7 @@ class Runner:
         self.stop_requested: str | None = None  # the signal that asked the run to end
         self.stop_error: ProvisionError | None = None  # the environment failure that ended it
         self.stopped_by: str | None = None  # what ended the run early, in the records
-        self.record_failed: str | None = None  # the end of the run could not be recorded (why)
+        self.record_failed: ProvisionError | None = None  # the end of the run could not be recorded (why)
         self._lock = threading.RLock()
         self._busy: set[str] = set()
         self._workers: list[threading.Thread] = []
@@ -787,7 +787,7 @@ class Runner:
             # Not even the reserve was enough: the run stays 'running' in the journal, and the next
             # run or resume closes it as a killed one would be (run_abandoned).
             self.stop_error = self.stop_error or exc
-            self.record_failed = exc.message
+            self.record_failed = exc
         finally:
             if self.audit is not None:
                 self.audit.close()

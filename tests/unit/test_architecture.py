@@ -138,11 +138,13 @@ def test_one_event_loop_the_runners() -> None:
 def test_the_counter_screen_is_a_ui_the_runner_is_given() -> None:
     """The screen neither drives nor ends the run, nor patches it: it implements ``RunUI`` and asks
     the runner through public methods only."""
+    tree = ast.parse(_source("provision.counter"))
+    assert "run" not in {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}  # no day of its own
     used = _attributes(_source("provision.counter"))
     drives = {"events", "handle_card", "load_card", "take_reader", "finish", "source", "run"}
     assert not used & drives, used & drives
     assert not {name for name in used if name.startswith("_") and not name.startswith("__")}
-    assert not [node for node in ast.walk(ast.parse(_source("provision.counter")))
+    assert not [node for node in ast.walk(tree)
                 if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign)
                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
                 if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)]  # fmt: skip
