@@ -215,6 +215,12 @@ class CardStatusError(CardError):
         self.sw = sw
 
 
+class MetadataUnavailableError(CardStatusError):
+    """GET METADATA failed for one key slot (``6F00``) on a card that has the command: the key there
+    cannot be described (PivApplet cannot for an imported RSA key, whose public half it never
+    receives). Only that read is lost; what the slot holds is unknown, not empty."""
+
+
 class CardProtocolError(CardError):
     """The card's answer is malformed (truncated TLV, wrong length, garbage)."""
 

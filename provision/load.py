@@ -35,6 +35,7 @@ from provision.errors import (
     InternalError,
     JobRefused,
     ManagementKeyError,
+    MetadataUnavailableError,
     OperatorDeclined,
     PinError,
     PinFloorError,
@@ -297,14 +298,18 @@ class Loader:
     def _metadata(self) -> SlotMetadata | None:
         try:
             return self.session.get_metadata(self.slot.key_ref)
-        except CardNotSupportedError:
+        except (CardNotSupportedError, MetadataUnavailableError):
+            # Either way nothing is known about this slot's key: the certificate and, where it
+            # matters, a test signature decide (as on a card without F7).
             self._metadata_supported = False
             return None
 
     def _key_proves_certificate(self) -> bool:
         self.verify_pin()
         try:
-            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            self._test_signature()
+        except PinError:
+            raise  # a refused PIN is never a reason to load again (nor to present it again)
         except CardError:
             return False
         return True
@@ -746,8 +751,16 @@ class Loader:
             self.result.notes.append("the key was already on the card")
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
-            self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
-                                    self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
+            try:
+                self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
+                                        self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
+            except CardStatusError as exc:
+                # PivApplet takes touch policies default/never only and answers 6A81 to the others.
+                if exc.sw != 0x6A81 or self.job.touch_policy in ("default", "never"):
+                    raise
+                raise CardNotSupportedError(
+                    msg("this card does not take touch policy '{policy}' (IMPORT KEY answered {sw:04X}); the key was not "
+                        "imported. Use touch_policy: never or default for it", policy=self.job.touch_policy, sw=exc.sw)) from None  # fmt: skip
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, pin_policy=self.job.pin_policy,
                        touch_policy=self.job.touch_policy)  # fmt: skip
 
@@ -789,6 +802,13 @@ class Loader:
         if names is not None and names.get(self.slot.key_ref) == self.ctx.slot_name:
             self.result.slot_name_on_card = True
             return
+        if not names and self._slot_name_refused_by_committed_load():
+            # This card refused the name when this job was loaded (PivApplet answers GET DATA 5FFF50
+            # 6A82 and PUT DATA 6A81): asking again writes nothing and would turn a re-run's
+            # "skipped" into "loaded" with a management-key authentication for nothing.
+            self.result.slot_name_on_card = False
+            self.result.notes.append("slot name kept by provision only: the card refused it when this job was loaded")
+            return
         self.authenticate_management_key()  # a resumed load may reach here without it
         self._wrote = True
         with self.step("write_slot_name") as found:
@@ -800,6 +820,16 @@ class Loader:
                 self.result.notes.append(f"slot name kept by provision only: {outcome.reason}")
             self.audit("slot_name_written", stored=outcome.stored)
 
+    def _slot_name_refused_by_committed_load(self) -> bool:
+        """The last ``write_slot_name`` of this job found the name refused, and a commit followed."""
+        refused = committed_refused = False
+        for _, action, phase, detail, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if action == "write_slot_name" and phase == "end":
+                refused = detail.get("stored") is False
+            elif action == "commit" and phase == "end":
+                committed_refused = refused
+        return committed_refused
+
     def verify_load(self) -> None:
         with self.step("verify_load") as found:
             back = self.session.read_certificate(self.slot.key_ref)
@@ -807,20 +837,39 @@ class Loader:
                 raise CardError(msg('the certificate read back from slot {hex} differs from the one written', hex=self.slot.hex))
             # The test signature, checked with the certificate's public key, proves that the key
             # in the slot is the certificate's: no separate metadata read is needed for that.
-            verified = self._pin_always(None)
-            if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
-                self._present_pin(self._pin or self._obtain_pin(None))
-            try:
-                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
-            except CardStatusError as exc:
-                if exc.sw != SW_SECURITY_NOT_SATISFIED or verified:
-                    raise
-                # This card keeps PIN policy "always" on this key although neither the job nor the
-                # slot's usual default says so: present the PIN the card accepted a moment ago.
-                self._present_pin(self._pin or self._obtain_pin(None))
-                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            self._test_signature()
             found["test_signature"] = "verified"
             self.audit("verified", outcome="ok")
+
+    def _test_signature(self) -> None:
+        """One test signature with the slot's key, with the VERIFY right before it that PIN policy
+        *always* needs. Also where ``verify_pin`` sent no VERIFY because the card said the PIN was
+        already verified (PivApplet keeps that across a re-SELECT, e.g. from an earlier program):
+        an *always* key still wants its own VERIFY immediately before its use."""
+        verified = self._pin_always(None)
+        if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
+            self._present_pin_again()
+        try:
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+        except CardStatusError as exc:
+            if exc.sw != SW_SECURITY_NOT_SATISFIED or verified:
+                raise
+            # This card keeps PIN policy "always" on this key although neither the job nor the
+            # slot's usual default says so: present the PIN the card accepted a moment ago.
+            self._present_pin_again()
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+
+    def _present_pin_again(self) -> None:
+        """VERIFY with the PIN of this load right before a key's use. Kept once accepted, so a later
+        VERIFY does not ask a person again; a refused one raises and is never presented again."""
+        pin = self._pin or self._obtain_pin(None)
+        try:
+            self._present_pin(pin)
+        except PinError:
+            if pin is not self._pin:
+                pin.wipe()
+            raise
+        self._pin = pin
 
     def _pin_always(self, metadata: SlotMetadata | None) -> bool:
         return pin_always(self.slot.key_ref, self.job.pin_policy, None if metadata is None else metadata.pin_policy)

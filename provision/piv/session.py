@@ -42,6 +42,7 @@ from provision.errors import (
     CardStatusError,
     KeyMismatchError,
     ManagementKeyError,
+    MetadataUnavailableError,
     PinError,
     PinFormatError,
     PukError,
@@ -94,6 +95,7 @@ SW_REFERENCE_NOT_FOUND = 0x6A88
 SW_FILE_NOT_FOUND = 0x6A82
 SW_SECURITY_NOT_SATISFIED = 0x6982
 SW_AUTH_BLOCKED = 0x6983
+SW_UNKNOWN = 0x6F00
 
 MANAGEMENT_KEY_ALGORITHMS: dict[str, int] = {"3des": 0x03, "aes128": 0x08, "aes192": 0x0A, "aes256": 0x0C}
 _MGMT_KEY_LENGTH = {0x03: 24, 0x08: 16, 0x0A: 24, 0x0C: 32}
@@ -226,13 +228,28 @@ def parse_public_key(algorithm: int, encoded: bytes) -> PublicKey | None:
         raise CardProtocolError(msg('the card sent an invalid {name} public key: {exc}', name=info.name, exc=exc)) from None
 
 
-def parse_metadata(slot: int, data: bytes) -> SlotMetadata:
+ALGORITHM_PIN = 0xFF  # tag 01 of a YubiKey's PIN/PUK metadata
+
+
+def parse_metadata(slot: int, data: bytes) -> SlotMetadata | None:
+    """One GET METADATA answer. None: a key slot that holds no key.
+
+    Tag 01 (algorithm) is optional where its meaning is fixed: 9B without it is 3DES (as yubikit
+    assumes); PIN and PUK (80, 81) have no key algorithm (YubiKeys send FF, PivApplet nothing); a
+    key slot without it and without a public key (04) holds no key: PivApplet answers 9000 with
+    only the slot's policies there where a YubiKey answers 6A88.
+    """
     fields = tlv.parse_dict(data)
     algorithm = _single_byte(fields, 0x01)
     if algorithm is None:
-        if slot != KEY_REF_MANAGEMENT:
-            raise CardProtocolError(msg('metadata for slot {slot:02X} has no algorithm (tag 01)', slot=slot))
-        algorithm = 0x03  # firmware without tag 01 for 9B only has 3DES (as yubikit assumes)
+        if slot == KEY_REF_MANAGEMENT:
+            algorithm = 0x03
+        elif slot in (KEY_REF_PIN, KEY_REF_PUK):
+            algorithm = ALGORITHM_PIN
+        elif 0x04 in fields:
+            raise CardProtocolError(msg('metadata for slot {slot:02X} has a public key but no algorithm (tag 01)', slot=slot))
+        else:
+            return None
     pin_policy = touch_policy = None
     if 0x02 in fields:
         policy = fields[0x02]
@@ -655,10 +672,11 @@ class PivSession:
     # --- metadata ---
 
     def get_metadata(self, slot: int) -> SlotMetadata | None:
-        """GET METADATA for a key slot, 9B, 80 (PIN) or 81 (PUK). None: empty slot (6A88).
+        """GET METADATA for a key slot, 9B, 80 (PIN) or 81 (PUK). None: empty slot (6A88, or an
+        answer without an algorithm, see ``parse_metadata``).
 
         Raises CardNotSupportedError on cards without GET METADATA (YubiKey before 5.3, most
-        non-Yubico applets).
+        non-Yubico applets), MetadataUnavailableError when one key slot's answer is ``6F00``.
         """
         data, sw = self.channel.send_raw_sw(INS_GET_METADATA, 0x00, slot, le=0)
         if sw == SW_REFERENCE_NOT_FOUND:
@@ -666,6 +684,12 @@ class PivSession:
         if sw in UNSUPPORTED_SW:
             raise CardNotSupportedError(
                 msg("this card has no GET METADATA ({sw:04X}); its slots' contents cannot be read", sw=sw)
+            )
+        if sw == SW_UNKNOWN and slot not in (KEY_REF_MANAGEMENT, KEY_REF_PIN, KEY_REF_PUK):
+            raise MetadataUnavailableError(
+                msg("the card cannot describe the key in slot {slot:02X} (GET METADATA answered 6F00, as PivApplet does "
+                    "for a key it imported)", slot=slot),
+                sw,
             )
         if sw != SW_OK:
             raise CardStatusError(msg('GET METADATA {slot:02X} failed: {sw:04X} ({describe_sw})', slot=slot, sw=sw, describe_sw=describe_sw(sw)), sw)
