@@ -308,7 +308,7 @@ class Runner:
                 return
         problem = problem or BundleError(None, msg('the PKCS#12 file could not be opened'))
         with self._lock:
-            state.failure = problem  # also when a claim already moved the job on: its failure says why
+            state.failure = kept(problem)  # also when a claim already moved the job on: its failure says why
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
                 return
             state.status = jn.FAILED
@@ -508,7 +508,7 @@ class Runner:
             # and the run stops; no second write is tried here.
             if state is not None:
                 with self._lock:
-                    state.status, state.failure = jn.IN_DOUBT, exc
+                    state.status, state.failure = jn.IN_DOUBT, kept(exc)
             raise
         except (PinError, ManagementKeyError, CardError, ProvisionError) as exc:
             if state is None:
@@ -536,7 +536,7 @@ class Runner:
             state.result = result
             state.apdus += apdus
             state.seconds += time.monotonic() - start
-            state.failure = exc
+            state.failure = kept(exc) if exc is not None else None
         fields: dict[str, Any] = {"card_serial": state.card_serial, "slot": state.job.slot.hex,
                                   "slot_name": state.slot_name, "apdus": state.apdus,
                                   "seconds": round(state.seconds, 3), "error": failure_text(exc)}  # fmt: skip
@@ -609,6 +609,8 @@ class Runner:
                 turn = self.ui.between_cards(self)
                 if turn is Turn.END:
                     break
+                if turn is Turn.TAKE_CARD and not self.open_jobs() and not self._busy:
+                    break  # every job has ended and nobody waits on anything (a card to be taken out)
                 if turn is Turn.TAKE_CARD and waiting:
                     with self._lock:
                         ready = fresh + [r for r in waiting if r not in fresh and r not in self._busy
@@ -631,8 +633,6 @@ class Runner:
                         self._workers.append(worker)
                         worker.start()
                 self._reap(bar)
-                if not self.open_jobs() and not self._busy:
-                    break
                 if event.kind == "removed" and self.open_jobs() and not self._busy:
                     self._announce()
             for worker in self._workers:
@@ -828,6 +828,18 @@ class Runner:
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
                 "finished": self.finished, "stopped_by": self.stopped_by, "counts": self.counts(), "seal": self.seal,
                 "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
+
+
+def kept(exc: ProvisionError) -> ProvisionError:
+    """The failure as job state keeps it, for the whole run: without the tracebacks of its chain,
+    whose frames would keep the card, the decrypted bundle and the PIN alive with it."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return exc
 
 
 def _management_key_kind(job: Job, result: Any) -> str | None:

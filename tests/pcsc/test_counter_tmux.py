@@ -343,6 +343,9 @@ def test_a_blocked_card_is_unblocked_and_loaded_in_one_visit(tmux: Tmux, pcscd: 
     tmux.wait_for("Card PIN:")
     tmux.keys(canaries.pin, "Enter")
     screen = tmux.wait_for("CHAN Tai Man: done")
+    tmux.wait_for("Take the card out of the reader.")
+    time.sleep(2)  # the day does not end with the last card still in the reader
+    assert "EXITED" not in tmux.screen()
     _take_out(server, reader)
     screen = tmux.wait_for("EXITED")
     assert "EXITED 0" in screen, screen[-2000:]

@@ -429,6 +429,7 @@ def test_a_failure_stays_an_exception_until_it_is_shown(batch: Batch) -> None:
         runner.pin_holds.close()
     wrong_pin, unexpected = (s.failure for s in runner.states)
     assert isinstance(wrong_pin, PinError) and wrong_pin.tries_left == 2
+    assert wrong_pin.__traceback__ is None  # its frames (card, bundle, PIN) are not kept with it
     assert isinstance(unexpected, BundleError) and unexpected.status is None
     assert unexpected.message.startswith("expect.subject_cn: expected 'Somebody Else'")
     assert [j["error"] for j in document["jobs"]] == [wrong_pin.message, unexpected.message]
