@@ -124,6 +124,18 @@ class CounterCards:
 PULLED_AFTER_APDUS = 12
 
 
+def svg_format() -> str:
+    """rich's SVG template without its web-font URLs: a picture in the guides loads nothing from the
+    network (the viewer's Fira Code if installed, else its monospace font)."""
+    import inspect
+    import re
+
+    from rich.console import Console
+
+    default = str(inspect.signature(Console.export_svg).parameters["code_format"].default)
+    return re.sub(r',\s*url\("https?://[^"]*"\) format\("woff2?"\)', "", default)
+
+
 class PutBack:
     """A pulled card put back into the reader: the same card (its state as the pull left it)."""
 
@@ -151,7 +163,8 @@ class Script:
         self.title = ""
 
     def cut(self, name: str) -> None:
-        self.pictures[name] = self.console.export_svg(title=self.title, clear=True)
+        self.pictures[name] = self.console.export_svg(title=self.title, clear=True, code_format=svg_format(),
+                                                      unique_id=f"provision-{name}")  # fmt: skip
 
     def answer(self, *, secret: bool) -> str:
         """The next answer, echoed as a terminal would (a secret prompt echoes nothing)."""
