@@ -104,6 +104,7 @@ class Exchange:
     command_bytes: int
     response_bytes: int
     sw: str
+    seconds: float = 0.0  # the card's own time for this APDU (its latency included), measured at the card
 
 
 class RecordingCard:
@@ -124,10 +125,17 @@ class RecordingCard:
         self.card.reset()
 
     def process(self, apdu: bytes) -> bytes:
+        start = time.perf_counter()
         response = bytes(self.card.process(apdu))
+        seconds = time.perf_counter() - start
         apdu = bytes(apdu)
-        self.log.append(Exchange(apdu[:4], _command_data(apdu)[:8], len(apdu), len(response), response[-2:].hex().upper()))
+        self.log.append(Exchange(apdu[:4], _command_data(apdu)[:8], len(apdu), len(response), response[-2:].hex().upper(),
+                                 seconds))  # fmt: skip
         return response
+
+    def card_seconds(self) -> float:
+        """The card's own time over everything it answered: the floor no host software can beat."""
+        return sum(x.seconds for x in self.log)
 
 
 def _command_data(apdu: bytes) -> bytes:
