@@ -366,20 +366,20 @@ class Runner:
     # --- one card ---
 
     def handle_card(self, reader: str) -> None:
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
         # Transient faults only (another program reset the card, a transaction was lost): reconnect,
         # re-select, re-authenticate and continue from the journal and the card's real state. A wrong
         # PIN, a refused management key or a refused key are never retried: they are not transient.
-        retrying = Retrying(
-            retry=retry_if_exception_type(TransientCardError),
-            stop=stop_after_attempt(TRANSIENT_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.25, max=2),
-            reraise=True,
-            before_sleep=lambda rs: self.say(f"{reader}: {rs.outcome.exception()}; trying again"),  # type: ignore[union-attr]
-        )
+        # (A plain loop: importing a retry library cost each run 10 ms before its first APDU.)
         try:
-            retrying(self._handle_card, reader)
+            for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+                try:
+                    self._handle_card(reader)
+                    break
+                except TransientCardError as exc:
+                    if attempt == TRANSIENT_ATTEMPTS:
+                        raise
+                    self.say(f"{reader}: {exc}; trying again")
+                    time.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)))
         except TransientCardError as exc:
             self.say(f"{reader}: {exc.message}; the job stays open, re-insert the card")
         except RECORDS_FAILED as exc:  # the journal or the audit log cannot be written: the run ends
