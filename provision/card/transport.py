@@ -356,7 +356,7 @@ def watch(
                 wait_ms = max(0, min(wait_ms, int(left * 1000)))
             query = [(name, state) for name, (state, _) in seen.items()]
             pnp_now = pnp_state is not None and len(query) < _MAX_WAIT_STATES
-            if pnp_now:
+            if pnp_state is not None and pnp_now:
                 query.append((PNP_NOTIFICATION, pnp_state))
             if not query:  # pcsc-lite cannot wait on nothing: no readers and no PnP
                 time.sleep(wait_ms / 1000)
