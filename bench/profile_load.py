@@ -120,6 +120,24 @@ def heaviest_imports(daemon: object, material: object, work: Path, top: int = 8)
             "imported_modules": len(rows)}  # fmt: skip
 
 
+NEEDED = "cryptography.x509, cryptography.hazmat.primitives.serialization.pkcs12, yaml, smartcard.scard, sqlite3, json"
+
+
+def python_floor(samples: int = 7) -> dict[str, float]:
+    """What any Python tool pays before its own code: the interpreter, and the interpreter with only
+    the libraries a load cannot do without (X.509 and PKCS#12, YAML, PC/SC, SQLite)."""
+
+    def run(code: str) -> float:
+        times = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return {"python -c pass": run("pass"), "python importing only the libraries": run(f"import {NEEDED}")}
+
+
 def profile(latency_ms: float, repeat: int) -> dict[str, object]:
     from bench import cards
 
@@ -136,6 +154,7 @@ def profile(latency_ms: float, repeat: int) -> dict[str, object]:
         runs = [one_run(daemon, material, latency_ms, work, i) for i in range(repeat)]
         fsyncs = syscall_fsyncs(daemon, material, work)
         imports = heaviest_imports(daemon, material, work)
+        floor = python_floor()
     finally:
         daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -147,7 +166,7 @@ def profile(latency_ms: float, repeat: int) -> dict[str, object]:
         "card_seconds": med(r["card_seconds"] for r in runs), "apdus": med(r["apdus"] for r in runs),  # type: ignore[misc]
         "first_apdu": med(r["first_apdu"] for r in runs), "decryption": med(r["decryption"] for r in runs),  # type: ignore[misc]
         "phases": phases, "calls": runs[-1]["calls"], "fsync_python": runs[-1]["fsync_python"],
-        "fsync_syscalls": fsyncs, "imports": imports,
+        "fsync_syscalls": fsyncs, "imports": imports, "floor": floor,
     }  # fmt: skip
 
 
@@ -175,6 +194,9 @@ def render(p: dict[str, object]) -> str:
     imp: dict[str, object] = p["imports"]  # type: ignore[assignment]
     lines.append(f"imports (-X importtime, one run): {imp['total_ms']} ms over {imp['imported_modules']} modules; heaviest: "
                  + ", ".join(f"{n} {ms}" for n, ms in imp["top_level"]))  # type: ignore[attr-defined]  # fmt: skip
+    floor: dict[str, float] = p["floor"]  # type: ignore[assignment]
+    lines.append("floor of any Python tool: " + "; ".join(f"{k} {v * 1000:.0f} ms" for k, v in floor.items())
+                 + f" ({NEEDED})")  # fmt: skip
     return "\n".join(lines)
 
 
