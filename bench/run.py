@@ -3,13 +3,15 @@
 Prints one table and writes bench/results.json. Nothing here is an assert: targets are reported
 as met or not, with the measured numbers, so a slow machine never fails a build.
 
-  python bench/run.py            # everything (about 6 minutes on 2 cores)
+  python bench/run.py            # everything (about 12 minutes on 2 cores)
   python bench/run.py --quick    # fewer repeats, a 1,000-card P6, 100,000 audit events (about 2 minutes)
   python bench/run.py P4 P5      # selected measures (P1 P7 P2 P3 P4 P5 P6 RTT AUDIT)
 
-The card measures (P1, P2, P3) run a private pcscd with vpcd readers named like a YubiKey's (so that
-ykman talks to them) and serve simulated cards (YubiKey 5.4.3 model: 3DES default management key,
-which yubico-piv-tool 2.2 needs) from this process; every tool gets a fresh card per measurement.
+The card measures (P1, P7, P2, P3) run a private pcscd with 16 vpcd readers (pcscd's limit) named
+like a YubiKey's (so that ykman talks to them) and serve simulated cards (YubiKey 5.4.3 model: 3DES
+default management key, which yubico-piv-tool 2.2 needs) from this process, each measuring its own
+answer time; every tool gets a fresh card per measurement. bench/readme_table.py turns
+bench/results.json (or several copies of it) into the README's table.
 """
 
 from __future__ import annotations
