@@ -16,17 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provision.backend import CardBackend
 from provision.errors import ProvisionError
+from provision.i18n import current_language, msg
 from provision.jobfile import JobFile
 from provision.logsdir import LogsLock
 from provision.runner import RECORDS_FAILED, CardSource, Runner, RunOptions, RunUI
 from provision.ui import Say, TerminalUI, UnattendedUI, to_stderr
-
-if TYPE_CHECKING:
-    from provision.counter import CounterScreen
 
 
 @dataclass
@@ -34,8 +32,9 @@ class RunOutcome:
     exit_code: int
     document: dict[str, Any]
     reports: dict[str, Path]
-    error: str | None = None  # what ended the run early (the PC/SC service went away, …), in words
+    failure: ProvisionError | None = None  # what ended the run early (the PC/SC service went away, …)
     sealed: bool = True  # False: not even the run's end record and seal could be written
+    reports_failure: OSError | ProvisionError | None = None  # after such an end, the reports failed too
 
 
 def run_jobfile(
@@ -77,34 +76,40 @@ def run_jobfile(
                            operator=operator)  # fmt: skip
         if unattended and wait is None:
             wait = 0.0
+        if counter_screen:  # the clerk ends the day; the screen is the progress shown
+            wait, progress = None, False
         options = RunOptions(logs=logs, unattended=unattended, wait=wait, progress=progress, queue=queue,
                              station=station, lease_seconds=lease_seconds, bundle_window=bundle_window)  # fmt: skip
-        screen: CounterScreen | None = None
         ui: RunUI
         if counter_screen:
             from provision.counter import CounterScreen
 
-            ui = screen = CounterScreen()
+            ui = CounterScreen()
         else:
             ui = UnattendedUI(say) if unattended else TerminalUI(say)
         runner = Runner(jobfile, source, options, ui=ui, audit=audit)
-        with stop_on_signals(runner, raise_interrupt=screen is not None):
-            runner.prepare(defer_prompts=screen is not None)
-            code = screen.run(runner) if screen is not None else runner.run()
+        with stop_on_signals(runner, raise_interrupt=counter_screen):
+            runner.prepare(defer_prompts=counter_screen)
+            code = runner.run()
             document = runner.document()
             document["operator"] = audit.operator  # the person (BR §5.4.1), as every audit record names them
+            # The language the people at the counter saw (a language code; every other field stays
+            # language-neutral) and the zone the reports write times in.
+            document["language"] = current_language()
+            document.setdefault("timezone", jobfile.timezone)
             with contextlib.suppress(*RECORDS_FAILED):
                 runner.journal.close()
                 runner.pin_holds.close()
-            error = runner.stop_error.message if runner.stop_error is not None else None
+            failure, reports_failure = runner.stop_error, None
             try:
                 reports = write_run_reports(document, logs)
             except (OSError, ProvisionError) as exc:
                 reports = {}
-                if error is None:
+                if failure is None:
                     raise
-                error += f"; the reports could not be written either ({getattr(exc, 'strerror', None) or exc})"
-    return RunOutcome(code, document, reports, error, sealed=runner.record_failed is None)
+                reports_failure = exc
+    return RunOutcome(code, document, reports, failure, sealed=runner.record_failed is None,
+                      reports_failure=reports_failure)  # fmt: skip
 
 
 @contextmanager
@@ -185,8 +190,7 @@ def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged
         if not tail.ok:
             if not accept_damaged_tail:
                 raise AuditError(
-                    f"the audit log's end is damaged ({tail.message}); nothing was run. Check it with "
-                    "'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue"
+                    msg("the audit log's end is damaged ({message}); nothing was run. Check it with 'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue", message=tail.message)
                 )
             audit.accept_damaged_tail(accept_damaged_tail, known)
     except BaseException:

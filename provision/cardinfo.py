@@ -281,7 +281,8 @@ def _slot_lines(info: SlotInfo, metadata_supported: bool) -> list[str]:
             parts.append(f"touch {key.touch_policy}")
         lines.append(f"  Key:           {', '.join(parts)}")
     elif cert is not None and metadata_supported:
-        lines.append("  Key:           none")
+        # An unreadable key (the error says why) is not an absent one.
+        lines.append("  Key:           none" if info.error is None else "  Key:           unknown")
     if info.key_matches_certificate is False:
         lines.append("  WARNING:       the key in the slot does not match the certificate")
     if info.error is not None:

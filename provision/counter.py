@@ -11,8 +11,9 @@ Keys are read a line at a time, and only when the screen is waiting, so that the
 (getpass, on the terminal) never competes with a background reader.
 
 The screen is the runner's UI at a counter (``runner.RunUI``: it says, asks the PIN, shows the
-certificate to confirm), handed to the runner by ``provision.app``; and its queue drives the runner
-through public methods only: ``call`` the holder, ``load_card`` their card, ``finish`` the day.
+certificate to confirm), handed to the runner by ``provision.app``. It has no loop of its own: at
+each event of the runner's loop it has its turn (``between_cards``: call the next holder, read the
+clerk's key, or end the day), and it is told when their card was handled (``card_handled``).
 """
 
 from __future__ import annotations
@@ -28,15 +29,41 @@ from rich.table import Table
 from rich.text import Text
 
 from provision import journal as jn
-from provision.display import printable
-from provision.errors import EXIT_FAILED, EXIT_OK, EnvironmentProblem, OperatorDeclined, SecretError
+from provision.display import failure_text, printable
+from provision.errors import OperatorDeclined, SecretError
+from provision.i18n import N_, localize, msg, ngettext
+from provision.i18n import gettext as _
 from provision.jobfile import Job
 from provision.limits import MAX_SECRET_CHARS
-from provision.runner import Runner, open_bundle
+from provision.runner import JobState, Runner, Turn, open_bundle
 from provision.secrets import Secret, typed_secret
 
 POLL_SECONDS = 0.3
-HELP = "Enter: the card is in   s: skip this holder   l: later (after the others)   b N: back to holder N   q: stop for today"
+# The keys stay s, l, b, q, y, u in every language; the words around them are translated.
+HELP = N_("Enter: the card is in   s: skip this holder   l: later (after the others)   b N: back to holder N   q: stop for today")
+# The queue's status column: what the clerk reads (the journal's status names stay as they are).
+STATUS_SHOWN = {
+    jn.PENDING: N_("waiting"),
+    jn.IN_DOUBT: N_("in doubt"),
+    jn.LOADED: N_("loaded"),
+    jn.SKIPPED: N_("already on the card"),
+    jn.FAILED: N_("failed"),
+    jn.REFUSED: N_("refused"),
+    "skipped today": N_("skipped today"),
+    "later": N_("later"),
+    "done (earlier run)": N_("done (earlier run)"),
+    "NEXT": N_("NEXT"),
+}
+
+# Prompts a job file usually gives (its own words are data; these common ones are translated).
+COMMON_PROMPTS = (N_("16-digit number on the PIN envelope"), N_("Card PIN"), N_("PUK"), N_("new PIN"))
+
+
+def tries_left(tries: int | None) -> str:
+    """PIN tries left in words, in the chosen language."""
+    if tries is None:
+        return _("tries left unknown")
+    return ngettext("{n} try left", "{n} tries left", tries).format(n=tries)
 
 
 def shown(text: object, style: str = "") -> Text:
@@ -64,7 +91,7 @@ def input_ready(timeout: float) -> bool:
 
 
 class CounterScreen:
-    """The runner's UI at a counter (``runner.RunUI``), and the clerk's queue that drives it."""
+    """The runner's UI at a counter (``runner.RunUI``): the clerk's queue, one holder at a time."""
 
     types_pins = True  # the citizen types the PIN, one card at a time
     checks_certificates = True  # the clerk checks each certificate before it is written (workflow step 8)
@@ -78,6 +105,8 @@ class CounterScreen:
         self.skipped: set[str] = set()  # skipped today (they stay pending in the journal)
         self.earlier: set[str] = set()  # done by an earlier run of the day (the journal says so)
         self.stopping = False  # the clerk left a prompt with q or Ctrl-D: the day ends
+        self.called: JobState | None = None  # the holder asked to hand over their card now
+        self.take_out: str | None = None  # the reader whose card the clerk is asked to take out
         self._pin_asked: tuple[str, int | None] | None = None  # the last PIN prompt of this card
 
     def attach(self, runner: Runner) -> None:
@@ -85,10 +114,79 @@ class CounterScreen:
         self.runner = runner
         self.order = [s.job.id for s in runner.states]
 
+    # --- the runner's loop gives the screen its turn ---
+
+    def begin(self, run: Runner) -> None:
+        self.attach(run)
+        # The day's job file opened again: holders the journal shows as loaded are done, not queued.
+        self.earlier = set(run.adopt_done_from_journal())
+
+    def between_cards(self, run: Runner) -> Turn:
+        """Call the next holder (their envelope, then their card), or act on the clerk's key."""
+        if self.take_out is not None:
+            if run.card_stays(self.take_out):
+                return Turn.WAIT
+            self.take_out = None
+        if self.called is None:
+            waiting = self.queue()
+            if not waiting:
+                return Turn.END
+            self.render_queue()
+            state = waiting[0]
+            if state.bundle is None and not (self.open_envelope(state) if state.deferred
+                                             else run.ensure_bundle(state)):  # fmt: skip
+                if self.stopping:
+                    return self.stop_for_today()
+                return Turn.WAIT  # the next holder at the next turn
+            self.instruct(state)
+            # The card in the reader is matched to its job by serial: the called holder's only
+            # (match() refuses another holder's card at the counter).
+            self.called = state
+            run.call(state)
+            self._pin_asked = None
+        if run.free_readers():
+            return Turn.TAKE_CARD
+        key = self.read_key()
+        if key is None:
+            return Turn.WAIT
+        if key == "q":
+            return self.stop_for_today()
+        state, self.called = self.called, None
+        if key == "s":
+            self.skipped.add(state.job.id)
+            self.eject()
+        elif key == "l":
+            self.order.remove(state.job.id)
+            self.order.append(state.job.id)
+            self.later.add(state.job.id)
+            self.eject()
+        else:
+            self.come_back(key)
+        return Turn.WAIT
+
+    def card_handled(self, run: Runner, reader: str) -> None:
+        state, self.called = self.called, None
+        if state is not None:
+            self.show_result(state)
+            if state.status in (jn.PENDING, jn.IN_DOUBT):
+                # Declined, another holder's card, or pulled: the same holder stays next, so the
+                # right card (or the same one, put back) finishes it; `s` skips them.
+                self.eject()
+        if run.card_stays(reader):
+            self.console.print(Text(_("Take the card out of the reader."), style="bold"))
+            self.take_out = reader
+
+    def ended(self, run: Runner) -> None:
+        self.render_queue()
+
+    def stop_for_today(self) -> Turn:
+        self.console.print(shown(_("Stopping for today. 'provision resume' continues with the holders still waiting.")))
+        return Turn.END
+
     # --- what the runner and the loader ask ---
 
     def say(self, text: str) -> None:
-        self.console.print(shown(text))
+        self.console.print(shown(localize(text)))
 
     def announce_next(self, job: Job) -> list[str]:
         return []  # the screen calls each holder itself (instruct)
@@ -97,38 +195,41 @@ class CounterScreen:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("Holder", shown(job.holder))
-        table.add_row("Subject", shown(info.subject))
-        table.add_row("Issuer", shown(info.issuer))
-        table.add_row("Serial", shown(info.serial))
-        table.add_row("New expiry", f"{info.not_after:%Y-%m-%d}")
-        table.add_row("Slot name", shown(slot_name))
+        table.add_row(_("Holder"), shown(job.holder))
+        table.add_row(_("Subject"), shown(info.subject))
+        table.add_row(_("Issuer"), shown(info.issuer))
+        table.add_row(_("Serial"), shown(info.serial))
+        table.add_row(_("New expiry"), f"{info.not_after:%Y-%m-%d}")
+        table.add_row(_("Slot name"), shown(slot_name))
         if replaced is not None:
-            table.add_row("Replaces", shown(f"{replaced.subject}, expiring {replaced.not_after:%Y-%m-%d} (it will be kept On Disk)"))
-        self.console.print(Panel(table, title="Check the certificate before it is loaded", border_style="cyan"))
-        self.console.print("Load this certificate onto the card? [bold]y[/bold]es / [bold]n[/bold]o: ", end="")
+            table.add_row(_("Replaces"), shown(_("{subject}, expiring {date} (it will be kept On Disk)").format(
+                subject=replaced.subject, date=f"{replaced.not_after:%Y-%m-%d}")))
+        self.console.print(Panel(table, title=_("Check the certificate before it is loaded"), border_style="cyan"))
+        self.console.print(shown(_("Load this certificate onto the card? y: yes / n: no: ")), end="")
         return self.read_line().strip().lower() in ("y", "yes")
 
     def ask_pin(self, holder: str, tries: int | None) -> Secret:
         import getpass
 
-        left = "unknown" if tries is None else str(tries)
-        warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
+        left = _("unknown") if tries is None else str(tries)
         asked = self._pin_asked
         if asked is not None and asked[0] == holder and (tries is None or asked[1] is None or tries < asked[1]):
             # Asked again for the same card: the card refused the PIN just typed (and counted it).
-            self.console.print(shown(f"Wrong PIN, {left} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
+            self.console.print(shown(_("Wrong PIN, {tries}.").format(tries=tries_left(tries)), style="bold red"))
         self._pin_asked = (holder, tries)
-        self.console.print(f"The holder types the card PIN (q: leave). Tries left: [bold]{left}[/bold]{warn}")
+        line = shown(_("The holder types the card PIN (q: leave). Tries left: {n}").format(n=left))
+        if tries is not None and tries <= 2:
+            line.append(" " + _("(careful: the card blocks when none are left)"), style="bold red")
+        self.console.print(line)
         try:
-            typed = getpass.getpass("Card PIN: ", stream=sys.stderr)
+            typed = getpass.getpass(_("Card PIN: "), stream=sys.stderr)
         except EOFError:
             typed = "q"  # Ctrl-D leaves the prompt, as q does
         except KeyboardInterrupt:
-            raise SecretError("no PIN was typed") from None
+            raise SecretError(msg("no PIN was typed")) from None
         if typed.strip().lower() == "q":
             # The clerk left the prompt: the holder is not loaded yet and stays next (s skips them).
-            raise OperatorDeclined(f"no PIN was typed for {holder}; nothing was sent to the card")
+            raise OperatorDeclined(msg("no PIN was typed for {holder}; nothing was sent to the card", holder=holder))
         return typed_secret(typed, "PIN")
 
     # --- unblocking a card at the counter (the citizen types the PUK and a new PIN) ---
@@ -140,25 +241,28 @@ class CounterScreen:
         asked = self._pin_asked
         if asked is not None and asked[0] == holder and asked[1] is not None and tries < asked[1]:
             # The PIN just typed was refused (and counted): say so, as for every refused PIN.
-            self.console.print(shown(f"Wrong PIN, {tries} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
-        state = "is blocked" if tries == 0 else f"has {tries} PIN tr{'y' if tries == 1 else 'ies'} left, below the floor"
-        words = [shown(f"The card of {holder} {state}.", style="bold red"),
-                 Text("u: the holder unblocks it now with the PUK and a new PIN (the load goes on)   "
-                      "Enter: not now", style="dim")]  # fmt: skip
+            self.console.print(shown(_("Wrong PIN, {tries}.").format(tries=tries_left(tries)), style="bold red"))
+        if tries == 0:
+            state = _("The card of {holder} is blocked.").format(holder=holder)
+        else:
+            state = ngettext("The card of {holder} has {n} PIN try left, below the floor.",
+                             "The card of {holder} has {n} PIN tries left, below the floor.", tries).format(holder=holder, n=tries)
+        words = [shown(state, style="bold red"),
+                 Text(_("u: the holder unblocks it now with the PUK and a new PIN (the load goes on)   Enter: not now"),
+                      style="dim")]  # fmt: skip
         self.console.print(Panel(Group(*words), border_style="red"))
-        self.console.print("Unblock now? [bold]u[/bold] / Enter: ", end="")
+        self.console.print(shown(_("Unblock now? u / Enter: ")), end="")
         if self.read_line().strip().lower() not in ("u", "y", "yes"):
             return False
         try:
             result = make_service(self).unblock_pin()
         except (PukError, PinError, SecretError, CardError) as exc:
-            self.console.print(Panel(shown(f"Not unblocked: {exc.message}"), border_style="red"))
+            self.console.print(Panel(shown(_("Not unblocked: {reason}").format(reason=exc.localized())), border_style="red"))
             return False
         self._pin_asked = None  # the next PIN prompt is the new PIN's first
-        self.console.print(Panel(shown(f"PIN unblocked: PIN tries left {tries_text(result.pin_tries_left)}, "
-                                       f"PUK tries left {tries_text(result.puk_tries_left)}. The holder now types "
-                                       "the new PIN to load the certificate.", style="bold green"),
-                                 border_style="green"))  # fmt: skip
+        done = _("PIN unblocked: PIN tries left {pin}, PUK tries left {puk}. The holder now types the new PIN to load "
+                 "the certificate.").format(pin=tries_text(result.pin_tries_left), puk=tries_text(result.puk_tries_left))
+        self.console.print(Panel(shown(done, style="bold green"), border_style="green"))
         return True
 
     def ask_secret(self, prompt: str) -> Secret:
@@ -166,18 +270,19 @@ class CounterScreen:
         import getpass
 
         try:
-            typed = getpass.getpass(f"{prompt} (q: leave): ", stream=sys.stderr)
+            typed = getpass.getpass(_("{prompt} (q: leave): ").format(prompt=_(prompt)), stream=sys.stderr)
         except (EOFError, KeyboardInterrupt):
-            raise SecretError(f"no {prompt} was typed; nothing was sent to the card") from None
+            raise SecretError(msg("no {prompt} was typed; nothing was sent to the card", prompt=prompt)) from None
         if typed.strip().lower() == "q":
-            raise SecretError(f"no {prompt} was typed; nothing was sent to the card")
+            raise SecretError(msg("no {prompt} was typed; nothing was sent to the card", prompt=prompt))
         return typed_secret(typed, prompt)
 
     def confirm_last_try(self, what: str) -> bool:
         from provision.pinservice import LAST_TRY_ANSWER
 
-        self.console.print(shown(f"This is the card's LAST {what} try: a wrong {what} now blocks it for good.", style="bold red"))
-        self.console.print(shown(f"Type '{LAST_TRY_ANSWER}' to spend it (anything else stops): "), end="")
+        self.console.print(shown(_("This is the card's LAST {what} try: a wrong {what} now blocks it for good.").format(what=what),
+                                 style="bold red"))  # fmt: skip
+        self.console.print(shown(_("Type '{answer}' to spend it (anything else stops): ").format(answer=LAST_TRY_ANSWER)), end="")
         return self.read_line().strip().lower() == LAST_TRY_ANSWER
 
     # --- the queue ---
@@ -188,8 +293,8 @@ class CounterScreen:
         return [by_id[j] for j in self.order if by_id[j].status in (jn.PENDING, jn.IN_DOUBT) and j not in self.skipped]
 
     def render_queue(self) -> None:
-        table = Table(title=shown(f"Batch {self.runner.jobfile.batch}"), expand=False)
-        for column in ("#", "Holder", "Card", "Status"):
+        table = Table(title=shown(_("Batch {batch}").format(batch=self.runner.jobfile.batch)), expand=False)
+        for column in ("#", _("Holder"), _("Card"), _("Status")):
             table.add_column(column)
         nxt = self.queue()[0] if self.queue() else None
         styles = {"done (earlier run)": "green", jn.LOADED: "green", jn.SKIPPED: "green", jn.FAILED: "red", jn.REFUSED: "red"}
@@ -203,86 +308,35 @@ class CounterScreen:
                 status = "done (earlier run)"
             if state is nxt:
                 status = "NEXT"
-            card = state.job.card.describe()
-            table.add_row(str(number), shown(state.job.holder), shown(card), Text(status, style=styles.get(status, "bold" if state is nxt else "")))
+            card = localize(state.job.card.describe())
+            words = _(STATUS_SHOWN[status]) if status in STATUS_SHOWN else status
+            table.add_row(str(number), shown(state.job.holder), shown(card), Text(words, style=styles.get(status, "bold" if state is nxt else "")))
         done = sum(1 for s in self.runner.states if s.status in (jn.LOADED, jn.SKIPPED))
         failed = sum(1 for s in self.runner.states if s.status in (jn.FAILED, jn.REFUSED))
         self.console.print(table)
-        self.console.print(f"done {done} · failed {failed} · waiting {len(self.queue())} · skipped today {len(self.skipped)}")
+        self.console.print(shown(_("done {done} · failed {failed} · waiting {waiting} · skipped today {skipped}").format(
+            done=done, failed=failed, waiting=len(self.queue()), skipped=len(self.skipped))))
 
     def instruct(self, state: Any) -> None:
         card = state.job.card
-        which = f" (card serial {card.serial})" if card.serial is not None else ""
-        words = shown(f"Insert the card of {state.job.holder}{which}", style="bold")
-        self.console.print(Panel(Group(words, Text(HELP, style="dim")), border_style="yellow"))
+        if card.serial is not None:
+            text = _("Insert the card of {holder} (card serial {serial})").format(holder=state.job.holder, serial=card.serial)
+        else:
+            text = _("Insert the card of {holder}").format(holder=state.job.holder)
+        self.console.print(Panel(Group(shown(text, style="bold"), Text(_(HELP), style="dim")), border_style="yellow"))
 
-    # --- the loop ---
-
-    def run(self, runner: Runner) -> int:
-        """The counter's day: call the next holder, take their card (or the clerk's key), load it."""
-        self.attach(runner)
-        # The day's job file opened again: holders the journal shows as loaded are done, not queued.
-        self.earlier = set(runner.adopt_done_from_journal())
-        try:
-            while True:
-                waiting = self.queue()
-                if not waiting:
-                    break
-                self.render_queue()
-                state = waiting[0]
-                if state.bundle is None and not (self.open_envelope(state) if state.deferred
-                                                 else runner.ensure_bundle(state)):  # fmt: skip
-                    if self.stopping:
-                        self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
-                        break
-                    continue
-                self.instruct(state)
-                action = self.wait_for_card_or_key()
-                if action == "q":
-                    self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
-                    break
-                if action == "s":
-                    self.skipped.add(state.job.id)
-                    self.eject()
-                    continue
-                if action == "l":
-                    self.order.remove(state.job.id)
-                    self.order.append(state.job.id)
-                    self.later.add(state.job.id)
-                    self.eject()
-                    continue
-                if action.startswith("b"):
-                    self.come_back(action)
-                    continue
-                reader = action
-                # The card in the reader is matched to its job by serial: the expected holder
-                # first (match() refuses another holder's card at the counter).
-                runner.call(state)
-                self._pin_asked = None
-                runner.load_card(reader)
-                self.show_result(state)
-                if state.status in (jn.PENDING, jn.IN_DOUBT):
-                    # Declined, another holder's card, or pulled: the same holder stays next, so the
-                    # right card (or the same one, put back) finishes it; `s` skips them.
-                    self.eject()
-                self.wait_for_removal(reader)
-        except KeyboardInterrupt:
-            return runner.finish(True)  # EXIT_INTERRUPTED, also when the run had already ended
-        except EnvironmentProblem as exc:  # the PC/SC service went away: the day ends, recorded and sealed
-            return runner.finish(True, error=exc)
-        code = runner.finish(False)
-        self.render_queue()
-        return code if code != EXIT_OK or all(s.status in (jn.LOADED, jn.SKIPPED) for s in runner.states) else EXIT_FAILED
+    # --- the holder called ---
 
     def open_envelope(self, state: Any) -> bool:
         """Workflow steps 5–7: the 16-digit number from the holder's PIN envelope opens the file."""
         import getpass
 
         prompt = state.job.pkcs12_password.ref
-        self.console.print(Panel(shown(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
+        self.console.print(Panel(shown(_("{holder}: type the {prompt}").format(holder=state.job.holder, prompt=_(prompt)), style="bold"),
+                                 border_style="yellow"))  # fmt: skip
         while True:
             try:
-                typed = getpass.getpass("Password (nothing typed: skip this holder; q: stop for today): ", stream=sys.stderr)
+                typed = getpass.getpass(_("Password (nothing typed: skip this holder; q: stop for today): "), stream=sys.stderr)
             except (EOFError, KeyboardInterrupt):
                 typed = "q"  # Ctrl-D leaves the prompt, as q does
             if typed.strip().lower() == "q":  # never taken as a password
@@ -292,16 +346,17 @@ class CounterScreen:
                 self.skipped.add(state.job.id)
                 return False
             if len(typed) > MAX_SECRET_CHARS:
-                self.console.print(shown(f"That is longer than {MAX_SECRET_CHARS} characters; type the password again.", style="bold red"))
+                self.console.print(shown(_("That is longer than {n} characters; type the password again.").format(n=MAX_SECRET_CHARS),
+                                         style="bold red"))  # fmt: skip
                 continue
-            _, inspection, bundle, message = open_bundle(state.job, unattended=False, password=Secret(typed))
+            _job, inspection, bundle, problem = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
-            if bundle is None and inspection is not None and inspection.status == "wrong-password":
-                self.console.print(shown(message, style="bold red"))
+            if problem is not None and problem.status == "wrong-password":
+                self.console.print(shown(problem.localized(), style="bold red"))
                 continue  # a mistyped envelope number: type it again
-            self.runner.accept_bundle(state, inspection, bundle, message)
-            if bundle is None:
-                self.console.print(shown(message, style="bold red"))
+            self.runner.accept_bundle(state, inspection, bundle, problem)
+            if problem is not None:
+                self.console.print(shown(problem.localized(), style="bold red"))
             return bundle is not None
 
     def come_back(self, action: str) -> None:
@@ -315,48 +370,38 @@ class CounterScreen:
             self.order.insert(0, job_id)
             self.eject()
         else:
-            self.console.print("Type b and the holder's number from the table, e.g. [bold]b 2[/bold]")
+            self.console.print(shown(_("Type b and the holder's number from the table, e.g. b 2")))
 
     def eject(self) -> None:
         """Simulated readers only: the card of a holder who is not next goes back to the pile."""
-        requeue = getattr(self.runner.source, "requeue", None)
-        if requeue is not None:
-            for reader in self.runner.source.present():
-                requeue(reader)
+        self.runner.put_cards_back()
 
-    def wait_for_card_or_key(self) -> str:
-        """A reader name when a card is in, or the clerk's key (s, l, b N, q)."""
-        while True:
-            present = self.runner.free_readers()
-            if present:
-                return str(present[0])
-            if input_ready(POLL_SECONDS):
-                line = self.read_line()
-                if line == "":  # end of input: nobody is at the keyboard any more
-                    return "q"
-                key = line.strip().lower()
-                if key in ("s", "l", "q") or key.startswith("b"):
-                    return key
+    def read_key(self) -> str | None:
+        """The clerk's key (s, l, b N, q) if one was typed within a moment; end of input is q."""
+        if not input_ready(POLL_SECONDS):
+            return None
+        line = self.read_line()
+        if line == "":  # end of input: nobody is at the keyboard any more
+            return "q"
+        key = line.strip().lower()
+        return key if key in ("s", "l", "q") or key.startswith("b") else None
 
     def show_result(self, state: Any) -> None:
         result = state.result
         if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
-            lines = [shown(f"{state.job.holder}: done", style="bold green"),
-                     shown(f"New certificate On Card: slot {state.job.slot.hex} '{state.slot_name}', valid until {result.not_after[:10]}")]  # fmt: skip
+            lines = [shown(_("{holder}: done").format(holder=state.job.holder), style="bold green"),
+                     shown(_("New certificate On Card: slot {slot} '{name}', valid until {date}").format(
+                         slot=state.job.slot.hex, name=state.slot_name, date=result.not_after[:10]))]  # fmt: skip
             if result.archived_to:
-                lines.append(shown(f"Old certificate On Disk: {result.archived_to}"))
+                lines.append(shown(_("Old certificate On Disk: {path}").format(path=result.archived_to)))
             if state.status == jn.SKIPPED:
-                lines.append(Text("The card already held this certificate; nothing was changed."))
+                lines.append(Text(_("The card already held this certificate; nothing was changed.")))
             self.console.print(Panel(Group(*lines), border_style="green"))
         elif state.status in (jn.PENDING, jn.IN_DOUBT):
-            self.console.print(Panel(shown(f"{state.job.holder}: not loaded yet. {state.error or ''}"), border_style="yellow"))
+            why = localize(failure_text(state.failure) or "")
+            self.console.print(Panel(shown(_("{holder}: not loaded yet. {why}").format(holder=state.job.holder, why=why)),
+                                     border_style="yellow"))  # fmt: skip
         else:
-            self.console.print(Panel(shown(f"{state.job.holder}: {state.status.upper()}: {state.error}"), border_style="red"))
-
-    def wait_for_removal(self, reader: str) -> None:
-        source = self.runner.source
-        if getattr(source, "requeue", None) is not None or reader not in source.present():
-            return  # a simulated reader takes its card out by itself
-        self.console.print(Text("Take the card out of the reader.", style="bold"))
-        while reader in source.present():
-            time.sleep(POLL_SECONDS)
+            words = _(STATUS_SHOWN[state.status]) if state.status in STATUS_SHOWN else state.status
+            failure = localize(failure_text(state.failure) or "")
+            self.console.print(Panel(shown(f"{state.job.holder}: {words.upper()}: {failure}"), border_style="red"))

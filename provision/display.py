@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from provision.errors import ProvisionError
+
 # Cc: C0 and C1 controls and DEL; Cf: invisible format characters, among them the bidi overrides
 # and isolates (U+202A-U+202E, U+2066-U+2069) and zero-width characters; Zl/Zp: line and paragraph
 # separators, which some terminals break lines at; Cs: lone surrogates (undecodable bytes).
@@ -35,3 +37,20 @@ def printable(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text  # the common case, without a look-up per character
     return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN_CATEGORIES else c for c in text)
+
+
+def cell_width(text: str) -> int:
+    """Terminal cells ``text`` takes: two for a wide (East Asian) character, none for a combining one."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def labelled(pairs: list[tuple[str, str]]) -> list[str]:
+    """``label: value`` lines with the values in one column, whatever the labels' language."""
+    width = max((cell_width(label) for label, _value in pairs), default=0)
+    return [f"{label}:{' ' * (width - cell_width(label) + 1)}{value}" for label, value in pairs]
+
+
+def failure_text(failure: ProvisionError | None) -> str | None:
+    """The sentence a person (and every record of the run) reads for a job's failure, kept as an
+    exception until it is shown; None when the job has none."""
+    return None if failure is None else failure.message

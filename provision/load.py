@@ -35,6 +35,7 @@ from provision.errors import (
     InternalError,
     JobRefused,
     ManagementKeyError,
+    MetadataUnavailableError,
     OperatorDeclined,
     PinError,
     PinFloorError,
@@ -42,6 +43,7 @@ from provision.errors import (
     PinHeldError,
     SecretError,
 )
+from provision.i18n import msg
 from provision.jobfile import DerivedKey, Job, JobFile, PinProtectedKey
 from provision.piv import mgmtkey
 from provision.piv.profiles import (
@@ -89,7 +91,6 @@ class LoadResult:
     not_after: str | None = None
     slot_name_on_card: bool | None = None
     resumed: bool = False
-    error: str | None = None
     skip_reason: str | None = None  # skipped for another reason than "already on the card" (renew)
     notes: list[str] = field(default_factory=list)
     # The kind of management key the card ends with: default, job, derived, pin-protected (PIV)
@@ -155,7 +156,7 @@ def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Itera
     from provision.steps import declared_actions
 
     if action not in declared_actions(ctx.job):
-        raise InternalError(f"the loader took the step {action!r}, which its backend does not declare")
+        raise InternalError(msg('the loader took the step {action!r}, which its backend does not declare', action=action))
     ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "begin", detail,
                      durable=action not in CARD_UNCHANGED)  # fmt: skip
     _fault_point(action, "begin")
@@ -241,8 +242,7 @@ class Loader:
             version = None if alg.standard else self.session.version()
             if not alg.standard and not holds_extended_algorithms(version):
                 raise JobRefused(
-                    f"the card (firmware {_version_text(version)}) cannot hold a {alg.name} key; "
-                    "it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384"
+                    msg('the card (firmware {version_text}) cannot hold a {name} key; it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384', version_text=_version_text(version), name=alg.name)
                 )
             current = self.session.read_certificate(self.slot.key_ref)
             metadata = self._metadata()
@@ -305,14 +305,18 @@ class Loader:
     def _metadata(self) -> SlotMetadata | None:
         try:
             return self.session.get_metadata(self.slot.key_ref)
-        except CardNotSupportedError:
+        except (CardNotSupportedError, MetadataUnavailableError):
+            # Either way nothing is known about this slot's key: the certificate and, where it
+            # matters, a test signature decide (as on a card without F7).
             self._metadata_supported = False
             return None
 
     def _key_proves_certificate(self) -> bool:
         self.verify_pin()
         try:
-            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            self._test_signature()
+        except PinError:
+            raise  # a refused PIN is never a reason to load again (nor to present it again)
         except CardError:
             return False
         return True
@@ -387,7 +391,7 @@ class Loader:
             confirmed = self.ctx.confirm(self.job, self.ctx.bundle.info, self.ctx.slot_name, replaced)
         if not confirmed:
             self.audit("operator_declined", outcome="declined")
-            raise OperatorDeclined(f"the operator did not confirm the certificate of {self.job.holder}; nothing was written")
+            raise OperatorDeclined(msg('the operator did not confirm the certificate of {holder}; nothing was written', holder=self.job.holder))
         self.audit("operator_confirmed", outcome="confirmed")
 
     def handle_replaced_certificate(self, state: Preflight) -> None:
@@ -404,8 +408,7 @@ class Loader:
             action = "prove_archived_certificate"
         with self.step(action, replaced_sha256=sha) as found:
             if self.job.replace == "refuse":
-                raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "
-                                 "and the job says replace: refuse; the card was not changed")  # fmt: skip
+                raise JobRefused(msg('slot {hex} already holds a certificate (SHA-256 {value}…) and the job says replace: refuse; the card was not changed', hex=self.slot.hex, value=sha[:16]))  # fmt: skip
             if self.job.replace == "archive":
                 names = self._read_slot_names() or {}
                 stored = self.ctx.store.archive(
@@ -452,9 +455,7 @@ class Loader:
                         # The card counted this PIN: say so (never "no PIN was tried").
                         left = exc.tries_left
                         raise PinFloorError(
-                            f"wrong PIN, {left} tr{'y' if left == 1 else 'ies'} left; fewer than min_pin_retries "
-                            f"({floor}), so the PIN is not asked again. The last tries belong to the holder: "
-                            "unblock the card with its PUK first",
+                            msg('wrong PIN, {left} tr{ies} left; fewer than min_pin_retries ({floor}), so the PIN is not asked again. The last tries belong to the holder: unblock the card with its PUK first', left=left, ies='y' if left == 1 else 'ies', floor=floor),
                             left,
                         ) from None
                     tries = exc.tries_left
@@ -498,9 +499,7 @@ class Loader:
             floor = self.job.min_pin_retries
             self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
             raise PinFloorError(
-                f"wrong PIN, {tries} tr{'y' if tries == 1 else 'ies'} left; fewer than min_pin_retries "
-                f"({floor}), so the PIN is not asked again. The last tries belong to the holder: "
-                "unblock the card with its PUK first",
+                msg('wrong PIN, {tries} tr{ies} left; fewer than min_pin_retries ({floor}), so the PIN is not asked again. The last tries belong to the holder: unblock the card with its PUK first', tries=tries, ies='y' if tries == 1 else 'ies', floor=floor),
                 tries,
             )
         self._refuse_below_floor(tries)
@@ -509,9 +508,7 @@ class Loader:
         floor = self.job.min_pin_retries
         self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
         raise PinFloorError(
-            f"the card has {tries} PIN tr{'y' if tries == 1 else 'ies'} left{' (blocked)' if tries == 0 else ''}, fewer than "
-            f"min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: "
-            "unblock the card with its PUK first",
+            msg('the card has {tries} PIN tr{ies} left{blocked}, fewer than min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: unblock the card with its PUK first', tries=tries, ies='y' if tries == 1 else 'ies', blocked=' (blocked)' if tries == 0 else '', floor=floor),
             tries,
         )
 
@@ -531,9 +528,7 @@ class Loader:
                    held_by_job=hold.job_id, pin_tries_left=hold.tries_left)  # fmt: skip
         card = str(hold.card_serial) if hold.card_serial is not None else str(hold.chuid_guid)
         raise PinHeldError(
-            f"{hold.card_text()} refused a PIN on {hold.since} (job {hold.job_id}, run {hold.run_id}) and is on PIN "
-            "hold; no PIN was sent to it. Check the PIN this job gives (with the holder if need be), then run "
-            f"'provision card clear-pin-hold {card} --reason TEXT' and run again, or load it at the counter",
+            msg("{card_text} refused a PIN on {since} (job {job_id}, run {run_id}) and is on PIN hold; no PIN was sent to it. Check the PIN this job gives (with the holder if need be), then run 'provision card clear-pin-hold {card} --reason TEXT' and run again, or load it at the counter", card_text=hold.card_text(), since=hold.since, job_id=hold.job_id, run_id=hold.run_id, card=card),
             hold.tries_left,
         )
 
@@ -624,18 +619,17 @@ class Loader:
         try:
             return Secret(bytes.fromhex(text.reveal().decode("ascii")))
         except (ValueError, UnicodeDecodeError):
-            raise SecretError(f"the {what} from the {source.describe()} is not hexadecimal") from None
+            raise SecretError(msg('the {what} from the {describe} is not hexadecimal', what=what, describe=source.describe())) from None
         finally:
             text.wipe()
 
     def _derived_key(self, spec: DerivedKey) -> Secret:
         if self.card_serial is None:
-            raise JobRefused("the job derives the management key from the card's serial, and this card has none "
-                             "(no GET SERIAL); give this card its own management_key")  # fmt: skip
+            raise JobRefused(msg("the job derives the management key from the card's serial, and this card has none (no GET SERIAL); give this card its own management_key"))  # fmt: skip
         master = self._hex_secret(spec.master, "master secret")
         try:
             if not len(master):
-                raise SecretError(f"the master secret from the {spec.master.describe()} is empty")
+                raise SecretError(msg('the master secret from the {describe} is empty', describe=spec.master.describe()))
             buf = mgmtkey.derive_management_key(master.reveal(), spec.label, self.card_serial)
         finally:
             master.wipe()
@@ -672,8 +666,7 @@ class Loader:
                     except ManagementKeyError:
                         self.audit("management_key_rotated", outcome="failed", to=kind)
                         raise ManagementKeyError(
-                            "neither the rotation's target key nor the job's management key opens this card; "
-                            "it was not changed by this attempt") from None  # fmt: skip
+                            msg("neither the rotation's target key nor the job's management key opens this card; it was not changed by this attempt")) from None  # fmt: skip
                     finally:
                         old.wipe()
                     algorithm = self.session.management_key_algorithm(self._key_type())  # type: ignore[arg-type]
@@ -697,7 +690,7 @@ class Loader:
                 if isinstance(rotation, PinProtectedKey):
                     self._mark_key_protected()  # nothing to do unless an older attempt stopped before it
                 if target is None or not self._try_key(target):  # the proof: a fresh mutual authentication
-                    raise ManagementKeyError("the card does not accept the new management key after the change")
+                    raise ManagementKeyError(msg('the card does not accept the new management key after the change'))
                 self.result.management_key = kind
                 self.audit("management_key_rotated", outcome="ok", to=kind)
         finally:
@@ -758,17 +751,23 @@ class Loader:
             if exc.sw not in VENDOR_REFUSED_SW:
                 raise
             raise CardNotSupportedError(
-                f"this card refuses the ADMIN DATA object {mgmtkey.ADMIN_DATA_OBJECT_ID:06X} ({exc.sw:04X}), so no "
-                "peer could find a PIN-protected management key; its key was not changed. Use "
-                "management_key_rotate: {derive: …} for this card") from None  # fmt: skip
+                msg('this card refuses the ADMIN DATA object {ADMIN_DATA_OBJECT_ID:06X} ({sw:04X}), so no peer could find a PIN-protected management key; its key was not changed. Use management_key_rotate: {{derive: …}} for this card', ADMIN_DATA_OBJECT_ID=mgmtkey.ADMIN_DATA_OBJECT_ID, sw=exc.sw)) from None  # fmt: skip
 
     def import_key(self, state: Preflight) -> None:
         if state.key_on_card is True:
             self.result.notes.append("the key was already on the card")
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
-            self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
-                                    self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
+            try:
+                self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
+                                        self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
+            except CardStatusError as exc:
+                # PivApplet takes touch policies default/never only and answers 6A81 to the others.
+                if exc.sw != 0x6A81 or self.job.touch_policy in ("default", "never"):
+                    raise
+                raise CardNotSupportedError(
+                    msg("this card does not take touch policy '{policy}' (IMPORT KEY answered {sw:04X}); the key was not "
+                        "imported. Use touch_policy: never or default for it", policy=self.job.touch_policy, sw=exc.sw)) from None  # fmt: skip
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, pin_policy=self.job.pin_policy,
                        touch_policy=self.job.touch_policy)  # fmt: skip
 
@@ -810,6 +809,13 @@ class Loader:
         if names is not None and names.get(self.slot.key_ref) == self.ctx.slot_name:
             self.result.slot_name_on_card = True
             return
+        if not names and self._slot_name_refused_by_committed_load():
+            # This card refused the name when this job was loaded (PivApplet answers GET DATA 5FFF50
+            # 6A82 and PUT DATA 6A81): asking again writes nothing and would turn a re-run's
+            # "skipped" into "loaded" with a management-key authentication for nothing.
+            self.result.slot_name_on_card = False
+            self.result.notes.append("slot name kept by provision only: the card refused it when this job was loaded")
+            return
         self.authenticate_management_key()  # a resumed load may reach here without it
         self._wrote = True
         with self.step("write_slot_name") as found:
@@ -821,27 +827,56 @@ class Loader:
                 self.result.notes.append(f"slot name kept by provision only: {outcome.reason}")
             self.audit("slot_name_written", stored=outcome.stored)
 
+    def _slot_name_refused_by_committed_load(self) -> bool:
+        """The last ``write_slot_name`` of this job found the name refused, and a commit followed."""
+        refused = committed_refused = False
+        for _, action, phase, detail, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if action == "write_slot_name" and phase == "end":
+                refused = detail.get("stored") is False
+            elif action == "commit" and phase == "end":
+                committed_refused = refused
+        return committed_refused
+
     def verify_load(self) -> None:
         with self.step("verify_load") as found:
             back = self.session.read_certificate(self.slot.key_ref)
             if back != self.der:
-                raise CardError(f"the certificate read back from slot {self.slot.hex} differs from the one written")
+                raise CardError(msg('the certificate read back from slot {hex} differs from the one written', hex=self.slot.hex))
             # The test signature, checked with the certificate's public key, proves that the key
             # in the slot is the certificate's: no separate metadata read is needed for that.
-            verified = self._pin_always(None)
-            if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
-                self._present_pin(self._pin or self._obtain_pin(None))
-            try:
-                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
-            except CardStatusError as exc:
-                if exc.sw != SW_SECURITY_NOT_SATISFIED or verified:
-                    raise
-                # This card keeps PIN policy "always" on this key although neither the job nor the
-                # slot's usual default says so: present the PIN the card accepted a moment ago.
-                self._present_pin(self._pin or self._obtain_pin(None))
-                self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+            self._test_signature()
             found["test_signature"] = "verified"
             self.audit("verified", outcome="ok")
+
+    def _test_signature(self) -> None:
+        """One test signature with the slot's key, with the VERIFY right before it that PIN policy
+        *always* needs. Also where ``verify_pin`` sent no VERIFY because the card said the PIN was
+        already verified (PivApplet keeps that across a re-SELECT, e.g. from an earlier program):
+        an *always* key still wants its own VERIFY immediately before its use."""
+        verified = self._pin_always(None)
+        if verified:  # PIN policy "always": the VERIFY must immediately precede the key's use
+            self._present_pin_again()
+        try:
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+        except CardStatusError as exc:
+            if exc.sw != SW_SECURITY_NOT_SATISFIED or verified:
+                raise
+            # This card keeps PIN policy "always" on this key although neither the job nor the
+            # slot's usual default says so: present the PIN the card accepted a moment ago.
+            self._present_pin_again()
+            self.session.test_signature(self.slot.key_ref, self.ctx.bundle.certificate)
+
+    def _present_pin_again(self) -> None:
+        """VERIFY with the PIN of this load right before a key's use. Kept once accepted, so a later
+        VERIFY does not ask a person again; a refused one raises and is never presented again."""
+        pin = self._pin or self._obtain_pin(None)
+        try:
+            self._present_pin(pin)
+        except PinError:
+            if pin is not self._pin:
+                pin.wipe()
+            raise
+        self._pin = pin
 
     def _pin_always(self, metadata: SlotMetadata | None) -> bool:
         return pin_always(self.slot.key_ref, self.job.pin_policy, None if metadata is None else metadata.pin_policy)
@@ -900,7 +935,7 @@ def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname:
 
     certutil = shutil.which("certutil")
     if certutil is None:
-        raise CardError("NSS certutil was not found; install libnss3-tools (Debian) or NSS tools to export to nssdb")
+        raise CardError(msg('NSS certutil was not found; install libnss3-tools (Debian) or NSS tools to export to nssdb'))
     der = certificate.public_bytes(Encoding.DER)
     # ':' separates a token name from a nickname in NSS; keep the name on one line and unprefixed.
     nickname = " ".join(nickname.replace(":", " ").split()) or "provision"
@@ -913,8 +948,7 @@ def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname:
     if not (directory / "cert9.db").exists():
         made = certutil_run("-N", "-d", db, "--empty-password")
         if made.returncode != 0:
-            raise CardError(f"certutil could not create an NSS database in {directory}: "
-                            f"{made.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+            raise CardError(msg('certutil could not create an NSS database in {directory}: {value}', directory=directory, value=made.stderr.decode(errors='replace').strip()[:200]))  # fmt: skip
     candidates = [nickname, f"{nickname} [{hashlib.sha256(der).hexdigest()[:12]}]"]
     held = {name: _nssdb_certificates(certutil_run("-L", "-d", db, "-n", name, "-a")) for name in candidates}
     for name in reversed(candidates):  # NSS lists a subject's certificates under each of its names
@@ -925,11 +959,9 @@ def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname:
             continue  # the nickname belongs to another certificate
         done = certutil_run("-A", "-d", db, "-n", name, "-t", ",,", stdin=der)
         if done.returncode != 0:
-            raise CardError(f"certutil could not add the certificate to {directory}: "
-                            f"{done.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+            raise CardError(msg('certutil could not add the certificate to {directory}: {value}', directory=directory, value=done.stderr.decode(errors='replace').strip()[:200]))  # fmt: skip
         return name
-    raise CardError(f"the NSS database {directory} holds other certificates under both {candidates[0]!r} and "
-                    f"{candidates[1]!r}; remove them or change slot_name")  # fmt: skip
+    raise CardError(msg('the NSS database {directory} holds other certificates under both {value!r} and {value2!r}; remove them or change slot_name', directory=directory, value=candidates[0], value2=candidates[1]))  # fmt: skip
 
 
 def _nssdb_certificates(listed: Any) -> list[bytes]:

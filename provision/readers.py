@@ -28,8 +28,10 @@ class PcscSource:
     def events(self, timeout: float | None) -> Iterator[CardEvent]:
         deadline = None if timeout is None else time.monotonic() + timeout
         known = self._t.list_readers()
+        reported: dict[str, bool] = {}  # whether a card is in each reader, as the events said
         for state in known:
             if state.card_present and self._wanted(state.name):
+                reported[state.name] = True
                 yield CardEvent("inserted", state.name)
         while True:
             # Watch in one-second slices and tick between them, so the runner can notice that a
@@ -41,11 +43,20 @@ class PcscSource:
                 if not self._wanted(event.reader):
                     continue
                 if event.kind == "inserted":
+                    reported[event.reader] = True
                     yield CardEvent("inserted", event.reader)
                 elif event.kind in ("removed", "reader-removed"):
+                    reported[event.reader] = False
                     yield CardEvent("removed", event.reader)
-            yield CardEvent("tick", "")
             known = self._t.list_readers()
+            # A card that came or went while the runner was busy with an event (a person at a
+            # prompt), after the watch had stopped looking: told now, never folded in unseen.
+            now = {state.name: state.card_present for state in known if self._wanted(state.name)}
+            for name in sorted(reported.keys() | now.keys()):
+                if now.get(name, False) != reported.get(name, False):
+                    reported[name] = now.get(name, False)
+                    yield CardEvent("inserted" if reported[name] else "removed", name)
+            yield CardEvent("tick", "")
 
     def connect(self, reader: str) -> RawTransport:
         return self._t.connect(reader)

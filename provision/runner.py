@@ -8,8 +8,9 @@ what the card holds and rolls forward, never repeating a finished write.
 
 The runner is given its card source and a small UI interface (``RunUI``: say, ask the PIN, confirm
 the certificate, call the next card) by the composition root, ``provision.app``; it knows neither
-the counter screen nor the simulator. In a batch its own loop (``run``) takes insertion events; at
-the counter the screen calls one holder after another and hands their cards to ``load_card``.
+the counter screen nor the simulator. Its one loop (``run``) takes the card source's events; between
+them it gives the UI its turn (``RunUI.between_cards``): unattended, every card is taken as it
+comes; at the counter the screen calls one holder after another and reads the clerk's keys.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,11 +31,12 @@ from provision import journal as jn
 from provision import logsdir
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
-from provision.display import printable
+from provision.display import failure_text, printable
 from provision.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    BundleError,
     CardError,
     CardRemovedError,
     EnvironmentProblem,
@@ -46,10 +49,12 @@ from provision.errors import (
     PinError,
     ProvisionError,
     ReaderGoneError,
+    RecordedFailure,
     RecordsError,
     TemplateError,
     TransientCardError,
 )
+from provision.i18n import localize, msg
 from provision.jobfile import Job, JobFile
 from provision.load import LoadContext, LoadResult
 from provision.secrets import Secret
@@ -86,6 +91,14 @@ class CardSource(Protocol):
         ...
 
 
+class Turn(Enum):
+    """What the UI wants between cards (``RunUI.between_cards``)."""
+
+    TAKE_CARD = "take-card"  # a card in a free reader is handled now
+    WAIT = "wait"  # not yet: asked again at the source's next event (within a second)
+    END = "end"  # the person ended the day: no more cards in this run
+
+
 class RunUI(Protocol):
     """What the runner asks of the person at the station, or of nobody: the counter screen
     (``provision.counter``), a plain terminal and the unattended mode (``provision.ui``), and tests
@@ -115,6 +128,22 @@ class RunUI(Protocol):
         (``make_service(ui)`` gives the card's ``pinservice.PinService``); False: not offered."""
         ...
 
+    def begin(self, run: Runner) -> None:
+        """The run's loop starts (its jobs are prepared): a screen can lay out its queue."""
+        ...
+
+    def between_cards(self, run: Runner) -> Turn:
+        """The UI's turn at each event of the card source: take the cards that are in, wait, or end."""
+        ...
+
+    def card_handled(self, run: Runner, reader: str) -> None:
+        """The card in ``reader`` was handled (only when ``types_pins``: one card at a time)."""
+        ...
+
+    def ended(self, run: Runner) -> None:
+        """The run ended by itself or by the person (not by a signal or a failure) and is recorded."""
+        ...
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -129,7 +158,7 @@ class JobState:
     deferred: bool = False  # counter: the password is typed from the holder's envelope when called
     fingerprint: str | None = None  # the bundle's certificate, kept after the bundle is dropped
     result: LoadResult | None = None
-    error: str | None = None
+    failure: ProvisionError | None = None  # why the job failed, refused or is in doubt; said where it is shown
     apdus: int = 0
     seconds: float = 0.0
     card_serial: int | None = None
@@ -174,7 +203,7 @@ class Runner:
         self.stop_requested: str | None = None  # the signal that asked the run to end
         self.stop_error: ProvisionError | None = None  # the environment failure that ended it
         self.stopped_by: str | None = None  # what ended the run early, in the records
-        self.record_failed: str | None = None  # the end of the run could not be recorded (why)
+        self.record_failed: ProvisionError | None = None  # the end of the run could not be recorded (why)
         self._lock = threading.RLock()
         self._busy: set[str] = set()
         self._workers: list[threading.Thread] = []
@@ -252,15 +281,16 @@ class Runner:
                 return state.bundle is not None
             self._opening.add(state.job.id)
         try:
-            _, inspection, bundle, message = open_bundle(state.job, unattended=self.options.unattended)
-            self.accept_bundle(state, inspection, bundle, message)
+            _, inspection, bundle, problem = open_bundle(state.job, unattended=self.options.unattended)
+            self.accept_bundle(state, inspection, bundle, problem)
         finally:
             with self._ready:
                 self._opening.discard(state.job.id)
                 self._ready.notify_all()
         return bundle is not None
 
-    def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None, message: str) -> None:
+    def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None,
+                      problem: BundleError | None) -> None:  # fmt: skip
         """Record what opening the job's PKCS#12 gave: the bundle and its slot name, or why the job fails."""
         from provision.fields import template_values
 
@@ -271,20 +301,22 @@ class Runner:
             try:
                 slot_name = state.job.slot_name.render(values)
             except TemplateError as exc:
-                bundle, message = None, f"slot_name: {exc.message}"
+                bundle, problem = None, BundleError(None, msg('slot_name: {message}', message=exc.message))
             else:
                 with self._lock:
                     state.bundle, state.fingerprint, state.slot_name = bundle, info.sha256, slot_name
                     self._held += 1
                 return
+        problem = problem or BundleError(None, msg('the PKCS#12 file could not be opened'))
         with self._lock:
-            state.error = message  # also when a claim already moved the job on: its failure says why
+            state.failure = kept(problem)  # also when a claim already moved the job on: its failure says why
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
                 return
             state.status = jn.FAILED
-        self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.FAILED, error=message)
+        self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.FAILED,
+                             error=problem.message)  # fmt: skip
         self.record("job_failed", job_id=state.job.id, holder=state.job.holder, outcome="failed",
-                    error_class="BundleError", error=message)  # fmt: skip
+                    error_class=type(problem).__name__, error=problem.message)  # fmt: skip
 
     def start_prefetch(self) -> None:
         """Keep ``bundle_window`` bundles decrypted ahead of the cards, in job-file order."""
@@ -340,12 +372,13 @@ class Runner:
                 if seen.claims(s.job.card):
                     called = self._called
                     if called is not None and s is not called:
-                        return None, (f"this is the card of {s.job.holder}, but the counter called "
-                                      f"{called.job.holder}; give it back and ask for the right card")  # fmt: skip
+                        return None, msg("this is the card of {holder}, but the counter called {called}; give it back "
+                                         "and ask for the right card", holder=s.job.holder, called=called.job.holder)  # fmt: skip
                     return s, ""
             for s in self.states:
                 if seen.claims(s.job.card):
-                    return None, f"this card's job {s.job.id} ({s.job.holder}) is already {s.status}"
+                    return None, msg("this card's job {id} ({holder}) is already {status}", id=s.job.id, holder=s.job.holder,
+                                     status=s.status)  # fmt: skip
             for s in open_states:
                 if seen.takes_any(s.job.card):
                     if not self.options.unattended and s is not self.expected():
@@ -353,8 +386,10 @@ class Runner:
                     return s, ""
             who = seen.describe()
             expected = self.expected()
-            hint = f"; the counter expects the card of {expected.job.holder}" if expected and not self.options.unattended else ""
-            return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
+            if expected and not self.options.unattended:
+                return None, msg("no job in {file} is for this card ({who}); the counter expects the card of {holder}",
+                                 file=self.jobfile.path.name, who=who, holder=expected.job.holder)  # fmt: skip
+            return None, msg("no job in {file} is for this card ({who})", file=self.jobfile.path.name, who=who)
 
     def expected(self) -> JobState | None:
         if self._called is not None:
@@ -379,15 +414,14 @@ class Runner:
                 except TransientCardError as exc:
                     if attempt == TRANSIENT_ATTEMPTS:
                         raise
-                    self.say(f"{reader}: {exc}; trying again")
+                    self.say(msg("{reader}: {error}; trying again", reader=reader, error=exc.message))
                     time.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)))
         except TransientCardError as exc:
-            self.say(f"{reader}: {exc.message}; the job stays open, re-insert the card")
+            self.say(msg("{reader}: {error}; the job stays open, re-insert the card", reader=reader, error=exc.message))
         except RECORDS_FAILED as exc:  # the journal or the audit log cannot be written: the run ends
             self.stop_for(exc)
         except Exception as exc:  # noqa: BLE001 - a bug in a reader thread ends the run, not in a traceback
-            self.stop_for(InternalError(f"internal error in the worker of {reader} ({type(exc).__name__}); "
-                                        "this is a bug, please report it"))  # fmt: skip
+            self.stop_for(InternalError(msg('internal error in the worker of {reader} ({name}); this is a bug, please report it', reader=reader, name=type(exc).__name__)))  # fmt: skip
         finally:
             with self._lock:
                 self._busy.discard(reader)
@@ -412,10 +446,10 @@ class Runner:
                                            "reason": why})  # fmt: skip
                 self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
                             reason=why, apdus=card.operations)  # fmt: skip
-                self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
+                self.say(msg("REFUSED: {why}. Nothing was written; take the card out.", why=why))
                 return
             if state.bundle is None and not self.ensure_bundle(state):  # not decrypted ahead: now, once
-                self.say(self.result_line(state) + " Nothing was written; take the card out.")
+                self.say(msg("{result} Nothing was written; take the card out.", result=self.result_line(state)))
                 return
             state, claim = self.claim_job(state, serial)
             if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
@@ -423,7 +457,7 @@ class Runner:
                                            "reason": claim.reason})  # fmt: skip
                 self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
                             reason=claim.reason, job_id=state.job.id, apdus=card.operations)  # fmt: skip
-                self.say(f"REFUSED: {claim.reason}. Nothing was written; take the card out.")
+                self.say(msg("REFUSED: {why}. Nothing was written; take the card out.", why=claim.reason))
                 self.sync_shared_queue(force=True)
                 return
             claimed = True
@@ -435,10 +469,10 @@ class Runner:
                         **seen.audit_fields())  # fmt: skip
             self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.IN_PROGRESS,
                                  card_serial=serial, slot=state.job.slot.hex, slot_name=state.slot_name)  # fmt: skip
-            self.say(f"{reader}: loading {state.job.holder} ({state.job.id}) into slot {state.job.slot.hex} "
-                     f"as {state.slot_name!r}")  # fmt: skip
+            self.say(msg("{reader}: loading {holder} ({id}) into slot {slot} as {name!r}", reader=reader,
+                         holder=state.job.holder, id=state.job.id, slot=state.job.slot.hex, name=state.slot_name))  # fmt: skip
             if state.bundle is None and not self.ensure_bundle(state):  # claim_job may have chosen another job
-                raise ProvisionError(state.error or "the PKCS#12 file could not be opened")
+                raise ProvisionError(failure_text(state.failure) or msg("the PKCS#12 file could not be opened"))
             assert state.bundle is not None
             ctx = LoadContext(
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
@@ -474,11 +508,11 @@ class Runner:
             # and the run stops; no second write is tried here.
             if state is not None:
                 with self._lock:
-                    state.status, state.error = jn.IN_DOUBT, exc.message
+                    state.status, state.failure = jn.IN_DOUBT, kept(exc)
             raise
         except (PinError, ManagementKeyError, CardError, ProvisionError) as exc:
             if state is None:
-                self.say(f"{reader}: the card could not be read: {exc.message}")
+                self.say(msg("{reader}: the card could not be read: {error}", reader=reader, error=exc.message))
                 self.record("card_error", reader=reader, error_class=type(exc).__name__, error=exc.message)
             else:
                 self._finish(state, jn.FAILED, None, exc, card.operations, start)
@@ -502,10 +536,10 @@ class Runner:
             state.result = result
             state.apdus += apdus
             state.seconds += time.monotonic() - start
-            state.error = exc.message if exc is not None else (result.error if result else None)
+            state.failure = kept(exc) if exc is not None else None
         fields: dict[str, Any] = {"card_serial": state.card_serial, "slot": state.job.slot.hex,
                                   "slot_name": state.slot_name, "apdus": state.apdus,
-                                  "seconds": round(state.seconds, 3), "error": state.error}  # fmt: skip
+                                  "seconds": round(state.seconds, 3), "error": failure_text(exc)}  # fmt: skip
         if result is not None:
             fields.update(fingerprint_sha256=result.fingerprint_sha256, replaced_sha256=result.replaced_sha256,
                           archived_to=result.archived_to, pin_tries_left=result.pin_tries_left,
@@ -526,60 +560,79 @@ class Runner:
     def result_line(self, state: JobState) -> str:
         job, result = state.job, state.result
         if state.status == jn.SKIPPED and result is not None and result.skip_reason:
-            return f"{job.holder} ({job.id}): skipped, nothing written: {result.skip_reason}"
+            return msg("{holder} ({id}): skipped, nothing written: {reason}", holder=job.holder, id=job.id,
+                       reason=result.skip_reason)  # fmt: skip
         if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
-            what = "already on the card, nothing changed" if state.status == jn.SKIPPED else "loaded"
-            line = (f"{job.holder} ({job.id}): {what}. New certificate On Card in slot {job.slot.hex} "
-                    f"as {state.slot_name!r}, valid until {result.not_after}")  # fmt: skip
+            fields = {"holder": job.holder, "id": job.id, "slot": job.slot.hex, "name": state.slot_name,
+                      "date": result.not_after, "path": result.archived_to}  # fmt: skip
+            if state.status == jn.SKIPPED:
+                return msg("{holder} ({id}): already on the card, nothing changed. New certificate On Card in slot "
+                           "{slot} as {name!r}, valid until {date}", **fields)  # fmt: skip
             if result.archived_to:
-                line += f"; the old one is On Disk at {result.archived_to}"
-            return line
+                return msg("{holder} ({id}): loaded. New certificate On Card in slot {slot} as {name!r}, valid until "
+                           "{date}; the old one is On Disk at {path}", **fields)  # fmt: skip
+            return msg("{holder} ({id}): loaded. New certificate On Card in slot {slot} as {name!r}, valid until {date}",
+                       **fields)  # fmt: skip
         if state.status == jn.IN_DOUBT:
-            return (f"{job.holder} ({job.id}): the card was removed during the load; put it back to finish "
-                    "('provision resume' finishes it later)")  # fmt: skip
-        return f"{job.holder} ({job.id}): {state.status.upper()}: {state.error}"
+            return msg("{holder} ({id}): the card was removed during the load; put it back to finish "
+                       "('provision resume' finishes it later)", holder=job.holder, id=job.id)  # fmt: skip
+        return msg("{holder} ({id}): {status}: {error}", holder=job.holder, id=job.id, status=state.status.upper(),
+                   error=failure_text(state.failure))  # fmt: skip
 
     # --- the loop ---
 
     def run(self) -> int:
+        """The run's one loop: the card source's events, the UI's turn between them, and the cards."""
         bar: Any = _NoBar()  # --no-progress: tqdm (and the multiprocessing it pulls in) is not even imported
         if self.options.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=printable(self.jobfile.batch), leave=True)
-            self.say = lambda text: tqdm.write(printable(text), file=sys.stderr)  # messages go above the bar, not through it
+            self.say = lambda text: tqdm.write(printable(localize(text)), file=sys.stderr)  # above the bar, not through it
         bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
         interrupted = False
         try:
+            self.ui.begin(self)
             if self.open_jobs():
                 self._announce()
-            missed: set[str] = set()  # insertions seen while that reader's worker was finishing
+            # Cards that came in and are not handled yet: a quick swap while that reader's worker was
+            # finishing, or a card that came before the person was ready for it.
+            waiting: set[str] = set()
             for event in self.source.events(self.options.wait):
                 if self.stop_requested is not None:  # SIGTERM/SIGHUP: no new card; the loads in hand end
                     interrupted = True
                     break
                 if event.kind == "removed":
-                    missed.discard(event.reader)
-                ready = [event.reader] if event.kind == "inserted" else []
-                with self._lock:
-                    ready += [r for r in missed if r not in self._busy and r in self.source.present()]
-                for reader in ready:
-                    if not self.take_reader(reader):  # a quick swap: handle the new card when the worker ends
-                        missed.add(reader)
-                        continue
-                    missed.discard(reader)
-                    worker = threading.Thread(target=self.handle_card, args=(reader,), daemon=True,
-                                              name=f"reader-{reader}")  # fmt: skip
-                    # Only the live workers are kept: a batch of thousands of cards must not keep
-                    # thousands of finished threads.
-                    self._workers = [w for w in self._workers if w.is_alive()]
-                    self._workers.append(worker)
-                    worker.start()
-                    if self.ui.types_pins:
-                        worker.join()  # one person at the counter: one card at a time
-                self._reap(bar)
-                if not self.open_jobs() and not self._busy:
+                    waiting.discard(event.reader)
+                fresh = [event.reader] if event.kind == "inserted" else []
+                waiting.update(fresh)
+                turn = self.ui.between_cards(self)
+                if turn is Turn.END:
                     break
+                if turn is Turn.TAKE_CARD and not self.open_jobs() and not self._busy:
+                    break  # every job has ended and nobody waits on anything (a card to be taken out)
+                if turn is Turn.TAKE_CARD and waiting:
+                    with self._lock:
+                        ready = fresh + [r for r in waiting if r not in fresh and r not in self._busy
+                                         and r in self.source.present()]  # fmt: skip
+                    for reader in ready:
+                        if not self.take_reader(reader):  # a quick swap: handle the new card when the worker ends
+                            continue
+                        waiting.discard(reader)
+                        if self.ui.types_pins:
+                            # One person at the station: one card at a time, in this thread, so that a
+                            # Ctrl-C at a prompt reaches the prompt; then the UI's turn again.
+                            self.handle_card(reader)
+                            self.ui.card_handled(self, reader)
+                            break
+                        worker = threading.Thread(target=self.handle_card, args=(reader,), daemon=True,
+                                                  name=f"reader-{reader}")  # fmt: skip
+                        # Only the live workers are kept: a batch of thousands of cards must not keep
+                        # thousands of finished threads.
+                        self._workers = [w for w in self._workers if w.is_alive()]
+                        self._workers.append(worker)
+                        worker.start()
+                self._reap(bar)
                 if event.kind == "removed" and self.open_jobs() and not self._busy:
                     self._announce()
             for worker in self._workers:
@@ -593,7 +646,10 @@ class Runner:
             self.stop_error = exc
         finally:
             bar.close()
-        return self.finish(interrupted)
+        code = self.finish(interrupted)
+        if not interrupted:
+            self.ui.ended(self)
+        return code
 
     def stop_for(self, exc: ProvisionError) -> None:
         """A failure that ends the whole run (records that cannot be written, a bug in a thread)."""
@@ -631,7 +687,8 @@ class Runner:
                 row = shared.get(state.job.id)
                 if (row is not None and state.status in (jn.PENDING, jn.IN_DOUBT) and row.run_id != self.run_id
                         and row.status in (jn.LOADED, jn.SKIPPED, jn.FAILED, jn.REFUSED)):  # fmt: skip
-                    state.status, state.card_serial, state.error = row.status, row.card_serial, row.error
+                    state.status, state.card_serial = row.status, row.card_serial
+                    state.failure = RecordedFailure(row.error) if row.error else None
                     self.release_bundle(state)
 
     def adopt_done_from_journal(self) -> list[str]:
@@ -644,7 +701,7 @@ class Runner:
                 row = rows.get(state.job.id)
                 if (row is not None and state.status == jn.PENDING and row.run_id != self.run_id
                         and row.status in (jn.LOADED, jn.SKIPPED)):  # fmt: skip
-                    state.status, state.card_serial, state.error = row.status, row.card_serial, None
+                    state.status, state.card_serial, state.failure = row.status, row.card_serial, None
                     adopted.append(state.job.id)
         for state in self.states:
             if state.job.id in adopted:
@@ -665,7 +722,7 @@ class Runner:
         for line in self.ui.announce_next(expected.job):
             self.say(line)
 
-    # --- driven one card at a time (the counter screen) ---
+    # --- what a UI that calls one holder after another asks (the counter screen) ---
 
     def call(self, state: JobState | None) -> None:
         """The counter called this holder: ``match`` gives their card only and refuses another
@@ -686,16 +743,21 @@ class Runner:
             busy = set(self._busy)
         return [reader for reader in self.source.present() if reader not in busy]
 
-    def load_card(self, reader: str) -> None:
-        """Handle the card in ``reader`` now, in this thread (a counter: one card at a time)."""
-        if self.take_reader(reader):
-            self.handle_card(reader)
+    def put_cards_back(self) -> None:
+        """The cards in the readers are not the ones wanted now: a simulated source puts them at
+        the back of its pile; a real reader's card stays until a person takes it out."""
+        requeue = getattr(self.source, "requeue", None)
+        if requeue is not None:
+            for reader in self.source.present():
+                requeue(reader)
 
-    def finish(self, interrupted: bool, error: ProvisionError | None = None) -> int:
-        """End the run: its end record, seal and journal end. ``error``: what ended it early."""
-        if error is not None:
-            self.stop_error = error
-        if self.finished is not None:  # already ended (the counter's own loop may have)
+    def card_stays(self, reader: str) -> bool:
+        """Whether a card is in ``reader`` until a person takes it out (a simulated one leaves by itself)."""
+        return getattr(self.source, "requeue", None) is None and reader in self.source.present()
+
+    def finish(self, interrupted: bool) -> int:
+        """End the run: its end record, seal and journal end."""
+        if self.finished is not None:  # already ended: a second call changes nothing
             return EXIT_INTERRUPTED if interrupted else EXIT_OK
         # A load in hand gets a bounded time to end on its own before its job is called in doubt.
         deadline = time.monotonic() + WORKER_GRACE_SECONDS
@@ -725,7 +787,7 @@ class Runner:
             # Not even the reserve was enough: the run stays 'running' in the journal, and the next
             # run or resume closes it as a killed one would be (run_abandoned).
             self.stop_error = self.stop_error or exc
-            self.record_failed = exc.message
+            self.record_failed = exc
         finally:
             if self.audit is not None:
                 self.audit.close()
@@ -759,13 +821,25 @@ class Runner:
                 "replaced_sha256": r.replaced_sha256 if r else None, "archived_to": r.archived_to if r else None,
                 "pin_tries_left": r.pin_tries_left if r else None, "not_after": r.not_after if r else None,
                 "slot_name_on_card": r.slot_name_on_card if r else None, "notes": r.notes if r else [],
-                "apdus": s.apdus, "seconds": round(s.seconds, 3), "error": s.error,
+                "apdus": s.apdus, "seconds": round(s.seconds, 3), "error": failure_text(s.failure),
                 "management_key": _management_key_kind(s.job, r),
             })  # fmt: skip
         return {"run_id": self.run_id, "batch": self.jobfile.batch, "jobfile": str(self.jobfile.path),
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
                 "finished": self.finished, "stopped_by": self.stopped_by, "counts": self.counts(), "seal": self.seal,
                 "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
+
+
+def kept(exc: ProvisionError) -> ProvisionError:
+    """The failure as job state keeps it, for the whole run: without the tracebacks of its chain,
+    whose frames would keep the card, the decrypted bundle and the PIN alive with it."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return exc
 
 
 def _management_key_kind(job: Job, result: Any) -> str | None:
@@ -791,8 +865,9 @@ class _NoBar:
         pass
 
 
-def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Job, Inspection | None, Bundle | None, str]:
-    """One job's PKCS#12: (job, inspection, the bundle if usable, a sentence for the operator)."""
+def open_bundle(job: Job, *, unattended: bool, password: Any = None
+                ) -> tuple[Job, Inspection | None, Bundle | None, BundleError | None]:  # fmt: skip
+    """One job's PKCS#12: (job, inspection, the bundle if usable, else why not)."""
     from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.plan import check_expectations
     from provision.secrets import obtain
@@ -800,20 +875,28 @@ def open_bundle(job: Job, *, unattended: bool, password: Any = None) -> tuple[Jo
     try:
         password = password if password is not None else obtain(job.pkcs12_password, unattended=unattended)
     except ProvisionError as exc:
-        return (job, None, None, f"the PKCS#12 password could not be obtained: {exc.message}")
+        problem = BundleError(None, msg('the PKCS#12 password could not be obtained: {message}', message=exc.message))
+        problem.__cause__ = exc
+        return (job, None, None, problem)
     try:
         inspection, bundle = inspect_pkcs12(read_pkcs12(job.pkcs12_path), password)
     except OSError as exc:
-        return (job, None, None, f"{job.pkcs12_path} cannot be read ({exc.strerror})")
+        problem = BundleError(None, msg('{pkcs12_path} cannot be read ({strerror})', pkcs12_path=job.pkcs12_path, strerror=exc.strerror))
+        problem.__cause__ = exc
+        return (job, None, None, problem)
     except ProvisionError as exc:  # larger than its bound
-        return (job, None, None, exc.message)
+        problem = BundleError(None, exc.message)
+        problem.__cause__ = exc
+        return (job, None, None, problem)
     finally:
         password.wipe()
-    if bundle is not None and inspection.info is not None:
-        failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
-        if failed:
-            e = failed[0]
-            return (job, inspection, None, f"expect.{e.check}: expected {e.expected!r}, the certificate has {e.actual!r}")
-    return (job, inspection, bundle, inspection.message)
+    if bundle is None or inspection.info is None:
+        return (job, inspection, None, BundleError(inspection.status, inspection.message))
+    failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
+    if failed:
+        e = failed[0]
+        expected = BundleError(None, msg('expect.{check}: expected {expected!r}, the certificate has {actual!r}', check=e.check, expected=e.expected, actual=e.actual))
+        return (job, inspection, None, expected)
+    return (job, inspection, bundle, None)
 
 

@@ -27,7 +27,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from provision import journal as jn
 from provision.backend import CardSeen
 from provision.bundle import cert_info
-from provision.errors import CardError, JobRefused, OperatorDeclined, PinError, PinHeldError, WrongCardError
+from provision.errors import (
+    CardError,
+    CardNotSupportedError,
+    JobRefused,
+    OperatorDeclined,
+    PinError,
+    PinHeldError,
+    WrongCardError,
+)
 from provision.load import (
     LoadContext,
     LoadResult,
@@ -196,6 +204,12 @@ class Pkcs11Loader:
             if write_protected and not cert_ours:
                 raise JobRefused(f"the token {self.seen.token_label!r} is write-protected through "
                                  f"{self.token.module.path.name}; nothing was written")  # fmt: skip
+            self.token.calls += 2
+            uncheckable = mechanisms.cannot_check(self.token.token().slot, self.certificate.public_key())
+            info.update(key_checkable=uncheckable is None)
+            if uncheckable is not None:
+                self.audit("preflight", outcome="refused", reason=uncheckable)
+                raise CardNotSupportedError(uncheckable)
             return found
 
     def renewal_due(self, found: Found) -> bool:
@@ -319,12 +333,13 @@ class Pkcs11Loader:
                 with p11_errors("opening a session"):
                     self.session = self.token.open_session()
             except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange,
-                    pkcs11.PinExpired) as exc:  # fmt: skip
+                    pkcs11.PinExpired, pkcs11.UserPinNotInitialized) as exc:  # fmt: skip
                 after = pins.PinFlags.of(self.token.token().flags)
                 message, left = pins.refusal_after_login(type(exc).__name__, after, str(self.token.module.path))
                 self.result.pin_tries_left = left
-                self.audit("pin_verify", pin_tries_left=left, outcome="blocked" if left == 0 else "wrong",
-                           count_reported=after.any)  # fmt: skip
+                outcome = ("no_user_pin" if isinstance(exc, pkcs11.UserPinNotInitialized)
+                           else "blocked" if left == 0 else "wrong")  # fmt: skip
+                self.audit("pin_verify", pin_tries_left=left, outcome=outcome, count_reported=after.any)
                 if isinstance(exc, (pkcs11.PinIncorrect, pkcs11.PinLocked)):
                     message += self._hold_pin(left)
                 raise PinError(message, left) from None

@@ -151,6 +151,41 @@ def _declined() -> tuple[type[Exception], ...]:
             pkcs11.KeySizeRange, pkcs11.DataLenRange, pkcs11.DataInvalid, pkcs11.FunctionNotSupported)  # fmt: skip
 
 
+def offered_for_signing(slot: Any) -> list[int] | None:
+    """``signing_mechanisms`` of the slot, or None when the module keeps no mechanism list
+    (``CKR_FUNCTION_NOT_SUPPORTED``: then every candidate is tried). Other errors are named."""
+    import pkcs11
+
+    with p11_errors("reading the token's mechanism list"):
+        try:
+            return signing_mechanisms(slot)
+        except pkcs11.FunctionNotSupported:
+            return None
+
+
+def _nothing_usable(offered: list[int] | None, declined: list[str]) -> str:
+    listed = ", ".join(mechanism_name(code) for code in offered) if offered is not None else "no list"
+    refused = f"; C_Sign refused {', '.join(declined)}" if declined else ""
+    return f"the token offers no signing mechanism provision can check for this key (offered: {listed or 'none'}{refused})"
+
+
+def _a_module_that_can(public_key: Any) -> str:
+    return f"A module that signs with one of {', '.join(m.name for m in preference(public_key))} can check it"
+
+
+def cannot_check(slot: Any, public_key: Any) -> str | None:
+    """Why a key like ``public_key`` loaded on this token could not be verified, judged from the
+    mechanism list alone, before anything is written (None: a candidate is offered, or the module
+    keeps no list). A token may accept key objects of a type it has no mechanism for (opencryptoki's
+    software token stores EC keys and signs with RSA only): such a key would be written, fail its
+    test signature and, on a replacement, have taken the place of a key that worked."""
+    offered = offered_for_signing(slot)
+    if offered is None or usable(public_key, offered):
+        return None
+    return (f"{_nothing_usable(offered, [])}, so a key loaded there could not be verified; nothing was "
+            f"written and no PIN was sent. {_a_module_that_can(public_key)}")  # fmt: skip
+
+
 def check_key(slot: Any, key: Any, public_key: Any, message: bytes, *, label: str, pin: str | None) -> str:
     """Sign ``message`` with the private key object ``key`` (python-pkcs11) on the token in ``slot``
     and verify the signature with ``public_key`` (the certificate's): the first usable mechanism of
@@ -158,11 +193,7 @@ def check_key(slot: Any, key: Any, public_key: Any, message: bytes, *, label: st
     not verify or no mechanism provision can check is offered. ``pin``: for CKA_ALWAYS_AUTHENTICATE."""
     import pkcs11
 
-    with p11_errors("reading the token's mechanism list"):
-        try:
-            offered: list[int] | None = signing_mechanisms(slot)
-        except pkcs11.FunctionNotSupported:
-            offered = None  # no list: each candidate is tried, a refusal moves to the next
+    offered = offered_for_signing(slot)
     candidates = usable(public_key, offered) if offered is not None else list(preference(public_key))
     declined: list[str] = []
     for mechanism in candidates:
@@ -179,9 +210,5 @@ def check_key(slot: Any, key: Any, public_key: Any, message: bytes, *, label: st
             raise CardError(f"the test signature ({mechanism.name}) of the key labelled {label!r} does not "
                             "verify with the certificate") from None  # fmt: skip
         return mechanism.name
-    listed = ", ".join(mechanism_name(code) for code in offered) if offered is not None else "no list"
-    refused = f"; C_Sign refused {', '.join(declined)}" if declined else ""
-    wanted = ", ".join(m.name for m in preference(public_key))
-    raise CardError(f"the token offers no signing mechanism provision can check for this key (offered: "
-                    f"{listed or 'none'}{refused}); the key labelled {label!r} is not verified, so the job is not "
-                    f"done. A module that signs with one of {wanted} can check it")  # fmt: skip
+    raise CardError(f"{_nothing_usable(offered, declined)}; the key labelled {label!r} is not verified, "
+                    f"so the job is not done. {_a_module_that_can(public_key)}")  # fmt: skip

@@ -20,7 +20,8 @@ NOT_REPORTED = "the token does not report PIN tries left"
 
 # python-pkcs11's exception classes → the PKCS#11 return values they stand for
 _CKR = {"PinIncorrect": "CKR_PIN_INCORRECT", "PinLocked": "CKR_PIN_LOCKED", "PinInvalid": "CKR_PIN_INVALID",
-        "PinLenRange": "CKR_PIN_LEN_RANGE", "PinExpired": "CKR_PIN_EXPIRED"}  # fmt: skip
+        "PinLenRange": "CKR_PIN_LEN_RANGE", "PinExpired": "CKR_PIN_EXPIRED",
+        "UserPinNotInitialized": "CKR_USER_PIN_NOT_INITIALIZED"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ def refusal_after_login(error: str, after: PinFlags, module: str) -> tuple[str, 
         how = "(CKR_PIN_LOCKED)" if error == "PinLocked" else f"({ckr}; the token now reports CKF_USER_PIN_LOCKED)"
         return (f"the token's user PIN is blocked {how}; it was not tried again. Unblock it with the SO PIN or "
                 "the issuer's tool before another run", 0)  # fmt: skip
+    if error == "UserPinNotInitialized":
+        return (f"the token has no user PIN ({ckr}): it was initialised but its user PIN was never set, so no PIN "
+                "could be checked and no try was spent. Set the user PIN with the SO PIN first (the issuer's tool, or "
+                f"`pkcs11-tool --module {module} --init-pin --login --login-type so`), then run again", None)  # fmt: skip
     if error in ("PinInvalid", "PinLenRange"):
         return (f"the token refused the PIN ({ckr}): it does not have the form this token accepts (length or "
                 "characters). It was not tried again; check the PIN the job gives", after.tries_left)  # fmt: skip

@@ -186,6 +186,12 @@ class SimOptions:
     retired_slots_max: int | None = None  # last retired slot: 0x95 yubikey, 0x8C pivapplet
     no_f7: bool | None = None  # no metadata: automatic below firmware 5.3
     no_f8: bool = False  # no serial command
+    # The PIN stays verified across a re-SELECT of PIV (PivApplet does; SP 800-73-4 asks no reset
+    # there): a program that connects after another one verified the PIN finds it verified.
+    pin_kept_on_select: bool = False
+    # GET METADATA as PivApplet answers it: no tag 01 for PIN and PUK, 9000 with only the policies
+    # for an empty key slot (not 6A88), 6F00 for an imported key (it never has the public half).
+    metadata_like_pivapplet: bool = False
     restricted_touch: bool | None = None  # touch policies other than default/never → 6A81
     latency_ms: float = 0.0
     vanish_after: int | None = None  # after N APDUs the card is gone
@@ -656,8 +662,10 @@ class SimCard:
         if len(aid) < len(PIV_RID) or not PIV_AID.startswith(aid):
             raise _Status(SW_NOT_FOUND)  # the current selection stays as it was
         # (Re)selecting PIV drops the security status, as on real cards (OpenSC avoids reselecting
-        # for exactly this reason).
+        # for exactly this reason); some keep the PIN verified (``pin_kept_on_select``).
+        pin_verified = self._pin_verified
         self._reset_security()
+        self._pin_verified = pin_verified and self.options.pin_kept_on_select
         self._selected = True
         if cmd.p2 == 0x0C:
             return b""
@@ -1146,9 +1154,8 @@ class SimCard:
             is_pin = ref == PIN_REF
             default = st.pin_is_default if is_pin else st.puk_is_default
             tries = (st.pin_tries_max, st.pin_tries_left) if is_pin else (st.puk_tries_max, st.puk_tries_left)
-            return tlv.encode_many(
-                [(0x01, b"\xff"), (0x05, bytes([int(default)])), (0x06, bytes([min(t, 255) for t in tries]))]
-            )
+            items = [(0x05, bytes([int(default)])), (0x06, bytes([min(t, 255) for t in tries]))]
+            return tlv.encode_many(items if self.options.metadata_like_pivapplet else [(0x01, b"\xff"), *items])
         if ref == SLOT_MGMT:
             touch = TOUCH_ALWAYS if st.mgmt_touch else TOUCH_NEVER
             return tlv.encode_many(
@@ -1164,6 +1171,11 @@ class SimCard:
             raise _Status(SW_REF_NOT_FOUND)
         self._require_key_slot(ref)
         record = st.keys.get(ref)
+        if self.options.metadata_like_pivapplet:
+            if record is None:
+                return tlv.encode_many([(0x02, bytes([PIN_POLICY_DEFAULT, TOUCH_NEVER])), (0x03, b"\x00")])
+            if record.origin == ORIGIN_IMPORTED:
+                raise _Status(SW_UNKNOWN)
         if record is None:
             raise _Status(SW_REF_NOT_FOUND)
         return tlv.encode_many(

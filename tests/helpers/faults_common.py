@@ -375,6 +375,18 @@ def judge_interrupted(verdict: Verdict, *, job: FaultJob, logs: Path, state: Pat
         verdict.check(new_pair, "the journal claims loaded but the card does not hold the pair")
     judge_old_certificate(verdict, logs=logs, view=view, old=old)
     ok, text = audit_verifies(logs, job.audit_key_file)
+    if not ok and not (logs / "audit.jsonl").exists():
+        # Killed before the run wrote its first audit record (a slow start on a loaded machine): there
+        # is nothing to verify yet, and then nothing may have happened. verify must say the log is
+        # missing (not that it was deleted: nothing knows a seal of it), no job may be claimed, and
+        # the card must be as it was. The resume that follows is judged on a full log.
+        verdict.check("audit.jsonl is missing" in text and '"problem": "deleted"' not in text,
+                      f"audit verify on a log never written: {text}")  # fmt: skip
+        verdict.check(record_ is None or record_.status not in ("loaded", "skipped"),
+                      "the journal claims a job before the audit log was started")  # fmt: skip
+        verdict.check(unchanged or (old is None and view.cert_sha256 is None),
+                      f"the card changed before the audit log was started ({view})")  # fmt: skip
+        return view
     verdict.check(ok, f"audit verify failed after the interruption: {text}")
     return view
 

@@ -92,10 +92,57 @@ def test_an_rsa_token_with_another_mechanism_list_loads_and_verifies(batch: Toke
     assert verified_mechanisms(batch) == [offered[0]]
 
 
-def test_a_load_whose_signature_cannot_be_checked_is_never_reported_skipped(batch: TokenBatch) -> None:
-    """An EC key on a token that signs with no ECDSA mechanism: written, not verified, failed on
-    every run (issue 21: the second run said ``skipped``, exit 0) until a module can check it."""
+def test_a_key_the_token_cannot_check_is_never_written(batch: TokenBatch) -> None:
+    """An EC key for a token that signs with no ECDSA mechanism (opencryptoki's software token
+    stores such a key and can never use it): refused from the mechanism list, before the PIN and
+    before any write, on every run; loaded once the module can check it."""
     restrict(batch, ["CKM_RSA_PKCS", "CKM_SHA256_RSA_PKCS"])
+    batch.hsm.init_token("chan")
+    batch.p12("chan", "CHAN Tai Man", "p256")
+    batch.job("HK-1", "CHAN Tai Man", "chan", batch.token_card("chan"))
+    for _ in range(2):
+        outcome = batch.run()
+        job = outcome.document["jobs"][0]
+        assert outcome.exit_code == 1 and job["status"] == "failed", job
+        assert ("the token offers no signing mechanism provision can check for this key (offered: CKM_RSA_PKCS, "
+                "CKM_SHA256_RSA_PKCS), so a key loaded there could not be verified; nothing was written and no PIN "
+                "was sent") in job["error"], job  # fmt: skip
+        assert batch.objects("chan") == []
+    events = audit(batch)
+    assert not any(e.get("event") in ("pin_verify", "verified", "skipped") for e in events)
+    assert [e.get("outcome") for e in events if e.get("event") == "preflight"][-1] == "refused"
+    restrict(batch, None)
+    outcome = batch.run()
+    job = outcome.document["jobs"][0]
+    assert outcome.exit_code == 0 and job["status"] == "loaded", job
+    assert len(batch.objects("chan")) == 3
+
+
+class DecliningKey:
+    """A key whose C_Sign refuses every mechanism the token lists (``refusing``), as a token that
+    lists ECDSA but not for this key's curve: the load is written and cannot be checked."""
+
+    refusing = True
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __getitem__(self, attribute: Any) -> Any:
+        return self.key[attribute]
+
+    def sign(self, data: bytes, *, mechanism: Any, mechanism_param: Any = None, pin: Any = None) -> bytes:
+        if DecliningKey.refusing:
+            raise pkcs11.MechanismInvalid()
+        return bytes(self.key.sign(data, mechanism=mechanism, mechanism_param=mechanism_param, pin=pin))
+
+
+def test_a_load_whose_signature_cannot_be_checked_is_never_reported_skipped(batch: TokenBatch,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Written, not verified, failed on every run (issue 21: the second run said ``skipped``, exit
+    0) until the token signs the test message."""
+    real = mechanisms.check_key
+    monkeypatch.setattr(mechanisms, "check_key", lambda slot, key, *a, **kw: real(slot, DecliningKey(key), *a, **kw))
+    monkeypatch.setattr(DecliningKey, "refusing", True)
     batch.hsm.init_token("chan")
     batch.p12("chan", "CHAN Tai Man", "p256")
     batch.job("HK-1", "CHAN Tai Man", "chan", batch.token_card("chan"))
@@ -105,12 +152,12 @@ def test_a_load_whose_signature_cannot_be_checked_is_never_reported_skipped(batc
         outcome = batch.run()
         job = outcome.document["jobs"][0]
         assert outcome.exit_code == 1 and job["status"] == "failed", (attempt, job)
-        assert ("the token offers no signing mechanism provision can check for this key "
-                "(offered: CKM_RSA_PKCS, CKM_SHA256_RSA_PKCS)") in job["error"], job  # fmt: skip
+        assert "the token offers no signing mechanism provision can check for this key" in job["error"], job
+        assert "C_Sign refused CKM_ECDSA" in job["error"] and "is not verified, so the job is not done" in job["error"]
         assert len(batch.objects("chan")) == 3  # what was written stays (no key is lost)
     assert verified_mechanisms(batch) == []
     assert not any(e.get("event") == "skipped" for e in audit(batch))
-    restrict(batch, None)  # a module that can check the key
+    monkeypatch.setattr(DecliningKey, "refusing", False)  # the token signs now
     outcome = batch.run()  # this journal knows of no write: the key verified, already on the token
     job = outcome.document["jobs"][0]
     assert outcome.exit_code == 0 and job["status"] == "skipped", job
@@ -247,3 +294,20 @@ def test_a_refused_pin_on_a_token_without_pin_flags_is_never_sent_again_until_th
     assert cleared.returncode == 0, cleared.stderr
     done = batch.run()
     assert done.document["jobs"][0]["status"] == "loaded" and logins == ["login", "login"]
+
+
+def test_a_token_whose_user_pin_was_never_set(batch: TokenBatch) -> None:
+    """Initialised by the SO without a user PIN (``pkcs11-tool --init-token`` alone; opencryptoki's
+    state after C_InitToken): CKR_USER_PIN_NOT_INITIALIZED is said as such, not as a wrong PIN, and
+    no PIN hold is made (no PIN was checked)."""
+    made = batch.hsm.pkcs11_tool("--init-token", "--slot-index", "0", "--label", "chan", "--so-pin", "12345678")
+    assert made.returncode == 0, made.stderr
+    batch.p12("chan", "CHAN Tai Man", "p256")
+    batch.job("HK-1", "CHAN Tai Man", "chan", batch.token_card("chan"))
+    for _ in range(2):  # no hold: the next run tries again, and says the same
+        outcome = batch.run()
+        job = outcome.document["jobs"][0]
+        assert outcome.exit_code == 1 and job["status"] == "failed", job
+        assert "the token has no user PIN (CKR_USER_PIN_NOT_INITIALIZED)" in job["error"], job
+        assert "--init-pin --login --login-type so" in job["error"] and "hold" not in job["error"]
+    assert [e["outcome"] for e in audit(batch) if e.get("event") == "pin_verify"] == ["no_user_pin", "no_user_pin"]

@@ -20,6 +20,7 @@ from provision.app import run_jobfile
 from provision.jobfile import load_jobfile
 from provision.p11.objects import key_id
 from tests.helpers.interop_peers import parse_pkcs11_objects
+from tests.helpers.nss_token import NssToken
 from tests.helpers.product import provision_cmd
 from tests.helpers.softhsm import SoftHsm
 
@@ -32,7 +33,7 @@ def ca() -> fixtures.Issuer:
 
 
 class TokenBatch:
-    def __init__(self, tmp: Path, canaries: Any, ca: fixtures.Issuer, hsm: SoftHsm) -> None:
+    def __init__(self, tmp: Path, canaries: Any, ca: fixtures.Issuer, hsm: SoftHsm | NssToken) -> None:
         self.tmp, self.canaries, self.ca, self.hsm = tmp, canaries, ca, hsm
         self.logs = tmp / "logs"
         canaries.write_secret_file(tmp / "p12.pass", canaries.pkcs12_password)

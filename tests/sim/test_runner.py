@@ -404,3 +404,129 @@ def test_transient_reset_is_retried_and_finishes_the_load(batch: Batch, at: int)
     ended = [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
     for write in ("import_key", "write_certificate", "write_slot_name"):
         assert ended.count(write) == 1, ended
+
+
+def test_rerun_proves_an_always_key_when_the_pin_is_already_verified(batch: Batch) -> None:
+    """Seen on PivApplet: the PIN stays verified across a re-SELECT, so a program that comes after
+    another one (here a session that verified the PIN and left the card powered, as PC/SC leaves
+    it) finds it verified, and its status read sends no VERIFY. The re-run must still give 9C's
+    key (PIN policy *always*) its own VERIFY before the test signature, prove the target and
+    write nothing; it used to take the 6982 for "not this key" and import the key again. No F7,
+    as PivApplet for an imported key: only the test signature can prove the key."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678, no_f7=True, pin_kept_on_select=True))
+    assert batch.run([card]).exit_code == 0
+    session_for(card).verify_pin(Secret("123456"))
+    writes = card.write_attempt_count
+    card.power_on = lambda: None  # type: ignore[method-assign]  # connecting does not reset a powered card
+    again = batch.run([card])
+    assert again.document["jobs"][0]["status"] == "skipped", again.document["jobs"][0]
+    assert card.write_attempt_count == writes
+
+
+def test_rerun_with_a_wrong_pin_and_the_pin_already_verified_spends_one_try_and_writes_nothing(
+    batch: Batch, canaries: Any
+) -> None:
+    """The same re-run with a wrong PIN file: the VERIFY before the test signature is refused, the
+    job fails on that, and nothing is written or presented again (never a second try)."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678, no_f7=True, pin_kept_on_select=True))
+    assert batch.run([card]).exit_code == 0
+    session_for(card).verify_pin(Secret("123456"))
+    canaries.write_secret_file(batch.tmp / "card.pin", "99999999")
+    writes = card.write_attempt_count
+    card.power_on = lambda: None  # type: ignore[method-assign]
+    again = batch.run([card])
+    job = again.document["jobs"][0]
+    assert job["status"] == "failed" and "PIN" in job["error"], job
+    assert card.write_attempt_count == writes
+    assert session_for(card).pin_tries() == 2  # 3 tries, one spent
+
+
+def test_rerun_on_a_card_that_refuses_the_slot_name_is_skipped_without_a_write(batch: Batch) -> None:
+    """PivApplet refuses vendor objects (GET DATA 5FFF50 6A82, PUT DATA refused): the first load
+    keeps the slot name in the journal only. A re-run proves certificate and key and does not ask
+    the card for the name again: ``skipped``, no write APDU, no management-key authentication."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678, profile="pivapplet"))
+    first = batch.run([card])
+    assert first.document["jobs"][0]["status"] == "loaded"
+    assert first.document["jobs"][0]["slot_name_on_card"] is False
+    writes = card.write_attempt_count
+    again = batch.run([card])
+    job = again.document["jobs"][0]
+    assert job["status"] == "skipped", job
+    assert card.write_attempt_count == writes
+    assert not any("authenticate_management_key" == s[1] for s in jn.Journal(batch.logs / "journal.sqlite3")
+                   .steps("test-batch", "HK-1") if s[0] == again.document["run_id"])  # fmt: skip
+
+
+def test_a_touch_policy_the_card_does_not_take_is_named(batch: Batch) -> None:
+    """PivApplet answers IMPORT KEY with 6A81 for touch policies other than default/never: the job
+    fails saying so, and nothing is on the card (no key, no certificate)."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678, extra="    touch_policy: always\n")
+    card = SimCard(SimOptions(serial=12345678, profile="pivapplet"))
+    outcome = batch.run([card])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "failed" and "touch policy 'always'" in job["error"], job
+    info = read_card_info(session_for(card))
+    assert info.slot(0x9C).certificate is None and info.slot(0x9C).key is None
+
+
+def test_a_card_that_answers_like_pivapplet_is_loaded_replaced_and_skipped_on_rerun(
+    batch: Batch, ca: fixtures.Issuer
+) -> None:
+    """Everything PivApplet 0.9.0 did differently at once (README, "A PIV card that is not ours"):
+    metadata without tag 01 and 6F00 for imported keys, the PIN kept across a re-SELECT, no vendor
+    objects. The old certificate and its imported key are replaced (archived), card info calls the
+    new key unknown, and a re-run after another program verified the PIN proves the target and
+    writes nothing."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    options = SimOptions(serial=12345678, profile="pivapplet", metadata_like_pivapplet=True, pin_kept_on_select=True)
+    card = SimCard(options)
+    preload_old_certificate(card, ca, "CHAN Tai Man")
+    first = batch.run([card])
+    job = first.document["jobs"][0]
+    assert job["status"] == "loaded" and job["replaced_sha256"] and job["archived_to"], job
+    info = read_card_info(session_for(card))
+    assert (info.pin_tries_left, info.pin_tries_total) == (5, 5)
+    slot = info.slot(0x9C)
+    assert slot.certificate is not None and slot.certificate.sha256 == job["fingerprint_sha256"]
+    assert slot.key is None and slot.error is not None and "6F00" in slot.error
+    assert info.slot(0x9A).error is None and not info.slot(0x9A).occupied
+    session_for(card).verify_pin(Secret("123456"))
+    writes = card.write_attempt_count
+    card.power_on = lambda: None  # type: ignore[method-assign]
+    again = batch.run([card])
+    assert again.document["jobs"][0]["status"] == "skipped", again.document["jobs"][0]
+    assert card.write_attempt_count == writes
+
+
+def test_a_failure_stays_an_exception_until_it_is_shown(batch: Batch) -> None:
+    """Job state keeps what failed as the exception it was (its class, tries left, the bundle's
+    status); the run JSON and the runner's line say its sentence."""
+    from provision.errors import BundleError, PinError
+    from provision.logsdir import LogsLock
+    from provision.runner import Runner, RunOptions
+    from provision.ui import UnattendedUI
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    batch.holder("HK-2", "LEE Siu Ming", 12345679, extra="    expect: {subject_cn: Somebody Else}\n")
+    batch.canaries.write_secret_file(batch.tmp / "card.pin", "654321")  # not the card's PIN
+    jobfile = load_jobfile(batch.write(), unattended=True)
+    lines: list[str] = []
+    with LogsLock(batch.logs):
+        runner = Runner(jobfile, SimSource([[SimCard(SimOptions(serial=12345678))]]),
+                        RunOptions(logs=batch.logs, unattended=True, wait=0, progress=False), ui=UnattendedUI(lines.append))  # fmt: skip
+        runner.prepare()
+        runner.run()
+        document = runner.document()
+        runner.journal.close()
+        runner.pin_holds.close()
+    wrong_pin, unexpected = (s.failure for s in runner.states)
+    assert isinstance(wrong_pin, PinError) and wrong_pin.tries_left == 2
+    assert wrong_pin.__traceback__ is None  # its frames (card, bundle, PIN) are not kept with it
+    assert isinstance(unexpected, BundleError) and unexpected.status is None
+    assert unexpected.message.startswith("expect.subject_cn: expected 'Somebody Else'")
+    assert [j["error"] for j in document["jobs"]] == [wrong_pin.message, unexpected.message]
+    assert f"CHAN Tai Man (HK-1): FAILED: {wrong_pin.message}" in lines

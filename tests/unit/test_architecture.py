@@ -107,6 +107,49 @@ def test_the_runner_imports_no_ui_and_no_simulator() -> None:
     assert not {m for m in imported if m in ("provision.counter", "provision.ui") or m.startswith("provision.sim")}
 
 
+def _attributes(source: str) -> set[str]:
+    """Every ``x.name`` in the code, and every private ``x._name`` reached on another object than self."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            mine = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            if not (node.attr.startswith("_") and mine):
+                names.add(node.attr)
+    return names
+
+
+def _called(source: str) -> set[str]:
+    """Every method called as ``x.name(...)``."""
+    return {node.func.attr for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}  # fmt: skip
+
+
+def _source(module: str) -> str:
+    return MODULES[module].read_text(encoding="utf-8")
+
+
+def test_one_event_loop_the_runners() -> None:
+    """Only the runner's loop reads a card source's events (backend.py hands the events of several
+    sources on); the counter screen and the composition root have their turn inside it."""
+    readers = {m for m in MODULES if "events" in _called(_source(m))}
+    assert readers == {"provision.runner", "provision.backend"}, readers
+
+
+def test_the_counter_screen_is_a_ui_the_runner_is_given() -> None:
+    """The screen neither drives nor ends the run, nor patches it: it implements ``RunUI`` and asks
+    the runner through public methods only."""
+    tree = ast.parse(_source("provision.counter"))
+    assert "run" not in {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}  # no day of its own
+    used = _attributes(_source("provision.counter"))
+    drives = {"events", "handle_card", "load_card", "take_reader", "finish", "source", "run"}
+    assert not used & drives, used & drives
+    assert not {name for name in used if name.startswith("_") and not name.startswith("__")}
+    assert not [node for node in ast.walk(tree)
+                if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign)
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)]  # fmt: skip
+
+
 def test_no_command_module_talks_to_a_card_directly() -> None:
     for command in ("provision.cli", "provision.cli_audit", "provision.demo"):
         direct = {m for m in _graph()[command] if m.startswith(("provision.piv", "provision.card"))}
@@ -117,3 +160,4 @@ def test_the_checker_sees_a_cycle_and_a_private_import() -> None:
     """The checks above would fail on the shapes they forbid."""
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
     assert _resolve("provision.audit.chain.AuditLog") == "provision.audit.chain"
+    assert _attributes("run.source.events(1)\nself._busy = 1\nrunner._busy.add(1)") == {"source", "events", "add", "_busy"}

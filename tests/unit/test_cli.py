@@ -223,9 +223,14 @@ def test_operator_from_option_environment_or_one_question(monkeypatch: pytest.Mo
 def test_a_stopped_run_claims_a_seal_only_when_its_end_was_written(capsys: pytest.CaptureFixture[str]) -> None:
     from provision.app import RunOutcome
     from provision.cli import _warn_if_stopped
+    from provision.errors import JournalError
 
-    _warn_if_stopped(RunOutcome(3, {}, {}, "the disk of the journal is full", sealed=True))
-    assert "recorded as interrupted and sealed" in capsys.readouterr().err
-    _warn_if_stopped(RunOutcome(3, {}, {}, "the disk of the journal is full", sealed=False))
+    full = JournalError("the disk of the journal is full")
+    _warn_if_stopped(RunOutcome(3, {}, {}, full, sealed=True))
+    assert "provision: the disk of the journal is full; the run was recorded as interrupted and sealed" in capsys.readouterr().err
+    _warn_if_stopped(RunOutcome(3, {}, {}, full, sealed=False))
     said = capsys.readouterr().err
     assert "sealed" not in said and "still calls it running" in said
+    # The failure stays an exception until here; the reports' own failure is added to its sentence.
+    _warn_if_stopped(RunOutcome(3, {}, {}, full, sealed=True, reports_failure=OSError(28, "No space left on device")))
+    assert "full; the reports could not be written either (No space left on device); the run was" in capsys.readouterr().err

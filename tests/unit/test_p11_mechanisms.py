@@ -174,6 +174,27 @@ def test_an_rsa_key_is_never_checked_with_ecdsa(rsa2048: Any) -> None:
         check(slot, FakeKey(rsa2048, {int(M.ECDSA)}), rsa2048.public_key())
 
 
+# The opencryptoki 3.8 software token's signing list: RSA and MACs, no ECDSA at all, although it
+# stores EC key objects (C_CreateObject succeeds)
+RSA_ONLY_TOKEN = {int(m): CKF_SIGN for m in (M.RSA_PKCS, M.SHA1_RSA_PKCS, M.RSA_PKCS_PSS, M.SHA256_RSA_PKCS_PSS,
+                                             M.SHA256_HMAC)}  # fmt: skip
+
+
+def test_a_key_the_token_has_no_mechanism_for_is_refused_before_anything_is_written(p256: Any, rsa2048: Any) -> None:
+    why = mechanisms.cannot_check(FakeSlot(RSA_ONLY_TOKEN), p256.public_key())
+    assert why is not None
+    assert why.startswith("the token offers no signing mechanism provision can check for this key (offered: CKM_RSA_PKCS, ")
+    assert "nothing was written and no PIN was sent" in why and "CKM_ECDSA_SHA256, CKM_ECDSA" in why
+    assert mechanisms.cannot_check(FakeSlot(RSA_ONLY_TOKEN), rsa2048.public_key()) is None  # raw PKCS#1 will do
+
+
+def test_the_mechanism_list_alone_refuses_nothing_it_cannot_judge(p256: Any) -> None:
+    assert mechanisms.cannot_check(FakeSlot(None), p256.public_key()) is None  # no list: C_Sign decides later
+    assert mechanisms.cannot_check(FakeSlot({int(M.ECDSA_SHA1): CKF_SIGN}), p256.public_key()) is None
+    # listed without CKF_SIGN is not offered for signing
+    assert mechanisms.cannot_check(FakeSlot({int(M.ECDSA): CKF_VERIFY}), p256.public_key()) is not None
+
+
 def test_mechanism_names_include_vendor_codes() -> None:
     assert mechanisms.mechanism_name(0x1044) == "CKM_ECDSA_SHA256"
     assert mechanisms.mechanism_name(0x80000123) == "CKM_0x80000123"
@@ -228,3 +249,13 @@ def test_a_locked_pin_is_a_blocked_pin() -> None:
     assert left == 0 and "blocked" in message
     message, left = pins.refusal_after_login("PinIncorrect", pins.PinFlags.of(pins.CKF_USER_PIN_FINAL_TRY), "m.so")
     assert left == 1 and "one try is left" in message
+
+
+def test_a_token_without_a_user_pin_is_told_apart_from_a_wrong_pin() -> None:
+    """CKR_USER_PIN_NOT_INITIALIZED (a token initialised, its user PIN never set: opencryptoki after
+    C_InitToken): nothing was checked, no try spent, and the fix is the SO's, not the holder's."""
+    message, left = pins.refusal_after_login("UserPinNotInitialized", NONE, "libvendor.so")
+    assert left is None
+    assert "the token has no user PIN (CKR_USER_PIN_NOT_INITIALIZED)" in message and "no try was spent" in message
+    assert "pkcs11-tool --module libvendor.so --init-pin --login --login-type so" in message
+    assert "wrong" not in message and "blocked" not in message

@@ -326,7 +326,7 @@ def test_metadata_empty_and_unsupported() -> None:
         h("01 01 11 02 01 02"),  # policy of 1 byte
         h("01 01 11 04 03 86 01 04"),  # not a point
         h("01 01 07 04 04 81 01 01 82"),  # truncated inner TLV
-        h("02 02 01 01"),  # no algorithm for a key slot
+        h("02 02 01 01 04 03 86 01 04"),  # a public key without its algorithm
     ],
 )
 def test_metadata_malformed(data: bytes) -> None:

@@ -810,3 +810,17 @@ def test_change_puk_counts_tries_and_a_blocked_puk_answers_6983(card: SimCard) -
     assert tx(card, apdu(0, 0x24, 0, 0x81, pin_block(b"12345678") + pin_block(b"11223344")))[1] == 0x6983
     assert tx(card, apdu(0, 0x2C, 0, 0x80, pin_block(b"12345678") + pin_block(b"654321")))[1] == 0x6983
     assert ok(card, apdu(0, 0x20, 0, 0x80, pin_block(b"123456"))) == b""  # the PIN itself is untouched
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_reselect_drops_the_pin_unless_the_card_keeps_it(kept: bool) -> None:
+    """``pin_kept_on_select``: PivApplet keeps the PIN verified across a re-SELECT; a reset always drops it."""
+    c = SimCard(SimOptions(pin_kept_on_select=kept))
+    c.power_on()
+    select(c)
+    assert verify(c) == 0x9000
+    select(c)
+    assert tx(c, apdu(0, 0x20, 0x00, 0x80))[1] == (0x9000 if kept else 0x63C3)
+    c.reset()
+    select(c)
+    assert tx(c, apdu(0, 0x20, 0x00, 0x80))[1] == 0x63C3
