@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
 DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk fonts-dejavu-core softhsm2 p11-kit p11-kit-modules postgresql gnutls-bin openjdk-17-jre-headless
 
-.PHONY: all setup catalogs docs demo test test-installed dist fresh-check lint typecheck test-unit bench faults clean
+.PHONY: all setup catalogs docs demo test test-installed dist fresh-check lint typecheck test-unit bench profile faults clean
 
 all: test
 
@@ -84,6 +84,10 @@ fresh-check:
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/queue_bench.py
+
+# One `provision run` of one card by phase, next to the card's own APDU time (bench/profile_load.py)
+profile: setup
+	$(BIN)/python bench/profile_load.py $(PROFILE_ARGS)
 
 # The whole fault campaign with its summary table (make test runs the reduced form).
 faults: setup
