@@ -13,6 +13,7 @@ from typing import Any
 from provision.audit.records import KNOWN_EVENTS
 from provision.audit.verify import show, verify
 from provision.errors import AuditError, ProvisionError, UsageError
+from provision.i18n import gettext as _
 from provision.i18n import localize, msg
 from provision.queue.audit_mirror import verify_stations
 from provision.secrets import Secret
@@ -88,7 +89,7 @@ def _show_line(rec: Mapping[str, Any]) -> str:
     fields = " ".join(part for part in (extra, prints, who, holder) if part)
     text = f"{mark} {rec.get('time', '?')}  #{rec.get('seq')}  {rec.get('event')}  {fields}"
     if not rec.get("verified"):
-        text += f"\n    NOT VERIFIED: {rec.get('verify_problem')}"
+        text += "\n    " + _("NOT VERIFIED: {problem}").format(problem=localize(str(rec.get("verify_problem"))))
     return _printable(text)
 
 

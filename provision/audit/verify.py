@@ -666,15 +666,15 @@ def _parse_moment(value: datetime | date | str | None, *, end: bool) -> datetime
 def _record_problem(line: InspectedLine, has_key: bool, keyed_seen: bool) -> str | None:
     """Why one record, on its own, does not verify (None: its hash or MAC is right)."""
     if not line.complete:
-        return "the line is incomplete (the log was truncated or a write was cut)"
+        return msg('the line is incomplete (the log was truncated or a write was cut)')
     if line.status == "key-required":
-        return "HMAC-chained: give the audit key (--key-env or --key-file) to verify it"
+        return msg('HMAC-chained: give the audit key (--key-env or --key-file) to verify it')
     if line.status != "ok":
-        return "its hash does not match its content (it was changed, or the key is not this log's)"
+        return msg("its hash does not match its content (it was changed, or the key is not this log's)")
     if has_key and not line.keyed:
-        return "it has no MAC, though a key was given (the MACs were stripped, or it was forged)"
+        return msg('it has no MAC, though a key was given (the MACs were stripped, or it was forged)')
     if keyed_seen and not line.keyed:
-        return "it has no MAC after HMAC-chained records (it was forged)"
+        return msg('it has no MAC after HMAC-chained records (it was forged)')
     return None
 
 

@@ -442,7 +442,7 @@ class Pkcs11Loader:
         with self.step("verify_load") as info:
             mechanism = self._test_signature(key)
             info.update(test_signature="verified", test_signature_mechanism=mechanism)
-            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.result.notes.append(msg("test signature verified with {mechanism}", mechanism=mechanism))
             self.audit("verified", outcome="ok", mechanism=mechanism, label_on_token=self.label if relabeled else label)
         self.result.slot_name_on_card = relabeled
         if relabeled:
@@ -450,9 +450,9 @@ class Pkcs11Loader:
             self.commit()
         else:
             self.result.status = jn.SKIPPED
-            self.result.notes.append(f"the certificate and its key are on the token under the labels the module gives "
-                                     f"them ({label!r}); the module does not let provision change labels, so the "
-                                     "slot name is kept by provision only")  # fmt: skip
+            self.result.notes.append(msg("the certificate and its key are on the token under the labels the module gives "
+                                         "them ({label!r}); the module does not let provision change labels, so the "
+                                         "slot name is kept by provision only", label=label))  # fmt: skip
             self.audit("skipped", reason="the token already holds this certificate and its key under another label")
         self.exports()
         return self.result
@@ -489,7 +489,7 @@ class Pkcs11Loader:
 
     def import_key(self, on_token: bool) -> None:
         if on_token:
-            self.result.notes.append("the key was already on the token")
+            self.result.notes.append(msg("the key was already on the token"))
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
             subject = self.certificate.subject.public_bytes()
@@ -512,7 +512,7 @@ class Pkcs11Loader:
                     pkcs11.TemplateIncomplete) as exc:  # fmt: skip
                 # Some tokens derive the public key object themselves; the certificate carries it anyway.
                 info["stored"] = False
-                self.result.notes.append(f"no separate public key object ({type(exc).__name__})")
+                self.result.notes.append(msg("no separate public key object ({name})", name=type(exc).__name__))
 
     def write_certificate(self, on_token: bool) -> None:
         if on_token:
@@ -546,7 +546,7 @@ class Pkcs11Loader:
             mechanism = self._test_signature(key)
             info.update(test_signature="verified", test_signature_mechanism=mechanism, cka_id=self.cka_id.hex())
             self.result.slot_name_on_card = True
-            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.result.notes.append(msg("test signature verified with {mechanism}", mechanism=mechanism))
             self.audit("verified", outcome="ok", mechanism=mechanism)
 
     def _test_signature(self, key: Any) -> str:
