@@ -424,3 +424,24 @@ def test_schema_problems_are_our_sentences_in_both_languages(tmp_path: Path) -> 
     assert any("job.yaml:11" in line and "不是機密來源" in line for line in chinese), chinese
     assert [p.to_json() for p in problems] == [p.to_json() for p in problems]  # recorded text stays English
     assert all("unknown field" in p.message or "secret source" in p.message or p.message for p in problems)
+
+
+def test_queue_and_pkcs11_sentences_recorded_in_english_shown_in_chinese(tmp_path: Path) -> None:
+    from provision.errors import QueueError
+    from provision.p11 import pins
+    from provision.queue import open_queue
+
+    with pytest.raises(QueueError) as caught:
+        open_queue("mysql://user:secret@db/x", logs=tmp_path)
+    assert caught.value.message == "--queue mysql:…: give sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+    refused, left = pins.refusal_after_login("PinInvalid", pins.PinFlags(count_low=False, final_try=False, locked=False), "/usr/lib/softhsm/libsofthsm2.so")
+    assert refused.startswith("the token refused the PIN (CKR_PIN_INVALID)") and left is None
+    i18n.set_language(i18n.CHINESE)
+    try:
+        assert caught.value.localized() == "--queue mysql:…：請提供 sqlite:///PATH 或 postgresql://USER@HOST:PORT/DB"
+        assert i18n.localize(refused).startswith("權杖拒絕了 PIN 碼（CKR_PIN_INVALID）")
+        # read back from a journal as a plain str, it is still recognised
+        assert i18n.localize(str(refused)).startswith("權杖拒絕了 PIN 碼（CKR_PIN_INVALID）")
+    finally:
+        i18n.set_language(i18n.ENGLISH)
+    assert "secret" not in caught.value.message and "secret" not in caught.value.localized()
