@@ -67,8 +67,8 @@ from provision.store import CertificateStore, write_atomically
 
 # In every report of a job that wrote with it: anyone holding such a card can replace its keys and
 # certificates without the PIN.
-DEFAULT_KEY_NOTE = ("written with the card's factory default management key: anyone holding the card can "
-                    "replace its certificates without the PIN; give the job a management_key")  # fmt: skip
+DEFAULT_KEY_NOTE = msg("written with the card's factory default management key: anyone holding the card can "
+                       "replace its certificates without the PIN; give the job a management_key")  # fmt: skip
 # Journal steps that write to a card: one begun and not followed by a commit is an unfinished load.
 _CARD_WRITES = frozenset({"import_key", "write_certificate", "write_key_history", "write_slot_name"})
 
@@ -755,7 +755,7 @@ class Loader:
 
     def import_key(self, state: Preflight) -> None:
         if state.key_on_card is True:
-            self.result.notes.append("the key was already on the card")
+            self.result.notes.append(msg("the key was already on the card"))
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
             try:
@@ -801,7 +801,7 @@ class Loader:
                 found["stored"] = True
             except CardError as exc:  # a card without Key History still holds the key and certificate
                 found["stored"] = False
-                self.result.notes.append(f"Key History not updated ({exc.message}); some middleware will not list slot {self.slot.hex}")
+                self.result.notes.append(msg("Key History not updated ({error}); some middleware will not list slot {slot}", error=exc.message, slot=self.slot.hex))  # fmt: skip
             self.audit("key_history_written", keys_with_on_card_certs=needed, stored=found["stored"])
 
     def write_slot_name(self) -> None:
@@ -814,7 +814,7 @@ class Loader:
             # 6A82 and PUT DATA 6A81): asking again writes nothing and would turn a re-run's
             # "skipped" into "loaded" with a management-key authentication for nothing.
             self.result.slot_name_on_card = False
-            self.result.notes.append("slot name kept by provision only: the card refused it when this job was loaded")
+            self.result.notes.append(msg("slot name kept by provision only: the card refused it when this job was loaded"))
             return
         self.authenticate_management_key()  # a resumed load may reach here without it
         self._wrote = True
@@ -824,7 +824,7 @@ class Loader:
             self.result.slot_name_on_card = outcome.stored
             found["stored"] = outcome.stored
             if not outcome.stored:
-                self.result.notes.append(f"slot name kept by provision only: {outcome.reason}")
+                self.result.notes.append(msg("slot name kept by provision only: {reason}", reason=outcome.reason))
             self.audit("slot_name_written", stored=outcome.stored)
 
     def _slot_name_refused_by_committed_load(self) -> bool:

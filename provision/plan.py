@@ -328,8 +328,8 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
         if not result.ok:
             problems.append(msg('expect.{check}: expected {expected!r}, the certificate has {actual!r}', check=result.check, expected=result.expected, actual=result.actual))
     if job.management_key is None:
-        notes.append("uses the card's factory default management key"
-                     + (", then changes it (management_key_rotate)" if job.management_key_rotate is not None else ""))
+        notes.append(msg("uses the card's factory default management key") if job.management_key_rotate is None
+                     else msg("uses the card's factory default management key, then changes it (management_key_rotate)"))
     if job.pkcs12_password.kind == "empty":
         notes.append(msg('the PKCS#12 file is opened without a password (password: {{empty: true}})'))
     if job.pin.kind == "value" or job.pkcs12_password.kind == "value":

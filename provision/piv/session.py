@@ -372,9 +372,10 @@ class SlotNameResult:
     @property
     def reason(self) -> str:
         if self.stored:
-            return "stored on the card"
+            return msg("stored on the card")
         assert self.sw is not None
-        return msg("the card does not keep vendor objects ({sw:04X}: {describe_sw})", sw=self.sw, describe_sw=describe_sw(self.sw))
+        # Plain fields (not {sw:04X}), so the recorded note is recognised again when a report is shown in another language.
+        return msg("the card does not keep vendor objects ({sw}: {describe_sw})", sw=format(self.sw, "04X"), describe_sw=describe_sw(self.sw))  # fmt: skip
 
 
 def _object_id_tlv(object_id: int) -> bytes:

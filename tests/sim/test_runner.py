@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -459,6 +460,37 @@ def test_rerun_on_a_card_that_refuses_the_slot_name_is_skipped_without_a_write(b
     assert card.write_attempt_count == writes
     assert not any("authenticate_management_key" == s[1] for s in jn.Journal(batch.logs / "journal.sqlite3")
                    .steps("test-batch", "HK-1") if s[0] == again.document["run_id"])  # fmt: skip
+
+
+def test_the_notes_of_a_card_that_refuses_slot_names_are_shown_in_chinese(batch: Batch) -> None:
+    """A run in Chinese on a card like PivApplet (no vendor objects, the factory management key):
+    the notes its loads and re-runs record stay English in the records and are shown in Chinese in
+    the report, as read back from the run document."""
+    import json as json_module
+
+    from provision import i18n
+    from provision.report import render_html
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = SimCard(SimOptions(serial=12345678, profile="pivapplet"))
+    documents = [json_module.loads(json_module.dumps(batch.run([card]).document)) for _ in range(2)]
+    assert [d["jobs"][0]["status"] for d in documents] == ["loaded", "skipped"]
+    notes = [note for d in documents for note in d["jobs"][0]["notes"]]
+    assert any(n.startswith("written with the card's factory default management key") for n in notes), notes
+    assert any(n.startswith("slot name kept by provision only: the card does not keep vendor objects") for n in notes)
+    assert "slot name kept by provision only: the card refused it when this job was loaded" in notes
+    i18n.set_language(i18n.CHINESE)
+    try:
+        shown = {note: i18n.localize(note) for note in notes}
+        pages = [render_html(d) for d in documents]
+    finally:
+        i18n.set_language(i18n.ENGLISH)
+    for note, text in shown.items():
+        assert text != note and re.search("[\u4e00-\u9fff]", text), (note, text)
+    assert "以卡的出廠預設管理密碼匙寫入" in pages[0] and "此卡不儲存供應商物件（6A86：" in pages[0], re.findall("<span class=\"note\">[^<]*", pages[0])
+    assert "槽位名稱只由 provision 保存：載入此工作時，卡拒絕了它" in pages[1]
+    for page in pages:
+        assert "slot name kept" not in page and "written with the card" not in page
 
 
 def test_a_touch_policy_the_card_does_not_take_is_named(batch: Batch) -> None:
