@@ -206,7 +206,9 @@ def _recognise(sentence: str, depth: int) -> str:
 def _field() -> re.Pattern[str]:
     import re  # re caches compiled patterns itself
 
-    return re.compile(r"\{(\w+)(![rs])?\}")
+    # {name}, {name!r}, {name:04X}: a field with a format spec is recorded formatted ("6A81"), so it
+    # is recognised like any other; {{literal}} braces are not fields.
+    return re.compile(r"(?<!\{)\{(\w+)(![rs])?(:[#0-9,._<>^=+ -]*[bcdeEfFgGnosxX%]?)?\}(?!\})")
 
 
 _PATTERNS: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {}
@@ -220,7 +222,7 @@ def _patterns(language: str) -> tuple[tuple[re.Pattern[str], str], ...]:
 
 def _make_patterns(language: str) -> tuple[tuple[re.Pattern[str], str], ...]:
     """A regular expression per message id with ``{name}`` fields, to recognise recorded sentences.
-    Only ids whose fields are plain names (``{x}``, ``{x!r}``) qualify; longer ids are tried first."""
+    Only ids whose fields are names (``{x}``, ``{x!r}``, ``{x:04X}``) qualify; longer ids are tried first."""
     import re
 
     catalog = _catalog(language)

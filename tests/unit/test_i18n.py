@@ -273,6 +273,17 @@ def test_a_recorded_sentence_stays_english_and_is_shown_in_chinese(chinese: None
     assert i18n.localize("a card said 6A82") == "a card said 6A82"
 
 
+def test_a_recorded_sentence_with_a_formatted_field_is_shown_in_chinese(chinese: None) -> None:
+    """A field with a format spec ({sw:04X}) is recorded formatted; read back from a journal or a
+    run document it is still recognised (found on PivApplet: the touch-policy refusal stayed
+    English in the Chinese run summary and report)."""
+    recorded = str(i18n.msg("this card does not take touch policy '{policy}' (IMPORT KEY answered {sw:04X}); the key "
+                            "was not imported. Use touch_policy: never or default for it", policy="always", sw=0x6A81))  # fmt: skip
+    assert recorded.startswith("this card does not take touch policy 'always' (IMPORT KEY answered 6A81)")
+    assert i18n.localize(recorded) == ("此卡不接受觸碰政策 'always'（IMPORT KEY 回覆 6A81）；私人密碼匙沒有匯入。"
+                                       "請為此卡使用 touch_policy: never 或 default")  # fmt: skip
+
+
 # English words a Chinese page may keep: protocol names, units, the product's own commands.
 _KEPT = {"SHA", "PIN", "PUK", "APDU", "APDUs", "PIV", "CSV", "HTML", "provision", "audit", "verify", "resume",
          "PKCS", "OperatorDeclined"}  # fmt: skip
