@@ -13,6 +13,7 @@ from __future__ import annotations
 import unicodedata
 
 from provision.errors import ProvisionError
+from provision.refusal import Refusal, RefusalKind
 
 # Cc: C0 and C1 controls and DEL; Cf: invisible format characters, among them the bidi overrides
 # and isolates (U+202A-U+202E, U+2066-U+2069) and zero-width characters; Zl/Zp: line and paragraph
@@ -43,3 +44,16 @@ def failure_text(failure: ProvisionError | None) -> str | None:
     """The sentence a person (and every record of the run) reads for a job's failure, kept as an
     exception until it is shown; None when the job has none."""
     return None if failure is None else failure.message
+
+
+def refusal_text(refusal: Refusal) -> str:
+    """The sentence a person (and every record of the run) reads for a refused card."""
+    if refusal.kind is RefusalKind.CALLED_ANOTHER:
+        return (f"this is the card of {refusal.holder}, but the counter called {refusal.called}; "
+                "give it back and ask for the right card")  # fmt: skip
+    if refusal.kind is RefusalKind.JOB_ENDED:
+        return f"this card's job {refusal.job_id} ({refusal.holder}) is already {refusal.status}"
+    if refusal.kind is RefusalKind.NO_JOB:
+        hint = f"; the counter expects the card of {refusal.expected}" if refusal.expected is not None else ""
+        return f"no job in {refusal.jobfile} is for this card ({refusal.card}){hint}"
+    return refusal.detail

@@ -31,7 +31,7 @@ from provision import journal as jn
 from provision import logsdir
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
-from provision.display import failure_text, printable
+from provision.display import failure_text, printable, refusal_text
 from provision.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -56,6 +56,7 @@ from provision.errors import (
 )
 from provision.jobfile import Job, JobFile
 from provision.load import LoadContext, LoadResult
+from provision.refusal import Refusal, RefusalKind
 from provision.secrets import Secret
 from provision.store import CertificateStore
 
@@ -163,6 +164,19 @@ class JobState:
     card_serial: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedCard:
+    """A card the run refused: where, when, what it said it is, and why (rendered in the records)."""
+
+    reader: str
+    time: str
+    card: dict[str, Any]  # the card's identity fields, as in the audit records
+    refusal: Refusal
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reader": self.reader, "time": self.time, **self.card, "reason": refusal_text(self.refusal)}
+
+
 @dataclass
 class RunOptions:
     logs: Path
@@ -197,7 +211,7 @@ class Runner:
         self.audit = self.journal.mirror_audit(audit) if audit is not None else None
         self._synced_at = 0.0
         self.states: list[JobState] = []
-        self.refused_cards: list[dict[str, Any]] = []
+        self.refused_cards: list[RefusedCard] = []
         self.stop_requested: str | None = None  # the signal that asked the run to end
         self.stop_error: ProvisionError | None = None  # the environment failure that ended it
         self.stopped_by: str | None = None  # what ended the run early, in the records
@@ -358,33 +372,33 @@ class Runner:
 
     # --- matching ---
 
-    def match(self, serial: int | None, guid: str | None, seen: CardSeen | None = None) -> tuple[JobState | None, str]:
-        """The job for this card, or None and why."""
+    def match(self, serial: int | None, guid: str | None, seen: CardSeen | None = None
+              ) -> tuple[JobState, None] | tuple[None, Refusal]:  # fmt: skip
+        """The job for this card, or None and why it is refused."""
         seen = seen or CardSeen(serial=serial, guid=guid)
         with self._lock:
             open_states = [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
             for s in open_states:  # a job already started on this very card comes first
                 if s.card_serial is not None and s.card_serial == serial and s.status == jn.IN_DOUBT:
-                    return s, ""
+                    return s, None
             for s in open_states:
                 if seen.claims(s.job.card):
                     called = self._called
                     if called is not None and s is not called:
-                        return None, (f"this is the card of {s.job.holder}, but the counter called "
-                                      f"{called.job.holder}; give it back and ask for the right card")  # fmt: skip
-                    return s, ""
+                        return None, Refusal(RefusalKind.CALLED_ANOTHER, holder=s.job.holder,
+                                             called=called.job.holder)  # fmt: skip
+                    return s, None
             for s in self.states:
                 if seen.claims(s.job.card):
-                    return None, f"this card's job {s.job.id} ({s.job.holder}) is already {s.status}"
+                    return None, Refusal(RefusalKind.JOB_ENDED, job_id=s.job.id, holder=s.job.holder, status=s.status)
             for s in open_states:
                 if seen.takes_any(s.job.card):
                     if not self.options.unattended and s is not self.expected():
                         continue
-                    return s, ""
-            who = seen.describe()
+                    return s, None
             expected = self.expected()
-            hint = f"; the counter expects the card of {expected.job.holder}" if expected and not self.options.unattended else ""
-            return None, f"no job in {self.jobfile.path.name} is for this card ({who}){hint}"
+            return None, Refusal(RefusalKind.NO_JOB, jobfile=self.jobfile.path.name, card=seen.describe(),
+                                 expected=expected.job.holder if expected and not self.options.unattended else None)  # fmt: skip
 
     def expected(self) -> JobState | None:
         if self._called is not None:
@@ -436,24 +450,18 @@ class Runner:
             seen = card.identify()
             serial, guid = seen.serial, seen.guid
             self.record("card_inserted", reader=reader, **seen.audit_fields())
-            state, why = self.match(serial, guid, seen)
+            state, refusal = self.match(serial, guid, seen)
             if state is None:
-                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
-                                           "reason": why})  # fmt: skip
-                self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
-                            reason=why, apdus=card.operations)  # fmt: skip
-                self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
+                assert refusal is not None
+                self.refuse_card(reader, seen, refusal, operations=card.operations)
                 return
             if state.bundle is None and not self.ensure_bundle(state):  # not decrypted ahead: now, once
                 self.say(self.result_line(state) + " Nothing was written; take the card out.")
                 return
             state, claim = self.claim_job(state, serial)
             if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
-                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
-                                           "reason": claim.reason})  # fmt: skip
-                self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
-                            reason=claim.reason, job_id=state.job.id, apdus=card.operations)  # fmt: skip
-                self.say(f"REFUSED: {claim.reason}. Nothing was written; take the card out.")
+                self.refuse_card(reader, seen, Refusal(RefusalKind.NOT_CLAIMED, detail=claim.reason),
+                                 operations=card.operations, job_id=state.job.id)  # fmt: skip
                 self.sync_shared_queue(force=True)
                 return
             claimed = True
@@ -517,6 +525,14 @@ class Runner:
                 with contextlib.suppress(*RECORDS_FAILED):
                     self.journal.release(self.jobfile.batch, state.job.id)
             card.close()
+
+    def refuse_card(self, reader: str, seen: CardSeen, refusal: Refusal, *, operations: int, **audit: Any) -> None:
+        """Refuse the card in ``reader`` (read-only APDUs only): kept for the run's records, audited, said."""
+        self.refused_cards.append(RefusedCard(reader, jn.now_rfc3339(), seen.audit_fields(), refusal))
+        why = refusal_text(refusal)
+        self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused", reason=why, **audit,
+                    apdus=operations)  # fmt: skip
+        self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
 
     def _job_recorder(self, state: JobState) -> Callable[..., None]:
         def record(event: str, **fields: Any) -> None:
@@ -817,7 +833,7 @@ class Runner:
         return {"run_id": self.run_id, "batch": self.jobfile.batch, "jobfile": str(self.jobfile.path),
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
                 "finished": self.finished, "stopped_by": self.stopped_by, "counts": self.counts(), "seal": self.seal,
-                "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
+                "refused_cards": [card.to_json() for card in self.refused_cards], "jobs": jobs}  # fmt: skip
 
 
 def kept(exc: ProvisionError) -> ProvisionError:
