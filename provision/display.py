@@ -56,4 +56,9 @@ def refusal_text(refusal: Refusal) -> str:
     if refusal.kind is RefusalKind.NO_JOB:
         hint = f"; the counter expects the card of {refusal.expected}" if refusal.expected is not None else ""
         return f"no job in {refusal.jobfile} is for this card ({refusal.card}){hint}"
+    if refusal.kind is RefusalKind.AMBIGUOUS:
+        others = "another card or token" if refusal.twins == 1 else f"{refusal.twins} other cards or tokens"
+        return (f"this card ({refusal.card}) and {others} in view all answer to job {refusal.job_id} "
+                f"({refusal.holder}): which one is the holder's cannot be told, so none is written; leave only "
+                "the holder's in, or give them distinct serials or labels")  # fmt: skip
     return refusal.detail

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -64,6 +64,10 @@ TRANSIENT_ATTEMPTS = 3
 # Failures of the run's own records (journal, audit log, logs directory): they end the whole run.
 RECORDS_FAILED = (JournalError, LogsError, RecordsError)
 
+
+# How long a card waits for the cards in the other readers to be read (their identities decide
+# whether its own is ambiguous); a reader whose card cannot be read is not waited for longer.
+IDENTIFY_WAIT_SECONDS = 2.0
 
 # How long loads already in hand may take to end by themselves when a run is stopped.
 WORKER_GRACE_SECONDS = 15.0
@@ -218,6 +222,8 @@ class Runner:
         self.record_failed: ProvisionError | None = None  # the end of the run could not be recorded (why)
         self._lock = threading.RLock()
         self._busy: set[str] = set()
+        self._cards_in: dict[str, CardSeen] = {}  # the card last read in each reader (ambiguity)
+        self._twins: dict[str, dict[int, CardSeen]] = {}  # cards seen with the same identity as a reader's card
         self._workers: list[threading.Thread] = []
         self.started = jn.now_rfc3339()
         self.finished: str | None = None
@@ -380,14 +386,14 @@ class Runner:
             open_states = [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
             for s in open_states:  # a job already started on this very card comes first
                 if s.card_serial is not None and s.card_serial == serial and s.status == jn.IN_DOUBT:
-                    return s, None
+                    return self._unambiguous(s, seen)
             for s in open_states:
                 if seen.claims(s.job.card):
                     called = self._called
                     if called is not None and s is not called:
                         return None, Refusal(RefusalKind.CALLED_ANOTHER, holder=s.job.holder,
                                              called=called.job.holder)  # fmt: skip
-                    return s, None
+                    return self._unambiguous(s, seen)
             for s in self.states:
                 if seen.claims(s.job.card):
                     return None, Refusal(RefusalKind.JOB_ENDED, job_id=s.job.id, holder=s.job.holder, status=s.status)
@@ -399,6 +405,17 @@ class Runner:
             expected = self.expected()
             return None, Refusal(RefusalKind.NO_JOB, jobfile=self.jobfile.path.name, card=seen.describe(),
                                  expected=expected.job.holder if expected and not self.options.unattended else None)  # fmt: skip
+
+    @staticmethod
+    def _unambiguous(state: JobState, seen: CardSeen) -> tuple[JobState, None] | tuple[None, Refusal]:
+        """The job, unless another card or token in view answers to it too (two NSS databases with
+        serial 0000000000000000, two PIV cards with one serial): then no write may go to either."""
+        card = state.job.card
+        twins = [o for o in seen.others if o.claims(card)]
+        if not twins:
+            return state, None
+        return None, Refusal(RefusalKind.AMBIGUOUS, job_id=state.job.id, holder=state.job.holder, card=seen.describe(),
+                             twins=len(twins))  # fmt: skip
 
     def expected(self) -> JobState | None:
         if self._called is not None:
@@ -447,7 +464,7 @@ class Runner:
         state: JobState | None = None
         resuming = claimed = False
         try:
-            seen = card.identify()
+            seen = self._in_view(reader, card.identify())
             serial, guid = seen.serial, seen.guid
             self.record("card_inserted", reader=reader, **seen.audit_fields())
             state, refusal = self.match(serial, guid, seen)
@@ -525,6 +542,33 @@ class Runner:
                 with contextlib.suppress(*RECORDS_FAILED):
                     self.journal.release(self.jobfile.batch, state.job.id)
             card.close()
+
+    def _in_view(self, reader: str, seen: CardSeen) -> CardSeen:
+        """``seen`` with the PIV cards read in the other readers that hold a card now (a PKCS#11 token
+        lists its module's other tokens itself). Unattended, every card in a reader has its worker:
+        the cards not read yet are waited for (briefly), so two cards with one serial inserted
+        together are both seen by both workers, whichever reads first."""
+        with self._lock:
+            self._cards_in[reader] = seen
+        if seen.is_token:
+            return seen
+        deadline = time.monotonic() + IDENTIFY_WAIT_SECONDS
+        while True:
+            present = set(self.source.present()) - {reader}
+            with self._lock:
+                known = {r: v for r, v in self._cards_in.items() if r in present}
+            if len(known) == len(present) or self.ui.types_pins or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        with self._lock:
+            # Twins are told to each other: the first of two cards read may find the second gone
+            # already (refused and taken out) when it looks, and must still not be written.
+            for other_reader, other in known.items():
+                if _same_piv_card(seen, other):
+                    self._twins.setdefault(other_reader, {})[id(seen)] = seen
+                    self._twins.setdefault(reader, {})[id(other)] = other
+            others = {id(v): v for v in known.values() if not v.is_token} | self._twins.get(reader, {})
+        return replace(seen, others=seen.others + tuple(others.values())) if others else seen
 
     def refuse_card(self, reader: str, seen: CardSeen, refusal: Refusal, *, operations: int, **audit: Any) -> None:
         """Refuse the card in ``reader`` (read-only APDUs only): kept for the run's records, audited, said."""
@@ -610,6 +654,9 @@ class Runner:
                     break
                 if event.kind == "removed":
                     waiting.discard(event.reader)
+                    with self._lock:
+                        self._cards_in.pop(event.reader, None)
+                        self._twins.pop(event.reader, None)
                 fresh = [event.reader] if event.kind == "inserted" else []
                 waiting.update(fresh)
                 turn = self.ui.between_cards(self)
@@ -834,6 +881,14 @@ class Runner:
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
                 "finished": self.finished, "stopped_by": self.stopped_by, "counts": self.counts(), "seal": self.seal,
                 "refused_cards": [card.to_json() for card in self.refused_cards], "jobs": jobs}  # fmt: skip
+
+
+def _same_piv_card(a: CardSeen, b: CardSeen) -> bool:
+    """Two PIV cards that say they are the same card (one serial, or one CHUID GUID)."""
+    if a.is_token or b.is_token:
+        return False
+    same_guid = a.guid is not None and a.guid == b.guid and a.guid.strip("0") != ""  # all zeros: no GUID set
+    return (a.serial is not None and a.serial == b.serial) or same_guid
 
 
 def kept(exc: ProvisionError) -> ProvisionError:

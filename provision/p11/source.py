@@ -62,8 +62,28 @@ class Pkcs11Token:
 
     def identify(self) -> CardSeen:
         token = self.token()
-        self._seen = CardSeen(module=self.module.path, token_serial=_text(token.serial), token_label=_text(token.label))
+        self._seen = CardSeen(module=self.module.path, token_serial=_text(token.serial), token_label=_text(token.label),
+                              others=self._other_tokens())  # fmt: skip
         return self._seen
+
+    def _other_tokens(self) -> tuple[CardSeen, ...]:
+        """The module's other tokens as they say they are (two NSS databases both say serial
+        0000000000000000; two SoftHSM2 tokens may share a label): read under the module's lock."""
+        import pkcs11
+
+        others: list[CardSeen] = []
+        with p11_errors(f"listing the tokens beside {self.reader}"):
+            self.calls += 1
+            for slot in self.module.lib.get_slots(token_present=True):
+                if slot.slot_id == self.slot_id:
+                    continue
+                try:
+                    token = slot.get_token()
+                except pkcs11.PKCS11Error:
+                    continue  # pulled between the two calls, or not recognised
+                others.append(CardSeen(module=self.module.path, token_serial=_text(token.serial),
+                                       token_label=_text(token.label)))  # fmt: skip
+        return tuple(others)
 
     def seen_now(self) -> CardSeen:
         token = self.token()
