@@ -56,6 +56,7 @@ from provision.errors import (
 )
 from provision.jobfile import Job, JobFile
 from provision.load import LoadContext, LoadResult
+from provision.plan import open_bundle
 from provision.refusal import Refusal, RefusalKind
 from provision.secrets import Secret
 from provision.store import CertificateStore
@@ -299,13 +300,13 @@ class Runner:
                 return state.bundle is not None
             self._opening.add(state.job.id)
         try:
-            _, inspection, bundle, problem = open_bundle(state.job, unattended=self.options.unattended)
-            self.accept_bundle(state, inspection, bundle, problem)
+            opened = open_bundle(state.job, unattended=self.options.unattended)
+            self.accept_bundle(state, opened.inspection, opened.bundle, opened.problem)
         finally:
             with self._ready:
                 self._opening.discard(state.job.id)
                 self._ready.notify_all()
-        return bundle is not None
+        return opened.bundle is not None
 
     def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None,
                       problem: BundleError | None) -> None:  # fmt: skip
@@ -924,40 +925,3 @@ class _NoBar:
 
     def close(self) -> None:
         pass
-
-
-def open_bundle(job: Job, *, unattended: bool, password: Any = None
-                ) -> tuple[Job, Inspection | None, Bundle | None, BundleError | None]:  # fmt: skip
-    """One job's PKCS#12: (job, inspection, the bundle if usable, else why not)."""
-    from provision.bundle import inspect_pkcs12, read_pkcs12
-    from provision.plan import check_expectations
-    from provision.secrets import obtain
-
-    try:
-        password = password if password is not None else obtain(job.pkcs12_password, unattended=unattended)
-    except ProvisionError as exc:
-        problem = BundleError(None, f"the PKCS#12 password could not be obtained: {exc.message}")
-        problem.__cause__ = exc
-        return (job, None, None, problem)
-    try:
-        inspection, bundle = inspect_pkcs12(read_pkcs12(job.pkcs12_path), password)
-    except OSError as exc:
-        problem = BundleError(None, f"{job.pkcs12_path} cannot be read ({exc.strerror})")
-        problem.__cause__ = exc
-        return (job, None, None, problem)
-    except ProvisionError as exc:  # larger than its bound
-        problem = BundleError(None, exc.message)
-        problem.__cause__ = exc
-        return (job, None, None, problem)
-    finally:
-        password.wipe()
-    if bundle is None or inspection.info is None:
-        return (job, inspection, None, BundleError(inspection.status, inspection.message))
-    failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
-    if failed:
-        e = failed[0]
-        expected = BundleError(None, f"expect.{e.check}: expected {e.expected!r}, the certificate has {e.actual!r}")
-        return (job, inspection, None, expected)
-    return (job, inspection, bundle, None)
-
-
