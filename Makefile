@@ -9,9 +9,9 @@ STAMP   := $(VENV)/.installed
 # Build pyscard (no Linux wheel on PyPI), run the OpenSSL producer of test PKCS#12 files, and the
 # PC/SC harness and peers of the card tiers.
 DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
-DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk softhsm2 p11-kit p11-kit-modules postgresql gnutls-bin openjdk-17-jre-headless
+DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk fonts-dejavu-core softhsm2 p11-kit p11-kit-modules postgresql gnutls-bin openjdk-17-jre-headless
 
-.PHONY: all setup demo test test-installed dist fresh-check lint typecheck test-unit bench faults clean
+.PHONY: all setup catalogs demo test test-installed dist fresh-check lint typecheck test-unit bench faults clean
 
 all: test
 
@@ -31,6 +31,12 @@ setup: $(STAMP)
 # files in jobs/ validate afterwards, and its journal, audit log, store and reports to logs/.
 demo: setup
 	$(BIN)/provision demo --dir jobs
+
+# The translations (provision/locale/): extract the texts of the source into provision.pot, merge them
+# into each language's .po (new texts arrive empty; tests/unit/test_i18n.py fails until translated)
+# and compile the .mo files the program reads. Both are committed.
+catalogs: $(STAMP)
+	$(BIN)/python tools/catalogs.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check provision tests bench

@@ -20,6 +20,7 @@ from typing import Any
 
 from provision.backend import CardBackend
 from provision.errors import ProvisionError
+from provision.i18n import current_language, msg
 from provision.jobfile import JobFile
 from provision.logsdir import LogsLock
 from provision.runner import RECORDS_FAILED, CardSource, Runner, RunOptions, RunUI
@@ -92,6 +93,10 @@ def run_jobfile(
             code = runner.run()
             document = runner.document()
             document["operator"] = audit.operator  # the person (BR §5.4.1), as every audit record names them
+            # The language the people at the counter saw (a language code; every other field stays
+            # language-neutral) and the zone the reports write times in.
+            document["language"] = current_language()
+            document.setdefault("timezone", jobfile.timezone)
             with contextlib.suppress(*RECORDS_FAILED):
                 runner.journal.close()
                 runner.pin_holds.close()
@@ -185,8 +190,7 @@ def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged
         if not tail.ok:
             if not accept_damaged_tail:
                 raise AuditError(
-                    f"the audit log's end is damaged ({tail.message}); nothing was run. Check it with "
-                    "'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue"
+                    msg("the audit log's end is damaged ({message}); nothing was run. Check it with 'provision audit verify', then run again with --accept-damaged-audit-tail REASON to continue", message=tail.message)
                 )
             audit.accept_damaged_tail(accept_damaged_tail, known)
     except BaseException:

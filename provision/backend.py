@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from provision.card.base import RawTransport
 from provision.errors import EnvironmentProblem, ProvisionError, UsageError
+from provision.i18n import msg
 from provision.jobfile import CardIdentity
 from provision.load import LoadContext, LoadResult
 
@@ -83,10 +84,10 @@ class CardSeen:
 
     def describe(self) -> str:
         if self.is_token:
-            return f"token {self.token_label!r} (serial {self.token_serial})"
+            return msg("token {label!r} (serial {serial})", label=self.token_label, serial=self.token_serial)
         if self.serial is not None:
-            return f"serial {self.serial}"
-        return f"GUID {self.guid}" if self.guid else "no serial or GUID"
+            return msg("serial {serial}", serial=self.serial)
+        return msg("GUID {guid}", guid=self.guid) if self.guid else msg("no serial or GUID")
 
 
 def same_module(a: Path, b: Path) -> bool:
@@ -284,9 +285,9 @@ def the_reader(reader: str | None) -> str:
         return reader
     present = [r.name for r in pcsc_readers() if r.card_present]
     if not present:
-        raise EnvironmentProblem("no card is in any reader; insert one (or name a reader with --reader)")
+        raise EnvironmentProblem(msg('no card is in any reader; insert one (or name a reader with --reader)'))
     if len(present) > 1:
-        raise UsageError(f"cards are in several readers ({', '.join(present)}); choose one with --reader")
+        raise UsageError(msg('cards are in several readers ({join}); choose one with --reader', join=', '.join(present)))
     return present[0]
 
 

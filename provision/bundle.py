@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from provision import limits
 from provision.errors import BundleError
+from provision.i18n import msg
 from provision.piv.slots import ALGORITHMS, TARGETS, Algorithm, find_algorithm
 from provision.secrets import Secret
 
@@ -615,17 +616,16 @@ def _diagnose(pfx: _Pfx | None, problem: _Malformed | None, password: bytes) -> 
     """cryptography could not open the file: wrong password, or damaged?"""
     if pfx is None:
         assert problem is not None
-        return _failure("corrupt", f"The file is damaged: {problem.reason}; ask the issuer for a new copy.")
+        return _failure("corrupt", msg('The file is damaged: {reason}; ask the issuer for a new copy.', reason=problem.reason))
     if pfx.mac is not None and _mac_matches(pfx, password):
         return _failure(
             "corrupt",
-            "The password is right but the file's contents cannot be read (damaged, or an "
-            "encryption this tool does not support); ask the issuer for a new copy.",
+            msg("The password is right but the file's contents cannot be read (damaged, or an encryption this tool does not support); ask the issuer for a new copy."),
         )
     if _password_opens_a_part(pfx, password):
         return _failure(
             "corrupt",
-            "The password is right but part of the file is damaged; ask the issuer for a new copy.",
+            msg('The password is right but part of the file is damaged; ask the issuer for a new copy.'),
         )
     if pfx.mac is None:
         # No MAC (`openssl pkcs12 -nomac`) and no part opens: nothing tells a wrong password from
@@ -634,8 +634,7 @@ def _diagnose(pfx: _Pfx | None, problem: _Malformed | None, password: bytes) -> 
     if pfx.mac.hash_name is None:
         return _failure(
             "corrupt",
-            "The file uses an integrity check algorithm this tool does not know, so it cannot be "
-            "opened; ask the issuer for a file made with current software.",
+            msg('The file uses an integrity check algorithm this tool does not know, so it cannot be opened; ask the issuer for a file made with current software.'),
         )
     return _wrong_password(None)
 
@@ -644,7 +643,7 @@ def _wrong_password(note: str | None) -> Inspection:
     extra = f" ({note})" if note else ""
     return _failure(
         "wrong-password",
-        f"The password does not open this file{extra}; check the password from the issuer and try again.",
+        msg('The password does not open this file{extra}; check the password from the issuer and try again.', extra=extra),
     )
 
 
@@ -696,13 +695,12 @@ def _classify(
     if key is None:
         return _failure(
             "no-key",
-            "The file holds no private key; ask the issuer for a PKCS#12 file that includes the key.",
+            msg('The file holds no private key; ask the issuer for a PKCS#12 file that includes the key.'),
         ), None
     if not entries:
         return _failure(
             "no-cert",
-            "The file holds a private key but no certificate; ask the issuer for a file that "
-            "includes the certificate.",
+            msg('The file holds a private key but no certificate; ask the issuer for a file that includes the certificate.'),
         ), None
     key_spki = _spki(key.public_key())
     match = None
@@ -718,8 +716,7 @@ def _classify(
         count = len(entries)
         return _failure(
             "key-cert-mismatch",
-            f"None of the {count} certificate{'s' if count != 1 else ''} in the file belongs to its "
-            "private key; ask the issuer for a file with the matching certificate.",
+            msg('None of the {count} certificate{s} in the file belongs to its private key; ask the issuer for a file with the matching certificate.', count=count, s='s' if count != 1 else ''),
         ), None
     name = match.friendly_name.decode("utf-8", "replace") if match.friendly_name else None
     info = cert_info(match.certificate, name)
@@ -730,22 +727,20 @@ def _classify(
     if algorithm is None or exponent not in (None, _RSA_EXPONENT):
         return _failure(
             "unsupported-key",
-            f"The key is {_describe_key(info, exponent)}, which a card under {target} cannot hold "
-            f"(accepted: {_accepted(target)}); ask the issuer for a key of an accepted type.",
+            msg('The key is {describe_key}, which a card under {target} cannot hold (accepted: {accepted}); ask the issuer for a key of an accepted type.', describe_key=_describe_key(info, exponent), target=target, accepted=_accepted(target)),
             info,
         ), None
     if now < info.not_before:
         return Inspection(
             "not-yet-valid",
-            f"The certificate is valid only from {_rfc3339(info.not_before)}; wait until then or "
-            "ask the issuer why it was dated ahead.",
+            msg('The certificate is valid only from {rfc3339}; wait until then or ask the issuer why it was dated ahead.', rfc3339=_rfc3339(info.not_before)),
             info,
             algorithm.name,
         ), None
     if now > info.not_after:
         return Inspection(
             "expired",
-            f"The certificate expired at {_rfc3339(info.not_after)}; ask the issuer for a renewed one.",
+            msg('The certificate expired at {rfc3339}; ask the issuer for a renewed one.', rfc3339=_rfc3339(info.not_after)),
             info,
             algorithm.name,
         ), None
@@ -753,8 +748,7 @@ def _classify(
     who = info.subject_cn or info.subject
     inspection = Inspection(
         "ok",
-        f"The file holds an {algorithm.name} key and its certificate for {who}, valid until "
-        f"{_rfc3339(info.not_after)}.",
+        msg('The file holds an {name} key and its certificate for {who}, valid until {rfc3339}.', name=algorithm.name, who=who, rfc3339=_rfc3339(info.not_after)),
         info,
         algorithm.name,
     )
@@ -786,7 +780,7 @@ def inspect_pkcs12(
         raise ValueError("now must be timezone-aware")
     data = bytes(data)
     if not data:
-        return _failure("corrupt", "The file is empty; ask the issuer for a new copy."), None
+        return _failure("corrupt", msg('The file is empty; ask the issuer for a new copy.')), None
     pfx: _Pfx | None = None
     problem: _Malformed | None = None
     try:
@@ -802,8 +796,7 @@ def inspect_pkcs12(
         if attempt.key_type_refused:
             return _failure(
                 "unsupported-key",
-                "The password is right but the key is of a type this tool cannot read from a PKCS#12 "
-                f"file (accepted: {_accepted(target)}); ask the issuer for a key of an accepted type.",
+                msg('The password is right but the key is of a type this tool cannot read from a PKCS#12 file (accepted: {accepted}); ask the issuer for a key of an accepted type.', accepted=_accepted(target)),
             ), None
         if attempt.loaded is None:
             return _diagnose(pfx, problem, revealed), None
@@ -815,7 +808,7 @@ def inspect_pkcs12(
     except Exception:  # noqa: BLE001 - odd content must still end as a status, never a traceback
         return _failure(
             "corrupt",
-            "The file opens but its contents cannot be understood; ask the issuer for a new copy.",
+            msg('The file opens but its contents cannot be understood; ask the issuer for a new copy.'),
         ), None
 
 

@@ -22,6 +22,8 @@ from provision.errors import (
     ProvisionError,
     UsageError,
 )
+from provision.i18n import choose, localize, msg, set_language
+from provision.i18n import gettext as _
 
 TYPE_CHECKING = False  # importing typing costs start-up time; mypy honours this name
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ def _warn_if_logs_shared(args: argparse.Namespace) -> None:
 
     warning = shared_write_warning(Path(args.logs))
     if warning:
-        _warn(f"warning: {warning}")
+        _warn(_("warning: {warning}").format(warning=localize(warning)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,14 +95,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
                             "errors": [p.to_json() for p in exc.problems], "warnings": []})  # fmt: skip
             if not args.json:
                 for problem in exc.problems:
-                    _warn(f"error: {problem}")
+                    _warn(_("error: {problem}").format(problem=problem.localized()))
             continue
         results.append({"file": name, "valid": True, "batch": jf.batch, "jobs": len(jf.jobs), "errors": [],
                         "warnings": [w.to_json() for w in jf.warnings]})  # fmt: skip
         if not args.json:
             for warning in jf.warnings:
-                _warn(f"warning: {warning}")
-            _say(f"{name}: valid, batch {jf.batch}, {len(jf.jobs)} job(s)")
+                _warn(_("warning: {warning}").format(warning=warning.localized()))
+            _say(_("{file}: valid, batch {batch}, {n} job(s)").format(file=name, batch=jf.batch, n=len(jf.jobs)))
     if args.json:
         _emit_json({"valid": not failed, "files": results})
     return EXIT_INPUT if failed else EXIT_OK
@@ -140,7 +142,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         data = read_pkcs12(path)  # bounded before the password is asked: /dev/zero ends at once
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}; check the path") from None
+        raise UsageError(msg("cannot read {path}: {reason}; check the path", path=path, reason=exc.strerror)) from None
     password = _password_from_args(args)
     try:
         inspection, _bundle = inspect_pkcs12(data, password, target=args.target)
@@ -155,12 +157,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _emit_json(document)
     else:
         _say(f"{path}: {inspection.status}")
-        _say(f"  {inspection.message}")
+        _say(f"  {localize(inspection.message)}")
         if inspection.info is not None:
             for line in certificate_lines(inspection.info, tz):
                 _say(f"  {line}")
-            _say(f"  PIV algorithm: {inspection.piv_algorithm or 'none'}")
-            _say(f"  slot name:     {slot_name}   (template {args.slot_name})")
+            _say("  " + _("PIV algorithm: {algorithm}").format(algorithm=inspection.piv_algorithm or _("none")))
+            _say("  " + _("slot name: {name}   (template {template})").format(name=slot_name, template=args.slot_name))
     return EXIT_OK if inspection.status == "ok" else EXIT_INPUT
 
 
@@ -224,9 +226,9 @@ def cmd_jobs_new(args: argparse.Namespace) -> int:
         _emit_json({"file": args.output, "valid": True, "batch": jf.batch, "jobs": len(jf.jobs),
                     "warnings": made.warnings + [str(w) for w in jf.warnings]})  # fmt: skip
         return EXIT_OK
-    for warning in made.warnings + [str(w) for w in jf.warnings]:
-        _warn(f"warning: {warning}")
-    _say(f"{args.output}: written and valid, batch {jf.batch}, {len(jf.jobs)} job(s)")
+    for warning in made.warnings + [w.localized() for w in jf.warnings]:
+        _warn(_("warning: {warning}").format(warning=localize(warning)))
+    _say(_("{file}: written and valid, batch {batch}, {n} job(s)").format(file=args.output, batch=jf.batch, n=len(jf.jobs)))
     return EXIT_OK
 
 
@@ -235,27 +237,33 @@ def cmd_jobs_new(args: argparse.Namespace) -> int:
 
 
 def _print_summary(document: dict[str, Any], reports: dict[str, Any]) -> None:
+    """The run for a person, in the chosen language; the status names stay as in every record, so
+    that the summary, the reports and ``provision status`` say the same word."""
+    from provision.report import error_text, when
+
+    zone = document.get("timezone")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(document["counts"].items()))
-    _say(f"Run {document['run_id']} of batch {document['batch']}: {counts}")
+    _say(_("Run {run_id} of batch {batch}: {counts}").format(run_id=document["run_id"], batch=document["batch"], counts=counts))
     if document.get("operator"):
-        _say(f"Operator: {document['operator']}")
+        _say(_("Operator: {operator}").format(operator=document["operator"]))
     for job in document["jobs"]:
         line = f"  {job['status']:8} {job['id']:14} {job['holder']}"
         if job["status"] == "skipped" and job.get("notes"):
-            line += f" — {'; '.join(job['notes'])}"  # renew: not due, nothing written
+            line += f" — {'; '.join(localize(n) for n in job['notes'])}"  # renew: not due, nothing written
         elif job["status"] in ("loaded", "skipped"):
-            line += f" — slot {job['slot']} {job['slot_name']!r}, On Card until {job['not_after']}"
+            line += " — " + _("slot {slot} {slot_name!r}, On Card until {date}").format(
+                slot=job["slot"], slot_name=job["slot_name"], date=when(job["not_after"], zone))
             if job["archived_to"]:
-                line += f"; old certificate On Disk: {job['archived_to']}"
+                line += "; " + _("old certificate On Disk: {path}").format(path=job["archived_to"])
         elif job["error"]:
-            line += f" — {job['error']}"
+            line += f" — {error_text(job['error'])}"
         _say(line)
     for card in document.get("refused_cards", []):
-        _say(f"  refused card in {card['reader']}: {card['reason']}")
+        _say("  " + _("refused card in {reader}: {reason}").format(reader=card["reader"], reason=localize(card["reason"])))
     if document.get("seal"):
-        _say(f"Audit seal: {document['seal']}")
+        _say(_("Audit seal: {seal}").format(seal=document["seal"]))
     for kind, path in sorted(reports.items()):
-        _say(f"Report ({kind}): {path}")
+        _say(_("Report ({kind}): {path}").format(kind=kind, path=path))
 
 
 def _with_syslog(jobfile: Any, address: str | None) -> Any:
@@ -290,11 +298,11 @@ def _operator(args: argparse.Namespace) -> str | None:
         return operator_name(given)
     if args.unattended or not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
-    sys.stderr.write("Operator (your name, recorded in every audit record; q: leave): ")
+    sys.stderr.write(_("Operator (your name, recorded in every audit record; q: leave): "))
     sys.stderr.flush()
     answer = sys.stdin.readline()
     if answer == "" or answer.strip().lower() == "q":  # q and Ctrl-D leave the prompt: nothing is done
-        raise UsageError("no operator was given (the prompt was left); nothing was done")
+        raise UsageError(msg("no operator was given (the prompt was left); nothing was done"))
     return operator_name(answer) if answer.strip() else None
 
 
@@ -324,18 +332,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _warn_if_stopped(outcome: Any) -> None:
     """A run that ended early says why, once, on stderr (its records and reports are written)."""
-    error = outcome.failure.message if outcome.failure is not None else None
+    error = outcome.failure.localized() if outcome.failure is not None else None
     if error and outcome.reports_failure is not None:
         failed = outcome.reports_failure
-        error += f"; the reports could not be written either ({getattr(failed, 'strerror', None) or failed})"
+        error += "; " + _("the reports could not be written either ({reason})").format(
+            reason=getattr(failed, "strerror", None) or failed)
     if error and not outcome.sealed:
-        _warn(f"provision: {error}; not even the run's end could be recorded, so the journal still calls "
-              "it running: once that is fixed, 'provision resume' closes it and finishes what was started")  # fmt: skip
+        _warn("provision: " + _("{error}; not even the run's end could be recorded, so the journal still calls it running: "
+              "once that is fixed, 'provision resume' closes it and finishes what was started").format(error=error))  # fmt: skip
     elif error:
-        _warn(f"provision: {error}; the run was recorded as interrupted and sealed, and 'provision resume' "
-              "finishes it once that is fixed")  # fmt: skip
+        _warn("provision: " + _("{error}; the run was recorded as interrupted and sealed, and 'provision resume' "
+              "finishes it once that is fixed").format(error=error))  # fmt: skip
     elif outcome.exit_code == EXIT_INTERRUPTED:
-        _warn("provision: interrupted; the journal is consistent and 'provision resume' finishes what was started")
+        _warn("provision: " + _("interrupted; the journal is consistent and 'provision resume' finishes what was started"))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -345,14 +354,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from provision.logsdir import LogsLock
 
     if args.queue and not args.queue.startswith("sqlite:"):
-        raise UsageError("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' "
-                         "again; a job in doubt is finished by the station that sees its card")  # fmt: skip
+        raise UsageError(msg("with a shared queue there is nothing to resume here: run 'provision run JOBFILE --queue URL' again; a job in doubt is finished by the station that sees its card"))  # fmt: skip
     logs = _logs(args)
     # The lock first: a run that is alive must find its journal as it left it (its runs are not
     # "abandoned"), and a resume that cannot have the lock changes nothing at all.
     with LogsLock(logs) as held:
         if not (logs / "journal.sqlite3").exists():
-            _say("Nothing to resume: no run has happened here.")
+            _say(_("Nothing to resume: no run has happened here."))
             return EXIT_OK
         journal = jn.Journal(logs / "journal.sqlite3")
         try:
@@ -362,7 +370,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         finally:
             journal.close()
         if not open_jobs:
-            _say("Nothing to resume: every job in the journal is finished.")
+            _say(_("Nothing to resume: every job in the journal is finished."))
             return EXIT_OK
         code = EXIT_OK
         operator = _operator(args)  # asked once for the whole resume, not once per job file
@@ -370,7 +378,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         for job in open_jobs:
             by_file.setdefault(runs[job.run_id].jobfile, set()).add(job.job_id)
         for path, ids in by_file.items():
-            _warn(f"Resuming {len(ids)} job(s) of {path}: {', '.join(sorted(ids))}")
+            _warn(_("Resuming {n} job(s) of {path}: {ids}").format(n=len(ids), path=path, ids=", ".join(sorted(ids))))
             jobfile = _with_anchor(_with_syslog(load_jobfile(path, unattended=args.unattended), args.syslog),
                                    args.anchor)
             outcome = run_jobfile(jobfile, logs=logs, unattended=args.unattended, wait=args.wait,
@@ -396,7 +404,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             _emit_json({"runs": [], "jobs": [], "pin_holds": []})
         else:
-            _say(f"No journal in {args.logs} yet: no run has happened here.")
+            _say(_("No journal in {logs} yet: no run has happened here.").format(logs=args.logs))
         return EXIT_OK
     journal = jn.Journal(path, read_only=True)
     try:
@@ -415,14 +423,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for run in runs:
         state = run.status
         if killed and run.status == "running":
-            state = "running in the journal, but its process is gone (killed); 'provision resume' closes it"
-        _say(f"run {run.run_id}: batch {run.batch}, {run.mode}, {state}, started {run.started}")
+            state = _("running in the journal, but its process is gone (killed); 'provision resume' closes it")
+        _say(_("run {run_id}: batch {batch}, {mode}, {state}, started {started}").format(
+            run_id=run.run_id, batch=run.batch, mode=run.mode, state=state, started=run.started))
     for job in jobs:
-        _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {job.error}" if job.error else ""))
+        _say(f"  {job.status:10} {job.batch}/{job.job_id} {job.holder}" + (f" — {localize(job.error)}" if job.error else ""))
     for hold in holds:
         card = hold.card_serial if hold.card_serial is not None else hold.chuid_guid
-        _say(f"PIN hold: {hold.card_text()} refused a PIN on {hold.since} (job {hold.batch}/{hold.job_id}); "
-             f"no PIN is sent to it until 'provision card clear-pin-hold {card} --reason TEXT'")  # fmt: skip
+        _say(_("PIN hold: {card_text} refused a PIN on {since} (job {batch}/{job_id}); no PIN is sent to it until "
+               "'provision card clear-pin-hold {card} --reason TEXT'").format(card_text=hold.card_text(), since=hold.since,
+                                                                            batch=hold.batch, job_id=hold.job_id, card=card))  # fmt: skip
     return EXIT_OK
 
 
@@ -434,10 +444,12 @@ def cmd_store_list(args: argparse.Namespace) -> int:
         _emit_json({"certificates": [s.to_json() for s in stored]})
         return EXIT_OK
     if not stored:
-        _say("The store is empty: no certificate has been taken off a card.")
+        _say(_("The store is empty: no certificate has been taken off a card."))
     for s in stored:
-        _say(f"{s.archived_at}  On Disk: {s.subject} (until {s.not_after}) from card {s.card_serial} slot {s.slot}"
-             f"{' ' + repr(s.slot_name) if s.slot_name else ''}, job {s.job_id} — {s.path}")  # fmt: skip
+        slot = f"{s.slot} {s.slot_name!r}" if s.slot_name else s.slot
+        _say(_("{archived_at}  On Disk: {subject} (until {not_after}) from card {serial} slot {slot}, job {job_id} — {path}")
+             .format(archived_at=s.archived_at, subject=s.subject, not_after=s.not_after, serial=s.card_serial, slot=slot,
+                     job_id=s.job_id, path=s.path))  # fmt: skip
     return EXIT_OK
 
 
@@ -455,11 +467,11 @@ class _TerminalPinUI:
         from provision.secrets import typed_secret
 
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
-            raise SecretError(f"cannot ask for the {prompt}: there is no terminal; give it with its --…-env or --…-file option")
+            raise SecretError(msg('cannot ask for the {prompt}: there is no terminal; give it with its --…-env or --…-file option', prompt=prompt))
         try:
             typed = getpass.getpass(f"{prompt}: ", stream=sys.stderr)
         except (EOFError, KeyboardInterrupt):
-            raise SecretError(f"no {prompt} was typed; nothing was sent to the card") from None
+            raise SecretError(msg('no {prompt} was typed; nothing was sent to the card', prompt=prompt)) from None
         return typed_secret(typed, prompt)
 
     def confirm_last_try(self, what: str) -> bool:
@@ -511,8 +523,7 @@ def cmd_card_pin_service(args: argparse.Namespace) -> int:
         try:
             tail = audit.check_tail()
             if not tail.ok:
-                raise AuditError(f"the audit log's end is damaged ({tail.message}); nothing was sent to the card. "
-                                 "Check it with 'provision audit verify'")  # fmt: skip
+                raise AuditError(msg("the audit log's end is damaged ({message}); nothing was sent to the card. Check it with 'provision audit verify'", message=tail.message))  # fmt: skip
 
             def record(event: str, **fields: Any) -> None:
                 audit.append(event, reader=reader, command=f"card {action}", **fields)
@@ -543,12 +554,12 @@ def cmd_card_pin_service(args: argparse.Namespace) -> int:
         return EXIT_OK
     from provision.pinservice import tries_text
 
-    done = {"unblock-pin": "PIN unblocked and set", "change-pin": "PIN changed", "change-puk": "PUK changed"}[action]
-    card = result.card_serial if result.card_serial is not None else (result.chuid_guid or "(no serial)")
-    _say(f"{done} on card {card}. PIN tries left: {tries_text(result.pin_tries_left)}; "
-         f"PUK tries left: {tries_text(result.puk_tries_left)}.")  # fmt: skip
+    done = {"unblock-pin": _("PIN unblocked and set"), "change-pin": _("PIN changed"), "change-puk": _("PUK changed")}[action]
+    card = result.card_serial if result.card_serial is not None else (result.chuid_guid or _("(no serial)"))
+    _say(_("{done} on card {card}. PIN tries left: {pin}; PUK tries left: {puk}.").format(
+        done=done, card=card, pin=tries_text(result.pin_tries_left), puk=tries_text(result.puk_tries_left)))
     if result.pin_hold_cleared:
-        _say("The card's PIN hold was lifted: runs may send it a PIN again.")
+        _say(_("The card's PIN hold was lifted: runs may send it a PIN again."))
     return EXIT_OK
 
 # ----------------------------------------------------------------------------------------------
@@ -572,7 +583,7 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
     from provision.queue import is_shared_url, open_queue
 
     if not is_shared_url(args.queue):
-        raise UsageError("queue push needs a shared queue: --queue postgresql://USER@HOST:PORT/DB (or $PROVISION_QUEUE)")
+        raise UsageError(msg('queue push needs a shared queue: --queue postgresql://USER@HOST:PORT/DB (or $PROVISION_QUEUE)'))
     jobfile = load_jobfile(args.jobfile, unattended=args.unattended)
     queue: Any = open_queue(args.queue, logs=Path(args.logs))
     try:
@@ -583,7 +594,8 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
         _emit_json({"batch": jobfile.batch, "jobfile": str(Path(args.jobfile).resolve()), "added": added,
                     "already_queued": present})  # fmt: skip
     else:
-        _say(f"{args.jobfile}: batch {jobfile.batch}, {added} job(s) added to the queue, {present} already there")
+        _say(_("{file}: batch {batch}, {added} job(s) added to the queue, {present} already there").format(
+            file=args.jobfile, batch=jobfile.batch, added=added, present=present))
     return EXIT_OK
 
 
@@ -597,10 +609,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         from provision.queue import is_shared_url, open_queue
 
         if not is_shared_url(args.queue):
-            raise UsageError("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue")
+            raise UsageError(msg("audit verify --queue needs postgresql://…; a local journal's log is checked without --queue"))
         if args.seal or args.anchor or args.timestamps or args.tsa_cert:
-            raise UsageError("audit verify --queue checks the stations' chains in the database; --seal and --anchor "
-                             "check a logs directory: give --logs DIR instead of --queue")  # fmt: skip
+            raise UsageError(msg("audit verify --queue checks the stations' chains in the database; --seal and --anchor check a logs directory: give --logs DIR instead of --queue"))  # fmt: skip
         queue: Any = open_queue(args.queue, logs=Path(args.logs))
         try:
             return cmd_audit_verify_queue(queue, _audit_key(args), args.json, _say_json if args.json else _say)
@@ -623,11 +634,11 @@ def _certificate_der(path: str) -> bytes:
     try:
         data = open(path, "rb").read()  # noqa: SIM115 - a small file, read at once
     except OSError as exc:
-        raise UsageError(f"cannot read the TSA certificate {path} ({exc.strerror})") from None
+        raise UsageError(msg('cannot read the TSA certificate {path} ({strerror})', path=path, strerror=exc.strerror)) from None
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except ValueError:
-        raise UsageError(f"{path} is not a certificate (PEM or DER); give the TSA's certificate") from None
+        raise UsageError(msg("{path} is not a certificate (PEM or DER); give the TSA's certificate", path=path)) from None
     return cert.public_bytes(Encoding.DER)
 
 
@@ -649,21 +660,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.last or not args.run_id:
         found = sorted(reports.glob("*.json"), key=lambda p: p.stat().st_mtime) if reports.is_dir() else []
         if not found:
-            raise UsageError(f"no run has a report in {reports} yet; run a batch first")
+            raise UsageError(msg('no run has a report in {reports} yet; run a batch first', reports=reports))
         source = found[-1]
     else:
         source = reports / f"{args.run_id}.json"
         if not source.is_file():
-            raise UsageError(f"there is no report for run {args.run_id!r} in {reports}; 'provision status' lists runs")
+            raise UsageError(msg("there is no report for run {run_id!r} in {reports}; 'provision status' lists runs", run_id=args.run_id, reports=reports))
     try:
         document = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UsageError(f"{source} is not a readable run report") from None
+        raise UsageError(msg('{source} is not a readable run report', source=source)) from None
     if args.output:
         try:
             written = write_report(document, args.format, Path(args.output))
         except OSError as exc:
-            raise UsageError(f"the report cannot be written to {args.output} ({exc.strerror}); choose another -o") from None
+            raise UsageError(msg('the report cannot be written to {output} ({strerror}); choose another -o', output=args.output, strerror=exc.strerror)) from None
         _say(str(written))
     else:
         sys.stdout.write(render(document, args.format))
@@ -682,7 +693,7 @@ def cmd_readers(args: argparse.Namespace) -> int:
         _emit_json({"readers": [r.to_json() for r in readers]})
         return EXIT_OK
     if not readers:
-        _say("No smart-card reader is connected. Plug one in (or start 'provision sim serve').")
+        _say(_("No smart-card reader is connected. Plug one in (or start 'provision sim serve')."))
     for reader in readers:
         if reader.mute:
             state = "a card that does not answer (reinsert it)"
@@ -701,7 +712,7 @@ def cmd_card_info(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({"reader": reader, **info.to_json()})
     else:
-        _say(f"Reader: {reader}")
+        _say(_("Reader: {reader}").format(reader=reader))
         for line in info.info_lines():
             _say(line)
     return EXIT_OK
@@ -721,9 +732,9 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
     elif len(card) == 32 and all(c in "0123456789abcdef" for c in card):
         serial, guid = None, card
     else:
-        raise UsageError(f"{args.card!r} is neither a card serial (digits) nor a CHUID GUID (32 hex digits)")
+        raise UsageError(msg('{card!r} is neither a card serial (digits) nor a CHUID GUID (32 hex digits)', card=args.card))
     if not args.reason.strip():
-        raise UsageError("--reason must say why the hold may be cleared (it goes into the audit log)")
+        raise UsageError(msg('--reason must say why the hold may be cleared (it goes into the audit log)'))
     logs = Path(args.logs)
     with LogsLock(logs):  # before anything is read or changed: a live run keeps its journal as it is
         path = logs / "journal.sqlite3"
@@ -732,13 +743,12 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
         try:
             hold = holds.get(serial, guid) if holds is not None else None
             if holds is None or hold is None:
-                raise UsageError(f"card {args.card} is not on PIN hold in {logs}; nothing was changed")
+                raise UsageError(msg('card {card} is not on PIN hold in {logs}; nothing was changed', card=args.card, logs=logs))
             audit = AuditLog(logs / "audit.jsonl", key=_audit_key(args))
             try:
                 tail = audit.check_tail()
                 if not tail.ok:
-                    raise AuditError(f"the audit log's end is damaged ({tail.message}); the hold was not cleared. "
-                                     "Check it with 'provision audit verify'")  # fmt: skip
+                    raise AuditError(msg("the audit log's end is damaged ({message}); the hold was not cleared. Check it with 'provision audit verify'", message=tail.message))  # fmt: skip
                 # Audited first: a hold is never lifted without its record.
                 audit.append("pin_hold_cleared", outcome="cleared", by="operator", reason=args.reason.strip(),
                              card_serial=hold.card_serial, chuid_guid=hold.chuid_guid, held_since=hold.since,
@@ -754,8 +764,9 @@ def cmd_card_clear_pin_hold(args: argparse.Namespace) -> int:
         _emit_json({"cleared": True, **hold.to_json()})
     else:
         tries = "unknown" if hold.tries_left is None else str(hold.tries_left)
-        _say(f"PIN hold on {hold.card_text()} cleared (held since {hold.since}, job {hold.job_id}; "
-             f"{tries} PIN tries left then). Runs may send it a PIN again: check the job's PIN first.")
+        _say(_("PIN hold on {card_text} cleared (held since {since}, job {job_id}; {tries} PIN tries left then). Runs may "
+               "send it a PIN again: check the job's PIN first.").format(card_text=hold.card_text(), since=hold.since,
+                                                                         job_id=hold.job_id, tries=tries))  # fmt: skip
     return EXIT_OK
 
 
@@ -833,6 +844,8 @@ EPILOG = (
     "Exit codes: 0 done, 1 a card failed, 2 invalid input, 3 environment, 4 audit log "
     "failed verification, 70 internal error, 130 interrupted."
 )
+LANG_HELP = ("language of the screens, prompts, messages and reports: en or zh_Hant (Traditional Chinese, Hong Kong); "
+             "default $PROVISION_LANG, else the locale (zh_HK, zh_TW → zh_Hant), else en. --json stays language-neutral")
 # One line per command: argparse's sub-parsers and the fast top-level help both read this table.
 COMMANDS: dict[str, str] = {
     "validate": "check job files; writes nothing",
@@ -885,8 +898,10 @@ def build_parser() -> argparse.ArgumentParser:
             parser.exit(message=f"provision {installed_version()}\n")
 
     parser.add_argument("--version", nargs=0, action=_Version, help="show the installed version and exit")
+    parser.add_argument("--lang", dest="lang_top", default=None, metavar="en|zh_Hant", help=LANG_HELP)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else there")
+    common.add_argument("--lang", default=None, metavar="en|zh_Hant", help=LANG_HELP)
     common.add_argument("--logs", default=_logs_default(), metavar="DIR",
                         help="work files (journal, audit log, store, reports); default ./logs or $PROVISION_LOGS")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -1088,12 +1103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
+        try:
+            set_language(choose(getattr(args, "lang", None) or getattr(args, "lang_top", None)))
+        except ValueError as exc:
+            raise UsageError(exc.args[0]) from None
         return handler(args)
     except ProvisionError as exc:
-        _warn(f"provision: {exc.message}")
+        _warn(f"provision: {exc.localized()}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _warn("provision: interrupted; 'provision resume' finishes what was started")
+        _warn("provision: " + _("interrupted; 'provision resume' finishes what was started"))
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
@@ -1101,8 +1120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("PROVISION_DEBUG"):
             raise
         # Only the type: a library's message could quote a value we passed it.
-        _warn(f"provision: internal error ({type(exc).__name__}); this is a bug, please report it "
-              "with the command you ran (set PROVISION_DEBUG=1 for a traceback)")  # fmt: skip
+        _warn("provision: " + _("internal error ({name}); this is a bug, please report it with the command you ran "
+                                "(set PROVISION_DEBUG=1 for a traceback)").format(name=type(exc).__name__))  # fmt: skip
         return EXIT_INTERNAL
 
 

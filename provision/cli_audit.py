@@ -13,6 +13,7 @@ from typing import Any
 from provision.audit.records import KNOWN_EVENTS
 from provision.audit.verify import show, verify
 from provision.errors import AuditError, ProvisionError, UsageError
+from provision.i18n import msg
 from provision.queue.audit_mirror import verify_stations
 from provision.secrets import Secret
 
@@ -120,7 +121,7 @@ def cmd_audit_show(
         if event is not None and event not in KNOWN_EVENTS:
             names = _event_names(logs_dir)
             if event not in names:
-                raise UsageError(f"there is no audit event '{event}'; known events: {', '.join(sorted(names))}")
+                raise UsageError(msg("there is no audit event '{event}'; known events: {join}", event=event, join=', '.join(sorted(names))))
         events = list(
             show(logs_dir, job=job, card=card, since=since, until=until, event=event, damaged=damaged, key=key)
         )

@@ -31,6 +31,8 @@ from rich.text import Text
 from provision import journal as jn
 from provision.display import failure_text, printable
 from provision.errors import BundleError, InternalError, OperatorDeclined, SecretError
+from provision.i18n import N_, localize, msg, ngettext
+from provision.i18n import gettext as _
 from provision.jobfile import Job, JobFile
 from provision.limits import MAX_SECRET_CHARS
 from provision.plan import open_bundle
@@ -41,7 +43,31 @@ if TYPE_CHECKING:
     from provision.bundle import Bundle, Inspection
 
 POLL_SECONDS = 0.3
-HELP = "Enter: the card is in   s: skip this holder   l: later (after the others)   b N: back to holder N   q: stop for today"
+# The keys stay s, l, b, q, y, u in every language; the words around them are translated.
+HELP = N_("Enter: the card is in   s: skip this holder   l: later (after the others)   b N: back to holder N   q: stop for today")
+# The queue's status column: what the clerk reads (the journal's status names stay as they are).
+STATUS_SHOWN = {
+    jn.PENDING: N_("waiting"),
+    jn.IN_DOUBT: N_("in doubt"),
+    jn.LOADED: N_("loaded"),
+    jn.SKIPPED: N_("already on the card"),
+    jn.FAILED: N_("failed"),
+    jn.REFUSED: N_("refused"),
+    "skipped today": N_("skipped today"),
+    "later": N_("later"),
+    "done (earlier run)": N_("done (earlier run)"),
+    "NEXT": N_("NEXT"),
+}
+
+# Prompts a job file usually gives (its own words are data; these common ones are translated).
+COMMON_PROMPTS = (N_("16-digit number on the PIN envelope"), N_("Card PIN"), N_("PUK"), N_("new PIN"))
+
+
+def tries_left(tries: int | None) -> str:
+    """PIN tries left in words, in the chosen language."""
+    if tries is None:
+        return _("tries left unknown")
+    return ngettext("{n} try left", "{n} tries left", tries).format(n=tries)
 
 
 def shown(text: object, style: str = "") -> Text:
@@ -173,20 +199,20 @@ class CounterScreen:
                 # right card (or the same one, put back) finishes it; `s` skips them.
                 self.eject()
         if run.card_stays(reader):
-            self.console.print(Text("Take the card out of the reader.", style="bold"))
+            self.console.print(Text(_("Take the card out of the reader."), style="bold"))
             self.take_out = reader
 
     def ended(self, run: Runner) -> None:
         self.render_queue()
 
     def stop_for_today(self) -> Turn:
-        self.console.print("Stopping for today. [bold]provision resume[/bold] continues with the holders still waiting.")
+        self.console.print(shown(_("Stopping for today. 'provision resume' continues with the holders still waiting.")))
         return Turn.END
 
     # --- what the runner and the loader ask ---
 
     def say(self, text: str) -> None:
-        self.console.print(shown(text))
+        self.console.print(shown(localize(text)))
 
     def announce_next(self, job: Job) -> list[str]:
         return []  # the screen calls each holder itself (instruct)
@@ -195,38 +221,41 @@ class CounterScreen:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("Holder", shown(job.holder))
-        table.add_row("Subject", shown(info.subject))
-        table.add_row("Issuer", shown(info.issuer))
-        table.add_row("Serial", shown(info.serial))
-        table.add_row("New expiry", f"{info.not_after:%Y-%m-%d}")
-        table.add_row("Slot name", shown(slot_name))
+        table.add_row(_("Holder"), shown(job.holder))
+        table.add_row(_("Subject"), shown(info.subject))
+        table.add_row(_("Issuer"), shown(info.issuer))
+        table.add_row(_("Serial"), shown(info.serial))
+        table.add_row(_("New expiry"), f"{info.not_after:%Y-%m-%d}")
+        table.add_row(_("Slot name"), shown(slot_name))
         if replaced is not None:
-            table.add_row("Replaces", shown(f"{replaced.subject}, expiring {replaced.not_after:%Y-%m-%d} (it will be kept On Disk)"))
-        self.console.print(Panel(table, title="Check the certificate before it is loaded", border_style="cyan"))
-        self.console.print("Load this certificate onto the card? [bold]y[/bold]es / [bold]n[/bold]o: ", end="")
+            table.add_row(_("Replaces"), shown(_("{subject}, expiring {date} (it will be kept On Disk)").format(
+                subject=replaced.subject, date=f"{replaced.not_after:%Y-%m-%d}")))
+        self.console.print(Panel(table, title=_("Check the certificate before it is loaded"), border_style="cyan"))
+        self.console.print(shown(_("Load this certificate onto the card? y: yes / n: no: ")), end="")
         return self.read_line().strip().lower() in ("y", "yes")
 
     def ask_pin(self, holder: str, tries: int | None) -> Secret:
         import getpass
 
-        left = "unknown" if tries is None else str(tries)
-        warn = " [bold red](careful: the card blocks when none are left)[/bold red]" if tries is not None and tries <= 2 else ""
+        left = _("unknown") if tries is None else str(tries)
         asked = self._pin_asked
         if asked is not None and asked[0] == holder and (tries is None or asked[1] is None or tries < asked[1]):
             # Asked again for the same card: the card refused the PIN just typed (and counted it).
-            self.console.print(shown(f"Wrong PIN, {left} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
+            self.console.print(shown(_("Wrong PIN, {tries}.").format(tries=tries_left(tries)), style="bold red"))
         self._pin_asked = (holder, tries)
-        self.console.print(f"The holder types the card PIN (q: leave). Tries left: [bold]{left}[/bold]{warn}")
+        line = shown(_("The holder types the card PIN (q: leave). Tries left: {n}").format(n=left))
+        if tries is not None and tries <= 2:
+            line.append(" " + _("(careful: the card blocks when none are left)"), style="bold red")
+        self.console.print(line)
         try:
-            typed = getpass.getpass("Card PIN: ", stream=sys.stderr)
+            typed = getpass.getpass(_("Card PIN: "), stream=sys.stderr)
         except EOFError:
             typed = "q"  # Ctrl-D leaves the prompt, as q does
         except KeyboardInterrupt:
-            raise SecretError("no PIN was typed") from None
+            raise SecretError(msg("no PIN was typed")) from None
         if typed.strip().lower() == "q":
             # The clerk left the prompt: the holder is not loaded yet and stays next (s skips them).
-            raise OperatorDeclined(f"no PIN was typed for {holder}; nothing was sent to the card")
+            raise OperatorDeclined(msg("no PIN was typed for {holder}; nothing was sent to the card", holder=holder))
         return typed_secret(typed, "PIN")
 
     # --- unblocking a card at the counter (the citizen types the PUK and a new PIN) ---
@@ -238,25 +267,28 @@ class CounterScreen:
         asked = self._pin_asked
         if asked is not None and asked[0] == holder and asked[1] is not None and tries < asked[1]:
             # The PIN just typed was refused (and counted): say so, as for every refused PIN.
-            self.console.print(shown(f"Wrong PIN, {tries} tr{'y' if tries == 1 else 'ies'} left.", style="bold red"))
-        state = "is blocked" if tries == 0 else f"has {tries} PIN tr{'y' if tries == 1 else 'ies'} left, below the floor"
-        words = [shown(f"The card of {holder} {state}.", style="bold red"),
-                 Text("u: the holder unblocks it now with the PUK and a new PIN (the load goes on)   "
-                      "Enter: not now", style="dim")]  # fmt: skip
+            self.console.print(shown(_("Wrong PIN, {tries}.").format(tries=tries_left(tries)), style="bold red"))
+        if tries == 0:
+            state = _("The card of {holder} is blocked.").format(holder=holder)
+        else:
+            state = ngettext("The card of {holder} has {n} PIN try left, below the floor.",
+                             "The card of {holder} has {n} PIN tries left, below the floor.", tries).format(holder=holder, n=tries)
+        words = [shown(state, style="bold red"),
+                 Text(_("u: the holder unblocks it now with the PUK and a new PIN (the load goes on)   Enter: not now"),
+                      style="dim")]  # fmt: skip
         self.console.print(Panel(Group(*words), border_style="red"))
-        self.console.print("Unblock now? [bold]u[/bold] / Enter: ", end="")
+        self.console.print(shown(_("Unblock now? u / Enter: ")), end="")
         if self.read_line().strip().lower() not in ("u", "y", "yes"):
             return False
         try:
             result = make_service(self).unblock_pin()
         except (PukError, PinError, SecretError, CardError) as exc:
-            self.console.print(Panel(shown(f"Not unblocked: {exc.message}"), border_style="red"))
+            self.console.print(Panel(shown(_("Not unblocked: {reason}").format(reason=exc.localized())), border_style="red"))
             return False
         self._pin_asked = None  # the next PIN prompt is the new PIN's first
-        self.console.print(Panel(shown(f"PIN unblocked: PIN tries left {tries_text(result.pin_tries_left)}, "
-                                       f"PUK tries left {tries_text(result.puk_tries_left)}. The holder now types "
-                                       "the new PIN to load the certificate.", style="bold green"),
-                                 border_style="green"))  # fmt: skip
+        done = _("PIN unblocked: PIN tries left {pin}, PUK tries left {puk}. The holder now types the new PIN to load "
+                 "the certificate.").format(pin=tries_text(result.pin_tries_left), puk=tries_text(result.puk_tries_left))
+        self.console.print(Panel(shown(done, style="bold green"), border_style="green"))
         return True
 
     def ask_secret(self, prompt: str) -> Secret:
@@ -264,18 +296,19 @@ class CounterScreen:
         import getpass
 
         try:
-            typed = getpass.getpass(f"{prompt} (q: leave): ", stream=sys.stderr)
+            typed = getpass.getpass(_("{prompt} (q: leave): ").format(prompt=_(prompt)), stream=sys.stderr)
         except (EOFError, KeyboardInterrupt):
-            raise SecretError(f"no {prompt} was typed; nothing was sent to the card") from None
+            raise SecretError(msg("no {prompt} was typed; nothing was sent to the card", prompt=prompt)) from None
         if typed.strip().lower() == "q":
-            raise SecretError(f"no {prompt} was typed; nothing was sent to the card")
+            raise SecretError(msg("no {prompt} was typed; nothing was sent to the card", prompt=prompt))
         return typed_secret(typed, prompt)
 
     def confirm_last_try(self, what: str) -> bool:
         from provision.pinservice import LAST_TRY_ANSWER
 
-        self.console.print(shown(f"This is the card's LAST {what} try: a wrong {what} now blocks it for good.", style="bold red"))
-        self.console.print(shown(f"Type '{LAST_TRY_ANSWER}' to spend it (anything else stops): "), end="")
+        self.console.print(shown(_("This is the card's LAST {what} try: a wrong {what} now blocks it for good.").format(what=what),
+                                 style="bold red"))  # fmt: skip
+        self.console.print(shown(_("Type '{answer}' to spend it (anything else stops): ").format(answer=LAST_TRY_ANSWER)), end="")
         return self.read_line().strip().lower() == LAST_TRY_ANSWER
 
     # --- the queue ---
@@ -286,8 +319,8 @@ class CounterScreen:
         return [by_id[j] for j in self.order if by_id[j].status in (jn.PENDING, jn.IN_DOUBT) and j not in self.skipped]
 
     def render_queue(self) -> None:
-        table = Table(title=shown(f"Batch {self.runner.jobfile.batch}"), expand=False)
-        for column in ("#", "Holder", "Card", "Status"):
+        table = Table(title=shown(_("Batch {batch}").format(batch=self.runner.jobfile.batch)), expand=False)
+        for column in ("#", _("Holder"), _("Card"), _("Status")):
             table.add_column(column)
         nxt = self.queue()[0] if self.queue() else None
         styles = {"done (earlier run)": "green", jn.LOADED: "green", jn.SKIPPED: "green", jn.FAILED: "red", jn.REFUSED: "red"}
@@ -301,18 +334,22 @@ class CounterScreen:
                 status = "done (earlier run)"
             if state is nxt:
                 status = "NEXT"
-            card = state.job.card.describe()
-            table.add_row(str(number), shown(state.job.holder), shown(card), Text(status, style=styles.get(status, "bold" if state is nxt else "")))
+            card = localize(state.job.card.describe())
+            words = _(STATUS_SHOWN[status]) if status in STATUS_SHOWN else status
+            table.add_row(str(number), shown(state.job.holder), shown(card), Text(words, style=styles.get(status, "bold" if state is nxt else "")))
         done = sum(1 for s in self.runner.states if s.status in (jn.LOADED, jn.SKIPPED))
         failed = sum(1 for s in self.runner.states if s.status in (jn.FAILED, jn.REFUSED))
         self.console.print(table)
-        self.console.print(f"done {done} · failed {failed} · waiting {len(self.queue())} · skipped today {len(self.skipped)}")
+        self.console.print(shown(_("done {done} · failed {failed} · waiting {waiting} · skipped today {skipped}").format(
+            done=done, failed=failed, waiting=len(self.queue()), skipped=len(self.skipped))))
 
     def instruct(self, state: Any) -> None:
         card = state.job.card
-        which = f" (card serial {card.serial})" if card.serial is not None else ""
-        words = shown(f"Insert the card of {state.job.holder}{which}", style="bold")
-        self.console.print(Panel(Group(words, Text(HELP, style="dim")), border_style="yellow"))
+        if card.serial is not None:
+            text = _("Insert the card of {holder} (card serial {serial})").format(holder=state.job.holder, serial=card.serial)
+        else:
+            text = _("Insert the card of {holder}").format(holder=state.job.holder)
+        self.console.print(Panel(Group(shown(text, style="bold"), Text(_(HELP), style="dim")), border_style="yellow"))
 
     # --- the holder called ---
 
@@ -321,10 +358,11 @@ class CounterScreen:
         import getpass
 
         prompt = state.job.pkcs12_password.ref
-        self.console.print(Panel(shown(f"{state.job.holder}: type the {prompt}", style="bold"), border_style="yellow"))
+        self.console.print(Panel(shown(_("{holder}: type the {prompt}").format(holder=state.job.holder, prompt=_(prompt)), style="bold"),
+                                 border_style="yellow"))  # fmt: skip
         while True:
             try:
-                typed = getpass.getpass("Password (nothing typed: skip this holder; q: stop for today): ", stream=sys.stderr)
+                typed = getpass.getpass(_("Password (nothing typed: skip this holder; q: stop for today): "), stream=sys.stderr)
             except (EOFError, KeyboardInterrupt):
                 typed = "q"  # Ctrl-D leaves the prompt, as q does
             if typed.strip().lower() == "q":  # never taken as a password
@@ -334,17 +372,18 @@ class CounterScreen:
                 self.skipped.add(state.job.id)
                 return False
             if len(typed) > MAX_SECRET_CHARS:
-                self.console.print(shown(f"That is longer than {MAX_SECRET_CHARS} characters; type the password again.", style="bold red"))
+                self.console.print(shown(_("That is longer than {n} characters; type the password again.").format(n=MAX_SECRET_CHARS),
+                                         style="bold red"))  # fmt: skip
                 continue
             opened = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
             problem = opened.problem
             if problem is not None and problem.status == "wrong-password":
-                self.console.print(shown(problem.message, style="bold red"))
+                self.console.print(shown(problem.localized(), style="bold red"))
                 continue  # a mistyped envelope number: type it again
             self.runner.accept_bundle(state, opened.inspection, opened.bundle, problem)
             if problem is not None:
-                self.console.print(shown(problem.message, style="bold red"))
+                self.console.print(shown(problem.localized(), style="bold red"))
             return opened.bundle is not None
 
     def come_back(self, action: str) -> None:
@@ -358,7 +397,7 @@ class CounterScreen:
             self.order.insert(0, job_id)
             self.eject()
         else:
-            self.console.print("Type b and the holder's number from the table, e.g. [bold]b 2[/bold]")
+            self.console.print(shown(_("Type b and the holder's number from the table, e.g. b 2")))
 
     def eject(self) -> None:
         """Simulated readers only: the card of a holder who is not next goes back to the pile."""
@@ -377,14 +416,19 @@ class CounterScreen:
     def show_result(self, state: Any) -> None:
         result = state.result
         if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
-            lines = [shown(f"{state.job.holder}: done", style="bold green"),
-                     shown(f"New certificate On Card: slot {state.job.slot.hex} '{state.slot_name}', valid until {result.not_after[:10]}")]  # fmt: skip
+            lines = [shown(_("{holder}: done").format(holder=state.job.holder), style="bold green"),
+                     shown(_("New certificate On Card: slot {slot} '{name}', valid until {date}").format(
+                         slot=state.job.slot.hex, name=state.slot_name, date=result.not_after[:10]))]  # fmt: skip
             if result.archived_to:
-                lines.append(shown(f"Old certificate On Disk: {result.archived_to}"))
+                lines.append(shown(_("Old certificate On Disk: {path}").format(path=result.archived_to)))
             if state.status == jn.SKIPPED:
-                lines.append(Text("The card already held this certificate; nothing was changed."))
+                lines.append(Text(_("The card already held this certificate; nothing was changed.")))
             self.console.print(Panel(Group(*lines), border_style="green"))
         elif state.status in (jn.PENDING, jn.IN_DOUBT):
-            self.console.print(Panel(shown(f"{state.job.holder}: not loaded yet. {failure_text(state.failure) or ''}"), border_style="yellow"))
+            why = localize(failure_text(state.failure) or "")
+            self.console.print(Panel(shown(_("{holder}: not loaded yet. {why}").format(holder=state.job.holder, why=why)),
+                                     border_style="yellow"))  # fmt: skip
         else:
-            self.console.print(Panel(shown(f"{state.job.holder}: {state.status.upper()}: {failure_text(state.failure)}"), border_style="red"))
+            words = _(STATUS_SHOWN[state.status]) if state.status in STATUS_SHOWN else state.status
+            failure = localize(failure_text(state.failure) or "")
+            self.console.print(Panel(shown(f"{state.job.holder}: {words.upper()}: {failure}"), border_style="red"))

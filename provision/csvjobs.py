@@ -49,6 +49,7 @@ from typing import Any
 
 from provision import limits
 from provision.errors import InputTooLargeError, JobFileError, Problem, UsageError
+from provision.i18n import msg
 from provision.jobfile import JobFile, load_yaml, parse_jobfile
 
 MAX_CSV_BYTES = 32 * 1024 * 1024
@@ -149,10 +150,10 @@ def read_holders(raw: bytes, filename: str) -> tuple[list[HolderRow], list[Probl
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        problem(line, "", "the file is not UTF-8 text; in Excel save it as 'CSV UTF-8 (Comma delimited)'")
+        problem(line, "", msg("the file is not UTF-8 text; in Excel save it as 'CSV UTF-8 (Comma delimited)'"))
         return [], problems, warnings
     if "\x00" in text:
-        problem(text[: text.index("\x00")].count("\n") + 1, "", "the file contains NUL bytes; it is not a CSV text file")
+        problem(text[: text.index("\x00")].count("\n") + 1, "", msg('the file contains NUL bytes; it is not a CSV text file'))
         return [], problems, warnings
     first_line = text.split("\n", 1)[0]
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line), strict=False)
@@ -179,24 +180,23 @@ def read_holders(raw: bytes, filename: str) -> tuple[list[HolderRow], list[Probl
         job_id, holder, p12 = get("id"), get("holder"), get("pkcs12")
         for name, value in (("id", job_id), ("holder", holder), ("pkcs12", p12)):
             if not value:
-                problem(line, name, f"the {name} cell is empty; fill it in (or delete the row)")
+                problem(line, name, msg('the {name} cell is empty; fill it in (or delete the row)', name=name))
         if job_id and not _ID.match(job_id):
-            problem(line, "id", f"id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), "
-                                "starting with a letter or digit")  # fmt: skip
+            problem(line, 'id', msg('id {job_id!r} is not valid; use letters, digits and . _ : @ / - (up to 128), starting with a letter or digit', job_id=job_id))  # fmt: skip
         for name, value in (("holder", holder), ("pkcs12", p12), ("password_file", get("password_file"))):
             if any(not c.isprintable() for c in value) or any(b in value for b in _LINE_BREAKS):
-                problem(line, name, f"the {name} cell contains a line break or control character; remove it")
+                problem(line, name, msg('the {name} cell contains a line break or control character; remove it', name=name))
         serial, error, warning = parse_serial(get("card_serial"))
         if error:
-            problem(line, "card_serial", error)
+            problem(line, 'card_serial', error)
         if warning:
             warnings.append(Problem(filename, line, "card_serial", warning))
         if len(problems) == before:
             rows.append(HolderRow(line, job_id, holder, serial, p12, get("password_file") or None))
     if header is None:
-        problem(1, "", "the file has no header row; the first row names the columns: id, holder, card_serial, pkcs12, password_file")
+        problem(1, "", msg('the file has no header row; the first row names the columns: id, holder, card_serial, pkcs12, password_file'))
     elif not rows and not problems:
-        problem(last_line or 1, "", "the file has a header but no holders; add one row per holder")
+        problem(last_line or 1, "", msg('the file has a header but no holders; add one row per holder'))
     _duplicates(rows, problem)
     return rows, problems, warnings
 
@@ -211,21 +211,18 @@ def _header_index(cells: list[str], line: int, problem: Callable[[int | None, st
         column = next((c for c, aliases in _COLUMNS.items() if key in aliases), None)
         if column is None:
             if _SECRET_LOOKING.search(key):
-                problem(line, name, f"the column {name!r} looks like it holds secrets; provision never copies a "
-                                    "secret from a spreadsheet into a job file: remove the column and give "
-                                    "owner-only password files in 'password_file'")  # fmt: skip
+                problem(line, name, msg("the column {name!r} looks like it holds secrets; provision never copies a secret from a spreadsheet into a job file: remove the column and give owner-only password files in 'password_file'", name=name))  # fmt: skip
             else:
-                warnings.append(Problem(filename, line, name, f"the column {name!r} is not used and was ignored"))
+                warnings.append(Problem(filename, line, name, msg('the column {name!r} is not used and was ignored', name=name)))
             continue
         if column in index:
-            problem(line, name, f"two columns mean {column!r} (columns {index[column] + 1} and {position + 1}); keep one")
+            problem(line, name, msg('two columns mean {column!r} (columns {value} and {value2}); keep one', column=column, value=index[column] + 1, value2=position + 1))
             continue
         index[column] = position
     for column in _REQUIRED:
         if column not in index:
             aliases = ", ".join(_COLUMNS[column])
-            problem(line, "", f"the header has no {column!r} column (accepted names: {aliases}); the columns are "
-                              "id, holder, card_serial, pkcs12, password_file")  # fmt: skip
+            problem(line, "", msg('the header has no {column!r} column (accepted names: {aliases}); the columns are id, holder, card_serial, pkcs12, password_file', column=column, aliases=aliases))  # fmt: skip
     return index
 
 
@@ -234,13 +231,12 @@ def _duplicates(rows: list[HolderRow], problem: Callable[[int | None, str, str],
     first_serial: dict[int, int] = {}
     for row in rows:
         if row.id in first_id:
-            problem(row.line, "id", f"id {row.id!r} is on line {first_id[row.id]} and line {row.line}; ids must be unique")
+            problem(row.line, 'id', msg('id {id!r} is on line {value} and line {line}; ids must be unique', id=row.id, value=first_id[row.id], line=row.line))
         else:
             first_id[row.id] = row.line
         if row.card_serial is not None:
             if row.card_serial in first_serial:
-                problem(row.line, "card_serial", f"card serial {row.card_serial} is on line {first_serial[row.card_serial]} "
-                                                 f"and line {row.line}; one job per card")  # fmt: skip
+                problem(row.line, 'card_serial', msg('card serial {card_serial} is on line {value} and line {line}; one job per card', card_serial=row.card_serial, value=first_serial[row.card_serial], line=row.line))  # fmt: skip
             else:
                 first_serial[row.card_serial] = row.line
 
@@ -260,15 +256,15 @@ def read_template(path: Path) -> dict[str, Any]:
     except InputTooLargeError as exc:
         raise JobFileError([Problem(filename, None, "", exc.message)]) from None
     except OSError as exc:
-        raise JobFileError([Problem(filename, None, "", f"the template cannot be read ({exc.strerror}); check the path")]) from None
+        raise JobFileError([Problem(filename, None, "", msg('the template cannot be read ({strerror}); check the path', strerror=exc.strerror))]) from None
     except UnicodeDecodeError:
-        raise JobFileError([Problem(filename, None, "", "the template is not UTF-8 text; save it as UTF-8")]) from None
+        raise JobFileError([Problem(filename, None, "", msg('the template is not UTF-8 text; save it as UTF-8'))]) from None
     data, lines = load_yaml(text, filename)
     if not isinstance(data, dict):
-        raise JobFileError([Problem(filename, 1, "", "a template is a job file without cards: a mapping with version, batch, defaults")])
+        raise JobFileError([Problem(filename, 1, "", msg('a template is a job file without cards: a mapping with version, batch, defaults'))])
     if data.get("cards"):
         raise JobFileError([Problem(filename, lines.get(("cards",)), "cards",
-                                    "a template has no cards (they come from the CSV); remove them")])  # fmt: skip
+                                    msg('a template has no cards (they come from the CSV); remove them'))])  # fmt: skip
     return data
 
 
@@ -357,7 +353,7 @@ def jobs_from_csv(csv_path: Path, template_path: Path, output: Path, *, batch: s
     try:
         raw = limits.read_bounded(csv_path, MAX_CSV_BYTES, "CSV file")  # bounded: a FIFO or /dev/zero too
     except OSError as exc:
-        raise UsageError(f"cannot read {csv_path} ({exc.strerror}); check the path") from None
+        raise UsageError(msg('cannot read {csv_path} ({strerror}); check the path', csv_path=csv_path, strerror=exc.strerror)) from None
     rows, problems, warnings = read_holders(raw, str(csv_path))
     template = read_template(template_path)
     if problems:
@@ -394,7 +390,7 @@ def write_jobs_from_csv(csv_path: Path, template_path: Path, output: Path, *, ba
     from provision.store import write_atomically
 
     if output.exists() and not force:
-        raise UsageError(f"{output} already exists; choose another -o or pass --force to replace it")
+        raise UsageError(msg('{output} already exists; choose another -o or pass --force to replace it', output=output))
     output.parent.mkdir(parents=True, exist_ok=True)  # paths in the job file are relative to it
     made = jobs_from_csv(csv_path, template_path, output, batch=batch, unattended=unattended, check_files=check_files)
     write_atomically(output, made.text.encode("utf-8"))

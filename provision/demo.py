@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import EXIT_OK, EnvironmentProblem
+from provision.i18n import gettext as _
+from provision.i18n import localize, msg
 
 if TYPE_CHECKING:
     from provision.logsdir import LogsLock
@@ -144,19 +146,18 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
     from provision.plan import plan_jobfile, print_plan
     from provision.sim.source import SimSource
 
-    out(f"Writing demo material for {holders} card holder(s) and one expired e-Cert to {directory} ...")
+    out(_("Writing demo material for {n} card holder(s) and one expired e-Cert to {directory} ...").format(n=holders, directory=directory))
     try:
         job_file = write_material(directory, holders, expired=True)
     except OSError as exc:
-        raise EnvironmentProblem(f"the demo material cannot be written to {directory} ({exc.strerror}); "
-                                 "give a writable --dir (or --logs)") from None  # fmt: skip
+        raise EnvironmentProblem(msg('the demo material cannot be written to {directory} ({strerror}); give a writable --dir (or --logs)', directory=directory, strerror=exc.strerror)) from None  # fmt: skip
     jobfile = load_jobfile(job_file, unattended=True)
-    out(f"{job_file}: valid, batch {jobfile.batch}, {len(jobfile.jobs)} job(s)")
+    out(_("{file}: valid, batch {batch}, {n} job(s)").format(file=job_file, batch=jobfile.batch, n=len(jobfile.jobs)))
     plan = plan_jobfile(jobfile, unattended=True)
     print_plan(plan, out)
     logs = logs or directory / "logs"
     out("")
-    out(f"Running the batch on simulated cards (logs in {logs}) ...")
+    out(_("Running the batch on simulated cards (logs in {logs}) ...").format(logs=logs))
     outcome = run_jobfile(jobfile, logs=logs, unattended=True, wait=0,
                           source=SimSource([demo_cards(jobfile, directory)]), progress=True,
                           logs_lock=logs_lock)  # fmt: skip
@@ -165,26 +166,28 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
     for job in doc["jobs"]:
         line = f"  {job['status']:8} {job['id']:12} {job['holder']:15}"
         if job["status"] == "loaded":
-            line += f" On Card: slot {job['slot']} {job['slot_name']!r} until {job['not_after'][:10]}"
+            line += " " + _("On Card: slot {slot} {name!r} until {date}").format(slot=job["slot"], name=job["slot_name"],
+                                                                                date=job["not_after"][:10])  # fmt: skip
             if job["archived_to"]:
-                line += f"; old e-Cert On Disk: {job['archived_to']}"
+                line += "; " + _("old e-Cert On Disk: {path}").format(path=job["archived_to"])
         else:
-            line += f" {job['error']}"
+            line += f" {localize(str(job['error']))}"
         out(line)
     for card in doc["refused_cards"]:
-        out(f"  refused  card {card['card_serial']}: {card['reason']}")
+        out("  refused  " + _("card {serial}: {reason}").format(serial=card["card_serial"], reason=localize(str(card["reason"]))))
     out("")
-    out(f"Audit log:  {logs / 'audit.jsonl'}" + (f" (seal {doc['seal']})" if doc.get("seal") else ""))
+    seal = (" " + _("(seal {seal})").format(seal=doc["seal"])) if doc.get("seal") else ""
+    out(_("Audit log:  {path}").format(path=logs / "audit.jsonl") + seal)
     for kind, path in sorted(outcome.reports.items()):
-        out(f"Report ({kind}): {path}")
+        out(_("Report ({kind}): {path}").format(kind=kind, path=path))
     statuses = {job["id"]: job["status"] for job in doc["jobs"]}
     expected = {job.id: ("failed" if job.id == EXPIRED_HOLDER[0] else "loaded") for job in jobfile.jobs}
     as_designed = statuses == expected and len(doc["refused_cards"]) == 1
     if as_designed:
         out("")
-        out("The demo batch ran as designed: every card loaded, the old e-Cert archived, the stranger's card "
-            "refused untouched, the expired e-Cert stopped before any card.")
+        out(_("The demo batch ran as designed: every card loaded, the old e-Cert archived, the stranger's card "
+              "refused untouched, the expired e-Cert stopped before any card."))
         return EXIT_OK
     out("")
-    out("The demo batch did not run as designed; see the lines above.")
+    out(_("The demo batch did not run as designed; see the lines above."))
     return 1

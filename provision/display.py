@@ -13,6 +13,7 @@ from __future__ import annotations
 import unicodedata
 
 from provision.errors import ProvisionError
+from provision.i18n import msg
 from provision.refusal import Refusal, RefusalKind
 
 # Cc: C0 and C1 controls and DEL; Cf: invisible format characters, among them the bidi overrides
@@ -40,6 +41,17 @@ def printable(text: str) -> str:
     return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN_CATEGORIES else c for c in text)
 
 
+def cell_width(text: str) -> int:
+    """Terminal cells ``text`` takes: two for a wide (East Asian) character, none for a combining one."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def labelled(pairs: list[tuple[str, str]]) -> list[str]:
+    """``label: value`` lines with the values in one column, whatever the labels' language."""
+    width = max((cell_width(label) for label, _value in pairs), default=0)
+    return [f"{label}:{' ' * (width - cell_width(label) + 1)}{value}" for label, value in pairs]
+
+
 def failure_text(failure: ProvisionError | None) -> str | None:
     """The sentence a person (and every record of the run) reads for a job's failure, kept as an
     exception until it is shown; None when the job has none."""
@@ -47,18 +59,22 @@ def failure_text(failure: ProvisionError | None) -> str | None:
 
 
 def refusal_text(refusal: Refusal) -> str:
-    """The sentence a person (and every record of the run) reads for a refused card."""
+    """The sentence a person (and every record of the run) reads for a refused card: the English
+    sentence, which remembers its message for ``i18n.localize`` (records stay language-neutral)."""
     if refusal.kind is RefusalKind.CALLED_ANOTHER:
-        return (f"this is the card of {refusal.holder}, but the counter called {refusal.called}; "
-                "give it back and ask for the right card")  # fmt: skip
+        return msg("this is the card of {holder}, but the counter called {called}; give it back "
+                   "and ask for the right card", holder=refusal.holder, called=refusal.called)  # fmt: skip
     if refusal.kind is RefusalKind.JOB_ENDED:
-        return f"this card's job {refusal.job_id} ({refusal.holder}) is already {refusal.status}"
+        return msg("this card's job {id} ({holder}) is already {status}", id=refusal.job_id, holder=refusal.holder,
+                   status=refusal.status)  # fmt: skip
     if refusal.kind is RefusalKind.NO_JOB:
-        hint = f"; the counter expects the card of {refusal.expected}" if refusal.expected is not None else ""
-        return f"no job in {refusal.jobfile} is for this card ({refusal.card}){hint}"
+        if refusal.expected is not None:
+            return msg("no job in {file} is for this card ({who}); the counter expects the card of {holder}",
+                       file=refusal.jobfile, who=refusal.card, holder=refusal.expected)  # fmt: skip
+        return msg("no job in {file} is for this card ({who})", file=refusal.jobfile, who=refusal.card)
     if refusal.kind is RefusalKind.AMBIGUOUS:
-        others = "another card or token" if refusal.twins == 1 else f"{refusal.twins} other cards or tokens"
-        return (f"this card ({refusal.card}) and {others} in view all answer to job {refusal.job_id} "
-                f"({refusal.holder}): which one is the holder's cannot be told, so none is written; leave only "
-                "the holder's in, or give them distinct serials or labels")  # fmt: skip
+        return msg("this card ({who}) and {n} other card(s) or token(s) in view all answer to job {id} ({holder}): "
+                   "which one is the holder's cannot be told, so none is written; leave only the holder's in, "
+                   "or give them distinct serials or labels", who=refusal.card, n=refusal.twins, id=refusal.job_id,
+                   holder=refusal.holder)  # fmt: skip
     return refusal.detail

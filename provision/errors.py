@@ -7,6 +7,8 @@ contain a secret's value: callers pass names and sources, never revealed bytes.
 
 from __future__ import annotations
 
+from provision.i18n import localize, msg
+
 # Exit codes of CLI.md.
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -28,6 +30,10 @@ class ProvisionError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def localized(self) -> str:
+        """The sentence in the chosen language (``message`` stays English for records and JSON)."""
+        return localize(self.message)
 
 
 class UsageError(ProvisionError):
@@ -75,6 +81,11 @@ class Problem:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
+    def localized(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        text = localize(self.message)
+        return f"{where}: {self.path}: {text}" if self.path else f"{where}: {text}"
+
     def to_json(self) -> dict[str, object]:
         return {"file": self.file, "line": self.line, "path": self.path, "message": self.message}
 
@@ -87,9 +98,18 @@ class JobFileError(ProvisionError):
     def __init__(self, problems: list[Problem], *, stage: str = "read") -> None:
         self.problems = list(problems)
         self.stage = stage  # "read" (YAML or schema) or "semantic" (the schema check passed)
-        first = str(problems[0]) if problems else "invalid job file"
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        super().__init__(first + more)
+        first = str(problems[0]) if problems else msg("invalid job file")
+        if len(problems) > 1:
+            first = msg("{first} (and {more} more)", first=first, more=len(problems) - 1)
+        super().__init__(first)
+
+    def localized(self) -> str:
+        if not self.problems:
+            return localize(self.message)
+        first = self.problems[0].localized()
+        if len(self.problems) == 1:
+            return first
+        return localize(msg("{first} (and {more} more)", first=first, more=len(self.problems) - 1))
 
 
 class InputTooLargeError(ProvisionError):
@@ -98,7 +118,8 @@ class InputTooLargeError(ProvisionError):
     exit_code = EXIT_INPUT
 
     def __init__(self, what: str, limit: int, where: str) -> None:
-        super().__init__(f"{where} is larger than {limit} bytes, the limit for {_an(what)}; check that it is the right file")
+        super().__init__(msg("{where} is larger than {limit} bytes, the limit for {what}; check that it is the right file",
+                             where=where, limit=limit, what=_an(what)))  # fmt: skip
         self.what = what
         self.limit = limit
         self.where = where

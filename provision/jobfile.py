@@ -39,6 +39,7 @@ from provision import limits, resources, schema_cache
 from provision import template as templates
 from provision.display import printable
 from provision.errors import InputTooLargeError, JobFileError, Problem, TemplateError
+from provision.i18n import msg
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
 
@@ -107,11 +108,12 @@ class CardIdentity:
     def describe(self) -> str:
         if self.pkcs11 is not None:
             return self.pkcs11.describe()
+        # msg(): the English words in records and plans, shown translated (i18n.localize).
         if self.serial is not None:
-            return f"card serial {self.serial}"
+            return msg("card serial {serial}", serial=self.serial)
         if self.guid is not None:
-            return f"card GUID {self.guid}"
-        return "any card"
+            return msg("card GUID {guid}", guid=self.guid)
+        return msg("any card")
 
     def to_json(self) -> dict[str, object]:
         if self.pkcs11 is not None:
@@ -147,7 +149,8 @@ class DerivedKey:
     label: str
 
     def describe(self) -> str:
-        return f"the key derived from the master secret in the {self.master.describe()} (label {self.label!r})"
+        return msg("the key derived from the master secret in the {master} (label {label!r})", master=self.master.describe(),
+                   label=self.label)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class PinProtectedKey:
     """``{pin_protected: true}``: a random key, stored PIN-protected on the card as ykman does."""
 
     def describe(self) -> str:
-        return "a random key stored PIN-protected on the card"
+        return msg("a random key stored PIN-protected on the card")
 
 
 ManagementKey = SecretSource | DerivedKey
@@ -282,7 +285,7 @@ class _EventBuilder:
     def _count(self, n: int, line: int) -> None:
         self.expanded += n
         if self.expanded > MAX_EXPANDED_NODES:
-            raise _YamlProblem(line, (), "aliases expand to too many values; write the cards out instead")
+            raise _YamlProblem(line, (), msg('aliases expand to too many values; write the cards out instead'))
 
     def value(self, path: JsonPath, lines: dict[JsonPath, int]) -> Any:
         """The next value in the stream (its events consumed), its lines recorded under ``path``."""
@@ -290,9 +293,9 @@ class _EventBuilder:
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in self._open_anchors:
-                raise _YamlProblem(line, path, "an alias refers to itself; remove the loop")
+                raise _YamlProblem(line, path, msg('an alias refers to itself; remove the loop'))
             if event.anchor not in self.anchors:
-                raise _YamlProblem(line, path, f"the alias *{event.anchor} has no anchor &{event.anchor} before it; define it first")
+                raise _YamlProblem(line, path, msg('the alias *{anchor} has no anchor &{anchor} before it; define it first', anchor=event.anchor))
             value, size, own = self.anchors[event.anchor]
             self._count(size, line)
             if len(own) <= self._ANCHOR_LINES_COPIED:
@@ -328,7 +331,7 @@ class _EventBuilder:
             return items
         if isinstance(event, yaml.MappingStartEvent):
             return self.mapping(path, lines)
-        raise _YamlProblem(line, path, "unsupported YAML node")
+        raise _YamlProblem(line, path, msg('unsupported YAML node'))
 
     def mapping(self, path: JsonPath, lines: dict[JsonPath, int],
                 on_key: Callable[[str, JsonPath, dict[str, Any]], bool] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -340,7 +343,7 @@ class _EventBuilder:
             key_event = self.events.get_event()
             key_line = key_event.start_mark.line + 1
             if not isinstance(key_event, yaml.ScalarEvent):
-                raise _YamlProblem(key_line, path, "a key must be plain text")
+                raise _YamlProblem(key_line, path, msg('a key must be plain text'))
             key = key_event.value
             if key == _MERGE_KEY and not key_event.style:
                 source_line = self.events.peek_event().start_mark.line + 1
@@ -350,7 +353,7 @@ class _EventBuilder:
                 continue
             if key in out:
                 raise _YamlProblem(
-                    key_line, path + (key,), f"duplicate key '{key}' (first at line {lines[path + (key,)]}); keep only one"
+                    key_line, path + (key,), msg("duplicate key '{key}' (first at line {value}); keep only one", key=key, value=lines[path + (key,)])
                 )
             lines[path + (key,)] = key_line
             if on_key is not None and on_key(key, path + (key,), out):
@@ -363,7 +366,7 @@ class _EventBuilder:
             for number, one in enumerate(sources):
                 if not isinstance(one, dict):
                     at = source_lines.get((number,), source_line) if isinstance(source, list) else source_line
-                    raise _YamlProblem(at, path, "'<<' must merge a mapping (an &anchor of one)")
+                    raise _YamlProblem(at, path, msg("'<<' must merge a mapping (an &anchor of one)"))
                 prefix: JsonPath = (number,) if isinstance(source, list) else ()
                 for key, value in one.items():
                     if key not in out:
@@ -384,7 +387,7 @@ def _scalar(event: Any, path: JsonPath) -> Any:
         value = _resolve_core(text)
     except ValueError:  # Python refuses to read decimal integers of more than sys.get_int_max_str_digits()
         raise _YamlProblem(event.start_mark.line + 1, path,
-                           f"a number of {len(text)} digits is longer than any value here can be; shorten it") from None  # fmt: skip
+                           msg('a number of {len} digits is longer than any value here can be; shorten it', len=len(text))) from None  # fmt: skip
     if value is not text and value is not None and _wants_text(path):
         return text  # the characters as written: id 0012, hex serial 1001, slot 82
     return value
@@ -404,7 +407,7 @@ def _explicit_tag(node: Any, path: JsonPath) -> Any:
     except ValueError:
         pass
     raise _YamlProblem(
-        node.start_mark.line + 1, path, f"the YAML tag {node.tag!r} is not supported here; remove it"
+        node.start_mark.line + 1, path, msg('the YAML tag {tag!r} is not supported here; remove it', tag=node.tag)
     )
 
 
@@ -467,8 +470,7 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
         while not events.check_event(yaml.SequenceEndEvent):
             if count == limits.MAX_CARDS:  # before this card is built: the bound stops the work, not after it
                 line = events.peek_event().start_mark.line + 1
-                raise _YamlProblem(line, ("cards", count), f"more than {limits.MAX_CARDS} cards in one job file; "
-                                                           "split the batch into several job files")  # fmt: skip
+                raise _YamlProblem(line, ("cards", count), msg('more than {MAX_CARDS} cards in one job file; split the batch into several job files', MAX_CARDS=limits.MAX_CARDS))  # fmt: skip
             card_lines: dict[JsonPath, int] = {}
             on_card(count, builder.value(("cards", count), card_lines), card_lines, so_far)
             count += 1
@@ -480,7 +482,7 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
     try:
         events.get_event()  # stream start
         if events.check_event(yaml.StreamEndEvent):
-            raise JobFileError([_problem(filename, 1, "", "the file is empty; start with 'version: 1'")])
+            raise JobFileError([_problem(filename, 1, "", msg("the file is empty; start with 'version: 1'"))])
         events.get_event()  # document start
         if events.check_event(yaml.MappingStartEvent) and events.peek_event().anchor is None:
             start = events.get_event()
@@ -493,24 +495,24 @@ def load_yaml(text: str, filename: str, *, on_card: OnCard | None = None,
         events.get_event()  # document end
         if events.check_event(yaml.DocumentStartEvent):
             line = events.peek_event().start_mark.line + 1
-            raise JobFileError([_problem(filename, line, "", "a job file holds one YAML document; remove the second '---'")])
+            raise JobFileError([_problem(filename, line, "", msg("a job file holds one YAML document; remove the second '---'"))])
         events.get_event()  # stream end
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         what = " ".join((exc.problem or exc.context or "invalid YAML").split())
-        raise JobFileError([_problem(filename, line, "", f"this is not valid YAML ({what}); fix the syntax")]) from None
+        raise JobFileError([_problem(filename, line, "", msg('this is not valid YAML ({what}); fix the syntax', what=what))]) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) else "a byte"
-        raise JobFileError([_problem(filename, line, "", f"the file contains {what}, which YAML does not allow; remove it")]) from None
+        raise JobFileError([_problem(filename, line, "", msg('the file contains {what}, which YAML does not allow; remove it', what=what))]) from None
     except yaml.YAMLError as exc:
         what = " ".join(str(exc).split())
-        raise JobFileError([_problem(filename, None, "", f"this is not valid YAML ({what}); fix the syntax")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('this is not valid YAML ({what}); fix the syntax', what=what))]) from None
     except _YamlProblem as exc:
         raise JobFileError([_problem(filename, exc.line, format_path(exc.path), exc.message)]) from None
     except RecursionError:
-        raise JobFileError([_problem(filename, None, "", "the YAML is nested too deeply")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('the YAML is nested too deeply'))]) from None
     finally:
         builder.close()
     return data, lines
@@ -725,12 +727,12 @@ class _Checker:
         kind, ref = next(iter(raw.items()))
         if kind == "empty":  # the schema allows it only here; a PIN, PUK or key is never empty
             if path[-2:] != ("pkcs12", "password"):
-                self.problem(path, "{empty: true} is only for pkcs12.password; a PIN, PUK or management key is never empty")
+                self.problem(path, msg('{{empty: true}} is only for pkcs12.password; a PIN, PUK or management key is never empty'))
                 return None
             ref = ""
         source = SecretSource(kind, tuple(ref) if kind == "command" else ref, self.base)
         if kind == "value":
-            self.problem(path, "the secret is written in the job file; prefer env, file or command", warning=True)
+            self.problem(path, msg('the secret is written in the job file; prefer env, file or command'), warning=True)
         # Many cards share one source (via defaults): check each distinct source once.
         cache_key = (kind, source.ref if kind != "value" else "")
         if cache_key not in self._secret_checks:
@@ -802,21 +804,21 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
     slot_text = merged.get("slot")
     slot: Slot | None = None
     if slot_text is None:
-        ck.problem(here, "'slot' is missing; give it here or under defaults (e.g. slot: 9c)")
+        ck.problem(here, msg("'slot' is missing; give it here or under defaults (e.g. slot: 9c)"))
     else:
         slot = parse_slot(str(slot_text))
         if slot is None:
-            ck.problem(at("slot"), f"'{slot_text}' is not a PIV slot ({SLOT_HELP})")
+            ck.problem(at("slot"), msg("'{slot_text}' is not a PIV slot ({SLOT_HELP})", slot_text=slot_text, SLOT_HELP=SLOT_HELP))
 
     slot_name: templates.Template | None = None
     if "slot_name" not in merged:
-        ck.problem(here, f"'slot_name' is missing; give a template here or under defaults, e.g. {DEFAULT_SLOT_NAME_TEMPLATE!r}")
+        ck.problem(here, msg("'slot_name' is missing; give a template here or under defaults, e.g. {DEFAULT_SLOT_NAME_TEMPLATE!r}", DEFAULT_SLOT_NAME_TEMPLATE=DEFAULT_SLOT_NAME_TEMPLATE))
     else:
         slot_name = ck.template(merged["slot_name"], at("slot_name"))
 
     pin = ck.secret(merged["pin"], at("pin")) if "pin" in merged else None
     if "pin" not in merged:
-        ck.problem(here, "'pin' is missing; say where the card PIN comes from, e.g. pin: {prompt: \"Card PIN\"}")
+        ck.problem(here, msg('\'pin\' is missing; say where the card PIN comes from, e.g. pin: {{prompt: "Card PIN"}}'))
     password = ck.secret(card["pkcs12"]["password"], here + ("pkcs12", "password"))
     management_key = ck.management_key(merged["management_key"], at("management_key")) if "management_key" in merged else None
     rotate = ck.rotation(merged["management_key_rotate"], at("management_key_rotate")) \
@@ -830,7 +832,7 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
             ck.problem(here + ("pkcs12", "path"), why)
 
     if "card" not in merged:
-        ck.problem(here, "'card' is missing; say which card with {serial: N}, {guid: HEX}, {any: true} or {pkcs11: …}")
+        ck.problem(here, msg("'card' is missing; say which card with {{serial: N}}, {{guid: HEX}}, {{any: true}} or {{pkcs11: …}}"))
         return None
     ident = merged["card"]
     identity = CardIdentity(
@@ -842,7 +844,7 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
 
     if identity.pkcs11 is not None and (isinstance(management_key, DerivedKey) or rotate is not None):
         ck.problem(at("management_key_rotate") if rotate is not None else at("management_key"),
-                   "a PKCS#11 token has no PIV management key to derive or rotate; remove it from this card")  # fmt: skip
+                   msg('a PKCS#11 token has no PIV management key to derive or rotate; remove it from this card'))  # fmt: skip
     raw_expect = merged.get("expect", {})
     not_after_after = None
     if "not_after_after" in raw_expect:
@@ -896,13 +898,12 @@ def _pkcs11_target(raw: dict[str, Any], path: JsonPath, ck: _Checker) -> Pkcs11T
     module = Path(os.path.expanduser(raw["module"]))
     module = module if module.is_absolute() else ck.base / module
     if "token_label" not in raw and "token_serial" not in raw:
-        ck.problem(path, "say which token: give token_label, token_serial or both (pkcs11-tool --list-token-slots shows them)")
+        ck.problem(path, msg('say which token: give token_label, token_serial or both (pkcs11-tool --list-token-slots shows them)'))
     if ck.check_files:
         if not module.exists():
-            ck.problem(path + ("module",), f"the PKCS#11 module {module} does not exist; install the card's middleware "
-                                           "or correct the path")  # fmt: skip
+            ck.problem(path + ("module",), msg("the PKCS#11 module {module} does not exist; install the card's middleware or correct the path", module=module))  # fmt: skip
         elif not module.is_file():
-            ck.problem(path + ("module",), f"{module} is not a file; name the module's shared library (.so, .dll, .dylib)")
+            ck.problem(path + ("module",), msg("{module} is not a file; name the module's shared library (.so, .dll, .dylib)", module=module))
     return Pkcs11Target(module, raw.get("token_label"), raw.get("token_serial"))
 
 
@@ -969,7 +970,7 @@ class _Cards:
         job_id = card["id"]
         if job_id in self.first_id:
             self.ck.problem(("cards", index, "id"),
-                            f"id '{job_id}' is already used by cards[{self.first_id[job_id]}]; ids must be unique")  # fmt: skip
+                            msg("id '{job_id}' is already used by cards[{value}]; ids must be unique", job_id=job_id, value=self.first_id[job_id]))  # fmt: skip
         else:
             self.first_id[job_id] = index
         ident = card.get("card", self.defaults.get("card", {}))
@@ -984,7 +985,7 @@ class _Cards:
         if key is not None:
             if key in self.first_identity:
                 self.ck.problem(("cards", index, "card"),
-                                f"{key[0]} {key[1]} already belongs to cards[{self.first_identity[key]}]; one job per card")  # fmt: skip
+                                msg('{value} {value2} already belongs to cards[{value3}]; one job per card', value=key[0], value2=key[1], value3=self.first_identity[key]))  # fmt: skip
             else:
                 self.first_identity[key] = index
         job = _build_job(index, card, self.defaults, self.ck)
@@ -999,10 +1000,10 @@ def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[Secret
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        ck.problem(("timezone",), f"'{timezone}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC")
+        ck.problem(("timezone",), msg("'{timezone}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC", timezone=timezone))
     for name in _NOT_IN_DEFAULTS:
         if name in data.get("defaults", {}):
-            ck.problem(("defaults", name), f"'{name}' belongs to each card, not to defaults; move it under cards")
+            ck.problem(("defaults", name), msg("'{name}' belongs to each card, not to defaults; move it under cards", name=name))
     audit_key = None
     if "audit" in data and "key" in data["audit"]:
         audit_key = ck.secret(data["audit"]["key"], ("audit", "key"))
@@ -1012,8 +1013,7 @@ def _semantic(data: dict[str, Any], cards: _Cards, ck: _Checker) -> tuple[Secret
     if factory:
         ck.problem(
             ("defaults",) if "defaults" in data else ("cards",),
-            f"{len(factory)} job(s) give no management_key, so the card's factory default key is used "
-            f"(first: {factory[0]}); the report flags them",
+            msg("{len} job(s) give no management_key, so the card's factory default key is used (first: {value}); the report flags them", len=len(factory), value=factory[0]),
             warning=True,
         )
     return audit_key, timezone
@@ -1026,19 +1026,18 @@ def load_jobfile(path: str | Path, *, unattended: bool = False, check_files: boo
     try:
         raw = limits.read_bounded(path, MAX_FILE_BYTES, "job file")  # bounded: /dev/zero or a FIFO too
     except InputTooLargeError:
-        raise JobFileError([_problem(filename, None, "", f"the job file is larger than {MAX_FILE_BYTES} bytes, the "
-                                     "limit; split the batch into several job files")]) from None  # fmt: skip
+        raise JobFileError([_problem(filename, None, "", msg('the job file is larger than {MAX_FILE_BYTES} bytes, the limit; split the batch into several job files', MAX_FILE_BYTES=MAX_FILE_BYTES))]) from None  # fmt: skip
     except FileNotFoundError:
-        raise JobFileError([_problem(filename, None, "", "the job file does not exist; check the path")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('the job file does not exist; check the path'))]) from None
     except IsADirectoryError:
-        raise JobFileError([_problem(filename, None, "", "this is a directory; name a job file (.yaml)")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('this is a directory; name a job file (.yaml)'))]) from None
     except OSError as exc:
-        raise JobFileError([_problem(filename, None, "", f"the job file cannot be read ({exc.strerror})")]) from None
+        raise JobFileError([_problem(filename, None, "", msg('the job file cannot be read ({strerror})', strerror=exc.strerror))]) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise JobFileError([_problem(filename, line, "", "the file is not UTF-8 text; save it as UTF-8")]) from None
+        raise JobFileError([_problem(filename, line, "", msg('the file is not UTF-8 text; save it as UTF-8'))]) from None
     return parse_jobfile(text, path, unattended=unattended, check_files=check_files)
 
 
@@ -1081,11 +1080,10 @@ def _parse(text: str, path: Path, *, unattended: bool, check_files: bool, keep_c
     cards = _Cards(ck, filename, top_lines, keep=keep_cards, schema=schema)
     data, lines = load_yaml(text, filename, on_card=cards.on_card, lines=top_lines)
     if not isinstance(data, dict):
-        raise JobFileError([_problem(filename, 1, "", "a job file is a mapping that starts with 'version: 1'")])
+        raise JobFileError([_problem(filename, 1, "", msg("a job file is a mapping that starts with 'version: 1'"))])
     if isinstance(data.get("cards"), list):  # written as an alias: its cards are checked here
         if len(data["cards"]) > limits.MAX_CARDS:
-            raise JobFileError([_problem(filename, lines.get(("cards",)), "cards", f"more than {limits.MAX_CARDS} cards "
-                                         "in one job file; split the batch into several job files")])  # fmt: skip
+            raise JobFileError([_problem(filename, lines.get(("cards",)), "cards", msg('more than {MAX_CARDS} cards in one job file; split the batch into several job files', MAX_CARDS=limits.MAX_CARDS))])  # fmt: skip
         written, data["cards"] = data["cards"], len(data["cards"])
         for index, card in enumerate(written):
             cards.on_card(index, card, {k: v for k, v in lines.items() if k[:2] == ("cards", index)}, data)

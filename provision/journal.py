@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import JournalError
+from provision.i18n import msg
 from provision.logsdir import refuse_link
 
 __all__ = ["JobRecord", "Journal", "JournalError", "RunRecord"]
@@ -112,15 +113,12 @@ def _journal_error(path: Path, exc: sqlite3.Error) -> JournalError:
     """What went wrong with the journal, in the operator's terms, with what to do about it."""
     text = str(exc)
     if "locked" in text or "busy" in text:
-        return JournalError(f"the journal {path} is held by another process ({text}); wait for it to finish and run again")
+        return JournalError(msg('the journal {path} is held by another process ({text_}); wait for it to finish and run again', path=path, text_=text))
     if "full" in text:
-        return JournalError(f"the disk of the journal {path} is full ({text}); free space and run again")
+        return JournalError(msg('the disk of the journal {path} is full ({text_}); free space and run again', path=path, text_=text))
     if any(words in text for words in ("unable to open", "readonly", "read-only", "I/O", "permission")):
-        return JournalError(f"the journal {path} cannot be opened ({text}); make it a file this user can read "
-                            "and write, on a writable disk, and run again")  # fmt: skip
-    return JournalError(f"the journal {path} is damaged ({text}); move it aside (keep it for investigation), "
-                        "check the audit log with 'provision audit verify', then run the batch again: cards "
-                        "already loaded are found and skipped")  # fmt: skip
+        return JournalError(msg('the journal {path} cannot be opened ({text_}); make it a file this user can read and write, on a writable disk, and run again', path=path, text_=text))  # fmt: skip
+    return JournalError(msg("the journal {path} is damaged ({text_}); move it aside (keep it for investigation), check the audit log with 'provision audit verify', then run the batch again: cards already loaded are found and skipped", path=path, text_=text))  # fmt: skip
 
 
 class Journal:
@@ -138,8 +136,7 @@ class Journal:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise JournalError(f"the directory of the journal {path} cannot be created ({exc.strerror}); "
-                                   "give a directory on a writable disk") from None  # fmt: skip
+                raise JournalError(msg('the directory of the journal {path} cannot be created ({strerror}); give a directory on a writable disk', path=path, strerror=exc.strerror)) from None  # fmt: skip
         self._lock = threading.RLock()
         try:
             if read_only and not os.access(path.parent, os.W_OK):
@@ -179,12 +176,10 @@ class Journal:
             schema = row[0] if row else None
         foreign = sorted(tables - _OWN_TABLES)
         if schema is not None and schema.isdigit() and int(schema) > PIN_HOLD_SCHEMA_VERSION:
-            raise JournalError(f"{self.path} was written by a newer provision (journal schema {schema}); use that "
-                               "version with these logs, or give another --logs")  # fmt: skip
+            raise JournalError(msg('{path} was written by a newer provision (journal schema {schema}); use that version with these logs, or give another --logs', path=self.path, schema=schema))  # fmt: skip
         if foreign or (tables and "meta" not in tables) or schema not in (None, str(SCHEMA_VERSION), str(PIN_HOLD_SCHEMA_VERSION)):
             found = f"it has tables {', '.join(foreign)}" if foreign else f"schema {schema!r}" if schema else "no meta table"
-            raise JournalError(f"{self.path} is not a provision journal ({found}); give another --logs "
-                               "(or --queue), or move the file aside if it is not needed there")  # fmt: skip
+            raise JournalError(msg('{path} is not a provision journal ({found}); give another --logs (or --queue), or move the file aside if it is not needed there', path=self.path, found=found))  # fmt: skip
         return bool(tables)
 
     def _read(self, query: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:

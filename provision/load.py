@@ -43,6 +43,7 @@ from provision.errors import (
     PinHeldError,
     SecretError,
 )
+from provision.i18n import msg
 from provision.jobfile import DerivedKey, Job, JobFile, PinProtectedKey
 from provision.piv import mgmtkey
 from provision.piv.profiles import (
@@ -149,7 +150,7 @@ def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Itera
     from provision.steps import declared_actions
 
     if action not in declared_actions(ctx.job):
-        raise InternalError(f"the loader took the step {action!r}, which its backend does not declare")
+        raise InternalError(msg('the loader took the step {action!r}, which its backend does not declare', action=action))
     ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "begin", detail)
     _fault_point(action, "begin")
     found: dict[str, Any] = {}
@@ -234,8 +235,7 @@ class Loader:
             version = None if alg.standard else self.session.version()
             if not alg.standard and not holds_extended_algorithms(version):
                 raise JobRefused(
-                    f"the card (firmware {_version_text(version)}) cannot hold a {alg.name} key; "
-                    "it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384"
+                    msg('the card (firmware {version_text}) cannot hold a {name} key; it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384', version_text=_version_text(version), name=alg.name)
                 )
             current = self.session.read_certificate(self.slot.key_ref)
             metadata = self._metadata()
@@ -384,7 +384,7 @@ class Loader:
             confirmed = self.ctx.confirm(self.job, self.ctx.bundle.info, self.ctx.slot_name, replaced)
         if not confirmed:
             self.audit("operator_declined", outcome="declined")
-            raise OperatorDeclined(f"the operator did not confirm the certificate of {self.job.holder}; nothing was written")
+            raise OperatorDeclined(msg('the operator did not confirm the certificate of {holder}; nothing was written', holder=self.job.holder))
         self.audit("operator_confirmed", outcome="confirmed")
 
     def handle_replaced_certificate(self, state: Preflight) -> None:
@@ -401,8 +401,7 @@ class Loader:
             action = "prove_archived_certificate"
         with self.step(action, replaced_sha256=sha) as found:
             if self.job.replace == "refuse":
-                raise JobRefused(f"slot {self.slot.hex} already holds a certificate (SHA-256 {sha[:16]}…) "
-                                 "and the job says replace: refuse; the card was not changed")  # fmt: skip
+                raise JobRefused(msg('slot {hex} already holds a certificate (SHA-256 {value}…) and the job says replace: refuse; the card was not changed', hex=self.slot.hex, value=sha[:16]))  # fmt: skip
             if self.job.replace == "archive":
                 names = self._read_slot_names() or {}
                 stored = self.ctx.store.archive(
@@ -449,9 +448,7 @@ class Loader:
                         # The card counted this PIN: say so (never "no PIN was tried").
                         left = exc.tries_left
                         raise PinFloorError(
-                            f"wrong PIN, {left} tr{'y' if left == 1 else 'ies'} left; fewer than min_pin_retries "
-                            f"({floor}), so the PIN is not asked again. The last tries belong to the holder: "
-                            "unblock the card with its PUK first",
+                            msg('wrong PIN, {left} tr{ies} left; fewer than min_pin_retries ({floor}), so the PIN is not asked again. The last tries belong to the holder: unblock the card with its PUK first', left=left, ies='y' if left == 1 else 'ies', floor=floor),
                             left,
                         ) from None
                     tries = exc.tries_left
@@ -495,9 +492,7 @@ class Loader:
             floor = self.job.min_pin_retries
             self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
             raise PinFloorError(
-                f"wrong PIN, {tries} tr{'y' if tries == 1 else 'ies'} left; fewer than min_pin_retries "
-                f"({floor}), so the PIN is not asked again. The last tries belong to the holder: "
-                "unblock the card with its PUK first",
+                msg('wrong PIN, {tries} tr{ies} left; fewer than min_pin_retries ({floor}), so the PIN is not asked again. The last tries belong to the holder: unblock the card with its PUK first', tries=tries, ies='y' if tries == 1 else 'ies', floor=floor),
                 tries,
             )
         self._refuse_below_floor(tries)
@@ -506,9 +501,7 @@ class Loader:
         floor = self.job.min_pin_retries
         self.audit("pin_refused_floor", pin_tries_left=tries, outcome="refused")
         raise PinFloorError(
-            f"the card has {tries} PIN tr{'y' if tries == 1 else 'ies'} left{' (blocked)' if tries == 0 else ''}, fewer than "
-            f"min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: "
-            "unblock the card with its PUK first",
+            msg('the card has {tries} PIN tr{ies} left{blocked}, fewer than min_pin_retries ({floor}); no PIN was tried. The last tries belong to the holder: unblock the card with its PUK first', tries=tries, ies='y' if tries == 1 else 'ies', blocked=' (blocked)' if tries == 0 else '', floor=floor),
             tries,
         )
 
@@ -528,9 +521,7 @@ class Loader:
                    held_by_job=hold.job_id, pin_tries_left=hold.tries_left)  # fmt: skip
         card = str(hold.card_serial) if hold.card_serial is not None else str(hold.chuid_guid)
         raise PinHeldError(
-            f"{hold.card_text()} refused a PIN on {hold.since} (job {hold.job_id}, run {hold.run_id}) and is on PIN "
-            "hold; no PIN was sent to it. Check the PIN this job gives (with the holder if need be), then run "
-            f"'provision card clear-pin-hold {card} --reason TEXT' and run again, or load it at the counter",
+            msg("{card_text} refused a PIN on {since} (job {job_id}, run {run_id}) and is on PIN hold; no PIN was sent to it. Check the PIN this job gives (with the holder if need be), then run 'provision card clear-pin-hold {card} --reason TEXT' and run again, or load it at the counter", card_text=hold.card_text(), since=hold.since, job_id=hold.job_id, run_id=hold.run_id, card=card),
             hold.tries_left,
         )
 
@@ -621,18 +612,17 @@ class Loader:
         try:
             return Secret(bytes.fromhex(text.reveal().decode("ascii")))
         except (ValueError, UnicodeDecodeError):
-            raise SecretError(f"the {what} from the {source.describe()} is not hexadecimal") from None
+            raise SecretError(msg('the {what} from the {describe} is not hexadecimal', what=what, describe=source.describe())) from None
         finally:
             text.wipe()
 
     def _derived_key(self, spec: DerivedKey) -> Secret:
         if self.card_serial is None:
-            raise JobRefused("the job derives the management key from the card's serial, and this card has none "
-                             "(no GET SERIAL); give this card its own management_key")  # fmt: skip
+            raise JobRefused(msg("the job derives the management key from the card's serial, and this card has none (no GET SERIAL); give this card its own management_key"))  # fmt: skip
         master = self._hex_secret(spec.master, "master secret")
         try:
             if not len(master):
-                raise SecretError(f"the master secret from the {spec.master.describe()} is empty")
+                raise SecretError(msg('the master secret from the {describe} is empty', describe=spec.master.describe()))
             buf = mgmtkey.derive_management_key(master.reveal(), spec.label, self.card_serial)
         finally:
             master.wipe()
@@ -669,8 +659,7 @@ class Loader:
                     except ManagementKeyError:
                         self.audit("management_key_rotated", outcome="failed", to=kind)
                         raise ManagementKeyError(
-                            "neither the rotation's target key nor the job's management key opens this card; "
-                            "it was not changed by this attempt") from None  # fmt: skip
+                            msg("neither the rotation's target key nor the job's management key opens this card; it was not changed by this attempt")) from None  # fmt: skip
                     finally:
                         old.wipe()
                     algorithm = self.session.management_key_algorithm(self._key_type())  # type: ignore[arg-type]
@@ -694,7 +683,7 @@ class Loader:
                 if isinstance(rotation, PinProtectedKey):
                     self._mark_key_protected()  # nothing to do unless an older attempt stopped before it
                 if target is None or not self._try_key(target):  # the proof: a fresh mutual authentication
-                    raise ManagementKeyError("the card does not accept the new management key after the change")
+                    raise ManagementKeyError(msg('the card does not accept the new management key after the change'))
                 self.result.management_key = kind
                 self.audit("management_key_rotated", outcome="ok", to=kind)
         finally:
@@ -755,9 +744,7 @@ class Loader:
             if exc.sw not in VENDOR_REFUSED_SW:
                 raise
             raise CardNotSupportedError(
-                f"this card refuses the ADMIN DATA object {mgmtkey.ADMIN_DATA_OBJECT_ID:06X} ({exc.sw:04X}), so no "
-                "peer could find a PIN-protected management key; its key was not changed. Use "
-                "management_key_rotate: {derive: …} for this card") from None  # fmt: skip
+                msg('this card refuses the ADMIN DATA object {ADMIN_DATA_OBJECT_ID:06X} ({sw:04X}), so no peer could find a PIN-protected management key; its key was not changed. Use management_key_rotate: {{derive: …}} for this card', ADMIN_DATA_OBJECT_ID=mgmtkey.ADMIN_DATA_OBJECT_ID, sw=exc.sw)) from None  # fmt: skip
 
     def import_key(self, state: Preflight) -> None:
         if state.key_on_card is True:
@@ -772,8 +759,8 @@ class Loader:
                 if exc.sw != 0x6A81 or self.job.touch_policy in ("default", "never"):
                     raise
                 raise CardNotSupportedError(
-                    f"this card does not take touch policy '{self.job.touch_policy}' (IMPORT KEY answered "
-                    f"{exc.sw:04X}); the key was not imported. Use touch_policy: never or default for it") from None  # fmt: skip
+                    msg("this card does not take touch policy '{policy}' (IMPORT KEY answered {sw:04X}); the key was not "
+                        "imported. Use touch_policy: never or default for it", policy=self.job.touch_policy, sw=exc.sw)) from None  # fmt: skip
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, pin_policy=self.job.pin_policy,
                        touch_policy=self.job.touch_policy)  # fmt: skip
 
@@ -847,7 +834,7 @@ class Loader:
         with self.step("verify_load") as found:
             back = self.session.read_certificate(self.slot.key_ref)
             if back != self.der:
-                raise CardError(f"the certificate read back from slot {self.slot.hex} differs from the one written")
+                raise CardError(msg('the certificate read back from slot {hex} differs from the one written', hex=self.slot.hex))
             # The test signature, checked with the certificate's public key, proves that the key
             # in the slot is the certificate's: no separate metadata read is needed for that.
             self._test_signature()
@@ -941,7 +928,7 @@ def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname:
 
     certutil = shutil.which("certutil")
     if certutil is None:
-        raise CardError("NSS certutil was not found; install libnss3-tools (Debian) or NSS tools to export to nssdb")
+        raise CardError(msg('NSS certutil was not found; install libnss3-tools (Debian) or NSS tools to export to nssdb'))
     der = certificate.public_bytes(Encoding.DER)
     # ':' separates a token name from a nickname in NSS; keep the name on one line and unprefixed.
     nickname = " ".join(nickname.replace(":", " ").split()) or "provision"
@@ -954,8 +941,7 @@ def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname:
     if not (directory / "cert9.db").exists():
         made = certutil_run("-N", "-d", db, "--empty-password")
         if made.returncode != 0:
-            raise CardError(f"certutil could not create an NSS database in {directory}: "
-                            f"{made.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+            raise CardError(msg('certutil could not create an NSS database in {directory}: {value}', directory=directory, value=made.stderr.decode(errors='replace').strip()[:200]))  # fmt: skip
     candidates = [nickname, f"{nickname} [{hashlib.sha256(der).hexdigest()[:12]}]"]
     held = {name: _nssdb_certificates(certutil_run("-L", "-d", db, "-n", name, "-a")) for name in candidates}
     for name in reversed(candidates):  # NSS lists a subject's certificates under each of its names
@@ -966,11 +952,9 @@ def export_to_nssdb(directory: Path, certificate: x509.Certificate, *, nickname:
             continue  # the nickname belongs to another certificate
         done = certutil_run("-A", "-d", db, "-n", name, "-t", ",,", stdin=der)
         if done.returncode != 0:
-            raise CardError(f"certutil could not add the certificate to {directory}: "
-                            f"{done.stderr.decode(errors='replace').strip()[:200]}")  # fmt: skip
+            raise CardError(msg('certutil could not add the certificate to {directory}: {value}', directory=directory, value=done.stderr.decode(errors='replace').strip()[:200]))  # fmt: skip
         return name
-    raise CardError(f"the NSS database {directory} holds other certificates under both {candidates[0]!r} and "
-                    f"{candidates[1]!r}; remove them or change slot_name")  # fmt: skip
+    raise CardError(msg('the NSS database {directory} holds other certificates under both {value!r} and {value2!r}; remove them or change slot_name', directory=directory, value=candidates[0], value2=candidates[1]))  # fmt: skip
 
 
 def _nssdb_certificates(listed: Any) -> list[bytes]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import EnvironmentProblem, LogsError
+from provision.i18n import msg
 
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 
@@ -32,9 +33,7 @@ OWN_DIRECTORIES = ("store", "reports")
 
 def _planted_link(path: Path) -> LogsError:
     return LogsError(
-        f"{path} is a symbolic link, and provision follows no link to its own files "
-        "(whoever can write there may have planted it); remove the link, check who can write the directory, "
-        "and run again"
+        msg('{path} is a symbolic link, and provision follows no link to its own files (whoever can write there may have planted it); remove the link, check who can write the directory, and run again', path=path)
     )
 
 
@@ -46,13 +45,13 @@ def refuse_link(path: Path, *, directory: bool = False) -> None:
         return
     except OSError as exc:
         raise LogsError(
-            f"{path} cannot be examined ({exc.strerror}); check the logs directory and its permissions"
+            msg('{path} cannot be examined ({strerror}); check the logs directory and its permissions', path=path, strerror=exc.strerror)
         ) from None
     if stat.S_ISLNK(st.st_mode):
         raise _planted_link(path)
     if directory and not stat.S_ISDIR(st.st_mode):
         raise LogsError(
-            f"{path} cannot be written: provision keeps a directory there, and this is not one; move it aside"
+            msg('{path} cannot be written: provision keeps a directory there, and this is not one; move it aside', path=path)
         )
 
 
@@ -80,15 +79,14 @@ def open_logs(path: Path, *, create: bool) -> Path:
         st = None
     except OSError as exc:
         raise LogsError(
-            f"{path} cannot be used as the logs directory ({exc.strerror}); give another --logs"
+            msg('{path} cannot be used as the logs directory ({strerror}); give another --logs', path=path, strerror=exc.strerror)
         ) from None
     if st is not None and stat.S_ISLNK(st.st_mode):
         try:
             st = os.stat(path)
         except OSError:
             raise LogsError(
-                f"the logs directory {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
-                "create that directory or give another --logs"
+                msg('the logs directory {path} is a symbolic link to {readlink}, which does not exist; create that directory or give another --logs', path=path, readlink=os.readlink(path))
             ) from None
     if st is None:
         if not create:
@@ -97,10 +95,10 @@ def open_logs(path: Path, *, create: bool) -> Path:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LogsError(
-                f"the logs directory {path} cannot be created ({exc.strerror}); give a --logs on a writable disk"
+                msg('the logs directory {path} cannot be created ({strerror}); give a --logs on a writable disk', path=path, strerror=exc.strerror)
             ) from None
     elif not stat.S_ISDIR(st.st_mode):
-        raise LogsError(f"the logs directory {path} is not a directory; give a directory with --logs")
+        raise LogsError(msg('the logs directory {path} is not a directory; give a directory with --logs', path=path))
     for name in OWN_FILES:
         refuse_link(path / name)
     for name in OWN_DIRECTORIES:
@@ -140,7 +138,7 @@ def ensure_reserve(logs: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise LogsError(f"{path} cannot be examined ({exc.strerror}); check the logs directory") from None
+        raise LogsError(msg('{path} cannot be examined ({strerror}); check the logs directory', path=path, strerror=exc.strerror)) from None
     fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
     try:
         chunk = os.urandom(64 * 1024)  # not zeros: a compressing file system would not store those
@@ -153,8 +151,7 @@ def ensure_reserve(logs: Path) -> None:
         os.close(fd)
         path.unlink(missing_ok=True)
         raise LogsError(
-            f"the disk of the logs directory {logs} has less than {RESERVE_BYTES // (1024 * 1024)} MiB free "
-            f"({exc.strerror}); free space, then run again (nothing was run)"
+            msg('the disk of the logs directory {logs} has less than {value} MiB free ({strerror}); free space, then run again (nothing was run)', logs=logs, value=RESERVE_BYTES // (1024 * 1024), strerror=exc.strerror)
         ) from None
     os.close(fd)
 
@@ -183,7 +180,7 @@ class LogsLock:
         try:
             self._handle = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
         except OSError as exc:
-            raise EnvironmentProblem(f"the logs directory {self.path.parent} cannot be written ({exc.strerror})") from None
+            raise EnvironmentProblem(msg('the logs directory {parent} cannot be written ({strerror})', parent=self.path.parent, strerror=exc.strerror)) from None
         try:
             if sys.platform == "win32":
                 import msvcrt
@@ -196,7 +193,7 @@ class LogsLock:
         except OSError:
             self._handle.close()
             raise EnvironmentProblem(
-                f"another provision run is using {self.path.parent}; wait for it to finish or use another --logs"
+                msg('another provision run is using {parent}; wait for it to finish or use another --logs', parent=self.path.parent)
             ) from None
         return self
 

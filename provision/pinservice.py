@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from provision.errors import CardError, CardNotSupportedError, PinError, PukError, SecretError
+from provision.i18n import gettext as _
+from provision.i18n import msg
 from provision.secrets import Secret, SecretSource, obtain
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ class PinServiceResult:
 
 
 def tries_text(tries: int | None) -> str:
-    return "unknown (this card cannot tell without spending one)" if tries is None else str(tries)
+    return _("unknown (this card cannot tell without spending one)") if tries is None else str(tries)
 
 
 class PinService:
@@ -117,7 +119,7 @@ class PinService:
         try:
             if first.reveal() != second.reveal():
                 first.wipe()
-                raise SecretError(f"the two new {what}s typed differ; nothing was sent to the card")
+                raise SecretError(msg('the two new {what}s typed differ; nothing was sent to the card', what=what))
         finally:
             second.wipe()
         return first
@@ -126,19 +128,17 @@ class PinService:
         """Refuse a blocked PUK; spend the last try only with a person's explicit yes."""
         if puk_left == 0:
             self._audit(action, outcome="refused", reason="puk_blocked", puk_tries_left=0)
-            raise PukError("the PUK of this card is blocked (0 tries left); nothing was sent. The card can only be "
-                           "reset (its keys and certificates are lost) or replaced", 0)  # fmt: skip
+            raise PukError(msg('the PUK of this card is blocked (0 tries left); nothing was sent. The card can only be reset (its keys and certificates are lost) or replaced'), 0)  # fmt: skip
         if puk_left == 1 and not self.ui.confirm_last_try("PUK"):
             self._audit(action, outcome="refused", reason="last_puk_try_not_confirmed", puk_tries_left=1)
-            raise PukError("the card has 1 PUK try left; it is spent only when a person types "
-                           f"'{LAST_TRY_ANSWER}' at the terminal. Nothing was sent to the card", 1)  # fmt: skip
+            raise PukError(msg("the card has 1 PUK try left; it is spent only when a person types '{LAST_TRY_ANSWER}' at the terminal. Nothing was sent to the card", LAST_TRY_ANSWER=LAST_TRY_ANSWER), 1)  # fmt: skip
 
     # --- the three services ---
 
     def unblock_pin(self, *, puk: SecretSource | None = None, new_pin: SecretSource | None = None) -> PinServiceResult:
         """RESET RETRY COUNTER: a new PIN with all its tries, proven by the PUK."""
         puk_left = self.puk_tries()
-        self.ui.say(f"PUK tries left: {tries_text(puk_left)}")
+        self.ui.say(msg("PUK tries left: {tries}", tries=tries_text(puk_left)))
         self._spend_puk_try(puk_left, "pin_unblock")
         with self._secrets(puk, "PUK", new_pin, "PIN") as (old, new):
             try:
@@ -160,11 +160,10 @@ class PinService:
     def change_pin(self, *, pin: SecretSource | None = None, new_pin: SecretSource | None = None) -> PinServiceResult:
         """CHANGE REFERENCE DATA on the PIN: the current PIN proves it (a wrong one costs a try)."""
         pin_left = self.pin_tries()
-        self.ui.say(f"PIN tries left: {tries_text(pin_left)}")
+        self.ui.say(msg("PIN tries left: {tries}", tries=tries_text(pin_left)))
         if pin_left == 0:
             self._audit("pin_change", outcome="refused", reason="pin_blocked", pin_tries_left=0)
-            raise PinError("the PIN is blocked; nothing was sent. Unblock it with the PUK: "
-                           "'provision card unblock-pin'", 0)  # fmt: skip
+            raise PinError(msg("the PIN is blocked; nothing was sent. Unblock it with the PUK: 'provision card unblock-pin'"), 0)  # fmt: skip
         with self._secrets(pin, "PIN", new_pin, "PIN") as (old, new):
             try:
                 self.session.change_reference(KEY_REF_PIN, old, new)
@@ -178,7 +177,7 @@ class PinService:
     def change_puk(self, *, puk: SecretSource | None = None, new_puk: SecretSource | None = None) -> PinServiceResult:
         """CHANGE REFERENCE DATA on the PUK: the current PUK proves it (a wrong one costs a try)."""
         puk_left = self.puk_tries()
-        self.ui.say(f"PUK tries left: {tries_text(puk_left)}")
+        self.ui.say(msg("PUK tries left: {tries}", tries=tries_text(puk_left)))
         self._spend_puk_try(puk_left, "puk_change")
         with self._secrets(puk, "PUK", new_puk, "PUK") as (old, new):
             try:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from provision import template as templates
 from provision.errors import BundleError, ProvisionError, TemplateError, UsageError
 from provision.fields import export_path, template_values
+from provision.i18n import gettext as _
+from provision.i18n import localize, msg
 
 if TYPE_CHECKING:
     from provision.bundle import Bundle, CertInfo, Inspection
@@ -33,7 +35,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise UsageError(f"'{name}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC") from None
+        raise UsageError(msg("'{name}' is not an IANA time zone; use a name like Asia/Hong_Kong or UTC", name=name)) from None
 
 
 def certificate_lines(info: CertInfo, tz: ZoneInfo) -> list[str]:
@@ -43,18 +45,20 @@ def certificate_lines(info: CertInfo, tz: ZoneInfo) -> list[str]:
         local = moment.astimezone(tz)
         return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
 
+    from provision.display import labelled
+
     key = f"{info.key_type} {info.curve or info.key_bits}"
-    lines = [
-        f"subject:       {info.subject}",
-        f"issuer:        {info.issuer}",
-        f"serial:        {info.serial}",
-        f"valid:         {when(info.not_before)} to {when(info.not_after)}",
-        f"key:           {key}",
-        f"SHA-256:       {info.sha256}",
+    pairs = [
+        (_("subject"), info.subject),
+        (_("issuer"), info.issuer),
+        (_("serial"), str(info.serial)),
+        (_("valid"), _("{start} to {end}").format(start=when(info.not_before), end=when(info.not_after))),
+        (_("key"), key),
+        ("SHA-256", info.sha256),
     ]
     if info.friendly_name:
-        lines.append(f"friendly name: {info.friendly_name}")
-    return lines
+        pairs.append((_("friendly name"), info.friendly_name))
+    return labelled(pairs)
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ def with_card(jp: JobPlan, present: PresentCard | None, why_absent: str) -> JobP
     problems = list(jp.problems)
     if slot.certificate is None:
         action = "empty"
-        differences.append(f"{here} is empty")
+        differences.append(msg('{here} is empty', here=here))
     elif state.cert_on_card:
         action = "target"
         differences.append(f"{here} already holds this certificate" +
@@ -228,26 +232,25 @@ def with_card(jp: JobPlan, present: PresentCard | None, why_absent: str) -> JobP
     else:
         action = job.replace
         cert = slot.certificate
-        what = {"archive": "would be archived (On Disk) and replaced", "overwrite": "would be overwritten",
-                "refuse": "stays: the job says replace: refuse, so the job would be refused"}[job.replace]  # fmt: skip
-        differences.append(f"{here} holds {cert.subject_cn or cert.subject} (SHA-256 {cert.sha256[:16]}…, "
-                           f"until {cert.not_after:%Y-%m-%d}); it {what}")  # fmt: skip
+        what = {"archive": msg("would be archived (On Disk) and replaced"), "overwrite": msg("would be overwritten"),
+                "refuse": msg("stays: the job says replace: refuse, so the job would be refused")}[job.replace]  # fmt: skip
+        differences.append(msg('{here} holds {value} (SHA-256 {value2}…, until {not_after:%Y-%m-%d}); it {what}', here=here, value=cert.subject_cn or cert.subject, value2=cert.sha256[:16], not_after=cert.not_after, what=what))  # fmt: skip
         if job.replace == "refuse":
-            problems.append(f"{here} holds another certificate and the job says replace: refuse")
+            problems.append(msg('{here} holds another certificate and the job says replace: refuse', here=here))
     if slot.slot_name is not None and slot.slot_name != jp.slot_name:
-        differences.append(f"{here} is named {slot.slot_name!r}, the job names it {jp.slot_name!r}")
+        differences.append(msg('{here} is named {slot_name!r}, the job names it {slot_name2!r}', here=here, slot_name=slot.slot_name, slot_name2=jp.slot_name))
     tries = info.pin_tries_left
     if tries is None:
-        differences.append("PIN tries left: not known")
+        differences.append(msg('PIN tries left: not known'))
     elif tries < job.min_pin_retries:
-        differences.append(f"PIN tries left: {tries}, below the floor min_pin_retries {job.min_pin_retries}")
-        problems.append(f"the card has {tries} PIN tries left, fewer than min_pin_retries ({job.min_pin_retries})")
+        differences.append(msg('PIN tries left: {tries}, below the floor min_pin_retries {min_pin_retries}', tries=tries, min_pin_retries=job.min_pin_retries))
+        problems.append(msg('the card has {tries} PIN tries left, fewer than min_pin_retries ({min_pin_retries})', tries=tries, min_pin_retries=job.min_pin_retries))
     else:
-        differences.append(f"PIN tries left: {tries} (floor {job.min_pin_retries})")
+        differences.append(msg('PIN tries left: {tries} (floor {min_pin_retries})', tries=tries, min_pin_retries=job.min_pin_retries))
     if info.management_key_is_default:
-        differences.append("the card's management key is the factory default")
+        differences.append(msg("the card's management key is the factory default"))
     if job.management_key is not None and info.management_key_is_default:
-        differences.append("the job gives a management key, but the card still has the factory default")
+        differences.append(msg('the job gives a management key, but the card still has the factory default'))
     steps = tuple(replace(s, applies=applies(spec, job, state) if spec.journaled else True)
                   for s, spec in zip(jp.steps, _planned_specs(job), strict=True))  # fmt: skip
     view = CardView(present.reader, info, job.slot.key_ref, action, state)
@@ -316,32 +319,31 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
         slot_name = job.slot_name.render(values)
     except TemplateError as exc:
         slot_name = job.slot_name.text
-        problems.append(f"slot_name: {exc.message}")
+        problems.append(msg('slot_name: {message}', message=exc.message))
     else:
         why = templates.check_slot_name(slot_name) if info is not None else None
         if why:
-            problems.append(f"{why}; change slot_name")
+            problems.append(msg('{why}; change slot_name', why=why))
     expectations = tuple(check_expectations(job.expect, info)) if info else ()
     for result in expectations:
         if not result.ok:
-            problems.append(f"expect.{result.check}: expected {result.expected!r}, the certificate has {result.actual!r}")
+            problems.append(msg('expect.{check}: expected {expected!r}, the certificate has {actual!r}', check=result.check, expected=result.expected, actual=result.actual))
     if job.management_key is None:
         notes.append("uses the card's factory default management key"
                      + (", then changes it (management_key_rotate)" if job.management_key_rotate is not None else ""))
     if job.pkcs12_password.kind == "empty":
-        notes.append("the PKCS#12 file is opened without a password (password: {empty: true})")
+        notes.append(msg('the PKCS#12 file is opened without a password (password: {{empty: true}})'))
     if job.pin.kind == "value" or job.pkcs12_password.kind == "value":
-        notes.append("a secret is written in the job file")
+        notes.append(msg('a secret is written in the job file'))
     if job.renew is not None:
-        notes.append(f"renew: loads only if the slot is empty or its certificate expires within "
-                     f"{job.renew.when_expires_within}, and only a newer certificate")  # fmt: skip
+        notes.append(msg('renew: loads only if the slot is empty or its certificate expires within {when_expires_within}, and only a newer certificate', when_expires_within=job.renew.when_expires_within))  # fmt: skip
     exports: dict[str, Path] = {}
     for kind, tmpl in (("pem", job.export.pem), ("nssdb", job.export.nssdb)):
         if tmpl is not None:
             try:
                 exports[kind] = export_path(jobfile.path.parent, tmpl, values)
             except TemplateError as exc:
-                problems.append(f"export.{kind}: {exc.message}")
+                problems.append(msg('export.{kind}: {message}', kind=kind, message=exc.message))
     steps = tuple(load_steps(job, slot_name, inspection.piv_algorithm if inspection else None, exports))
     return JobPlan(job, slot_name, status, bundle_message, info, inspection.piv_algorithm if inspection else None,
                    expectations, tuple(problems), steps, tuple(notes))  # fmt: skip
@@ -377,14 +379,15 @@ def open_bundle(job: Job, *, unattended: bool, password: Secret | None = None) -
             data = read_pkcs12(job.pkcs12_path)
         except OSError as exc:
             return OpenedBundle(None, None, _caused(
-                BundleError(None, f"the PKCS#12 file {job.pkcs12_path} cannot be read ({exc.strerror})"), exc))
+                BundleError(None, msg("{pkcs12_path} cannot be read ({strerror})", pkcs12_path=job.pkcs12_path,
+                                   strerror=exc.strerror)), exc))  # fmt: skip
         except ProvisionError as exc:  # larger than its bound
             return OpenedBundle(None, None, _caused(BundleError(None, exc.message), exc))
         if password is None:
             try:
                 password = obtain(job.pkcs12_password, unattended=unattended)
             except ProvisionError as exc:
-                problem = BundleError(None, f"the PKCS#12 password could not be obtained: {exc.message}")
+                problem = BundleError(None, msg("the PKCS#12 password could not be obtained: {message}", message=exc.message))
                 return OpenedBundle(None, None, _caused(problem, exc))
         inspection, bundle = inspect_pkcs12(data, password)
     finally:
@@ -397,7 +400,8 @@ def open_bundle(job: Job, *, unattended: bool, password: Secret | None = None) -
     failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
     if failed:
         e = failed[0]
-        problem = BundleError(None, f"expect.{e.check}: expected {e.expected!r}, the certificate has {e.actual!r}")
+        problem = BundleError(None, msg("expect.{check}: expected {expected!r}, the certificate has {actual!r}",
+                                        check=e.check, expected=e.expected, actual=e.actual))  # fmt: skip
         return OpenedBundle(inspection, None, problem, key_sha256)
     return OpenedBundle(inspection, bundle, None, key_sha256)
 
@@ -418,34 +422,37 @@ def plan_jobfile(jobfile: JobFile, *, unattended: bool = False, now: datetime | 
 
 def print_plan(plan: Plan, say: Callable[[str], None]) -> None:
     jf = plan.jobfile
-    say(f"Plan for {jf.path}: batch {jf.batch}, {len(plan.jobs)} job(s), times in {jf.timezone}")
+    say(_("Plan for {path}: batch {batch}, {n} job(s), times in {zone}").format(
+        path=jf.path, batch=jf.batch, n=len(plan.jobs), zone=jf.timezone))
     if plan.cards_unavailable:
-        say(f"Cards: {plan.cards_unavailable}; the steps below are those of any card")
+        say(_("Cards: {why}; the steps below are those of any card").format(why=localize(plan.cards_unavailable)))
     for jp in plan.jobs:
         job = jp.job
         say("")
-        mark = "ready" if not jp.problems else "WILL FAIL"
-        say(f"[{mark}] {job.id}: {job.holder} — {job.card.describe()}, slot {job.slot.hex}, "
-            f"slot name {jp.slot_name!r}")  # fmt: skip
-        say(f"  bundle: {jp.bundle_status} — {jp.bundle_message}")
+        mark = _("ready") if not jp.problems else _("WILL FAIL")
+        say(_("[{mark}] {id}: {holder} — {card}, slot {slot}, slot name {slot_name!r}").format(
+            mark=mark, id=job.id, holder=job.holder, card=localize(job.card.describe()), slot=job.slot.hex, slot_name=jp.slot_name))
+        say("  " + _("bundle: {status} — {message}").format(status=jp.bundle_status, message=localize(jp.bundle_message)))
         if jp.info is not None:
             for line in certificate_lines(jp.info, jf.tz):
                 say(f"  {line}")
         for result in jp.expectations:
-            say(f"  expect {result.check}: {'ok' if result.ok else 'MISMATCH'} "
-                f"(expected {result.expected}, found {result.actual})")  # fmt: skip
+            say("  " + _("expect {check}: {verdict} (expected {expected}, found {actual})").format(
+                check=result.check, verdict=_("ok") if result.ok else _("MISMATCH"), expected=result.expected,
+                actual=result.actual))  # fmt: skip
         for problem in jp.problems:
-            say(f"  problem: {problem}")
+            say("  " + _("problem: {problem}").format(problem=localize(problem)))
         for note in jp.notes:
-            say(f"  note: {note}")
+            say("  " + _("note: {note}").format(note=localize(note)))
         if jp.card_seen is not None:
             info = jp.card_seen.info
-            say(f"  card now: serial {info.serial} in {jp.card_seen.reader}")
+            say("  " + _("card now: serial {serial} in {reader}").format(serial=info.serial, reader=jp.card_seen.reader))
         for difference in jp.differences:
-            say(f"  card: {difference}")
-        say("  steps:")
+            say("  " + _("card: {difference}").format(difference=localize(difference)))
+        say("  " + _("steps:"))
         for number, step in enumerate(jp.steps, 1):
-            say(f"    {number:2}. {step.description}" + (" — not needed on this card" if step.applies is False else ""))
+            needed = (" — " + _("not needed on this card")) if step.applies is False else ""
+            say(f"    {number:2}. {localize(step.description)}{needed}")
     for stranger in plan.strangers:
         say("")
-        say(f"Card without a job: {stranger}")
+        say(_("Card without a job: {card}").format(card=localize(str(stranger))))

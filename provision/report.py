@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from provision.fsutil import write_atomically
+from provision.i18n import ENGLISH, N_, current_language, format_datetime, localize
+from provision.i18n import gettext as _
 
 JOB_COLUMNS = (
     "id",
@@ -45,20 +47,44 @@ STATUSES = ("loaded", "skipped", "failed", "refused", "pending", "in-doubt")
 ON_CARD = ("loaded", "skipped")
 FORMATS = ("json", "csv", "html")
 
+# Words for people (translated where shown: _(STATUS_WORDS[status])); the status names stay as they are.
 STATUS_WORDS = {
-    "loaded": "Loaded",
-    "skipped": "Already on the card",
-    "failed": "Failed",
-    "refused": "Refused: wrong card",
-    "pending": "Pending: card never inserted",
-    "in-doubt": "In doubt: card taken out during the load; insert it again and run provision resume",
+    "loaded": N_("Loaded"),
+    "skipped": N_("Already on the card"),
+    "failed": N_("Failed"),
+    "refused": N_("Refused: wrong card"),
+    "pending": N_("Pending: card never inserted"),
+    "in-doubt": N_("In doubt: card taken out during the load; insert it again and run provision resume"),
 }
 # The kind of management key a PIV card ends with (run JSON "management_key"; CSV column; HTML).
 MANAGEMENT_KEY_WORDS = {
-    "default": "factory default (anyone holding the card can replace its certificates)",
-    "job": "the job's key",
-    "derived": "derived per card from the master key",
-    "pin-protected": "random, stored PIN-protected on the card",
+    "default": N_("factory default (anyone holding the card can replace its certificates)"),
+    "job": N_("the job's key"),
+    "derived": N_("derived per card from the master key"),
+    "pin-protected": N_("random, stored PIN-protected on the card"),
+}
+# CSV headers: in English the column names of CLI.md, as they always were (scripts read them); in
+# another language each column's label, so that a clerk opening the file in a spreadsheet reads it.
+CSV_LABELS = {
+    "id": N_("Job"),
+    "holder": N_("Holder"),
+    "status": N_("Status"),
+    "card_serial": N_("Card serial"),
+    "slot": N_("Slot"),
+    "slot_name": N_("Slot name"),
+    "fingerprint_sha256": N_("Certificate SHA-256"),
+    "replaced_sha256": N_("Replaced certificate SHA-256"),
+    "archived_to": N_("Archived to"),
+    "pin_tries_left": N_("PIN tries left"),
+    "apdus": N_("APDUs"),
+    "seconds": N_("Seconds"),
+    "error": N_("Error"),
+    "not_after": N_("Certificate expires"),
+    "notes": N_("Notes"),
+    "reader": N_("Reader"),
+    "time": N_("Time"),
+    "operator": N_("Operator"),
+    "management_key": N_("Management key"),
 }
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -90,15 +116,55 @@ def counts(run_doc: Mapping[str, Any]) -> dict[str, int]:
     return result
 
 
-def error_text(error: Any) -> str:
-    """An error in words, whether the runner gave a sentence or {class, message}."""
+def error_text(error: Any, *, translate: bool = True) -> str:
+    """An error in words, whether the runner gave a sentence or {class, message}; in the chosen
+    language unless ``translate`` is False (the recorded English sentence)."""
+    words = localize if translate else str
     if error is None or error == "":
         return ""
     if isinstance(error, Mapping):
         message = error.get("message") or error.get("error") or ""
         kind = error.get("class") or error.get("error_class") or ""
-        return f"{message} ({kind})" if message and kind else str(message or kind)
-    return str(error)
+        return f"{words(str(message))} ({kind})" if message and kind else words(str(message or kind))
+    return words(str(error))
+
+
+def status_words(status: str) -> str:
+    """A status for a person, in the chosen language (the status name itself stays in every record)."""
+    return _(STATUS_WORDS[status]) if status in STATUS_WORDS else status
+
+
+def csv_header() -> list[str]:
+    if current_language() == ENGLISH:
+        return list(CSV_COLUMNS)
+    return [_(CSV_LABELS[column]) for column in CSV_COLUMNS]
+
+
+def when(value: Any, zone: str | None = None) -> str:
+    """An ISO 8601 time of the run document as a person in the chosen language writes it, in the
+    job's time zone; a value that is not such a time is shown as it is."""
+    if not value:
+        return ""
+    from datetime import datetime
+
+    text = str(value)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return text
+    try:
+        return format_datetime(moment, zone)
+    except (LookupError, ValueError):  # an unknown zone name in a hand-edited document
+        return format_datetime(moment, None)
+
+
+def _time(value: Any, zone: str | None) -> str:
+    """``<time>`` with the machine form kept in its attribute."""
+    if not value:
+        return ""
+    return f'<time datetime="{_e(value)}">{_e(when(value, zone))}</time>'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,8 +189,8 @@ def _csv_cell(value: Any) -> str | int | float:
         return value
     if isinstance(value, list):
         text = "; ".join(str(v) for v in value)
-    else:
-        text = error_text(value) if isinstance(value, Mapping) else str(value)
+    else:  # cells hold the recorded values (language-neutral); only the header is translated
+        text = error_text(value, translate=False) if isinstance(value, Mapping) else str(value)
     # A spreadsheet runs a cell that starts like a formula; a quote makes it text (OWASP CSV injection).
     return "'" + text if text.startswith(_FORMULA_START) else text
 
@@ -136,7 +202,7 @@ def render_csv(run_doc: Mapping[str, Any]) -> str:
 def _csv_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(csv_header())
     operator = run_doc.get("operator")
     refused = ({"status": "refused", "card_serial": c.get("card_serial"), "error": c.get("reason"),
                 "reader": c.get("reader"), "time": c.get("time")} for c in refused_cards(run_doc))  # fmt: skip
@@ -201,31 +267,68 @@ def _short(fingerprint: Any) -> str:
     return f"{text[:16]}…" if len(text) > 20 else text
 
 
-def _job_row(job: Mapping[str, Any]) -> str:
+_HTML_TEXTS = (
+    N_('unknown'),
+    N_('expires {date}'),
+    N_('none'),
+    N_('archived to {path}'),
+    N_('Cards refused'),
+    N_('Cards refused at the reader'),
+    N_('None: every card presented matched its job.'),
+    N_('These cards matched no job of the run; nothing was written to them.'),
+    N_('not sealed (check the journal and run provision audit verify)'),
+    N_('not finished'),
+    N_('Time zone'),
+    N_('Total: {n}'),
+    N_('Run summary'),
+    N_('Batch'),
+    N_('Run'),
+    N_('Operator'),
+    N_('Started'),
+    N_('Finished'),
+    N_('Cards'),
+    N_('Audit seal'),
+    N_('This run has no jobs.'),
+    N_('Batch {batch}'),
+    N_('not recorded'),
+)
+
+
+def _html_words() -> dict[str, str]:
+    """The page's own words, translated and escaped (computed before the f-strings: the extractor
+    cannot see a _() inside an f-string)."""
+    return {text: _e(_(text)) for text in _HTML_TEXTS}
+
+
+def _job_row(job: Mapping[str, Any], zone: str | None) -> str:
+    w = _html_words()
     status = str(job.get("status") or "pending")
     status_class = status if status in STATUSES else "pending"
-    words = STATUS_WORDS.get(status, status)
+    words = status_words(status)
     new_cert = ""
     if status in ON_CARD and (job.get("not_after") or job.get("fingerprint_sha256")):
-        new_cert = f"expires {_e(job.get('not_after') or 'unknown')}"
+        expiry = _time(job.get("not_after"), zone) if job.get("not_after") else w['unknown']
+        new_cert = w['expires {date}'].format(date=expiry)
         if job.get("fingerprint_sha256"):
             new_cert += f'<br><span class="mono" title="{_e(job["fingerprint_sha256"])}">SHA-256 {_e(_short(job["fingerprint_sha256"]))}</span>'
-    replaced = '<span class="muted">none</span>'
+    replaced = f'<span class="muted">{w["none"]}</span>'
     if job.get("replaced_sha256") or job.get("archived_to"):
         replaced = f'<span class="mono" title="{_e(job.get("replaced_sha256"))}">SHA-256 {_e(_short(job.get("replaced_sha256")))}</span>'
         if job.get("archived_to"):
-            replaced += f'<br>archived to <span class="mono">{_e(job["archived_to"])}</span>'
+            replaced += "<br>" + w["archived to {path}"].format(path=f'<span class="mono">{_e(job["archived_to"])}</span>')
     error = error_text(job.get("error"))
     details = []
     if job.get("pin_tries_left") is not None:
-        details.append(f"PIN tries left: {_e(job['pin_tries_left'])}")
+        details.append(_e(_("PIN tries left: {n}").format(n=job["pin_tries_left"])))
     if job.get("seconds") is not None:
-        details.append(f"{_e(job['seconds'])} s")
+        details.append(_e(_("{seconds} s").format(seconds=job["seconds"])))
     if job.get("apdus") is not None:
-        details.append(f"{_e(job['apdus'])} APDUs")
+        details.append(_e(_("{n} APDUs").format(n=job["apdus"])))
     if job.get("management_key"):
-        details.append(f"management key: {_e(MANAGEMENT_KEY_WORDS.get(str(job['management_key']), job['management_key']))}")
-    details += [f'<span class="note">{_e(note)}</span>' for note in job.get("notes") or []]
+        kind = str(job["management_key"])
+        words_key = _(MANAGEMENT_KEY_WORDS[kind]) if kind in MANAGEMENT_KEY_WORDS else kind
+        details.append(_e(_("management key: {kind}").format(kind=words_key)))
+    details += [f'<span class="note">{_e(localize(str(note)))}</span>' for note in job.get("notes") or []]
     cells = [
         f'<td class="nowrap">{_e(job.get("id"))}</td>',
         f"<td>{_e(job.get('holder'))}</td>",
@@ -241,16 +344,18 @@ def _job_row(job: Mapping[str, Any]) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
-def _refused_html(cards: Sequence[Mapping[str, Any]]) -> Iterator[str]:
-    yield '<section aria-label="Cards refused">\n<h2>Cards refused at the reader</h2>\n'
+def _refused_html(cards: Sequence[Mapping[str, Any]], zone: str | None) -> Iterator[str]:
+    w = _html_words()
+    yield f'<section aria-label="{w["Cards refused"]}">\n<h2>{w["Cards refused at the reader"]}</h2>\n'
     if not cards:
-        yield '<p class="muted">None: every card presented matched its job.</p>\n</section>\n'
+        yield f'<p class="muted">{w["None: every card presented matched its job."]}</p>\n</section>\n'
         return
-    yield ('<p>These cards matched no job of the run; nothing was written to them.</p>\n<table>\n<thead><tr>'
-           "<th>Card serial</th><th>Reader</th><th>Time</th><th>Reason</th></tr></thead>\n<tbody>\n")
+    headings = (_("Card serial"), _("Reader"), _("Time"), _("Reason"))
+    yield (f"<p>{w['These cards matched no job of the run; nothing was written to them.']}</p>\n<table>\n<thead><tr>"
+           + "".join(f"<th>{_e(h)}</th>" for h in headings) + "</tr></thead>\n<tbody>\n")
     for card in cards:
         yield (f'<tr><td class="mono nowrap">{_e(card.get("card_serial"))}</td><td>{_e(card.get("reader"))}</td>'
-               f'<td class="nowrap">{_e(card.get("time"))}</td><td>{_e(card.get("reason"))}</td></tr>\n')
+               f'<td class="nowrap">{_time(card.get("time"), zone)}</td><td>{_e(localize(str(card.get("reason") or "")))}</td></tr>\n')
     yield "</tbody>\n</table>\n</section>\n"
 
 
@@ -259,13 +364,16 @@ def render_html(run_doc: Mapping[str, Any]) -> str:
 
 
 def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
-    """The page in pieces, a row at a time, so a report of 10,000 cards is never one string."""
+    """The page in pieces, a row at a time, so a report of 10,000 cards is never one string. Texts
+    are in the chosen language (provision.i18n), times in the job's time zone (``timezone``)."""
+    w = _html_words()
     jobs = _jobs(run_doc)
     tally = counts(run_doc)
     run_id = run_doc.get("run_id")
     batch = run_doc.get("batch")
+    zone = str(run_doc["timezone"]) if run_doc.get("timezone") else None
     count_html = " ".join(
-        f'<span class="status-{_e(k) if k in STATUSES else "pending"}">{_e(STATUS_WORDS.get(k, k))}: <b>{_e(v)}</b></span>'
+        f'<span class="status-{_e(k) if k in STATUSES else "pending"}">{_e(status_words(k))}: <b>{_e(v)}</b></span>'
         for k, v in tally.items()
         if v or k in ("loaded", "failed")
     )
@@ -273,51 +381,58 @@ def _html_chunks(run_doc: Mapping[str, Any]) -> Iterator[str]:
     seal_html = (
         f'<span class="mono">{_e(seal)}</span>'
         if seal
-        else '<span class="muted">not sealed (check the journal and run provision audit verify)</span>'
+        else f'<span class="muted">{w["not sealed (check the journal and run provision audit verify)"]}</span>'
     )
+    title = _("Card provisioning report")
+    lang = "zh-Hant-HK" if current_language() != ENGLISH else "en"
+    started = _time(run_doc.get("started"), zone)
+    finished = _time(run_doc.get("finished"), zone) or w['not finished']
+    zone_html = f"<dt>{w['Time zone']}</dt><dd>{_e(zone)}</dd>\n" if zone else ""
+    total = w['Total: {n}'].format(n=f"<b>{len(jobs)}</b>")
+    headings = (_("Job"), _("Holder"), _("Status"), _("Card serial"), _("Slot"), _("Slot name"),
+                _("New certificate (On Card)"), _("Replaced certificate (On Disk)"), _("Error"), _("Details"))  # fmt: skip
     yield f"""<!DOCTYPE html>
-<html lang="en">
+<html lang="{lang}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
-<title>Card provisioning report: {_e(batch)} ({_e(run_id)})</title>
+<title>{_e(title)}: {_e(batch)} ({_e(run_id)})</title>
 <style>{_CSS}</style>
 </head>
 <body>
 <header>
-<h1>Card provisioning report</h1>
-<div class="muted">Batch {_e(batch)}</div>
+<h1>{_e(title)}</h1>
+<div class="muted">{w["Batch {batch}"].format(batch=_e(batch))}</div>
 </header>
-<section aria-label="Run summary">
+<section aria-label="{w['Run summary']}">
 <dl class="summary">
-<dt>Batch</dt><dd>{_e(batch)}</dd>
-<dt>Run</dt><dd class="mono">{_e(run_id)}</dd>
-<dt>Operator</dt><dd>{_e(run_doc.get("operator") or "not recorded")}</dd>
-<dt>Started</dt><dd>{_e(run_doc.get("started") or "")}</dd>
-<dt>Finished</dt><dd>{_e(run_doc.get("finished") or "not finished")}</dd>
-<dt>Cards</dt><dd class="counts">{count_html} <span>Total: <b>{len(jobs)}</b></span></dd>
-<dt>Audit seal</dt><dd>{seal_html}</dd>
+<dt>{w['Batch']}</dt><dd>{_e(batch)}</dd>
+<dt>{w['Run']}</dt><dd class="mono">{_e(run_id)}</dd>
+<dt>{w['Operator']}</dt><dd>{_e(run_doc["operator"]) if run_doc.get("operator") else w["not recorded"]}</dd>
+<dt>{w['Started']}</dt><dd>{started}</dd>
+<dt>{w['Finished']}</dt><dd>{finished}</dd>
+{zone_html}<dt>{w['Cards']}</dt><dd class="counts">{count_html} <span>{total}</span></dd>
+<dt>{w['Audit seal']}</dt><dd>{seal_html}</dd>
 </dl>
 </section>
-<section aria-label="Cards">
-<h2>Cards</h2>
+<section aria-label="{w['Cards']}">
+<h2>{w['Cards']}</h2>
 <table>
-<thead><tr><th>Job</th><th>Holder</th><th>Status</th><th>Card serial</th><th>Slot</th><th>Slot name</th>
-<th>New certificate (On Card)</th><th>Replaced certificate (On Disk)</th><th>Error</th><th>Details</th></tr></thead>
+<thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in headings)}</tr></thead>
 <tbody>
 """
     for job in jobs:
-        yield _job_row(job) + "\n"
+        yield _job_row(job, zone) + "\n"
     if not jobs:
-        yield '<tr><td colspan="10" class="muted">This run has no jobs.</td></tr>\n'
+        yield f'<tr><td colspan="10" class="muted">{w["This run has no jobs."]}</td></tr>\n'
     yield """</tbody>
 </table>
 </section>
 """
-    yield from _refused_html(refused_cards(run_doc))
-    yield """<footer>The audit seal is the last hash of the audit log when the run ended; <code>provision audit verify</code>
-checks that the log still matches it.</footer>
+    yield from _refused_html(refused_cards(run_doc), zone)
+    footer = _("The audit seal is the last hash of the audit log when the run ended; {command} checks that the log still matches it.")
+    yield f"""<footer>{_e(footer).format(command="<code>provision audit verify</code>")}</footer>
 </body>
 </html>
 """

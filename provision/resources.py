@@ -11,6 +11,8 @@ from functools import cache
 
 JOB_SCHEMA = "job.schema.json"
 DATA_FILES: tuple[str, ...] = (JOB_SCHEMA,)
+# The compiled translations (provision/i18n.py reads them the same way, through importlib.resources).
+CATALOG_FILES: tuple[str, ...] = ("locale/zh_Hant/LC_MESSAGES/provision.mo",)
 
 
 @cache

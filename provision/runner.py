@@ -54,6 +54,7 @@ from provision.errors import (
     TemplateError,
     TransientCardError,
 )
+from provision.i18n import localize, msg
 from provision.jobfile import Job, JobFile
 from provision.load import LoadContext, LoadResult
 from provision.plan import open_bundle
@@ -320,13 +321,13 @@ class Runner:
             try:
                 slot_name = state.job.slot_name.render(values)
             except TemplateError as exc:
-                bundle, problem = None, BundleError(None, f"slot_name: {exc.message}")
+                bundle, problem = None, BundleError(None, msg('slot_name: {message}', message=exc.message))
             else:
                 with self._lock:
                     state.bundle, state.fingerprint, state.slot_name = bundle, info.sha256, slot_name
                     self._held += 1
                 return
-        problem = problem or BundleError(None, "the PKCS#12 file could not be opened")
+        problem = problem or BundleError(None, msg('the PKCS#12 file could not be opened'))
         with self._lock:
             state.failure = kept(problem)  # also when a claim already moved the job on: its failure says why
             if state.status not in (jn.PENDING, jn.IN_DOUBT):
@@ -439,17 +440,17 @@ class Runner:
             stop=stop_after_attempt(TRANSIENT_ATTEMPTS),
             wait=wait_exponential(multiplier=0.25, max=2),
             reraise=True,
-            before_sleep=lambda rs: self.say(f"{reader}: {rs.outcome.exception()}; trying again"),  # type: ignore[union-attr]
+            before_sleep=lambda rs: self.say(msg("{reader}: {error}; trying again", reader=reader,
+                                                 error=getattr(rs.outcome.exception(), "message", str(rs.outcome.exception())))),  # type: ignore[union-attr]
         )
         try:
             retrying(self._handle_card, reader)
         except TransientCardError as exc:
-            self.say(f"{reader}: {exc.message}; the job stays open, re-insert the card")
+            self.say(msg("{reader}: {error}; the job stays open, re-insert the card", reader=reader, error=exc.message))
         except RECORDS_FAILED as exc:  # the journal or the audit log cannot be written: the run ends
             self.stop_for(exc)
         except Exception as exc:  # noqa: BLE001 - a bug in a reader thread ends the run, not in a traceback
-            self.stop_for(InternalError(f"internal error in the worker of {reader} ({type(exc).__name__}); "
-                                        "this is a bug, please report it"))  # fmt: skip
+            self.stop_for(InternalError(msg('internal error in the worker of {reader} ({name}); this is a bug, please report it', reader=reader, name=type(exc).__name__)))  # fmt: skip
         finally:
             with self._lock:
                 self._busy.discard(reader)
@@ -474,7 +475,7 @@ class Runner:
                 self.refuse_card(reader, seen, refusal, operations=card.operations)
                 return
             if state.bundle is None and not self.ensure_bundle(state):  # not decrypted ahead: now, once
-                self.say(self.result_line(state) + " Nothing was written; take the card out.")
+                self.say(msg("{result} Nothing was written; take the card out.", result=self.result_line(state)))
                 return
             state, claim = self.claim_job(state, serial)
             if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
@@ -491,10 +492,10 @@ class Runner:
                         **seen.audit_fields())  # fmt: skip
             self.journal.set_job(self.jobfile.batch, state.job.id, self.run_id, state.job.holder, jn.IN_PROGRESS,
                                  card_serial=serial, slot=state.job.slot.hex, slot_name=state.slot_name)  # fmt: skip
-            self.say(f"{reader}: loading {state.job.holder} ({state.job.id}) into slot {state.job.slot.hex} "
-                     f"as {state.slot_name!r}")  # fmt: skip
+            self.say(msg("{reader}: loading {holder} ({id}) into slot {slot} as {name!r}", reader=reader,
+                         holder=state.job.holder, id=state.job.id, slot=state.job.slot.hex, name=state.slot_name))  # fmt: skip
             if state.bundle is None and not self.ensure_bundle(state):  # claim_job may have chosen another job
-                raise ProvisionError(failure_text(state.failure) or "the PKCS#12 file could not be opened")
+                raise ProvisionError(failure_text(state.failure) or msg("the PKCS#12 file could not be opened"))
             assert state.bundle is not None
             ctx = LoadContext(
                 jobfile=self.jobfile, job=state.job, bundle=state.bundle, slot_name=state.slot_name, run_id=self.run_id,
@@ -534,7 +535,7 @@ class Runner:
             raise
         except (PinError, ManagementKeyError, CardError, ProvisionError) as exc:
             if state is None:
-                self.say(f"{reader}: the card could not be read: {exc.message}")
+                self.say(msg("{reader}: the card could not be read: {error}", reader=reader, error=exc.message))
                 self.record("card_error", reader=reader, error_class=type(exc).__name__, error=exc.message)
             else:
                 self._finish(state, jn.FAILED, None, exc, card.operations, start)
@@ -577,7 +578,7 @@ class Runner:
         why = refusal_text(refusal)
         self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused", reason=why, **audit,
                     apdus=operations)  # fmt: skip
-        self.say(f"REFUSED: {why}. Nothing was written; take the card out.")
+        self.say(msg("REFUSED: {why}. Nothing was written; take the card out.", why=why))
 
     def _job_recorder(self, state: JobState) -> Callable[..., None]:
         def record(event: str, **fields: Any) -> None:
@@ -617,18 +618,24 @@ class Runner:
     def result_line(self, state: JobState) -> str:
         job, result = state.job, state.result
         if state.status == jn.SKIPPED and result is not None and result.skip_reason:
-            return f"{job.holder} ({job.id}): skipped, nothing written: {result.skip_reason}"
+            return msg("{holder} ({id}): skipped, nothing written: {reason}", holder=job.holder, id=job.id,
+                       reason=result.skip_reason)  # fmt: skip
         if state.status in (jn.LOADED, jn.SKIPPED) and result is not None:
-            what = "already on the card, nothing changed" if state.status == jn.SKIPPED else "loaded"
-            line = (f"{job.holder} ({job.id}): {what}. New certificate On Card in slot {job.slot.hex} "
-                    f"as {state.slot_name!r}, valid until {result.not_after}")  # fmt: skip
+            fields = {"holder": job.holder, "id": job.id, "slot": job.slot.hex, "name": state.slot_name,
+                      "date": result.not_after, "path": result.archived_to}  # fmt: skip
+            if state.status == jn.SKIPPED:
+                return msg("{holder} ({id}): already on the card, nothing changed. New certificate On Card in slot "
+                           "{slot} as {name!r}, valid until {date}", **fields)  # fmt: skip
             if result.archived_to:
-                line += f"; the old one is On Disk at {result.archived_to}"
-            return line
+                return msg("{holder} ({id}): loaded. New certificate On Card in slot {slot} as {name!r}, valid until "
+                           "{date}; the old one is On Disk at {path}", **fields)  # fmt: skip
+            return msg("{holder} ({id}): loaded. New certificate On Card in slot {slot} as {name!r}, valid until {date}",
+                       **fields)  # fmt: skip
         if state.status == jn.IN_DOUBT:
-            return (f"{job.holder} ({job.id}): the card was removed during the load; put it back to finish "
-                    "('provision resume' finishes it later)")  # fmt: skip
-        return f"{job.holder} ({job.id}): {state.status.upper()}: {failure_text(state.failure)}"
+            return msg("{holder} ({id}): the card was removed during the load; put it back to finish "
+                       "('provision resume' finishes it later)", holder=job.holder, id=job.id)  # fmt: skip
+        return msg("{holder} ({id}): {status}: {error}", holder=job.holder, id=job.id, status=state.status.upper(),
+                   error=failure_text(state.failure))  # fmt: skip
 
     # --- the loop ---
 
@@ -639,7 +646,7 @@ class Runner:
             from tqdm import tqdm
 
             bar = tqdm(total=len(self.states), file=sys.stderr, unit="card", desc=printable(self.jobfile.batch), leave=True)
-            self.say = lambda text: tqdm.write(printable(text), file=sys.stderr)  # messages go above the bar, not through it
+            self.say = lambda text: tqdm.write(printable(localize(text)), file=sys.stderr)  # above the bar, not through it
         bar.update(sum(1 for s in self.states if s.status == jn.FAILED))
         interrupted = False
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from provision import limits
 from provision.errors import InputTooLargeError, SecretError
+from provision.i18n import msg
 
 SOURCE_KINDS = ("env", "file", "prompt", "command", "value", "empty")
 # ``{empty: true}``: the one secret that is empty on purpose, a PKCS#12 file exported without a
@@ -164,10 +165,9 @@ def obtain(source: SecretSource, *, unattended: bool, prompt: PromptFn | None = 
             raw = limits.read_bounded(source.path, limits.MAX_SECRET_FILE_BYTES, "secret file")
             value = _first_line(raw.decode("utf-8"))
         except InputTooLargeError:
-            raise SecretError(f"secret file {source.path} is larger than {limits.MAX_SECRET_FILE_BYTES} bytes; "
-                              "a secret file holds the secret on its first line") from None  # fmt: skip
+            raise SecretError(msg('secret file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes; a secret file holds the secret on its first line', path=source.path, MAX_SECRET_FILE_BYTES=limits.MAX_SECRET_FILE_BYTES)) from None  # fmt: skip
         except (OSError, UnicodeDecodeError) as exc:
-            raise SecretError(f"secret file {source.path} cannot be read: {type(exc).__name__}") from None
+            raise SecretError(msg('secret file {path} cannot be read: {name}', path=source.path, name=type(exc).__name__)) from None
     elif source.kind == "prompt":
         assert isinstance(source.ref, str)
         ask = prompt or _terminal_prompt
@@ -181,13 +181,12 @@ def obtain(source: SecretSource, *, unattended: bool, prompt: PromptFn | None = 
     elif source.kind == "empty":
         return Secret(b"")  # said explicitly: the file has no password
     else:  # pragma: no cover - the loader only builds known kinds
-        raise SecretError(f"unknown secret source {source.kind!r}")
+        raise SecretError(msg('unknown secret source {kind!r}', kind=source.kind))
     value = value.rstrip("\r\n")
     if not value:
-        raise SecretError(f"the {source.describe()} gave an empty secret; check the source")
+        raise SecretError(msg('the {describe} gave an empty secret; check the source', describe=source.describe()))
     if len(value) > limits.MAX_SECRET_CHARS:
-        raise SecretError(f"the {source.describe()} gave a secret longer than {limits.MAX_SECRET_CHARS} characters; "
-                          "check the source")  # fmt: skip
+        raise SecretError(msg('the {describe} gave a secret longer than {MAX_SECRET_CHARS} characters; check the source', describe=source.describe(), MAX_SECRET_CHARS=limits.MAX_SECRET_CHARS))  # fmt: skip
     return Secret(value)
 
 
@@ -203,9 +202,9 @@ def _run_command(argv: tuple[str, ...]) -> str:
     try:
         child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     except FileNotFoundError:
-        raise SecretError(f"program {argv[0]!r} was not found; check the command source") from None
+        raise SecretError(msg('program {value!r} was not found; check the command source', value=argv[0])) from None
     except OSError as exc:
-        raise SecretError(f"program {argv[0]!r} could not be started ({exc.strerror})") from None
+        raise SecretError(msg('program {value!r} could not be started ({strerror})', value=argv[0], strerror=exc.strerror)) from None
     assert child.stdout is not None
     pipe = child.stdout.fileno()
     chunks: list[bytes] = []
@@ -244,12 +243,12 @@ def _run_command(argv: tuple[str, ...]) -> str:
     child.stdout.close()
     if child.returncode != 0:
         raise SecretError(
-            f"program {argv[0]!r} exited with status {child.returncode}; run it by hand to see why"
+            msg('program {value!r} exited with status {returncode}; run it by hand to see why', value=argv[0], returncode=child.returncode)
         )
     try:
         return _first_line(output.decode("utf-8"))
     except UnicodeDecodeError:
-        raise SecretError(f"program {argv[0]!r} printed something that is not UTF-8 text") from None
+        raise SecretError(msg('program {value!r} printed something that is not UTF-8 text', value=argv[0])) from None
 
 
 def typed_secret(value: str, what: str) -> Secret:
@@ -258,9 +257,9 @@ def typed_secret(value: str, what: str) -> Secret:
     MAX_SECRET_CHARS characters."""
     value = value.rstrip("\r\n")
     if not value:
-        raise SecretError(f"no {what} was typed; nothing was sent to the card")
+        raise SecretError(msg('no {what} was typed; nothing was sent to the card', what=what))
     if len(value) > limits.MAX_SECRET_CHARS:
-        raise SecretError(f"the {what} typed is longer than {limits.MAX_SECRET_CHARS} characters; nothing was sent to the card")
+        raise SecretError(msg('the {what} typed is longer than {MAX_SECRET_CHARS} characters; nothing was sent to the card', what=what, MAX_SECRET_CHARS=limits.MAX_SECRET_CHARS))
     return Secret(value)
 
 
@@ -269,11 +268,11 @@ def _terminal_prompt(text: str) -> str:
 
     if not sys.stdin.isatty():
         raise SecretError(
-            f"cannot ask for {text!r}: there is no terminal; use an env, file or command source"
+            msg('cannot ask for {text_!r}: there is no terminal; use an env, file or command source', text_=text)
         )
     try:
         from provision.display import printable
 
         return getpass.getpass(printable(f"{text}: "), stream=sys.stderr)
     except (EOFError, KeyboardInterrupt):
-        raise SecretError(f"no answer was given for {text!r}") from None
+        raise SecretError(msg('no answer was given for {text_!r}', text_=text)) from None

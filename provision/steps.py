@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from provision.i18n import N_
 from provision.secrets import SecretSource
 
 if TYPE_CHECKING:
@@ -43,55 +44,55 @@ class StepSpec:
 
 
 _REPLACE_WORDS = {
-    "archive": "if {where} holds another certificate, save it to the store (On Disk) and fsync before any write",
-    "refuse": "if {where} holds another certificate, stop: the job says replace: refuse",
-    "overwrite": "if {where} holds another certificate, record its fingerprint in the audit log",
+    "archive": N_("if {where} holds another certificate, save it to the store (On Disk) and fsync before any write"),
+    "refuse": N_("if {where} holds another certificate, stop: the job says replace: refuse"),
+    "overwrite": N_("if {where} holds another certificate, record its fingerprint in the audit log"),
 }
 
 PIV_STEPS: tuple[StepSpec, ...] = (
-    StepSpec("wait_for_card", "wait for {card} of {holder}", "runner"),
-    StepSpec("identify_card", "read the card's serial and CHUID; refuse any card that is not this job's", "runner"),
-    StepSpec("preflight", "check the card supports {algorithm}, PIN tries ≥ {min_pin_retries}, read {where}"),
+    StepSpec("wait_for_card", N_("wait for {card} of {holder}"), "runner"),
+    StepSpec("identify_card", N_("read the card's serial and CHUID; refuse any card that is not this job's"), "runner"),
+    StepSpec("preflight", N_("check the card supports {algorithm}, PIN tries ≥ {min_pin_retries}, read {where}")),
     StepSpec("{replace}_replaced_certificate", "{replace_words}", "replacing", aliases=("prove_archived_certificate",)),
-    StepSpec("verify_pin", "show the PIN tries left, then verify the card PIN (never retried automatically)"),
-    StepSpec("authenticate_management_key", "mutual authentication with {management_key}", "writing"),
-    StepSpec("import_key", "import the {algorithm} key into {where} (PIN policy {pin_policy}, touch policy "
-             "{touch_policy})", "key_missing"),  # fmt: skip
-    StepSpec("write_certificate", "write the certificate into {where}", "cert_missing"),
-    StepSpec("write_key_history", "count the slot in the Key History object, so middleware finds it", "key_history"),
-    StepSpec("write_slot_name", "name the slot {slot_name!r}", "name_missing"),
-    StepSpec("verify_load", "read the certificate back, compare the slot's public key, make and check a test signature"),
-    StepSpec("rotate_management_key", "change the card's management key to {rotate_to}; try that key first, "
+    StepSpec("verify_pin", N_("show the PIN tries left, then verify the card PIN (never retried automatically)")),
+    StepSpec("authenticate_management_key", N_("mutual authentication with {management_key}"), "writing"),
+    StepSpec("import_key", N_("import the {algorithm} key into {where} (PIN policy {pin_policy}, touch policy "
+             "{touch_policy})"), "key_missing"),  # fmt: skip
+    StepSpec("write_certificate", N_("write the certificate into {where}"), "cert_missing"),
+    StepSpec("write_key_history", N_("count the slot in the Key History object, so middleware finds it"), "key_history"),
+    StepSpec("write_slot_name", N_("name the slot {slot_name!r}"), "name_missing"),
+    StepSpec("verify_load", N_("read the certificate back, compare the slot's public key, make and check a test signature")),
+    StepSpec("rotate_management_key", N_("change the card's management key to {rotate_to}; try that key first, "
              "then the job's (an interrupted change is finished, never left unknown); prove it by a fresh mutual "
-             "authentication", "rotating"),  # fmt: skip
-    StepSpec("commit", "record the load as done in the journal and the audit log", "writing"),
-    StepSpec("export_pem", "write the certificate as PEM to {pem}", "pem"),
-    StepSpec("export_nssdb", "add the certificate to the NSS database {nssdb}", "nssdb"),
+             "authentication"), "rotating"),  # fmt: skip
+    StepSpec("commit", N_("record the load as done in the journal and the audit log"), "writing"),
+    StepSpec("export_pem", N_("write the certificate as PEM to {pem}"), "pem"),
+    StepSpec("export_nssdb", N_("add the certificate to the NSS database {nssdb}"), "nssdb"),
 )
 
 PKCS11_STEPS: tuple[StepSpec, ...] = (
-    StepSpec("wait_for_card", "wait for {card} of {holder}", "runner"),
-    StepSpec("identify_card", "read the token's label and serial through its module; refuse any other token",
+    StepSpec("wait_for_card", N_("wait for {card} of {holder}"), "runner"),
+    StepSpec("identify_card", N_("read the token's label and serial through its module; refuse any other token"),
              "runner"),  # fmt: skip
-    StepSpec("preflight", "list the public objects labelled {slot_name!r}; refuse a write-protected token"),
+    StepSpec("preflight", N_("list the public objects labelled {slot_name!r}; refuse a write-protected token")),
     StepSpec("{replace}_replaced_certificate", "{replace_words}", "replacing"),
-    StepSpec("verify_pin", "read the token's PIN flags (locked, final try) against min_pin_retries "
-             "{min_pin_retries}, then log in once (never retried)"),  # fmt: skip
-    StepSpec("inventory", "list the private keys labelled {slot_name!r}"),
-    StepSpec("relabel_existing_objects", "if the certificate and its key are on the token under another label, "
-             "label them {slot_name!r} instead of importing a second copy", "adopting"),  # fmt: skip
-    StepSpec("import_key", "import the {algorithm} private key labelled {slot_name!r}", "key_missing"),
-    StepSpec("write_public_key", "create its public key object", "key_missing"),
-    StepSpec("write_certificate", "create the certificate object labelled {slot_name!r}", "cert_missing"),
-    StepSpec("delete_replaced_certificate", "delete the replaced certificate labelled {slot_name!r}", "replacing"),
-    StepSpec("delete_replaced_public_key", "delete the replaced public key", "replacing"),
-    StepSpec("delete_replaced_private_key", "delete the replaced private key", "replacing"),
+    StepSpec("verify_pin", N_("read the token's PIN flags (locked, final try) against min_pin_retries "
+             "{min_pin_retries}, then log in once (never retried)")),  # fmt: skip
+    StepSpec("inventory", N_("list the private keys labelled {slot_name!r}")),
+    StepSpec("relabel_existing_objects", N_("if the certificate and its key are on the token under another label, "
+             "label them {slot_name!r} instead of importing a second copy"), "adopting"),  # fmt: skip
+    StepSpec("import_key", N_("import the {algorithm} private key labelled {slot_name!r}"), "key_missing"),
+    StepSpec("write_public_key", N_("create its public key object"), "key_missing"),
+    StepSpec("write_certificate", N_("create the certificate object labelled {slot_name!r}"), "cert_missing"),
+    StepSpec("delete_replaced_certificate", N_("delete the replaced certificate labelled {slot_name!r}"), "replacing"),
+    StepSpec("delete_replaced_public_key", N_("delete the replaced public key"), "replacing"),
+    StepSpec("delete_replaced_private_key", N_("delete the replaced private key"), "replacing"),
     # Always, as for PIV: a job is skipped only after the test signature checked out in that run.
-    StepSpec("verify_load", "read the objects back, make a test signature with a mechanism the token offers "
-             "and check it with the certificate"),  # fmt: skip
-    StepSpec("commit", "record the load as done in the journal and the audit log", "writing"),
-    StepSpec("export_pem", "write the certificate as PEM to {pem}", "pem"),
-    StepSpec("export_nssdb", "add the certificate to the NSS database {nssdb}", "nssdb"),
+    StepSpec("verify_load", N_("read the objects back, make a test signature with a mechanism the token offers "
+             "and check it with the certificate")),  # fmt: skip
+    StepSpec("commit", N_("record the load as done in the journal and the audit log"), "writing"),
+    StepSpec("export_pem", N_("write the certificate as PEM to {pem}"), "pem"),
+    StepSpec("export_nssdb", N_("add the certificate to the NSS database {nssdb}"), "nssdb"),
 )
 
 
@@ -128,8 +129,8 @@ def declared_actions(job: Job) -> frozenset[str]:
 def _management_key_words(job: Job) -> str:
     key = job.management_key
     if key is None:
-        return "the factory default management key"
-    return "the job's management key" if isinstance(key, SecretSource) else key.describe()
+        return N_("the factory default management key")
+    return N_("the job's management key") if isinstance(key, SecretSource) else key.describe()
 
 
 def step_words(job: Job, slot_name: str, algorithm: str | None, exports: dict[str, str]) -> dict[str, str]:
@@ -139,7 +140,7 @@ def step_words(job: Job, slot_name: str, algorithm: str | None, exports: dict[st
         "holder": job.holder,
         "where": where,
         "slot_name": slot_name,
-        "algorithm": algorithm or "the key's algorithm",
+        "algorithm": algorithm or N_("the key's algorithm"),
         "min_pin_retries": str(job.min_pin_retries),
         "replace": job.replace,
         "pin_policy": job.pin_policy,

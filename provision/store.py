@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from provision.errors import StoreError
 from provision.fsutil import fsync_dir, write_atomically
+from provision.i18n import msg
 from provision.logsdir import refuse_link
 
 __all__ = ["CertificateStore", "StoredCertificate", "fsync_dir", "write_atomically"]
@@ -86,13 +87,11 @@ class CertificateStore:
             proved = self.prove(sha)
         except OSError as exc:
             raise StoreError(
-                f"the certificate store {self.directory} cannot be written ({exc.strerror}); "
-                "nothing was written to the card"
+                msg('the certificate store {directory} cannot be written ({strerror}); nothing was written to the card', directory=self.directory, strerror=exc.strerror)
             ) from None
         if proved is None:
             raise StoreError(
-                f"the certificate store {self.directory} does not give back the certificate just archived "
-                f"(SHA-256 {sha[:16]}…); nothing was written to the card"
+                msg('the certificate store {directory} does not give back the certificate just archived (SHA-256 {value}…); nothing was written to the card', directory=self.directory, value=sha[:16])
             )
         return proved
 
@@ -156,8 +155,7 @@ class CertificateStore:
             probe.unlink()
         except OSError as exc:
             raise StoreError(
-                f"the logs directory {self.directory.parent} cannot be written ({exc.strerror}); "
-                "free space or fix permissions, then run again"
+                msg('the logs directory {parent} cannot be written ({strerror}); free space or fix permissions, then run again', parent=self.directory.parent, strerror=exc.strerror)
             ) from None
 
 

@@ -17,6 +17,7 @@ from datetime import date, datetime
 
 from provision import limits
 from provision.errors import TemplateError
+from provision.i18n import msg
 
 # Field → kind of value; the kind decides which format specs make sense (checked by a trial render).
 FIELDS: dict[str, type] = {
@@ -72,8 +73,7 @@ class Template:
             size += len(text)
             if size > limits.MAX_RENDERED_CHARS:  # checked part by part: a long value stops it early
                 raise TemplateError(
-                    f"template {self.text!r} gives more than {limits.MAX_RENDERED_CHARS} characters with these "
-                    "values; shorten the template"
+                    msg('template {text_!r} gives more than {MAX_RENDERED_CHARS} characters with these values; shorten the template', text_=self.text, MAX_RENDERED_CHARS=limits.MAX_RENDERED_CHARS)
                 )
             out.append(text)
         return "".join(out)
@@ -88,14 +88,14 @@ def _path_safe(text: str) -> str:
 def parse(text: str) -> Template:
     """Parse and check a template; raise TemplateError with one sentence saying what to change."""
     if len(text) > limits.MAX_TEMPLATE_CHARS:
-        raise TemplateError(f"the template is longer than {limits.MAX_TEMPLATE_CHARS} characters; shorten it")
+        raise TemplateError(msg('the template is longer than {MAX_TEMPLATE_CHARS} characters; shorten it', MAX_TEMPLATE_CHARS=limits.MAX_TEMPLATE_CHARS))
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise TemplateError(f"template {text!r} contains a control character; remove it")
+        raise TemplateError(msg('template {text_!r} contains a control character; remove it', text_=text))
     try:
         raw = list(_FORMATTER.parse(text))
     except ValueError:
         raise TemplateError(
-            f"template {text!r} has an unbalanced brace; write {{{{ or }}}} for a literal brace"
+            msg('template {text_!r} has an unbalanced brace; write {{{{ or }}}} for a literal brace', text_=text)
         ) from None
     parts: list[tuple[str, str | None, str]] = []
     for literal, field, spec, conversion in raw:
@@ -103,28 +103,26 @@ def parse(text: str) -> Template:
             parts.append((literal, None, ""))
             continue
         if field == "" or field.isdigit():
-            raise TemplateError(f"template {text!r} has an empty field {{}}; name one of: {known_fields()}")
+            raise TemplateError(msg('template {text_!r} has an empty field {{}}; name one of: {known_fields}', text_=text, known_fields=known_fields()))
         if "[" in field:
-            raise TemplateError(f"template {text!r}: indexing ({field}) is not allowed; use one of: {known_fields()}")
+            raise TemplateError(msg('template {text_!r}: indexing ({field}) is not allowed; use one of: {known_fields}', text_=text, field=field, known_fields=known_fields()))
         if field not in FIELDS:
-            raise TemplateError(f"template {text!r}: unknown field {{{field}}}; use one of: {known_fields()}")
+            raise TemplateError(msg('template {text_!r}: unknown field {{{field}}}; use one of: {known_fields}', text_=text, field=field, known_fields=known_fields()))
         if conversion is not None:
-            raise TemplateError(f"template {text!r}: conversions like !{conversion} are not allowed")
+            raise TemplateError(msg('template {text_!r}: conversions like !{conversion} are not allowed', text_=text, conversion=conversion))
         spec = spec or ""
         if "{" in spec or "}" in spec:
-            raise TemplateError(f"template {text!r}: a format spec cannot contain another field")
+            raise TemplateError(msg('template {text_!r}: a format spec cannot contain another field', text_=text))
         too_wide = _too_wide(spec, FIELDS[field])
         if too_wide is not None:  # before the trial render, which would build the wide string
             raise TemplateError(
-                f"template {text!r}: the width or precision {too_wide} in '{{{field}:{spec}}}' is more than "
-                f"{limits.MAX_FORMAT_WIDTH}; use a smaller number"
+                msg("template {text_!r}: the width or precision {too_wide} in '{{{field}:{spec}}}' is more than {MAX_FORMAT_WIDTH}; use a smaller number", text_=text, too_wide=too_wide, field=field, spec=spec, MAX_FORMAT_WIDTH=limits.MAX_FORMAT_WIDTH)
             )
         try:  # a trial render catches specs that do not fit the field's kind, e.g. {holder:%Y}
             format(_SAMPLES[FIELDS[field]], spec)
         except (ValueError, TypeError, OverflowError):
             raise TemplateError(
-                f"template {text!r}: format '{spec}' does not apply to {field} "
-                f"({FIELDS[field].__name__})"
+                msg("template {text_!r}: format '{spec}' does not apply to {field} ({name})", text_=text, spec=spec, field=field, name=FIELDS[field].__name__)
             ) from None
         parts.append((literal, field, spec))
     return Template(text, tuple(parts))

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from provision.errors import AuditError, EnvironmentProblem
+from provision.i18n import msg
 
 QUERY_TYPE = "application/timestamp-query"
 _HASHES = {"sha256", "sha384", "sha512"}
@@ -50,14 +51,14 @@ def request_stamp(url: str, seal: str, *, timeout: float = 10.0) -> Stamp:
         }
     )
     if not url.startswith(("http://", "https://")):
-        raise EnvironmentProblem(f"the time-stamp authority {url} is not an http:// or https:// URL")
+        raise EnvironmentProblem(msg('the time-stamp authority {url} is not an http:// or https:// URL', url=url))
     request = urllib.request.Request(url, data=query.dump(), headers={"Content-Type": QUERY_TYPE}, method="POST")  # noqa: S310 - scheme checked above
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - scheme checked above
             body = answer.read(1 << 20)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise EnvironmentProblem(f"the time-stamp authority {url} did not answer ({reason})") from None
+        raise EnvironmentProblem(msg('the time-stamp authority {url} did not answer ({reason})', url=url, reason=reason)) from None
     not_a_response = f"the time-stamp authority {url} answered something that is not a time-stamp response"
     try:
         response = _response_type().load(body)
@@ -65,14 +66,14 @@ def request_stamp(url: str, seal: str, *, timeout: float = 10.0) -> Stamp:
     except Exception:  # noqa: BLE001 - any parse failure of foreign bytes is one answer: not a response
         raise AuditError(not_a_response) from None
     if status not in ("granted", "granted_with_mods"):
-        raise EnvironmentProblem(f"the time-stamp authority {url} refused the request ({status})")
+        raise EnvironmentProblem(msg('the time-stamp authority {url} refused the request ({status})', url=url, status=status))
     try:
         token_bytes = response["time_stamp_token"].dump()
     except Exception:  # noqa: BLE001
         raise AuditError(not_a_response) from None
     stamp, tst = _check(token_bytes, seal, ())
     if tst["nonce"].native != nonce:
-        raise AuditError(f"the time-stamp authority {url} answered another request (the nonce differs)")
+        raise AuditError(msg('the time-stamp authority {url} answered another request (the nonce differs)', url=url))
     return stamp
 
 
@@ -110,14 +111,14 @@ def _check(token: bytes, seal: str, trusted: Sequence[bytes]) -> tuple[Stamp, An
         sid = signer["sid"]
         certs = [c.chosen.dump() for c in signed["certificates"] if c.name == "certificate"]
     except Exception as exc:  # noqa: BLE001 - foreign bytes: any failure is "not a token"
-        raise AuditError(f"the time-stamp token is not an RFC 3161 token ({exc})") from None
+        raise AuditError(msg('the time-stamp token is not an RFC 3161 token ({exc})', exc=exc)) from None
     if imprint_alg != "sha256" or hashed != bytes.fromhex(seal):
-        raise AuditError("the time-stamp token is of another seal (its message imprint differs)")
+        raise AuditError(msg('the time-stamp token is of another seal (its message imprint differs)'))
     if digest_alg not in _HASHES or digests != [hashlib.new(digest_alg, tst_bytes).digest()]:
-        raise AuditError("the time-stamp token's signed digest does not match its content (it was changed)")
+        raise AuditError(msg("the time-stamp token's signed digest does not match its content (it was changed)"))
     cert = _signer_certificate(certs, sid)
     if trusted and cert.public_bytes(_der()) not in set(trusted):
-        raise AuditError(f"the time-stamp token is signed by {cert.subject.rfc4514_string()}, not by a trusted TSA")
+        raise AuditError(msg('the time-stamp token is signed by {rfc4514_string}, not by a trusted TSA', rfc4514_string=cert.subject.rfc4514_string()))
     _verify_signature(cert, sig_alg, digest_alg, signature, signed_bytes)
     return Stamp(gen_time=gen_time, tsa=cert.subject.rfc4514_string(), token=token), tst
 
@@ -142,14 +143,14 @@ def _signer_certificate(certs: list[bytes], sid: Any) -> Any:
     from cryptography import x509
 
     if sid.name != "issuer_and_serial_number":
-        raise AuditError("the time-stamp token names its signer by key identifier, which is not supported")
+        raise AuditError(msg('the time-stamp token names its signer by key identifier, which is not supported'))
     serial = sid.chosen["serial_number"].native
     issuer = sid.chosen["issuer"].dump()
     for der in certs:
         cert = x509.load_der_x509_certificate(der)
         if cert.serial_number == serial and cert.issuer.public_bytes() == issuer:
             return cert
-    raise AuditError("the time-stamp token does not carry its signer's certificate")
+    raise AuditError(msg("the time-stamp token does not carry its signer's certificate"))
 
 
 def _verify_signature(cert: Any, sig_alg: str, digest_alg: str, signature: bytes, data: bytes) -> None:
@@ -165,6 +166,6 @@ def _verify_signature(cert: Any, sig_alg: str, digest_alg: str, signature: bytes
         elif isinstance(key, ec.EllipticCurvePublicKey) and sig_alg == "ecdsa":
             key.verify(signature, data, ec.ECDSA(algorithm))
         else:
-            raise AuditError(f"the time-stamp token's signature ({sig_alg}) is of a kind not supported here")
+            raise AuditError(msg("the time-stamp token's signature ({sig_alg}) is of a kind not supported here", sig_alg=sig_alg))
     except InvalidSignature:
-        raise AuditError("the time-stamp token's signature does not verify (it was changed or forged)") from None
+        raise AuditError(msg("the time-stamp token's signature does not verify (it was changed or forged)")) from None

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from provision.display import printable
 from provision.errors import SecretError
+from provision.i18n import gettext as _
+from provision.i18n import localize, msg, ngettext
 from provision.jobfile import Job
 from provision.runner import Turn
 from provision.secrets import Secret, typed_secret
@@ -34,13 +36,17 @@ def terminal_pin_prompt(holder: str, tries: int | None) -> Secret:
     """A person at the terminal types the card PIN, seeing how many tries are left (workflow step 10)."""
     import getpass
 
-    left = f"{tries} tr{'y' if tries == 1 else 'ies'} left" if tries is not None else "tries unknown"
+    if tries is None:
+        left = _("tries left unknown")
+    else:
+        left = ngettext("{n} try left", "{n} tries left", tries).format(n=tries)
     if not sys.stdin.isatty():
-        raise SecretError("the card PIN must be typed at the counter, but there is no terminal")
+        raise SecretError(msg("the card PIN must be typed at the counter, but there is no terminal"))
+    prompt = _("PIN of the card of {holder} ({left}): ").format(holder=holder, left=left)
     try:
-        return typed_secret(getpass.getpass(printable(f"PIN of the card of {holder} ({left}): "), stream=sys.stderr), "PIN")
+        return typed_secret(getpass.getpass(printable(prompt), stream=sys.stderr), "PIN")
     except (EOFError, KeyboardInterrupt):
-        raise SecretError("no PIN was typed") from None
+        raise SecretError(msg("no PIN was typed")) from None
 
 
 class UnattendedUI:
@@ -53,10 +59,10 @@ class UnattendedUI:
         self._say = say
 
     def say(self, text: str) -> None:
-        self._say(text)
+        self._say(localize(text))  # the runner's sentences are English (recorded); shown in the chosen language
 
     def ask_pin(self, holder: str, tries: int | None) -> Secret:
-        raise SecretError(f"the card PIN of {holder} cannot be typed: the run is unattended")
+        raise SecretError(msg("the card PIN of {holder} cannot be typed: the run is unattended", holder=holder))
 
     def confirm(self, job: Job, info: Any, slot_name: str, replaced: Any) -> bool:
         return True  # never asked (checks_certificates is False)
@@ -89,5 +95,6 @@ class TerminalUI(UnattendedUI):
         return terminal_pin_prompt(holder, tries)
 
     def announce_next(self, job: Job) -> list[str]:
-        which = f" (serial {job.card.serial})" if job.card.serial is not None else ""
-        return ["", f"Insert the card of {job.holder}{which}."]
+        if job.card.serial is not None:
+            return ["", msg("Insert the card of {holder} (serial {serial}).", holder=job.holder, serial=job.card.serial)]
+        return ["", msg("Insert the card of {holder}.", holder=job.holder)]

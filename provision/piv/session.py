@@ -47,6 +47,7 @@ from provision.errors import (
     PinFormatError,
     PukError,
 )
+from provision.i18n import msg
 from provision.piv import tlv
 from provision.piv.profiles import (
     MANAGEMENT_KEY_REFUSED_SW,
@@ -153,14 +154,14 @@ class ApplicationProperties:
 def parse_application_properties(data: bytes) -> ApplicationProperties:
     fields = tlv.parse_dict(tlv.unwrap(data, 0x61))
     if 0x4F not in fields:
-        raise CardProtocolError("the PIV SELECT answer has no application identifier (tag 4F)")
+        raise CardProtocolError(msg('the PIV SELECT answer has no application identifier (tag 4F)'))
     authority = tlv.unwrap(fields[0x79], 0x4F) if 0x79 in fields else None
     algs: list[int] = []
     if 0xAC in fields:
         for tag, value in tlv.iter_tlv(fields[0xAC]):
             if tag == 0x80:
                 if len(value) != 1:
-                    raise CardProtocolError("malformed algorithm entry in the SELECT answer")
+                    raise CardProtocolError(msg('malformed algorithm entry in the SELECT answer'))
                 algs.append(value[0])
     return ApplicationProperties(
         aid=fields[0x4F],
@@ -195,7 +196,7 @@ def _single_byte(fields: dict[int, bytes], tag: int) -> int | None:
         return None
     value = fields[tag]
     if len(value) != 1:
-        raise CardProtocolError(f"metadata tag {tag:02X} has {len(value)} bytes, expected 1")
+        raise CardProtocolError(msg('metadata tag {tag:02X} has {len} bytes, expected 1', tag=tag, len=len(value)))
     return value[0]
 
 
@@ -208,14 +209,14 @@ def parse_public_key(algorithm: int, encoded: bytes) -> PublicKey | None:
     try:
         if info.key_type == "RSA":
             if 0x81 not in fields or 0x82 not in fields:
-                raise CardProtocolError("RSA public key without modulus (81) or exponent (82)")
+                raise CardProtocolError(msg('RSA public key without modulus (81) or exponent (82)'))
             n = int.from_bytes(fields[0x81], "big")
             e = int.from_bytes(fields[0x82], "big")
             if n.bit_length() != info.bits:
-                raise CardProtocolError(f"RSA modulus has {n.bit_length()} bits, expected {info.bits}")
+                raise CardProtocolError(msg('RSA modulus has {bit_length} bits, expected {bits}', bit_length=n.bit_length(), bits=info.bits))
             return rsa.RSAPublicNumbers(e, n).public_key()
         if 0x86 not in fields:
-            raise CardProtocolError("public key without point (86)")
+            raise CardProtocolError(msg('public key without point (86)'))
         point = fields[0x86]
         if info.key_type == "Ed25519":
             return ed25519.Ed25519PublicKey.from_public_bytes(point)
@@ -224,7 +225,7 @@ def parse_public_key(algorithm: int, encoded: bytes) -> PublicKey | None:
         curve: ec.EllipticCurve = ec.SECP256R1() if info.bits == 256 else ec.SECP384R1()
         return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
     except ValueError as exc:
-        raise CardProtocolError(f"the card sent an invalid {info.name} public key: {exc}") from None
+        raise CardProtocolError(msg('the card sent an invalid {name} public key: {exc}', name=info.name, exc=exc)) from None
 
 
 ALGORITHM_PIN = 0xFF  # tag 01 of a YubiKey's PIN/PUK metadata
@@ -246,20 +247,20 @@ def parse_metadata(slot: int, data: bytes) -> SlotMetadata | None:
         elif slot in (KEY_REF_PIN, KEY_REF_PUK):
             algorithm = ALGORITHM_PIN
         elif 0x04 in fields:
-            raise CardProtocolError(f"metadata for slot {slot:02X} has a public key but no algorithm (tag 01)")
+            raise CardProtocolError(msg('metadata for slot {slot:02X} has a public key but no algorithm (tag 01)', slot=slot))
         else:
             return None
     pin_policy = touch_policy = None
     if 0x02 in fields:
         policy = fields[0x02]
         if len(policy) != 2:
-            raise CardProtocolError(f"metadata policy (tag 02) has {len(policy)} bytes, expected 2")
+            raise CardProtocolError(msg('metadata policy (tag 02) has {len} bytes, expected 2', len=len(policy)))
         pin_policy, touch_policy = policy[0], policy[1]
     retries_total = retries_left = None
     if 0x06 in fields:
         retries = fields[0x06]
         if len(retries) != 2:
-            raise CardProtocolError(f"metadata retries (tag 06) has {len(retries)} bytes, expected 2")
+            raise CardProtocolError(msg('metadata retries (tag 06) has {len} bytes, expected 2', len=len(retries)))
         retries_total, retries_left = retries[0], retries[1]
     default = _single_byte(fields, 0x05)
     public_key = parse_public_key(algorithm, fields[0x04]) if 0x04 in fields else None
@@ -281,14 +282,14 @@ _MAX_CERT_BYTES = 1 << 16
 
 def _gunzip(data: bytes) -> bytes:
     if data[:2] != b"\x1f\x8b":
-        raise CardProtocolError("the certificate is marked compressed but is not gzip data")
+        raise CardProtocolError(msg('the certificate is marked compressed but is not gzip data'))
     inflater = zlib.decompressobj(wbits=31)
     try:
         out = inflater.decompress(data, _MAX_CERT_BYTES + 1)
     except zlib.error as exc:
-        raise CardProtocolError(f"the compressed certificate is corrupt: {exc}") from None
+        raise CardProtocolError(msg('the compressed certificate is corrupt: {exc}', exc=exc)) from None
     if len(out) > _MAX_CERT_BYTES or not inflater.eof:
-        raise CardProtocolError("the compressed certificate is truncated or inflates beyond 64 KiB")
+        raise CardProtocolError(msg('the compressed certificate is truncated or inflates beyond 64 KiB'))
     return out
 
 
@@ -314,13 +315,13 @@ def parse_certificate_object(body: bytes) -> bytes | None:
         return None
     fields = tlv.parse_dict(body)
     if 0x70 not in fields:
-        raise CardProtocolError("the certificate object has no certificate (tag 70)")
+        raise CardProtocolError(msg('the certificate object has no certificate (tag 70)'))
     cert = fields[0x70]
     if not cert:
         return None
     info = fields.get(0x71, b"\x00")
     if len(info) > 1:
-        raise CardProtocolError(f"CertInfo (tag 71) has {len(info)} bytes, expected 1")
+        raise CardProtocolError(msg('CertInfo (tag 71) has {len} bytes, expected 1', len=len(info)))
     if info and info[0] & 0x81:
         return _gunzip(cert)
     return cert
@@ -343,8 +344,7 @@ def parse_slot_names(body: bytes) -> dict[int, str]:
         if tag == 0x01:
             if value != bytes([SLOT_NAMES_FORMAT]):
                 raise CardProtocolError(
-                    f"slot-name object {SLOT_NAMES_OBJECT_ID:06X} has format {value.hex()}, "
-                    f"this version reads format {SLOT_NAMES_FORMAT}"
+                    msg('slot-name object {SLOT_NAMES_OBJECT_ID:06X} has format {hex}, this version reads format {SLOT_NAMES_FORMAT}', SLOT_NAMES_OBJECT_ID=SLOT_NAMES_OBJECT_ID, hex=value.hex(), SLOT_NAMES_FORMAT=SLOT_NAMES_FORMAT)
                 )
             version_seen = True
         elif tag == 0xA0:
@@ -352,13 +352,13 @@ def parse_slot_names(body: bytes) -> dict[int, str]:
             ref = entry.get(0x80)
             name = entry.get(0x81)
             if ref is None or len(ref) != 1 or not name:
-                raise CardProtocolError("malformed entry in the slot-name object")
+                raise CardProtocolError(msg('malformed entry in the slot-name object'))
             try:
                 out[ref[0]] = name.decode("utf-8")
             except UnicodeDecodeError:
-                raise CardProtocolError("a slot name on the card is not UTF-8") from None
+                raise CardProtocolError(msg('a slot name on the card is not UTF-8')) from None
     if not version_seen:
-        raise CardProtocolError(f"slot-name object {SLOT_NAMES_OBJECT_ID:06X} has no format tag")
+        raise CardProtocolError(msg('slot-name object {SLOT_NAMES_OBJECT_ID:06X} has no format tag', SLOT_NAMES_OBJECT_ID=SLOT_NAMES_OBJECT_ID))
     return out
 
 
@@ -410,7 +410,7 @@ class PivSession:
         data, sw = self.channel.send_raw_sw(INS_SELECT, 0x04, 0x00, PIV_AID, le=0)
         if sw != SW_OK:
             raise CardStatusError(
-                f"this card has no PIV application (SELECT answered {sw:04X}: {describe_sw(sw)})", sw
+                msg('this card has no PIV application (SELECT answered {sw:04X}: {describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw
             )
         self._version = _UNSET
         return parse_application_properties(data) if data else None
@@ -422,9 +422,9 @@ class PivSession:
             if sw in UNSUPPORTED_SW:
                 self._version = None
             elif sw != SW_OK:
-                raise CardStatusError(f"GET VERSION failed: {sw:04X} ({describe_sw(sw)})", sw)
+                raise CardStatusError(msg('GET VERSION failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
             elif len(data) != 3:
-                raise CardProtocolError(f"GET VERSION answered {len(data)} bytes, expected 3")
+                raise CardProtocolError(msg('GET VERSION answered {len} bytes, expected 3', len=len(data)))
             else:
                 self._version = (data[0], data[1], data[2])
         assert self._version is None or isinstance(self._version, tuple)
@@ -436,9 +436,9 @@ class PivSession:
         if sw in UNSUPPORTED_SW or sw in NO_SERIAL_SW:
             return None
         if sw != SW_OK:
-            raise CardStatusError(f"GET SERIAL failed: {sw:04X} ({describe_sw(sw)})", sw)
+            raise CardStatusError(msg('GET SERIAL failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
         if len(data) != 4:
-            raise CardProtocolError(f"GET SERIAL answered {len(data)} bytes, expected 4")
+            raise CardProtocolError(msg('GET SERIAL answered {len} bytes, expected 4', len=len(data)))
         return int.from_bytes(data, "big", signed=False)
 
     def read_chuid(self) -> str | None:
@@ -450,7 +450,7 @@ class PivSession:
         if guid is None:
             return None
         if len(guid) != 16:
-            raise CardProtocolError(f"the CHUID GUID has {len(guid)} bytes, expected 16")
+            raise CardProtocolError(msg('the CHUID GUID has {len} bytes, expected 16', len=len(guid)))
         return guid.hex()
 
     # --- PIN ---
@@ -464,7 +464,7 @@ class PivSession:
             return sw & 0x0F
         if sw == SW_AUTH_BLOCKED:
             return 0
-        raise CardStatusError(f"reading the PIN status failed: {sw:04X} ({describe_sw(sw)})", sw)
+        raise CardStatusError(msg('reading the PIN status failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
 
     def verify_pin(self, pin: Secret) -> None:
         """VERIFY the PIN (padded with FF to 8). Never retried; a wrong PIN raises PinError."""
@@ -472,8 +472,7 @@ class PivSession:
         try:
             if not 6 <= len(buf) <= 8:
                 raise PinFormatError(
-                    f"the PIN must be 6 to 8 bytes long, this one has {len(buf)}; nothing was sent to "
-                    "the card and no try was used",
+                    msg('the PIN must be 6 to 8 bytes long, this one has {len}; nothing was sent to the card and no try was used', len=len(buf)),
                     None,
                 )
             buf.extend(b"\xff" * (8 - len(buf)))
@@ -485,13 +484,13 @@ class PivSession:
         if sw & 0xFFF0 == 0x63C0:
             left = sw & 0x0F
             if left == 0:
-                raise PinError("wrong PIN; the PIN is now blocked: unblock it with the PUK", 0)
-            raise PinError(f"wrong PIN; {left} tries left. Check the PIN before trying again", left)
+                raise PinError(msg('wrong PIN; the PIN is now blocked: unblock it with the PUK'), 0)
+            raise PinError(msg('wrong PIN; {left} tries left. Check the PIN before trying again', left=left), left)
         if sw == SW_AUTH_BLOCKED:
-            raise PinError("the PIN is blocked: unblock it with the PUK", 0)
+            raise PinError(msg('the PIN is blocked: unblock it with the PUK'), 0)
         if sw >> 8 == 0x63:
-            raise PinError("the card refused the PIN (no try counter given)", None)
-        raise CardStatusError(f"VERIFY failed: {sw:04X} ({describe_sw(sw)})", sw)
+            raise PinError(msg('the card refused the PIN (no try counter given)'), None)
+        raise CardStatusError(msg('VERIFY failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
 
     # --- PIN service: unblock with the PUK, change PIN or PUK ---
 
@@ -514,8 +513,7 @@ class PivSession:
                 if not 6 <= len(buf) <= 8 or b"\xff" in buf:
                     _wipe(data)
                     raise PinFormatError(
-                        f"the {what} must be 6 to 8 bytes long, this one has {len(buf)}; nothing was sent to "
-                        "the card and no try was used",
+                        msg('the {what} must be 6 to 8 bytes long, this one has {len}; nothing was sent to the card and no try was used', what=what, len=len(buf)),
                         None,
                     )
                 data.extend(buf)
@@ -558,8 +556,8 @@ class PivSession:
         if sw == SW_AUTH_BLOCKED:
             raise error(f"the {what} is blocked; nothing was changed", 0)
         if sw == 0x6A80:
-            raise PinFormatError(f"the card refused the new value ({sw:04X}): a {what} of 6 to 8 characters is needed", None)
-        raise CardStatusError(f"{command} failed: {sw:04X} ({describe_sw(sw)})", sw)
+            raise PinFormatError(msg('the card refused the new value ({sw:04X}): a {what} of 6 to 8 characters is needed', sw=sw, what=what), None)
+        raise CardStatusError(msg('{command} failed: {sw:04X} ({describe_sw})', command=command, sw=sw, describe_sw=describe_sw(sw)), sw)
 
     # --- management key ---
 
@@ -573,7 +571,7 @@ class PivSession:
             if wanted is not None and wanted != meta.algorithm:
                 on_card = _MGMT_KEY_NAME.get(meta.algorithm, f"{meta.algorithm:02X}")
                 raise ManagementKeyError(
-                    f"the card's management key is {on_card}, the job says {key_type}; nothing was sent"
+                    msg("the card's management key is {on_card}, the job says {key_type}; nothing was sent", on_card=on_card, key_type=key_type)
                 )
             return meta.algorithm
         if wanted is not None:
@@ -598,11 +596,10 @@ class PivSession:
             alg = self._management_key_algorithm(len(keybuf), key_type)
             expected_len = _MGMT_KEY_LENGTH.get(alg)
             if expected_len is None:
-                raise CardNotSupportedError(f"unknown management-key algorithm {alg:02X} on the card")
+                raise CardNotSupportedError(msg('unknown management-key algorithm {alg:02X} on the card', alg=alg))
             if len(keybuf) != expected_len:
                 raise ManagementKeyError(
-                    f"the management key is {len(keybuf)} bytes; a {_MGMT_KEY_NAME[alg]} key needs "
-                    f"{expected_len}; nothing was sent"
+                    msg('the management key is {len} bytes; a {value} key needs {expected_len}; nothing was sent', len=len(keybuf), value=_MGMT_KEY_NAME[alg], expected_len=expected_len)
                 )
             block = 8 if alg == 0x03 else 16
             cipher = _management_cipher(alg, keybuf)
@@ -612,7 +609,7 @@ class PivSession:
             encrypted_witness = tlv.parse_dict(tlv.unwrap(answer, 0x7C)).get(0x80)
             if encrypted_witness is None or len(encrypted_witness) != block:
                 raise CardProtocolError(
-                    f"the card's witness is not one {block}-byte block; is the key type right?"
+                    msg("the card's witness is not one {block}-byte block; is the key type right?", block=block)
                 )
             dec = cipher.decryptor()
             witness = bytearray(dec.update(encrypted_witness) + dec.finalize())
@@ -631,21 +628,21 @@ class PivSession:
                 _wipe(body)
             if sw in MANAGEMENT_KEY_REFUSED_SW:
                 raise ManagementKeyError(
-                    "the card refused the management key (wrong key); it was not retried"
+                    msg('the card refused the management key (wrong key); it was not retried')
                 )
             if sw == SW_AUTH_BLOCKED:
-                raise ManagementKeyError("management-key authentication is blocked on this card")
+                raise ManagementKeyError(msg('management-key authentication is blocked on this card'))
             if sw != SW_OK:
                 raise CardStatusError(
-                    f"management-key authentication failed: {sw:04X} ({describe_sw(sw)})", sw
+                    msg('management-key authentication failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw
                 )
             card_answer = tlv.parse_dict(tlv.unwrap(answer, 0x7C)).get(0x82)
             if card_answer is None:
-                raise CardProtocolError("the card's authentication answer has no response (tag 82)")
+                raise CardProtocolError(msg("the card's authentication answer has no response (tag 82)"))
             enc = cipher.encryptor()
             expected = enc.update(challenge) + enc.finalize()
             if not hmac.compare_digest(expected, card_answer):
-                raise ManagementKeyError("the card did not prove it knows the key (mutual authentication)")
+                raise ManagementKeyError(msg('the card did not prove it knows the key (mutual authentication)'))
         finally:
             _wipe(keybuf)
             _wipe(witness)
@@ -663,12 +660,11 @@ class PivSession:
         body = bytearray()
         try:
             if _MGMT_KEY_LENGTH.get(algorithm) != len(keybuf):
-                raise ManagementKeyError(f"a new management key of {len(keybuf)} bytes does not fit algorithm "
-                                         f"{algorithm:02X}; nothing was sent")  # fmt: skip
+                raise ManagementKeyError(msg('a new management key of {len} bytes does not fit algorithm {algorithm:02X}; nothing was sent', len=len(keybuf), algorithm=algorithm))  # fmt: skip
             body = bytearray([algorithm]) + tlv.tag_bytes(KEY_REF_MANAGEMENT) + tlv.encode_length(len(keybuf)) + keybuf
             _, sw = self.channel.send_raw_sw(INS_SET_MANAGEMENT_KEY, 0xFF, 0xFF, body)
             if sw != SW_OK:
-                raise CardStatusError(f"SET MANAGEMENT KEY failed: {sw:04X} ({describe_sw(sw)})", sw)
+                raise CardStatusError(msg('SET MANAGEMENT KEY failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
         finally:
             _wipe(keybuf)
             _wipe(body)
@@ -687,16 +683,16 @@ class PivSession:
             return None
         if sw in UNSUPPORTED_SW:
             raise CardNotSupportedError(
-                f"this card has no GET METADATA ({sw:04X}); its slots' contents cannot be read"
+                msg("this card has no GET METADATA ({sw:04X}); its slots' contents cannot be read", sw=sw)
             )
         if sw == SW_UNKNOWN and slot not in (KEY_REF_MANAGEMENT, KEY_REF_PIN, KEY_REF_PUK):
             raise MetadataUnavailableError(
-                f"the card cannot describe the key in slot {slot:02X} (GET METADATA answered 6F00, "
-                "as PivApplet does for a key it imported)",
+                msg("the card cannot describe the key in slot {slot:02X} (GET METADATA answered 6F00, as PivApplet does "
+                    "for a key it imported)", slot=slot),
                 sw,
             )
         if sw != SW_OK:
-            raise CardStatusError(f"GET METADATA {slot:02X} failed: {sw:04X} ({describe_sw(sw)})", sw)
+            raise CardStatusError(msg('GET METADATA {slot:02X} failed: {sw:04X} ({describe_sw})', slot=slot, sw=sw, describe_sw=describe_sw(sw)), sw)
         return parse_metadata(slot, data)
 
     # --- keys ---
@@ -719,10 +715,10 @@ class PivSession:
             if isinstance(private_key, rsa.RSAPrivateKey):
                 alg = find_algorithm("RSA", private_key.key_size, "yubikey-5.7")
                 if alg is None:
-                    raise CardNotSupportedError(f"RSA-{private_key.key_size} cannot go into a PIV slot")
+                    raise CardNotSupportedError(msg('RSA-{key_size} cannot go into a PIV slot', key_size=private_key.key_size))
                 numbers = private_key.private_numbers()
                 if numbers.public_numbers.e != 65537:
-                    raise CardNotSupportedError("PIV cards take RSA keys with public exponent 65537 only")
+                    raise CardNotSupportedError(msg('PIV cards take RSA keys with public exponent 65537 only'))
                 size = alg.bits // 16
                 for tag, value in (
                     (0x01, numbers.p),
@@ -737,7 +733,7 @@ class PivSession:
                 bits = {"secp256r1": 256, "secp384r1": 384}.get(private_key.curve.name)
                 alg = None if bits is None else find_algorithm("EC", bits)
                 if alg is None:
-                    raise CardNotSupportedError(f"curve {private_key.curve.name} has no PIV algorithm")
+                    raise CardNotSupportedError(msg('curve {name} has no PIV algorithm', name=private_key.curve.name))
                 size = alg.bits // 8
                 data += tlv.tag_bytes(0x06) + tlv.encode_length(size)
                 data += private_key.private_numbers().private_value.to_bytes(size, "big")
@@ -750,7 +746,7 @@ class PivSession:
                 )
                 data += tlv.tag_bytes(0x07 if is_ed else 0x08) + tlv.encode_length(len(raw)) + raw
             else:
-                raise CardNotSupportedError(f"{type(private_key).__name__} keys cannot go into a PIV slot")
+                raise CardNotSupportedError(msg('{name} keys cannot go into a PIV slot', name=type(private_key).__name__))
             if pin_policy != "default":
                 data += tlv.encode(0xAA, bytes([PIN_POLICIES[pin_policy]]))
             if touch_policy != "default":
@@ -777,7 +773,7 @@ class PivSession:
         answer = self.channel.send(INS_AUTHENTICATE, algorithm, slot, body, le=0)
         result = tlv.parse_dict(tlv.unwrap(answer, 0x7C)).get(0x82)
         if not result:
-            raise CardProtocolError("GENERAL AUTHENTICATE answered without a result (tag 82)")
+            raise CardProtocolError(msg('GENERAL AUTHENTICATE answered without a result (tag 82)'))
         return result
 
     def test_signature(self, slot: int, certificate: x509.Certificate) -> None:
@@ -785,14 +781,13 @@ class PivSession:
         public = certificate.public_key()
         message = self._rng(32)
         mismatch = KeyMismatchError(
-            f"the key in slot {slot:02X} does not match the certificate "
-            f"(serial {certificate.serial_number:x}); nothing more was written"
+            msg('the key in slot {slot:02X} does not match the certificate (serial {serial_number:x}); nothing more was written', slot=slot, serial_number=certificate.serial_number)
         )
         try:
             if isinstance(public, rsa.RSAPublicKey):
                 alg = find_algorithm("RSA", public.key_size, "yubikey-5.7")
                 if alg is None:
-                    raise CardNotSupportedError(f"RSA-{public.key_size} has no PIV algorithm")
+                    raise CardNotSupportedError(msg('RSA-{key_size} has no PIV algorithm', key_size=public.key_size))
                 k = (public.key_size + 7) // 8
                 signature = self.sign_test(slot, alg.code, _pkcs1_v15_sha256_block(message, k))
                 public.verify(signature.rjust(k, b"\x00"), message, padding.PKCS1v15(), hashes.SHA256())
@@ -800,7 +795,7 @@ class PivSession:
                 bits = {"secp256r1": 256, "secp384r1": 384}.get(public.curve.name)
                 alg = None if bits is None else find_algorithm("EC", bits)
                 if alg is None:
-                    raise CardNotSupportedError(f"curve {public.curve.name} has no PIV algorithm")
+                    raise CardNotSupportedError(msg('curve {name} has no PIV algorithm', name=public.curve.name))
                 hash_alg: hashes.HashAlgorithm = hashes.SHA256() if bits == 256 else hashes.SHA384()
                 h = hashes.Hash(hash_alg)
                 h.update(message)
@@ -821,7 +816,7 @@ class PivSession:
                 if not hmac.compare_digest(shared, ephemeral.exchange(public)):
                     raise mismatch
             else:
-                raise CardNotSupportedError(f"no key test for {type(public).__name__} certificates")
+                raise CardNotSupportedError(msg('no key test for {name} certificates', name=type(public).__name__))
         except InvalidSignature:
             raise mismatch from None
 
@@ -834,7 +829,7 @@ class PivSession:
             return None
         if sw != SW_OK:
             raise CardStatusError(
-                f"reading object {object_id:06X} failed: {sw:04X} ({describe_sw(sw)})", sw
+                msg('reading object {object_id:06X} failed: {sw:04X} ({describe_sw})', object_id=object_id, sw=sw, describe_sw=describe_sw(sw)), sw
             )
         expected = OBJECT_ID_DISCOVERY if object_id == OBJECT_ID_DISCOVERY else 0x53
         return tlv.unwrap(data, expected)

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from provision.resources import DATA_FILES, JOB_SCHEMA
+from provision.resources import CATALOG_FILES, DATA_FILES, JOB_SCHEMA
 from tests.helpers.artifact import Artifact
 from tests.helpers.product import REPO
 
@@ -31,6 +31,8 @@ def test_the_wheel_holds_every_file_of_the_package(artifact: Artifact) -> None:
     wheel = set(zipfile.ZipFile(artifact.wheel()).namelist())
     for name in DATA_FILES:
         assert f"provision/data/{name}" in wheel, f"{name} is missing from the wheel"
+    for name in CATALOG_FILES:
+        assert f"provision/{name}" in wheel, f"{name} is missing from the wheel"
     missing = _package_files_in_checkout() - wheel
     assert not missing, f"files of the package that the wheel does not carry: {sorted(missing)}"
 
@@ -112,3 +114,11 @@ def test_a_day_from_an_empty_directory(cli: Any, canaries: Any, tmp_path: Path) 
                "--no-file-checks")  # fmt: skip
     assert made.returncode == 0, made.stderr
     assert "HK-9" in (tmp_path / "batch.yaml").read_text()
+
+
+def test_the_installed_command_speaks_chinese(cli: Any, tmp_path: Path) -> None:
+    """The compiled catalog is read from the installed package: an error in Traditional Chinese, and
+    the same --json as in English."""
+    chinese = cli("--lang", "zh_Hant", "report", "--last", "--logs", str(tmp_path / "none"))
+    assert chinese.returncode == 2 and "尚未有任何執行的報告" in chinese.stderr, chinese.stderr
+    assert "Traceback" not in chinese.stderr

@@ -54,3 +54,7 @@ def test_the_one_file_build_does_a_day_alone(onefile: Path, tmp_path: Path) -> N
         verified = run(onefile, tmp_path, "audit", "verify", "--logs", logs)
         assert verified.returncode == 0, verified.stderr
     assert "Traceback" not in demo.stderr + again.stderr
+    # The catalogs and Babel's locale data travel inside the one file: a report in Chinese, dates too.
+    chinese = run(onefile, tmp_path, "--lang", "zh_Hant", "report", "--last", "--format", "html", "--logs", "second")
+    assert chinese.returncode == 0, chinese.stderr
+    assert "智能卡證書載入報告" in chinese.stdout and "年" in chinese.stdout

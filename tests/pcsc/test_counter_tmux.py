@@ -392,3 +392,100 @@ def test_two_wrong_pins_then_unblock_and_load(tmux: Tmux, pcscd: PrivatePcscd, c
     screen = tmux.wait_for("EXITED")
     assert "EXITED 0" in screen, screen[-2000:]
     canaries.outputs.append(screen)
+
+
+def _cells(line: str) -> list[int]:
+    """The terminal column of each character of a captured line (a wide character takes two)."""
+    from provision.display import cell_width
+
+    columns, at = [], 0
+    for char in line:
+        columns.append(at)
+        at += cell_width(char)
+    return columns
+
+
+def border_columns(line: str) -> list[int]:
+    """Where the vertical strokes of box drawing are (corners, crossings, bars; not the horizontal lines)."""
+    cells = _cells(line)
+    return [cells[i] for i, char in enumerate(line) if 0x2500 <= ord(char) <= 0x257F and char not in "─━═┄┅┈┉╌╍"]
+
+
+def test_the_counter_in_chinese_keeps_its_table_and_panels_aligned(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards,
+                                                                   canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    """--lang zh_Hant: every word of the counter in Traditional Chinese, the holders' names in Chinese,
+    and the double-width characters keep the queue table's column borders and the panels' right
+    edges in the same terminal columns on every row."""
+    ca = fixtures.make_ca("Counter CA")
+    for cn, name in (("陳大文", "chan"), ("李小明", "lee")):
+        (tmp_path / f"{name}.p12").write_bytes(fixtures.holder_p12(
+            ca, cn, canaries.pkcs12_password, key_type="p256", not_before=NOW - timedelta(days=1),
+            not_after=NOW + timedelta(days=1000)))  # fmt: skip
+    job = tmp_path / "counter.yaml"
+    job.write_text(
+        "version: 1\nbatch: counter-zh\ntimezone: Asia/Hong_Kong\ndefaults:\n  slot: 9c\n"
+        '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {prompt: "Card PIN"}\n  card: {any: true}\ncards:\n'
+        "  - id: HK-1\n    holder: 陳大文\n"
+        '    pkcs12: {path: chan.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n'
+        "  - id: HK-2\n    holder: 李小明\n"
+        '    pkcs12: {path: lee.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n',
+        encoding="utf-8",
+    )
+    reader = pcscd.reader_name(1)
+    tmux.start(f"{shlex.join(provision_cmd())} run {job} --lang zh_Hant --logs {tmp_path / 'logs'} "
+               f"--reader {shlex.quote(reader)} --operator 'Clerk Wong'",
+               {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], "LANG": "C.UTF-8", **checkout_pythonpath()})  # fmt: skip
+    screen = tmux.wait_for("陳大文：請輸入密碼信封上的 16 位數字")
+    assert "批次 counter-zh" in screen and "持證人" in screen and "下一位" in screen and "等候中" in screen
+    # The queue table: every row has its column borders in the same terminal columns as the header's.
+    lines = screen.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.lstrip().startswith("┏"))
+    bottom = next(i for i in range(top, len(lines)) if lines[i].lstrip().startswith("└"))
+    table = lines[top : bottom + 1]
+    assert any("陳大文" in row for row in table) and any("李小明" in row for row in table)
+    expected = border_columns(table[0])
+    assert len(expected) == 5, table  # four columns
+    for row in table[1:]:
+        assert border_columns(row) == expected, "\n".join(table)
+    tmux.keys(canaries.pkcs12_password, "Enter")
+    tmux.wait_for("請插入 陳大文 的卡")
+    card = cards.insert(1, kind="sim", options={"serial": 20000011})
+    screen = tmux.wait_for("把此證書載入卡中？")
+    assert "載入前請核對證書" in screen and "CN=陳大文" in screen
+    tmux.keys("y", "Enter")
+    screen = tmux.wait_for("卡的 PIN 碼：")
+    assert "尚餘嘗試次數：3" in screen
+    tmux.keys("123456", "Enter")
+    screen = tmux.wait_for("請從讀卡器取出卡。")
+    assert "陳大文：已完成" in screen and "新證書已在卡上：槽位 9c" in screen
+    # The result panel: its right edge is in the same column on every line, Chinese or not.
+    lines = screen.splitlines()
+    done = max(i for i, line in enumerate(lines) if "陳大文：已完成" in line)
+    first = max(i for i in range(done) if lines[i].lstrip().startswith("╭"))
+    last = next(i for i in range(done, len(lines)) if lines[i].lstrip().startswith("╰"))
+    right = border_columns(lines[first])[-1]
+    for line in lines[first : last + 1]:
+        assert border_columns(line)[-1] == right, "\n".join(lines[first : last + 1])
+    card.remove()
+    wait_for(lambda: not card_present(reader), 10, "the card to leave the reader")
+    tmux.wait_for("李小明：請輸入密碼信封上的 16 位數字")
+    tmux.keys("", "Enter")  # no envelope today: skip
+    screen = tmux.wait_for("EXITED")
+    assert "今天已略過" in screen and "已載入" in screen
+    assert "1 loaded, 1 pending" in screen and "EXITED 1" in screen  # status names stay as recorded
+    report = json.loads(next((tmp_path / "logs" / "reports").glob("*.json")).read_text(encoding="utf-8"))
+    assert report["language"] == "zh_Hant" and report["jobs"][0]["status"] == "loaded"
+    html = next((tmp_path / "logs" / "reports").glob("*.html")).read_text(encoding="utf-8")
+    assert "智能卡證書載入報告" in html and "陳大文" in html
+    canaries.outputs.append(screen)
+    assert "123456" not in screen
+
+
+def test_the_alignment_check_sees_a_misaligned_row() -> None:
+    """A table laid out as if a Chinese character took one cell (the bug rich's cell widths avoid):
+    the check above would catch it."""
+    header = "┃ # ┃ 持證人 ┃"
+    good = "│ 1 │ 陳大文 │"
+    narrow = "│ 1 │ 陳大文    │"  # padded for 3 cells instead of 6
+    assert border_columns(good) == border_columns(header)
+    assert border_columns(narrow) != border_columns(header)

@@ -139,8 +139,12 @@ def test_run_json_reports_and_status_agree_row_by_row(batch: Batch, ca: fixtures
     assert (refused_row["status"], refused_row["card_serial"], refused_row["error"], refused_row["reader"]) == (
         "refused", str(STRANGER), refused_json["reason"], refused_json["reader"])
     (refused_html,) = refused_table
+    from provision.report import when
+
+    # The page writes the time as a person reads it, in the job's time zone (the exact one in <time datetime>).
     assert refused_html == {"Card serial": str(STRANGER), "Reader": refused_json["reader"],
-                            "Time": refused_json["time"], "Reason": refused_json["reason"]}  # fmt: skip
+                            "Time": when(refused_json["time"], document["timezone"]), "Reason": refused_json["reason"]}  # fmt: skip
+    assert f'<time datetime="{refused_json["time"]}">' in (reports / f"{run_id}.html").read_text(encoding="utf-8")
 
     # The factory-default key note: on the jobs that authenticated with it, in every format.
     noted = {"HK-LOAD", "HK-PULL"}  # the pulled card had authenticated with it before it went

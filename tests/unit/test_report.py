@@ -84,7 +84,7 @@ def test_html_is_self_contained_and_escaped() -> None:
     assert "<link" not in page and "@import" not in page and "url(" not in page
     assert "@media print" in page
     for text in ("hk-2025-11", "20251125T020000Z-a1b2", "cf3e80bc6b76df716f798a9b796f843bfab74f2f1f400a354987597a57ed2387",
-                 "Refused: wrong card", "logs/store/1000/9c-20241125.pem", "expires 2027-11-24T23:59:59Z",
+                 "Refused: wrong card", "logs/store/1000/9c-20241125.pem", 'expires <time datetime="2027-11-24T23:59:59Z">24 Nov 2027, 23:59:59</time>',
                  "the PIN was refused; 2 tries left"):  # fmt: skip
         assert text in page
 
