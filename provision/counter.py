@@ -137,7 +137,8 @@ class CounterScreen:
     def runner(self) -> CounterRun:
         """The attached run (``attach``, called by the runner's ``begin`` before anything else)."""
         if self._runner is None:
-            raise InternalError("the counter screen was used before a run was attached to it; this is a bug")
+            raise InternalError(msg("the counter screen was used before a run was attached to it; this is a bug, "
+                                    "please report it"))  # fmt: skip
         return self._runner
 
     # --- the runner's loop gives the screen its turn ---

@@ -29,6 +29,7 @@ from provision.errors import (
     ServiceDownError,
     TransientCardError,
 )
+from provision.i18n import msg
 
 # PC/SC return codes. They are the same numbers on WinSCard, macOS and pcsc-lite, so they live here
 # as data (and the unit tests check them against pyscard's own constants).
@@ -248,10 +249,9 @@ def _check(code: int, action: str, reader: str | None = None) -> None:
     if not code:
         return
     if not _classified(code) and _service_gone():
-        raise ServiceDownError(
-            f"{action}: the PC/SC service went away ({code_name(code)}, then SCARD_E_NO_SERVICE); "
-            "start it (pcscd on Linux, the 'Smart Card' service on Windows) and run again"
-        )
+        raise ServiceDownError(msg(
+            "{action}: the PC/SC service went away ({code}, then SCARD_E_NO_SERVICE); start it (pcscd on "
+            "Linux, the 'Smart Card' service on Windows) and run again", action=action, code=code_name(code)))
     raise error_for(code, action, reader)
 
 
