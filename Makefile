@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
 DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk fonts-dejavu-core softhsm2 p11-kit p11-kit-modules postgresql gnutls-bin openjdk-17-jre-headless
 
-.PHONY: all setup catalogs demo test test-installed dist fresh-check lint typecheck test-unit bench faults clean
+.PHONY: all setup catalogs docs demo test test-installed dist fresh-check lint typecheck test-unit bench profile faults clean
 
 all: test
 
@@ -37,6 +37,13 @@ demo: setup
 # and compile the .mo files the program reads. Both are committed.
 catalogs: $(STAMP)
 	$(BIN)/python tools/catalogs.py
+
+# The guides' pictures (docs/pictures/: counter screens recorded from the real counter code as SVG,
+# the HTML report and its PNG from headless Chromium, a plan with a card present) and the job-file
+# reference (docs/jobfile.md, from schemas/job.schema.json). tests/sim/test_docs_pictures.py and
+# tests/unit/test_docs.py fail when a committed one no longer matches what the code renders.
+docs: setup
+	$(BIN)/python tools/docgen.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check provision tests bench
@@ -77,6 +84,10 @@ fresh-check:
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/queue_bench.py
+
+# One `provision run` of one card by phase, next to the card's own APDU time (bench/profile_load.py)
+profile: setup
+	$(BIN)/python bench/profile_load.py $(PROFILE_ARGS)
 
 # The whole fault campaign with its summary table (make test runs the reduced form).
 faults: setup

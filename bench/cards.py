@@ -104,6 +104,7 @@ class Exchange:
     command_bytes: int
     response_bytes: int
     sw: str
+    seconds: float = 0.0  # the card's own time for this APDU (its latency included), measured at the card
 
 
 class RecordingCard:
@@ -124,10 +125,17 @@ class RecordingCard:
         self.card.reset()
 
     def process(self, apdu: bytes) -> bytes:
+        start = time.perf_counter()
         response = bytes(self.card.process(apdu))
+        seconds = time.perf_counter() - start
         apdu = bytes(apdu)
-        self.log.append(Exchange(apdu[:4], _command_data(apdu)[:8], len(apdu), len(response), response[-2:].hex().upper()))
+        self.log.append(Exchange(apdu[:4], _command_data(apdu)[:8], len(apdu), len(response), response[-2:].hex().upper(),
+                                 seconds))  # fmt: skip
         return response
+
+    def card_seconds(self) -> float:
+        """The card's own time over everything it answered: the floor no host software can beat."""
+        return sum(x.seconds for x in self.log)
 
 
 def _command_data(apdu: bytes) -> bytes:
@@ -270,7 +278,7 @@ class ToolRun:
     card_seconds: list[float] = field(default_factory=list)  # ours: the job's card time
 
 
-def p1_p2(daemon: Any, work: Path, repeat: int) -> dict[str, Any]:
+def p1_p2(daemon: Any, work: Path, repeat: int, latencies: tuple[float, ...] = (20.0, 0.0)) -> dict[str, Any]:
     """Each tool loads the same PKCS#12 into slot 9C of a fresh card, ``repeat`` times per latency."""
     from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
@@ -304,7 +312,7 @@ def p1_p2(daemon: Any, work: Path, repeat: int) -> dict[str, Any]:
         path = work / f"logs-{next(counter)}"
         return path
 
-    for latency in (20.0, 0.0):
+    for latency in latencies:
         for _ in range(repeat):
             # ours, the whole command (interpreter start-up, PKCS#12 decryption, journal, audit, reports)
             slot = Inserted(daemon, 0, fresh_card(material, latency))
@@ -374,12 +382,14 @@ def _our_readback(reader: str) -> None:
 # --- P3 ----------------------------------------------------------------------------------------
 
 
-def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms: float) -> dict[str, Any]:
+def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms: float,
+             key_type: str = "p256") -> dict[str, Any]:  # fmt: skip
     """``per_reader`` cards through each of ``readers`` readers in one in-process run through pcscd.
 
     A changer thread per reader plays the operator: when the run says a job is done, it pulls the
     card and inserts the next one. The time is from the first card's identification to the last
-    job's result, so the run's start (PKCS#12 decryption of every job) is not in it.
+    job's result, so the run's start (PKCS#12 decryption of every job) is not in it. Per card: from
+    the moment the card is in its reader to its job's result, and the card's own time (P7).
     """
     from provision.app import run_jobfile
     from provision.jobfile import load_jobfile
@@ -387,9 +397,12 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
 
     d = work / f"p3-{readers}x{per_reader}-{time.monotonic_ns()}"
     d.mkdir(parents=True)
-    _write_p3_material(d, readers * per_reader)
+    _write_p3_material(d, readers * per_reader, key_type)
     jobfile = load_jobfile(d / "job.yaml", unattended=True)
     serials = [[20_000_000 + r * per_reader + k for k in range(per_reader)] for r in range(readers)]
+    inserted_at: dict[int, float] = {}
+    done_at: dict[int, float] = {}
+    card_seconds: dict[int, float] = {}
     reader_names = [daemon.reader_name(r) for r in range(readers)]
     done_events = {s: threading.Event() for row in serials for s in row}
     first: list[float] = []
@@ -405,6 +418,7 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
                 for s in row:
                     if f"(HK-{s})" in text and (": loaded." in text or "FAILED" in text or "REFUSED" in text):
                         last[0] = max(last[0], now)
+                        done_at.setdefault(s, now)
                         done_events[s].set()
 
     def changer(r: int, current: list[Inserted]) -> None:
@@ -416,9 +430,11 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
             for worker in threading.enumerate():
                 if worker.name == f"reader-{reader_names[r]}":
                     worker.join(30)
+            card_seconds[s] = current[0].card.card_seconds()
             current[0].pull()
             if k + 1 < per_reader:
                 current[0] = Inserted(daemon, r, RecordingCard(_p3_card(serials[r][k + 1], latency_ms)))
+                inserted_at[serials[r][k + 1]] = time.perf_counter()
 
     slots = [[Inserted(daemon, r, RecordingCard(_p3_card(serials[r][0], latency_ms)))] for r in range(readers)]
     threads = [threading.Thread(target=changer, args=(r, slots[r]), daemon=True) for r in range(readers)]
@@ -434,7 +450,10 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
         raise RuntimeError(f"P3 run did not load every card: {statuses}")
     wall = last[0] - first[0]
     shutil.rmtree(d, ignore_errors=True)
-    return {"cards": readers * per_reader, "seconds": wall, "per_minute": readers * per_reader / wall * 60}
+    handed = sorted(inserted_at)  # the cards put in while the run was going (not the first ones)
+    per_card = [done_at[s] - inserted_at[s] for s in handed if s in done_at]
+    return {"cards": readers * per_reader, "seconds": wall, "per_minute": readers * per_reader / wall * 60,
+            "per_card_seconds": per_card, "card_seconds": [card_seconds[s] for s in handed if s in card_seconds]}  # fmt: skip
 
 
 def _p3_card(serial: int, latency_ms: float) -> Any:
@@ -443,8 +462,9 @@ def _p3_card(serial: int, latency_ms: float) -> Any:
     return SimCard(SimOptions(serial=serial, firmware=FIRMWARE, latency_ms=latency_ms))
 
 
-def _write_p3_material(d: Path, count: int) -> None:
-    """``count`` jobs of one P-256 PKCS#12 each (cheap to make; the card time is what P3 measures)."""
+def _write_p3_material(d: Path, count: int, key_type: str = "p256") -> None:
+    """``count`` jobs of one PKCS#12 each: P-256 for P3 (cheap to make; the card time is what P3
+    measures), RSA-2048 for P7 (each bundle decrypted as a real batch would)."""
     from provision import fixtures
 
     now = datetime.now(UTC)
@@ -453,7 +473,7 @@ def _write_p3_material(d: Path, count: int) -> None:
     secret(d / "card.pin", PIN)
     lines = ["version: 1", "batch: bench-p3", "timezone: Asia/Hong_Kong", "defaults:", "  slot: 9c",
              '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"', "  pin: {file: card.pin}", "cards:"]  # fmt: skip
-    key = fixtures.generate_key("p256")
+    key = fixtures.generate_key(key_type)
     for n in range(count):
         serial = 20_000_000 + n
         data = fixtures.holder_p12(ca, f"HOLDER {n}", P12_PASSWORD, key=key, serial=0x1000 + n,
@@ -492,3 +512,74 @@ def p3_inprocess(work: Path, readers: int, per_reader: int, latency_ms: float) -
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# --- P1 against the peers' same-checklist scripts, at one latency -------------------------------
+
+
+def checklist_scripts(daemon: Any, work: Path, material: Material) -> dict[str, list[list[str]]]:
+    """What each tool runs for one load. The checklists are what an operator would script with each
+    peer to do what ``provision run`` does (look at the card, keep the old certificate, load, read
+    back, prove the key); the bare imports are each peer's plain load."""
+    reader = daemon.reader_name(0)
+    ykman = str(BIN / "ykman")
+    p12, pw = str(material.p12), P12_PASSWORD
+    old, back = str(work / "old.pem"), str(work / "back.pem")
+    ypt = ["yubico-piv-tool", "-r", reader]
+    yk = [ykman, "--reader", reader, "piv"]
+    mk = ["--management-key", MANAGEMENT_KEY]
+    return {
+        "yubico-piv-tool checklist (5 runs)": [
+            [*ypt, "-a", "status"],
+            [*ypt, "-a", "read-certificate", "-s", "9c", "-o", old],
+            [*ypt, "-a", "import-key", "-a", "import-certificate", "-s", "9c", "-i", p12, "-K", "PKCS12", "-p", pw],
+            [*ypt, "-a", "read-certificate", "-s", "9c", "-o", back],
+            [*ypt, "-a", "verify-pin", "-P", PIN, "-a", "test-signature", "-s", "9c", "-i", back],
+        ],
+        "ykman checklist (5 runs, no test signature)": [
+            [*yk, "info"],
+            [*yk, "certificates", "export", "9c", old],
+            [*yk, "keys", "import", *mk, "-p", pw, "9c", p12],
+            [*yk, "certificates", "import", *mk, "-p", pw, "9c", p12],
+            [*yk, "certificates", "export", "9c", back],
+        ],
+        "yubico-piv-tool bare import": [
+            [*ypt, "-a", "import-key", "-a", "import-certificate", "-s", "9c", "-i", p12, "-K", "PKCS12", "-p", pw],
+        ],
+        "ykman bare import": [
+            [*yk, "keys", "import", *mk, "-p", pw, "9c", p12],
+            [*yk, "certificates", "import", *mk, "-p", pw, "9c", p12],
+        ],
+    }  # fmt: skip
+
+
+def p1_checklist(daemon: Any, work: Path, repeat: int, latency_ms: float = 20.0) -> dict[str, Any]:
+    """``provision run`` (the whole command) and each peer script, interleaved, ``repeat`` times each,
+    every run on a fresh card (slot 9C holding an old certificate). Per tool: wall seconds, the card's
+    own seconds (measured at the card), APDUs."""
+    material = Material(work / "material-p1")
+    env = {**daemon.env, "HOME": str(work)}
+    tools: dict[str, list[list[str]]] = {}
+    counter = iter(range(1_000_000))
+    out: dict[str, dict[str, list[float]]] = {}
+    for _ in range(repeat):
+        tools = {"provision run": [[str(BIN / "provision"), "run", str(material.job), "--unattended", "--no-progress",
+                                    "--logs", str(work / f"p1-logs-{next(counter)}"), "--reader",
+                                    daemon.reader_name(0)]],
+                 **checklist_scripts(daemon, work, material)}  # fmt: skip
+        for name, argvs in tools.items():
+            slot = Inserted(daemon, 0, fresh_card(material, latency_ms))
+            seconds = timed_commands(argvs, env, material.directory)
+            _check_loaded(slot.card, material)
+            entry = out.setdefault(name, {"seconds": [], "card_seconds": [], "apdus": []})
+            entry["seconds"].append(seconds)
+            entry["card_seconds"].append(slot.card.card_seconds())
+            entry["apdus"].append(len(slot.card.log))
+            slot.pull()
+    return {name: {"seconds": median(v["seconds"]), "card_seconds": median(v["card_seconds"]),
+                   "apdus": int(median(v["apdus"])), "runs": len(argvs_of(tools, name)), "samples": v["seconds"]}
+            for name, v in out.items()}  # fmt: skip
+
+
+def argvs_of(tools: dict[str, list[list[str]]], name: str) -> list[list[str]]:
+    return tools[name]

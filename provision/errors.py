@@ -113,7 +113,7 @@ class JobFileError(ProvisionError):
 
 
 class InputTooLargeError(ProvisionError):
-    """An input is larger than its documented bound (README, "Bounds on every input")."""
+    """An input is larger than its documented bound (docs/batch.md, "Bounds on every input")."""
 
     exit_code = EXIT_INPUT
 

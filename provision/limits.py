@@ -1,4 +1,4 @@
-"""Bounds on every input (README, "Bounds on every input").
+"""Bounds on every input (docs/batch.md, "Bounds on every input").
 
 Each input is measured against its bound *before* the work it would cause: a file is read with a
 bounded read (``read_bounded``: at most limit + 1 bytes, so ``/dev/zero``, a FIFO or a growing file

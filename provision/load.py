@@ -142,6 +142,12 @@ def _spki(public_key: Any) -> bytes:
     return bytes(public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
 
 
+# Steps that change nothing on the card or token (reads, the journal's own result, files): their
+# begin needs no fsync of its own, since the next step that does change the card syncs the journal,
+# and this begin with it, before its first write. Every other begin is on disk before its step.
+CARD_UNCHANGED = frozenset({"preflight", "commit", "export_pem", "export_nssdb"})
+
+
 @contextmanager
 def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One step of a load in the journal: ``begin`` before it, ``end`` after it with what the step
@@ -151,7 +157,8 @@ def journal_step(ctx: LoadContext, action: str, detail: dict[str, Any]) -> Itera
 
     if action not in declared_actions(ctx.job):
         raise InternalError(msg('the loader took the step {action!r}, which its backend does not declare', action=action))
-    ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "begin", detail)
+    ctx.journal.step(ctx.run_id, ctx.jobfile.batch, ctx.job.id, action, "begin", detail,
+                     durable=action not in CARD_UNCHANGED)  # fmt: skip
     _fault_point(action, "begin")
     found: dict[str, Any] = {}
     try:

@@ -143,6 +143,10 @@ _WATCH_SLICE_MS = 1000  # wake up at least this often so that Ctrl-C is seen
 # How long a code outside the table is checked against a fresh context. pcsc-lite's daemon takes
 # about a second between SIGTERM and closing its socket; a live service answers at once.
 _SERVICE_PROBE_S = 3.0
+# pcsc-lite refuses a wait on more states than it has reader slots (PCSCLITE_MAX_READERS_CONTEXTS,
+# 16 in Debian's build: SCARD_E_INVALID_PARAMETER): with every slot used by a reader there is no
+# room for the PnP pseudo-reader, and new readers are found by listing instead.
+_MAX_WAIT_STATES = 16
 
 
 def code_name(code: int) -> str:
@@ -396,7 +400,8 @@ def watch(
                     return
                 wait_ms = max(0, min(wait_ms, int(left * 1000)))
             query = [(name, state) for name, (state, _) in seen.items()]
-            if pnp_state is not None:
+            pnp_now = pnp_state is not None and len(query) < _MAX_WAIT_STATES
+            if pnp_state is not None and pnp_now:
                 query.append((PNP_NOTIFICATION, pnp_state))
             if not query:  # pcsc-lite cannot wait on nothing: no readers and no PnP
                 time.sleep(wait_ms / 1000)
@@ -405,7 +410,7 @@ def watch(
             code, states = ctx.scard.SCardGetStatusChange(ctx.handle, wait_ms, query)
             code &= 0xFFFFFFFF
             if code == _TIMEOUT:
-                if pnp_state is None:
+                if not pnp_now:
                     yield from _diff_readers(ctx, seen)
                 continue
             if code in _READER_GONE or code == _NO_READERS:

@@ -10,7 +10,7 @@ counter mode with HMAC-SHA256 (cryptography's ``KBKDFHMAC``), exactly:
   4 bytes big-endian;
 - length: 24 bytes (AES-192 and 3DES keys are both 24 bytes).
 
-So anyone holding the master secret recomputes a card's key from its serial (the README shows how).
+So anyone holding the master secret recomputes a card's key from its serial (docs/batch.md shows how).
 
 **PIN-protected** (``management_key_rotate: {pin_protected: true}``): as ykman's
 ``piv access change-management-key --protect``: the key in object 5FC109 as ``88 { 89 <key> }``

@@ -57,7 +57,7 @@ class JournalStore(Protocol):
     def set_job(self, batch: str, job_id: str, run_id: str, holder: str, status: str, **fields: Any) -> None: ...
 
     def step(self, run_id: str, batch: str, job_id: str, action: str, phase: str,
-             detail: dict[str, Any] | None = None) -> None: ...  # fmt: skip
+             detail: dict[str, Any] | None = None, *, durable: bool | None = None) -> None: ...  # fmt: skip
 
     def steps(self, batch: str, job_id: str) -> list[tuple[str, str, str, dict[str, Any], str]]: ...
 

@@ -440,7 +440,8 @@ class PostgresQueue:
     # --- steps ---
 
     def step(self, run_id: str, batch: str, job_id: str, action: str, phase: str,
-             detail: dict[str, Any] | None = None) -> None:  # fmt: skip
+             detail: dict[str, Any] | None = None, *, durable: bool | None = None) -> None:  # fmt: skip
+        # ``durable`` is the local journal's fsync choice; every commit here is the server's to keep.
         with self._lock:
             epoch = self._held.get((batch, job_id))
         key = uuid.uuid4().hex

@@ -4,7 +4,7 @@
 Each test runs real batches (``provision run --sim``) as child processes, tampers with what a
 person with write access to ``logs/`` can reach (the log, the journal), and sometimes with the
 anchor itself, then asks the command line. What is NOT caught without an anchor or a held seal is
-asserted too, so the README's threat model stays true (README, "Threat model of the audit log").
+asserted too, so the auditor's threat model stays true (docs/auditor.md, "Threat model of the audit log").
 """
 
 from __future__ import annotations

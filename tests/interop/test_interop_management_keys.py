@@ -1,8 +1,8 @@
 """Management keys, judged by the peers: ``provision run`` loads a served card and rotates its
 management key (``management_key_rotate``); then yubico-piv-tool and ykman must find the card
-where the README says it is.
+where docs/batch.md says it is.
 
-- derive: the test computes the card's key itself from the README's KDF (not through the product's
+- derive: the test computes the card's key itself from the KDF in docs/batch.md (not through the product's
   code), and yubico-piv-tool 2.2 (3DES only: the card is served as firmware 5.4.3) performs an admin
   operation with it, and fails with the factory default;
 - pin_protected: ``ykman piv info`` reports the key as stored PIN-protected, and ykman performs an
@@ -35,7 +35,7 @@ LABEL = "HK e-Cert interop"
 
 
 def readme_kdf(master: bytes, label: str, serial: int) -> bytes:
-    """README, "Management keys: derived and rotated": SP 800-108 counter mode, HMAC-SHA256."""
+    """docs/batch.md, "Management keys: derived and rotated": SP 800-108 counter mode, HMAC-SHA256."""
     fixed = label.encode() + b"\x00" + serial.to_bytes(4, "big") + (24 * 8).to_bytes(4, "big")
     return hmac.new(master, (1).to_bytes(4, "big") + fixed, hashlib.sha256).digest()[:24]
 

@@ -9,9 +9,7 @@ reports PIN flags and answers a blocked PIN with CKR_PIN_INCORRECT."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from provision import fixtures
 from provision.p11 import mechanisms
 from provision.p11.module import finalize_modules
 from provision.p11.source import Pkcs11Token
+from tests.helpers.p11_records import audit, journal_mechanisms, verified_mechanisms
 from tests.helpers.product import provision_cmd
 from tests.helpers.softhsm import SoftHsm
 from tests.p11.test_softhsm import TokenBatch
@@ -37,20 +36,6 @@ def issuer() -> fixtures.Issuer:
 @pytest.fixture
 def batch(tmp_path: Path, canaries: Any, issuer: fixtures.Issuer, softhsm: SoftHsm) -> TokenBatch:
     return TokenBatch(tmp_path, canaries, issuer, softhsm)
-
-
-def audit(batch: TokenBatch) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (batch.logs / "audit.jsonl").read_text().splitlines()]
-
-
-def verified_mechanisms(batch: TokenBatch) -> list[str]:
-    return [e["mechanism"] for e in audit(batch) if e.get("event") == "verified"]
-
-
-def journal_mechanisms(batch: TokenBatch) -> list[str]:
-    with sqlite3.connect(batch.logs / "journal.sqlite3") as db:
-        rows = db.execute("SELECT detail FROM steps WHERE action = 'verify_load' AND detail LIKE '%mechanism%'").fetchall()
-    return [json.loads(row[0])["test_signature_mechanism"] for row in rows]
 
 
 def restrict(batch: TokenBatch, names: list[str] | None) -> None:

@@ -22,7 +22,6 @@ Every load here is ``provision run`` (the CLI in a child process), as an operato
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from cryptography import x509
 from provision import fixtures
 from provision.p11.objects import key_id
 from tests.helpers.nss_token import NssToken
+from tests.helpers.p11_records import audit, journal_mechanisms, verified_mechanisms
 from tests.p11.test_softhsm import TokenBatch, slot_name
 from tests.p11.test_softhsm import (
     test_replace_refuse_and_a_wrong_pin_leave_the_token_unchanged as test_nss_refuse,
@@ -53,20 +53,6 @@ def issuer() -> fixtures.Issuer:
 @pytest.fixture
 def batch(tmp_path: Path, canaries: Any, issuer: fixtures.Issuer, nss: NssToken) -> TokenBatch:
     return TokenBatch(tmp_path, canaries, issuer, nss)
-
-
-def audit(batch: TokenBatch) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (batch.logs / "audit.jsonl").read_text().splitlines()]
-
-
-def verified_mechanisms(batch: TokenBatch) -> list[str]:
-    return [e["mechanism"] for e in audit(batch) if e.get("event") == "verified"]
-
-
-def journal_mechanisms(batch: TokenBatch) -> list[str]:
-    with sqlite3.connect(batch.logs / "journal.sqlite3") as db:
-        rows = db.execute("SELECT detail FROM steps WHERE action = 'verify_load' AND detail LIKE '%mechanism%'").fetchall()
-    return [json.loads(row[0])["test_signature_mechanism"] for row in rows]
 
 
 @pytest.mark.parametrize(("key_type", "mechanism"), [("p256", "CKM_ECDSA"), ("p384", "CKM_ECDSA"),

@@ -68,21 +68,28 @@ def tmux() -> Iterator[Tmux]:
     session.kill()
 
 
-def test_a_day_at_the_counter(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:
+def _two_holders(tmp_path: Path, canaries: Any, batch: str, first: str, second: str) -> Path:
+    """A counter job file for two holders (any card, the PIN and the envelope number asked)."""
     ca = fixtures.make_ca("Counter CA")
-    for cn, name in (("CHAN Tai Man", "chan"), ("LEE Siu Ming", "lee")):
+    for cn, name in ((first, "chan"), (second, "lee")):
         (tmp_path / f"{name}.p12").write_bytes(fixtures.holder_p12(
             ca, cn, canaries.pkcs12_password, key_type="p256", not_before=NOW - timedelta(days=1),
             not_after=NOW + timedelta(days=1000)))  # fmt: skip
     job = tmp_path / "counter.yaml"
     job.write_text(
-        "version: 1\nbatch: counter-day\ntimezone: Asia/Hong_Kong\ndefaults:\n  slot: 9c\n"
+        f"version: 1\nbatch: {batch}\ntimezone: Asia/Hong_Kong\ndefaults:\n  slot: 9c\n"
         '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {prompt: "Card PIN"}\n  card: {any: true}\ncards:\n'
-        "  - id: HK-1\n    holder: CHAN Tai Man\n"
+        f"  - id: HK-1\n    holder: {first}\n"
         '    pkcs12: {path: chan.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n'
-        "  - id: HK-2\n    holder: LEE Siu Ming\n"
-        '    pkcs12: {path: lee.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n'
+        f"  - id: HK-2\n    holder: {second}\n"
+        '    pkcs12: {path: lee.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n',
+        encoding="utf-8",
     )
+    return job
+
+
+def test_a_day_at_the_counter(tmux: Tmux, pcscd: PrivatePcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:
+    job = _two_holders(tmp_path, canaries, "counter-day", "CHAN Tai Man", "LEE Siu Ming")
     reader = pcscd.reader_name(3)
     tmux.start(f"{shlex.join(provision_cmd())} run {job} --logs {tmp_path / 'logs'} --reader {shlex.quote(reader)}",
                {"PCSCLITE_CSOCK_NAME": pcscd.env["PCSCLITE_CSOCK_NAME"], **checkout_pythonpath()})  # fmt: skip
@@ -416,21 +423,7 @@ def test_the_counter_in_chinese_keeps_its_table_and_panels_aligned(tmux: Tmux, p
     """--lang zh_Hant: every word of the counter in Traditional Chinese, the holders' names in Chinese,
     and the double-width characters keep the queue table's column borders and the panels' right
     edges in the same terminal columns on every row."""
-    ca = fixtures.make_ca("Counter CA")
-    for cn, name in (("陳大文", "chan"), ("李小明", "lee")):
-        (tmp_path / f"{name}.p12").write_bytes(fixtures.holder_p12(
-            ca, cn, canaries.pkcs12_password, key_type="p256", not_before=NOW - timedelta(days=1),
-            not_after=NOW + timedelta(days=1000)))  # fmt: skip
-    job = tmp_path / "counter.yaml"
-    job.write_text(
-        "version: 1\nbatch: counter-zh\ntimezone: Asia/Hong_Kong\ndefaults:\n  slot: 9c\n"
-        '  slot_name: "e-Cert{cert.not_before:%Y%m%d}"\n  pin: {prompt: "Card PIN"}\n  card: {any: true}\ncards:\n'
-        "  - id: HK-1\n    holder: 陳大文\n"
-        '    pkcs12: {path: chan.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n'
-        "  - id: HK-2\n    holder: 李小明\n"
-        '    pkcs12: {path: lee.p12, password: {prompt: "16-digit number on the PIN envelope"}}\n',
-        encoding="utf-8",
-    )
+    job = _two_holders(tmp_path, canaries, "counter-zh", "陳大文", "李小明")
     reader = pcscd.reader_name(1)
     tmux.start(f"{shlex.join(provision_cmd())} run {job} --lang zh_Hant --logs {tmp_path / 'logs'} "
                f"--reader {shlex.quote(reader)} --operator 'Clerk Wong'",

@@ -476,7 +476,7 @@ def test_a_touch_policy_the_card_does_not_take_is_named(batch: Batch) -> None:
 def test_a_card_that_answers_like_pivapplet_is_loaded_replaced_and_skipped_on_rerun(
     batch: Batch, ca: fixtures.Issuer
 ) -> None:
-    """Everything PivApplet 0.9.0 did differently at once (README, "A PIV card that is not ours"):
+    """Everything PivApplet 0.9.0 did differently at once (docs/development.md, "A PIV card that is not ours"):
     metadata without tag 01 and 6F00 for imported keys, the PIN kept across a re-SELECT, no vendor
     objects. The old certificate and its imported key are replaced (archived), card info calls the
     new key unknown, and a re-run after another program verified the PIN proves the target and

@@ -1,4 +1,4 @@
-"""Bounds on every input (README "Bounds on every input"): each is checked before the work it
+"""Bounds on every input (docs/batch.md "Bounds on every input"): each is checked before the work it
 would cause. Endless sources (/dev/zero, a FIFO fed without end, `yes`) are guarded by
 pytest-timeout: the test asserts that the error arrives, never how fast."""
 

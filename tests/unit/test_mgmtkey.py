@@ -12,7 +12,7 @@ from provision.piv import mgmtkey
 
 
 def sp800_108_counter_hmac_sha256(master: bytes, label: str, serial: int, length: int = 24) -> bytes:
-    """The README's recipe, written out by hand: K(i) = HMAC(master, [i]_4 || label || 00 || serial_4 || [L]_4)."""
+    """The recipe in docs/batch.md, written out by hand: K(i) = HMAC(master, [i]_4 || label || 00 || serial_4 || [L]_4)."""
     fixed = label.encode() + b"\x00" + serial.to_bytes(4, "big") + (length * 8).to_bytes(4, "big")
     out = b""
     for i in range(1, 1 + (length + 31) // 32):

@@ -311,3 +311,27 @@ def test_every_code_of_the_classification_table_is_a_pcsc_code() -> None:
     names = set(PCSC_CODES.values())
     for kind, codes in transport.CODE_KINDS.items():
         assert set(codes) <= names, kind
+
+
+def test_watch_leaves_out_pnp_when_every_reader_slot_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pcsc-lite waits on at most 16 states: 16 readers and the PnP pseudo-reader were refused
+    (SCARD_E_INVALID_PARAMETER, the run ended). With 16 readers the wait leaves PnP out."""
+    names = [f"Reader {i:02d} 00 00" for i in range(16)]
+    asked: list[int] = []
+
+    class Sixteen(FakeScard):
+        def SCardListReaders(self, ctx: int, groups: list[str]) -> tuple[int, list[str]]:
+            return 0, names
+
+        def SCardGetStatusChange(self, ctx: int, timeout: int, states: list[Any]) -> tuple[int, list[Any]]:
+            if len(states) > 16:
+                return 0x80100004, []  # SCARD_E_INVALID_PARAMETER, as pcsc-lite answers
+            asked.append(len(states))
+            if timeout == 0:  # the initial status read
+                return 0, [(n, 0x10, []) for n, _ in states]  # empty
+            return 0, [(n, 0x20 | 0x2 if n == names[3] else 0x10, list(YUBIKEY_5)) for n, _ in states]
+
+    monkeypatch.setattr(transport, "_scard", lambda: Sixteen())
+    event = next(iter(transport.watch(timeout=5)))
+    assert (event.kind, event.reader) == ("inserted", names[3])
+    assert max(asked) == 16
