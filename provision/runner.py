@@ -226,6 +226,7 @@ class Runner:
         self._lock = threading.RLock()
         self._busy: set[str] = set()
         self._cards_in: dict[str, CardSeen] = {}  # the card last read in each reader (ambiguity)
+        self._with_card: set[str] = set()  # readers holding a card, as the source's events said
         self._twins: dict[str, dict[int, CardSeen]] = {}  # cards seen with the same identity as a reader's card
         self._workers: list[threading.Thread] = []
         self.started = jn.now_rfc3339()
@@ -556,8 +557,10 @@ class Runner:
             return seen
         deadline = time.monotonic() + IDENTIFY_WAIT_SECONDS
         while True:
-            present = set(self.source.present()) - {reader}
+            # The readers holding a card: as the source says now, and as its events told the loop.
+            present = set(self.source.present())
             with self._lock:
+                present = (present | self._with_card) - {reader}
                 known = {r: v for r, v in self._cards_in.items() if r in present}
             if len(known) == len(present) or self.ui.types_pins or time.monotonic() >= deadline:
                 break
@@ -663,8 +666,12 @@ class Runner:
                 if event.kind == "removed":
                     waiting.discard(event.reader)
                     with self._lock:
+                        self._with_card.discard(event.reader)
                         self._cards_in.pop(event.reader, None)
                         self._twins.pop(event.reader, None)
+                elif event.kind == "inserted":
+                    with self._lock:
+                        self._with_card.add(event.reader)
                 fresh = [event.reader] if event.kind == "inserted" else []
                 waiting.update(fresh)
                 turn = self.ui.between_cards(self)
