@@ -22,13 +22,14 @@ from provision.errors import (
     ProvisionError,
     UsageError,
 )
-from provision.i18n import choose, localize, msg, set_language
+from provision.i18n import ENGLISH, N_, choose, localize, msg, set_language
 from provision.i18n import gettext as _
 
 TYPE_CHECKING = False  # importing typing costs start-up time; mypy honours this name
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from types import ModuleType
+    from typing import Any, NoReturn
 
 Handler = Callable[["argparse.Namespace"], int]
 
@@ -810,11 +811,12 @@ def _seconds_type(*, positive: bool, limit: float) -> Callable[[str], float]:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+            raise argparse.ArgumentTypeError(_("{text!r} is not a number of seconds").format(text=text)) from None
         low_ok = value > 0 if positive else value >= 0
         if not math.isfinite(value) or not low_ok or value > limit:
-            floor = "more than 0" if positive else "0 or more"
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds {floor} and at most {limit:.0f}")
+            text_ = _("{text!r} is not a number of seconds more than 0 and at most {limit:.0f}") if positive else \
+                _("{text!r} is not a number of seconds 0 or more and at most {limit:.0f}")
+            raise argparse.ArgumentTypeError(text_.format(text=text, limit=limit))
         return value
 
     return seconds
@@ -827,9 +829,9 @@ def _int_type(low: int, high: int) -> Callable[[str], int]:
         try:
             value = int(text, 10)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(_("{text!r} is not a whole number").format(text=text)) from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range ({low} to {high})")
+            raise argparse.ArgumentTypeError(_("{value} is out of range ({low} to {high})").format(value=value, low=low, high=high))
         return value
 
     return whole
@@ -839,182 +841,271 @@ def _logs_default() -> str:
     return os.environ.get("PROVISION_LOGS", "logs")
 
 
-DESCRIPTION = "Load certificates and keys onto smart cards from declarative YAML job files."
-EPILOG = (
-    "Exit codes: 0 done, 1 a card failed, 2 invalid input, 3 environment, 4 audit log "
-    "failed verification, 70 internal error, 130 interrupted."
-)
-LANG_HELP = ("language of the screens, prompts, messages and reports: en or zh_Hant (Traditional Chinese, Hong Kong); "
+DESCRIPTION = N_("Load certificates and keys onto smart cards from declarative YAML job files.")
+EPILOG = N_("Exit codes: 0 done, 1 a card failed, 2 invalid input, 3 environment, 4 audit log "
+            "failed verification, 70 internal error, 130 interrupted.")  # fmt: skip
+LANG_HELP = N_("language of the screens, prompts, messages and reports: en or zh_Hant (Traditional Chinese, Hong Kong); "
              "default $PROVISION_LANG, else the locale (zh_HK, zh_TW → zh_Hant), else en. --json stays language-neutral")
 # One line per command: argparse's sub-parsers and the fast top-level help both read this table.
 COMMANDS: dict[str, str] = {
-    "validate": "check job files; writes nothing",
-    "inspect": "open a PKCS#12 file and show what an operator confirms",
-    "plan": "what a run would do, card by card; with cards present (read-only), the difference to each job",
-    "jobs": "write a job file from a CSV of holders and a template ('jobs new')",
-    "run": "the batch: wait for each card, load, verify, record, report",
-    "resume": "finish what an interrupted run left",
-    "status": "runs and jobs in the journal",
-    "queue": "a shared job queue for many stations ('queue push')",
-    "store": "certificates archived from cards, 'On Disk' ('store list')",
-    "audit": "check the audit log's integrity ('audit verify') or read it ('audit show')",
-    "report": "a run's report as JSON, CSV or HTML",
-    "readers": "PC/SC readers and the cards in them",
-    "card": "a card's serial, version, PIN tries, certificates and slot names ('card info'); "
-            "'card clear-pin-hold' after a refused PIN; 'card unblock-pin|change-pin|change-puk' at the counter",
-    "sim": "simulated PIV cards for tests, training and peers ('sim serve')",
-    "demo": "a complete batch on simulated cards, from generated certificates",
+    "validate": N_("check job files; writes nothing"),
+    "inspect": N_("open a PKCS#12 file and show what an operator confirms"),
+    "plan": N_("what a run would do, card by card; with cards present (read-only), the difference to each job"),
+    "jobs": N_("write a job file from a CSV of holders and a template ('jobs new')"),
+    "run": N_("the batch: wait for each card, load, verify, record, report"),
+    "resume": N_("finish what an interrupted run left"),
+    "status": N_("runs and jobs in the journal"),
+    "queue": N_("a shared job queue for many stations ('queue push')"),
+    "store": N_("certificates archived from cards, 'On Disk' ('store list')"),
+    "audit": N_("check the audit log's integrity ('audit verify') or read it ('audit show')"),
+    "report": N_("a run's report as JSON, CSV or HTML"),
+    "readers": N_("PC/SC readers and the cards in them"),
+    "card": N_("a card's serial, version, PIN tries, certificates and slot names ('card info'); "
+               "'card clear-pin-hold' after a refused PIN; 'card unblock-pin|change-pin|change-puk' at the counter"),
+    "sim": N_("simulated PIV cards for tests, training and peers ('sim serve')"),
+    "demo": N_("a complete batch on simulated cards, from generated certificates"),
 }
 
 
+def _description() -> str:
+    return _("{description} Version {version}.").format(description=_(DESCRIPTION), version=__version__)
+
+
 def fast_help() -> str:
-    """``provision --help`` without importing argparse: the counter PC starts it often."""
+    """``provision --help`` without importing argparse: the counter PC starts it often. It says what
+    argparse's help would, in the chosen language (the same catalog entries as the parser's)."""
+    commands = {name: _(text) for name, text in COMMANDS.items()}
     width = max(len(name) for name in COMMANDS) + 2
     lines = [
-        "usage: provision [-h] [--version] COMMAND ...",
+        _("usage: ") + "provision [-h] [--version] [--lang en|zh_Hant] COMMAND ...",
         "",
-        f"{DESCRIPTION} Version {__version__}.",
+        _description(),
         "",
-        "commands:",
-        *(f"  {name:{width}}{text}" for name, text in COMMANDS.items()),
+        _("commands:"),
+        *(f"  {name:{width}}{text}" for name, text in commands.items()),
         "",
-        "options:",
-        "  -h, --help  show this help message and exit",
-        "  --version   show program's version number and exit",
+        _("options:"),
+        "  -h, --help  " + _("show this help message and exit"),
+        "  --version   " + _("show the installed version and exit"),
         "",
-        "'provision COMMAND --help' describes a command.",
-        EPILOG,
+        _("'provision COMMAND --help' describes a command."),
+        _(EPILOG),
     ]
     return "\n".join(lines) + "\n"
+
+
+# The secrets a PIN service reads, as its options' help names them.
+_SECRET_NAMES = {"pin": N_("PIN"), "puk": N_("PUK"), "new-pin": N_("new PIN"), "new-puk": N_("new PUK")}
+
+
+# argparse's own words come from the standard library's "argparse" gettext domain, which has no
+# Traditional Chinese: these are ours, in our catalog, put in by the formatter and the parser below.
+_ARGPARSE_WORDS = {
+    "positional arguments": N_("positional arguments"),
+    "options": N_("options"),
+    "optional arguments": N_("options"),
+    "show this help message and exit": N_("show this help message and exit"),
+}
+
+
+def _help_formatter(argparse: ModuleType) -> type[argparse.HelpFormatter]:
+    class Formatter(argparse.HelpFormatter):  # type: ignore[name-defined,misc]
+        """argparse's help with its fixed words ("usage:", section titles, -h) in the chosen language."""
+
+        def add_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None = None) -> None:
+            super().add_usage(usage, actions, groups, _("usage: ") if prefix is None else prefix)
+
+        def start_section(self, heading: str | None) -> None:
+            super().start_section(_(_ARGPARSE_WORDS[heading]) if heading in _ARGPARSE_WORDS else heading)
+
+        def add_argument(self, action: Any) -> None:
+            if action.help in _ARGPARSE_WORDS:
+                import copy
+
+                action = copy.copy(action)
+                action.help = _(_ARGPARSE_WORDS[action.help])
+            super().add_argument(action)
+
+    return Formatter
+
+
+# argparse's usage errors, recognised by their English form and said in the chosen language.
+_ARGPARSE_ERRORS = (
+    (r"the following arguments are required: (?P<names>.+)", N_("the following arguments are required: {names}")),
+    (r"unrecognized arguments: (?P<names>.+)", N_("unrecognized arguments: {names}")),
+    (r"argument (?P<name>\S+): invalid choice: (?P<value>.+?) \(choose from (?P<choices>.+)\)",
+     N_("argument {name}: invalid choice: {value} (choose from {choices})")),
+    (r"argument (?P<name>\S+): expected one argument", N_("argument {name}: expected one argument")),
+    (r"argument (?P<name>\S+): not allowed with argument (?P<other>\S+)",
+     N_("argument {name}: not allowed with argument {other}")),
+    # Our own type checks (already in the chosen language) and anything else about one argument.
+    (r"argument (?P<name>\S+): (?P<problem>.+)", N_("argument {name}: {problem}")),
+)
+
+
+def _parser_class(argparse: ModuleType) -> type[argparse.ArgumentParser]:
+    class Parser(argparse.ArgumentParser):  # type: ignore[name-defined,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", _help_formatter(argparse))
+            super().__init__(*args, **kwargs)
+
+        def error(self, message: str) -> NoReturn:
+            import re
+
+            for pattern, text in _ARGPARSE_ERRORS:
+                found = re.fullmatch(pattern, message)
+                if found:
+                    message = _(text).format(**found.groupdict())
+                    break
+            self.print_usage(sys.stderr)
+            sys.stderr.write(_("{prog}: error: {message}").format(prog=self.prog, message=message) + "\n")
+            raise SystemExit(2)
+
+    return Parser
+
+
+def _prescan_language(argv: Sequence[str]) -> None:
+    """The language before the parser is built, so that --help and argparse's errors are in it:
+    ``--lang X`` / ``--lang=X`` anywhere, else $PROVISION_LANG, else the locale. A language we lack
+    is left for main() to refuse after parsing (exit 2); until then English."""
+    option = None
+    for i, word in enumerate(argv):
+        if word == "--":
+            break
+        if word == "--lang" and i + 1 < len(argv):
+            option = argv[i + 1]
+        elif word.startswith("--lang="):
+            option = word.split("=", 1)[1]
+    try:
+        set_language(choose(option))
+    except ValueError:
+        set_language(ENGLISH)
 
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="provision", description=f"{DESCRIPTION} Version {__version__}.", epilog=EPILOG)
+    parser = _parser_class(argparse)(prog="provision", description=_description(), epilog=_(EPILOG),
+                                     formatter_class=_help_formatter(argparse))  # fmt: skip
 
     class _Version(argparse.Action):  # the metadata is read only when asked, not at every start
         def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
             parser.exit(message=f"provision {installed_version()}\n")
 
-    parser.add_argument("--version", nargs=0, action=_Version, help="show the installed version and exit")
-    parser.add_argument("--lang", dest="lang_top", default=None, metavar="en|zh_Hant", help=LANG_HELP)
+    parser.add_argument("--version", nargs=0, action=_Version, help=_("show the installed version and exit"))
+    parser.add_argument("--lang", dest="lang_top", default=None, metavar="en|zh_Hant", help=_(LANG_HELP))
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="one JSON document on stdout, nothing else there")
-    common.add_argument("--lang", default=None, metavar="en|zh_Hant", help=LANG_HELP)
+    common.add_argument("--json", action="store_true", help=_("one JSON document on stdout, nothing else there"))
+    common.add_argument("--lang", default=None, metavar="en|zh_Hant", help=_(LANG_HELP))
     common.add_argument("--logs", default=_logs_default(), metavar="DIR",
-                        help="work files (journal, audit log, store, reports); default ./logs or $PROVISION_LOGS")  # fmt: skip
+                        help=_("work files (journal, audit log, store, reports); default ./logs or $PROVISION_LOGS"))  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("validate", parents=[common], help=COMMANDS["validate"])
+    p = sub.add_parser("validate", parents=[common], help=_(COMMANDS["validate"]))
     p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
-    p.add_argument("--unattended", action="store_true", help="check as for an unattended run (no prompts)")
+    p.add_argument("--unattended", action="store_true", help=_("check as for an unattended run (no prompts)"))
     p.set_defaults(handler=cmd_validate)
 
-    p = sub.add_parser("inspect", parents=[common], help=COMMANDS["inspect"])
+    p = sub.add_parser("inspect", parents=[common], help=_(COMMANDS["inspect"]))
     p.add_argument("file", metavar="FILE.p12")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--password-env", metavar="NAME", help="take the password from this environment variable")
-    group.add_argument("--password-file", metavar="PATH", help="take the password from this file (mode 0600)")
+    group.add_argument("--password-env", metavar="NAME", help=_("take the password from this environment variable"))
+    group.add_argument("--password-file", metavar="PATH", help=_("take the password from this file (mode 0600)"))
     group.add_argument("--no-password", action="store_true",
-                       help="the file was exported without a password (the empty password, both encodings)")  # fmt: skip
-    p.add_argument("--timezone", default="UTC", metavar="TZ", help="IANA zone for dates and the slot name")
+                       help=_("the file was exported without a password (the empty password, both encodings)"))  # fmt: skip
+    p.add_argument("--timezone", default="UTC", metavar="TZ", help=_("IANA zone for dates and the slot name"))
     p.add_argument("--target", default="sp800-78-4", choices=["sp800-78-4", "yubikey-5.7"],
-                   help="judge the key against SP 800-78-4 (default) or a YubiKey 5.7")  # fmt: skip
+                   help=_("judge the key against SP 800-78-4 (default) or a YubiKey 5.7"))  # fmt: skip
     p.add_argument("--slot-name", default="e-Cert{cert.not_before:%Y%m%d}", metavar="TEMPLATE",
-                   help="slot-name template to show the result of")  # fmt: skip
+                   help=_("slot-name template to show the result of"))  # fmt: skip
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("plan", parents=[common], help=COMMANDS["plan"])
+    p = sub.add_parser("plan", parents=[common], help=_(COMMANDS["plan"]))
     p.add_argument("jobfiles", nargs="+", metavar="JOBFILE")
-    p.add_argument("--unattended", action="store_true", help="plan as for an unattended run (no prompts)")
+    p.add_argument("--unattended", action="store_true", help=_("plan as for an unattended run (no prompts)"))
     p.add_argument("--sim", action="store_true",
-                   help="plan against the fresh simulated cards 'run --sim' would have, instead of the readers")  # fmt: skip
+                   help=_("plan against the fresh simulated cards 'run --sim' would have, instead of the readers"))  # fmt: skip
     p.set_defaults(handler=cmd_plan)
 
-    p = sub.add_parser("jobs", help=COMMANDS["jobs"])
+    p = sub.add_parser("jobs", help=_(COMMANDS["jobs"]))
     jobs = p.add_subparsers(dest="jobs_command", metavar="JOBS_COMMAND", required=True)
-    p = jobs.add_parser("new", parents=[common], help="a job file from a CSV of holders (id, holder, card_serial, "
-                        "pkcs12, password_file) and a template (a job file without cards)")  # fmt: skip
-    p.add_argument("--csv", required=True, metavar="HOLDERS.csv", help="UTF-8 (BOM allowed), ',' ';' or tab separated")
-    p.add_argument("--template", required=True, metavar="TEMPLATE.yaml", help="version, batch, timezone, defaults, audit")
-    p.add_argument("-o", "--output", required=True, metavar="JOBFILE", help="the job file to write")
-    p.add_argument("--batch", metavar="ID", help="batch id (default: the template's, else the CSV's name)")
-    p.add_argument("--force", action="store_true", help="replace JOBFILE if it exists")
-    p.add_argument("--unattended", action="store_true", help="validate as for an unattended run (no prompts)")
+    p = jobs.add_parser("new", parents=[common], help=_("a job file from a CSV of holders (id, holder, card_serial, pkcs12, password_file) and a template (a job file without cards)"))  # fmt: skip
+    p.add_argument("--csv", required=True, metavar="HOLDERS.csv", help=_("UTF-8 (BOM allowed), ',' ';' or tab separated"))
+    p.add_argument("--template", required=True, metavar="TEMPLATE.yaml", help=_("version, batch, timezone, defaults, audit"))
+    p.add_argument("-o", "--output", required=True, metavar="JOBFILE", help=_("the job file to write"))
+    p.add_argument("--batch", metavar="ID", help=_("batch id (default: the template's, else the CSV's name)"))
+    p.add_argument("--force", action="store_true", help=_("replace JOBFILE if it exists"))
+    p.add_argument("--unattended", action="store_true", help=_("validate as for an unattended run (no prompts)"))
     p.add_argument("--no-file-checks", action="store_true",
-                   help="do not check that PKCS#12 and secret files exist (they are made later)")  # fmt: skip
+                   help=_("do not check that PKCS#12 and secret files exist (they are made later)"))  # fmt: skip
     p.set_defaults(handler=cmd_jobs_new)
 
     run_options = argparse.ArgumentParser(add_help=False)
-    run_options.add_argument("--unattended", action="store_true", help="no prompts at all (scheduled batches)")
+    run_options.add_argument("--unattended", action="store_true", help=_("no prompts at all (scheduled batches)"))
     run_options.add_argument("--wait", type=_seconds_type(positive=False, limit=MAX_WAIT_SECONDS), metavar="SECONDS",
-                             help="how long to wait for missing cards (default: counter until done, unattended 0)")  # fmt: skip
-    run_options.add_argument("--reader", action="append", metavar="NAME", help="use only readers whose name contains NAME")
-    run_options.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+                             help=_("how long to wait for missing cards (default: counter until done, unattended 0)"))  # fmt: skip
+    run_options.add_argument("--reader", action="append", metavar="NAME", help=_("use only readers whose name contains NAME"))
+    run_options.add_argument("--no-progress", action="store_true", help=_("no progress bar on stderr"))
     run_options.add_argument("--syslog", metavar="ADDRESS",
-                             help="forward the audit seals to syslog: /dev/log (journald) or host:port (UDP)")  # fmt: skip
+                             help=_("forward the audit seals to syslog: /dev/log (journald) or host:port (UDP)"))  # fmt: skip
     run_options.add_argument("--queue", default=os.environ.get("PROVISION_QUEUE") or None, metavar="URL",
-                             help="journal and job queue: sqlite:///PATH (default LOGS/journal.sqlite3, one station) "
-                                  "or postgresql://USER@HOST:PORT/DB (many stations; $PROVISION_QUEUE)")  # fmt: skip
+                             help=_("journal and job queue: sqlite:///PATH (default LOGS/journal.sqlite3, one station) or postgresql://USER@HOST:PORT/DB (many stations; $PROVISION_QUEUE)"))  # fmt: skip
     run_options.add_argument("--station", default=None, metavar="NAME",
-                             help="this station's name in a shared queue (default $PROVISION_STATION or the host name)")  # fmt: skip
+                             help=_("this station's name in a shared queue (default $PROVISION_STATION or the host name)"))  # fmt: skip
     run_options.add_argument("--lease", type=_seconds_type(positive=True, limit=MAX_LEASE_SECONDS), default=30.0, metavar="SECONDS",
-                             help="how long a claimed job stays this station's after it stops renewing (default 30)")  # fmt: skip
+                             help=_("how long a claimed job stays this station's after it stops renewing (default 30)"))  # fmt: skip
     run_options.add_argument("--accept-damaged-audit-tail", metavar="REASON",
-                             help="continue after a damaged, emptied or deleted audit log; the reason is recorded in the log")  # fmt: skip
+                             help=_("continue after a damaged, emptied or deleted audit log; the reason is recorded in the log"))  # fmt: skip
     run_options.add_argument("--operator", default=None, metavar="NAME",
-                             help="the person at the station, in every audit record (default $PROVISION_OPERATOR; "
-                                  "asked at a terminal; unattended: the OS user)")  # fmt: skip
+                             help=_("the person at the station, in every audit record (default $PROVISION_OPERATOR; asked at a terminal; unattended: the OS user)"))  # fmt: skip
     run_options.add_argument("--anchor", default=None, metavar="PATH",
-                             help="also append every seal, fsynced, to this witness file on other storage "
-                                  "(overrides audit.anchor)")  # fmt: skip
+                             help=_("also append every seal, fsynced, to this witness file on other storage (overrides audit.anchor)"))  # fmt: skip
 
-    p = sub.add_parser("run", parents=[common, run_options], help=COMMANDS["run"])
+    p = sub.add_parser("run", parents=[common, run_options], help=_(COMMANDS["run"]))
     p.add_argument("jobfile", metavar="JOBFILE")
-    p.add_argument("--sim", action="store_true", help="in-process simulated cards, one per job, no pcscd")
+    p.add_argument("--sim", action="store_true", help=_("in-process simulated cards, one per job, no pcscd"))
     p.set_defaults(handler=cmd_run)
 
-    p = sub.add_parser("resume", parents=[common, run_options], help=COMMANDS["resume"])
-    p.add_argument("--sim", action="store_true", help="the open jobs on fresh in-process simulated cards (training)")
+    p = sub.add_parser("resume", parents=[common, run_options], help=_(COMMANDS["resume"]))
+    p.add_argument("--sim", action="store_true", help=_("the open jobs on fresh in-process simulated cards (training)"))
     p.set_defaults(handler=cmd_resume)
 
-    p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
+    p = sub.add_parser("status", parents=[common], help=_(COMMANDS["status"]))
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("queue", help=COMMANDS["queue"])
+    p = sub.add_parser("queue", help=_(COMMANDS["queue"]))
     queue_sub = p.add_subparsers(dest="queue_command", metavar="QUEUE_COMMAND", required=True)
-    p = queue_sub.add_parser("push", parents=[common], help="put a batch's jobs into the shared queue (idempotent)")
-    p.add_argument("jobfile", metavar="JOBFILE", help="the job file, at the path every station reads it from")
+    p = queue_sub.add_parser("push", parents=[common], help=_("put a batch's jobs into the shared queue (idempotent)"))
+    p.add_argument("jobfile", metavar="JOBFILE", help=_("the job file, at the path every station reads it from"))
     p.add_argument("--queue", default=os.environ.get("PROVISION_QUEUE") or None, metavar="URL",
-                   help="postgresql://USER@HOST:PORT/DB ($PROVISION_QUEUE)")  # fmt: skip
-    p.add_argument("--unattended", action="store_true", help="validate as for an unattended run (no prompts)")
+                   help=_("postgresql://USER@HOST:PORT/DB ($PROVISION_QUEUE)"))  # fmt: skip
+    p.add_argument("--unattended", action="store_true", help=_("validate as for an unattended run (no prompts)"))
     p.set_defaults(handler=cmd_queue_push)
 
-    p = sub.add_parser("store", help=COMMANDS["store"])
+    p = sub.add_parser("store", help=_(COMMANDS["store"]))
     store = p.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
-    p = store.add_parser("list", parents=[common], help="certificates taken off cards, with where they came from")
+    p = store.add_parser("list", parents=[common], help=_("certificates taken off cards, with where they came from"))
     p.set_defaults(handler=cmd_store_list)
 
-    p = sub.add_parser("audit", help=COMMANDS["audit"])
+    p = sub.add_parser("audit", help=_(COMMANDS["audit"]))
     audit = p.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
     audit_key = argparse.ArgumentParser(add_help=False)
     group = audit_key.add_mutually_exclusive_group()
-    group.add_argument("--key-env", metavar="NAME", help="the audit HMAC key from this environment variable")
-    group.add_argument("--key-file", metavar="PATH", help="the audit HMAC key from this file (mode 0600)")
-    p = audit.add_parser("verify", parents=[common, audit_key], help="exit 0 if intact, 4 with the first bad line")
+    group.add_argument("--key-env", metavar="NAME", help=_("the audit HMAC key from this environment variable"))
+    group.add_argument("--key-file", metavar="PATH", help=_("the audit HMAC key from this file (mode 0600)"))
+    p = audit.add_parser("verify", parents=[common, audit_key], help=_("exit 0 if intact, 4 with the first bad line"))
     p.add_argument("--queue", default=None, metavar="URL",
-                   help="check every station's chain in this shared queue (postgresql://…) instead of LOGS")  # fmt: skip
+                   help=_("check every station's chain in this shared queue (postgresql://…) instead of LOGS"))  # fmt: skip
     p.add_argument("--seal", action="append", metavar="HASH",
-                   help="a seal you hold (report, syslog, ticket) that must be in the chain; repeatable")  # fmt: skip
+                   help=_("a seal you hold (report, syslog, ticket) that must be in the chain; repeatable"))  # fmt: skip
     p.add_argument("--anchor", metavar="FILE",
-                   help="a witness file of seals: each in the chain, in order, the log not ending before the last")  # fmt: skip
+                   help=_("a witness file of seals: each in the chain, in order, the log not ending before the last"))  # fmt: skip
     p.add_argument("--timestamps", action="store_true",
-                   help="check the RFC 3161 time-stamps of the seals (LOGS/audit-timestamps.jsonl)")  # fmt: skip
+                   help=_("check the RFC 3161 time-stamps of the seals (LOGS/audit-timestamps.jsonl)"))  # fmt: skip
     p.add_argument("--tsa-cert", action="append", metavar="FILE",
-                   help="a TSA certificate you trust (PEM or DER); time-stamps must be signed by one; repeatable")  # fmt: skip
+                   help=_("a TSA certificate you trust (PEM or DER); time-stamps must be signed by one; repeatable"))  # fmt: skip
     p.set_defaults(handler=cmd_audit_verify)
-    p = audit.add_parser("show", parents=[common, audit_key], help="read the audit log for review, verifying each record")
+    p = audit.add_parser("show", parents=[common, audit_key], help=_("read the audit log for review, verifying each record"))
     p.add_argument("--job", metavar="ID")
     p.add_argument("--card", metavar="SERIAL")
     p.add_argument("--since", metavar="DATE")
@@ -1022,78 +1113,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event", metavar="TYPE")
     p.set_defaults(handler=cmd_audit_show)
 
-    p = sub.add_parser("report", parents=[common], help=COMMANDS["report"])
+    p = sub.add_parser("report", parents=[common], help=_(COMMANDS["report"]))
     p.add_argument("run_id", nargs="?", metavar="RUN_ID")
-    p.add_argument("--last", action="store_true", help="the most recent run (the default)")
+    p.add_argument("--last", action="store_true", help=_("the most recent run (the default)"))
     p.add_argument("--format", choices=["json", "csv", "html"], default="html")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help=_("write here instead of stdout"))
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("readers", parents=[common], help=COMMANDS["readers"])
+    p = sub.add_parser("readers", parents=[common], help=_(COMMANDS["readers"]))
     p.set_defaults(handler=cmd_readers)
 
-    p = sub.add_parser("card", help=COMMANDS["card"])
+    p = sub.add_parser("card", help=_(COMMANDS["card"]))
     card = p.add_subparsers(dest="card_command", metavar="CARD_COMMAND", required=True)
-    p = card.add_parser("info", parents=[common], help="read a card without changing it")
-    p.add_argument("--reader", metavar="NAME", help="the reader (a unique part of its name); default: the one with a card")
+    p = card.add_parser("info", parents=[common], help=_("read a card without changing it"))
+    p.add_argument("--reader", metavar="NAME", help=_("the reader (a unique part of its name); default: the one with a card"))
     p.set_defaults(handler=cmd_card_info)
     p = card.add_parser("clear-pin-hold", parents=[common, audit_key],
-                        help="let runs send a PIN again to a card that refused one (audited)")  # fmt: skip
-    p.add_argument("card", metavar="CARD", help="the card's serial, or its CHUID GUID (32 hex digits)")
+                        help=_("let runs send a PIN again to a card that refused one (audited)"))  # fmt: skip
+    p.add_argument("card", metavar="CARD", help=_("the card's serial, or its CHUID GUID (32 hex digits)"))
     p.add_argument("--reason", required=True, metavar="TEXT",
-                   help="why the hold may go, e.g. 'PIN file corrected, checked with the holder' (audited)")  # fmt: skip
+                   help=_("why the hold may go, e.g. 'PIN file corrected, checked with the holder' (audited)"))  # fmt: skip
     p.set_defaults(handler=cmd_card_clear_pin_hold)
     services = (
-        ("unblock-pin", "set a new PIN with the PUK (RESET RETRY COUNTER); the card's PIN tries come back", ("puk", "new-pin")),
-        ("change-pin", "change the PIN, proven by the current one (CHANGE REFERENCE DATA)", ("pin", "new-pin")),
-        ("change-puk", "change the PUK, proven by the current one (CHANGE REFERENCE DATA)", ("puk", "new-puk")),
+        ("unblock-pin", _("set a new PIN with the PUK (RESET RETRY COUNTER); the card's PIN tries come back"), ("puk", "new-pin")),
+        ("change-pin", _("change the PIN, proven by the current one (CHANGE REFERENCE DATA)"), ("pin", "new-pin")),
+        ("change-puk", _("change the PUK, proven by the current one (CHANGE REFERENCE DATA)"), ("puk", "new-puk")),
     )
     for name, text, secrets in services:
-        p = card.add_parser(name, parents=[common, audit_key], help=text + "; tries shown before each attempt, audited",
-                            description=text + ". The tries left are shown before each attempt. A value not given "
-                            "by an option is typed at the terminal without echo (a new one twice); without a "
-                            "terminal that is exit 2. The last PUK try is spent only after 'yes, this is the last "
-                            "try' is typed at the terminal. Never retried; audited in --logs.")  # fmt: skip
-        p.add_argument("--reader", metavar="NAME", help="the reader (a unique part of its name); default: the one with a card")
+        p = card.add_parser(name, parents=[common, audit_key],
+                            help=_("{service}; tries shown before each attempt, audited").format(service=text),
+                            description=_("{service}. The tries left are shown before each attempt. A value not given "
+                                          "by an option is typed at the terminal without echo (a new one twice); without a "
+                                          "terminal that is exit 2. The last PUK try is spent only after 'yes, this is the last "
+                                          "try' is typed at the terminal. Never retried; audited in --logs.").format(service=text))  # fmt: skip
+        p.add_argument("--reader", metavar="NAME", help=_("the reader (a unique part of its name); default: the one with a card"))
         p.add_argument("--operator", default=None, metavar="NAME",
-                       help="who serves the card holder (recorded in the audit record; default $PROVISION_OPERATOR)")  # fmt: skip
+                       help=_("who serves the card holder (recorded in the audit record; default $PROVISION_OPERATOR)"))  # fmt: skip
         for secret in secrets:
-            what = secret.replace("-", " ").upper().replace("NEW ", "new ")
+            what = _(_SECRET_NAMES[secret])
             group = p.add_mutually_exclusive_group()
-            group.add_argument(f"--{secret}-env", metavar="NAME", help=f"read the {what} from this environment variable")
-            group.add_argument(f"--{secret}-file", metavar="PATH", help=f"read the {what} from the first line of this file (mode 0600)")
+            group.add_argument(f"--{secret}-env", metavar="NAME", help=_("read the {what} from this environment variable").format(what=what))
+            group.add_argument(f"--{secret}-file", metavar="PATH", help=_("read the {what} from the first line of this file (mode 0600)").format(what=what))
         p.set_defaults(handler=cmd_card_pin_service, unattended=False, pin_env=None, pin_file=None, puk_env=None,
                        puk_file=None, new_pin_env=None, new_pin_file=None, new_puk_env=None, new_puk_file=None)  # fmt: skip
 
-    p = sub.add_parser("sim", help=COMMANDS["sim"])
+    p = sub.add_parser("sim", help=_(COMMANDS["sim"]))
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
-    p = sim.add_parser("serve", help="connect one simulated PIV card to the vpcd virtual reader, until stopped")
-    p.add_argument("--port", type=_int_type(1, 65535), default=35963, help="vpcd port (35963 is 'Virtual PCD 00 00')")
-    p.add_argument("--host", default="localhost", help="where vpcd listens (default localhost)")
-    p.add_argument("--serial", type=_int_type(0, 2**32 - 1), help="the card's serial number")
-    p.add_argument("--state", metavar="FILE", help="keep the card's state in this file across restarts")
-    p.add_argument("--firmware", metavar="X.Y.Z", help="behave like this YubiKey firmware (default 5.7.1)")
-    p.add_argument("--profile", choices=["yubikey", "pivapplet"], help="card family to imitate (default yubikey)")
-    p.add_argument("--pin-tries", type=_int_type(1, 15), metavar="N", help="PIN tries of a fresh card (default 3)")
-    p.add_argument("--latency-ms", type=_seconds_type(positive=False, limit=60_000), metavar="N", help="each APDU takes N ms more")
-    p.add_argument("--vanish-after", type=_int_type(0, 2**31), metavar="N", help="after N APDUs the card is pulled")
-    p.add_argument("--fail-after", type=_int_type(0, 2**31), metavar="N", help="after N APDUs every answer is 6F00")
-    p.add_argument("--apdu-log", metavar="FILE", help="one JSON line per APDU (header and status, no data)")
+    p = sim.add_parser("serve", help=_("connect one simulated PIV card to the vpcd virtual reader, until stopped"))
+    p.add_argument("--port", type=_int_type(1, 65535), default=35963, help=_("vpcd port (35963 is 'Virtual PCD 00 00')"))
+    p.add_argument("--host", default="localhost", help=_("where vpcd listens (default localhost)"))
+    p.add_argument("--serial", type=_int_type(0, 2**32 - 1), help=_("the card's serial number"))
+    p.add_argument("--state", metavar="FILE", help=_("keep the card's state in this file across restarts"))
+    p.add_argument("--firmware", metavar="X.Y.Z", help=_("behave like this YubiKey firmware (default 5.7.1)"))
+    p.add_argument("--profile", choices=["yubikey", "pivapplet"], help=_("card family to imitate (default yubikey)"))
+    p.add_argument("--pin-tries", type=_int_type(1, 15), metavar="N", help=_("PIN tries of a fresh card (default 3)"))
+    p.add_argument("--latency-ms", type=_seconds_type(positive=False, limit=60_000), metavar="N", help=_("each APDU takes N ms more"))
+    p.add_argument("--vanish-after", type=_int_type(0, 2**31), metavar="N", help=_("after N APDUs the card is pulled"))
+    p.add_argument("--fail-after", type=_int_type(0, 2**31), metavar="N", help=_("after N APDUs every answer is 6F00"))
+    p.add_argument("--apdu-log", metavar="FILE", help=_("one JSON line per APDU (header and status, no data)"))
     p.add_argument("--atr", default="nfc", metavar="nfc|usb|HEX",
-                   help="the ATR the reader reports: nfc (default; a YubiKey 5 NFC in a contactless reader, "
-                        "which ykman, yubico-piv-tool and OpenSC accept on any reader), usb (a YubiKey 5 on "
-                        "USB: ykman then needs a reader named 'Yubico YubiKey ...') or the ATR in hex")  # fmt: skip
+                   help=_("the ATR the reader reports: nfc (default; a YubiKey 5 NFC in a contactless reader, which ykman, yubico-piv-tool and OpenSC accept on any reader), usb (a YubiKey 5 on USB: ykman then needs a reader named 'Yubico YubiKey ...') or the ATR in hex"))  # fmt: skip
     p.set_defaults(handler=cmd_sim_serve)
 
-    p = sub.add_parser("demo", parents=[common], help=COMMANDS["demo"])
-    p.add_argument("--dir", metavar="DIR", help="where to write the demo material (default LOGS/demo)")
-    p.add_argument("--holders", type=_int_type(1, 1000), default=4, metavar="N", help="how many card holders (default 4)")
+    p = sub.add_parser("demo", parents=[common], help=_(COMMANDS["demo"]))
+    p.add_argument("--dir", metavar="DIR", help=_("where to write the demo material (default LOGS/demo)"))
+    p.add_argument("--holders", type=_int_type(1, 1000), default=4, metavar="N", help=_("how many card holders (default 4)"))
     p.set_defaults(handler=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if list(sys.argv[1:] if argv is None else argv) in (["--help"], ["-h"]):
+    words = list(sys.argv[1:] if argv is None else argv)
+    _prescan_language(words)
+    bare = [w for i, w in enumerate(words) if not (w == "--lang" or w.startswith("--lang=") or (i and words[i - 1] == "--lang"))]
+    if bare in (["--help"], ["-h"]):
         sys.stdout.write(fast_help())
         return EXIT_OK
     if list(sys.argv[1:] if argv is None else argv) == ["--version"]:

@@ -13,7 +13,8 @@ from typing import Any
 from provision.audit.records import KNOWN_EVENTS
 from provision.audit.verify import show, verify
 from provision.errors import AuditError, ProvisionError, UsageError
-from provision.i18n import msg
+from provision.i18n import gettext as _
+from provision.i18n import localize, msg
 from provision.queue.audit_mirror import verify_stations
 from provision.secrets import Secret
 
@@ -46,18 +47,18 @@ def cmd_audit_verify(
                 )
             )
         else:
-            warn(f"provision: {exc.message}")
+            warn(f"provision: {exc.localized()}")
         return exc.exit_code
     if as_json:
         out(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     elif result.ok:
-        out(f"audit log intact: {result.message}")
+        out(localize(msg('audit log intact: {message}', message=result.message)))
         if result.last_hash:
-            out(f"last hash: {result.last_hash}")
+            out(localize(msg('last hash: {last_hash}', last_hash=result.last_hash)))
         for note in result.accepted_damage:
-            out(f"note: {note}")
+            out(localize(msg('note: {note}', note=note)))
     else:
-        out(f"audit log FAILED verification ({result.problem}): {result.message}")
+        out(localize(msg('audit log FAILED verification ({problem}): {message}', problem=result.problem, message=result.message)))
     return 0 if result.ok else AuditError.exit_code
 
 
@@ -88,7 +89,7 @@ def _show_line(rec: Mapping[str, Any]) -> str:
     fields = " ".join(part for part in (extra, prints, who, holder) if part)
     text = f"{mark} {rec.get('time', '?')}  #{rec.get('seq')}  {rec.get('event')}  {fields}"
     if not rec.get("verified"):
-        text += f"\n    NOT VERIFIED: {rec.get('verify_problem')}"
+        text += "\n    " + _("NOT VERIFIED: {problem}").format(problem=localize(str(rec.get("verify_problem"))))
     return _printable(text)
 
 
@@ -126,7 +127,7 @@ def cmd_audit_show(
             show(logs_dir, job=job, card=card, since=since, until=until, event=event, damaged=damaged, key=key)
         )
     except ProvisionError as exc:
-        warn(f"provision: {exc.message}")
+        warn(f"provision: {exc.localized()}")
         return exc.exit_code
     failed = [rec for rec in events if not rec.get("verified")]
     if as_json:
@@ -135,13 +136,12 @@ def cmd_audit_show(
         for rec in events:
             out(_show_line(rec))
         if not events:
-            out("no audit event matches")
+            out(localize(msg('no audit event matches')))
     for note in damaged:
-        warn(f"warning: {note} are not audit records; run 'provision audit verify'")
+        warn(localize(msg("warning: {note} are not audit records; run 'provision audit verify'", note=note)))
     if failed:
-        warn(
-            f"provision: {len(failed)} shown record(s) do not verify (first: seq {failed[0].get('seq')}, "
-            f"{failed[0].get('verify_problem')}); run 'provision audit verify'"
+        warn(localize(
+            msg("provision: {n} shown record(s) do not verify (first: seq {seq}, {problem}); run 'provision audit verify'", n=len(failed), seq=failed[0].get('seq'), problem=failed[0].get('verify_problem')))
         )
         return AuditError.exit_code
     return 0
@@ -155,11 +155,10 @@ def cmd_audit_verify_queue(queue: Any, key: Secret | None, as_json: bool, out: A
         out(json.dumps({"ok": ok, "stations": [r.to_json() for r in results]}, indent=2, ensure_ascii=False))
     else:
         if not results:
-            out("no station has written audit records into this queue yet")
+            out(localize(msg('no station has written audit records into this queue yet')))
         for r in results:
             if r.result.ok:
-                out(f"station {r.station}: audit chain intact, {r.result.records} records, "
-                    f"{r.result.seals_checked} seal(s); last hash {r.result.last_hash}")  # fmt: skip
+                out(localize(msg('station {station}: audit chain intact, {records} records, {seals_checked} seal(s); last hash {last_hash}', station=r.station, records=r.result.records, seals_checked=r.result.seals_checked, last_hash=r.result.last_hash)))  # fmt: skip
             else:
-                out(f"station {r.station}: audit chain FAILED verification ({r.result.problem}): {r.result.message}")
+                out(localize(msg('station {station}: audit chain FAILED verification ({problem}): {message}', station=r.station, problem=r.result.problem, message=r.result.message)))
     return 0 if ok else AuditError.exit_code

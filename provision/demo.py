@@ -174,7 +174,8 @@ def run_demo(directory: Path, *, holders: int, out: Callable[[str], None], logs:
             line += f" {localize(str(job['error']))}"
         out(line)
     for card in doc["refused_cards"]:
-        out("  refused  " + _("card {serial}: {reason}").format(serial=card["card_serial"], reason=localize(str(card["reason"]))))
+        status = "refused"  # a status name: language-neutral, like the jobs' above
+        out(f"  {status:8} " + _("card {serial}: {reason}").format(serial=card["card_serial"], reason=localize(str(card["reason"]))))
     out("")
     seal = (" " + _("(seal {seal})").format(seal=doc["seal"])) if doc.get("seal") else ""
     out(_("Audit log:  {path}").format(path=logs / "audit.jsonl") + seal)

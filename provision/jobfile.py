@@ -21,6 +21,7 @@ bounded (no "billion laughs"); one document per file.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -39,7 +40,7 @@ from provision import limits, resources, schema_cache
 from provision import template as templates
 from provision.display import printable
 from provision.errors import InputTooLargeError, JobFileError, Problem, TemplateError
-from provision.i18n import msg
+from provision.i18n import Msg, msg
 from provision.piv.slots import SLOT_HELP, Slot, parse_slot
 from provision.secrets import SecretSource, check_obtainable
 
@@ -582,32 +583,34 @@ def _leaves(error: Any) -> Iterator[Any]:
 
 
 _PATTERN_HELP = {
-    "id": "use letters, digits and . _ : @ / - (up to 128), starting with a letter or digit",
-    "guid": "write the CHUID GUID as 32 hex digits",
-    "env": "an environment variable name is letters, digits and _",
-    "serial": "write the certificate serial in hex, e.g. 1001 or 0x1001",
-    "fingerprint_sha256": "write the SHA-256 fingerprint as 64 hex digits (colons allowed)",
-    "when_expires_within": "write a duration such as 30d, 12h or 2w (hours, days, weeks)",
-    "syslog": "write a unix socket path such as /dev/log, or host:port for UDP",
+    "id": msg("use letters, digits and . _ : @ / - (up to 128), starting with a letter or digit"),
+    "guid": msg("write the CHUID GUID as 32 hex digits"),
+    "env": msg("an environment variable name is letters, digits and _"),
+    "serial": msg("write the certificate serial in hex, e.g. 1001 or 0x1001"),
+    "fingerprint_sha256": msg("write the SHA-256 fingerprint as 64 hex digits (colons allowed)"),
+    "when_expires_within": msg("write a duration such as 30d, 12h or 2w (hours, days, weeks)"),
+    "syslog": msg("write a unix socket path such as /dev/log, or host:port for UDP"),
 }
-_SECRET_FORMS = 'write a secret as one of {env: NAME}, {file: PATH}, {prompt: "…"}, {command: [argv…]}, {value: "…"}'  # noqa: S105 - help text
+_SECRET_FORMS = msg('write a secret as one of {{env: NAME}}, {{file: PATH}}, {{prompt: "…"}}, {{command: [argv…]}}, {{value: "…"}}')
 
 
-def _describe_type(value: Any) -> str:
+def _describe_type(value: Any) -> Msg:
     if value is None:
-        return "nothing"
+        return msg("nothing")
     if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
+        return msg("the boolean {value}", value=str(value).lower())
     if isinstance(value, int | float):
-        return f"the number {value}"
+        return msg("the number {value}", value=value)
     if isinstance(value, str):
-        return f"the text {value!r}"
+        return msg("the text {value!r}", value=value)
     if isinstance(value, list):
-        return "a list"
-    return "a mapping"
+        return msg("a list")
+    return msg("a mapping")
 
 
-def _explain(error: Any, path: JsonPath) -> str:
+def _explain(error: Any, path: JsonPath) -> Msg:
+    """Our own sentence for each JSON Schema keyword (jsonschema's message text is English the
+    catalog cannot know): what is wrong and how to write it, in the chosen language when shown."""
     kind = error.validator
     value = error.instance
     key = next((p for p in reversed(path) if isinstance(p, str)), "")
@@ -617,66 +620,86 @@ def _explain(error: Any, path: JsonPath) -> str:
     if kind == "type":
         wanted = error.validator_value
         if is_secret or (isinstance(wanted, str) and wanted == "object" and key in ("pin", "password")):
-            return f"{_describe_type(value)} is not a secret source; {_SECRET_FORMS} (a bare value is refused)"
+            return msg("{found} is not a secret source; {forms} (a bare value is refused)",
+                       found=_describe_type(value), forms=_SECRET_FORMS)  # fmt: skip
         if isinstance(value, str) and value in _YAML11_BOOLS and wanted == "boolean":
-            return f"'{value}' is text in YAML 1.2; write true or false"
-        return f"expected {_an(wanted)}, found {_describe_type(value)}"
+            return msg("'{value}' is text in YAML 1.2; write true or false", value=value)
+        return msg("expected {wanted}, found {found}", wanted=_an(wanted), found=_describe_type(value))
     if kind == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return f"'{missing}' is missing; add it"
+        # jsonschema reports one missing name per error; its sentence is English, so only the name is kept.
+        name = error.message.split("'")[1] if "'" in error.message else error.message
+        return msg("'{name}' is missing; add it", name=name)
     if kind in ("additionalProperties", "unevaluatedProperties"):
         allowed = _allowed_keys(error)
         unknown = sorted(set(value) - allowed) if isinstance(value, dict) else []
-        if not unknown:
-            return str(error.message)  # pragma: no cover - defensive
         if unknown == ["empty"] and is_secret:
-            return ("{empty: true} is only for pkcs12.password (a PKCS#12 file exported without a password); "
-                    "a PIN, PUK or management key is never empty")  # fmt: skip
-        bits = []
+            return msg("{{empty: true}} is only for pkcs12.password (a PKCS#12 file exported without a password); "
+                       "a PIN, PUK or management key is never empty")  # fmt: skip
+        bits: list[str] = []
         for name in unknown:
             close = difflib.get_close_matches(name, sorted(allowed), n=1)
-            bits.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        return f"unknown field {', '.join(bits)}; known fields here: {', '.join(sorted(allowed))}"
+            bits.append(msg("'{name}' (did you mean '{close}'?)", name=name, close=close[0]) if close else f"'{name}'")
+        if not bits:  # pragma: no cover - defensive: jsonschema reported a field we cannot name
+            return msg("a field here is not allowed; known fields here: {known}", known=", ".join(sorted(allowed)))
+        unknown_text = functools.reduce(lambda a, b: msg("{a}, {b}", a=a, b=b), bits)
+        return msg("unknown field {unknown}; known fields here: {known}", unknown=unknown_text,
+                   known=", ".join(sorted(allowed)))  # fmt: skip
     if kind == "enum":
         choices = ", ".join(str(c) for c in error.validator_value)
-        return f"{_describe_type(value)} is not allowed; choose one of: {choices}"
+        return msg("{found} is not allowed; choose one of: {choices}", found=_describe_type(value), choices=choices)
     if kind == "const":
         if key == "version":
-            return f"version {value!r} is not supported; this provision reads 'version: 1'"
+            return msg("version {value!r} is not supported; this provision reads 'version: 1'", value=value)
         if key == "any":
             if isinstance(value, str) and value in _YAML11_BOOLS:
-                return f"'{value}' is text in YAML 1.2; write 'any: true' to accept whichever card is presented"
-            return "write 'any: true' to accept whichever card is presented"
+                return msg("'{value}' is text in YAML 1.2; write 'any: true' to accept whichever card is presented",
+                           value=value)  # fmt: skip
+            return msg("write 'any: true' to accept whichever card is presented")
         if key == "empty":
-            return "write 'empty: true' for a PKCS#12 file exported without a password, or give its password as another secret form"
-        return f"must be {error.validator_value!r}"
+            return msg("write 'empty: true' for a PKCS#12 file exported without a password, or give its password as another secret form")
+        return msg("must be {wanted!r}", wanted=error.validator_value)
     if kind == "pattern":
-        return f"{_describe_type(value)} is not valid; {_PATTERN_HELP.get(key, 'check the format')}"
+        return msg("{found} is not valid; {help}", found=_describe_type(value),
+                   help=_PATTERN_HELP.get(key) or msg("check the format"))  # fmt: skip
     if kind in ("minProperties", "maxProperties"):
         if key == "card":
-            return "say which card with exactly one of {serial: N}, {guid: HEX}, {any: true}, {pkcs11: {module: …, token_label: …}}"
+            return msg("say which card with exactly one of {{serial: N}}, {{guid: HEX}}, {{any: true}}, {{pkcs11: {{module: …, token_label: …}}}}")
         return _SECRET_FORMS
     if kind == "minItems":
-        return "the list is empty; add at least one entry" if key != "command" else "the command needs a program name"
+        return msg("the list is empty; add at least one entry") if key != "command" else msg("the command needs a program name")
+    if kind == "maxItems":
+        return msg("the list is longer than {n} entries; shorten it", n=error.validator_value)
+    if kind == "uniqueItems":
+        return msg("the list names an entry twice; keep each once")
     if kind == "minLength":
         if path[-2:] == ("password", "value"):
-            return "this is empty; fill it in, or write password: {empty: true} for a PKCS#12 file exported without a password"
-        return "this is empty; fill it in"
+            return msg("this is empty; fill it in, or write password: {{empty: true}} for a PKCS#12 file exported without a password")
+        return msg("this is empty; fill it in")
     if kind == "maxLength":
-        return f"this is longer than {error.validator_value} characters; shorten it"
-    if kind in ("minimum", "maximum"):
-        return f"{value} is out of range ({'at least' if kind == 'minimum' else 'at most'} {error.validator_value})"
+        return msg("this is longer than {n} characters; shorten it", n=error.validator_value)
+    if kind == "minimum":
+        return msg("{value} is out of range (at least {limit})", value=value, limit=error.validator_value)
+    if kind == "maximum":
+        return msg("{value} is out of range (at most {limit})", value=value, limit=error.validator_value)
+    if kind == "exclusiveMinimum":
+        return msg("{value} is out of range (more than {limit})", value=value, limit=error.validator_value)
+    if kind == "exclusiveMaximum":
+        return msg("{value} is out of range (less than {limit})", value=value, limit=error.validator_value)
     if kind == "format":
-        return f"{_describe_type(value)} is not a date; write it as YYYY-MM-DD"
-    return str(error.message)
+        return msg("{found} is not a date; write it as YYYY-MM-DD", found=_describe_type(value))
+    if kind in ("oneOf", "anyOf", "not"):
+        return msg("{found} does not fit any of the forms allowed here; see JOBFILE.md", found=_describe_type(value))
+    # A keyword our schema does not use today: say which rule, never jsonschema's English text.
+    return msg("{found} breaks the schema rule '{rule}'; see JOBFILE.md", found=_describe_type(value), rule=kind)
 
 
-def _an(wanted: Any) -> str:
-    names = {"string": "text", "integer": "a whole number", "object": "a mapping", "array": "a list",
-             "boolean": "true or false", "number": "a number"}  # fmt: skip
+def _an(wanted: Any) -> Msg:
+    names = {"string": msg("text"), "integer": msg("a whole number"), "object": msg("a mapping"), "array": msg("a list"),
+             "boolean": msg("true or false"), "number": msg("a number"), "null": msg("nothing")}  # fmt: skip
     if isinstance(wanted, list):
-        return " or ".join(names.get(w, str(w)) for w in wanted)
-    return names.get(wanted, str(wanted))
+        return functools.reduce(lambda a, b: msg("{a} or {b}", a=a, b=b), [names.get(w) or Msg(str(w), {}) for w in wanted])
+    return names.get(wanted) or Msg(str(wanted), {})
+
 
 
 def _allowed_keys(error: Any) -> set[str]:

@@ -11,7 +11,7 @@ from functools import cache
 
 JOB_SCHEMA = "job.schema.json"
 DATA_FILES: tuple[str, ...] = (JOB_SCHEMA,)
-# The compiled translations (provision/i18n.py reads them the same way, through importlib.resources).
+# The compiled translations (provision/i18n.py reads them through the package's loader, pkgutil.get_data).
 CATALOG_FILES: tuple[str, ...] = ("locale/zh_Hant/LC_MESSAGES/provision.mo",)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import logging
 import logging.handlers
 import os
@@ -49,6 +50,7 @@ from provision.audit.records import (
 )
 from provision.errors import AuditError, EnvironmentProblem, ProvisionError, RecordsError, UsageError
 from provision.fsutil import fsync_dir
+from provision.i18n import Msg, msg
 from provision.logsdir import open_nofollow, refuse_link
 from provision.secrets import Secret
 
@@ -216,7 +218,7 @@ class AuditLog:
             handler = SyslogHandler(address=target.address, facility=target.facility)
         except OSError as exc:
             raise EnvironmentProblem(
-                f"cannot reach syslog at {target.address} ({exc.strerror or exc}); check the audit syslog address"
+                msg('cannot reach syslog at {address} ({reason}); check the audit syslog address', address=target.address, reason=exc.strerror or exc)
             ) from None
         handler.append_nul = False
         handler.ident = ""
@@ -285,8 +287,7 @@ class AuditLog:
             os.close(fd)
         except OSError as exc:
             raise EnvironmentProblem(
-                f"cannot append to the audit anchor {self.anchor} ({exc.strerror or exc}); nothing was run. "
-                "Check that its storage is mounted and writable, or fix audit.anchor / --anchor"
+                msg('cannot append to the audit anchor {anchor} ({reason}); nothing was run. Check that its storage is mounted and writable, or fix audit.anchor / --anchor', anchor=self.anchor, reason=exc.strerror or exc)
             ) from None
 
     def check_tail(self, known_seals: Iterable[str] = ()) -> TailStatus:
@@ -304,22 +305,20 @@ class AuditLog:
                 return TailStatus(
                     ok=False,
                     problem=DELETED,
-                    message=f"the audit log {self.path} is missing or empty, but {where} hold(s) {len(lost)} "
-                    "seal(s) of it: it was deleted or emptied; no new chain is started over it until an operator "
-                    "runs 'provision audit verify' and accepts the loss explicitly",
+                    message=msg("the audit log {path} is missing or empty, but {where} hold(s) {n} seal(s) of it: it was deleted or emptied; no new chain is started over it until an operator runs 'provision audit verify' and accepts the loss explicitly", path=self.path, where=where, n=len(lost)),
                 )
-        return TailStatus(ok=True, message=f"{self.path}: the last record verifies")
+        return TailStatus(ok=True, message=msg('{path}: the last record verifies', path=self.path))
 
     def _anchor_entries(self) -> list[AnchorEntry]:
         return read_anchor(self.anchor) if self.anchor is not None and self.anchor.is_file() else []
 
     def _lost_seals(self, known_seals: Iterable[str]) -> tuple[list[str], str]:
         lost = {s for s in known_seals if s}
-        where = ["the journal"] if lost else []
+        where: list[Msg] = [msg("the journal")] if lost else []
         anchored = {entry.hash for entry in self._anchor_entries()}
         if anchored:
-            where.append(f"the anchor {self.anchor}")
-        return sorted(lost | anchored), " and ".join(where)
+            where.append(msg("the anchor {anchor}", anchor=self.anchor))
+        return sorted(lost | anchored), functools.reduce(lambda a, b: msg("{a} and {b}", a=a, b=b), where) if where else ""
 
     def accept_damaged_tail(self, reason: str, known_seals: Iterable[str] = ()) -> AuditRecord | None:
         """An operator's decision to continue after a damaged tail, recorded as an event.
@@ -332,7 +331,7 @@ class AuditLog:
         nothing to accept.
         """
         if not reason.strip():
-            raise UsageError("accepting a damaged audit log needs a reason in words")
+            raise UsageError(msg('accepting a damaged audit log needs a reason in words'))
         clean = self._fields(EVENT_TAIL_ACCEPTED, {"reason": reason})
         with self._lock:
             tail = self._tail()
@@ -355,8 +354,7 @@ class AuditLog:
             if good is None and MAC_MARK in region and region.count(b"\n") > 1:
                 # Not one keyed record verifies: far likelier the wrong key than a log damaged throughout.
                 raise UsageError(
-                    f"no record of {self.path} verifies with this audit key: it is probably not the key the log "
-                    "was written with; nothing was accepted. Give the log's key (audit.key)"
+                    msg("no record of {path} verifies with this audit key: it is probably not the key the log was written with; nothing was accepted. Give the log's key (audit.key)", path=self.path)
                 )
             if good is None:
                 prior = self._previous_file_tail()
@@ -440,8 +438,7 @@ class AuditLog:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, before)
                     os.fsync(fd)
-                raise RecordsError(f"the audit log {self.path} cannot take another record ({exc.strerror}); "
-                                   "free space, then 'provision resume' finishes the run") from None  # fmt: skip
+                raise RecordsError(msg("the audit log {path} cannot take another record ({strerror}); free space, then 'provision resume' finishes the run", path=self.path, strerror=exc.strerror)) from None  # fmt: skip
         finally:
             os.close(fd)
         if created:
@@ -482,8 +479,7 @@ class AuditLog:
                 fsync_dir(self.anchor.parent)
         except OSError as exc:
             raise EnvironmentProblem(
-                f"cannot append seal seq {written.seq} to the audit anchor {self.anchor} ({exc.strerror or exc}); "
-                "the seal is in the log but not anchored: check the anchor's storage"
+                msg("cannot append seal seq {seq} to the audit anchor {anchor} ({reason}); the seal is in the log but not anchored: check the anchor's storage", seq=written.seq, anchor=self.anchor, reason=exc.strerror or exc)
             ) from None
 
     def _stamp(self, seal: AuditRecord) -> None:
@@ -558,22 +554,21 @@ class AuditLog:
         if not line.complete:
             problem, what = (
                 TRUNCATED,
-                "its last line is incomplete (a write was cut, or the file was truncated)",
+                msg("its last line is incomplete (a write was cut, or the file was truncated)"),
             )
         elif line.status == "bad-hash" and line.keyed:
             problem, what = (
                 MODIFIED,
-                "its last record does not verify (it was changed, or the audit key is not the one it was written with)",
+                msg("its last record does not verify (it was changed, or the audit key is not the one it was written with)"),
             )
         elif line.status == "not-record":
-            problem, what = MODIFIED, "its last line is not an audit record"
+            problem, what = MODIFIED, msg("its last line is not an audit record")
         else:
-            problem, what = MODIFIED, "its last record does not verify (it was changed)"
+            problem, what = MODIFIED, msg("its last record does not verify (it was changed)")
         status = TailStatus(
             ok=False,
             problem=problem,
-            message=f"audit log {path}: {what}; nothing more is appended until an operator runs "
-            "'provision audit verify' and accepts the damage explicitly",
+            message=msg("audit log {path}: {what}; nothing more is appended until an operator runs 'provision audit verify' and accepts the damage explicitly", path=path, what=what),
         )
         return _Tail(GENESIS, 0, None, False, None, damage=status)
 
@@ -581,14 +576,11 @@ class AuditLog:
         """A keyed log is only continued keyed, and a plain one only plain: with a key, every record has a MAC."""
         if line.status == "key-required" or (line.status == "ok" and line.keyed and not self._keyed):
             raise UsageError(
-                f"{path} is HMAC-chained (it was started with an audit key); a run without that key would "
-                "continue it unkeyed, so nothing was appended: give the key in the job file's audit.key"
+                msg("{path} is HMAC-chained (it was started with an audit key); a run without that key would continue it unkeyed, so nothing was appended: give the key in the job file's audit.key", path=path)
             )
         if line.status == "ok" and not line.keyed and self._keyed:
             raise UsageError(
-                f"{path} was started without an audit key and a keyed log has a MAC on every record, so a keyed "
-                "run cannot continue it; nothing was appended: keep this log and start the keyed one in a new "
-                "--logs directory"
+                msg('{path} was started without an audit key and a keyed log has a MAC on every record, so a keyed run cannot continue it; nothing was appended: keep this log and start the keyed one in a new --logs directory', path=path)
             )
 
     def _last_good(self) -> tuple[int, InspectedLine | None]:
@@ -602,7 +594,7 @@ class AuditLog:
             cut = data.find(b"\n")
             if cut < 0:
                 raise AuditError(
-                    f"the damage at the end of {self.path} is longer than 1 MiB; restore the log from a backup"
+                    msg('the damage at the end of {path} is longer than 1 MiB; restore the log from a backup', path=self.path)
                 )
             start += cut + 1
             data = data[cut + 1 :]
@@ -619,7 +611,7 @@ class AuditLog:
                 return start + end, line
         if start > 0:
             raise AuditError(
-                f"the damage at the end of {self.path} is longer than 1 MiB; restore the log from a backup"
+                msg('the damage at the end of {path} is longer than 1 MiB; restore the log from a backup', path=self.path)
             )
         return 0, None
 

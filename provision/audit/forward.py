@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from provision.audit.records import rfc3339
 from provision.errors import EnvironmentProblem, UsageError
+from provision.i18n import msg
 
 # ----------------------------------------------------------------------------------------------
 # syslog
@@ -36,7 +37,7 @@ def syslog_target(address: str, *, all_events: bool = False) -> SyslogTarget:
         return SyslogTarget(address, all_events=all_events)
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"'{address}' is not a syslog address; write a socket path such as /dev/log or host:port")
+        raise UsageError(msg("'{address}' is not a syslog address; write a socket path such as /dev/log or host:port", address=address))
     return SyslogTarget((host, int(port)), all_events=all_events)
 
 
@@ -68,8 +69,7 @@ def check_reachable(target: SyslogTarget) -> None:
     except OSError as exc:
         shown = target.address if isinstance(target.address, str) else f"{target.address[0]}:{target.address[1]}"
         raise EnvironmentProblem(
-            f"cannot reach syslog at {shown} ({exc.strerror or type(exc).__name__}); start the syslog service "
-            "or correct --syslog / audit.syslog"
+            msg('cannot reach syslog at {shown} ({reason}); start the syslog service or correct --syslog / audit.syslog', shown=shown, reason=exc.strerror or type(exc).__name__)
         ) from None
 
 

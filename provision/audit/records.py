@@ -18,6 +18,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from provision.errors import AuditError, EnvironmentProblem, SecretInAuditError, UsageError
+from provision.i18n import msg
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -155,13 +156,12 @@ def operator_name(text: str) -> str:
     bidirectional overrides) could forge lines in a terminal or a report, so they are refused."""
     name = text.strip()
     if not name:
-        raise UsageError("the operator's name is empty; give --operator NAME (or $PROVISION_OPERATOR)")
+        raise UsageError(msg("the operator's name is empty; give --operator NAME (or $PROVISION_OPERATOR)"))
     if len(name) > 200:
-        raise UsageError("the operator's name is longer than 200 characters; give a shorter --operator NAME")
+        raise UsageError(msg("the operator's name is longer than 200 characters; give a shorter --operator NAME"))
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
         raise UsageError(
-            "the operator's name contains control characters (newline, escape, direction marks); "
-            "give it as plain text with --operator NAME"
+            msg("the operator's name contains control characters (newline, escape, direction marks); give it as plain text with --operator NAME")
         )
     return name
 
@@ -297,9 +297,9 @@ def read_anchor(path: Path | str) -> list[AnchorEntry]:
     try:
         data = anchor.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"the audit anchor {anchor} does not exist; check --anchor") from None
+        raise UsageError(msg('the audit anchor {anchor} does not exist; check --anchor', anchor=anchor)) from None
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot read the audit anchor {anchor} ({exc.strerror or exc})") from None
+        raise EnvironmentProblem(msg('cannot read the audit anchor {anchor} ({reason})', anchor=anchor, reason=exc.strerror or exc)) from None
     entries = []
     for n, raw in enumerate(data.splitlines(), start=1):
         if not raw.strip():
@@ -314,7 +314,7 @@ def read_anchor(path: Path | str) -> list[AnchorEntry]:
             and isinstance(item.get("hash"), str)
             and HEX64.match(item["hash"])
         ):
-            raise AuditError(f"the audit anchor {anchor} line {n} is not a seal (it was changed)")
+            raise AuditError(msg('the audit anchor {anchor} line {n} is not a seal (it was changed)', anchor=anchor, n=n))
         stamp, run = item.get("time"), item.get("run_id")
         entries.append(AnchorEntry(item["seq"], item["hash"], n, stamp if isinstance(stamp, str) else None,
                                    run if isinstance(run, str) else None))  # fmt: skip
@@ -325,7 +325,7 @@ def held_seal(text: str) -> str:
     """A seal an auditor gives (``--seal HASH``): 64 hex digits."""
     seal = text.strip().lower()
     if not HEX64.match(seal):
-        raise UsageError(f"'{text[:80]}' is not a seal: a seal is the 64 hex digits printed as 'Audit seal:'")
+        raise UsageError(msg("'{given}' is not a seal: a seal is the 64 hex digits printed as 'Audit seal:'", given=text[:80]))
     return seal
 
 

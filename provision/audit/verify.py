@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -44,6 +45,7 @@ from provision.audit.records import (
     rfc3339,
 )
 from provision.errors import AuditError, UsageError
+from provision.i18n import msg
 from provision.secrets import Secret
 
 _SUFFIX = len(HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
@@ -63,13 +65,13 @@ def _resolve(path_or_dir: Path | str, *, allow_missing: bool = False) -> tuple[l
     if path.is_dir():
         files = chain_files(path / LOG_NAME)
         if not files and not allow_missing:
-            raise UsageError(f"there is no audit log in {path} ({LOG_NAME} is missing); check --logs")
+            raise UsageError(msg('there is no audit log in {path} ({name} is missing); check --logs', path=path, name=LOG_NAME))
         return files, False
     if path.is_file():
         return [path], True
     if allow_missing:
         return [], False
-    raise UsageError(f"{path} does not exist; check --logs")
+    raise UsageError(msg('{path} does not exist; check --logs', path=path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,21 +237,24 @@ class _Verifier:
         if missing:
             origin = self.seals[missing[0]]
             where = (
-                f"the audit log is empty (or was emptied) but seal {missing[0][:16]}… {origin} is not in it: "
-                "the log was emptied or replaced"
+                msg("the audit log is empty (or was emptied) but seal {seal}… {origin} is not in it: the log was "
+                    "emptied or replaced", seal=missing[0][:16], origin=origin)
                 if self.records == 0
-                else f"the chain ends at line {last_line} of {last_path} (seq {self.seq}) but seal "
-                f"{missing[0][:16]}… {origin} is not in it: the log was cut after the seal, rolled back or replaced"
-            )
+                else msg("the chain ends at line {line} of {path} (seq {seq}) but seal {seal}… {origin} is not in it: "
+                         "the log was cut after the seal, rolled back or replaced", line=last_line, path=last_path,
+                         seq=self.seq, seal=missing[0][:16], origin=origin)
+            )  # fmt: skip
             raise _Failure(SEAL_MISMATCH if self.records else TRUNCATED, last_path, last_line + 1, where)
         return VerifyResult(
             ok=True,
             records=self.records,
             last_hash=self.prev.decode("ascii") if self.records else None,
-            message=f"{self.records} record(s) in {len(self.files)} file(s) intact"
-            + (f", {len(self.seals)} seal(s) found" if self.seals else "")
-            + (f", {len(self.anchor)} anchored seal(s) in place" if self.anchor_path else "")
-            + (f"; {len(self.accepted)} damaged region(s) accepted by an operator" if self.accepted else ""),
+            message=msg("{records} record(s) in {files} file(s) intact{seals}{anchored}{accepted}",
+                        records=self.records, files=len(self.files),
+                        seals=msg(", {n} seal(s) found", n=len(self.seals)) if self.seals else "",
+                        anchored=msg(", {n} anchored seal(s) in place", n=len(self.anchor)) if self.anchor_path else "",
+                        accepted=msg("; {n} damaged region(s) accepted by an operator", n=len(self.accepted))
+                        if self.accepted else ""),  # fmt: skip
             files=[str(p) for p in self.files],
             keyed=self.keyed_seen,
             seals_checked=len(self.seals) + len(self.anchor),
@@ -269,8 +274,7 @@ class _Verifier:
                     REORDERED,
                     name,
                     entry.line,
-                    f"the anchor {name} line {entry.line} holds seq {entry.seq} after seq {previous.seq}: "
-                    "its seals are out of order (the anchor was reordered or spliced)",
+                    msg('the anchor {name} line {line} holds seq {seq} after seq {seq2}: its seals are out of order (the anchor was reordered or spliced)', name=name, line=entry.line, seq=entry.seq, seq2=previous.seq),
                 )
             previous = entry
             if (entry.seq, entry.hash) in self.anchor_found:
@@ -280,15 +284,13 @@ class _Verifier:
                     TRUNCATED,
                     last_path,
                     last_line + 1,
-                    f"the log ends at seq {self.seq} (line {last_line} of {last_path}) but the anchor {name} "
-                    f"line {entry.line} holds a seal at seq {entry.seq}: the log was cut, emptied or rolled back",
+                    msg('the log ends at seq {seq} (line {last_line} of {last_path}) but the anchor {name} line {line} holds a seal at seq {seq2}: the log was cut, emptied or rolled back', seq=self.seq, last_line=last_line, last_path=last_path, name=name, line=entry.line, seq2=entry.seq),
                 )
             raise _Failure(
                 ANCHOR_MISMATCH,
                 name,
                 entry.line,
-                f"the anchor {name} line {entry.line} holds seal {entry.hash[:16]}… at seq {entry.seq}, which is "
-                "not that record of the chain: the log was rolled back and rewritten, or replaced",
+                msg('the anchor {name} line {line} holds seal {hash}… at seq {seq}, which is not that record of the chain: the log was rolled back and rewritten, or replaced', name=name, line=entry.line, hash=entry.hash[:16], seq=entry.seq),
             )
         for seq, digest in self.anchored_seals_in_log:
             if (seq, digest) not in self.anchored:
@@ -297,8 +299,7 @@ class _Verifier:
                     ANCHOR_MISMATCH,
                     path,
                     lineno,
-                    f"{path} line {lineno}: seal seq {seq} was anchored when written but the anchor {name} does not "
-                    "hold it: a seal was removed from the anchor (or the anchor is not this log's)",
+                    msg("{path} line {lineno}: seal seq {seq} was anchored when written but the anchor {name} does not hold it: a seal was removed from the anchor (or the anchor is not this log's)", path=path, lineno=lineno, seq=seq, name=name),
                 )
 
     # The slow path: only at the first line the fast path refused. Returns the line (in the same
@@ -308,7 +309,7 @@ class _Verifier:
         ahead = _lines_from(self.files, fi, lineno)
         _, _, raw = next(ahead)
         bad = inspect_line(raw, self.hasher)
-        where = f"{path} line {lineno}"
+        where = msg("{path} line {line}", path=path, line=lineno)
         expected_seq = self.seq + 1
         prev_text = self.prev.decode("ascii")
 
@@ -317,14 +318,14 @@ class _Verifier:
                 TRUNCATED,
                 path,
                 lineno,
-                f"{where}: the last line is incomplete (no newline): the log was truncated or a write was cut",
+                msg('{where}: the last line is incomplete (no newline): the log was truncated or a write was cut', where=where),
             )
         if bad.status == "key-required":
             raise _Failure(
                 KEY_REQUIRED,
                 path,
                 lineno,
-                f"{where}: the log is HMAC-chained; give the audit key (audit.key of the job file) to verify it",
+                msg('{where}: the log is HMAC-chained; give the audit key (audit.key of the job file) to verify it', where=where),
             )
 
         accepted = self._acceptance(fi, lineno)
@@ -349,7 +350,7 @@ class _Verifier:
                 DELETED,
                 path,
                 lineno,
-                f"{where}: the chain starts at seq {bad.seq}, continuing from {bad.record['rotated_from']}, which is not present: earlier files were removed",
+                msg('{where}: the chain starts at seq {seq}, continuing from {record}, which is not present: earlier files were removed', where=where, seq=bad.seq, record=bad.record['rotated_from']),
             )
 
         nxt = self._next_two(ahead)
@@ -365,13 +366,13 @@ class _Verifier:
                     REORDERED,
                     path,
                     lineno,
-                    f"{where}: records are out of order (seq {bad.seq} comes before seq {first.seq})",
+                    msg('{where}: records are out of order (seq {seq} comes before seq {seq2})', where=where, seq=bad.seq, seq2=first.seq),
                 )
             raise _Failure(
                 INSERTED,
                 path,
                 lineno,
-                f"{where}: this line was inserted: it is not part of the chain, the next line continues from line {lineno - 1}",
+                msg('{where}: this line was inserted: it is not part of the chain, the next line continues from line {previous}', where=where, previous=lineno - 1),
             )
 
         if bad.status == "not-record":
@@ -380,10 +381,10 @@ class _Verifier:
                     NOT_AN_AUDIT_LOG,
                     path,
                     lineno,
-                    f"{path} is not a provision audit log (no line is a hash-chained audit record)",
+                    msg('{path} is not a provision audit log (no line is a hash-chained audit record)', path=path),
                 )
             raise _Failure(
-                MODIFIED, path, lineno, f"{where}: the line is not a valid audit record (it was changed)"
+                MODIFIED, path, lineno, msg('{where}: the line is not a valid audit record (it was changed)', where=where)
             )
         if bad.status in ("bad-hash", "unknown-mac"):
             if (
@@ -397,28 +398,27 @@ class _Verifier:
                     KEY_REQUIRED,
                     path,
                     lineno,
-                    f"{where}: the audit key given is not the key this log was written with (its HMAC does not match)",
+                    msg('{where}: the audit key given is not the key this log was written with (its HMAC does not match)', where=where),
                 )
             raise _Failure(
                 MODIFIED,
                 path,
                 lineno,
-                f"{where}: the record was modified (its hash does not match its content)",
+                msg('{where}: the record was modified (its hash does not match its content)', where=where),
             )
         if self.keyed_seen and not bad.keyed:
             raise _Failure(
                 MODIFIED,
                 path,
                 lineno,
-                f"{where}: a record without HMAC follows HMAC-chained records: it was forged or replaced",
+                msg('{where}: a record without HMAC follows HMAC-chained records: it was forged or replaced', where=where),
             )
         if self.hasher.has_key and not bad.keyed:
             raise _Failure(
                 MAC_MISSING,
                 path,
                 lineno,
-                f"{where}: the record has no MAC, but an audit key was given and with a key every record must carry "
-                "a valid HMAC: the MACs were stripped and the chain recomputed, or the log was never keyed",
+                msg('{where}: the record has no MAC, but an audit key was given and with a key every record must carry a valid HMAC: the MACs were stripped and the chain recomputed, or the log was never keyed', where=where),
             )
 
         assert bad.seq is not None
@@ -427,30 +427,29 @@ class _Verifier:
                 MODIFIED,
                 path,
                 lineno,
-                f"{where}: the record does not follow the one before it (prev does not match): a record was changed and its hash recomputed, or replaced",
+                msg('{where}: the record does not follow the one before it (prev does not match): a record was changed and its hash recomputed, or replaced', where=where),
             )
         if bad.seq < expected_seq:
             raise _Failure(
                 INSERTED,
                 path,
                 lineno,
-                f"{where}: seq {bad.seq} repeats an earlier record: a line was inserted",
+                msg('{where}: seq {seq} repeats an earlier record: a line was inserted', where=where, seq=bad.seq),
             )
         if self._seq_later(fi, lineno, expected_seq):
             raise _Failure(
                 REORDERED,
                 path,
                 lineno,
-                f"{where}: records are out of order (seq {bad.seq} where seq {expected_seq} was expected, which comes later)",
+                msg('{where}: records are out of order (seq {seq} where seq {expected_seq} was expected, which comes later)', where=where, seq=bad.seq, expected_seq=expected_seq),
             )
         missing = bad.seq - expected_seq
         raise _Failure(
             DELETED,
             path,
             lineno,
-            f"{where}: {missing} record(s) before this line were deleted (seq {expected_seq}"
-            + (f"–{bad.seq - 1}" if missing > 1 else "")
-            + " missing)",
+            msg("{where}: {missing} record(s) before this line were deleted (seq {seqs} missing)", where=where,
+                missing=missing, seqs=str(expected_seq) + "–" + str(bad.seq - 1) if missing > 1 else expected_seq),  # fmt: skip
         )
 
     def _next_two(self, ahead: Iterator[tuple[int, int, bytes]]) -> tuple[InspectedLine | None, InspectedLine | None]:
@@ -538,9 +537,9 @@ def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str]
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"there are no time-stamps in {path.parent} ({TIMESTAMPS_NAME} is missing)") from None
+        raise UsageError(msg('there are no time-stamps in {parent} ({name} is missing)', parent=path.parent, name=TIMESTAMPS_NAME)) from None
     except OSError as exc:
-        raise AuditError(f"cannot read {path} ({exc.strerror})") from None
+        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
     seals: list[str] = []
     last = ""
     for n, raw in enumerate(data.splitlines(), start=1):
@@ -560,7 +559,7 @@ def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str]
             continue
         return VerifyResult(
             ok=False, records=0, last_hash=None, first_bad_line=n, problem=TIMESTAMP_INVALID,
-            message=f"{path} line {n}: {why}", file=str(path),
+            message=msg('{path} line {n}: {why}', path=path, n=n, why=why), file=str(path),
         )  # fmt: skip
     trust = "a TSA you trust (--tsa-cert)" if trusted else "a TSA not checked against any certificate (give --tsa-cert)"
     return seals, f"{len(seals)} seal(s) time-stamped by {trust}" + (f", {last}" if last else "")
@@ -604,18 +603,12 @@ def verify(
             last_hash=None,
             first_bad_line=1,
             problem=DELETED,
-            message=f"there is no audit log in {path_or_dir} ({LOG_NAME} is missing), but "
-            + " and ".join(
-                w
-                for w, has in (
-                    ("the journal", seals),
-                    ("the seals you hold", held),
-                    ("the time-stamps", stamped),
-                    (f"the anchor {anchor}", entries),
-                )
-                if has
-            )
-            + f" know(s) {known} seal(s) of it: the log was deleted",
+            message=msg("there is no audit log in {path} ({name} is missing), but {witnesses} know(s) {known} seal(s) "
+                        "of it: the log was deleted", path=path_or_dir, name=LOG_NAME, known=known,
+                        witnesses=functools.reduce(lambda a, b: msg("{a} and {b}", a=a, b=b), [w for w, has in (
+                            (msg("the journal"), seals), (msg("the seals you hold"), held),
+                            (msg("the time-stamps"), stamped), (msg("the anchor {anchor}", anchor=anchor), entries),
+                        ) if has])),  # fmt: skip
             file=str(Path(path_or_dir) / LOG_NAME),
             seals_checked=known,
         )
@@ -644,7 +637,7 @@ def verify(
         )
     except OSError as exc:
         raise AuditError(
-            f"cannot read the audit log ({exc.strerror or type(exc).__name__}: {exc.filename})"
+            msg('cannot read the audit log ({reason}: {filename})', reason=exc.strerror or type(exc).__name__, filename=exc.filename)
         ) from None
 
 
@@ -663,7 +656,7 @@ def _parse_moment(value: datetime | date | str | None, *, end: bool) -> datetime
             else:
                 value = datetime.fromisoformat(text.replace("z", "Z"))
         except ValueError:
-            raise UsageError(f"{value!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from None
+            raise UsageError(msg('{value!r} is not a date (YYYY-MM-DD) or an RFC 3339 time', value=value)) from None
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     moment = datetime.combine(value, time.min, tzinfo=UTC)
@@ -673,15 +666,15 @@ def _parse_moment(value: datetime | date | str | None, *, end: bool) -> datetime
 def _record_problem(line: InspectedLine, has_key: bool, keyed_seen: bool) -> str | None:
     """Why one record, on its own, does not verify (None: its hash or MAC is right)."""
     if not line.complete:
-        return "the line is incomplete (the log was truncated or a write was cut)"
+        return msg('the line is incomplete (the log was truncated or a write was cut)')
     if line.status == "key-required":
-        return "HMAC-chained: give the audit key (--key-env or --key-file) to verify it"
+        return msg('HMAC-chained: give the audit key (--key-env or --key-file) to verify it')
     if line.status != "ok":
-        return "its hash does not match its content (it was changed, or the key is not this log's)"
+        return msg("its hash does not match its content (it was changed, or the key is not this log's)")
     if has_key and not line.keyed:
-        return "it has no MAC, though a key was given (the MACs were stripped, or it was forged)"
+        return msg('it has no MAC, though a key was given (the MACs were stripped, or it was forged)')
     if keyed_seen and not line.keyed:
-        return "it has no MAC after HMAC-chained records (it was forged)"
+        return msg('it has no MAC after HMAC-chained records (it was forged)')
     return None
 
 
@@ -701,7 +694,7 @@ def _verified_records(files: list[Path], key: Secret | None, bad_lines: dict[Pat
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
-            raise AuditError(f"cannot read {path} ({exc.strerror})") from None
+            raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
         with handle:
             for lineno, raw in enumerate(handle, start=1):
                 line = inspect_line(raw, hasher)
@@ -765,7 +758,7 @@ def show(
     for path in files:
         lines = bad_lines.get(path, [])
         if lines and lines[0] == 1 and len(lines) == sum(1 for _ in open(path, "rb")):
-            raise AuditError(f"{path} is not a provision audit log (no line is an audit record)")
+            raise AuditError(msg('{path} is not a provision audit log (no line is an audit record)', path=path))
         if lines and damaged is not None:
             damaged.append(
                 f"{path}: line(s) {', '.join(map(str, lines[:10]))}" + (" …" if len(lines) > 10 else "")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from provision.card.base import RawTransport
 from provision.errors import CardProtocolError, CardStatusError
+from provision.i18n import Msg, msg
 
 SW_OK = 0x9000
 SHORT_MAX_DATA = 255
@@ -60,39 +61,39 @@ _INS_NAMES = {
 }
 
 _SW_MEANINGS = {
-    0x6281: "part of the returned data may be corrupted",
-    0x6581: "memory failure",
-    0x6700: "wrong length",
-    0x6882: "secure messaging not supported",
-    0x6982: "security status not satisfied (PIN or management key needed, or PIN policy 'always')",
-    0x6983: "authentication method blocked",
-    0x6984: "reference data not usable",
-    0x6985: "conditions of use not satisfied",
-    0x6986: "command not allowed",
-    0x6A80: "incorrect data in the command",
-    0x6A81: "function not supported by this card",
-    0x6A82: "data object or application not found",
-    0x6A84: "not enough memory on the card",
-    0x6A86: "incorrect P1/P2 (slot or object not supported)",
-    0x6A88: "referenced data not found",
-    0x6B00: "wrong parameters P1/P2",
-    0x6D00: "instruction not supported by this card",
-    0x6E00: "class not supported",
-    0x6F00: "the card reported an internal error",
+    0x6281: msg("part of the returned data may be corrupted"),
+    0x6581: msg("memory failure"),
+    0x6700: msg("wrong length"),
+    0x6882: msg("secure messaging not supported"),
+    0x6982: msg("security status not satisfied (PIN or management key needed, or PIN policy 'always')"),
+    0x6983: msg("authentication method blocked"),
+    0x6984: msg("reference data not usable"),
+    0x6985: msg("conditions of use not satisfied"),
+    0x6986: msg("command not allowed"),
+    0x6A80: msg("incorrect data in the command"),
+    0x6A81: msg("function not supported by this card"),
+    0x6A82: msg("data object or application not found"),
+    0x6A84: msg("not enough memory on the card"),
+    0x6A86: msg("incorrect P1/P2 (slot or object not supported)"),
+    0x6A88: msg("referenced data not found"),
+    0x6B00: msg("wrong parameters P1/P2"),
+    0x6D00: msg("instruction not supported by this card"),
+    0x6E00: msg("class not supported"),
+    0x6F00: msg("the card reported an internal error"),
 }
 
 
-def describe_sw(sw: int) -> str:
-    """A short human explanation of a status word."""
+def describe_sw(sw: int) -> Msg:
+    """A short human explanation of a status word (recorded in English, shown translated)."""
     if sw == SW_OK:
-        return "success"
+        return msg("success")
     if sw & 0xFFF0 == 0x63C0:
-        return f"verification failed, {sw & 0x0F} tries left"
+        return msg("verification failed, {n} tries left", n=sw & 0x0F)
     if sw >> 8 == 0x61:
-        return "more response data available"
+        return msg("more response data available")
     if sw >> 8 == 0x6C:
-        return "wrong Le"
-    return _SW_MEANINGS.get(sw, "unexpected status")
+        return msg("wrong Le")
+    return _SW_MEANINGS.get(sw) or msg("unexpected status")
 
 
 def ins_name(ins: int) -> str:
@@ -148,7 +149,7 @@ def split_response(response: bytes) -> tuple[bytes, int]:
     """Response APDU → (data, SW). Fewer than two bytes is a protocol error."""
     if len(response) < 2:
         raise CardProtocolError(
-            f"the card answered {len(response)} byte(s); a response needs at least the 2-byte status"
+            msg('the card answered {n} byte(s); a response needs at least the 2-byte status', n=len(response))
         )
     return response[:-2], (response[-2] << 8) | response[-1]
 
@@ -225,7 +226,7 @@ class ApduChannel:
         response, sw = self.send_raw_sw(ins, p1, p2, data, cla=cla, le=le)
         if sw != SW_OK:
             raise CardStatusError(
-                f"{ins_name(ins)} failed: the card answered {sw:04X} ({describe_sw(sw)})", sw
+                msg('{ins_name} failed: the card answered {sw:04X} ({describe_sw})', ins_name=ins_name(ins), sw=sw, describe_sw=describe_sw(sw)), sw
             )
         return response
 
@@ -271,7 +272,7 @@ class ApduChannel:
             chunks.append(more)
             total += len(more)
             if total > _MAX_RESPONSE_BYTES:
-                raise CardProtocolError("the card keeps sending response data (more than 1 MiB); giving up")
+                raise CardProtocolError(msg('the card keeps sending response data (more than 1 MiB); giving up'))
         return b"".join(chunks), sw
 
     def _exchange(
@@ -294,7 +295,7 @@ class ApduChannel:
             apdu = encode_apdu(cla, ins, p1, p2, data, sw & 0xFF, False)
             response, sw = self._transmit(apdu, redact_cmd, redact_resp)
             if sw >> 8 == 0x6C:
-                raise CardProtocolError(f"the card asked twice for a different Le ({sw:04X})")
+                raise CardProtocolError(msg('the card asked twice for a different Le ({sw:04X})', sw=sw))
         return response, sw
 
     def _transmit(self, apdu: bytes, redact_cmd: bool, redact_resp: bool) -> tuple[bytes, int]:

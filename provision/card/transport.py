@@ -159,29 +159,27 @@ def error_for(code: int, action: str, reader: str | None = None) -> ProvisionErr
     """The typed error for a failed PC/SC call. ``action`` says what we tried, in words."""
     code &= 0xFFFFFFFF  # WinSCard's LONG is signed: 0x80100069 may arrive as a negative number
     name = code_name(code)
-    where = f" in reader '{reader}'" if reader else ""
+    # A fragment translated where the sentence is shown (localize() translates a Msg parameter).
+    where = msg(" in reader '{reader}'", reader=reader) if reader else ""
     if code in _CARD_GONE:
         return CardRemovedError(
-            f"{action}: the card{where} was removed or stopped answering ({name}); "
-            "re-insert it and run again"
+            msg('{action}: the card{where} was removed or stopped answering ({name}); re-insert it and run again', action=action, where=where, name=name)
         )
     if code in _READER_GONE:
         return ReaderGoneError(
-            f"{action}: the reader{' ' + repr(reader) if reader else ''} is gone ({name}); "
-            "reconnect it, then check `provision readers`"
+            msg('{action}: the reader{named} is gone ({name}); reconnect it, then check `provision readers`', action=action, named=' ' + repr(reader) if reader else '', name=name)
         )
     if code in _SERVICE_DOWN:
         return ServiceDownError(
-            f"{action}: the PC/SC service is not running ({name}); start it (pcscd on Linux, "
-            "the 'Smart Card' service on Windows) and run again"
+            msg("{action}: the PC/SC service is not running ({name}); start it (pcscd on Linux, the 'Smart Card' service on Windows) and run again", action=action, name=name)
         )
     if code in _TRANSIENT:
-        return TransientCardError(f"{action}{where} was interrupted ({name}); reconnecting")
+        return TransientCardError(msg('{action}{where} was interrupted ({name}); reconnecting', action=action, where=where, name=name))
     if code == _NO_READERS:
         return EnvironmentProblem(
-            f"{action}: no smart-card reader is connected ({name}); connect one and run again"
+            msg('{action}: no smart-card reader is connected ({name}); connect one and run again', action=action, name=name)
         )
-    return CardError(f"{action}{where} failed: {name}")
+    return CardError(msg('{action}{where} failed: {name}', action=action, where=where, name=name))
 
 
 # --- ATR --------------------------------------------------------------------------------------
@@ -237,12 +235,11 @@ def _scard() -> ModuleType:
         import smartcard.scard as scard
     except ImportError as exc:
         raise EnvironmentProblem(
-            f"pyscard cannot be loaded ({exc}); install pyscard and the PC/SC library "
-            "(Debian: pcscd libpcsclite1; Windows and macOS have PC/SC built in)"
+            msg('pyscard cannot be loaded ({exc}); install pyscard and the PC/SC library (Debian: pcscd libpcsclite1; Windows and macOS have PC/SC built in)', exc=exc)
         ) from exc
     except OSError as exc:
         raise EnvironmentProblem(
-            f"the PC/SC library cannot be loaded ({exc}); install it (Debian: libpcsclite1)"
+            msg('the PC/SC library cannot be loaded ({exc}); install it (Debian: libpcsclite1)', exc=exc)
         ) from exc
     module: ModuleType = scard
     return module
@@ -296,7 +293,7 @@ class _Context:
     def __init__(self) -> None:
         self.scard = _scard()
         code, handle = self.scard.SCardEstablishContext(self.scard.SCARD_SCOPE_USER)
-        _check(code, "connecting to the PC/SC service")
+        _check(code, msg("connecting to the PC/SC service"))
         self.handle: Any = handle
 
     def release(self) -> None:
@@ -315,7 +312,7 @@ def _reader_names(ctx: _Context) -> list[str]:
     code, names = ctx.scard.SCardListReaders(ctx.handle, [])
     if code & 0xFFFFFFFF == _NO_READERS:
         return []
-    _check(code, "listing the readers")
+    _check(code, msg("listing the readers"))
     return list(names)
 
 
@@ -328,7 +325,7 @@ def _status(ctx: _Context, names: Sequence[str]) -> list[tuple[str, int, bytes]]
     )
     if code & 0xFFFFFFFF == _TIMEOUT:
         return []
-    _check(code, "reading the readers' state")
+    _check(code, msg("reading the readers' state"))
     return [(name, int(state), bytes(atr)) for name, state, atr in states]
 
 
@@ -417,7 +414,7 @@ def watch(
                 # One reader of the list vanished before we asked: re-list and go on.
                 yield from _diff_readers(ctx, seen)
                 continue
-            _check(code, "waiting for cards")
+            _check(code, msg("waiting for cards"))
             for name, state, atr in states:
                 state = int(state)
                 if name == PNP_NOTIFICATION:
@@ -481,9 +478,9 @@ def resolve_reader(name: str, readers: Sequence[str]) -> str:
         return matches[0]
     if not matches:
         raise ReaderGoneError(
-            f"no reader matches '{name}'; connected: {', '.join(readers) or 'none'}"
+            msg("no reader matches '{name}'; connected: {readers}", name=name, readers=", ".join(readers) or msg("none"))
         )
-    raise EnvironmentProblem(f"'{name}' matches several readers ({', '.join(matches)}); be more precise")
+    raise EnvironmentProblem(msg("'{name}' matches several readers ({matches}); be more precise", name=name, matches=', '.join(matches)))
 
 
 class PcscTransport:
@@ -521,9 +518,9 @@ class PcscTransport:
                 time.sleep(_REINSERT_GRACE_S)
                 continue
             break
-        _check(code, "connecting to the card", self.reader)
+        _check(code, msg("connecting to the card"), self.reader)
         code, _reader, _state, _protocol, atr = s.SCardStatus(self._handle)
-        _check(code, "reading the card's ATR", self.reader)
+        _check(code, msg("reading the card's ATR"), self.reader)
         self._atr = bytes(atr)
 
     @property
@@ -540,7 +537,7 @@ class PcscTransport:
 
     def _live_handle(self) -> Any:
         if self._handle is None:
-            raise CardError(f"the connection to '{self.reader}' is closed")
+            raise CardError(msg("the connection to '{reader}' is closed", reader=self.reader))
         return self._handle
 
     def transmit(self, apdu: bytes) -> bytes:
@@ -553,11 +550,11 @@ class PcscTransport:
             # before the service has noticed the removal: wait one polling period to tell.
             gone = self._card_gone_code()
             if gone:
-                raise error_for(gone, "sending a command to the card", self.reader)
-        _check(code, "sending a command to the card", self.reader)
+                raise error_for(gone, msg("sending a command to the card"), self.reader)
+        _check(code, msg("sending a command to the card"), self.reader)
         if len(data) < 2:
             raise CardProtocolError(
-                f"the card in '{self.reader}' answered {len(data)} byte(s), without a status word"
+                msg("the card in '{reader}' answered {n} byte(s), without a status word", reader=self.reader, n=len(data))
             )
         return data
 
@@ -573,7 +570,7 @@ class PcscTransport:
             time.sleep(0.05)
 
     def begin_transaction(self) -> None:
-        _check(self._scard.SCardBeginTransaction(self._live_handle()), "locking the card", self.reader)
+        _check(self._scard.SCardBeginTransaction(self._live_handle()), msg("locking the card"), self.reader)
         self._in_transaction = True
 
     def end_transaction(self) -> None:
@@ -581,7 +578,7 @@ class PcscTransport:
             return
         self._in_transaction = False
         code = self._scard.SCardEndTransaction(self._handle, self._scard.SCARD_LEAVE_CARD)
-        _check(code, "unlocking the card", self.reader)
+        _check(code, msg("unlocking the card"), self.reader)
 
     def close(self) -> None:
         """Disconnect, leaving the card powered; then release the context. Safe to call twice."""
@@ -610,7 +607,7 @@ def connect(reader: str) -> PcscTransport:
     try:
         names = _reader_names(ctx)
         if not names:
-            raise EnvironmentProblem("no smart-card reader is connected; connect one and run again")
+            raise EnvironmentProblem(msg('no smart-card reader is connected; connect one and run again'))
         return PcscTransport(ctx, resolve_reader(reader, names))
     except BaseException:
         ctx.release()

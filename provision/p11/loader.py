@@ -36,6 +36,7 @@ from provision.errors import (
     PinHeldError,
     WrongCardError,
 )
+from provision.i18n import Msg, msg
 from provision.load import (
     LoadContext,
     LoadResult,
@@ -162,7 +163,7 @@ class Pkcs11Loader:
     def _list(self, session: Any, cls: Any) -> list[Any]:
         from pkcs11 import Attribute
 
-        with p11_errors(f"listing the objects labelled {self.label!r}"):
+        with p11_errors(msg('listing the objects labelled {label!r}', label=self.label)):
             self.token.calls += 1
             return list(session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: self.label}))
 
@@ -170,7 +171,7 @@ class Pkcs11Loader:
         from pkcs11 import Attribute, ObjectClass
 
         found = Found(private_seen=logged_in)
-        with p11_errors("reading attributes"):
+        with p11_errors(msg('reading attributes')):
             for obj in self._list(session, ObjectClass.CERTIFICATE):
                 found.certificates.append((obj, bytes(obj[Attribute.VALUE]), bytes(obj[Attribute.ID])))
             for obj in self._list(session, ObjectClass.PUBLIC_KEY):
@@ -185,7 +186,7 @@ class Pkcs11Loader:
 
         with self.step("preflight") as info:
             self.check_identity()
-            with p11_errors("opening a session"):
+            with p11_errors(msg('opening a session')):
                 public = self.token.open_session()
             found = self._read(public, logged_in=False)
             cert_ours = found.ours(self.der, self.cka_id)[0]
@@ -202,8 +203,7 @@ class Pkcs11Loader:
                         write_protected=write_protected, token_serial=self.seen.token_serial)  # fmt: skip
             self.audit("preflight", current_sha256=self.result.replaced_sha256, outcome="done" if cert_ours else "load")
             if write_protected and not cert_ours:
-                raise JobRefused(f"the token {self.seen.token_label!r} is write-protected through "
-                                 f"{self.token.module.path.name}; nothing was written")  # fmt: skip
+                raise JobRefused(msg('the token {token_label!r} is write-protected through {name}; nothing was written', token_label=self.seen.token_label, name=self.token.module.path.name))  # fmt: skip
             self.token.calls += 2
             uncheckable = mechanisms.cannot_check(self.token.token().slot, self.certificate.public_key())
             info.update(key_checkable=uncheckable is None)
@@ -239,15 +239,13 @@ class Pkcs11Loader:
         """The token answering now is the one the job was matched to (before any write)."""
         now = self.token.seen_now()
         if now.token_serial != self.seen.token_serial or now.token_label != self.seen.token_label:
-            raise WrongCardError(f"the token in {self.token.reader} is now {now.describe()}, not "
-                                 f"{self.seen.describe()}; nothing was written")  # fmt: skip
+            raise WrongCardError(msg('the token in {reader} is now {now}, not {seen}; nothing was written', reader=self.token.reader, now=now.describe(), seen=self.seen.describe()))  # fmt: skip
 
     def check_writable(self) -> None:
         from pkcs11 import TokenFlag
 
         if self.token.token().flags & TokenFlag.WRITE_PROTECTED:
-            raise JobRefused(f"the token {self.seen.token_label!r} is write-protected through "
-                             f"{self.token.module.path.name}; nothing was written")  # fmt: skip
+            raise JobRefused(msg('the token {token_label!r} is write-protected through {name}; nothing was written', token_label=self.seen.token_label, name=self.token.module.path.name))  # fmt: skip
 
     def confirm_with_operator(self, found: Found) -> None:
         if self.ctx.confirm is None:
@@ -261,7 +259,7 @@ class Pkcs11Loader:
                 replaced = None
         if not self.ctx.confirm(self.job, self.ctx.bundle.info, self.label, replaced):
             self.audit("operator_declined", outcome="declined")
-            raise OperatorDeclined(f"the operator did not confirm the certificate of {self.job.holder}; nothing was written")
+            raise OperatorDeclined(msg('the operator did not confirm the certificate of {holder}; nothing was written', holder=self.job.holder))
         self.audit("operator_confirmed", outcome="confirmed")
 
     def handle_replaced_certificates(self, found: Found) -> None:
@@ -276,8 +274,7 @@ class Pkcs11Loader:
             self._handled.add(sha)
             with self.step(f"{self.job.replace}_replaced_certificate", replaced_sha256=sha) as info:
                 if self.job.replace == "refuse":
-                    raise JobRefused(f"the token already holds a certificate labelled {self.label!r} (SHA-256 "
-                                     f"{sha[:16]}…) and the job says replace: refuse; the token was not changed")  # fmt: skip
+                    raise JobRefused(msg('the token already holds a certificate labelled {label!r} (SHA-256 {sha}…) and the job says replace: refuse; the token was not changed', label=self.label, sha=sha[:16]))  # fmt: skip
                 if self.job.replace == "archive":
                     stored = self.ctx.store.archive(der, card_serial=None, slot="pkcs11", slot_name=self.label,
                                                     holder=self.job.holder, job_id=self.job.id,
@@ -330,7 +327,7 @@ class Pkcs11Loader:
             try:
                 self.session = self.token.open_session(user_pin=pin_value)
             except pkcs11.UserAlreadyLoggedIn:
-                with p11_errors("opening a session"):
+                with p11_errors(msg('opening a session')):
                     self.session = self.token.open_session()
             except (pkcs11.PinIncorrect, pkcs11.PinLocked, pkcs11.PinInvalid, pkcs11.PinLenRange,
                     pkcs11.PinExpired, pkcs11.UserPinNotInitialized) as exc:  # fmt: skip
@@ -344,7 +341,7 @@ class Pkcs11Loader:
                     message += self._hold_pin(left)
                 raise PinError(message, left) from None
             except pkcs11.PKCS11Error:
-                with p11_errors("logging in"):
+                with p11_errors(msg('logging in')):
                     raise
             self.audit("pin_verify", pin_tries_left=tries, outcome="ok")
             if typed:
@@ -368,10 +365,7 @@ class Pkcs11Loader:
         self.audit("pin_refused_hold", outcome="refused", held_since=hold.since, held_by_run=hold.run_id,
                    held_by_job=hold.job_id, pin_tries_left=hold.tries_left)  # fmt: skip
         raise PinHeldError(
-            f"the token {self.seen.token_label!r} (serial {self.seen.token_serial}) refused a PIN on {hold.since} "
-            f"(job {hold.job_id}, run {hold.run_id}) and is on PIN hold; no PIN was sent to it. Check the PIN this "
-            f"job gives (with the holder if need be) and the token's PIN state, then run 'provision card "
-            f"clear-pin-hold {self._hold_id()} --reason TEXT' and run again, or load it at the counter",
+            msg("the token {token_label!r} (serial {token_serial}) refused a PIN on {since} (job {job_id}, run {run_id}) and is on PIN hold; no PIN was sent to it. Check the PIN this job gives (with the holder if need be) and the token's PIN state, then run 'provision card clear-pin-hold {hold_id} --reason TEXT' and run again, or load it at the counter", token_label=self.seen.token_label, token_serial=self.seen.token_serial, since=hold.since, job_id=hold.job_id, run_id=hold.run_id, hold_id=self._hold_id()),
             hold.tries_left,
         )  # fmt: skip
 
@@ -411,7 +405,7 @@ class Pkcs11Loader:
         PIV backend), with a private key of its CKA_ID: (its objects, the key, the label)."""
         from pkcs11 import Attribute, ObjectClass
 
-        with p11_errors("looking for the certificate under other labels"):
+        with p11_errors(msg('looking for the certificate under other labels')):
             self.token.calls += 1
             certificates = list(self.session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.VALUE: self.der}))
             for cert in certificates:  # one search at a time: a session has one active C_FindObjects
@@ -431,7 +425,7 @@ class Pkcs11Loader:
 
         with self.step("relabel_existing_objects", label_before=label) as info:
             try:
-                with p11_errors("renaming the objects"):
+                with p11_errors(msg('renaming the objects')):
                     for obj in found:
                         self.token.calls += 1
                         try:
@@ -448,7 +442,7 @@ class Pkcs11Loader:
         with self.step("verify_load") as info:
             mechanism = self._test_signature(key)
             info.update(test_signature="verified", test_signature_mechanism=mechanism)
-            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.result.notes.append(msg("test signature verified with {mechanism}", mechanism=mechanism))
             self.audit("verified", outcome="ok", mechanism=mechanism, label_on_token=self.label if relabeled else label)
         self.result.slot_name_on_card = relabeled
         if relabeled:
@@ -456,9 +450,9 @@ class Pkcs11Loader:
             self.commit()
         else:
             self.result.status = jn.SKIPPED
-            self.result.notes.append(f"the certificate and its key are on the token under the labels the module gives "
-                                     f"them ({label!r}); the module does not let provision change labels, so the "
-                                     "slot name is kept by provision only")  # fmt: skip
+            self.result.notes.append(msg("the certificate and its key are on the token under the labels the module gives "
+                                         "them ({label!r}); the module does not let provision change labels, so the "
+                                         "slot name is kept by provision only", label=label))  # fmt: skip
             self.audit("skipped", reason="the token already holds this certificate and its key under another label")
         self.exports()
         return self.result
@@ -488,18 +482,18 @@ class Pkcs11Loader:
                 unfinished = False
         return unfinished
 
-    def _create(self, what: str, template: dict[Any, Any]) -> None:
-        with p11_errors(f"creating the {what}"):
+    def _create(self, what: Msg, template: dict[Any, Any]) -> None:
+        with p11_errors(what):
             self.token.calls += 1
             self.session.create_object(template)
 
     def import_key(self, on_token: bool) -> None:
         if on_token:
-            self.result.notes.append("the key was already on the token")
+            self.result.notes.append(msg("the key was already on the token"))
             return
         with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
             subject = self.certificate.subject.public_bytes()
-            self._create("private key", objects.private_key_template(self.ctx.bundle.key, self.label, self.cka_id, subject))
+            self._create(msg("creating the private key"), objects.private_key_template(self.ctx.bundle.key, self.label, self.cka_id, subject))
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, cka_id=self.cka_id.hex())
 
     def write_public_key(self, on_token: bool) -> None:
@@ -518,20 +512,20 @@ class Pkcs11Loader:
                     pkcs11.TemplateIncomplete) as exc:  # fmt: skip
                 # Some tokens derive the public key object themselves; the certificate carries it anyway.
                 info["stored"] = False
-                self.result.notes.append(f"no separate public key object ({type(exc).__name__})")
+                self.result.notes.append(msg("no separate public key object ({name})", name=type(exc).__name__))
 
     def write_certificate(self, on_token: bool) -> None:
         if on_token:
             return
         with self.step("write_certificate"):
-            self._create("certificate", objects.certificate_template(self.certificate, self.label, self.cka_id))
+            self._create(msg("creating the certificate"), objects.certificate_template(self.certificate, self.label, self.cka_id))
             self.audit("certificate_written", replaced_sha256=self.result.replaced_sha256)
 
     def delete_replaced(self, found: Found) -> None:
         for kind, obj, der in found.replaced(self.der, self.cka_id):
             detail: dict[str, Any] = {"sha256": hashlib.sha256(der).hexdigest()} if der else {}
             with self.step(f"delete_replaced_{kind}", **detail):
-                with p11_errors(f"deleting the replaced {kind.replace('_', ' ')}"):
+                with p11_errors(msg('deleting a replaced object ({kind})', kind=kind)):
                     self.token.calls += 1
                     obj.destroy()
                 self.audit("replaced_object_deleted", kind=kind, **detail)
@@ -542,17 +536,17 @@ class Pkcs11Loader:
             found = self._read(self.session, logged_in=True)
             cert_on, _, key_on = found.ours(self.der, self.cka_id)
             if not cert_on:
-                raise CardError(f"the certificate read back under {self.label!r} differs from the one written")
+                raise CardError(msg('the certificate read back under {label!r} differs from the one written', label=self.label))
             if not key_on:
-                raise CardError(f"no private key labelled {self.label!r} with CKA_ID {self.cka_id.hex()} on the token")
+                raise CardError(msg('no private key labelled {label!r} with CKA_ID {cka_id} on the token', label=self.label, cka_id=self.cka_id.hex()))
             left = found.replaced(self.der, self.cka_id)
             if left:
-                raise CardError(f"{len(left)} replaced object(s) are still labelled {self.label!r}")
+                raise CardError(msg('{n} replaced object(s) are still labelled {label!r}', n=len(left), label=self.label))
             key = next(o for o, i in found.private_keys if i == self.cka_id)
             mechanism = self._test_signature(key)
             info.update(test_signature="verified", test_signature_mechanism=mechanism, cka_id=self.cka_id.hex())
             self.result.slot_name_on_card = True
-            self.result.notes.append(f"test signature verified with {mechanism}")
+            self.result.notes.append(msg("test signature verified with {mechanism}", mechanism=mechanism))
             self.audit("verified", outcome="ok", mechanism=mechanism)
 
     def _test_signature(self, key: Any) -> str:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from provision.errors import CardError
+from provision.i18n import msg
 from provision.p11.module import REMOVED, p11_errors
 
 CKF_SIGN = 0x800
@@ -156,7 +157,7 @@ def offered_for_signing(slot: Any) -> list[int] | None:
     (``CKR_FUNCTION_NOT_SUPPORTED``: then every candidate is tried). Other errors are named."""
     import pkcs11
 
-    with p11_errors("reading the token's mechanism list"):
+    with p11_errors(msg("reading the token's mechanism list")):
         try:
             return signing_mechanisms(slot)
         except pkcs11.FunctionNotSupported:
@@ -164,13 +165,15 @@ def offered_for_signing(slot: Any) -> list[int] | None:
 
 
 def _nothing_usable(offered: list[int] | None, declined: list[str]) -> str:
-    listed = ", ".join(mechanism_name(code) for code in offered) if offered is not None else "no list"
-    refused = f"; C_Sign refused {', '.join(declined)}" if declined else ""
-    return f"the token offers no signing mechanism provision can check for this key (offered: {listed or 'none'}{refused})"
+    listed = ", ".join(mechanism_name(code) for code in offered) if offered is not None else msg("no list")
+    refused = msg("; C_Sign refused {mechanisms}", mechanisms=", ".join(declined)) if declined else ""
+    return msg("the token offers no signing mechanism provision can check for this key (offered: {listed}{refused})",
+               listed=listed or msg("none"), refused=refused)  # fmt: skip
 
 
 def _a_module_that_can(public_key: Any) -> str:
-    return f"A module that signs with one of {', '.join(m.name for m in preference(public_key))} can check it"
+    return msg("A module that signs with one of {mechanisms} can check it",
+               mechanisms=", ".join(m.name for m in preference(public_key)))  # fmt: skip
 
 
 def cannot_check(slot: Any, public_key: Any) -> str | None:
@@ -182,8 +185,7 @@ def cannot_check(slot: Any, public_key: Any) -> str | None:
     offered = offered_for_signing(slot)
     if offered is None or usable(public_key, offered):
         return None
-    return (f"{_nothing_usable(offered, [])}, so a key loaded there could not be verified; nothing was "
-            f"written and no PIN was sent. {_a_module_that_can(public_key)}")  # fmt: skip
+    return (msg('{nothing_usable}, so a key loaded there could not be verified; nothing was written and no PIN was sent. {a_module_that_can}', nothing_usable=_nothing_usable(offered, []), a_module_that_can=_a_module_that_can(public_key)))  # fmt: skip
 
 
 def check_key(slot: Any, key: Any, public_key: Any, message: bytes, *, label: str, pin: str | None) -> str:
@@ -197,7 +199,7 @@ def check_key(slot: Any, key: Any, public_key: Any, message: bytes, *, label: st
     candidates = usable(public_key, offered) if offered is not None else list(preference(public_key))
     declined: list[str] = []
     for mechanism in candidates:
-        with p11_errors(f"signing the test message ({mechanism.name})"):
+        with p11_errors(msg('signing the test message ({name})', name=mechanism.name)):
             try:
                 signature = key.sign(mechanism.data(message), mechanism=pkcs11.Mechanism(mechanism.code),
                                      mechanism_param=mechanism.parameter(), pin=pin)  # fmt: skip
@@ -207,8 +209,6 @@ def check_key(slot: Any, key: Any, public_key: Any, message: bytes, *, label: st
         try:
             mechanism.verify(public_key, bytes(signature), message)
         except Exception:  # noqa: BLE001 - cryptography's InvalidSignature and malformed signatures alike
-            raise CardError(f"the test signature ({mechanism.name}) of the key labelled {label!r} does not "
-                            "verify with the certificate") from None  # fmt: skip
+            raise CardError(msg('the test signature ({name}) of the key labelled {label!r} does not verify with the certificate', name=mechanism.name, label=label)) from None  # fmt: skip
         return mechanism.name
-    raise CardError(f"{_nothing_usable(offered, declined)}; the key labelled {label!r} is not verified, "
-                    f"so the job is not done. {_a_module_that_can(public_key)}")  # fmt: skip
+    raise CardError(msg('{nothing_usable}; the key labelled {label!r} is not verified, so the job is not done. {a_module_that_can}', nothing_usable=_nothing_usable(offered, declined), label=label, a_module_that_can=_a_module_that_can(public_key)))  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import CardError, CardRemovedError, EnvironmentProblem
+from provision.i18n import msg
 
 
 @dataclass
@@ -42,15 +43,14 @@ def open_module(path: Path) -> Module:
         module = _modules.get(key)
         if module is not None:
             if not module.lib.initialized:
-                with module.lock, p11_errors(f"initialising {path}"):
+                with module.lock, p11_errors(msg('initialising {path}', path=path)):
                     module.lib.initialize()
             return module
         try:
             lib = pkcs11.lib(str(key))
         except (pkcs11.PKCS11Error, OSError) as exc:
             raise EnvironmentProblem(
-                f"the PKCS#11 module {path} could not be loaded ({exc}); check that it is the card's "
-                "middleware for this machine (64-bit, installed with its dependencies)"
+                msg("the PKCS#11 module {path} could not be loaded ({exc}); check that it is the card's middleware for this machine (64-bit, installed with its dependencies)", path=path, exc=exc)
             ) from None
         module = Module(key, lib)
         _modules[key] = module
@@ -87,6 +87,6 @@ def p11_errors(doing: str) -> Iterator[None]:
     except pkcs11.PKCS11Error as exc:
         name = type(exc).__name__
         if name in REMOVED:
-            raise CardRemovedError(f"the token went away while {doing} ({name}); put it back to finish") from None
+            raise CardRemovedError(msg('the token went away while {doing} ({name}); put it back to finish', doing=doing, name=name)) from None
         detail = f": {exc}" if str(exc) else ""
-        raise CardError(f"the PKCS#11 module refused {doing} ({name}{detail})") from None
+        raise CardError(msg('the PKCS#11 module refused {doing} ({name}{detail})', doing=doing, name=name, detail=detail)) from None

@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from provision.i18n import msg
+
 # DER of the named-curve OIDs (CKA_EC_PARAMS)
 EC_PARAMS = {
     "secp256r1": bytes.fromhex("06082a8648ce3d030107"),
@@ -35,8 +37,8 @@ def supported(private_key: Any) -> str | None:
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         if private_key.curve.name in EC_PARAMS:
             return None
-        return f"the curve {private_key.curve.name} is not supported for PKCS#11 tokens (P-256, P-384, P-521 are)"
-    return f"a {type(private_key).__name__.replace('PrivateKey', '')} key cannot be loaded through PKCS#11 by provision yet (RSA and EC can)"
+        return msg('the curve {name} is not supported for PKCS#11 tokens (P-256, P-384, P-521 are)', name=private_key.curve.name)
+    return msg('a {kind} key cannot be loaded through PKCS#11 by provision yet (RSA and EC can)', kind=type(private_key).__name__.replace('PrivateKey', ''))
 
 
 def _unsigned(n: int) -> bytes:

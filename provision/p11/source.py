@@ -23,6 +23,7 @@ from provision.backend import (
     as_backend,
 )
 from provision.errors import CardRemovedError
+from provision.i18n import msg
 from provision.jobfile import JobFile
 from provision.load import LoadContext
 from provision.p11.module import Module, open_module, p11_errors
@@ -53,11 +54,11 @@ class Pkcs11Token:
         for slot in self.module.lib.get_slots(token_present=True):
             if slot.slot_id == self.slot_id:
                 return slot
-        raise CardRemovedError(f"the token in {self.reader} was removed")
+        raise CardRemovedError(msg('the token in {reader} was removed', reader=self.reader))
 
     def token(self) -> Any:
         """The token as it is now (``C_GetTokenInfo`` again: flags and PIN counters change)."""
-        with p11_errors(f"reading the token in {self.reader}"):
+        with p11_errors(msg('reading the token in {reader}', reader=self.reader)):
             self.calls += 1
             return self._slot().get_token()
 
@@ -185,7 +186,7 @@ class Pkcs11Source:
         if reader not in self._known:
             self._known = self._scan() or self._known
         if reader not in self._known:
-            raise CardRemovedError(f"no token in {reader}")
+            raise CardRemovedError(msg('no token in {reader}', reader=reader))
         module, slot_id = self._known[reader]
         return Pkcs11Token(module, slot_id, reader)
 

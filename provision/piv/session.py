@@ -374,7 +374,7 @@ class SlotNameResult:
         if self.stored:
             return "stored on the card"
         assert self.sw is not None
-        return f"the card does not keep vendor objects ({self.sw:04X}: {describe_sw(self.sw)})"
+        return msg("the card does not keep vendor objects ({sw:04X}: {describe_sw})", sw=self.sw, describe_sw=describe_sw(self.sw))
 
 
 def _object_id_tlv(object_id: int) -> bytes:

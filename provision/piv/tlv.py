@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from provision.errors import CardProtocolError
+from provision.i18n import msg
 
 
 def encode_length(n: int) -> bytes:
@@ -41,36 +42,36 @@ def encode_many(items: Iterable[tuple[int, bytes]]) -> bytes:
 
 def _read_tag(data: bytes, pos: int) -> tuple[int, int]:
     if pos >= len(data):
-        raise CardProtocolError("truncated TLV: a tag was expected")
+        raise CardProtocolError(msg('truncated TLV: a tag was expected'))
     first = data[pos]
     tag = first
     pos += 1
     if first & 0x1F == 0x1F:
         while True:
             if pos >= len(data):
-                raise CardProtocolError("truncated TLV: a multi-byte tag ends early")
+                raise CardProtocolError(msg('truncated TLV: a multi-byte tag ends early'))
             b = data[pos]
             tag = (tag << 8) | b
             pos += 1
             if not b & 0x80:
                 break
             if tag > 0xFFFFFFFF:
-                raise CardProtocolError("malformed TLV: tag longer than 4 bytes")
+                raise CardProtocolError(msg('malformed TLV: tag longer than 4 bytes'))
     return tag, pos
 
 
 def _read_length(data: bytes, pos: int) -> tuple[int, int]:
     if pos >= len(data):
-        raise CardProtocolError("truncated TLV: a length was expected")
+        raise CardProtocolError(msg('truncated TLV: a length was expected'))
     first = data[pos]
     pos += 1
     if first < 0x80:
         return first, pos
     count = first & 0x7F
     if count == 0 or count > 3:
-        raise CardProtocolError(f"malformed TLV: unsupported length form 0x{first:02X}")
+        raise CardProtocolError(msg('malformed TLV: unsupported length form 0x{first:02X}', first=first))
     if pos + count > len(data):
-        raise CardProtocolError("truncated TLV: the length field ends early")
+        raise CardProtocolError(msg('truncated TLV: the length field ends early'))
     return int.from_bytes(data[pos : pos + count], "big"), pos + count
 
 
@@ -83,7 +84,7 @@ def iter_tlv(data: bytes) -> Iterator[tuple[int, bytes]]:
         end = pos + length
         if end > len(data):
             raise CardProtocolError(
-                f"truncated TLV: tag {tag:X} claims {length} bytes, {len(data) - pos} remain"
+                msg('truncated TLV: tag {tag:X} claims {length} bytes, {left} remain', tag=tag, length=length, left=len(data) - pos)
             )
         yield tag, data[pos:end]
         pos = end
@@ -104,10 +105,10 @@ def unwrap(data: bytes, expected_tag: int) -> bytes:
     """
     tag, pos = _read_tag(data, 0)
     if tag != expected_tag:
-        raise CardProtocolError(f"expected tag {expected_tag:X}, the card answered tag {tag:X}")
+        raise CardProtocolError(msg('expected tag {expected_tag:X}, the card answered tag {tag:X}', expected_tag=expected_tag, tag=tag))
     length, pos = _read_length(data, pos)
     if pos + length > len(data):
         raise CardProtocolError(
-            f"truncated TLV: tag {tag:X} claims {length} bytes, {len(data) - pos} remain"
+            msg('truncated TLV: tag {tag:X} claims {length} bytes, {left} remain', tag=tag, length=length, left=len(data) - pos)
         )
     return data[pos : pos + length]

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from provision.errors import QueueError
+from provision.i18n import msg
 from provision.queue.base import Claim, JobQueue, JournalStore
 
 __all__ = ["Claim", "JobQueue", "JournalStore", "default_station", "is_shared_url", "open_queue"]
@@ -40,12 +41,11 @@ def open_queue(url: str | None, *, logs: Path, station: str | None = None,
 
         path = Path(url[len("sqlite:///"):])
         if not path.parent.is_dir():  # a mistyped URL must not create directories
-            raise QueueError(f"--queue sqlite:///{path}: the directory {path.parent} does not exist; "
-                             "create it or correct the URL")  # fmt: skip
+            raise QueueError(msg('--queue sqlite:///{path}: the directory {parent} does not exist; create it or correct the URL', path=path, parent=path.parent))  # fmt: skip
         return SqliteQueue(path, station=station)
     if is_shared_url(url):
         from provision.queue.postgres import PostgresQueue
 
         return PostgresQueue(url, station=station, lease_seconds=lease_seconds)
     scheme = url.split(":", 1)[0]  # never the whole URL: it may hold a password
-    raise QueueError(f"--queue {scheme}:…: give sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    raise QueueError(msg('--queue {scheme}:…: give sqlite:///PATH or postgresql://USER@HOST:PORT/DB', scheme=scheme))

@@ -37,6 +37,7 @@ from psycopg.rows import TupleRow
 
 from provision import journal as jn
 from provision.errors import LeaseLost, QueueError, QueueUnavailable
+from provision.i18n import msg
 from provision.journal import JOB_COLUMNS, JobRecord, RunRecord, now_rfc3339
 from provision.queue.base import Claim
 
@@ -112,7 +113,7 @@ class PostgresQueue:
     def __init__(self, url: str, *, station: str, lease_seconds: float = 30.0,
                  retry_seconds: float = RETRY_SECONDS) -> None:  # fmt: skip
         if not station:
-            raise QueueError("a station needs a name (--station NAME)")
+            raise QueueError(msg('a station needs a name (--station NAME)'))
         self.url = url
         self.station = station
         self.lease_seconds = float(lease_seconds)
@@ -168,8 +169,7 @@ class PostgresQueue:
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
             raise QueueUnavailable(
-                f"the queue database {redact(self.url)} cannot be reached ({type(exc).__name__}); "
-                "check that PostgreSQL runs and this station may connect"
+                msg('the queue database {url} cannot be reached ({reason}); check that PostgreSQL runs and this station may connect', url=redact(self.url), reason=type(exc).__name__)
             ) from None
 
     def _create_schema(self, conn: Conn) -> None:
@@ -200,8 +200,7 @@ class PostgresQueue:
                              (jobfile.batch, str(path), digest, len(jobfile.jobs), now_rfc3339()))  # fmt: skip
             elif row[1] != digest:
                 raise QueueError(
-                    f"batch {jobfile.batch} is already in the queue from {row[0]} with other contents "
-                    f"(SHA-256 {row[1][:16]}…, this file {digest[:16]}…); give the new file another batch id"
+                    msg('batch {batch} is already in the queue from {source} with other contents (SHA-256 {sha}…, this file {digest}…); give the new file another batch id', batch=jobfile.batch, source=row[0], sha=row[1][:16], digest=digest[:16])
                 )
             added = 0
             for position, job in enumerate(jobfile.jobs):
@@ -226,12 +225,10 @@ class PostgresQueue:
     def start_run(self, run_id: str, batch: str, jobfile: str, mode: str) -> None:
         pushed = self.batch_info(batch)
         if pushed is None:
-            raise QueueError(f"batch {batch} is not in the queue {redact(self.url)}; "
-                             f"push it first: provision queue push {jobfile} --queue URL")  # fmt: skip
+            raise QueueError(msg('batch {batch} is not in the queue {url}; push it first: provision queue push {jobfile} --queue URL', batch=batch, url=redact(self.url), jobfile=jobfile))  # fmt: skip
         digest = file_sha256(Path(jobfile))
         if digest != pushed[1]:
-            raise QueueError(f"{jobfile} is not the job file pushed for batch {batch} ({pushed[0]}, "
-                             f"SHA-256 {pushed[1][:16]}…, this one {digest[:16]}…); use the shared copy")  # fmt: skip
+            raise QueueError(msg('{jobfile} is not the job file pushed for batch {batch} ({pushed}, SHA-256 {sha}…, this one {digest}…); use the shared copy', jobfile=jobfile, batch=batch, pushed=pushed[0], sha=pushed[1][:16], digest=digest[:16]))  # fmt: skip
         self._transaction(lambda c: c.execute(
             "INSERT INTO provision_runs VALUES (%s, %s, %s, %s, %s, %s, NULL, 'running', NULL)",
             (run_id, self.station, batch, jobfile, mode, now_rfc3339())))  # fmt: skip
@@ -434,8 +431,7 @@ class PostgresQueue:
 
         done = self._transaction(work)
         if not done and status in (jn.IN_PROGRESS, jn.LOADED, jn.SKIPPED):
-            raise LeaseLost(f"job {job_id} is no longer this station's ({self.station}): another station took it "
-                            "over after the lease ran out; nothing more is written for it here")  # fmt: skip
+            raise LeaseLost(msg("job {job_id} is no longer this station's ({station}): another station took it over after the lease ran out; nothing more is written for it here", job_id=job_id, station=self.station))  # fmt: skip
 
     # --- steps ---
 
@@ -462,7 +458,7 @@ class PostgresQueue:
             return conn.execute("SELECT 1 FROM provision_steps WHERE step_key = %s", (key,)).fetchone() is not None
 
         if not self._transaction(work) and phase != "fail":
-            raise LeaseLost(f"job {job_id} is no longer this station's ({self.station}); the load stops here")
+            raise LeaseLost(msg("job {job_id} is no longer this station's ({station}); the load stops here", job_id=job_id, station=self.station))
 
     def steps(self, batch: str, job_id: str) -> list[tuple[str, str, str, dict[str, Any], str]]:
         rows = self._transaction(lambda c: c.execute(
@@ -510,8 +506,7 @@ class PostgresQueue:
 
         clashes = self._transaction(work)
         if clashes:
-            raise AuditError(f"station {station}'s audit chain in the queue has another record at seq {clashes[0]}: "
-                             "two logs directories use the same station name; give each station its own --station")  # fmt: skip
+            raise AuditError(msg("station {station}'s audit chain in the queue has another record at seq {clashes}: two logs directories use the same station name; give each station its own --station", station=station, clashes=clashes[0]))  # fmt: skip
 
     def audit_lines(self, station: str) -> Iterator[str]:
         """The lines of a station's chain as written, in seq order (fetched in pages)."""

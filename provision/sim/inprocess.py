@@ -7,6 +7,7 @@ No pcscd, no sockets: ``transmit`` calls ``SimCard.process``. A card that vanish
 from __future__ import annotations
 
 from provision.errors import CardRemovedError, CardVanished
+from provision.i18n import msg
 from provision.sim.card import SimCard
 
 
@@ -22,13 +23,13 @@ class SimTransport:
 
     def transmit(self, apdu: bytes) -> bytes:
         if self._closed:
-            raise CardRemovedError(f"the connection to the card in {self.reader} is closed")
+            raise CardRemovedError(msg('the connection to the card in {reader} is closed', reader=self.reader))
         self.apdu_count += 1
         try:
             return self.card.process(apdu)
         except CardVanished:
             raise CardRemovedError(
-                f"the card left reader {self.reader}; put it back and run the job again"
+                msg('the card left reader {reader}; put it back and run the job again', reader=self.reader)
             ) from None
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 from provision.backend import CardEvent
 from provision.card.base import RawTransport
 from provision.errors import CardRemovedError
+from provision.i18n import msg
 from provision.sim.inprocess import SimTransport
 
 
@@ -58,7 +59,7 @@ class SimSource:
     def connect(self, reader: str) -> RawTransport:
         card = self._current.get(reader)
         if card is None or getattr(card, "vanished", False):
-            raise CardRemovedError(f"no card in {reader}")
+            raise CardRemovedError(msg('no card in {reader}', reader=reader))
         return SimTransport(card, reader)
 
     def done_with(self, reader: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from provision.errors import UsageError
 from provision.fsutil import write_atomically
+from provision.i18n import msg
 
 FORMAT_VERSION = 1
 
@@ -148,13 +149,13 @@ def _int(value: object) -> int:
 def load_state(path: Path) -> CardState | None:
     """The state saved at ``path``, or None when there is no file yet."""
     if path.is_dir():
-        raise UsageError(f"the card state {path} is a directory; name a file (it is made on first use)")
+        raise UsageError(msg('the card state {path} is a directory; name a file (it is made on first use)', path=path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise UsageError(f"the card state {path} cannot be read ({exc.strerror}); name a file this user can read") from None
+        raise UsageError(msg('the card state {path} cannot be read ({strerror}); name a file this user can read', path=path, strerror=exc.strerror)) from None
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a simulated-card state file")

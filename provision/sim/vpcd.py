@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from provision.errors import CardVanished, EnvironmentProblem, UsageError
+from provision.i18n import msg
 from provision.sim.card import ATR_NAMES, SimCard, SimOptions
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ def _connect(
         except OSError as exc:
             if time.monotonic() >= deadline:
                 raise EnvironmentProblem(
-                    f"vpcd does not answer on {host}:{port} ({exc.strerror or exc}); start pcscd with "
-                    "the vsmartcard-vpcd driver (package vsmartcard-vpcd) and try again"
+                    msg('vpcd does not answer on {host}:{port} ({reason}); start pcscd with the vsmartcard-vpcd driver (package vsmartcard-vpcd) and try again', host=host, port=port, reason=exc.strerror or exc)
                 ) from exc
             time.sleep(_CONNECT_RETRY_S)
             continue
@@ -208,7 +208,7 @@ def parse_firmware(text: str) -> tuple[int, int, int]:
     """``"5.2.7"`` -> ``(5, 2, 7)``; a UsageError for anything else."""
     parts = text.split(".")
     if len(parts) != 3 or not all(p.isdigit() and int(p) <= 255 for p in parts):
-        raise UsageError(f"--firmware takes three numbers like 5.2.7, not {text!r}")
+        raise UsageError(msg('--firmware takes three numbers like 5.2.7, not {given!r}', given=text))
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
@@ -224,7 +224,7 @@ def parse_atr(text: str) -> bytes:
     except ValueError:
         atr = b""
     if not 2 <= len(atr) <= 33 or atr[0] not in (0x3B, 0x3F):
-        raise UsageError(f"--atr takes nfc, usb or an ATR in hex starting with 3B or 3F (2-33 bytes), not {text!r}")
+        raise UsageError(msg('--atr takes nfc, usb or an ATR in hex starting with 3B or 3F (2-33 bytes), not {given!r}', given=text))
     return atr
 
 
@@ -234,7 +234,7 @@ def sim_options(values: dict[str, Any]) -> SimOptions:
     known = {f.name for f in fields(SimOptions)}
     unknown = sorted(set(chosen) - known)
     if unknown:
-        raise UsageError(f"the simulated card has no option {', '.join(unknown)}")
+        raise UsageError(msg('the simulated card has no option {unknown}', unknown=', '.join(unknown)))
     if isinstance(chosen.get("firmware"), str):
         chosen["firmware"] = parse_firmware(chosen["firmware"])
     if isinstance(chosen.get("atr"), str):
@@ -244,7 +244,7 @@ def sim_options(values: dict[str, Any]) -> SimOptions:
     try:
         return SimOptions(**chosen)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"simulated card: {exc}") from exc
+        raise UsageError(msg('simulated card: {exc}', exc=exc)) from exc
 
 
 def run_sim_server(

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -451,10 +452,24 @@ class Cards:
 
 @contextlib.contextmanager
 def serving(daemon: PrivatePcscd, workdir: Path) -> Iterator[PrivatePcscd]:
-    """Start ``daemon``, wait until it is ready, and always stop it and remove ``workdir``."""
+    """Start ``daemon``, wait until it is ready, and always stop it and remove ``workdir``.
+
+    The vpcd ports are free when picked but another process on the machine (a second test run) can
+    take them before vpcd binds them: then vpcd says "Address already in use" and the readers never
+    come up. That is retried on other ports, twice; any other failure is not."""
     try:
-        daemon.start()
-        daemon.wait_ready()
+        for attempt in range(3):
+            daemon.start()
+            try:
+                daemon.wait_ready()
+                break
+            except HarnessError as exc:
+                if attempt == 2 or "Address already in use" not in str(exc):
+                    raise
+                daemon.stop()
+                daemon.base_port = pick_base_port(daemon.entries * SLOTS_PER_ENTRY,
+                                                  preferred=random.randrange(20000, 60000, 2))  # fmt: skip
+                daemon._write_config()
         yield daemon
     finally:
         daemon.stop()
