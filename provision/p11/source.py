@@ -74,7 +74,7 @@ class Pkcs11Token:
         import pkcs11
 
         others: list[CardSeen] = []
-        with p11_errors(f"listing the tokens beside {self.reader}"):
+        with p11_errors(msg("listing the tokens beside {reader}", reader=self.reader)):
             self.calls += 1
             for slot in self.module.lib.get_slots(token_present=True):
                 if slot.slot_id == self.slot_id:
