@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,6 +49,9 @@ class CardSeen:
     module: Path | None = None  # PKCS#11: the module that showed the token
     token_serial: str | None = None  # PKCS#11: CK_TOKEN_INFO serialNumber, unpadded
     token_label: str | None = None  # PKCS#11: CK_TOKEN_INFO label, unpadded
+    # The other cards or tokens in view when this one was read (the module's other tokens; the
+    # runner adds the cards in other readers): a job that one of them answers to too is ambiguous.
+    others: tuple[CardSeen, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def is_token(self) -> bool:

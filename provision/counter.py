@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -30,13 +30,17 @@ from rich.text import Text
 
 from provision import journal as jn
 from provision.display import failure_text, printable
-from provision.errors import OperatorDeclined, SecretError
+from provision.errors import BundleError, InternalError, OperatorDeclined, SecretError
 from provision.i18n import N_, localize, msg, ngettext
 from provision.i18n import gettext as _
-from provision.jobfile import Job
+from provision.jobfile import Job, JobFile
 from provision.limits import MAX_SECRET_CHARS
-from provision.runner import JobState, Runner, Turn, open_bundle
+from provision.plan import open_bundle
+from provision.runner import JobState, Runner, Turn
 from provision.secrets import Secret, typed_secret
+
+if TYPE_CHECKING:
+    from provision.bundle import Bundle, Inspection
 
 POLL_SECONDS = 0.3
 # The keys stay s, l, b, q, y, u in every language; the words around them are translated.
@@ -90,6 +94,21 @@ def input_ready(timeout: float) -> bool:
     return bool(ready)
 
 
+class CounterRun(Protocol):
+    """What the counter screen asks of the run it is attached to (``runner.Runner`` is one)."""
+
+    @property
+    def states(self) -> list[JobState]: ...
+
+    @property
+    def jobfile(self) -> JobFile: ...
+
+    def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None,
+                      problem: BundleError | None) -> None: ...  # fmt: skip
+
+    def put_cards_back(self) -> None: ...
+
+
 class CounterScreen:
     """The runner's UI at a counter (``runner.RunUI``): the clerk's queue, one holder at a time."""
 
@@ -97,7 +116,7 @@ class CounterScreen:
     checks_certificates = True  # the clerk checks each certificate before it is written (workflow step 8)
 
     def __init__(self, *, console: Console | None = None, read_line: Callable[[], str] | None = None) -> None:
-        self.runner: Any = None  # the run whose queue this is (attach)
+        self._runner: CounterRun | None = None  # the run whose queue this is (attach)
         self.console = console or Console(stderr=True, highlight=False)
         self.read_line = read_line or (lambda: sys.stdin.readline())
         self.order: list[str] = []  # the queue, as the clerk arranges it
@@ -109,10 +128,18 @@ class CounterScreen:
         self.take_out: str | None = None  # the reader whose card the clerk is asked to take out
         self._pin_asked: tuple[str, int | None] | None = None  # the last PIN prompt of this card
 
-    def attach(self, runner: Runner) -> None:
+    def attach(self, runner: CounterRun) -> None:
         """The run whose holders this screen calls, in job-file order to begin with."""
-        self.runner = runner
+        self._runner = runner
         self.order = [s.job.id for s in runner.states]
+
+    @property
+    def runner(self) -> CounterRun:
+        """The attached run (``attach``, called by the runner's ``begin`` before anything else)."""
+        if self._runner is None:
+            raise InternalError(msg("the counter screen was used before a run was attached to it; this is a bug, "
+                                    "please report it"))  # fmt: skip
+        return self._runner
 
     # --- the runner's loop gives the screen its turn ---
 
@@ -349,15 +376,16 @@ class CounterScreen:
                 self.console.print(shown(_("That is longer than {n} characters; type the password again.").format(n=MAX_SECRET_CHARS),
                                          style="bold red"))  # fmt: skip
                 continue
-            _job, inspection, bundle, problem = open_bundle(state.job, unattended=False, password=Secret(typed))
+            opened = open_bundle(state.job, unattended=False, password=Secret(typed))
             del typed
+            problem = opened.problem
             if problem is not None and problem.status == "wrong-password":
                 self.console.print(shown(problem.localized(), style="bold red"))
                 continue  # a mistyped envelope number: type it again
-            self.runner.accept_bundle(state, inspection, bundle, problem)
+            self.runner.accept_bundle(state, opened.inspection, opened.bundle, problem)
             if problem is not None:
                 self.console.print(shown(problem.localized(), style="bold red"))
-            return bundle is not None
+            return opened.bundle is not None
 
     def come_back(self, action: str) -> None:
         """``b N``: holder N (a number from the table) is next, even if skipped earlier today."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import unicodedata
 
 from provision.errors import ProvisionError
+from provision.i18n import msg
+from provision.refusal import Refusal, RefusalKind
 
 # Cc: C0 and C1 controls and DEL; Cf: invisible format characters, among them the bidi overrides
 # and isolates (U+202A-U+202E, U+2066-U+2069) and zero-width characters; Zl/Zp: line and paragraph
@@ -54,3 +56,25 @@ def failure_text(failure: ProvisionError | None) -> str | None:
     """The sentence a person (and every record of the run) reads for a job's failure, kept as an
     exception until it is shown; None when the job has none."""
     return None if failure is None else failure.message
+
+
+def refusal_text(refusal: Refusal) -> str:
+    """The sentence a person (and every record of the run) reads for a refused card: the English
+    sentence, which remembers its message for ``i18n.localize`` (records stay language-neutral)."""
+    if refusal.kind is RefusalKind.CALLED_ANOTHER:
+        return msg("this is the card of {holder}, but the counter called {called}; give it back "
+                   "and ask for the right card", holder=refusal.holder, called=refusal.called)  # fmt: skip
+    if refusal.kind is RefusalKind.JOB_ENDED:
+        return msg("this card's job {id} ({holder}) is already {status}", id=refusal.job_id, holder=refusal.holder,
+                   status=refusal.status)  # fmt: skip
+    if refusal.kind is RefusalKind.NO_JOB:
+        if refusal.expected is not None:
+            return msg("no job in {file} is for this card ({who}); the counter expects the card of {holder}",
+                       file=refusal.jobfile, who=refusal.card, holder=refusal.expected)  # fmt: skip
+        return msg("no job in {file} is for this card ({who})", file=refusal.jobfile, who=refusal.card)
+    if refusal.kind is RefusalKind.AMBIGUOUS:
+        return msg("this card ({who}) and {n} other card(s) or token(s) in view all answer to job {id} ({holder}): "
+                   "which one is the holder's cannot be told, so none is written; leave only the holder's in, "
+                   "or give them distinct serials or labels", who=refusal.card, n=refusal.twins, id=refusal.job_id,
+                   holder=refusal.holder)  # fmt: skip
+    return refusal.detail

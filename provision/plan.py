@@ -17,16 +17,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from provision import template as templates
-from provision.errors import ProvisionError, TemplateError, UsageError
+from provision.errors import BundleError, ProvisionError, TemplateError, UsageError
 from provision.fields import export_path, template_values
 from provision.i18n import gettext as _
 from provision.i18n import localize, msg
 
 if TYPE_CHECKING:
-    from provision.bundle import CertInfo, Inspection
+    from provision.bundle import Bundle, CertInfo, Inspection
     from provision.cardinfo import CardInfo
     from provision.jobfile import Expect, Job, JobFile
     from provision.plancards import CardsSeen, PresentCard
+    from provision.secrets import Secret
     from provision.steps import CardState, StepSpec
 
 
@@ -348,38 +349,74 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
                    expectations, tuple(problems), steps, tuple(notes))  # fmt: skip
 
 
-def open_bundle(job: Job, *, unattended: bool) -> tuple[Inspection | None, str, str | None]:
-    """Obtain the password and inspect the job's PKCS#12: one decryption per job. Also the SHA-256
-    of the certificate's public key (SubjectPublicKeyInfo), to find the key on a card."""
+@dataclass(frozen=True)
+class OpenedBundle:
+    """What opening a job's PKCS#12 gave (``open_bundle``): the inspection (None when the file or
+    its password could not even be had), the bundle when the job can use it, else why not."""
+
+    inspection: Inspection | None
+    bundle: Bundle | None  # decrypted, and its certificate meets the job's ``expect``
+    problem: BundleError | None
+    public_key_sha256: str | None = None  # of the decrypted certificate's key: to find it on a card
+
+    @property
+    def message(self) -> str:
+        """The bundle's own sentence (a ``plan`` line): the inspection's, or why there is none."""
+        if self.inspection is not None:
+            return self.inspection.message
+        return self.problem.message if self.problem is not None else ""
+
+
+def open_bundle(job: Job, *, unattended: bool, password: Secret | None = None) -> OpenedBundle:
+    """Read the job's PKCS#12, obtain its password (or take the one a person typed) and decrypt it:
+    one decryption per job, for ``plan`` and ``run`` alike. The file first, bounded: nothing is asked
+    for a file that cannot be used. The password is wiped when it has been used."""
     from provision.bundle import inspect_pkcs12, read_pkcs12
     from provision.secrets import obtain
 
-    try:  # the file first, bounded: nothing is asked for a file that cannot be used
-        data = read_pkcs12(job.pkcs12_path)
-    except OSError as exc:
-        return None, f"the PKCS#12 file {job.pkcs12_path} cannot be read ({exc.strerror})", None
-    except ProvisionError as exc:
-        return None, exc.message, None
     try:
-        password = obtain(job.pkcs12_password, unattended=unattended)
-    except ProvisionError as exc:
-        return None, f"the PKCS#12 password could not be obtained: {exc.message}", None
-    try:
+        try:
+            data = read_pkcs12(job.pkcs12_path)
+        except OSError as exc:
+            return OpenedBundle(None, None, _caused(
+                BundleError(None, msg("{pkcs12_path} cannot be read ({strerror})", pkcs12_path=job.pkcs12_path,
+                                   strerror=exc.strerror)), exc))  # fmt: skip
+        except ProvisionError as exc:  # larger than its bound
+            return OpenedBundle(None, None, _caused(BundleError(None, exc.message), exc))
+        if password is None:
+            try:
+                password = obtain(job.pkcs12_password, unattended=unattended)
+            except ProvisionError as exc:
+                problem = BundleError(None, msg("the PKCS#12 password could not be obtained: {message}", message=exc.message))
+                return OpenedBundle(None, None, _caused(problem, exc))
         inspection, bundle = inspect_pkcs12(data, password)
     finally:
-        password.wipe()
-    key_sha256 = None
-    if bundle is not None:
-        spki = bundle.certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        key_sha256 = hashlib.sha256(spki).hexdigest()
-    return inspection, inspection.message, key_sha256
+        if password is not None:
+            password.wipe()
+    if bundle is None or inspection.info is None:
+        return OpenedBundle(inspection, None, BundleError(inspection.status, inspection.message))
+    spki = bundle.certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    key_sha256 = hashlib.sha256(spki).hexdigest()
+    failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
+    if failed:
+        e = failed[0]
+        problem = BundleError(None, msg("expect.{check}: expected {expected!r}, the certificate has {actual!r}",
+                                        check=e.check, expected=e.expected, actual=e.actual))  # fmt: skip
+        return OpenedBundle(inspection, None, problem, key_sha256)
+    return OpenedBundle(inspection, bundle, None, key_sha256)
+
+
+def _caused(problem: BundleError, cause: BaseException) -> BundleError:
+    problem.__cause__ = cause
+    return problem
 
 
 def plan_jobfile(jobfile: JobFile, *, unattended: bool = False, now: datetime | None = None) -> Plan:
     plans = []
     for job in jobfile.jobs:
-        inspection, message, key_sha256 = open_bundle(job, unattended=unattended)
-        plans.append(replace(plan_job(jobfile, job, inspection, message, now=now), public_key_sha256=key_sha256))
+        opened = open_bundle(job, unattended=unattended)
+        plans.append(replace(plan_job(jobfile, job, opened.inspection, opened.message, now=now),
+                             public_key_sha256=opened.public_key_sha256))  # fmt: skip
     return Plan(jobfile, tuple(plans))
 
 

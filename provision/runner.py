@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -31,7 +31,7 @@ from provision import journal as jn
 from provision import logsdir
 from provision.backend import CardBackend, CardEvent, CardSeen, as_backend
 from provision.bundle import Bundle, Inspection
-from provision.display import failure_text, printable
+from provision.display import failure_text, printable, refusal_text
 from provision.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -57,6 +57,8 @@ from provision.errors import (
 from provision.i18n import localize, msg
 from provision.jobfile import Job, JobFile
 from provision.load import LoadContext, LoadResult
+from provision.plan import open_bundle
+from provision.refusal import Refusal, RefusalKind
 from provision.secrets import Secret
 from provision.store import CertificateStore
 
@@ -64,6 +66,10 @@ TRANSIENT_ATTEMPTS = 3
 # Failures of the run's own records (journal, audit log, logs directory): they end the whole run.
 RECORDS_FAILED = (JournalError, LogsError, RecordsError)
 
+
+# How long a card waits for the cards in the other readers to be read (their identities decide
+# whether its own is ambiguous); a reader whose card cannot be read is not waited for longer.
+IDENTIFY_WAIT_SECONDS = 2.0
 
 # How long loads already in hand may take to end by themselves when a run is stopped.
 WORKER_GRACE_SECONDS = 15.0
@@ -164,6 +170,19 @@ class JobState:
     card_serial: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedCard:
+    """A card the run refused: where, when, what it said it is, and why (rendered in the records)."""
+
+    reader: str
+    time: str
+    card: dict[str, Any]  # the card's identity fields, as in the audit records
+    refusal: Refusal
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reader": self.reader, "time": self.time, **self.card, "reason": refusal_text(self.refusal)}
+
+
 @dataclass
 class RunOptions:
     logs: Path
@@ -199,13 +218,16 @@ class Runner:
         self.audit = self.journal.mirror_audit(audit) if audit is not None else None
         self._synced_at = 0.0
         self.states: list[JobState] = []
-        self.refused_cards: list[dict[str, Any]] = []
+        self.refused_cards: list[RefusedCard] = []
         self.stop_requested: str | None = None  # the signal that asked the run to end
         self.stop_error: ProvisionError | None = None  # the environment failure that ended it
         self.stopped_by: str | None = None  # what ended the run early, in the records
         self.record_failed: ProvisionError | None = None  # the end of the run could not be recorded (why)
         self._lock = threading.RLock()
         self._busy: set[str] = set()
+        self._cards_in: dict[str, CardSeen] = {}  # the card last read in each reader (ambiguity)
+        self._with_card: set[str] = set()  # readers holding a card, as the source's events said
+        self._twins: dict[str, dict[int, CardSeen]] = {}  # cards seen with the same identity as a reader's card
         self._workers: list[threading.Thread] = []
         self.started = jn.now_rfc3339()
         self.finished: str | None = None
@@ -281,13 +303,13 @@ class Runner:
                 return state.bundle is not None
             self._opening.add(state.job.id)
         try:
-            _, inspection, bundle, problem = open_bundle(state.job, unattended=self.options.unattended)
-            self.accept_bundle(state, inspection, bundle, problem)
+            opened = open_bundle(state.job, unattended=self.options.unattended)
+            self.accept_bundle(state, opened.inspection, opened.bundle, opened.problem)
         finally:
             with self._ready:
                 self._opening.discard(state.job.id)
                 self._ready.notify_all()
-        return bundle is not None
+        return opened.bundle is not None
 
     def accept_bundle(self, state: JobState, inspection: Inspection | None, bundle: Bundle | None,
                       problem: BundleError | None) -> None:  # fmt: skip
@@ -360,36 +382,44 @@ class Runner:
 
     # --- matching ---
 
-    def match(self, serial: int | None, guid: str | None, seen: CardSeen | None = None) -> tuple[JobState | None, str]:
-        """The job for this card, or None and why."""
+    def match(self, serial: int | None, guid: str | None, seen: CardSeen | None = None
+              ) -> tuple[JobState, None] | tuple[None, Refusal]:  # fmt: skip
+        """The job for this card, or None and why it is refused."""
         seen = seen or CardSeen(serial=serial, guid=guid)
         with self._lock:
             open_states = [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
             for s in open_states:  # a job already started on this very card comes first
                 if s.card_serial is not None and s.card_serial == serial and s.status == jn.IN_DOUBT:
-                    return s, ""
+                    return self._unambiguous(s, seen)
             for s in open_states:
                 if seen.claims(s.job.card):
                     called = self._called
                     if called is not None and s is not called:
-                        return None, msg("this is the card of {holder}, but the counter called {called}; give it back "
-                                         "and ask for the right card", holder=s.job.holder, called=called.job.holder)  # fmt: skip
-                    return s, ""
+                        return None, Refusal(RefusalKind.CALLED_ANOTHER, holder=s.job.holder,
+                                             called=called.job.holder)  # fmt: skip
+                    return self._unambiguous(s, seen)
             for s in self.states:
                 if seen.claims(s.job.card):
-                    return None, msg("this card's job {id} ({holder}) is already {status}", id=s.job.id, holder=s.job.holder,
-                                     status=s.status)  # fmt: skip
+                    return None, Refusal(RefusalKind.JOB_ENDED, job_id=s.job.id, holder=s.job.holder, status=s.status)
             for s in open_states:
                 if seen.takes_any(s.job.card):
                     if not self.options.unattended and s is not self.expected():
                         continue
-                    return s, ""
-            who = seen.describe()
+                    return s, None
             expected = self.expected()
-            if expected and not self.options.unattended:
-                return None, msg("no job in {file} is for this card ({who}); the counter expects the card of {holder}",
-                                 file=self.jobfile.path.name, who=who, holder=expected.job.holder)  # fmt: skip
-            return None, msg("no job in {file} is for this card ({who})", file=self.jobfile.path.name, who=who)
+            return None, Refusal(RefusalKind.NO_JOB, jobfile=self.jobfile.path.name, card=seen.describe(),
+                                 expected=expected.job.holder if expected and not self.options.unattended else None)  # fmt: skip
+
+    @staticmethod
+    def _unambiguous(state: JobState, seen: CardSeen) -> tuple[JobState, None] | tuple[None, Refusal]:
+        """The job, unless another card or token in view answers to it too (two NSS databases with
+        serial 0000000000000000, two PIV cards with one serial): then no write may go to either."""
+        card = state.job.card
+        twins = [o for o in seen.others if o.claims(card)]
+        if not twins:
+            return state, None
+        return None, Refusal(RefusalKind.AMBIGUOUS, job_id=state.job.id, holder=state.job.holder, card=seen.describe(),
+                             twins=len(twins))  # fmt: skip
 
     def expected(self) -> JobState | None:
         if self._called is not None:
@@ -437,27 +467,21 @@ class Runner:
         state: JobState | None = None
         resuming = claimed = False
         try:
-            seen = card.identify()
+            seen = self._in_view(reader, card.identify())
             serial, guid = seen.serial, seen.guid
             self.record("card_inserted", reader=reader, **seen.audit_fields())
-            state, why = self.match(serial, guid, seen)
+            state, refusal = self.match(serial, guid, seen)
             if state is None:
-                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
-                                           "reason": why})  # fmt: skip
-                self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
-                            reason=why, apdus=card.operations)  # fmt: skip
-                self.say(msg("REFUSED: {why}. Nothing was written; take the card out.", why=why))
+                assert refusal is not None
+                self.refuse_card(reader, seen, refusal, operations=card.operations)
                 return
             if state.bundle is None and not self.ensure_bundle(state):  # not decrypted ahead: now, once
                 self.say(msg("{result} Nothing was written; take the card out.", result=self.result_line(state)))
                 return
             state, claim = self.claim_job(state, serial)
             if not claim.granted:  # another station has it, or has finished it: read-only APDUs only
-                self.refused_cards.append({"reader": reader, "time": jn.now_rfc3339(), **seen.audit_fields(),
-                                           "reason": claim.reason})  # fmt: skip
-                self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused",
-                            reason=claim.reason, job_id=state.job.id, apdus=card.operations)  # fmt: skip
-                self.say(msg("REFUSED: {why}. Nothing was written; take the card out.", why=claim.reason))
+                self.refuse_card(reader, seen, Refusal(RefusalKind.NOT_CLAIMED, detail=claim.reason),
+                                 operations=card.operations, job_id=state.job.id)  # fmt: skip
                 self.sync_shared_queue(force=True)
                 return
             claimed = True
@@ -521,6 +545,43 @@ class Runner:
                 with contextlib.suppress(*RECORDS_FAILED):
                     self.journal.release(self.jobfile.batch, state.job.id)
             card.close()
+
+    def _in_view(self, reader: str, seen: CardSeen) -> CardSeen:
+        """``seen`` with the PIV cards read in the other readers that hold a card now (a PKCS#11 token
+        lists its module's other tokens itself). Unattended, every card in a reader has its worker:
+        the cards not read yet are waited for (briefly), so two cards with one serial inserted
+        together are both seen by both workers, whichever reads first."""
+        with self._lock:
+            self._cards_in[reader] = seen
+        if seen.is_token:
+            return seen
+        deadline = time.monotonic() + IDENTIFY_WAIT_SECONDS
+        while True:
+            # The readers holding a card: as the source says now, and as its events told the loop.
+            present = set(self.source.present())
+            with self._lock:
+                present = (present | self._with_card) - {reader}
+                known = {r: v for r, v in self._cards_in.items() if r in present}
+            if len(known) == len(present) or self.ui.types_pins or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        with self._lock:
+            # Twins are told to each other: the first of two cards read may find the second gone
+            # already (refused and taken out) when it looks, and must still not be written.
+            for other_reader, other in known.items():
+                if _same_piv_card(seen, other):
+                    self._twins.setdefault(other_reader, {})[id(seen)] = seen
+                    self._twins.setdefault(reader, {})[id(other)] = other
+            others = {id(v): v for v in known.values() if not v.is_token} | self._twins.get(reader, {})
+        return replace(seen, others=seen.others + tuple(others.values())) if others else seen
+
+    def refuse_card(self, reader: str, seen: CardSeen, refusal: Refusal, *, operations: int, **audit: Any) -> None:
+        """Refuse the card in ``reader`` (read-only APDUs only): kept for the run's records, audited, said."""
+        self.refused_cards.append(RefusedCard(reader, jn.now_rfc3339(), seen.audit_fields(), refusal))
+        why = refusal_text(refusal)
+        self.record("card_refused", reader=reader, **seen.audit_fields(), outcome="refused", reason=why, **audit,
+                    apdus=operations)  # fmt: skip
+        self.say(msg("REFUSED: {why}. Nothing was written; take the card out.", why=why))
 
     def _job_recorder(self, state: JobState) -> Callable[..., None]:
         def record(event: str, **fields: Any) -> None:
@@ -604,6 +665,13 @@ class Runner:
                     break
                 if event.kind == "removed":
                     waiting.discard(event.reader)
+                    with self._lock:
+                        self._with_card.discard(event.reader)
+                        self._cards_in.pop(event.reader, None)
+                        self._twins.pop(event.reader, None)
+                elif event.kind == "inserted":
+                    with self._lock:
+                        self._with_card.add(event.reader)
                 fresh = [event.reader] if event.kind == "inserted" else []
                 waiting.update(fresh)
                 turn = self.ui.between_cards(self)
@@ -827,7 +895,15 @@ class Runner:
         return {"run_id": self.run_id, "batch": self.jobfile.batch, "jobfile": str(self.jobfile.path),
                 "mode": "unattended" if self.options.unattended else "counter", "started": self.started,
                 "finished": self.finished, "stopped_by": self.stopped_by, "counts": self.counts(), "seal": self.seal,
-                "refused_cards": self.refused_cards, "jobs": jobs}  # fmt: skip
+                "refused_cards": [card.to_json() for card in self.refused_cards], "jobs": jobs}  # fmt: skip
+
+
+def _same_piv_card(a: CardSeen, b: CardSeen) -> bool:
+    """Two PIV cards that say they are the same card (one serial, or one CHUID GUID)."""
+    if a.is_token or b.is_token:
+        return False
+    same_guid = a.guid is not None and a.guid == b.guid and a.guid.strip("0") != ""  # all zeros: no GUID set
+    return (a.serial is not None and a.serial == b.serial) or same_guid
 
 
 def kept(exc: ProvisionError) -> ProvisionError:
@@ -863,40 +939,3 @@ class _NoBar:
 
     def close(self) -> None:
         pass
-
-
-def open_bundle(job: Job, *, unattended: bool, password: Any = None
-                ) -> tuple[Job, Inspection | None, Bundle | None, BundleError | None]:  # fmt: skip
-    """One job's PKCS#12: (job, inspection, the bundle if usable, else why not)."""
-    from provision.bundle import inspect_pkcs12, read_pkcs12
-    from provision.plan import check_expectations
-    from provision.secrets import obtain
-
-    try:
-        password = password if password is not None else obtain(job.pkcs12_password, unattended=unattended)
-    except ProvisionError as exc:
-        problem = BundleError(None, msg('the PKCS#12 password could not be obtained: {message}', message=exc.message))
-        problem.__cause__ = exc
-        return (job, None, None, problem)
-    try:
-        inspection, bundle = inspect_pkcs12(read_pkcs12(job.pkcs12_path), password)
-    except OSError as exc:
-        problem = BundleError(None, msg('{pkcs12_path} cannot be read ({strerror})', pkcs12_path=job.pkcs12_path, strerror=exc.strerror))
-        problem.__cause__ = exc
-        return (job, None, None, problem)
-    except ProvisionError as exc:  # larger than its bound
-        problem = BundleError(None, exc.message)
-        problem.__cause__ = exc
-        return (job, None, None, problem)
-    finally:
-        password.wipe()
-    if bundle is None or inspection.info is None:
-        return (job, inspection, None, BundleError(inspection.status, inspection.message))
-    failed = [e for e in check_expectations(job.expect, inspection.info) if not e.ok]
-    if failed:
-        e = failed[0]
-        expected = BundleError(None, msg('expect.{check}: expected {expected!r}, the certificate has {actual!r}', check=e.check, expected=e.expected, actual=e.actual))
-        return (job, inspection, None, expected)
-    return (job, inspection, bundle, None)
-
-

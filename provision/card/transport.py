@@ -98,26 +98,30 @@ PCSC_CODES: dict[int, str] = {
 }
 _CODE = {name: code for code, name in PCSC_CODES.items()}
 
-# The card left (or never was there, or stopped answering): the operator re-inserts it.
-_CARD_GONE = frozenset(
-    _CODE[n]
-    for n in (
-        "SCARD_W_REMOVED_CARD",
-        "SCARD_E_NO_SMARTCARD",
-        "SCARD_W_UNPOWERED_CARD",
-        "SCARD_W_UNRESPONSIVE_CARD",
-    )
-)
-_READER_GONE = frozenset(_CODE[n] for n in ("SCARD_E_READER_UNAVAILABLE", "SCARD_E_UNKNOWN_READER"))
-# pcsc-lite answers SCARD_E_NO_SERVICE when its socket is gone; a call that was under way when the
-# daemon died gets SCARD_F_COMM_ERROR (the client lost its socket), and Windows says
-# SCARD_E_SERVICE_STOPPED when the service stops under an open context.
-_SERVICE_DOWN = frozenset(
-    _CODE[n] for n in ("SCARD_E_NO_SERVICE", "SCARD_E_SERVICE_STOPPED", "SCARD_F_COMM_ERROR")
-)
+# What each PC/SC code means for us, in one table for every platform (pcsc-lite, WinSCard, macOS):
+#   card-gone     the card left (or never was there, or stopped answering): the operator re-inserts it
+#   reader-gone   the reader was unplugged or its driver went away
+#   service-down  the service is not there: pcsc-lite answers SCARD_E_NO_SERVICE when its socket is
+#                 gone and SCARD_F_COMM_ERROR to a call under way when the daemon died; Windows says
+#                 SCARD_E_SERVICE_STOPPED when the service stops under an open context
+#   transient     another program reset the card or took the reader for a moment: worth a reconnect
+# A code in none of them is asked about (see ``_service_gone``): a pcsc-lite daemon that is shutting
+# down may answer a call with a code that names something else (SCARD_W_SECURITY_VIOLATION to
+# SCardGetStatusChange, seen in tests/pcsc/test_run_ends.py), so such a code means "the service
+# went away" only when a fresh context then finds no service; with a live service it keeps its
+# own meaning (a polkit refusal is SCARD_W_SECURITY_VIOLATION too).
+CODE_KINDS: dict[str, tuple[str, ...]] = {
+    "card-gone": ("SCARD_W_REMOVED_CARD", "SCARD_E_NO_SMARTCARD", "SCARD_W_UNPOWERED_CARD",
+                  "SCARD_W_UNRESPONSIVE_CARD"),
+    "reader-gone": ("SCARD_E_READER_UNAVAILABLE", "SCARD_E_UNKNOWN_READER"),
+    "service-down": ("SCARD_E_NO_SERVICE", "SCARD_E_SERVICE_STOPPED", "SCARD_F_COMM_ERROR"),
+    "transient": ("SCARD_W_RESET_CARD", "SCARD_E_NOT_TRANSACTED", "SCARD_E_SHARING_VIOLATION"),
+}  # fmt: skip
+_CARD_GONE = frozenset(_CODE[n] for n in CODE_KINDS["card-gone"])
+_READER_GONE = frozenset(_CODE[n] for n in CODE_KINDS["reader-gone"])
+_SERVICE_DOWN = frozenset(_CODE[n] for n in CODE_KINDS["service-down"])
+_TRANSIENT = frozenset(_CODE[n] for n in CODE_KINDS["transient"])
 _NO_READERS = _CODE["SCARD_E_NO_READERS_AVAILABLE"]
-# Another program reset the card or took the reader for a moment: worth a reconnect.
-_TRANSIENT = frozenset(_CODE[n] for n in ("SCARD_W_RESET_CARD", "SCARD_E_NOT_TRANSACTED", "SCARD_E_SHARING_VIOLATION"))
 _TIMEOUT = _CODE["SCARD_E_TIMEOUT"]
 _NOT_TRANSACTED = _CODE["SCARD_E_NOT_TRANSACTED"]
 _COMM_ERROR = _CODE["SCARD_F_COMM_ERROR"]
@@ -136,6 +140,9 @@ PNP_NOTIFICATION = "\\\\?PnP?\\Notification"
 # pcsc-lite's daemon polls the vpcd driver every 400 ms; a real reader reports within about as long.
 _REINSERT_GRACE_S = 0.5
 _WATCH_SLICE_MS = 1000  # wake up at least this often so that Ctrl-C is seen
+# How long a code outside the table is checked against a fresh context. pcsc-lite's daemon takes
+# about a second between SIGTERM and closing its socket; a live service answers at once.
+_SERVICE_PROBE_S = 3.0
 # pcsc-lite refuses a wait on more states than it has reader slots (PCSCLITE_MAX_READERS_CONTEXTS,
 # 16 in Debian's build: SCARD_E_INVALID_PARAMETER): with every slot used by a reader there is no
 # room for the PnP pseudo-reader, and new readers are found by listing instead.
@@ -239,8 +246,45 @@ def _scard() -> ModuleType:
 
 
 def _check(code: int, action: str, reader: str | None = None) -> None:
-    if code & 0xFFFFFFFF:
-        raise error_for(code, action, reader)
+    code &= 0xFFFFFFFF
+    if not code:
+        return
+    if not _classified(code) and _service_gone():
+        raise ServiceDownError(msg(
+            "{action}: the PC/SC service went away ({code}, then SCARD_E_NO_SERVICE); start it (pcscd on "
+            "Linux, the 'Smart Card' service on Windows) and run again", action=action, code=code_name(code)))
+    raise error_for(code, action, reader)
+
+
+def _classified(code: int) -> bool:
+    """Whether the table above (or a code the callers handle themselves) says what ``code`` means."""
+    return (code in _CARD_GONE or code in _READER_GONE or code in _SERVICE_DOWN or code in _TRANSIENT
+            or code in (_NO_READERS, _TIMEOUT))  # fmt: skip
+
+
+def _service_gone() -> bool:
+    """Whether the PC/SC service is gone, as a fresh context finds it: True when establishing one or
+    listing the readers through it answers a service-down code; False as soon as both succeed (the
+    service is alive: the odd code was about the call, not the service). A service that keeps
+    answering something else for ``_SERVICE_PROBE_S`` seconds is not called gone (False): never
+    a claim the probe did not see. Bounded: never a hang."""
+    scard = _scard()
+    deadline = time.monotonic() + _SERVICE_PROBE_S
+    while True:
+        code, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        code &= 0xFFFFFFFF
+        if not code:
+            try:
+                code = scard.SCardListReaders(ctx, [])[0] & 0xFFFFFFFF
+            finally:
+                scard.SCardReleaseContext(ctx)
+            if code in (0, _NO_READERS):
+                return False
+        if code in _SERVICE_DOWN:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 class _Context:

@@ -7,6 +7,7 @@ initialised (SoftHSM2's spare slot, a blank card) is not offered.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +64,28 @@ class Pkcs11Token:
 
     def identify(self) -> CardSeen:
         token = self.token()
-        self._seen = CardSeen(module=self.module.path, token_serial=_text(token.serial), token_label=_text(token.label))
+        self._seen = CardSeen(module=self.module.path, token_serial=_text(token.serial), token_label=_text(token.label),
+                              others=self._other_tokens())  # fmt: skip
         return self._seen
+
+    def _other_tokens(self) -> tuple[CardSeen, ...]:
+        """The module's other tokens as they say they are (two NSS databases both say serial
+        0000000000000000; two SoftHSM2 tokens may share a label): read under the module's lock."""
+        import pkcs11
+
+        others: list[CardSeen] = []
+        with p11_errors(msg("listing the tokens beside {reader}", reader=self.reader)):
+            self.calls += 1
+            for slot in self.module.lib.get_slots(token_present=True):
+                if slot.slot_id == self.slot_id:
+                    continue
+                try:
+                    token = slot.get_token()
+                except pkcs11.PKCS11Error:
+                    continue  # pulled between the two calls, or not recognised
+                others.append(CardSeen(module=self.module.path, token_serial=_text(token.serial),
+                                       token_label=_text(token.label)))  # fmt: skip
+        return tuple(others)
 
     def seen_now(self) -> CardSeen:
         token = self.token()
@@ -108,11 +129,18 @@ class Pkcs11Source:
         self.modules = [open_module(path) for path in modules]
         self.poll = poll
         self._known: dict[str, tuple[Module, int]] = {}
+        self._scan_lock = threading.Lock()
         self._names = {m.path: (m.path.name if [x.path.name for x in self.modules].count(m.path.name) == 1
                                 else str(m.path)) for m in self.modules}  # fmt: skip
 
     def _scan(self) -> dict[str, tuple[Module, int]] | None:
-        """Slots with an initialised token now; None when a module is busy with a job (ask later)."""
+        """Slots with an initialised token now; None when a module is busy with a job (ask later).
+        Scans wait for each other (the runner's loop and its workers both ask): only a job makes
+        a module busy."""
+        with self._scan_lock:
+            return self._scan_now()
+
+    def _scan_now(self) -> dict[str, tuple[Module, int]] | None:
         import pkcs11
         from pkcs11 import TokenFlag
 
@@ -166,10 +194,10 @@ class Pkcs11Source:
         pass  # a token stays where it is; a pulled one is noticed by the next poll
 
     def present(self) -> list[str]:
+        # Only looks: the tokens known to ``events`` stay as they are, or a token found here first
+        # would never be told as inserted (the runner asks from its workers too).
         now = self._scan()
-        if now is not None:
-            self._known = now
-        return list(self._known)
+        return list(now if now is not None else self._known)
 
 
 def with_pkcs11_tokens(jobfile: JobFile, piv_source: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -228,3 +229,35 @@ def test_provision_run_loads_one_batch_onto_softhsm_tokens_and_simulated_piv_car
         assert {o["label"] for o in batch.objects(label)} == {by_id[f"TOKEN-{label}"]["slot_name"]}
     again = batch.cli("--sim")
     assert {j["status"] for j in json.loads(again.stdout)["jobs"]} <= {"skipped", "loaded"}
+
+
+def test_two_tokens_that_both_answer_to_one_job_are_both_refused_and_neither_written(batch: TokenBatch) -> None:
+    # Two tokens with one label (two NSS databases alike all say serial 0000000000000000): which one
+    # is the holder's cannot be told, so the job is written to neither.
+    batch.hsm.init_token("chan")
+    batch.hsm.init_token("chan")
+    batch.hsm.init_token("lee")
+    batch.p12("chan", "CHAN Tai Man")
+    batch.p12("lee", "LEE Siu Ming", serial=2)
+    batch.job("HK-1", "CHAN Tai Man", "chan", batch.token_card("chan"))
+    batch.job("HK-2", "LEE Siu Ming", "lee", batch.token_card("lee"))
+    outcome = batch.run()
+    assert {j["id"]: j["status"] for j in outcome.document["jobs"]} == {"HK-1": "pending", "HK-2": "loaded"}
+    shown = subprocess.run(["softhsm2-util", "--show-slots"], env=batch.hsm.env, capture_output=True, text=True,
+                           timeout=60).stdout  # fmt: skip
+    parts = re.split(r"^Slot (\d+)\s*$", shown, flags=re.M)
+    chans = [f"{slot} {block}" for slot, block in zip(parts[1::2], parts[2::2], strict=True)
+             if re.search(r"Label:\s+chan\s*$", block, re.M)]  # fmt: skip
+    serials = sorted(re.search(r"Serial number:\s+(\S+)", block).group(1) for block in chans)  # type: ignore[union-attr]
+    assert len(set(serials)) == 2
+    refused = outcome.document["refused_cards"]
+    assert sorted(c["token_serial"] for c in refused) == serials
+    for card in refused:
+        assert "all answer to job HK-1 (CHAN Tai Man)" in card["reason"] and "none is written" in card["reason"]
+    audit = [json.loads(line) for line in (batch.logs / "audit.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in audit if e["event"] == "card_refused"] == [c["reason"] for c in refused]
+    assert not any(e["event"] == "job_loaded" and e["job_id"] == "HK-1" for e in audit)
+    for slot in [block.split()[0] for block in chans]:
+        listed = batch.hsm.pkcs11_tool("--slot", slot, "--login", "--pin", "123456", "--list-objects")
+        assert listed.returncode == 0, listed.stderr
+        assert parse_pkcs11_objects(listed.stdout) == []

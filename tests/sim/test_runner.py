@@ -562,3 +562,24 @@ def test_a_failure_stays_an_exception_until_it_is_shown(batch: Batch) -> None:
     assert unexpected.message.startswith("expect.subject_cn: expected 'Somebody Else'")
     assert [j["error"] for j in document["jobs"]] == [wrong_pin.message, unexpected.message]
     assert f"CHAN Tai Man (HK-1): FAILED: {wrong_pin.message}" in lines
+
+
+def test_two_cards_with_one_serial_in_two_readers_are_both_refused_and_neither_written(batch: Batch) -> None:
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    batch.holder("HK-2", "LEE Siu Ming", 12345679)
+    twin_a, twin_b = SimCard(SimOptions(serial=12345678)), SimCard(SimOptions(serial=12345678))
+    other = SimCard(SimOptions(serial=12345679))
+    jobfile = load_jobfile(batch.write(), unattended=True)
+    outcome = run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=SimSource([[twin_a], [twin_b, other]]),
+                          progress=False, say=lambda _: None)  # fmt: skip
+    jobs = {j["id"]: j["status"] for j in outcome.document["jobs"]}
+    assert jobs == {"HK-1": "pending", "HK-2": "loaded"}  # the card with a serial of its own is loaded
+    refused = outcome.document["refused_cards"]
+    assert len(refused) == 2 and {c["reader"] for c in refused} == {"Provision Sim 00", "Provision Sim 01"}
+    for card in refused:
+        assert card["card_serial"] == 12345678
+        assert "all answer to job HK-1 (CHAN Tai Man)" in card["reason"] and "none is written" in card["reason"]
+    assert twin_a.write_attempt_count == 0 and twin_b.write_attempt_count == 0
+    audit = [json.loads(line) for line in (batch.logs / "audit.jsonl").read_text().splitlines()]
+    reasons = [e["reason"] for e in audit if e["event"] == "card_refused"]
+    assert reasons == [c["reason"] for c in refused]

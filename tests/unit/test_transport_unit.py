@@ -133,18 +133,25 @@ class FakeScard:
         self.calls: list[str] = []
         self.connects = 0
 
+    def _next(self, name: str) -> int:
+        """The next code of ``name``_sequence if the test gave one, else the fixed code of ``name``."""
+        sequence = self.codes.get(f"{name}_sequence")
+        if isinstance(sequence, list) and sequence:
+            return int(sequence.pop(0))
+        return self.codes.get(name, 0)
+
     def SCardEstablishContext(self, scope: int) -> tuple[int, int]:
-        return self.codes.get("establish", 0), 7
+        return self._next("establish"), 7
 
     def SCardReleaseContext(self, ctx: int) -> int:
         self.calls.append("release")
         return 0
 
     def SCardListReaders(self, ctx: int, groups: list[str]) -> tuple[int, list[str]]:
-        return self.codes.get("list", 0), ["Reader A 00 00"]
+        return self._next("list"), ["Reader A 00 00"]
 
     def SCardGetStatusChange(self, ctx: int, timeout: int, states: list[Any]) -> tuple[int, list[Any]]:
-        return 0, [(n, 0x20, list(YUBIKEY_5)) for n, _ in states]
+        return self._next("status_change"), [(n, 0x20, list(YUBIKEY_5)) for n, _ in states]
 
     def SCardConnect(self, ctx: int, reader: str, share: int, protocols: int) -> tuple[int, int, int]:
         self.connects += 1
@@ -174,6 +181,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeScard:
     scard = FakeScard()
     monkeypatch.setattr(transport, "_scard", lambda: scard)
     monkeypatch.setattr(transport, "_REINSERT_GRACE_S", 0.01)
+    monkeypatch.setattr(transport, "_SERVICE_PROBE_S", 0.2)
     return scard
 
 
@@ -250,6 +258,59 @@ def test_importing_transport_does_not_import_pyscard() -> None:
     assert out.stdout.strip() == "False"
 
 
+
+
+# --- a dying service answers odd codes: a fresh context tells whether it is gone ---------------
+
+SECURITY_VIOLATION, NO_SERVICE = 0x8010006A, 0x8010001D
+
+
+def test_an_odd_code_from_a_dying_service_is_service_down_once_a_fresh_context_finds_none(fake: FakeScard) -> None:
+    fake.codes["list_sequence"] = [SECURITY_VIOLATION, NO_SERVICE]  # type: ignore[assignment]
+    with pytest.raises(ServiceDownError) as caught:
+        transport.list_readers()
+    assert "SCARD_W_SECURITY_VIOLATION, then SCARD_E_NO_SERVICE" in caught.value.message
+    assert caught.value.exit_code == 3
+
+
+def test_the_probe_also_recognises_a_service_that_refuses_new_contexts(fake: FakeScard) -> None:
+    fake.codes["list_sequence"] = [SECURITY_VIOLATION]  # type: ignore[assignment]
+    fake.codes["establish_sequence"] = [0, SECURITY_VIOLATION, 0x80100013]  # type: ignore[assignment]
+    with pytest.raises(ServiceDownError):
+        transport.list_readers()
+
+
+def test_an_odd_code_from_a_live_service_keeps_its_meaning(fake: FakeScard) -> None:
+    fake.codes["list_sequence"] = [SECURITY_VIOLATION]  # type: ignore[assignment]  # then the probe lists fine
+    with pytest.raises(CardError) as caught:
+        transport.list_readers()
+    assert not isinstance(caught.value, EnvironmentProblem)
+    assert "SCARD_W_SECURITY_VIOLATION" in caught.value.message
+
+
+def test_a_service_that_keeps_answering_odd_codes_is_not_called_gone_and_the_probe_ends(fake: FakeScard) -> None:
+    import time
+
+    fake.codes["list"] = SECURITY_VIOLATION
+    start = time.monotonic()
+    with pytest.raises(CardError) as caught:
+        transport.list_readers()
+    assert not isinstance(caught.value, ServiceDownError)
+    assert time.monotonic() - start < 2.0  # bounded by _SERVICE_PROBE_S (0.2 s here)
+
+
+def test_the_watch_ends_with_service_down_when_the_service_dies_during_a_wait(fake: FakeScard) -> None:
+    known = transport.list_readers()
+    fake.codes["status_change_sequence"] = [SECURITY_VIOLATION]  # type: ignore[assignment]
+    fake.codes["list_sequence"] = [NO_SERVICE]  # type: ignore[assignment]  # the probe's fresh context
+    with pytest.raises(ServiceDownError):
+        list(transport.watch(known, timeout=5))
+
+
+def test_every_code_of_the_classification_table_is_a_pcsc_code() -> None:
+    names = set(PCSC_CODES.values())
+    for kind, codes in transport.CODE_KINDS.items():
+        assert set(codes) <= names, kind
 
 
 def test_watch_leaves_out_pnp_when_every_reader_slot_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
