@@ -94,6 +94,10 @@ def replace_in(readme: Path, text: str) -> None:
 
 def main(argv: list[str]) -> int:
     sources = [Path(a) for a in argv if a != "--write"] or [HERE / "results.json"]
+    missing = [str(p) for p in sources if not p.is_file()]
+    if missing:
+        print(f"bench/readme_table.py: {', '.join(missing)} not found; run make bench first", file=sys.stderr)
+        return 2
     text = table(merge([json.loads(p.read_text(encoding="utf-8")) for p in sources]))
     if "--write" in argv:
         replace_in(HERE.parent / "docs" / "development.md", text)

@@ -11,7 +11,7 @@ The card measures (P1, P7, P2, P3) run a private pcscd with 16 vpcd readers (pcs
 like a YubiKey's (so that ykman talks to them) and serve simulated cards (YubiKey 5.4.3 model: 3DES
 default management key, which yubico-piv-tool 2.2 needs) from this process, each measuring its own
 answer time; every tool gets a fresh card per measurement. bench/readme_table.py turns
-bench/results.json (or several copies of it) into the README's table.
+bench/results.json (or several copies of it) into the table in docs/development.md.
 """
 
 from __future__ import annotations
@@ -332,6 +332,15 @@ def per_operation_table(row: dict[str, object]) -> str:
 
 def main(argv: list[str]) -> int:
     global QUICK
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
+    unknown = [a for a in argv if a.startswith("-") and a != "--quick"] + [
+        a for a in argv if not a.startswith("-") and a.upper() not in MEASURES
+    ]
+    if unknown:
+        print(f"bench/run.py: unknown {' '.join(unknown)}; measures are {' '.join(MEASURES)}", file=sys.stderr)
+        return 2
     QUICK = "--quick" in argv
     wanted = [a.upper() for a in argv if not a.startswith("--")] or list(MEASURES)
     # The PC/SC client library reads the socket name once: set it before anything touches PC/SC.
