@@ -21,7 +21,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from provision.bundle import CertInfo, cert_info
+from provision.display import cell_width
 from provision.errors import CardNotSupportedError, CardProtocolError, CardStatusError
+from provision.i18n import N_, localize
+from provision.i18n import gettext as _
 from provision.piv import tlv
 from provision.piv.profiles import SLOT_REFUSED_SW
 from provision.piv.session import (
@@ -191,25 +194,37 @@ class CardInfo:
         }
 
     def info_lines(self) -> list[str]:
-        """The same, for people: one fact per line, slots that hold nothing left out."""
+        """The same, for people: one fact per line, slots that hold nothing left out, in the chosen
+        language (``--json`` keeps the neutral values)."""
+        none = _("none")
         lines = [
-            f"Serial:          {self.serial if self.serial is not None else 'not available (no GET SERIAL)'}",
-            f"Firmware:        {_version_text(self.version) or 'not available (no GET VERSION)'}",
-            f"CHUID GUID:      {self.chuid_guid or 'none'}",
-            f"PIN:             {self._pin_text()}",
+            _label(
+                _("Serial:"),
+                str(self.serial) if self.serial is not None else _("not available (no GET SERIAL)"),
+            ),
+            _label(_("Firmware:"), _version_text(self.version) or _("not available (no GET VERSION)")),
+            _label(_("CHUID GUID:"), self.chuid_guid or none),
+            _label(_("PIN:"), self._pin_text()),
         ]
         if self.puk_tries_left is not None:
             lines.append(
-                f"PUK:             {self._tries_text(self.puk_tries_left, self.puk_tries_total, self.puk_is_default)}"
+                _label(
+                    _("PUK:"),
+                    self._tries_text(self.puk_tries_left, self.puk_tries_total, self.puk_is_default),
+                )
             )
         if self.management_key_type is not None:
             mgmt = _MGMT_KEY_TITLES.get(self.management_key_type, self.management_key_type)
             if self.management_key_is_default:
-                mgmt += ", factory default (change it before the card leaves)"
-            lines.append(f"Management key:  {mgmt}")
-        lines.append(f"Slot names:      {self._slot_names_text()}")
+                mgmt += _(", factory default (change it before the card leaves)")
+            lines.append(_label(_("Management key:"), mgmt))
+        lines.append(_label(_("Slot names:"), self._slot_names_text()))
         if not self.metadata_supported:
-            lines.append("Key metadata:    not available on this card (no GET METADATA): keys are not listed")
+            lines.append(
+                _label(
+                    _("Key metadata:"), _("not available on this card (no GET METADATA): keys are not listed")
+                )
+            )
 
         empty: list[str] = []
         unsupported: list[str] = []
@@ -221,72 +236,106 @@ class CardInfo:
             else:
                 empty.append(info.slot.hex.upper())
         if empty:
-            lines.append(f"Empty slots:     {' '.join(empty)}")
+            lines.append(_label(_("Empty slots:"), " ".join(empty)))
         if unsupported:
-            lines.append(f"Not on this card: {' '.join(unsupported)}")
-        lines.extend(f"Could not read:  {error}" for error in self.errors)
+            lines.append(_label(_("Not on this card:"), " ".join(unsupported)))
+        lines.extend(_label(_("Could not read:"), localize(error)) for error in self.errors)
         return lines
 
     @staticmethod
     def _tries_text(left: int, total: int | None, default: bool | None) -> str:
-        text = f"{left} tries left" + (f" of {total}" if total is not None else "")
+        if total is not None:
+            text = _("{left} tries left of {total}").format(left=left, total=total)
+        else:
+            text = _("{left} tries left").format(left=left)
         if left == 0:
-            text += " (blocked)"
+            text += _(" (blocked)")
         if default:
-            text += ", factory default"
+            text += _(", factory default")
         return text
 
     def _pin_text(self) -> str:
         if self.pin_verified:
-            return "verified in this session (tries left not shown)"
+            return _("verified in this session (tries left not shown)")
         if self.pin_tries_left is None:
-            return "tries left unknown"
+            return _("tries left unknown")
         return self._tries_text(self.pin_tries_left, self.pin_tries_total, self.pin_is_default)
 
     def _slot_names_text(self) -> str:
-        where = f"object {SLOT_NAMES_OBJECT_ID:06X}"
+        where = f"{SLOT_NAMES_OBJECT_ID:06X}"
         if self.slot_names == "stored":
-            return f"on the card ({where})"
+            return _("on the card (object {object})").format(object=where)
         if self.slot_names == "refused":
-            return f"not on the card: it refuses vendor objects ({where}); they live in the journal"
+            return _(
+                "not on the card: it refuses vendor objects (object {object}); they live in the journal"
+            ).format(object=where)
         if self.slot_names == "unreadable":
-            return f"{where} could not be read"
-        return f"not on the card (no {where})"
+            return _("object {object} could not be read").format(object=where)
+        return _("not on the card (no object {object})").format(object=where)
+
+
+# The operator's names of the slots (piv/slots.py keeps the English ones), for the catalog.
+_SLOT_TITLES = (
+    N_("PIV Authentication"),
+    N_("Digital Signature"),
+    N_("Key Management"),
+    N_("Card Authentication"),
+)
+_KEY_ORIGINS = (N_("generated"), N_("imported"))
+_LABEL_CELLS = 17  # "Management key:  " — the values' column in English
+
+
+def _label(label: str, value: str, *, cells: int = _LABEL_CELLS) -> str:
+    """``label value`` with the value at ``cells`` (or one space after a longer label), counted in
+    terminal cells so that a Chinese label keeps the column."""
+    return f"{label}{' ' * max(1, cells - cell_width(label))}{value}"
+
+
+def _slot_title(slot: Slot) -> str:
+    if slot.is_retired:
+        return _("Retired Key Management {n}").format(n=slot.key_ref - 0x81)
+    return _(slot.title)
 
 
 def _slot_lines(info: SlotInfo, metadata_supported: bool) -> list[str]:
-    title = f"Slot {info.slot.hex.upper()} ({info.slot.title})"
-    lines = [f'{title}: "{info.slot_name}"' if info.slot_name is not None else f"{title}:"]
+    title = _("Slot {slot} ({title})").format(slot=info.slot.hex.upper(), title=_slot_title(info.slot))
+    if info.slot_name is not None:
+        lines = [_('{title}: "{name}"').format(title=title, name=info.slot_name)]
+    else:
+        lines = [_("{title}:").format(title=title)]
+
+    def line(label: str, value: str) -> None:
+        lines.append("  " + _label(label, value, cells=_LABEL_CELLS - 2))
+
     cert = info.certificate
     if cert is not None:
-        lines.append(f"  Certificate:   {cert.subject}")
-        lines.append(f"  Issuer:        {cert.issuer}")
-        lines.append(f"  Serial:        {cert.serial}")
-        lines.append(
-            f"  Valid:         {cert.not_before:%Y-%m-%d %H:%M} to {cert.not_after:%Y-%m-%d %H:%M} UTC"
-        )
-        lines.append(f"  SHA-256:       {cert.sha256}")
+        line(_("Certificate:"), cert.subject)
+        line(_("Issuer:"), cert.issuer)
+        line(_("Serial:"), str(cert.serial))
+        line(_("Valid:"), _("{start} to {end} UTC").format(
+            start=f"{cert.not_before:%Y-%m-%d %H:%M}", end=f"{cert.not_after:%Y-%m-%d %H:%M}"))  # fmt: skip
+        line("SHA-256:", cert.sha256)
         if info.compressed:
-            lines.append("  Stored:        gzip-compressed")
+            line(_("Stored:"), _("gzip-compressed"))
     elif info.key is not None:
-        lines.append("  Certificate:   none")
+        line(_("Certificate:"), _("none"))
     key = info.key
     if key is not None:
         parts = [key.algorithm]
         if key.origin is not None:
-            parts.append(key.origin)
+            parts.append(_(key.origin) if key.origin in _KEY_ORIGINS else key.origin)
         if key.pin_policy is not None:
-            parts.append(f"PIN {key.pin_policy}")
+            parts.append(_("PIN {policy}").format(policy=key.pin_policy))
         if key.touch_policy is not None:
-            parts.append(f"touch {key.touch_policy}")
-        lines.append(f"  Key:           {', '.join(parts)}")
+            parts.append(_("touch {policy}").format(policy=key.touch_policy))
+        line(_("Key:"), ", ".join(parts))
     elif cert is not None and metadata_supported:
         # An unreadable key (the error says why) is not an absent one.
-        lines.append("  Key:           none" if info.error is None else "  Key:           unknown")
+        line(_("Key:"), _("none") if info.error is None else _("unknown"))
     if info.key_matches_certificate is False:
-        lines.append("  WARNING:       the key in the slot does not match the certificate")
+        line(_("WARNING:"), _("the key in the slot does not match the certificate"))
     if info.error is not None:
-        lines.append(f"  Could not read: {info.error}")
+        line(_("Could not read:"), localize(info.error))
     return lines
 
 

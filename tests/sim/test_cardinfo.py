@@ -194,6 +194,44 @@ def test_a_loaded_card_shows_exactly_what_was_loaded(
     assert "Empty slots:     9A 9D 9E 82" in text
 
 
+def test_card_info_in_chinese_keeps_its_values_in_one_column(
+    leaf: tuple[rsa.RSAPrivateKey, x509.Certificate],
+) -> None:
+    """--lang zh_Hant: every label and value sentence of `card info` from the catalog, the values in
+    the same terminal column as in English (the labels are double-width), the JSON unchanged."""
+    from provision import i18n
+    from provision.display import cell_width
+
+    key, cert = leaf
+    card, _, session = open_card()
+    load(session, 0x9C, key, cert)
+    info = read(card, session)
+    english = info.info_lines()
+    i18n.set_language(i18n.CHINESE)
+    try:
+        chinese = info.info_lines()
+        document = info.to_json()
+    finally:
+        i18n.set_language(i18n.ENGLISH)
+    assert document == info.to_json()  # machine output stays neutral
+    text = "\n".join(chinese)
+    for word in ("序號：", "韌體：", "PIN 碼：", "尚餘嘗試次數 3 次", "槽位名稱：", "在卡上（物件 5FFF50）",
+                 f"槽位 9C（數碼簽署）：「{SLOT_NAME}」", "證書：", "簽發者：", "有效期：", "密碼匙：", "空槽位："):  # fmt: skip
+        assert word in text, (word, text)
+    for english_word in ("Serial", "Firmware", "tries left", "Slot names", "Certificate", "Empty slots"):
+        assert english_word not in text, (english_word, text)
+    assert len(chinese) == len(english)
+
+    def value_column(line: str, label_end: str) -> int:
+        return cell_width(line[: line.index(label_end) + 1]) + (len(line[line.index(label_end) + 1 :]) -
+                                                               len(line[line.index(label_end) + 1 :].lstrip()))  # fmt: skip
+
+    top = [line for line in chinese if not line.startswith(("槽位 ", "  "))]
+    assert {value_column(line, "：") for line in top} == {17}, top
+    inner = [line for line in chinese if line.startswith("  ") and "：" in line]
+    assert inner and {value_column(line, "：") for line in inner} == {17}, inner
+
+
 def test_gzip_certificate_written_by_the_session_is_reported(ca: Issuer) -> None:
     card, _, session = open_card()
     key, cert = make_leaf(ca, "Gzip Holder", key_type="p384", seed=b"gzip")
