@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from provision.errors import CardError, ProvisionError
+from provision.i18n import msg
 
 if TYPE_CHECKING:
     from provision.card.base import RawTransport
@@ -46,12 +47,12 @@ def read_pcsc_cards() -> CardsSeen:
     try:
         readers = pcsc_readers()
     except ProvisionError as exc:
-        return CardsSeen((), f"no card was read: {exc.message}")
+        return CardsSeen((), msg("no card was read: {why}", why=exc.message))
     if not readers:
-        return CardsSeen((), "no card was read: no smart-card reader is connected")
+        return CardsSeen((), msg("no card was read: no smart-card reader is connected"))
     present = [r.name for r in readers if r.card_present]
     if not present:
-        return CardsSeen((), "no card was read: no card is in any reader")
+        return CardsSeen((), msg("no card was read: no card is in any reader"))
     cards = []
     for name in present:
         try:

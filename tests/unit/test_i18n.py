@@ -255,6 +255,30 @@ def test_cli_errors_in_chinese_and_json_unchanged(tmp_path: Path) -> None:
     assert "Traceback" not in shown.stderr
 
 
+def test_plan_without_pc_sc_says_why_in_chinese_and_its_json_stays_english(tmp_path: Path) -> None:
+    """`plan` on a machine with no PC/SC service: the reason no card was read is one Chinese line
+    for a person and the English sentence in --json."""
+    from provision import fixtures
+
+    ca = fixtures.make_ca("Plan CA")
+    (tmp_path / "a.p12").write_bytes(fixtures.holder_p12(ca, "CHAN Tai Man", "pw", key_type="p256"))
+    (tmp_path / "pw").write_text("pw")
+    (tmp_path / "pin").write_text("123456")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "version: 1\nbatch: b\ndefaults: {slot: 9c, slot_name: e-Cert, pin: {file: pin}}\ncards:\n"
+        "  - {id: A, holder: CHAN Tai Man, card: {serial: 1}, pkcs12: {path: a.p12, password: {file: pw}}}\n"
+    )
+    (tmp_path / "pw").chmod(0o600)
+    (tmp_path / "pin").chmod(0o600)
+    env = {"PCSCLITE_CSOCK_NAME": str(tmp_path / "no-pcscd.comm")}
+    shown = _cli("plan", str(job), env={**env, "PROVISION_LANG": "zh_Hant"})
+    assert shown.returncode == 0, shown.stderr
+    assert "沒有讀取任何卡：" in shown.stdout and "no card was read" not in shown.stdout, shown.stdout
+    document = json.loads(_cli("plan", str(job), "--json", env={**env, "PROVISION_LANG": "zh_Hant"}).stdout)
+    assert document["cards"]["unavailable"].startswith("no card was read: "), document["cards"]
+
+
 # ----------------------------------------------------------------------------------------------
 # recorded sentences and what a person sees
 
