@@ -72,6 +72,10 @@ def refusal_text(refusal: Refusal) -> str:
             return msg("no job in {file} is for this card ({who}); the counter expects the card of {holder}",
                        file=refusal.jobfile, who=refusal.card, holder=refusal.expected)  # fmt: skip
         return msg("no job in {file} is for this card ({who})", file=refusal.jobfile, who=refusal.card)
+    if refusal.kind is RefusalKind.ANY_TAKEN:
+        return msg("every job in {file} for any card is taken ({n}; the last, {id} ({holder}), is {status}); "
+                   "this card ({who}) is not written", n=refusal.taken, file=refusal.jobfile, id=refusal.job_id,
+                   holder=refusal.holder, status=refusal.status, who=refusal.card)  # fmt: skip
     if refusal.kind is RefusalKind.AMBIGUOUS:
         return msg("this card ({who}) and {n} other card(s) or token(s) in view all answer to job {id} ({holder}): "
                    "which one is the holder's cannot be told, so none is written; leave only the holder's in, "

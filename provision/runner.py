@@ -407,6 +407,13 @@ class Runner:
                         continue
                     return s, None
             expected = self.expected()
+            for_any = [s for s in self.states if seen.takes_any(s.job.card)]
+            if for_any and all(s.status not in (jn.PENDING, jn.IN_DOUBT) for s in for_any):
+                # The job file takes any card, but every such job is taken: say so, not "no job".
+                last = for_any[-1]
+                return None, Refusal(RefusalKind.ANY_TAKEN, jobfile=self.jobfile.path.name, card=seen.describe(),
+                                     taken=len(for_any), job_id=last.job.id, holder=last.job.holder,
+                                     status=last.status)  # fmt: skip
             return None, Refusal(RefusalKind.NO_JOB, jobfile=self.jobfile.path.name, card=seen.describe(),
                                  expected=expected.job.holder if expected and not self.options.unattended else None)  # fmt: skip
 

@@ -113,8 +113,12 @@ def test_batch_loads_archives_and_verifies(batch: Batch, ca: fixtures.Issuer) ->
     archived = Path(jobs["HK-1"]["archived_to"])
     from cryptography import x509
 
-    assert x509.load_pem_x509_certificate(archived.read_bytes()).public_bytes(
-        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER) == old
+    assert (
+        x509.load_pem_x509_certificate(archived.read_bytes()).public_bytes(
+            __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER
+        )
+        == old
+    )
     assert jobs["HK-1"]["replaced_sha256"] and jobs["HK-2"]["replaced_sha256"] is None
     # The card holds the new certificate, its key and the slot name.
     info = read_card_info(session_for(first))
@@ -127,7 +131,11 @@ def test_batch_loads_archives_and_verifies(batch: Batch, ca: fixtures.Issuer) ->
     journal = jn.Journal(batch.logs / "journal.sqlite3")
     assert {j.job_id: j.status for j in journal.jobs()} == {"HK-1": "loaded", "HK-2": "loaded"}
     actions = [a for _, a, phase, _, _ in journal.steps("test-batch", "HK-1") if phase == "end"]
-    assert actions.index("archive_replaced_certificate") < actions.index("verify_pin") < actions.index("import_key")
+    assert (
+        actions.index("archive_replaced_certificate")
+        < actions.index("verify_pin")
+        < actions.index("import_key")
+    )
     assert actions[-1] == "export_pem"
 
 
@@ -477,7 +485,9 @@ def test_the_notes_of_a_card_that_refuses_slot_names_are_shown_in_chinese(batch:
     assert [d["jobs"][0]["status"] for d in documents] == ["loaded", "skipped"]
     notes = [note for d in documents for note in d["jobs"][0]["notes"]]
     assert any(n.startswith("written with the card's factory default management key") for n in notes), notes
-    assert any(n.startswith("slot name kept by provision only: the card does not keep vendor objects") for n in notes)
+    assert any(
+        n.startswith("slot name kept by provision only: the card does not keep vendor objects") for n in notes
+    )
     assert "slot name kept by provision only: the card refused it when this job was loaded" in notes
     i18n.set_language(i18n.CHINESE)
     try:
@@ -487,7 +497,9 @@ def test_the_notes_of_a_card_that_refuses_slot_names_are_shown_in_chinese(batch:
         i18n.set_language(i18n.ENGLISH)
     for note, text in shown.items():
         assert text != note and re.search("[\u4e00-\u9fff]", text), (note, text)
-    assert "以卡的出廠預設管理密碼匙寫入" in pages[0] and "此卡不儲存供應商物件（6A86：" in pages[0], re.findall("<span class=\"note\">[^<]*", pages[0])
+    assert "以卡的出廠預設管理密碼匙寫入" in pages[0] and "此卡不儲存供應商物件（6A86：" in pages[0], (
+        re.findall('<span class="note">[^<]*', pages[0])
+    )
     assert "槽位名稱只由 provision 保存：載入此工作時，卡拒絕了它" in pages[1]
     for page in pages:
         assert "slot name kept" not in page and "written with the card" not in page
@@ -514,7 +526,9 @@ def test_a_card_that_answers_like_pivapplet_is_loaded_replaced_and_skipped_on_re
     new key unknown, and a re-run after another program verified the PIN proves the target and
     writes nothing."""
     batch.holder("HK-1", "CHAN Tai Man", 12345678)
-    options = SimOptions(serial=12345678, profile="pivapplet", metadata_like_pivapplet=True, pin_kept_on_select=True)
+    options = SimOptions(
+        serial=12345678, profile="pivapplet", metadata_like_pivapplet=True, pin_kept_on_select=True
+    )
     card = SimCard(options)
     preload_old_certificate(card, ca, "CHAN Tai Man")
     first = batch.run([card])
@@ -578,8 +592,30 @@ def test_two_cards_with_one_serial_in_two_readers_are_both_refused_and_neither_w
     assert len(refused) == 2 and {c["reader"] for c in refused} == {"Provision Sim 00", "Provision Sim 01"}
     for card in refused:
         assert card["card_serial"] == 12345678
-        assert "all answer to job HK-1 (CHAN Tai Man)" in card["reason"] and "none is written" in card["reason"]
+        assert (
+            "all answer to job HK-1 (CHAN Tai Man)" in card["reason"] and "none is written" in card["reason"]
+        )
     assert twin_a.write_attempt_count == 0 and twin_b.write_attempt_count == 0
     audit = [json.loads(line) for line in (batch.logs / "audit.jsonl").read_text().splitlines()]
     reasons = [e["reason"] for e in audit if e["event"] == "card_refused"]
     assert reasons == [c["reason"] for c in refused]
+
+
+def test_a_card_after_the_last_any_card_job_ended_is_told_so_not_that_no_job_is_for_it(batch: Batch) -> None:
+    """Seen with two foreign cards and one `card: {any: true}` job: the second card was refused with
+    "no job ... is for this card", which is not true of a job file that takes any card. The refusal
+    says the jobs for any card have ended, names the last, and nothing is written to the card."""
+    batch.holder("HK-1", "CHAN Tai Man", 1)
+    batch.cards[-1] = batch.cards[-1].replace("card: {serial: 1}", "card: {any: true}")
+    first, second = SimCard(SimOptions(serial=11111111)), SimCard(SimOptions(serial=22222222))
+    jobfile = load_jobfile(batch.write(), unattended=True)
+    outcome = run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=SimSource([[first], [second]]),
+                          progress=False, say=lambda _: None)  # fmt: skip
+    assert outcome.document["jobs"][0]["status"] == "loaded"
+    (refused,) = outcome.document["refused_cards"]
+    loaded, other = (first, second) if refused["card_serial"] == 22222222 else (second, first)
+    assert refused["reason"].startswith(
+        "every job in batch.yaml for any card is taken (1; the last, HK-1 (CHAN Tai Man), is "
+    ), refused
+    assert "no job" not in refused["reason"]
+    assert other.write_attempt_count == 0 and loaded.write_attempt_count > 0
