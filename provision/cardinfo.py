@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from provision.bundle import CertInfo, cert_info
-from provision.display import cell_width
+from provision.display import at_column
 from provision.errors import CardNotSupportedError, CardProtocolError, CardStatusError
 from provision.i18n import N_, localize
 from provision.i18n import gettext as _
@@ -286,9 +286,7 @@ _LABEL_CELLS = 17  # "Management key:  " — the values' column in English
 
 
 def _label(label: str, value: str, *, cells: int = _LABEL_CELLS) -> str:
-    """``label value`` with the value at ``cells`` (or one space after a longer label), counted in
-    terminal cells so that a Chinese label keeps the column."""
-    return f"{label}{' ' * max(1, cells - cell_width(label))}{value}"
+    return at_column(label, value, cells)
 
 
 def _slot_title(slot: Slot) -> str:

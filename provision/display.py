@@ -46,10 +46,16 @@ def cell_width(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
+def at_column(label: str, value: str, cells: int) -> str:
+    """``label`` then ``value`` starting at terminal cell ``cells`` (or one space after a longer
+    label), counted in cells so that a double-width label keeps the column."""
+    return f"{label}{' ' * max(1, cells - cell_width(label))}{value}"
+
+
 def labelled(pairs: list[tuple[str, str]]) -> list[str]:
     """``label: value`` lines with the values in one column, whatever the labels' language."""
     width = max((cell_width(label) for label, _value in pairs), default=0)
-    return [f"{label}:{' ' * (width - cell_width(label) + 1)}{value}" for label, value in pairs]
+    return [at_column(f"{label}:", value, width + 2) for label, value in pairs]
 
 
 def failure_text(failure: ProvisionError | None) -> str | None:
