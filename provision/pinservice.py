@@ -164,12 +164,7 @@ class PinService:
         if pin_left == 0:
             self._audit("pin_change", outcome="refused", reason="pin_blocked", pin_tries_left=0)
             raise PinError(msg("the PIN is blocked; nothing was sent. Unblock it with the PUK: 'provision card unblock-pin'"), 0)  # fmt: skip
-        with self._secrets(pin, "PIN", new_pin, "PIN") as (old, new):
-            try:
-                self.session.change_reference(KEY_REF_PIN, old, new)
-            except PinError as exc:
-                self._audit("pin_change", outcome="wrong", pin_tries_left=exc.tries_left)
-                raise
+        self._change_reference(KEY_REF_PIN, "PIN", pin, new_pin)
         pin_left = self.pin_tries()
         self._audit("pin_change", outcome="ok", pin_tries_left=pin_left)
         return PinServiceResult("change-pin", self.card_serial, self.chuid_guid, pin_left, self.puk_tries())
@@ -179,15 +174,22 @@ class PinService:
         puk_left = self.puk_tries()
         self.ui.say(msg("PUK tries left: {tries}", tries=tries_text(puk_left)))
         self._spend_puk_try(puk_left, "puk_change")
-        with self._secrets(puk, "PUK", new_puk, "PUK") as (old, new):
-            try:
-                self.session.change_reference(KEY_REF_PUK, old, new)
-            except PukError as exc:
-                self._audit("puk_change", outcome="wrong", puk_tries_left=exc.tries_left)
-                raise
+        self._change_reference(KEY_REF_PUK, "PUK", puk, new_puk)
         puk_after = self.puk_tries()
         self._audit("puk_change", outcome="ok", puk_tries_left=puk_after)
         return PinServiceResult("change-puk", self.card_serial, self.chuid_guid, self.pin_tries(), puk_after)
+
+    def _change_reference(self, key_ref: int, what: str, old_source: SecretSource | None,
+                          new_source: SecretSource | None) -> None:  # fmt: skip
+        """CHANGE REFERENCE DATA on the PIN or the PUK; a wrong current value is audited (one try
+        spent, never retried) and raised as the session's PinError or PukError."""
+        event, error = ("pin_change", PinError) if key_ref == KEY_REF_PIN else ("puk_change", PukError)
+        with self._secrets(old_source, what, new_source, what) as (old, new):
+            try:
+                self.session.change_reference(key_ref, old, new)
+            except error as exc:
+                self._audit(event, outcome="wrong", **{f"{what.lower()}_tries_left": exc.tries_left})
+                raise
 
     @contextlib.contextmanager
     def _secrets(self, old_source: SecretSource | None, old_what: str, new_source: SecretSource | None,
