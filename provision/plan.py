@@ -268,17 +268,25 @@ def match_cards(plan: Plan, seen: CardsSeen) -> Plan:
     job in file order, as ``run`` matches them); cards no job wants; jobs whose card is absent."""
     cards = list(seen.cards)
     taken: dict[str, PresentCard] = {}
+    ambiguous: dict[str, str] = {}  # job id -> why no card is taken for it
     for jp in plan.jobs:
         ident = jp.job.card
         if ident.pkcs11 is not None:
             continue
-        for card in cards:
-            info = card.info
-            if info is not None and ((ident.serial is not None and info.serial == ident.serial)
-                                     or (ident.guid is not None and info.chuid_guid == ident.guid)):  # fmt: skip
-                taken[jp.job.id] = card
+        matching = [card for card in cards if card.info is not None and (
+            (ident.serial is not None and card.info.serial == ident.serial)
+            or (ident.guid is not None and card.info.chuid_guid == ident.guid))]  # fmt: skip
+        if len(matching) > 1:
+            # As run does (runner.Runner._unambiguous): two cards with one serial or GUID are both
+            # refused, so the plan must not show one of them as "card now".
+            ambiguous[jp.job.id] = msg("{count} cards in view answer to this job ({readers}): which one is the holder's "
+                                       "cannot be told, so a run writes none of them; leave only the holder's in",
+                                       count=len(matching), readers=", ".join(c.reader for c in matching))  # fmt: skip
+            for card in matching:
                 cards.remove(card)
-                break
+        elif matching:
+            taken[jp.job.id] = matching[0]
+            cards.remove(matching[0])
     for jp in plan.jobs:
         if jp.job.card.any and jp.job.card.pkcs11 is None and cards:
             readable = [c for c in cards if c.info is not None]
@@ -292,6 +300,10 @@ def match_cards(plan: Plan, seen: CardsSeen) -> Plan:
             continue
         if seen.unavailable:  # said once for the whole plan
             jobs.append(jp)
+            continue
+        if jp.job.id in ambiguous:
+            why = ambiguous[jp.job.id]
+            jobs.append(replace(jp, problems=(*jp.problems, why)))  # said once, as the job's problem
             continue
         jobs.append(with_card(jp, taken.get(jp.job.id), f"{jp.job.card.describe()} is not in any reader"))
     strangers = tuple(

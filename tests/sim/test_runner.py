@@ -601,6 +601,32 @@ def test_two_cards_with_one_serial_in_two_readers_are_both_refused_and_neither_w
     assert reasons == [c["reason"] for c in refused]
 
 
+def test_plan_says_what_run_does_with_two_cards_of_one_identity(batch: Batch) -> None:
+    """Seen with two CanoKeys of one CHUID GUID: plan showed the first as "card now" and the job as
+    ready, while run refuses both cards. The plan now names both readers as a problem of the job,
+    lists neither card as a stranger nor gives it to another job, and reads the other card as usual."""
+    from provision.plan import match_cards, plan_jobfile
+    from provision.plancards import read_transports
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    batch.holder("HK-2", "LEE Siu Ming", 12345679)
+    twin_a, twin_b = SimCard(SimOptions(serial=12345678)), SimCard(SimOptions(serial=12345678))
+    other = SimCard(SimOptions(serial=12345679))
+    cards = [twin_a, twin_b, other]
+    for card in cards:
+        card.power_on()
+    readers = [(f"Provision Sim 0{i}", SimTransport(card, f"Provision Sim 0{i}")) for i, card in enumerate(cards)]
+    plan = match_cards(plan_jobfile(load_jobfile(batch.write(), unattended=True), unattended=True),
+                       read_transports(readers))  # fmt: skip
+    first, second = plan.jobs
+    assert first.card_seen is None
+    assert any("2 cards in view answer to this job (Provision Sim 00, Provision Sim 01)" in str(p)
+               and "a run writes none of them" in str(p) for p in first.problems), first.problems  # fmt: skip
+    assert second.card_seen is not None and second.problems == ()
+    assert plan.strangers == ()
+    assert all(card.write_attempt_count == 0 for card in cards)
+
+
 def test_a_card_after_the_last_any_card_job_ended_is_told_so_not_that_no_job_is_for_it(batch: Batch) -> None:
     """Seen with two foreign cards and one `card: {any: true}` job: the second card was refused with
     "no job ... is for this card", which is not true of a job file that takes any card. The refusal
