@@ -823,7 +823,15 @@ class Loader:
         if state.cert_on_card:
             return
         with self.step("write_certificate"):
-            self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
+            try:
+                self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
+            except CardStatusError as exc:
+                if exc.sw not in (0x6700, 0x6A84):  # wrong length (CanoKey), not enough memory
+                    raise
+                # Cards hold less than the 3063 bytes plan checks (CanoKey: 2996): known only now.
+                raise CardError(msg("the card has no room for this certificate (PUT DATA answered {sw:04X}); the new key "
+                                    "is already in slot {hex} and the slot's certificate is not this one. Load a "
+                                    "certificate this card can hold into the slot", sw=exc.sw, hex=self.slot.hex)) from None  # fmt: skip
             self.audit("certificate_written", replaced_sha256=self.result.replaced_sha256)
 
     def _read_slot_names(self) -> dict[int, str] | None:

@@ -202,6 +202,9 @@ class SimOptions:
     # GET METADATA of a slot the card does not have answers 6A88, as for an empty slot (CanoKey);
     # only IMPORT KEY (6A86) then says the slot is not there.
     missing_slots_look_empty: bool = False
+    # The most a data object holds (inside 53): a YubiKey's 3063; CanoKey's is 2996 (3000 with the 53
+    # header), and it answers 6700 to the segment that goes past it.
+    max_object_content: int = MAX_OBJECT_CONTENT
     latency_ms: float = 0.0
     vanish_after: int | None = None  # after N APDUs the card is gone
     fail_after: int | None = None  # after N APDUs every answer is 6F00
@@ -1242,6 +1245,9 @@ class SimCard:
         content = data[pos + 1 + length_bytes :]
         if not self._mgmt_authenticated or oid in self.options.absent_objects or not 0x5FC101 <= oid <= 0x5FC123:
             return
+        if len(content) > self.options.max_object_content:
+            self._chain = None
+            raise _Status(SW_WRONG_LENGTH)  # what was stored before this segment stays
         self._state.objects[oid] = content
         self._commit()
 
@@ -1262,8 +1268,8 @@ class SimCard:
         if oid in self.options.absent_objects:
             raise _Status(SW_NOT_FOUND)
         content = items[1][1]
-        if len(content) > MAX_OBJECT_CONTENT:
-            raise _Status(SW_NO_SPACE)
+        if len(content) > self.options.max_object_content:
+            raise _Status(SW_WRONG_LENGTH if self.options.chain_stored_per_segment else SW_NO_SPACE)
         if content:
             self._state.objects[oid] = content
         else:  # an empty object deletes it, as ykman's "delete certificate" relies on

@@ -148,3 +148,94 @@ def test_a_retired_slot_the_card_hides_as_empty_is_named_when_the_import_is_refu
     job = outcome.document["jobs"][0]
     assert job["status"] == "failed" and "no slot 84" in job["error"] and "6A86" in job["error"], job
     assert card.state.keys == {} and not any(0x5FC10F <= oid <= 0x5FC120 for oid in card.state.objects)
+
+
+def test_a_certificate_too_large_for_any_piv_object_is_refused_before_any_card(
+    batch: Batch, ca: fixtures.Issuer
+) -> None:
+    """A 4 kB certificate that gzip cannot shrink: CanoKey took the key, then answered 6700 to the
+    twelfth segment of its certificate, leaving the new key under a truncated object (the old
+    certificate archived). No PIV card provision writes for holds such an object, so plan names
+    the problem and run fails the job before it touches a card."""
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from provision.jobfile import load_jobfile
+    from provision.plan import match_cards, plan_jobfile
+    from provision.plancards import read_transports
+    from provision.sim.inprocess import SimTransport
+
+    key = fixtures.generate_key("p256")
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CHAN Tai Man")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(0x4242)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4.5"), os.urandom(3300)), critical=False)
+        .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    (batch.tmp / "HK-1.p12").write_bytes(fixtures.pkcs12_bytes(key, cert, password=batch.canaries.pkcs12_password))
+    batch.cards.append("  - id: HK-1\n    holder: CHAN Tai Man\n    card: {serial: 12345678}\n"
+                       "    pkcs12: {path: HK-1.p12, password: {file: p12.pass}}\n")  # fmt: skip
+    card = canokey()
+    old = preload_old_certificate(card, ca, "CHAN Tai Man")
+    card.power_on()
+    plan = match_cards(plan_jobfile(load_jobfile(batch.write(), unattended=True), unattended=True),
+                       read_transports([("sim", SimTransport(card))]))  # fmt: skip
+    card.reset()
+    assert any("more than a PIV card's data object holds" in str(p) for p in plan.jobs[0].problems), plan.jobs[0].problems
+    writes = card.write_attempt_count
+    outcome = batch.run([card])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "failed" and "more than a PIV card's data object holds" in job["error"], job
+    assert card.write_attempt_count == writes
+    slot = read_card_info(session_for(card)).slot(0x9C)
+    assert slot.certificate is not None and slot.certificate.sha256 == hashlib.sha256(old).hexdigest()
+
+
+def test_a_certificate_larger_than_this_cards_objects_is_named_at_the_write(batch: Batch, ca: fixtures.Issuer) -> None:
+    """CanoKey's objects hold 2996 bytes, less than the 3063 plan checks: a certificate object of
+    about 3030 bytes passes plan, and the card answers 6700 in the middle of the chain, after the key
+    import. The job fails saying the card has no room and what the slot now holds; a re-run meets
+    the same (the torn object is its own interrupted write) and never reports it loaded."""
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from provision.piv.profiles import COMPRESS_ABOVE_BYTES, MAX_OBJECT_CONTENT_BYTES
+    from provision.piv.session import encode_certificate_object
+
+    key = fixtures.generate_key("p256")
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CHAN Tai Man")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(0x4343)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4.5"), os.urandom(2660)), critical=False)
+        .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    der = cert.public_bytes(Encoding.DER)
+    size = len(encode_certificate_object(der, compress=len(der) > COMPRESS_ABOVE_BYTES))
+    assert 2996 < size <= MAX_OBJECT_CONTENT_BYTES, size
+    (batch.tmp / "HK-1.p12").write_bytes(fixtures.pkcs12_bytes(key, cert, password=batch.canaries.pkcs12_password))
+    batch.cards.append("  - id: HK-1\n    holder: CHAN Tai Man\n    card: {serial: 12345678}\n"
+                       "    pkcs12: {path: HK-1.p12, password: {file: p12.pass}}\n")  # fmt: skip
+    card = canokey(max_object_content=2996)
+    for _ in range(2):
+        job = batch.run([card]).document["jobs"][0]
+        assert job["status"] == "failed" and "the card has no room for this certificate (PUT DATA answered 6700)" in job["error"], job
+        assert "slot 9c" in job["error"]
