@@ -126,6 +126,7 @@ class JobPlan:
     notes: tuple[str, ...] = field(default=())
     card_seen: CardView | None = None  # the job's card as read now; None: not present or not read
     public_key_sha256: str | None = None  # SHA-256 of the certificate's SubjectPublicKeyInfo
+    fails_before_card: bool = False  # run fails the job when it opens its PKCS#12, before any card
     differences: tuple[str, ...] = ()  # between the card and the job, in words
 
     def to_json(self) -> dict[str, Any]:
@@ -287,18 +288,21 @@ def match_cards(plan: Plan, seen: CardsSeen, *, presented: bool = False) -> Plan
     readable = {c.reader: CardSeen(serial=c.info.serial, guid=c.info.chuid_guid) for c in cards if c.info is not None}
     taken: dict[str, PresentCard] = {}
     twins: dict[str, list[PresentCard]] = {}
+    ended: list[tuple[PresentCard, JobPlan]] = []  # cards whose job fails before any card: refused
     for jp in plan.jobs:
         ident = jp.job.card
         if ident.pkcs11 is not None or ident.any:
             continue
         named = [c for c in cards if c.reader in readable and readable[c.reader].claims(ident)]
-        if len(named) == 1:
-            taken[jp.job.id] = named[0]
-        elif named:
+        if len(named) > 1:
             twins[jp.job.id] = named
+        elif named and jp.fails_before_card:
+            ended.append((named[0], jp))
+        elif named:
+            taken[jp.job.id] = named[0]
         for card in named:
             cards.remove(card)
-    any_jobs = [jp for jp in plan.jobs if jp.job.card.any and jp.job.card.pkcs11 is None]
+    any_jobs = [jp for jp in plan.jobs if jp.job.card.any and jp.job.card.pkcs11 is None and not jp.fails_before_card]
     for_any = [c for c in cards if c.reader in readable] if any_jobs else []
     if not presented:
         picks = pick_cards(any_jobs, [(c.reader, readable[c.reader].serial, readable[c.reader].guid) for c in for_any])
@@ -318,6 +322,10 @@ def match_cards(plan: Plan, seen: CardsSeen, *, presented: bool = False) -> Plan
         if seen.unavailable:  # said once for the whole plan
             jobs.append(jp)
             continue
+        if jp.fails_before_card:
+            jobs.append(with_card(jp, None, msg("the job fails before any card is used (its problems say why): no card "
+                                                "is written for it")))  # fmt: skip
+            continue
         if job.id in twins:
             why = msg("{n} cards in view answer to this job ({who}): run refuses every one of them and writes none; "
                       "leave only the holder's card in", n=len(twins[job.id]), who=job.card.describe())  # fmt: skip
@@ -335,6 +343,8 @@ def match_cards(plan: Plan, seen: CardsSeen, *, presented: bool = False) -> Plan
         + " — " + (rest if rest and c.info is not None else "no job of this file wants it")
         for c in cards
     )  # fmt: skip
+    strangers += tuple(f"{c.reader}: card serial {c.info.serial} — its job {jp.job.id} fails before any card is used"
+                       for c, jp in ended if c.info is not None)  # fmt: skip
     presentable = tuple(f"{c.reader}: card serial {c.info.serial}" for c in for_any if c.info is not None)
     return replace(plan, jobs=tuple(jobs), cards_read=True, cards_unavailable=seen.unavailable, strangers=strangers,
                    for_any=presentable, presented=presented)  # fmt: skip
@@ -353,10 +363,11 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
     elif status != "ok":
         problems.append(inspection.message)
     values = template_values(tz, cert=info, job=job, batch=jobfile.batch, now=now)
+    slot_name_failed = False
     try:
         slot_name = job.slot_name.render(values)
     except TemplateError as exc:
-        slot_name = job.slot_name.text
+        slot_name, slot_name_failed = job.slot_name.text, True
         problems.append(msg('slot_name: {message}', message=exc.message))
     else:
         why = templates.check_slot_name(slot_name) if info is not None else None
@@ -383,8 +394,11 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
             except TemplateError as exc:
                 problems.append(msg('export.{kind}: {message}', kind=kind, message=exc.message))
     steps = tuple(load_steps(job, slot_name, inspection.piv_algorithm if inspection else None, exports))
+    # What makes run fail the job as it opens the PKCS#12 (runner.accept_bundle), before any card:
+    # then no card is taken for it, and a card that it names is refused.
+    fails = info is None or status != "ok" or slot_name_failed or any(not e.ok for e in expectations)
     return JobPlan(job, slot_name, status, bundle_message, info, inspection.piv_algorithm if inspection else None,
-                   expectations, tuple(problems), steps, tuple(notes))  # fmt: skip
+                   expectations, tuple(problems), steps, tuple(notes), fails_before_card=fails)  # fmt: skip
 
 
 @dataclass(frozen=True)

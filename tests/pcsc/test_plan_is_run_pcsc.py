@@ -24,6 +24,8 @@ from tests.helpers.product import provision_cmd
 NOW = datetime.now(UTC)
 LOW, HIGH = 11111111, 22222222
 RUNNER_STEPS = {s.action for s in PIV_STEPS if not s.journaled}
+FAILS_BEFORE_CARD = "the job fails before any card is used (its problems say why): no card is written for it"
+FAILING = "expect: {subject_cn: Nobody}"  # the certificate is not Nobody's: the job fails as its file is opened
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,8 @@ def assert_plan_is_run(tmp: Path, plan: dict[str, Any], run: dict[str, Any]) -> 
         result = done[job["id"]]
         seen = job["card_seen"]
         if seen is None:
-            assert result["status"] == "pending" and result["card_serial"] is None, (job, result)
+            fails = job["differences"][:1] == [FAILS_BEFORE_CARD]
+            assert result["status"] == ("failed" if fails else "pending") and result["card_serial"] is None, (job, result)
             continue
         assert job["card_choice"] in ("named", "rule")
         assert result["card_serial"] == seen["serial"], (job["id"], seen["serial"], result)
@@ -112,6 +115,12 @@ SCENARIOS = {
         [("HK-A", "{any: true}"), ("HK-S", f"{{serial: {HIGH}}}")], {"HK-A": LOW, "HK-S": HIGH}),
     "an any-card job after the job of the lower serial": (
         [("HK-S", f"{{serial: {LOW}}}"), ("HK-A", "{any: true}")], {"HK-S": LOW, "HK-A": HIGH}),
+    # A job that fails as its PKCS#12 is opened takes no card: the next job for any card takes the
+    # lowest serial, and the card a failing job names is refused.
+    "the first any-card job's file fails": (
+        [("HK-F", "{any: true}, " + FAILING), ("HK-A", "{any: true}")], {"HK-F": None, "HK-A": LOW}),
+    "a failing job names the lower serial": (
+        [("HK-F", f"{{serial: {LOW}}}, " + FAILING), ("HK-A", "{any: true}")], {"HK-F": None, "HK-A": HIGH}),
 }
 
 
@@ -124,7 +133,7 @@ def test_unattended_plan_names_the_card_run_takes(pcscd: PrivatePcscd, cards: Ca
     high = insert(cards, 0, HIGH, latency_ms=40)
     low = insert(cards, 1, LOW)
     plan, run = plan_and_run(pcscd, tmp_path, job, "--unattended")
-    assert {j["id"]: j["card_seen"]["serial"] for j in plan["jobs"]} == expected
+    assert {j["id"]: j["card_seen"]["serial"] if j["card_seen"] else None for j in plan["jobs"]} == expected
     assert_plan_is_run(tmp_path, plan, run)
     written = {HIGH: high.card.write_attempt_count > 0, LOW: low.card.write_attempt_count > 0}
     assert written == {serial: serial in expected.values() for serial in (HIGH, LOW)}
