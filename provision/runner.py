@@ -270,6 +270,8 @@ class Runner:
         for run_id in abandoned:
             self.record("run_abandoned", abandoned_run_id=run_id, outcome="killed",
                         reason="the run's process ended without closing it (killed or crashed)")  # fmt: skip
+        if abandoned and self.audit is not None:
+            self.audit.settle_stamps(abandoned)  # a token the killed process was still waiting for
         self.record("validated", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
         tz, batch = self.jobfile.tz, self.jobfile.batch

@@ -324,3 +324,170 @@ def test_time_stamped_seals_catch_a_rewritten_log(tmp_path: Path, cli: CLI, cana
     made.log.write_bytes(rechain_plain(made.lines()))
     made.journal.unlink()
     failed(made.verify("--timestamps", anchor=False, key=False), "time-stamped by a TSA")
+
+
+# ----------------------------------------------------------------------------------------------
+# the time-stamp tokens beside the log (audit-timestamps.jsonl)
+
+
+class Stamped(Batch):
+    """The batch, its seals also sent to a local TSA: the log's seals then say a token was asked for."""
+
+    def __init__(self, tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer, tsa: Any) -> None:
+        super().__init__(tmp_path, cli, canaries, ca)
+        self.tsa = tsa
+        self.job.write_text(self.job.read_text().replace(
+            "anchor: witness/seals.jsonl}", f"anchor: witness/seals.jsonl, timestamp: '{tsa.url}'}}"))  # fmt: skip
+        self.cert = tmp_path / "tsa.pem"
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        self.cert.write_bytes(tsa.cert.public_bytes(Encoding.PEM))
+
+    @property
+    def stamps(self) -> Path:
+        return self.logs / "audit-timestamps.jsonl"
+
+    def seals(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["event"] == "seal"]
+
+
+@pytest.fixture
+def stamped(tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer) -> Any:
+    from tests.helpers.tsa import serving_tsa
+
+    with serving_tsa() as tsa:
+        made = Stamped(tmp_path, cli, canaries, ca, tsa)
+        run = made.run()
+        assert run.returncode == 0, run.stderr
+        yield made
+
+
+MISSING = "deleted, emptied, truncated or rolled back"
+
+
+def test_no_false_alarm_with_time_stamps(stamped: Stamped) -> None:
+    seals = stamped.seals()
+    assert len(seals) == len(HOLDERS) + 1 and all(s["timestamp_requested"] is True for s in seals)
+    tokens = [json.loads(line)["hash"] for line in stamped.stamps.read_bytes().splitlines()]
+    assert tokens == [s["hash"] for s in seals]
+    passed(stamped.verify())
+    passed(stamped.verify(anchor=False))
+    assert "time-stamped by a TSA you trust" in passed(stamped.verify("--tsa-cert", str(stamped.cert)))["message"]
+    again = stamped.run()  # a second run appends its own tokens
+    assert again.returncode == 0, again.stderr
+    passed(stamped.verify("--tsa-cert", str(stamped.cert)))
+
+
+def test_no_false_alarm_without_time_stamps(batch: Batch) -> None:
+    assert not (batch.logs / "audit-timestamps.jsonl").exists()
+    assert not any("timestamp_requested" in r for r in batch.records())
+    passed(batch.verify())
+    passed(batch.verify(anchor=False))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "truncated", "last token cut", "rolled back"])
+def test_time_stamps_deleted_emptied_truncated_or_rolled_back(stamped: Stamped, damage: str) -> None:
+    early = stamped.stamps.read_bytes()
+    if damage == "rolled back":  # a later run's tokens, then the file put back as it was before it
+        again = stamped.run()
+        assert again.returncode == 0, again.stderr
+        passed(stamped.verify())
+    full = stamped.stamps.read_bytes()
+    lines = full.splitlines(keepends=True)
+    if damage == "deleted":
+        stamped.stamps.unlink()
+    else:
+        stamped.stamps.write_bytes({"emptied": b"", "truncated": full[: len(full) - len(lines[-1]) // 2],
+                                    "last token cut": b"".join(lines[:-1]), "rolled back": early}[damage])  # fmt: skip
+    failed(stamped.verify(), MISSING)
+    # the log's own seals know: no anchor, no journal and no --timestamps are needed
+    stamped.journal.unlink()
+    failed(stamped.verify(anchor=False), MISSING)
+    checked = stamped.verify("--tsa-cert", str(stamped.cert), anchor=False)
+    assert checked.returncode == 4 and json.loads(checked.stdout)["problem"] in ("timestamp-missing", "timestamp-invalid")
+
+
+def test_time_stamps_deleted_and_the_log_rewritten_is_caught_only_by_the_key_or_the_anchor(stamped: Stamped) -> None:
+    stamped.stamps.unlink()
+    stripped = []
+    for raw in stamped.lines():
+        record = json.loads(raw)
+        record.pop("timestamp_requested", None)
+        stripped.append(canonical(record) + b"\n")
+    stamped.log.write_bytes(rechain_plain(stripped))
+    stamped.journal.unlink()
+    failed(stamped.verify(anchor=False), "MAC")  # the key: the rewritten records have none
+    failed(stamped.verify(key=False), "anchor")  # the anchor: its seals are not this chain's
+    # NOT caught without the key and the anchor (or a held seal): nothing else knew of the tokens
+    passed(stamped.verify(anchor=False, key=False))
+
+
+def test_a_link_in_place_of_the_time_stamps_is_refused(stamped: Stamped) -> None:
+    copy = stamped.tmp / "elsewhere.jsonl"
+    saved = stamped.stamps.read_bytes()
+    copy.write_bytes(saved)
+    stamped.stamps.unlink()
+    stamped.stamps.symlink_to(copy)
+    for done in (stamped.verify(), stamped.run()):
+        assert done.returncode == 3, (done.returncode, done.stdout, done.stderr)
+        assert "audit-timestamps.jsonl is a symbolic link" in done.stderr
+    assert copy.read_bytes() == saved  # the link's target untouched
+
+
+def test_time_stamps_on_read_only_media(stamped: Stamped, read_only_dir: Any) -> None:
+    """An auditor's copy on read-only media: intact, it verifies; without its tokens, it fails."""
+    where, freeze = read_only_dir
+    intact, robbed = where / "intact", where / "robbed"
+    records_only = shutil.ignore_patterns(".reserve", "reports", "store")  # the tmpfs is small
+    shutil.copytree(stamped.logs, intact, ignore=records_only)
+    shutil.copytree(stamped.logs, robbed, ignore=records_only)
+    (robbed / "audit-timestamps.jsonl").unlink()
+    freeze()
+    with pytest.raises(OSError):
+        (intact / "probe").write_bytes(b"")  # really read-only, for root too
+    passed(stamped.verify("--logs", str(intact), "--tsa-cert", str(stamped.cert)))
+    failed(stamped.verify("--logs", str(robbed)), MISSING)
+
+
+def test_a_run_killed_while_the_tsa_answers_is_settled_by_the_next_run(
+    tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer
+) -> None:
+    """A seal whose token never came because the process was killed waiting for it: the next run
+    records why (timestamp_failed), so verify does not fail on it ever after."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.helpers.product import product_env, provision_cmd
+    from tests.helpers.tsa import serving_tsa
+
+    with serving_tsa() as tsa:
+        made = Stamped(tmp_path, cli, canaries, ca, tsa)
+        tsa.stall = True
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
+        env.update(made.env, PROVISION_LOGS=str(made.logs), PROVISION_CACHE_DIR=str(tmp_path / "cache"))
+        proc = subprocess.Popen([*provision_cmd(), "run", str(made.job), "--sim", "--unattended", "--no-progress"],
+                                cwd=tmp_path, env=product_env(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            assert tsa.stalled.wait(120), "the run never asked the TSA"
+            deadline = time.monotonic() + 10
+            while not (made.log.exists() and any(r["event"] == "seal" for r in made.records())):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        tsa.stall = False
+        tsa.released.set()
+        killed_seal = made.seals()[-1]
+        assert killed_seal["timestamp_requested"] is True
+        assert not made.stamps.exists() or killed_seal["hash"] not in made.stamps.read_text()
+        failed(made.verify(), MISSING)  # before the next run: a token that should exist is missing
+        run = made.run()
+        assert run.returncode == 0, run.stderr
+    settled = [r for r in made.records() if r["event"] == "timestamp_failed"]
+    assert [r["seal_seq"] for r in settled] == [killed_seal["seq"]] and "killed" in settled[0]["error"]
+    assert any(r["event"] == "run_abandoned" for r in made.records())
+    passed(made.verify("--tsa-cert", str(made.cert)))
