@@ -213,6 +213,7 @@ class AuditLog:
         self._lock = _FileLock(self.path.with_name(f".{self.path.name}.lock"))
         self._syslog: SyslogHandler | None = None
         self._syslog_all = False
+        self._seal_listeners: list[Callable[[AuditRecord], None]] = []
         if syslog is not None:
             self._open_syslog(syslog)
 
@@ -266,11 +267,20 @@ class AuditLog:
         self._forward(written)
         if sealed is not None:
             self._forward(sealed)
+        for record in (written, sealed):
+            if record is not None and record.event == EVENT_SEAL:
+                for listener in self._seal_listeners:
+                    listener(record)
         if self.timestamp_url is not None:  # after the lock: a TSA's round trip never holds up other writers
             for record in (written, sealed):
                 if record is not None and record.event == EVENT_SEAL:
                     self._stamp(record)
         return written
+
+    def add_seal_listener(self, listener: Callable[[AuditRecord], None]) -> None:
+        """Call ``listener`` with every seal written from now on (after the lock: the runner keeps
+        each one in its journal)."""
+        self._seal_listeners.append(listener)
 
     def seal(self, **fields: Any) -> str:
         """Append a ``seal`` event and return its hash, the chain's new last hash.

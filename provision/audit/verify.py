@@ -57,6 +57,7 @@ _SUFFIX = len(HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
 _PREV_KEY = b'"prev":"'
 _SEQ_RE = re.compile(rb'"seq":(0|[1-9][0-9]{0,17})[,}]')
 _MAC_KEY = b'"mac":"'
+_HELD = "you hold (--seal)"  # where a seal comes from, in the sentence that names it missing
 _ACCEPT_LOOKAHEAD = 10_000  # lines after a damaged region in which verify looks for its acceptance
 
 
@@ -145,7 +146,7 @@ class _Verifier:
         self.has_key = key is not None
         # where each seal comes from, for the sentence that names a missing one
         self.seals = {s.strip().lower(): "from the journal" for s in seals if s and s.strip()}
-        self.seals.update({s: "you hold (--seal)" for s in held})
+        self.seals.update({s: _HELD for s in held})
         self.found: set[str] = set()
         self.anchor = anchor or []
         self.anchor_path = anchor_path
@@ -272,7 +273,9 @@ class _Verifier:
                     skip_to = self._explain(fi, lineno)
             last_path, last_line = path, lineno
         self._check_anchor(last_path, last_line)
-        missing = sorted(s for s in self.seals if s not in self.found and s not in self.excused)
+        # A seal the auditor holds is named first: it is the one asked about (the journal may lack more).
+        missing = sorted((s for s in self.seals if s not in self.found and s not in self.excused),
+                         key=lambda s: (self.seals[s] != _HELD, s))  # fmt: skip
         if missing:
             origin = self.seals[missing[0]]
             where = (

@@ -34,7 +34,8 @@ def ca() -> fixtures.Issuer:
 class Batch:
     """A job file of two simulated cards, keyed and anchored, and the runs made of it."""
 
-    def __init__(self, tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer, *, key: bool = True) -> None:
+    def __init__(self, tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer, *, key: bool = True,
+                 holders: tuple[str, ...] = HOLDERS) -> None:  # fmt: skip
         self.tmp, self.cli = tmp_path, cli
         self.logs = tmp_path / "logs"
         self.anchor = tmp_path / "witness" / "seals.jsonl"  # "other storage": outside logs/
@@ -43,7 +44,7 @@ class Batch:
         now = datetime.now(UTC)
         canaries.write_secret_file(tmp_path / "p12.pass", canaries.pkcs12_password)
         cards = ""
-        for i, cn in enumerate(HOLDERS):
+        for i, cn in enumerate(holders):
             data = fixtures.holder_p12(ca, cn, canaries.pkcs12_password, key_type="p256",
                                        not_before=now - timedelta(days=1), not_after=now + timedelta(days=365))  # fmt: skip
             (tmp_path / f"h{i}.p12").write_bytes(data)
@@ -491,3 +492,96 @@ def test_a_run_killed_while_the_tsa_answers_is_settled_by_the_next_run(
     assert [r["seal_seq"] for r in settled] == [killed_seal["seq"]] and "killed" in settled[0]["error"]
     assert any(r["event"] == "run_abandoned" for r in made.records())
     passed(made.verify("--tsa-cert", str(made.cert)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the journal keeps every seal (schema 3), and what that does and does not catch
+
+SNAPSHOT = """
+import shutil, sqlite3, sys
+from pathlib import Path
+logs, dest = Path(sys.argv[1]), Path(sys.argv[2])
+dest.mkdir(parents=True)
+shutil.copy2(logs / "audit.jsonl", dest / "audit.jsonl")
+source, copy = sqlite3.connect(logs / "journal.sqlite3"), sqlite3.connect(dest / "journal.sqlite3")
+source.backup(copy)
+copy.close()
+source.close()
+print("123456")
+"""
+
+
+@pytest.fixture
+def mid_run(tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer) -> Batch:
+    """A run of three jobs whose second and third PINs come from a program that first copies the
+    log and the journal (a backup taken while the run goes on): ``saved/after-1`` holds them as
+    they were after the first job, ``saved/after-2`` after the second."""
+    import sys
+
+    made = Batch(tmp_path, cli, canaries, ca, holders=(*HOLDERS, "LEE Ka Yan"))
+    script = tmp_path / "snapshot.py"
+    script.write_text(SNAPSHOT)
+    text = made.job.read_text()
+    for n, job in ((1, "HK-1"), (2, "HK-2")):
+        head, tail = text.split(f"  - id: {job}\n", 1)
+        tail = tail.replace("pin: {env: SIM_PIN}", f"pin: {{command: ['{sys.executable}', '{script}', "
+                            f"'{made.logs}', '{tmp_path / 'saved' / f'after-{n}'}']}}", 1)  # fmt: skip
+        text = f"{head}  - id: {job}\n{tail}"
+    made.job.write_text(text)
+    run = made.run()
+    assert run.returncode == 0, run.stderr
+    passed(made.verify())
+    return made
+
+
+def _job_seals(log: Path) -> list[dict[str, Any]]:
+    return [r for r in map(json.loads, log.read_bytes().splitlines()) if r["event"] == "seal"]
+
+
+def test_the_journal_keeps_every_seal(mid_run: Batch) -> None:
+    import sqlite3
+
+    seals = [(r["seq"], r["hash"]) for r in _job_seals(mid_run.log)]
+    assert len(seals) == 3 + 1  # one per job, one at the run's end
+    with sqlite3.connect(mid_run.journal) as db:
+        kept = db.execute("SELECT seq, hash FROM seals ORDER BY seq").fetchall()
+        schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+    assert kept == seals and schema == "3"
+    # the copies taken mid-run are real: after one job, one seal; after two, two
+    assert len(_job_seals(mid_run.tmp / "saved" / "after-1" / "audit.jsonl")) == 1
+    assert len(_job_seals(mid_run.tmp / "saved" / "after-2" / "audit.jsonl")) == 2
+
+
+def test_log_and_journal_rolled_back_together_to_mid_run(mid_run: Batch) -> None:
+    """Both put back to the copy taken after the first job of the same run: they agree with each
+    other, so however many seals the journal keeps, it cannot see it; the anchor and a held seal do."""
+    final = _job_seals(mid_run.log)[-1]["hash"]  # the run's seal, printed in its report
+    saved = mid_run.tmp / "saved" / "after-1"
+    for name in ("journal.sqlite3-wal", "journal.sqlite3-shm"):
+        (mid_run.logs / name).unlink(missing_ok=True)
+    shutil.copy2(saved / "audit.jsonl", mid_run.log)
+    shutil.copy2(saved / "journal.sqlite3", mid_run.journal)
+    failed(mid_run.verify(), "log ends at seq", "rolled back")  # with the anchor
+    failed(mid_run.verify("--seal", final, anchor=False), "you hold")
+    # NOT caught without the anchor or a held seal: the journal was rolled back with the log
+    passed(mid_run.verify(anchor=False))
+
+
+def test_log_cut_back_within_a_killed_run_is_caught_by_the_journal(mid_run: Batch) -> None:
+    """The copy after the second job is what a run killed then leaves (the journal says 'running',
+    no run seal). The log cut back to the first job's seal, the journal left as it is: the
+    journal's job seals catch it (one seal per run could not: the killed run had none)."""
+    logs = mid_run.tmp / "saved" / "after-2"
+    cut = b"".join(line for line in (logs / "audit.jsonl").read_bytes().splitlines(keepends=True)
+                   if json.loads(line)["seq"] <= _job_seals(logs / "audit.jsonl")[0]["seq"])  # fmt: skip
+    (logs / "audit.jsonl").write_bytes(cut)
+    verify = ("audit", "verify", "--json", "--key-env", "AUDIT_KEY", "--logs", str(logs))
+    failed(mid_run.cli(*verify, env=mid_run.env), "from the journal", "rolled back")
+    failed(mid_run.cli(*verify, "--anchor", str(mid_run.anchor), env=mid_run.env), "anchor")
+    # a journal of schema 2 (run seals only) still opens, and shows the gap this closed
+    import sqlite3
+
+    with sqlite3.connect(logs / "journal.sqlite3") as db:
+        db.execute("DROP TABLE seals")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    passed(mid_run.cli(*verify, env=mid_run.env))
