@@ -182,7 +182,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     jobfiles = [load_jobfile(name, unattended=args.unattended) for name in args.jobfiles]
     present = None if args.sim else read_pcsc_cards()  # read-only: no PIN, no management key, no write
     for jf in jobfiles:
-        plan = match_cards(plan_jobfile(jf, unattended=args.unattended), present or read_sim_cards(jf))
+        # A person runs a batch without --unattended: a job for any card takes the card presented.
+        # (--sim: the cards come from a pile in job order, not from a person.)
+        plan = match_cards(plan_jobfile(jf, unattended=args.unattended), present or read_sim_cards(jf),
+                           presented=not args.unattended and not args.sim)  # fmt: skip
         any_problem = any_problem or any(job.problems for job in plan.jobs)
         if args.json:
             documents.append(plan.to_json())

@@ -144,6 +144,9 @@ def refusal_text(refusal: Refusal) -> str:
         return msg("every job in {file} for any card is taken ({n}; the last, {id} ({holder}), is {status}); "
                    "this card ({who}) is not written", n=refusal.taken, file=refusal.jobfile, id=refusal.job_id,
                    holder=refusal.holder, status=refusal.status, who=refusal.card)  # fmt: skip
+    if refusal.kind is RefusalKind.ANY_TO_OTHERS:
+        return msg("the open jobs in {file} for any card ({n}) go to other cards in view, lowest serial first; "
+                   "this card ({who}) is not written", file=refusal.jobfile, n=refusal.taken, who=refusal.card)  # fmt: skip
     if refusal.kind is RefusalKind.AMBIGUOUS:
         return msg("this card ({who}) and {n} other card(s) or token(s) in view all answer to job {id} ({holder}): "
                    "which one is the holder's cannot be told, so none is written; leave only the holder's in, "
