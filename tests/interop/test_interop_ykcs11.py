@@ -233,3 +233,80 @@ def hashes_of(der: bytes) -> str:
     digest = hashes.Hash(hashes.SHA256())
     digest.update(der)
     return digest.finalize().hex()
+
+
+@pytest.mark.timeout(240)
+def test_a_wrong_pin_through_ykcs11_is_sent_once_and_the_flags_show_the_tries(
+        pcscd: InteropPcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    """ykcs11 reports the card's counter as flags: after one wrong PIN (3 → 2) COUNT_LOW, after the
+    second FINAL_TRY (1 left), which min_pin_retries 2 then keeps for the holder. One C_Login per
+    run, a PIN hold in between, nothing written."""
+    need_ykcs11()
+    serial = 23456792
+    server, peers = insert(pcscd, cards, canaries, tmp_path, serial, firmware=FW_3DES)
+    state = server.card._state  # noqa: SLF001
+    wrong = "0" * 8 if canaries.pin != "0" * 8 else "1" * 8
+    canaries.write_secret_file(tmp_path / "card.pin", wrong)
+    job = write_job(tmp_path, canaries, token_card(serial, "02"))
+    before = written(server)
+
+    first = run_job(canaries, peers.env, tmp_path, job, "logs")
+    assert first["status"] == "failed" and first["_exit"] == 1, first
+    assert "CKR_PIN_INCORRECT" in first["error"] and "CKF_USER_PIN_COUNT_LOW" in first["error"], first
+    assert "now on PIN hold" in first["error"] and first["pin_tries_left"] is None
+    assert state.pin_tries_left == 2  # one C_Login, one try
+    held = re.search(r"clear-pin-hold ([0-9a-f]{32})", first["error"])
+    assert held, first
+
+    def clear_hold() -> None:
+        cleared = provision(canaries, peers.env, tmp_path, "card", "clear-pin-hold", held.group(1), "--reason", "test",
+                            "--logs", str(tmp_path / "logs"))  # fmt: skip
+        assert cleared.returncode == 0, cleared.stderr
+
+    held_run = run_job(canaries, peers.env, tmp_path, job, "logs")
+    assert "on PIN hold; no PIN was sent" in held_run["error"] and state.pin_tries_left == 2, held_run
+
+    clear_hold()
+    second = run_job(canaries, peers.env, tmp_path, job, "logs")
+    assert second["pin_tries_left"] == 1 and "one try is left (CKF_USER_PIN_FINAL_TRY)" in second["error"], second
+    assert state.pin_tries_left == 1
+
+    clear_hold()
+    third = run_job(canaries, peers.env, tmp_path, job, "logs")
+    assert third["status"] in ("failed", "refused") and "no PIN was tried" in third["error"], third
+    assert third["pin_tries_left"] == 1 and state.pin_tries_left == 1  # the last try belongs to the holder
+    assert written(server) == before
+    pins = [e for e in audit_events(tmp_path / "logs") if e.get("event") == "pin_verify"]
+    assert [e["outcome"] for e in pins] == ["wrong", "wrong"], pins
+
+
+@pytest.mark.timeout(180)
+def test_a_job_for_another_yubikey_is_never_written_through_ykcs11(
+        pcscd: InteropPcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    need_ykcs11()
+    server, peers = insert(pcscd, cards, canaries, tmp_path, 23456793, firmware=FW_3DES)
+    other = f"{{pkcs11: {{module: {YKCS11}, token_label: 'YubiKey PIV #23456793', token_serial: '23456794', object_id: '02', so_pin: {{file: mgmt.key}}}}}}"
+    done = provision(canaries, peers.env, tmp_path, "run", str(write_job(tmp_path, canaries, other)), "--unattended",
+                     "--json", "--no-progress", "--logs", str(tmp_path / "logs"))  # fmt: skip
+    document = json.loads(done.stdout)
+    assert document["jobs"][0]["status"] == "pending", document
+    refused = document["refused_cards"]
+    assert len(refused) == 1 and refused[0]["token_serial"] == "23456793", refused
+    assert written(server) == 0 and server.card._state.pin_tries_left == 3  # noqa: SLF001 - no PIN was sent
+    events = [e["event"] for e in audit_events(tmp_path / "logs")]
+    assert "pin_verify" not in events and "so_login" not in events, events
+
+
+@pytest.mark.timeout(180)
+def test_ykcs11_2_2_cannot_write_with_an_aes_management_key_and_nothing_is_written(
+        pcscd: InteropPcscd, cards: Cards, canaries: Any, tmp_path: Path) -> None:  # fmt: skip
+    """A YubiKey 5.7 comes with an AES-192 management key; ykcs11 before 2.3 (Debian bookworm: 2.2.0)
+    authenticates with 3DES only (lib/ykpiv.c ``_ykpiv_authenticate``: YKPIV_ALGO_3DES), so its SO
+    login fails: the job says so, once, with nothing written. The PIV backend loads such a card."""
+    need_ykcs11()
+    server, peers = insert(pcscd, cards, canaries, tmp_path, 23456795)  # firmware 5.7.1: AES-192
+    job = run_job(canaries, peers.env, tmp_path, write_job(tmp_path, canaries, token_card(23456795, "02")), "logs")
+    assert job["status"] == "failed" and job["_exit"] == 1, job
+    assert "refused the SO PIN" in job["error"] and "AES-192" in job["error"], job
+    assert written(server) == 0
+    assert [e["outcome"] for e in audit_events(tmp_path / "logs") if e.get("event") == "so_login"] == ["refused"]
