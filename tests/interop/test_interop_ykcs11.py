@@ -143,14 +143,16 @@ FW_3DES = "5.4.3"
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("serial", [23456789, 3_000_000_001], ids=["serial", "serial-top-bit"])
-def test_ykcs11_names_the_token_from_get_serial_and_reports_pin_tries_by_flags(
-        pcscd: InteropPcscd, cards: Cards, canaries: Any, tmp_path: Path, serial: int) -> None:  # fmt: skip
-    """Token discovery and identity: ykcs11 names our card from GET SERIAL (F8) as it names a
-    YubiKey, unsigned above 2^31; its PIN flags follow the card's counter (3: none, 2: COUNT_LOW,
-    1: FINAL_TRY); its mechanism list has hashed ECDSA and RSA, which provision prefers."""
+@pytest.mark.parametrize(("serial", "firmware"), [(23456789, "5.7.1"), (3_000_000_001, "5.4.3"), (23456788, "4.3.7")],
+                         ids=["yk5", "serial-top-bit", "yk4-otp-serial"])  # fmt: skip
+def test_ykcs11_names_the_token_from_the_serial_and_reports_pin_tries_by_flags(
+        pcscd: InteropPcscd, cards: Cards, canaries: Any, tmp_path: Path, serial: int, firmware: str) -> None:  # fmt: skip
+    """Token discovery and identity: ykcs11 names our card from its serial as it names a YubiKey
+    (GET SERIAL from firmware 5, the OTP application's serial request before), unsigned above 2^31;
+    its PIN flags follow the card's counter (3: none, 2: COUNT_LOW, 1: FINAL_TRY); its mechanism
+    list has hashed ECDSA and RSA, which provision prefers."""
     need_ykcs11()
-    server, peers = insert(pcscd, cards, canaries, tmp_path, serial)
+    server, peers = insert(pcscd, cards, canaries, tmp_path, serial, firmware=firmware)
     tokens = token_slots(peers, canaries)
     assert len(tokens) == 1, tokens
     assert tokens[0]["token label"] == f"YubiKey PIV #{serial}"
