@@ -312,3 +312,29 @@ def test_ykcs11_2_2_cannot_write_with_an_aes_management_key_and_nothing_is_writt
     assert "refused the SO PIN" in job["error"] and "AES-192" in job["error"], job
     assert written(server) == 0
     assert [e["outcome"] for e in audit_events(tmp_path / "logs") if e.get("event") == "so_login"] == ["refused"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kill_at", ["so_login:end", "import_key:end", "write_certificate:end"])
+def test_a_load_through_ykcs11_killed_between_writes_resumes_from_what_the_card_holds(
+        pcscd: InteropPcscd, cards: Cards, canaries: Any, tmp_path: Path, kill_at: str) -> None:  # fmt: skip
+    """In a fixed place the id says where, not which key: after a kill between the key and the
+    certificate the place holds the new key beside the old certificate, and the resumed run writes
+    what is missing (the key again where the certificate is not yet the job's), archives once and
+    ends with the job's key and certificate, checked by a test signature."""
+    need_ykcs11()
+    serial = 23456797
+    server, peers = insert(pcscd, cards, canaries, tmp_path, serial, firmware=FW_3DES)
+    old = run_job(canaries, peers.env, tmp_path, write_job(tmp_path, canaries, token_card(serial, "02"), name="old.yaml"), "logs-old")
+    assert old["status"] == "loaded", old
+    job = write_job(tmp_path, canaries, token_card(serial, "02"), cn="CHAN Siu Ming", name="new.yaml")
+    killed = provision(canaries, {**peers.env, "PROVISION_FAULT_KILL_AT": kill_at}, tmp_path, "run", str(job),
+                       "--unattended", "--json", "--no-progress", "--logs", str(tmp_path / "logs"))  # fmt: skip
+    assert killed.returncode < 0, killed.stderr  # SIGKILL
+    resumed = run_job(canaries, peers.env, tmp_path, job, "logs")
+    assert resumed["status"] == "loaded" and resumed["_exit"] == 0, resumed
+    assert resumed["replaced_sha256"] == p12_fingerprint(old) and Path(resumed["archived_to"]).is_file(), resumed
+    assert hashes_of(certificate_in(peers, "9c")) == p12_fingerprint(resumed)
+    assert [e["event"] for e in audit_events(tmp_path / "logs")].count("archived") == 1
+    again = run_job(canaries, peers.env, tmp_path, job, "logs")
+    assert again["status"] == "skipped", again
