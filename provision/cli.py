@@ -918,6 +918,33 @@ def _help_formatter(argparse: ModuleType) -> type[argparse.HelpFormatter]:
         def start_section(self, heading: str | None) -> None:
             super().start_section(_(_ARGPARSE_WORDS[heading]) if heading in _ARGPARSE_WORDS else heading)
 
+        # argparse wraps with textwrap, which counts characters: a Chinese line came out twice the
+        # terminal's width. Text with wide characters is wrapped by terminal cells instead.
+        def _split_lines(self, text: str, width: int) -> list[str]:
+            from provision.display import cell_width, wrap_cells
+
+            if cell_width(text) == len(text):
+                return super()._split_lines(text, width)  # type: ignore[no-any-return]
+            return wrap_cells(text, width)
+
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            from provision.display import cell_width, wrap_cells
+
+            if cell_width(text) == len(text):
+                return super()._fill_text(text, width, indent)  # type: ignore[no-any-return]
+            return "\n".join(indent + line for line in wrap_cells(text, width - len(indent)))
+
+        def _format_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None) -> str:
+            # "用法：" is three characters but six cells: format with an ASCII stand-in of its width,
+            # so the lines keep to the terminal and the continuation lines stay in their column.
+            from provision.display import cell_width
+
+            if prefix is None or cell_width(prefix) == len(prefix):
+                return super()._format_usage(usage, actions, groups, prefix)  # type: ignore[no-any-return]
+            stand_in = "u" * cell_width(prefix)
+            text: str = super()._format_usage(usage, actions, groups, stand_in)
+            return prefix + text[len(stand_in):] if text.startswith(stand_in) else text
+
         def add_argument(self, action: Any) -> None:
             if action.help in _ARGPARSE_WORDS:
                 import copy

@@ -212,10 +212,16 @@ class Runner:
         self.journal = open_queue(options.queue, logs=options.logs, station=options.station,
                                   lease_seconds=options.lease_seconds)  # fmt: skip
         self.store = CertificateStore(options.logs / "store")
-        # PIN holds live in this station's journal (with a shared queue: the local one beside it).
-        self.pin_holds = (jn.PinHolds(self.journal) if isinstance(self.journal, jn.Journal)
-                          else jn.PinHolds(jn.Journal(options.logs / "journal.sqlite3"), owned=True))  # fmt: skip
+        # PIN holds and every audit seal live in this station's journal (with a shared queue: the
+        # local one beside it).
+        shared = not isinstance(self.journal, jn.Journal)
+        local = jn.Journal(options.logs / "journal.sqlite3") if shared else self.journal
+        assert isinstance(local, jn.Journal)
+        self.pin_holds = jn.PinHolds(local, owned=shared)
         self.audit = self.journal.mirror_audit(audit) if audit is not None else None
+        if self.audit is not None:
+            self.audit.add_seal_listener(lambda seal: local.add_seal(seal.record.get("run_id"), seal.seq, seal.hash,
+                                                                     seal.record.get("job_id")))  # fmt: skip
         self._synced_at = 0.0
         self.states: list[JobState] = []
         self.refused_cards: list[RefusedCard] = []
@@ -270,6 +276,8 @@ class Runner:
         for run_id in abandoned:
             self.record("run_abandoned", abandoned_run_id=run_id, outcome="killed",
                         reason="the run's process ended without closing it (killed or crashed)")  # fmt: skip
+        if abandoned and self.audit is not None:
+            self.audit.settle_stamps(abandoned)  # a token the killed process was still waiting for
         self.record("validated", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
         tz, batch = self.jobfile.tz, self.jobfile.batch

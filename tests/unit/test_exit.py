@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import EXIT_OK
+from tests.helpers.product import REPO, installed_cli, product_env, provision_cmd
 
 PRELUDE = textwrap.dedent(
     """
@@ -80,16 +81,52 @@ def test_output_that_cannot_be_flushed_ends_as_the_ordinary_exit_would() -> None
     assert ours.stderr == plain.stderr
 
 
-@pytest.mark.parametrize("entry", [["-m", "provision"], ["packaging/provision_main.py"]])
+def entry_points() -> list[list[str]]:
+    """Every way the command starts: the installed console script (installed tier) or ``python -m
+    provision`` (checkout), the one-file build when one was built, and its script in the checkout."""
+    commands = [provision_cmd()]
+    if os.environ.get("PROVISION_ONEFILE"):
+        commands.append([os.environ["PROVISION_ONEFILE"]])
+    if not installed_cli():
+        commands.append([sys.executable, str(REPO / "packaging" / "provision_main.py")])
+    return commands
+
+
+@pytest.mark.parametrize("entry", entry_points(), ids=lambda words: Path(words[-1]).name)
 def test_every_entry_point_ends_through_it(entry: list[str], tmp_path: Path) -> None:
-    """``python -m provision`` and the one-file build's script keep the status and the whole output
-    (the console script is checked by the installed tier, which runs the installed command)."""
-    repo = Path(__file__).resolve().parents[2]
+    """Each entry point keeps the exit status and the whole output."""
     job = tmp_path / "broken.yaml"
     job.write_text("version: 1\njobs: [\n", encoding="utf-8")
-    done = subprocess.run([sys.executable, *entry, "validate", str(job)], cwd=repo, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    env = product_env(dict(os.environ))
+    done = subprocess.run([*entry, "validate", str(job)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=env)  # fmt: skip
     assert done.returncode not in (EXIT_OK, 70, 120)
     assert "broken.yaml" in done.stderr and done.stderr.endswith("\n")
-    done = subprocess.run([sys.executable, *entry, "--version"], cwd=repo, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*entry, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == EXIT_OK and done.stdout.startswith("provision ")
+
+
+def test_commands_leave_nothing_to_the_exit(tmp_path: Path) -> None:
+    """What the fast exit would lose, a command must not leave open: with the interpreter's own exit
+    (``PROVISION_SLOW_EXIT``) and ResourceWarning shown, a whole simulated batch (validate, plan,
+    run, reports) and the commands an auditor runs after it leave no file unclosed, and the journal
+    is closed (SQLite has folded its write-ahead log back). A future change that leaves a file to
+    the interpreter's teardown fails here."""
+    env = {**product_env(dict(os.environ)), "PROVISION_SLOW_EXIT": "1", "PYTHONWARNINGS": "always::ResourceWarning",
+           "PROVISION_LOGS": str(tmp_path / "logs")}  # fmt: skip
+    commands = [
+        ["demo", "--dir", str(tmp_path / "jobs")],
+        ["status"],
+        ["report", "--format", "csv"],
+        ["audit", "verify"],
+        ["audit", "show"],
+        ["validate", str(tmp_path / "jobs" / "demo.yaml")],
+        ["plan", str(tmp_path / "jobs" / "demo.yaml"), "--sim"],
+    ]
+    for words in commands:
+        done = subprocess.run([*provision_cmd(), *words], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert done.returncode in (0, 2), (words, done.returncode, done.stderr[-2000:])
+        assert "ResourceWarning" not in done.stderr, (words, done.stderr[-2000:])
+        assert not (tmp_path / "logs" / "journal.sqlite3-wal").exists(), words
+    assert (tmp_path / "logs" / "audit.jsonl").stat().st_size > 0
