@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # Build pyscard (no Linux wheel on PyPI), run the OpenSSL producer of test PKCS#12 files, and the
 # PC/SC harness and peers of the card tiers.
 DEBIAN_BUILD   := gcc swig libpcsclite-dev openssl
-DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk fonts-dejavu-core softhsm2 p11-kit p11-kit-modules postgresql gnutls-bin openjdk-17-jre-headless
+DEBIAN_HARNESS := pcscd vsmartcard-vpcd opensc yubico-piv-tool pcsc-tools libnss3-tools tmux chromium fonts-noto-cjk fonts-dejavu-core softhsm2 p11-kit p11-kit-modules postgresql gnutls-bin openjdk-17-jre-headless ykcs11
 
 .PHONY: all setup catalogs docs demo test test-installed dist fresh-check lint typecheck test-unit bench profile faults clean
 

@@ -98,13 +98,14 @@ def dump() -> None:
         json.dump({"marks": MARKS, "phases": PHASES}, handle)
 
 
-def main() -> int:
+def main() -> None:
     install()
+    from provision.cli import exit_after
     from provision.cli import main as cli_main
 
     atexit.register(dump)
-    return cli_main(sys.argv[1:])
+    exit_after(cli_main(sys.argv[1:]))  # ends as the ``provision`` command does
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

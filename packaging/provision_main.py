@@ -1,8 +1,6 @@
 """Entry point of the one-file build (PyInstaller runs a script, not a console-script entry)."""
 
-import sys
-
-from provision.cli import main
+from provision.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,5 +1,3 @@
-import sys
+from provision.cli import entry
 
-from provision.cli import main
-
-sys.exit(main())
+entry()

@@ -90,6 +90,7 @@ def run_jobfile(
         runner = Runner(jobfile, source, options, ui=ui, audit=audit)
         with stop_on_signals(runner, raise_interrupt=counter_screen):
             runner.prepare(defer_prompts=counter_screen)
+            threading.Thread(target=warm_up_reports, args=(jobfile.timezone,), daemon=True, name="reports-warm-up").start()
             code = runner.run()
             document = runner.document()
             document["operator"] = audit.operator  # the person (BR §5.4.1), as every audit record names them
@@ -197,6 +198,17 @@ def open_audit(logs: Path, jobfile: JobFile, *, unattended: bool, accept_damaged
         audit.close()
         raise
     return audit
+
+
+def warm_up_reports(zone: str | None) -> None:
+    """Load, while the cards are handled, what the reports would otherwise load after the last card:
+    the report module, Babel and the chosen language's date formats (about 30 ms of a one-card run,
+    ``make profile``). The card's thread waits on the card most of the time, so this costs it little;
+    a failure here changes nothing, since the reports load the same things again when written."""
+    with contextlib.suppress(Exception):
+        from provision.report import when
+
+        when("2000-01-01T00:00:00Z", zone)
 
 
 def write_run_reports(document: dict[str, Any], logs: Path) -> dict[str, Path]:

@@ -46,6 +46,68 @@ def cell_width(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
+# Where Chinese text may not be broken: no line starts with a closing mark, none ends with an opening one.
+_NO_LINE_START = frozenset("、，。．：；！？）」』】〕〉》,.:;!?)]}")
+_NO_LINE_END = frozenset("（「『【〔〈《([{")
+
+
+def wrap_cells(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` terminal cells, as a person writing Chinese breaks it.
+
+    Runs of whitespace become one space. Lines break at a space, or between two wide (East Asian)
+    characters, which Chinese allows anywhere but before a closing mark (，。）」) or after an opening
+    one (（「). A Latin word is never split unless it alone is longer than a line. ``textwrap``
+    counts characters and breaks only at spaces, so a Chinese sentence came out twice the width.
+    """
+    width = max(2, width)
+    units: list[tuple[str, bool]] = []  # (unit, a space before it)
+    space, word = False, ""
+    for char in text:
+        wide = cell_width(char) == 2
+        if char.isspace() or wide:
+            if word:
+                units.append((word, space))
+                space, word = False, ""
+            if char.isspace():
+                space = bool(units)
+            else:
+                units.append((char, space))
+                space = False
+        else:
+            word += char
+    if word:
+        units.append((word, space))
+    lines: list[list[tuple[str, bool]]] = [[]]
+    used = 0
+    for unit, spaced in units:
+        line = lines[-1]
+        need = cell_width(unit) + (1 if spaced and line else 0)
+        if used + need <= width or not line:
+            line.append((unit, spaced))
+            used += need
+            continue
+        carried: list[tuple[str, bool]] = []
+        # Keep a closing mark with what it closes, and an opening mark with what it opens.
+        while len(line) > 1 and ((unit if not carried else carried[0][0])[0] in _NO_LINE_START
+                                 or line[-1][0][-1] in _NO_LINE_END):  # fmt: skip
+            carried.insert(0, line.pop())
+            if sum(cell_width(u) for u, _ in carried) + cell_width(unit) > width // 2:
+                break
+        lines.append(carried + [(unit, spaced)])
+        used = sum(cell_width(u) + (1 if s and i else 0) for i, (u, s) in enumerate(lines[-1]))
+    out: list[str] = []
+    for line in lines:
+        text_line = "".join((" " if spaced and i else "") + unit for i, (unit, spaced) in enumerate(line))
+        while cell_width(text_line) > width:  # one word longer than a line: split it by cells
+            cut = 0
+            while cut < len(text_line) and cell_width(text_line[: cut + 1]) <= width:
+                cut += 1
+            out.append(text_line[:cut])
+            text_line = text_line[cut:]
+        out.append(text_line)
+    return [line for line in out if line] or [""]
+
+
 def at_column(label: str, value: str, cells: int) -> str:
     """``label`` then ``value`` starting at terminal cell ``cells`` (or one space after a longer
     label), counted in cells so that a double-width label keeps the column."""
@@ -82,6 +144,9 @@ def refusal_text(refusal: Refusal) -> str:
         return msg("every job in {file} for any card is taken ({n}; the last, {id} ({holder}), is {status}); "
                    "this card ({who}) is not written", n=refusal.taken, file=refusal.jobfile, id=refusal.job_id,
                    holder=refusal.holder, status=refusal.status, who=refusal.card)  # fmt: skip
+    if refusal.kind is RefusalKind.ANY_TO_OTHERS:
+        return msg("the open jobs in {file} for any card ({n}) go to other cards in view, lowest serial first; "
+                   "this card ({who}) is not written", file=refusal.jobfile, n=refusal.taken, who=refusal.card)  # fmt: skip
     if refusal.kind is RefusalKind.AMBIGUOUS:
         return msg("this card ({who}) and {n} other card(s) or token(s) in view all answer to job {id} ({holder}): "
                    "which one is the holder's cannot be told, so none is written; leave only the holder's in, "

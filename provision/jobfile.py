@@ -84,6 +84,8 @@ class Pkcs11Target:
     module: Path
     token_label: str | None = None
     token_serial: str | None = None
+    object_id: bytes | None = None  # the CKA_ID of a fixed place (ykcs11's PIV slots); None: derived from the key
+    so_pin: SecretSource | None = None  # for modules that create objects only for the SO (ykcs11)
 
     def describe(self) -> str:
         named = [f"label {self.token_label!r}"] if self.token_label is not None else []
@@ -96,6 +98,8 @@ class Pkcs11Target:
             out["token_label"] = self.token_label
         if self.token_serial is not None:
             out["token_serial"] = self.token_serial
+        if self.object_id is not None:
+            out["object_id"] = self.object_id.hex()
         return out
 
 
@@ -927,7 +931,17 @@ def _pkcs11_target(raw: dict[str, Any], path: JsonPath, ck: _Checker) -> Pkcs11T
             ck.problem(path + ("module",), msg("the PKCS#11 module {module} does not exist; install the card's middleware or correct the path", module=module))  # fmt: skip
         elif not module.is_file():
             ck.problem(path + ("module",), msg("{module} is not a file; name the module's shared library (.so, .dll, .dylib)", module=module))
-    return Pkcs11Target(module, raw.get("token_label"), raw.get("token_serial"))
+    object_id = bytes.fromhex(raw["object_id"]) if isinstance(raw.get("object_id"), str) and _is_hex(raw["object_id"]) else None
+    so_pin = ck.secret(raw["so_pin"], path + ("so_pin",)) if "so_pin" in raw else None
+    if so_pin is not None and "object_id" not in raw:
+        # A module that creates objects only for the SO (ykcs11) keeps them in fixed places named by
+        # CKA_ID; a key-derived id there could name another place (ykcs11 reads its first byte).
+        ck.problem(path + ("so_pin",), msg('so_pin needs object_id: say which place (CKA_ID, hex) the module keeps this key in, e.g. object_id: "02" for slot 9C through ykcs11'))  # fmt: skip
+    return Pkcs11Target(module, raw.get("token_label"), raw.get("token_serial"), object_id, so_pin)
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _unreadable(path: Path) -> str | None:

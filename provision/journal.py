@@ -106,7 +106,7 @@ class RunRecord:
     seal: str | None
 
 
-_OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps", "pin_holds"})
+_OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps", "pin_holds", "seals"})
 
 
 def _journal_error(path: Path, exc: sqlite3.Error) -> JournalError:
@@ -175,9 +175,9 @@ class Journal:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             schema = row[0] if row else None
         foreign = sorted(tables - _OWN_TABLES)
-        if schema is not None and schema.isdigit() and int(schema) > PIN_HOLD_SCHEMA_VERSION:
+        if schema is not None and schema.isdigit() and int(schema) > LATEST_SCHEMA_VERSION:
             raise JournalError(msg('{path} was written by a newer provision (journal schema {schema}); use that version with these logs, or give another --logs', path=self.path, schema=schema))  # fmt: skip
-        if foreign or (tables and "meta" not in tables) or schema not in (None, str(SCHEMA_VERSION), str(PIN_HOLD_SCHEMA_VERSION)):
+        if foreign or (tables and "meta" not in tables) or schema not in (None, *(str(v) for v in range(SCHEMA_VERSION, LATEST_SCHEMA_VERSION + 1))):
             found = f"it has tables {', '.join(foreign)}" if foreign else f"schema {schema!r}" if schema else "no meta table"
             raise JournalError(msg('{path} is not a provision journal ({found}); give another --logs (or --queue), or move the file aside if it is not needed there', path=self.path, found=found))  # fmt: skip
         return bool(tables)
@@ -256,7 +256,29 @@ class Journal:
         return runs[-1] if runs else None
 
     def seals(self) -> list[str]:
-        return [r[0] for r in self._read("SELECT seal FROM runs WHERE seal IS NOT NULL ORDER BY started")]
+        """Every seal this journal knows: each run's last one and, from schema 3 on, every seal of
+        the log (one after each job), oldest first."""
+        runs = [r[0] for r in self._read("SELECT seal FROM runs WHERE seal IS NOT NULL ORDER BY started")]
+        with self._lock:
+            if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seals'"):
+                return runs  # a journal from before schema 3: run seals only
+            every = [r[0] for r in self._read("SELECT hash FROM seals ORDER BY seq")]
+        known = set(every)
+        return every + [s for s in runs if s not in known]
+
+    def add_seal(self, run_id: str | None, seq: int, digest: str, job_id: str | None) -> None:
+        """Keep a seal of the audit log (one after every job, and the run's last).
+
+        A log cut back to an earlier job's seal, while this journal stays, is then caught even when
+        the run never ended (killed: no run seal). The table arrives with the first seal: a journal
+        of an older provision is migrated in place (its rows kept, ``meta.schema`` becomes 3) and one
+        that is only read is left as it was."""
+        with self._tx(durable=False) as db:  # the job's next durable commit syncs it
+            db.execute(_SEALS_TABLE)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?",
+                       (str(SEALS_SCHEMA_VERSION), SEALS_SCHEMA_VERSION))  # fmt: skip
+            db.execute("INSERT OR IGNORE INTO seals (seq, hash, run_id, job_id, time) VALUES (?, ?, ?, ?, ?)",
+                       (seq, digest, run_id, job_id, now_rfc3339()))  # fmt: skip
 
     # --- jobs ---
 
@@ -336,6 +358,14 @@ class Journal:
 # blocks. Nothing derived from the PIN is kept: with six digits, even a hash of it gives it away.
 
 PIN_HOLD_SCHEMA_VERSION = 2
+SEALS_SCHEMA_VERSION = 3  # every seal of the audit log, not only each run's last (Journal.add_seal)
+LATEST_SCHEMA_VERSION = SEALS_SCHEMA_VERSION
+
+_SEALS_TABLE = """
+CREATE TABLE IF NOT EXISTS seals (
+    seq INTEGER NOT NULL, hash TEXT PRIMARY KEY, run_id TEXT, job_id TEXT, time TEXT NOT NULL
+)
+"""
 
 _PIN_HOLDS_TABLE = """
 CREATE TABLE IF NOT EXISTS pin_holds (

@@ -26,7 +26,7 @@ O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 # What provision keeps in a logs directory; none of it may be a symbolic link.
 OWN_FILES = (
     "audit.jsonl", ".audit.jsonl.lock", "journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm", ".lock",
-    ".reserve",
+    ".reserve", "audit-timestamps.jsonl",
 )  # fmt: skip
 OWN_DIRECTORIES = ("store", "reports")
 

@@ -127,6 +127,7 @@ class JobPlan:
     notes: tuple[str, ...] = field(default=())
     card_seen: CardView | None = None  # the job's card as read now; None: not present or not read
     public_key_sha256: str | None = None  # SHA-256 of the certificate's SubjectPublicKeyInfo
+    fails_before_card: bool = False  # run fails the job when it opens its PKCS#12, before any card
     differences: tuple[str, ...] = ()  # between the card and the job, in words
 
     def to_json(self) -> dict[str, Any]:
@@ -156,16 +157,26 @@ class Plan:
     cards_read: bool = False  # cards were looked for
     cards_unavailable: str | None = None  # why none was read (no PC/SC service, no reader, no card)
     strangers: tuple[str, ...] = ()  # cards present that no job wants, in words
+    for_any: tuple[str, ...] = ()  # a person runs the batch: cards a job for any card takes if presented
+    presented: bool = False  # a person runs the batch: a job for any card takes the card presented
 
     def to_json(self) -> dict[str, Any]:
         return {
             "file": str(self.jobfile.path),
             "batch": self.jobfile.batch,
             "timezone": self.jobfile.timezone,
-            "jobs": [j.to_json() for j in self.jobs],
+            "jobs": [dict(j.to_json(), card_choice=_card_choice(j.job, self.presented)) for j in self.jobs],
             "cards": {"read": self.cards_read, "unavailable": self.cards_unavailable,
-                      "without_job": list(self.strangers)},  # fmt: skip
+                      "without_job": list(self.strangers), "for_any_if_presented": list(self.for_any)},  # fmt: skip
         }
+
+
+def _card_choice(job: Job, presented: bool) -> str:
+    """How a run finds this job's card: ``named`` (serial, GUID, token), ``rule`` (an ``any: true``
+    job, unattended: ``cardpick``), ``presented`` (an ``any: true`` job, a person chooses the card)."""
+    if not job.card.any or job.card.pkcs11 is not None:
+        return "named"
+    return "presented" if presented else "rule"
 
 
 @dataclass(frozen=True)
@@ -264,55 +275,80 @@ def _planned_specs(job: Job) -> list[StepSpec]:
     return [spec for spec in checklist(job) if in_plan(spec, job)]
 
 
-def match_cards(plan: Plan, seen: CardsSeen) -> Plan:
-    """Each PIV job's card among those read (by serial, then CHUID GUID, then the next ``any: true``
-    job in file order, as ``run`` matches them); cards no job wants; jobs whose card is absent."""
+def match_cards(plan: Plan, seen: CardsSeen, *, presented: bool = False) -> Plan:
+    """Each PIV job's card among those read, as ``run`` matches them: by serial or CHUID GUID (two
+    cards that both answer to a job: the run refuses both, and so the job has no card here), then the
+    ``any: true`` jobs by the rule ``run --unattended`` follows (``cardpick.pick_cards``: lowest
+    serial first). ``presented``: a person runs the batch (counter, terminal), and an ``any: true``
+    job takes whichever card is presented when its holder is called, which no plan can know: the
+    plan says so and names no card. Also: cards no job wants, and jobs whose card is absent."""
+    from provision.backend import CardSeen
+    from provision.cardpick import pick_cards
+
     cards = list(seen.cards)
+    readable = {c.reader: CardSeen(serial=c.info.serial, guid=c.info.chuid_guid) for c in cards if c.info is not None}
     taken: dict[str, PresentCard] = {}
-    ambiguous: dict[str, str] = {}  # job id -> why no card is taken for it
+    twins: dict[str, list[PresentCard]] = {}
+    ended: list[tuple[PresentCard, JobPlan]] = []  # cards whose job fails before any card: refused
     for jp in plan.jobs:
         ident = jp.job.card
-        if ident.pkcs11 is not None:
+        if ident.pkcs11 is not None or ident.any:
             continue
-        matching = [card for card in cards if card.info is not None and (
-            (ident.serial is not None and card.info.serial == ident.serial)
-            or (ident.guid is not None and card.info.chuid_guid == ident.guid))]  # fmt: skip
-        if len(matching) > 1:
-            # As run does (runner.Runner._unambiguous): two cards with one serial or GUID are both
-            # refused, so the plan must not show one of them as "card now".
-            ambiguous[jp.job.id] = msg("{count} cards in view answer to this job ({readers}): which one is the holder's "
-                                       "cannot be told, so a run writes none of them; leave only the holder's in",
-                                       count=len(matching), readers=", ".join(c.reader for c in matching))  # fmt: skip
-            for card in matching:
-                cards.remove(card)
-        elif matching:
-            taken[jp.job.id] = matching[0]
-            cards.remove(matching[0])
-    for jp in plan.jobs:
-        if jp.job.card.any and jp.job.card.pkcs11 is None and cards:
-            readable = [c for c in cards if c.info is not None]
-            if readable:
-                taken[jp.job.id] = readable[0]
-                cards.remove(readable[0])
+        named = [c for c in cards if c.reader in readable and readable[c.reader].claims(ident)]
+        if len(named) > 1:
+            twins[jp.job.id] = named
+        elif named and jp.fails_before_card:
+            ended.append((named[0], jp))
+        elif named:
+            taken[jp.job.id] = named[0]
+        for card in named:
+            cards.remove(card)
+    any_jobs = [jp for jp in plan.jobs if jp.job.card.any and jp.job.card.pkcs11 is None and not jp.fails_before_card]
+    for_any = [c for c in cards if c.reader in readable] if any_jobs else []
+    if not presented:
+        picks = pick_cards(any_jobs, [(c.reader, readable[c.reader].serial, readable[c.reader].guid) for c in for_any])
+        by_reader = {c.reader: c for c in for_any}
+        for reader, jp in picks.items():
+            taken[jp.job.id] = by_reader[reader]
+            cards.remove(by_reader[reader])
+        for_any = []
+    else:
+        cards = [c for c in cards if c not in for_any]
     jobs = []
     for jp in plan.jobs:
-        if jp.job.card.pkcs11 is not None:
+        job = jp.job
+        if job.card.pkcs11 is not None:
             jobs.append(replace(jp, differences=("PKCS#11 tokens are not read by plan",)))
             continue
         if seen.unavailable:  # said once for the whole plan
             jobs.append(jp)
             continue
-        if jp.job.id in ambiguous:
-            why = ambiguous[jp.job.id]
-            jobs.append(replace(jp, problems=(*jp.problems, why)))  # said once, as the job's problem
+        if jp.fails_before_card:
+            jobs.append(with_card(jp, None, msg("the job fails before any card is used (its problems say why): no card "
+                                                "is written for it")))  # fmt: skip
             continue
-        jobs.append(with_card(jp, taken.get(jp.job.id), f"{jp.job.card.describe()} is not in any reader"))
+        if job.id in twins:
+            why = msg("{n} cards in view answer to this job ({who}): run refuses every one of them and writes none; "
+                      "leave only the holder's card in", n=len(twins[job.id]), who=job.card.describe())  # fmt: skip
+            jobs.append(replace(with_card(jp, None, why), problems=(*jp.problems, why)))
+            continue
+        if job.card.any and presented:
+            why = msg("the card presented when {holder} is called: a person chooses it, so plan names none "
+                      "('plan --unattended' names the card an unattended run takes)", holder=job.holder)  # fmt: skip
+            jobs.append(with_card(jp, None, why))
+            continue
+        jobs.append(with_card(jp, taken.get(job.id), f"{job.card.describe()} is not in any reader"))
+    rest = "the open jobs for any card go to other cards in view" if any_jobs else ""
     strangers = tuple(
         f"{c.reader}: " + (f"card serial {c.info.serial}" if c.info is not None else (c.error or "unreadable card"))
-        + " — no job of this file wants it"
+        + " — " + (rest if rest and c.info is not None else "no job of this file wants it")
         for c in cards
     )  # fmt: skip
-    return replace(plan, jobs=tuple(jobs), cards_read=True, cards_unavailable=seen.unavailable, strangers=strangers)
+    strangers += tuple(f"{c.reader}: card serial {c.info.serial} — its job {jp.job.id} fails before any card is used"
+                       for c, jp in ended if c.info is not None)  # fmt: skip
+    presentable = tuple(f"{c.reader}: card serial {c.info.serial}" for c in for_any if c.info is not None)
+    return replace(plan, jobs=tuple(jobs), cards_read=True, cards_unavailable=seen.unavailable, strangers=strangers,
+                   for_any=presentable, presented=presented)  # fmt: skip
 
 
 def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_message: str,
@@ -328,10 +364,11 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
     elif status != "ok":
         problems.append(inspection.message)
     values = template_values(tz, cert=info, job=job, batch=jobfile.batch, now=now)
+    slot_name_failed = False
     try:
         slot_name = job.slot_name.render(values)
     except TemplateError as exc:
-        slot_name = job.slot_name.text
+        slot_name, slot_name_failed = job.slot_name.text, True
         problems.append(msg('slot_name: {message}', message=exc.message))
     else:
         why = templates.check_slot_name(slot_name) if info is not None else None
@@ -358,8 +395,11 @@ def plan_job(jobfile: JobFile, job: Job, inspection: Inspection | None, bundle_m
             except TemplateError as exc:
                 problems.append(msg('export.{kind}: {message}', kind=kind, message=exc.message))
     steps = tuple(load_steps(job, slot_name, inspection.piv_algorithm if inspection else None, exports))
+    # What makes run fail the job as it opens the PKCS#12 (runner.accept_bundle), before any card:
+    # then no card is taken for it, and a card that it names is refused.
+    fails = info is None or status != "ok" or slot_name_failed or any(not e.ok for e in expectations)
     return JobPlan(job, slot_name, status, bundle_message, info, inspection.piv_algorithm if inspection else None,
-                   expectations, tuple(problems), steps, tuple(notes))  # fmt: skip
+                   expectations, tuple(problems), steps, tuple(notes), fails_before_card=fails)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -448,7 +488,7 @@ def plan_jobfile(jobfile: JobFile, *, unattended: bool = False, now: datetime | 
                      public_key_sha256=opened.public_key_sha256)  # fmt: skip
         if opened.problem is not None and opened.problem.message not in jp.problems:
             # What makes run fail this job before any card (e.g. a certificate no PIV object holds).
-            jp = replace(jp, problems=(*jp.problems, opened.problem.message))
+            jp = replace(jp, problems=(*jp.problems, opened.problem.message), fails_before_card=True)
         plans.append(jp)
     return Plan(jobfile, tuple(plans))
 
@@ -489,3 +529,6 @@ def print_plan(plan: Plan, say: Callable[[str], None]) -> None:
     for stranger in plan.strangers:
         say("")
         say(_("Card without a job: {card}").format(card=localize(str(stranger))))
+    for card in plan.for_any:
+        say("")
+        say(_("Card for a job for any card, if presented: {card}").format(card=localize(card)))

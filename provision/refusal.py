@@ -15,6 +15,7 @@ class RefusalKind(Enum):
     JOB_ENDED = "job-ended"  # the card's job already ended (loaded, failed, refused …)
     NO_JOB = "no-job"  # no job of the job file is for this card
     ANY_TAKEN = "any-taken"  # the job file has jobs for any card, and every one is taken (in progress or ended)
+    ANY_TO_OTHERS = "any-to-others"  # unattended: the open jobs for any card go to other cards in view (cardpick)
     AMBIGUOUS = "ambiguous"  # another card or token in view answers to the same job: neither is written
     NOT_CLAIMED = "not-claimed"  # the shared queue gave the job to another station (its own sentence)
 
@@ -32,5 +33,5 @@ class Refusal:
     card: str = ""  # how the card describes itself (NO_JOB, AMBIGUOUS, ANY_TAKEN)
     expected: str | None = None  # NO_JOB at a counter: whose card the counter expects
     twins: int = 0  # AMBIGUOUS: how many other cards or tokens answer to the job
-    taken: int = 0  # ANY_TAKEN: how many jobs for any card there are (all taken)
+    taken: int = 0  # ANY_TAKEN: how many jobs for any card there are (all taken); ANY_TO_OTHERS: how many go to others
     detail: str = ""  # NOT_CLAIMED: the queue's own sentence

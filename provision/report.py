@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from provision.fsutil import write_atomically
+from provision.fsutil import write_all_atomically, write_atomically
 from provision.i18n import ENGLISH, N_, current_language, format_datetime, localize
 from provision.i18n import gettext as _
 
@@ -465,4 +465,6 @@ def write_reports(run_doc: Mapping[str, Any], reports_dir: Path) -> dict[str, Pa
     run_id = str(run_doc.get("run_id") or "")
     if not _RUN_ID_RE.match(run_id) or ".." in run_id:
         raise ValueError(f"run id {run_id!r} cannot name a report file")
-    return {fmt: write_report(run_doc, fmt, Path(reports_dir) / f"{run_id}.{fmt}") for fmt in FORMATS}
+    paths = {fmt: Path(reports_dir) / f"{run_id}.{fmt}" for fmt in FORMATS}
+    write_all_atomically([(path, (chunk.encode("utf-8") for chunk in _chunks(run_doc, fmt))) for fmt, path in paths.items()])
+    return paths

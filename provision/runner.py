@@ -212,10 +212,16 @@ class Runner:
         self.journal = open_queue(options.queue, logs=options.logs, station=options.station,
                                   lease_seconds=options.lease_seconds)  # fmt: skip
         self.store = CertificateStore(options.logs / "store")
-        # PIN holds live in this station's journal (with a shared queue: the local one beside it).
-        self.pin_holds = (jn.PinHolds(self.journal) if isinstance(self.journal, jn.Journal)
-                          else jn.PinHolds(jn.Journal(options.logs / "journal.sqlite3"), owned=True))  # fmt: skip
+        # PIN holds and every audit seal live in this station's journal (with a shared queue: the
+        # local one beside it).
+        shared = not isinstance(self.journal, jn.Journal)
+        local = jn.Journal(options.logs / "journal.sqlite3") if shared else self.journal
+        assert isinstance(local, jn.Journal)
+        self.pin_holds = jn.PinHolds(local, owned=shared)
         self.audit = self.journal.mirror_audit(audit) if audit is not None else None
+        if self.audit is not None:
+            self.audit.add_seal_listener(lambda seal: local.add_seal(seal.record.get("run_id"), seal.seq, seal.hash,
+                                                                     seal.record.get("job_id")))  # fmt: skip
         self._synced_at = 0.0
         self.states: list[JobState] = []
         self.refused_cards: list[RefusedCard] = []
@@ -228,6 +234,10 @@ class Runner:
         self._cards_in: dict[str, CardSeen] = {}  # the card last read in each reader (ambiguity)
         self._with_card: set[str] = set()  # readers holding a card, as the source's events said
         self._twins: dict[str, dict[int, CardSeen]] = {}  # cards seen with the same identity as a reader's card
+        # The job (or None: refused) given to the card in each reader, until it is taken out: the
+        # any-card rule shares the jobs for any card among the cards not decided yet.
+        self._decided: dict[str, JobState | None] = {}
+        self._named: tuple[set[int], set[str]] | None = None  # the serials and GUIDs the job file names
         self._workers: list[threading.Thread] = []
         self.started = jn.now_rfc3339()
         self.finished: str | None = None
@@ -270,6 +280,8 @@ class Runner:
         for run_id in abandoned:
             self.record("run_abandoned", abandoned_run_id=run_id, outcome="killed",
                         reason="the run's process ended without closing it (killed or crashed)")  # fmt: skip
+        if abandoned and self.audit is not None:
+            self.audit.settle_stamps(abandoned)  # a token the killed process was still waiting for
         self.record("validated", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
         tz, batch = self.jobfile.tz, self.jobfile.batch
@@ -382,10 +394,52 @@ class Runner:
 
     # --- matching ---
 
-    def match(self, serial: int | None, guid: str | None, seen: CardSeen | None = None
+    def match(self, serial: int | None, guid: str | None, seen: CardSeen | None = None, reader: str = ""
               ) -> tuple[JobState, None] | tuple[None, Refusal]:  # fmt: skip
-        """The job for this card, or None and why it is refused."""
+        """The job for the card in ``reader``, or None and why it is refused. The decision is kept
+        until the card is taken out: unattended, the ``any: true`` jobs are shared out among the
+        cards not decided yet by one rule (``cardpick``), whichever worker asks first."""
         seen = seen or CardSeen(serial=serial, guid=guid)
+        with self._lock:
+            self._decided.pop(reader, None)  # this card is decided (again) now
+            state, refusal = self._match(serial, seen, reader)
+            self._decided[reader] = state
+        if state is None:
+            assert refusal is not None
+            return None, refusal
+        return state, None
+
+    def _pick_any(self, reader: str, seen: CardSeen, open_states: list[JobState]) -> tuple[JobState | None, int]:
+        """Unattended: the ``any: true`` job this card takes by the rule (``cardpick.pick_cards``),
+        among the cards in view that no job names and that are not decided yet, and how many open
+        such jobs the rule gives to other cards (when this one gets none)."""
+        from provision.cardpick import pick_cards
+
+        if seen.is_token:
+            return None, 0
+        decided = [s for r, s in self._decided.items() if s is not None and r != reader and s.job.card.any]
+        in_hand = sum(1 for s in decided if s.status in (jn.PENDING, jn.IN_DOUBT, jn.IN_PROGRESS))
+        gone = {id(d) for d in decided}
+        jobs = [s for s in open_states if s.job.card.any and s.job.card.pkcs11 is None and id(s) not in gone]
+        present = set(self.source.present()) | self._with_card
+        in_doubt = {s.card_serial for s in self.states if s.status == jn.IN_DOUBT and s.card_serial is not None}
+        candidates = {r: v for r, v in self._cards_in.items()
+                      if r != reader and r in present and r not in self._decided and not self._spoken_for(v, in_doubt)}  # fmt: skip
+        candidates[reader] = seen
+        picks = pick_cards(jobs, [(r, v.serial, v.guid) for r, v in candidates.items()])
+        mine = picks.pop(reader, None)
+        return mine, len(picks) + in_hand
+
+    def _spoken_for(self, seen: CardSeen, in_doubt: set[int]) -> bool:
+        """A card that a job names (or whose interrupted load it holds, ``in_doubt``): never one for
+        an ``any: true`` job."""
+        if self._named is None:  # the job file's serials and GUIDs, once: a card costs O(1), not O(jobs)
+            self._named = ({s.job.card.serial for s in self.states if s.job.card.serial is not None},
+                           {s.job.card.guid for s in self.states if s.job.card.guid is not None})  # fmt: skip
+        serials, guids = self._named
+        return seen.is_token or seen.serial in serials or seen.guid in guids or seen.serial in in_doubt
+
+    def _match(self, serial: int | None, seen: CardSeen, reader: str) -> tuple[JobState, None] | tuple[None, Refusal]:
         with self._lock:
             open_states = [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
             for s in open_states:  # a job already started on this very card comes first
@@ -401,11 +455,18 @@ class Runner:
             for s in self.states:
                 if seen.claims(s.job.card):
                     return None, Refusal(RefusalKind.JOB_ENDED, job_id=s.job.id, holder=s.job.holder, status=s.status)
-            for s in open_states:
-                if seen.takes_any(s.job.card):
-                    if not self.options.unattended and s is not self.expected():
-                        continue
-                    return s, None
+            if self.options.unattended:
+                picked, going = self._pick_any(reader, seen, open_states)
+                if picked is not None:
+                    return picked, None
+                if going:  # the open jobs for any card go to the cards before this one in the rule's order
+                    return None, Refusal(RefusalKind.ANY_TO_OTHERS, jobfile=self.jobfile.path.name,
+                                         card=seen.describe(), taken=going)  # fmt: skip
+            else:  # a person at the station: the holder called (or next) takes whichever card is presented
+                expected_now = self.expected()
+                for s in open_states:
+                    if seen.takes_any(s.job.card) and s is expected_now:
+                        return s, None
             expected = self.expected()
             for_any = [s for s in self.states if seen.takes_any(s.job.card)]
             if for_any and all(s.status not in (jn.PENDING, jn.IN_DOUBT) for s in for_any):
@@ -477,7 +538,7 @@ class Runner:
             seen = self._in_view(reader, card.identify())
             serial, guid = seen.serial, seen.guid
             self.record("card_inserted", reader=reader, **seen.audit_fields())
-            state, refusal = self.match(serial, guid, seen)
+            state, refusal = self.match(serial, guid, seen, reader)
             if state is None:
                 assert refusal is not None
                 self.refuse_card(reader, seen, refusal, operations=card.operations)
@@ -493,6 +554,7 @@ class Runner:
                 return
             claimed = True
             with self._lock:
+                self._decided[reader] = state  # claim_job may have chosen another job for any card
                 resuming = state.status == jn.IN_DOUBT or claim.resuming
                 state.status = jn.IN_PROGRESS
                 state.card_serial = serial
@@ -557,12 +619,15 @@ class Runner:
         """``seen`` with the PIV cards read in the other readers that hold a card now (a PKCS#11 token
         lists its module's other tokens itself). Unattended, every card in a reader has its worker:
         the cards not read yet are waited for (briefly), so two cards with one serial inserted
-        together are both seen by both workers, whichever reads first."""
+        together are both seen by both workers, whichever reads first. With a person at the
+        station (one card at a time) the other cards are read here (``_read_other_cards``)."""
         with self._lock:
             self._cards_in[reader] = seen
         if seen.is_token:
             return seen
         deadline = time.monotonic() + IDENTIFY_WAIT_SECONDS
+        if self.ui.types_pins:
+            self._read_other_cards(reader, deadline)
         while True:
             # The readers holding a card: as the source says now, and as its events told the loop.
             present = set(self.source.present())
@@ -581,6 +646,40 @@ class Runner:
                     self._twins.setdefault(reader, {})[id(other)] = other
             others = {id(v): v for v in known.values() if not v.is_token} | self._twins.get(reader, {})
         return replace(seen, others=seen.others + tuple(others.values())) if others else seen
+
+    def _read_other_cards(self, reader: str, deadline: float) -> None:
+        """One card at a time (a person at the station): no worker reads the cards in the other
+        readers, so they are read here, identity only (SELECT, serial, CHUID: read-only), before this
+        card is matched: a twin put in another reader must be known before anything is written.
+        Every present card is read again (one that came and went between two events would otherwise
+        leave a stale identity); all at once, each until ``deadline``: a card that does not answer by
+        then is not waited for longer, as unattended."""
+        with self._lock:
+            others = sorted((set(self.source.present()) | self._with_card) - {reader})
+            tokens = {r for r in others if r in self._cards_in and self._cards_in[r].is_token}
+        others = [r for r in others if r not in tokens]  # tokens list their twins themselves
+        if not others:
+            return
+
+        def read(other: str) -> None:
+            try:
+                handle = self.backend.open(other)
+            except ProvisionError:
+                return
+            try:
+                found = handle.identify()
+            except ProvisionError:
+                return
+            finally:
+                handle.close()
+            with self._lock:
+                self._cards_in[other] = found
+
+        threads = [threading.Thread(target=read, args=(r,), daemon=True, name=f"identify-{r}") for r in others]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def refuse_card(self, reader: str, seen: CardSeen, refusal: Refusal, *, operations: int, **audit: Any) -> None:
         """Refuse the card in ``reader`` (read-only APDUs only): kept for the run's records, audited, said."""
@@ -676,6 +775,7 @@ class Runner:
                         self._with_card.discard(event.reader)
                         self._cards_in.pop(event.reader, None)
                         self._twins.pop(event.reader, None)
+                        self._decided.pop(event.reader, None)
                 elif event.kind == "inserted":
                     with self._lock:
                         self._with_card.add(event.reader)

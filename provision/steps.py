@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 # always; replacing (the slot holds another certificate); writing (anything to write);
 # key_missing, cert_missing, name_missing, key_history (a retired slot not yet counted);
 # adopting (the certificate and key are on the token under another label); pem, nssdb (exports);
-# rotating (the job has management_key_rotate).
+# rotating (the job has management_key_rotate); so_writes (a token job with so_pin that writes).
 When = Literal["always", "replacing", "writing", "key_missing", "cert_missing", "name_missing", "key_history",
-               "adopting", "pem", "nssdb", "rotating", "runner"]  # fmt: skip
+               "adopting", "pem", "nssdb", "rotating", "so_writes", "runner"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ PKCS11_STEPS: tuple[StepSpec, ...] = (
     StepSpec("inventory", N_("list the private keys labelled {slot_name!r}")),
     StepSpec("relabel_existing_objects", N_("if the certificate and its key are on the token under another label, "
              "label them {slot_name!r} instead of importing a second copy"), "adopting"),  # fmt: skip
+    StepSpec("so_login", N_("log in as the token's Security Officer with the job's so_pin (one C_Login, never "
+             "retried): the module creates objects only for the SO"), "so_writes"),  # fmt: skip
     StepSpec("import_key", N_("import the {algorithm} private key labelled {slot_name!r}"), "key_missing"),
     StepSpec("write_public_key", N_("create its public key object"), "key_missing"),
     StepSpec("write_certificate", N_("create the certificate object labelled {slot_name!r}"), "cert_missing"),
@@ -113,7 +115,13 @@ def in_plan(spec: StepSpec, job: Job) -> bool:
         return job.slot.is_retired
     if spec.when == "rotating":
         return job.management_key_rotate is not None
+    if spec.when == "so_writes":
+        return _so_pin_given(job)
     return True
+
+
+def _so_pin_given(job: Job) -> bool:
+    return job.card.pkcs11 is not None and job.card.pkcs11.so_pin is not None
 
 
 def declared_actions(job: Job) -> frozenset[str]:
@@ -196,6 +204,8 @@ def applies(spec: StepSpec, job: Job, state: CardState) -> bool:
             return job.export.nssdb is not None
         case "rotating":
             return job.management_key_rotate is not None
+        case "so_writes":
+            return _so_pin_given(job) and state.writing and not state.adopting
     return False  # "runner": not the loader's
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import json
 import logging
 import logging.handlers
 import os
@@ -23,6 +24,7 @@ from provision.audit.records import (
     DELETED,
     EVENT_SEAL,
     EVENT_TAIL_ACCEPTED,
+    EVENT_TIMESTAMP_FAILED,
     GENESIS,
     MAC_MARK,
     MAC_NAME,
@@ -41,6 +43,7 @@ from provision.audit.records import (
     encode_line,
     host_name,
     inspect_line,
+    kept_stamp_hashes,
     operator_name,
     os_user,
     read_anchor,
@@ -210,6 +213,7 @@ class AuditLog:
         self._lock = _FileLock(self.path.with_name(f".{self.path.name}.lock"))
         self._syslog: SyslogHandler | None = None
         self._syslog_all = False
+        self._seal_listeners: list[Callable[[AuditRecord], None]] = []
         if syslog is not None:
             self._open_syslog(syslog)
 
@@ -263,11 +267,20 @@ class AuditLog:
         self._forward(written)
         if sealed is not None:
             self._forward(sealed)
+        for record in (written, sealed):
+            if record is not None and record.event == EVENT_SEAL:
+                for listener in self._seal_listeners:
+                    listener(record)
         if self.timestamp_url is not None:  # after the lock: a TSA's round trip never holds up other writers
             for record in (written, sealed):
                 if record is not None and record.event == EVENT_SEAL:
                     self._stamp(record)
         return written
+
+    def add_seal_listener(self, listener: Callable[[AuditRecord], None]) -> None:
+        """Call ``listener`` with every seal written from now on (after the lock: the runner keeps
+        each one in its journal)."""
+        self._seal_listeners.append(listener)
 
     def seal(self, **fields: Any) -> str:
         """Append a ``seal`` event and return its hash, the chain's new last hash.
@@ -458,6 +471,10 @@ class AuditLog:
         """A ``seal`` record (under the lock), then the same seal appended to the anchor, fsynced."""
         if self.anchor is not None:
             clean["anchored"] = True  # under the hash: verify --anchor then misses no anchored seal
+        if self.timestamp_url is not None:
+            # Under the hash too: verify then knows a token (or a timestamp_failed record) must
+            # exist for this seal, so deleting audit-timestamps.jsonl does not go unseen.
+            clean["timestamp_requested"] = True
         written = self._write(EVENT_SEAL, clean, tail, allow_rotation=False)
         if self.anchor is not None:
             self._anchor_write(written)
@@ -490,21 +507,86 @@ class AuditLog:
         assert self.timestamp_url is not None
         try:
             stamp = request_stamp(self.timestamp_url, seal.hash)
+            entry = {"seq": seal.seq, "hash": seal.hash, "gen_time": rfc3339(stamp.gen_time), "tsa": stamp.tsa,
+                     "token": base64.b64encode(stamp.token).decode("ascii")}  # fmt: skip
+            self._keep_stamp(entry)
         except ProvisionError as exc:
+            # The seal says a token was asked for: the log itself now says why there is none.
             self.timestamp_failures += 1
-            self.append("timestamp_failed", tsa=self.timestamp_url, seal_seq=seal.seq, error=exc.message,
+            self.append(EVENT_TIMESTAMP_FAILED, tsa=self.timestamp_url, seal_seq=seal.seq, error=exc.message,
                         outcome="failed")  # fmt: skip
-            return
-        entry = {"seq": seal.seq, "hash": seal.hash, "gen_time": rfc3339(stamp.gen_time), "tsa": stamp.tsa,
-                 "token": base64.b64encode(stamp.token).decode("ascii")}  # fmt: skip
+        except KeyboardInterrupt:  # a person stopped the run while the TSA was being asked
+            self.timestamp_failures += 1
+            self.append(EVENT_TIMESTAMP_FAILED, tsa=self.timestamp_url, seal_seq=seal.seq, outcome="failed",
+                        error="the run was interrupted before the time-stamp authority answered")  # fmt: skip
+            raise
+
+    def settle_stamps(self, run_ids: Iterable[str]) -> int:
+        """For runs killed outright (``run_ids``, from the journal): the seals at the end of each run
+        that were sent to a TSA and have neither a token nor a ``timestamp_failed`` record (the
+        process died while waiting) get that record now, so ``verify`` does not fail on a token
+        that never came. Only the run's trailing seals: a seal before one whose token was kept is
+        not excused. Returns how many were recorded."""
+        wanted = {r for r in run_ids if r}
+        if not wanted:
+            return 0
+        kept = _kept_stamp_hashes(self.path.with_name(TIMESTAMPS_NAME))
+        trailing: dict[str, list[int]] = {r: [] for r in wanted}
+        failed: set[int] = set()
+        marks = [r.encode("utf-8") for r in wanted]
+        for path in chain_files(self.path):
+            with open(path, "rb") as handle:
+                for raw in handle:
+                    if not any(mark in raw for mark in marks) and b'"timestamp_failed"' not in raw:
+                        continue
+                    try:
+                        record = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if not isinstance(record, dict):
+                        continue
+                    if record.get("event") == EVENT_TIMESTAMP_FAILED and isinstance(record.get("seal_seq"), int):
+                        failed.add(record["seal_seq"])
+                    elif record.get("event") == EVENT_SEAL and record.get("run_id") in wanted:
+                        seals = trailing[record["run_id"]]
+                        if record.get("hash") in kept:
+                            seals.clear()  # a token came after the earlier ones: those are not excused
+                        elif record.get("timestamp_requested") is True and isinstance(record.get("seq"), int):
+                            seals.append(record["seq"])
+        count = 0
+        for run_id in sorted(wanted):
+            for seq in trailing[run_id]:
+                if seq in failed:
+                    continue
+                self.append(EVENT_TIMESTAMP_FAILED, run_id=run_id, tsa=self.timestamp_url, seal_seq=seq, outcome="failed",
+                            error="no token was kept: the run was killed before the time-stamp authority answered")  # fmt: skip
+                count += 1
+        return count
+
+    def _keep_stamp(self, entry: dict[str, Any]) -> None:
+        """Append one token to audit-timestamps.jsonl, fsynced, never through a planted link."""
         target = self.path.with_name(TIMESTAMPS_NAME)
         with self._lock:
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
             try:
-                _write_all(fd, canonical(entry) + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                created = not target.exists()
+                fd = open_nofollow(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+                try:
+                    before = os.fstat(fd).st_size
+                    try:
+                        _write_all(fd, canonical(entry) + b"\n")
+                        os.fsync(fd)
+                    except OSError:
+                        with contextlib.suppress(OSError):  # whole lines only, as in the log
+                            os.ftruncate(fd, before)
+                        raise
+                finally:
+                    os.close(fd)
+                if created:
+                    fsync_dir(target.parent)
+            except OSError as exc:
+                raise RecordsError(
+                    msg("the time-stamp token of seal seq {seq} cannot be kept in {path} ({reason})", seq=entry["seq"], path=target, reason=exc.strerror or exc)
+                ) from None
 
     def _should_rotate(self, tail: _Tail, now: datetime) -> bool:
         try:
@@ -636,6 +718,16 @@ class AuditLog:
             }
         )
         self._syslog.handle(log_record)
+
+
+def _kept_stamp_hashes(path: Path) -> set[str]:
+    """The seal hashes audit-timestamps.jsonl holds a token for (none when it cannot be read)."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as handle:
+            return kept_stamp_hashes(handle.read())
+    except (OSError, ProvisionError):
+        return set()
 
 
 def _read_last_line(path: Path) -> tuple[bytes, int]:

@@ -40,6 +40,8 @@ KEY_REQUIRED = "key-required"
 MAC_MISSING = "mac-missing"
 ANCHOR_MISMATCH = "anchor-mismatch"
 TIMESTAMP_INVALID = "timestamp-invalid"
+TIMESTAMP_MISSING = "timestamp-missing"  # a seal asked a TSA for a token that is not kept, and no failure says why
+EVENT_TIMESTAMP_FAILED = "timestamp_failed"
 PROBLEMS = (
     MODIFIED,
     DELETED,
@@ -52,6 +54,7 @@ PROBLEMS = (
     MAC_MISSING,
     ANCHOR_MISMATCH,
     TIMESTAMP_INVALID,
+    TIMESTAMP_MISSING,
 )
 
 # Set by the log itself; a caller's field of the same name would forge the chain.
@@ -289,6 +292,20 @@ class AnchorEntry:
 
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def kept_stamp_hashes(data: bytes) -> set[str]:
+    """The seal hashes that the bytes of audit-timestamps.jsonl hold a token for (read, not
+    checked: ``verify --timestamps`` checks the tokens). A line that is not an entry keeps none."""
+    kept: set[str] = set()
+    for raw in data.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("hash"), str) and entry.get("token"):
+            kept.add(entry["hash"])
+    return kept
 
 
 def read_anchor(path: Path | str) -> list[AnchorEntry]:

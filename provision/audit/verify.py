@@ -7,6 +7,7 @@ import base64
 import functools
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from provision.audit.records import (
     DELETED,
     EVENT_SEAL,
     EVENT_TAIL_ACCEPTED,
+    EVENT_TIMESTAMP_FAILED,
     GENESIS,
     HASH_KEY,
     HEX64,
@@ -32,6 +34,7 @@ from provision.audit.records import (
     REORDERED,
     SEAL_MISMATCH,
     TIMESTAMP_INVALID,
+    TIMESTAMP_MISSING,
     TIMESTAMPS_NAME,
     TRUNCATED,
     AnchorEntry,
@@ -40,18 +43,21 @@ from provision.audit.records import (
     chain_files,
     held_seal,
     inspect_line,
+    kept_stamp_hashes,
     read_anchor,
     region_digest,
     rfc3339,
 )
 from provision.errors import AuditError, UsageError
 from provision.i18n import msg
+from provision.logsdir import open_nofollow
 from provision.secrets import Secret
 
 _SUFFIX = len(HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
 _PREV_KEY = b'"prev":"'
 _SEQ_RE = re.compile(rb'"seq":(0|[1-9][0-9]{0,17})[,}]')
 _MAC_KEY = b'"mac":"'
+_HELD = "you hold (--seal)"  # where a seal comes from, in the sentence that names it missing
 _ACCEPT_LOOKAHEAD = 10_000  # lines after a damaged region in which verify looks for its acceptance
 
 
@@ -140,13 +146,15 @@ class _Verifier:
         self.has_key = key is not None
         # where each seal comes from, for the sentence that names a missing one
         self.seals = {s.strip().lower(): "from the journal" for s in seals if s and s.strip()}
-        self.seals.update({s: "you hold (--seal)" for s in held})
+        self.seals.update({s: _HELD for s in held})
         self.found: set[str] = set()
         self.anchor = anchor or []
         self.anchor_path = anchor_path
         self.anchored = {(e.seq, e.hash) for e in self.anchor}
         self.anchor_found: set[tuple[int, str]] = set()
         self.anchored_seals_in_log: list[tuple[int, str]] = []  # (seq, hash) of seals that say they were anchored
+        self.stamp_requested: list[tuple[int, str]] = []  # (seq, hash) of seals sent to a time-stamp authority
+        self.stamp_failed: set[int] = set()  # seqs of seals whose timestamp_failed record says why no token
         self.excused: set[str] = set()  # seals of a deleted log, listed by an operator's acceptance
         self.single_file = single_file
         self.prev = GENESIS.encode("ascii")
@@ -193,9 +201,41 @@ class _Verifier:
             and _top_level(body, "event") == EVENT_SEAL
         ):
             self.anchored_seals_in_log.append((self.seq, claimed.decode("ascii")))
+        if b'"timestamp_requested":true' in body or b'"event":"timestamp_failed"' in body:
+            self._note_stamp(body, claimed.decode("ascii"))
         if b'"lost_seals":' in body:
             self._note_lost(json.loads(body))
         return True
+
+    def _note_stamp(self, body: bytes, digest: str) -> None:
+        """A seal sent to a time-stamp authority, or a record saying that request failed."""
+        try:
+            record = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(record, dict):
+            return
+        if record.get("event") == EVENT_SEAL and record.get("timestamp_requested") is True:
+            self.stamp_requested.append((self.seq, digest))
+        elif record.get("event") == EVENT_TIMESTAMP_FAILED and isinstance(record.get("seal_seq"), int):
+            self.stamp_failed.add(record["seal_seq"])
+
+    def check_stamps_kept(self, kept: set[str], stamps_path: Path) -> None:
+        """Every seal the log sent to a TSA has its token in ``kept`` (the hashes in
+        audit-timestamps.jsonl), unless the log records that the request failed."""
+        missing = [(seq, digest) for seq, digest in self.stamp_requested
+                   if digest not in kept and seq not in self.stamp_failed and digest not in self.excused]  # fmt: skip
+        if not missing:
+            return
+        seq = missing[0][0]
+        path, lineno = self._locate(seq)
+        raise _Failure(
+            TIMESTAMP_MISSING,
+            stamps_path,
+            lineno,
+            msg("{n} of the {total} seal(s) that the log says were sent to a time-stamp authority have no token in {name} and no record of a failed request (the first: seal seq {seq}, {path} line {lineno}): the time-stamps were deleted, emptied, truncated or rolled back",
+                n=len(missing), total=len(self.stamp_requested), name=stamps_path, seq=seq, path=path, lineno=lineno),
+        )  # fmt: skip
 
     def _note_lost(self, record: Mapping[str, Any]) -> None:
         """An operator accepted a lost or damaged log: the seals it names are excused, and said so."""
@@ -233,7 +273,9 @@ class _Verifier:
                     skip_to = self._explain(fi, lineno)
             last_path, last_line = path, lineno
         self._check_anchor(last_path, last_line)
-        missing = sorted(s for s in self.seals if s not in self.found and s not in self.excused)
+        # A seal the auditor holds is named first: it is the one asked about (the journal may lack more).
+        missing = sorted((s for s in self.seals if s not in self.found and s not in self.excused),
+                         key=lambda s: (self.seals[s] != _HELD, s))  # fmt: skip
         if missing:
             origin = self.seals[missing[0]]
             where = (
@@ -529,17 +571,37 @@ def _top_level(body: bytes, name: str) -> Any:
     return record.get(name) if isinstance(record, dict) else None
 
 
+def _stamps_path(logs: Path) -> Path:
+    return (logs if logs.is_dir() else logs.parent) / TIMESTAMPS_NAME
+
+
+def _read_stamps(path: Path) -> bytes | None:
+    """The bytes of audit-timestamps.jsonl (None: there is no such file); a link there is refused."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
+
+
+def _kept_stamps(logs: Path) -> set[str]:
+    return kept_stamp_hashes(_read_stamps(_stamps_path(logs)) or b"")
+
+
 def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str] | VerifyResult:
     """(the seals with a valid RFC 3161 token, a sentence), or the failed VerifyResult."""
     from provision.timestamp import check_stamp
 
-    path = (logs if logs.is_dir() else logs.parent) / TIMESTAMPS_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(msg('there are no time-stamps in {parent} ({name} is missing)', parent=path.parent, name=TIMESTAMPS_NAME)) from None
-    except OSError as exc:
-        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
+    path = _stamps_path(logs)
+    data = _read_stamps(path)
+    if data is None:
+        return [], ""
     seals: list[str] = []
     last = ""
     for n, raw in enumerate(data.splitlines(), start=1):
@@ -588,6 +650,7 @@ def verify(
     held = [held_seal(s) for s in held]
     seals = list(seals)
     stamped: list[str] = []
+    stamp_note = ""
     if timestamps:
         stamped_or_failure = _check_timestamps(Path(path_or_dir), list(tsa_certs))
         if isinstance(stamped_or_failure, VerifyResult):
@@ -618,7 +681,12 @@ def verify(
     verifier.seals.update({s: "time-stamped by a TSA" for s in stamped if s not in verifier.seals})
     try:
         result = verifier.run()
+        stamps_path = _stamps_path(Path(path_or_dir))
+        if verifier.stamp_requested:
+            verifier.check_stamps_kept(set(stamped) if timestamps else _kept_stamps(Path(path_or_dir)), stamps_path)
         if timestamps:
+            if not stamp_note:  # no file, and no seal of the log says there should be one
+                raise UsageError(msg('there are no time-stamps in {parent} ({name} is missing)', parent=stamps_path.parent, name=TIMESTAMPS_NAME))
             result.message += f"; {stamp_note}"
         return result
     except _Failure as failure:

@@ -31,6 +31,7 @@ from provision.errors import (
     CardError,
     CardNotSupportedError,
     JobRefused,
+    ManagementKeyError,
     OperatorDeclined,
     PinError,
     PinHeldError,
@@ -60,11 +61,16 @@ class Found:
     public_keys: list[Any] = field(default_factory=list)  # (object, CKA_ID)
     private_keys: list[Any] = field(default_factory=list)  # (object, CKA_ID)
     private_seen: bool = False  # after login: private objects are listed too
+    fixed_place: bool = False  # found by a fixed CKA_ID (the job's object_id), not by the slot name
 
     def ours(self, der: bytes, cka_id: bytes) -> tuple[bool, bool, bool]:
         cert = any(d == der and i == cka_id for _, d, i in self.certificates)
         pub = any(i == cka_id for _, i in self.public_keys)
         key = any(i == cka_id for _, i in self.private_keys)
+        if self.fixed_place:
+            # In a fixed place the id says where, not which key: a key there is this job's only
+            # beside this job's certificate (and the test signature proves it); otherwise the old one.
+            pub, key = pub and cert, key and cert
         return cert, pub, key
 
     def replaced(self, der: bytes, cka_id: bytes) -> list[tuple[str, Any, bytes | None]]:
@@ -87,7 +93,7 @@ class TokenHandle(Protocol):
 
     def seen_now(self) -> CardSeen: ...
 
-    def open_session(self, *, user_pin: Any = None) -> Any: ...
+    def open_session(self, *, user_pin: Any = None, so_pin: Any = None) -> Any: ...
 
 
 class Pkcs11Loader:
@@ -103,6 +109,9 @@ class Pkcs11Loader:
         self.result = LoadResult(status=jn.IN_PROGRESS, card_serial=None, fingerprint_sha256=self.sha256,
                                  not_after=self.certificate.not_valid_after_utc.isoformat().replace("+00:00", "Z"))  # fmt: skip
         self.cka_id = b""
+        target = self.job.card.pkcs11
+        self.object_id = target.object_id if target is not None else None  # a fixed place (ykcs11's slots)
+        self.so_pin_source = target.so_pin if target is not None else None
         self.session: Any = None  # logged in after verify_pin
         self._pin: Secret | None = None
         self._handled: set[str] = set()  # replaced certificates already archived, refused or noted
@@ -125,7 +134,7 @@ class Pkcs11Loader:
             why = objects.supported(self.ctx.bundle.key)
             if why is not None:
                 raise JobRefused(why)
-            self.cka_id = objects.key_id(self.certificate.public_key())
+            self.cka_id = self.object_id or objects.key_id(self.certificate.public_key())
             found = self.preflight()
             cert_ours = found.ours(self.der, self.cka_id)[0]
             if self.job.renew is not None and not cert_ours and not self.ctx.resuming:
@@ -140,7 +149,7 @@ class Pkcs11Loader:
             done = cert_on and key_on and not found.replaced(self.der, self.cka_id)
             if done and not self.ctx.resuming:
                 return self.skip()
-            if not (done or cert_on or key_on or found.replaced(self.der, self.cka_id)):
+            if self.object_id is None and not (done or cert_on or key_on or found.replaced(self.der, self.cka_id)):
                 elsewhere = self.find_under_other_label()
                 if elsewhere is not None:
                     return self.adopt(*elsewhere)
@@ -148,10 +157,12 @@ class Pkcs11Loader:
                 self.check_writable()
                 self.check_identity()
                 self.handle_replaced_certificates(found)  # a certificate only visible after login
+                self.log_in_as_so()
                 self.import_key(key_on)
                 self.write_public_key(pub_on)
                 self.write_certificate(cert_on)
                 self.delete_replaced(found)
+                self.log_in_as_user_again()
             self.verify_load()
             self.commit()
             self.exports()
@@ -163,14 +174,15 @@ class Pkcs11Loader:
     def _list(self, session: Any, cls: Any) -> list[Any]:
         from pkcs11 import Attribute
 
+        where = {Attribute.ID: self.object_id} if self.object_id is not None else {Attribute.LABEL: self.label}
         with p11_errors(msg('listing the objects labelled {label!r}', label=self.label)):
             self.token.calls += 1
-            return list(session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: self.label}))
+            return list(session.get_objects({Attribute.CLASS: cls, **where}))
 
     def _read(self, session: Any, logged_in: bool) -> Found:
         from pkcs11 import Attribute, ObjectClass
 
-        found = Found(private_seen=logged_in)
+        found = Found(private_seen=logged_in, fixed_place=self.object_id is not None)
         with p11_errors(msg('reading attributes')):
             for obj in self._list(session, ObjectClass.CERTIFICATE):
                 found.certificates.append((obj, bytes(obj[Attribute.VALUE]), bytes(obj[Attribute.ID])))
@@ -482,6 +494,47 @@ class Pkcs11Loader:
                 unfinished = False
         return unfinished
 
+    def log_in_as_so(self) -> None:
+        """For a module that creates objects only for the Security Officer (the job's ``so_pin``;
+        ykcs11: the PIV management key): the user's session ends and an SO session writes. One
+        C_Login with the SO PIN; a refusal ends the job with nothing written, never retried."""
+        if self.so_pin_source is None:
+            return
+        import pkcs11
+
+        so_pin = obtain(self.so_pin_source, unattended=self.ctx.unattended)
+        try:
+            with self.step("so_login") as info:
+                with p11_errors(msg("ending the user's session")):
+                    self.token.calls += 1
+                    self.session.close()
+                try:
+                    self.session = self.token.open_session(so_pin=so_pin.reveal().decode("utf-8"))
+                except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange, pkcs11.PinLocked) as exc:
+                    ckr = pins.ckr_name(type(exc).__name__)
+                    self.audit("so_login", outcome="refused", error=ckr)
+                    raise ManagementKeyError(msg("the token refused the SO PIN ({ckr}); nothing was written and it was not tried again. Check the job's so_pin (through ykcs11 it is the card's PIV management key in hex; ykcs11 before 2.3 knows only 3DES management keys, and a YubiKey 5.7 or later comes with an AES-192 one)", ckr=ckr)) from None  # fmt: skip
+                except pkcs11.PKCS11Error:
+                    with p11_errors(msg('logging in as the Security Officer')):
+                        raise
+                info["logged_in"] = "so"
+                self.audit("so_login", outcome="ok")
+        finally:
+            so_pin.wipe()
+
+    def log_in_as_user_again(self) -> None:
+        """After the SO's writes, the test signature is the user's: the SO session ends and the PIN
+        this job already had accepted logs the user in again."""
+        if self.so_pin_source is None:
+            return
+        import pkcs11
+
+        with p11_errors(msg('logging in again after the writes')):
+            self.token.calls += 2
+            self.session.close()
+            pin = self._pin.reveal().decode("utf-8") if self._pin is not None else pkcs11.PROTECTED_AUTH
+            self.session = self.token.open_session(user_pin=pin)
+
     def _create(self, what: Msg, template: dict[Any, Any]) -> None:
         with p11_errors(what):
             self.token.calls += 1
@@ -491,9 +544,24 @@ class Pkcs11Loader:
         if on_token:
             self.result.notes.append(msg("the key was already on the token"))
             return
-        with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name):
+        import pkcs11
+
+        with self.step("import_key", algorithm=self.ctx.bundle.algorithm.name) as info:
             subject = self.certificate.subject.public_bytes()
-            self._create(msg("creating the private key"), objects.private_key_template(self.ctx.bundle.key, self.label, self.cka_id, subject))
+            template = objects.private_key_template(self.ctx.bundle.key, self.label, self.cka_id, subject)
+            try:
+                self.token.calls += 1
+                self.session.create_object(template)
+                info["template"] = "full"
+            except pkcs11.AttributeTypeInvalid:
+                # Some modules take only the attributes they need (ykcs11: the CRT parts or the EC
+                # scalar, no usage flags); an attribute it does not know means nothing was created.
+                minimal = objects.private_key_template(self.ctx.bundle.key, self.label, self.cka_id, subject, minimal=True)
+                self._create(msg("creating the private key"), minimal)
+                info["template"] = "minimal"
+            except pkcs11.PKCS11Error:
+                with p11_errors(msg("creating the private key")):
+                    raise
             self.audit("key_imported", algorithm=self.ctx.bundle.algorithm.name, cka_id=self.cka_id.hex())
 
     def write_public_key(self, on_token: bool) -> None:
@@ -523,6 +591,8 @@ class Pkcs11Loader:
 
     def delete_replaced(self, found: Found) -> None:
         for kind, obj, der in found.replaced(self.der, self.cka_id):
+            if found.fixed_place:
+                continue  # the same place was written over: deleting it would delete the new object
             detail: dict[str, Any] = {"sha256": hashlib.sha256(der).hexdigest()} if der else {}
             with self.step(f"delete_replaced_{kind}", **detail):
                 with p11_errors(msg('deleting a replaced object ({kind})', kind=kind)):
@@ -531,6 +601,7 @@ class Pkcs11Loader:
                 self.audit("replaced_object_deleted", kind=kind, **detail)
 
     def verify_load(self) -> None:
+        from pkcs11 import Attribute
 
         with self.step("verify_load") as info:
             found = self._read(self.session, logged_in=True)
@@ -545,8 +616,11 @@ class Pkcs11Loader:
             key = next(o for o, i in found.private_keys if i == self.cka_id)
             mechanism = self._test_signature(key)
             info.update(test_signature="verified", test_signature_mechanism=mechanism, cka_id=self.cka_id.hex())
-            self.result.slot_name_on_card = True
+            label = _attribute(key, Attribute.LABEL)
+            self.result.slot_name_on_card = label is None or str(label) == self.label
             self.result.notes.append(msg("test signature verified with {mechanism}", mechanism=mechanism))
+            if not self.result.slot_name_on_card:
+                self.result.notes.append(msg("the module keeps its own labels ({label!r}), so the slot name is kept by provision only", label=str(label)))
             self.audit("verified", outcome="ok", mechanism=mechanism)
 
     def _test_signature(self, key: Any) -> str:

@@ -73,16 +73,26 @@ def key_id(public_key: Any) -> bytes:
     raise ValueError(f"no CKA_ID rule for {type(public_key).__name__}")
 
 
-def private_key_template(private_key: Any, label: str, cka_id: bytes, subject: bytes) -> dict[Any, Any]:
+def private_key_template(private_key: Any, label: str, cka_id: bytes, subject: bytes, *,
+                         minimal: bool = False) -> dict[Any, Any]:  # fmt: skip
+    """The private key object. ``minimal``: only what a module needs to make the key (no usage
+    flags, RSA by its CRT parts without the modulus and private exponent), for modules that refuse
+    attributes they do not know (Yubico's ykcs11 2.2: ``objects.c`` ``check_create_rsa_key``)."""
     from pkcs11 import Attribute, KeyType, ObjectClass
 
     common: dict[Any, Any] = {
-        Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: True, Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True,
+        Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: True, Attribute.SENSITIVE: True,
         Attribute.LABEL: label, Attribute.ID: cka_id, Attribute.SUBJECT: subject,
     }  # fmt: skip
+    if not minimal:
+        common.update({Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True})
     if isinstance(private_key, rsa.RSAPrivateKey):
         n = private_key.private_numbers()
+        if minimal:
+            return {**common, Attribute.KEY_TYPE: KeyType.RSA,
+                    Attribute.PUBLIC_EXPONENT: _unsigned(n.public_numbers.e), Attribute.PRIME_1: _unsigned(n.p),
+                    Attribute.PRIME_2: _unsigned(n.q), Attribute.EXPONENT_1: _unsigned(n.dmp1),
+                    Attribute.EXPONENT_2: _unsigned(n.dmq1), Attribute.COEFFICIENT: _unsigned(n.iqmp)}  # fmt: skip
         return {**common, Attribute.KEY_TYPE: KeyType.RSA, Attribute.DECRYPT: True, Attribute.UNWRAP: True,
                 Attribute.MODULUS: _unsigned(n.public_numbers.n),
                 Attribute.PUBLIC_EXPONENT: _unsigned(n.public_numbers.e),
@@ -91,7 +101,9 @@ def private_key_template(private_key: Any, label: str, cka_id: bytes, subject: b
                 Attribute.EXPONENT_2: _unsigned(n.dmq1), Attribute.COEFFICIENT: _unsigned(n.iqmp)}  # fmt: skip
     assert isinstance(private_key, ec.EllipticCurvePrivateKey)
     size = (private_key.curve.key_size + 7) // 8
-    return {**common, Attribute.KEY_TYPE: KeyType.EC, Attribute.DERIVE: True,
+    if not minimal:
+        common[Attribute.DERIVE] = True
+    return {**common, Attribute.KEY_TYPE: KeyType.EC,
             Attribute.EC_PARAMS: EC_PARAMS[private_key.curve.name],
             Attribute.VALUE: private_key.private_numbers().private_value.to_bytes(size, "big")}  # fmt: skip
 

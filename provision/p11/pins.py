@@ -26,6 +26,11 @@ _CKR = {"PinIncorrect": "CKR_PIN_INCORRECT", "PinLocked": "CKR_PIN_LOCKED", "Pin
         "UserPinNotInitialized": "CKR_USER_PIN_NOT_INITIALIZED"}  # fmt: skip
 
 
+def ckr_name(error: str) -> str:
+    """The PKCS#11 return value a python-pkcs11 exception class (by name) stands for."""
+    return _CKR.get(error, error)
+
+
 @dataclass(frozen=True)
 class PinFlags:
     count_low: bool

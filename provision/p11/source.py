@@ -91,11 +91,12 @@ class Pkcs11Token:
         token = self.token()
         return CardSeen(module=self.module.path, token_serial=_text(token.serial), token_label=_text(token.label))
 
-    def open_session(self, *, user_pin: Any = None) -> Any:
-        """A read-write session; with ``user_pin`` also ``C_Login`` (PKCS#11 errors pass through)."""
+    def open_session(self, *, user_pin: Any = None, so_pin: Any = None) -> Any:
+        """A read-write session; with ``user_pin`` (or ``so_pin``) also ``C_Login`` as the user (or
+        the Security Officer). PKCS#11 errors pass through."""
         token = self.token()
-        self.calls += 2 if user_pin is not None else 1
-        session = token.open(rw=True, user_pin=user_pin)
+        self.calls += 2 if user_pin is not None or so_pin is not None else 1
+        session = token.open(rw=True, so_pin=so_pin) if so_pin is not None else token.open(rw=True, user_pin=user_pin)
         self._sessions.append(session)
         return session
 

@@ -68,6 +68,13 @@ YUBIKEY5_NFC_ATR = bytes.fromhex("3B8D80018073C021C057597562694B6579F9")
 ATR_NAMES = {"usb": YUBIKEY5_ATR, "nfc": YUBIKEY5_NFC_ATR}
 
 PIV_AID = bytes.fromhex("A000000308000010000100")  # RID A000000308, PIX 00001000 0100
+# The YubiKey's OTP application over CCID (yubikit AID.OTP). Its API request 01 with slot 10 answers
+# the serial: how a YubiKey NEO/4 gives it (its PIV application has no F8 before firmware 5), and
+# what yubico-piv-tool/ykcs11 ask below firmware 5 (lib/ykpiv.c: _ykpiv_get_serial). Simulated
+# below firmware 5 only.
+OTP_AID = bytes.fromhex("A0000005272001")
+INS_OTP_API = 0x01
+OTP_SLOT_DEVICE_SERIAL = 0x10
 PIV_RID = PIV_AID[:5]
 PIV_PIX = PIV_AID[5:]
 
@@ -437,6 +444,7 @@ class SimCard:
         self._key_cache: dict[bytes, PrivateKey] = {}
         self._wrote = False
         self._selected = False
+        self._otp_selected = False  # the OTP application is selected (YubiKey profile)
         self._pin_verified = False
         self._pin_always_ready = False  # the previous complete command was a good VERIFY
         self._always_window = False  # ... as seen by the command being processed
@@ -530,6 +538,7 @@ class SimCard:
 
     def _reset_security(self) -> None:
         self._selected = False
+        self._otp_selected = False
         self._pin_verified = False
         self._pin_always_ready = False
         self._always_window = False
@@ -607,6 +616,8 @@ class SimCard:
         full = Command(cmd.cla, cmd.ins, cmd.p1, cmd.p2, data, cmd.lc, cmd.le, cmd.extended)
         if cmd.ins == INS_SELECT:
             return self._respond(self._select(full), full)
+        if self._otp_selected:
+            return self._respond(self._otp_request(full), full)
         if not self._selected:
             raise _Status(SW_INS_NOT_SUPPORTED)
         handler = self._handlers().get(cmd.ins)
@@ -673,6 +684,14 @@ class SimCard:
         if cmd.p1 != 0x04 or cmd.p2 not in (0x00, 0x0C):
             raise _Status(SW_WRONG_P1P2)
         aid = cmd.data
+        # Only below firmware 5, where peers need it for the serial: on a 5.x key ykman would go on
+        # to read the OTP configuration, which the simulator does not model (it answers 6A82 there).
+        if (self.options.is_yubikey and self.options.firmware < (5, 0, 0) and len(aid) >= len(OTP_AID)
+                and aid.startswith(OTP_AID)):  # fmt: skip
+            self._reset_security()  # PIV is no longer selected: its security status is gone
+            self._otp_selected = True
+            # the OTP status: firmware, programming sequence, touch level (no slot programmed)
+            return bytes(self.options.firmware) + b"\x00\x00\x00"
         if len(aid) < len(PIV_RID) or not PIV_AID.startswith(aid):
             raise _Status(SW_NOT_FOUND)  # the current selection stays as it was
         # (Re)selecting PIV drops the security status, as on real cards (OpenSC avoids reselecting
@@ -699,6 +718,14 @@ class SimCard:
                 + tlv.encode(0x50, b"Provision Sim PIV")
             )
         return tlv.encode(0x61, body + tlv.encode(0xAC, algorithms_ac))
+
+    def _otp_request(self, cmd: Command) -> bytes:
+        """The OTP application: only the serial request (API request 01, slot 10)."""
+        if cmd.ins != INS_OTP_API:
+            raise _Status(SW_INS_NOT_SUPPORTED)
+        if cmd.p1 != OTP_SLOT_DEVICE_SERIAL or cmd.p2 != 0:
+            raise _Status(SW_WRONG_P1P2)
+        return self.options.serial.to_bytes(4, "big")
 
     def _version(self, cmd: Command) -> bytes:
         self._require_p1p2(cmd, 0, 0)

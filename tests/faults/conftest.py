@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,34 @@ def card_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Card state files live outside tmp_path: a card's EEPROM holds its PIN, which the canary
     search of tmp_path would (rightly) find."""
     return tmp_path_factory.mktemp("cards")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A directory on a read-only file system, for root too (mode bits do not stop root): a tmpfs
+    remounted read-only, or else an immutable directory (chattr +i). Yields it and a function that
+    makes it read-only (the test may populate it first)."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                             capture_output=True, check=False).returncode == 0  # fmt: skip
+    if mounted:
+        def freeze() -> None:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
+
+        try:
+            yield where, freeze
+        finally:
+            subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+        return
+    if shutil.which("chattr") is None:
+        require("neither a tmpfs mount nor chattr is available to make a read-only directory", "read-only case")
+
+    def freeze_immutable() -> None:
+        if subprocess.run(["chattr", "-R", "+i", str(where)], capture_output=True, check=False).returncode != 0:
+            require("this file system does not support chattr +i", "read-only case")
+
+    try:
+        yield where, freeze_immutable
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(where)], check=False, capture_output=True)

@@ -34,7 +34,8 @@ def ca() -> fixtures.Issuer:
 class Batch:
     """A job file of two simulated cards, keyed and anchored, and the runs made of it."""
 
-    def __init__(self, tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer, *, key: bool = True) -> None:
+    def __init__(self, tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer, *, key: bool = True,
+                 holders: tuple[str, ...] = HOLDERS) -> None:  # fmt: skip
         self.tmp, self.cli = tmp_path, cli
         self.logs = tmp_path / "logs"
         self.anchor = tmp_path / "witness" / "seals.jsonl"  # "other storage": outside logs/
@@ -43,7 +44,7 @@ class Batch:
         now = datetime.now(UTC)
         canaries.write_secret_file(tmp_path / "p12.pass", canaries.pkcs12_password)
         cards = ""
-        for i, cn in enumerate(HOLDERS):
+        for i, cn in enumerate(holders):
             data = fixtures.holder_p12(ca, cn, canaries.pkcs12_password, key_type="p256",
                                        not_before=now - timedelta(days=1), not_after=now + timedelta(days=365))  # fmt: skip
             (tmp_path / f"h{i}.p12").write_bytes(data)
@@ -324,3 +325,263 @@ def test_time_stamped_seals_catch_a_rewritten_log(tmp_path: Path, cli: CLI, cana
     made.log.write_bytes(rechain_plain(made.lines()))
     made.journal.unlink()
     failed(made.verify("--timestamps", anchor=False, key=False), "time-stamped by a TSA")
+
+
+# ----------------------------------------------------------------------------------------------
+# the time-stamp tokens beside the log (audit-timestamps.jsonl)
+
+
+class Stamped(Batch):
+    """The batch, its seals also sent to a local TSA: the log's seals then say a token was asked for."""
+
+    def __init__(self, tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer, tsa: Any) -> None:
+        super().__init__(tmp_path, cli, canaries, ca)
+        self.tsa = tsa
+        self.job.write_text(self.job.read_text().replace(
+            "anchor: witness/seals.jsonl}", f"anchor: witness/seals.jsonl, timestamp: '{tsa.url}'}}"))  # fmt: skip
+        self.cert = tmp_path / "tsa.pem"
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        self.cert.write_bytes(tsa.cert.public_bytes(Encoding.PEM))
+
+    @property
+    def stamps(self) -> Path:
+        return self.logs / "audit-timestamps.jsonl"
+
+    def seals(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["event"] == "seal"]
+
+
+@pytest.fixture
+def stamped(tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer) -> Any:
+    from tests.helpers.tsa import serving_tsa
+
+    with serving_tsa() as tsa:
+        made = Stamped(tmp_path, cli, canaries, ca, tsa)
+        run = made.run()
+        assert run.returncode == 0, run.stderr
+        yield made
+
+
+MISSING = "deleted, emptied, truncated or rolled back"
+
+
+def test_no_false_alarm_with_time_stamps(stamped: Stamped) -> None:
+    seals = stamped.seals()
+    assert len(seals) == len(HOLDERS) + 1 and all(s["timestamp_requested"] is True for s in seals)
+    tokens = [json.loads(line)["hash"] for line in stamped.stamps.read_bytes().splitlines()]
+    assert tokens == [s["hash"] for s in seals]
+    passed(stamped.verify())
+    passed(stamped.verify(anchor=False))
+    assert "time-stamped by a TSA you trust" in passed(stamped.verify("--tsa-cert", str(stamped.cert)))["message"]
+    again = stamped.run()  # a second run appends its own tokens
+    assert again.returncode == 0, again.stderr
+    passed(stamped.verify("--tsa-cert", str(stamped.cert)))
+
+
+def test_no_false_alarm_without_time_stamps(batch: Batch) -> None:
+    assert not (batch.logs / "audit-timestamps.jsonl").exists()
+    assert not any("timestamp_requested" in r for r in batch.records())
+    passed(batch.verify())
+    passed(batch.verify(anchor=False))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "truncated", "last token cut", "rolled back"])
+def test_time_stamps_deleted_emptied_truncated_or_rolled_back(stamped: Stamped, damage: str) -> None:
+    early = stamped.stamps.read_bytes()
+    if damage == "rolled back":  # a later run's tokens, then the file put back as it was before it
+        again = stamped.run()
+        assert again.returncode == 0, again.stderr
+        passed(stamped.verify())
+    full = stamped.stamps.read_bytes()
+    lines = full.splitlines(keepends=True)
+    if damage == "deleted":
+        stamped.stamps.unlink()
+    else:
+        stamped.stamps.write_bytes({"emptied": b"", "truncated": full[: len(full) - len(lines[-1]) // 2],
+                                    "last token cut": b"".join(lines[:-1]), "rolled back": early}[damage])  # fmt: skip
+    failed(stamped.verify(), MISSING)
+    # the log's own seals know: no anchor, no journal and no --timestamps are needed
+    stamped.journal.unlink()
+    failed(stamped.verify(anchor=False), MISSING)
+    checked = stamped.verify("--tsa-cert", str(stamped.cert), anchor=False)
+    assert checked.returncode == 4 and json.loads(checked.stdout)["problem"] in ("timestamp-missing", "timestamp-invalid")
+
+
+def test_time_stamps_deleted_and_the_log_rewritten_is_caught_only_by_the_key_or_the_anchor(stamped: Stamped) -> None:
+    stamped.stamps.unlink()
+    stripped = []
+    for raw in stamped.lines():
+        record = json.loads(raw)
+        record.pop("timestamp_requested", None)
+        stripped.append(canonical(record) + b"\n")
+    stamped.log.write_bytes(rechain_plain(stripped))
+    stamped.journal.unlink()
+    failed(stamped.verify(anchor=False), "MAC")  # the key: the rewritten records have none
+    failed(stamped.verify(key=False), "anchor")  # the anchor: its seals are not this chain's
+    # NOT caught without the key and the anchor (or a held seal): nothing else knew of the tokens
+    passed(stamped.verify(anchor=False, key=False))
+
+
+def test_a_link_in_place_of_the_time_stamps_is_refused(stamped: Stamped) -> None:
+    copy = stamped.tmp / "elsewhere.jsonl"
+    saved = stamped.stamps.read_bytes()
+    copy.write_bytes(saved)
+    stamped.stamps.unlink()
+    stamped.stamps.symlink_to(copy)
+    for done in (stamped.verify(), stamped.run()):
+        assert done.returncode == 3, (done.returncode, done.stdout, done.stderr)
+        assert "audit-timestamps.jsonl is a symbolic link" in done.stderr
+    assert copy.read_bytes() == saved  # the link's target untouched
+
+
+def test_time_stamps_on_read_only_media(stamped: Stamped, read_only_dir: Any) -> None:
+    """An auditor's copy on read-only media: intact, it verifies; without its tokens, it fails."""
+    where, freeze = read_only_dir
+    intact, robbed = where / "intact", where / "robbed"
+    records_only = shutil.ignore_patterns(".reserve", "reports", "store")  # the tmpfs is small
+    shutil.copytree(stamped.logs, intact, ignore=records_only)
+    shutil.copytree(stamped.logs, robbed, ignore=records_only)
+    (robbed / "audit-timestamps.jsonl").unlink()
+    freeze()
+    with pytest.raises(OSError):
+        (intact / "probe").write_bytes(b"")  # really read-only, for root too
+    passed(stamped.verify("--logs", str(intact), "--tsa-cert", str(stamped.cert)))
+    failed(stamped.verify("--logs", str(robbed)), MISSING)
+
+
+def test_a_run_killed_while_the_tsa_answers_is_settled_by_the_next_run(
+    tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer
+) -> None:
+    """A seal whose token never came because the process was killed waiting for it: the next run
+    records why (timestamp_failed), so verify does not fail on it ever after."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.helpers.product import product_env, provision_cmd
+    from tests.helpers.tsa import serving_tsa
+
+    with serving_tsa() as tsa:
+        made = Stamped(tmp_path, cli, canaries, ca, tsa)
+        tsa.stall = True
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
+        env.update(made.env, PROVISION_LOGS=str(made.logs), PROVISION_CACHE_DIR=str(tmp_path / "cache"))
+        proc = subprocess.Popen([*provision_cmd(), "run", str(made.job), "--sim", "--unattended", "--no-progress"],
+                                cwd=tmp_path, env=product_env(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            assert tsa.stalled.wait(120), "the run never asked the TSA"
+            deadline = time.monotonic() + 10
+            while not (made.log.exists() and any(r["event"] == "seal" for r in made.records())):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        tsa.stall = False
+        tsa.released.set()
+        killed_seal = made.seals()[-1]
+        assert killed_seal["timestamp_requested"] is True
+        assert not made.stamps.exists() or killed_seal["hash"] not in made.stamps.read_text()
+        failed(made.verify(), MISSING)  # before the next run: a token that should exist is missing
+        run = made.run()
+        assert run.returncode == 0, run.stderr
+    settled = [r for r in made.records() if r["event"] == "timestamp_failed"]
+    assert [r["seal_seq"] for r in settled] == [killed_seal["seq"]] and "killed" in settled[0]["error"]
+    assert any(r["event"] == "run_abandoned" for r in made.records())
+    passed(made.verify("--tsa-cert", str(made.cert)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the journal keeps every seal (schema 3), and what that does and does not catch
+
+SNAPSHOT = """
+import shutil, sqlite3, sys
+from pathlib import Path
+logs, dest = Path(sys.argv[1]), Path(sys.argv[2])
+dest.mkdir(parents=True)
+shutil.copy2(logs / "audit.jsonl", dest / "audit.jsonl")
+source, copy = sqlite3.connect(logs / "journal.sqlite3"), sqlite3.connect(dest / "journal.sqlite3")
+source.backup(copy)
+copy.close()
+source.close()
+print("123456")
+"""
+
+
+@pytest.fixture
+def mid_run(tmp_path: Path, cli: CLI, canaries: Any, ca: fixtures.Issuer) -> Batch:
+    """A run of three jobs whose second and third PINs come from a program that first copies the
+    log and the journal (a backup taken while the run goes on): ``saved/after-1`` holds them as
+    they were after the first job, ``saved/after-2`` after the second."""
+    import sys
+
+    made = Batch(tmp_path, cli, canaries, ca, holders=(*HOLDERS, "LEE Ka Yan"))
+    script = tmp_path / "snapshot.py"
+    script.write_text(SNAPSHOT)
+    text = made.job.read_text()
+    for n, job in ((1, "HK-1"), (2, "HK-2")):
+        head, tail = text.split(f"  - id: {job}\n", 1)
+        tail = tail.replace("pin: {env: SIM_PIN}", f"pin: {{command: ['{sys.executable}', '{script}', "
+                            f"'{made.logs}', '{tmp_path / 'saved' / f'after-{n}'}']}}", 1)  # fmt: skip
+        text = f"{head}  - id: {job}\n{tail}"
+    made.job.write_text(text)
+    run = made.run()
+    assert run.returncode == 0, run.stderr
+    passed(made.verify())
+    return made
+
+
+def _job_seals(log: Path) -> list[dict[str, Any]]:
+    return [r for r in map(json.loads, log.read_bytes().splitlines()) if r["event"] == "seal"]
+
+
+def test_the_journal_keeps_every_seal(mid_run: Batch) -> None:
+    import sqlite3
+
+    seals = [(r["seq"], r["hash"]) for r in _job_seals(mid_run.log)]
+    assert len(seals) == 3 + 1  # one per job, one at the run's end
+    with sqlite3.connect(mid_run.journal) as db:
+        kept = db.execute("SELECT seq, hash FROM seals ORDER BY seq").fetchall()
+        schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+    assert kept == seals and schema == "3"
+    # the copies taken mid-run are real: after one job, one seal; after two, two
+    assert len(_job_seals(mid_run.tmp / "saved" / "after-1" / "audit.jsonl")) == 1
+    assert len(_job_seals(mid_run.tmp / "saved" / "after-2" / "audit.jsonl")) == 2
+
+
+def test_log_and_journal_rolled_back_together_to_mid_run(mid_run: Batch) -> None:
+    """Both put back to the copy taken after the first job of the same run: they agree with each
+    other, so however many seals the journal keeps, it cannot see it; the anchor and a held seal do."""
+    final = _job_seals(mid_run.log)[-1]["hash"]  # the run's seal, printed in its report
+    saved = mid_run.tmp / "saved" / "after-1"
+    for name in ("journal.sqlite3-wal", "journal.sqlite3-shm"):
+        (mid_run.logs / name).unlink(missing_ok=True)
+    shutil.copy2(saved / "audit.jsonl", mid_run.log)
+    shutil.copy2(saved / "journal.sqlite3", mid_run.journal)
+    failed(mid_run.verify(), "log ends at seq", "rolled back")  # with the anchor
+    failed(mid_run.verify("--seal", final, anchor=False), "you hold")
+    # NOT caught without the anchor or a held seal: the journal was rolled back with the log
+    passed(mid_run.verify(anchor=False))
+
+
+def test_log_cut_back_within_a_killed_run_is_caught_by_the_journal(mid_run: Batch) -> None:
+    """The copy after the second job is what a run killed then leaves (the journal says 'running',
+    no run seal). The log cut back to the first job's seal, the journal left as it is: the
+    journal's job seals catch it (one seal per run could not: the killed run had none)."""
+    logs = mid_run.tmp / "saved" / "after-2"
+    cut = b"".join(line for line in (logs / "audit.jsonl").read_bytes().splitlines(keepends=True)
+                   if json.loads(line)["seq"] <= _job_seals(logs / "audit.jsonl")[0]["seq"])  # fmt: skip
+    (logs / "audit.jsonl").write_bytes(cut)
+    verify = ("audit", "verify", "--json", "--key-env", "AUDIT_KEY", "--logs", str(logs))
+    failed(mid_run.cli(*verify, env=mid_run.env), "from the journal", "rolled back")
+    failed(mid_run.cli(*verify, "--anchor", str(mid_run.anchor), env=mid_run.env), "anchor")
+    # a journal of schema 2 (run seals only) still opens, and shows the gap this closed
+    import sqlite3
+
+    with sqlite3.connect(logs / "journal.sqlite3") as db:
+        db.execute("DROP TABLE seals")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    passed(mid_run.cli(*verify, env=mid_run.env))

@@ -16,15 +16,13 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers.faults_common import FaultJob, Material, record
-from tests.helpers.tiers import require
 
 FAMILY = "hostile inputs and environments"
 EXIT_INTERNAL, EXIT_ENVIRONMENT = 70, 3
@@ -213,6 +211,7 @@ SCENES: dict[str, Callable[[Scene], None]] = {
     "audit.jsonl -> victim": _planted("audit.jsonl"),
     "journal.sqlite3 -> victim": _planted("journal.sqlite3"),
     ".lock -> victim": _planted(".lock"),
+    "audit-timestamps.jsonl -> victim": _planted("audit-timestamps.jsonl"),
     "store -> elsewhere": _planted("store", directory=True),
     "reports -> elsewhere": _planted("reports", directory=True),
 }
@@ -266,37 +265,6 @@ def test_every_logs_command_against_a_hostile_logs_directory(scene_name: str, tm
     SCENES[scene_name](scene)
     failures = walk(scene, scene_name)
     assert not failures, "\n".join(failures)
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
-    """A directory on a read-only file system, for root too (mode bits do not stop root): a tmpfs
-    remounted read-only, or else an immutable directory (chattr +i). Yields it and a function that
-    makes it read-only (the test may populate it first)."""
-    where = tmp_path / "ro"
-    where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
-                             capture_output=True, check=False).returncode == 0  # fmt: skip
-    if mounted:
-        def freeze() -> None:
-            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
-
-        try:
-            yield where, freeze
-        finally:
-            subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
-        return
-    if shutil.which("chattr") is None:
-        require("neither a tmpfs mount nor chattr is available to make a read-only directory", "read-only case")
-
-    def freeze_immutable() -> None:
-        if subprocess.run(["chattr", "-R", "+i", str(where)], capture_output=True, check=False).returncode != 0:
-            require("this file system does not support chattr +i", "read-only case")
-
-    try:
-        yield where, freeze_immutable
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(where)], check=False, capture_output=True)
 
 
 @pytest.mark.parametrize("case", ["new logs directory", "empty logs directory", "logs after a run"])

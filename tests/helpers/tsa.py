@@ -1,7 +1,8 @@
 """A small RFC 3161 time-stamp authority over HTTP, on 127.0.0.1, for tests.
 
 It answers a TimeStampReq with a token signed by its own RSA key and certificate (CMS SignedData
-over a TSTInfo with the request's imprint and nonce). ``refuse`` makes it answer "rejection".
+over a TSTInfo with the request's imprint and nonce). ``refuse`` makes it answer "rejection";
+``stall`` holds each request unanswered until ``released`` is set.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Tsa:
         )
         self.cert_der = self.cert.public_bytes(serialization.Encoding.DER)
         self.refuse = False
+        self.stall = False  # hold every request unanswered until released (a process killed while it waits)
+        self.stalled = threading.Event()  # set when a request is being held
+        self.released = threading.Event()
         self.requests = 0
         self.url = ""
 
@@ -82,6 +86,9 @@ def serving_tsa(tsa: Tsa | None = None) -> Iterator[Tsa]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if authority.stall:
+                authority.stalled.set()
+                authority.released.wait(60)
             answer = authority.answer(body)
             self.send_response(200)
             self.send_header("Content-Type", "application/timestamp-reply")
@@ -99,5 +106,6 @@ def serving_tsa(tsa: Tsa | None = None) -> Iterator[Tsa]:
     try:
         yield authority
     finally:
+        authority.released.set()
         server.shutdown()
         server.server_close()

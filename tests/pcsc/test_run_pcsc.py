@@ -62,6 +62,9 @@ def test_run_loads_a_card_that_yubico_piv_tool_then_reads(pcscd: PrivatePcscd, c
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)["jobs"][0]
     assert result["status"] == "loaded" and result["apdus"] > 0
+    # The command ends without the interpreter's teardown (cli.exit_after): the journal was closed
+    # before that, so SQLite folded its write-ahead log back into the database file.
+    assert not (tmp_path / "logs" / "journal.sqlite3-wal").exists()
     peer = shutil.which("yubico-piv-tool")
     assert peer, "yubico-piv-tool is part of the harness"
     read = subprocess.run([peer, "-r", server.reader, "-a", "read-certificate", "-s", "9c"], env=pcscd.env,

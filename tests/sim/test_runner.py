@@ -601,47 +601,114 @@ def test_two_cards_with_one_serial_in_two_readers_are_both_refused_and_neither_w
     assert reasons == [c["reason"] for c in refused]
 
 
-def test_plan_says_what_run_does_with_two_cards_of_one_identity(batch: Batch) -> None:
-    """Seen with two CanoKeys of one CHUID GUID: plan showed the first as "card now" and the job as
-    ready, while run refuses both cards. The plan now names both readers as a problem of the job,
-    lists neither card as a stranger nor gives it to another job, and reads the other card as usual."""
-    from provision.plan import match_cards, plan_jobfile
-    from provision.plancards import read_transports
-
-    batch.holder("HK-1", "CHAN Tai Man", 12345678)
-    batch.holder("HK-2", "LEE Siu Ming", 12345679)
-    twin_a, twin_b = SimCard(SimOptions(serial=12345678)), SimCard(SimOptions(serial=12345678))
-    other = SimCard(SimOptions(serial=12345679))
-    cards = [twin_a, twin_b, other]
-    for card in cards:
-        card.power_on()
-    readers = [(f"Provision Sim 0{i}", SimTransport(card, f"Provision Sim 0{i}")) for i, card in enumerate(cards)]
-    plan = match_cards(plan_jobfile(load_jobfile(batch.write(), unattended=True), unattended=True),
-                       read_transports(readers))  # fmt: skip
-    first, second = plan.jobs
-    assert first.card_seen is None
-    assert any("2 cards in view answer to this job (Provision Sim 00, Provision Sim 01)" in str(p)
-               and "a run writes none of them" in str(p) for p in first.problems), first.problems  # fmt: skip
-    assert second.card_seen is not None and second.problems == ()
-    assert plan.strangers == ()
-    assert all(card.write_attempt_count == 0 for card in cards)
-
-
 def test_a_card_after_the_last_any_card_job_ended_is_told_so_not_that_no_job_is_for_it(batch: Batch) -> None:
     """Seen with two foreign cards and one `card: {any: true}` job: the second card was refused with
     "no job ... is for this card", which is not true of a job file that takes any card. The refusal
     says the jobs for any card have ended, names the last, and nothing is written to the card."""
     batch.holder("HK-1", "CHAN Tai Man", 1)
     batch.cards[-1] = batch.cards[-1].replace("card: {serial: 1}", "card: {any: true}")
-    first, second = SimCard(SimOptions(serial=11111111)), SimCard(SimOptions(serial=22222222))
+    batch.holder("HK-2", "LEE Siu Ming", 33333333)  # its card never comes: the run goes on after HK-1
+    first, second = SimCard(SimOptions(serial=22222222)), SimCard(SimOptions(serial=11111111))
     jobfile = load_jobfile(batch.write(), unattended=True)
-    outcome = run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=SimSource([[first], [second]]),
+    # One reader: the second card comes after the first was loaded and taken out.
+    outcome = run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=SimSource([[first, second]]),
                           progress=False, say=lambda _: None)  # fmt: skip
     assert outcome.document["jobs"][0]["status"] == "loaded"
+    assert outcome.document["jobs"][0]["card_serial"] == 22222222  # the card that came first: alone in view
     (refused,) = outcome.document["refused_cards"]
-    loaded, other = (first, second) if refused["card_serial"] == 22222222 else (second, first)
+    assert refused["card_serial"] == 11111111
     assert refused["reason"].startswith(
-        "every job in batch.yaml for any card is taken (1; the last, HK-1 (CHAN Tai Man), is "
+        "every job in batch.yaml for any card is taken (1; the last, HK-1 (CHAN Tai Man), is loaded)"
     ), refused
     assert "no job" not in refused["reason"]
-    assert other.write_attempt_count == 0 and loaded.write_attempt_count > 0
+    assert second.write_attempt_count == 0 and first.write_attempt_count > 0
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_two_cards_in_view_for_one_any_card_job_the_lowest_serial_takes_it_whatever_the_timing(
+        batch: Batch, repeat: int) -> None:  # fmt: skip
+    """Two cards in two readers at once and one `any: true` job: which card was written depended on
+    which reader's worker matched first. By the rule (cardpick) it is the lowest serial, here the
+    card in the second reader, and the other is told the job goes to another card in view."""
+    batch.holder("HK-1", "CHAN Tai Man", 1)
+    batch.cards[-1] = batch.cards[-1].replace("card: {serial: 1}", "card: {any: true}")
+    # The higher serial answers slowly: its worker is the last to read its card, and the first to
+    # match (the other one waits for it, polling): first come, first served would give it the job.
+    high, low = SimCard(SimOptions(serial=22222222, latency_ms=30 * repeat)), SimCard(SimOptions(serial=11111111))
+    jobfile = load_jobfile(batch.write(), unattended=True)
+    outcome = run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=SimSource([[high], [low]]),
+                          progress=False, say=lambda _: None)  # fmt: skip
+    assert outcome.document["jobs"][0]["status"] == "loaded"
+    assert outcome.document["jobs"][0]["card_serial"] == 11111111
+    (refused,) = outcome.document["refused_cards"]
+    assert refused["card_serial"] == 22222222 and refused["reader"] == "Provision Sim 00"
+    # Said as the job goes to the other card, or (when that load already ended) as every job is taken.
+    assert refused["reason"] in (
+        "the open jobs in batch.yaml for any card (1) go to other cards in view, lowest serial first; this card "
+        "(serial 22222222) is not written",
+        "every job in batch.yaml for any card is taken (1; the last, HK-1 (CHAN Tai Man), is loaded); this card "
+        "(serial 22222222) is not written",
+    ), refused["reason"]
+    assert high.write_attempt_count == 0 and low.write_attempt_count > 0
+
+
+def test_at_the_counter_a_twin_in_another_reader_is_read_before_the_first_card_is_written(batch: Batch) -> None:
+    """The counter handles one card at a time, so no worker reads the other readers: the first card
+    was matched (and written) before its twin in the second reader had been read. Now the other
+    cards are read before a card is matched: both twins are refused, neither is written."""
+    from provision.logsdir import LogsLock
+    from provision.runner import Runner, RunOptions
+    from provision.ui import TerminalUI
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    twin_a, twin_b = SimCard(SimOptions(serial=12345678)), SimCard(SimOptions(serial=12345678))
+    jobfile = load_jobfile(batch.write())
+    lines: list[str] = []
+    with LogsLock(batch.logs):
+        runner = Runner(jobfile, SimSource([[twin_a], [twin_b]]),
+                        RunOptions(logs=batch.logs, unattended=False, wait=0, progress=False),
+                        ui=TerminalUI(lines.append))  # fmt: skip
+        assert runner.ui.types_pins  # one card at a time: the counter's way
+        runner.prepare()
+        runner.run()
+        document = runner.document()
+        runner.journal.close()
+        runner.pin_holds.close()
+    assert [j["status"] for j in document["jobs"]] == ["pending"]
+    refused = document["refused_cards"]
+    assert {c["reader"] for c in refused} == {"Provision Sim 00", "Provision Sim 01"}, lines
+    assert all("all answer to job HK-1 (CHAN Tai Man)" in c["reason"] for c in refused)
+    assert twin_a.write_attempt_count == 0 and twin_b.write_attempt_count == 0
+
+
+def test_at_the_counter_a_twin_that_does_not_answer_is_waited_for_a_bounded_time(batch: Batch) -> None:
+    """The other readers are read with a bound: a card there that answers too slowly is not waited
+    for longer than IDENTIFY_WAIT_SECONDS (the first card is then matched on what is known)."""
+    import time
+
+    from provision import runner as runner_module
+    from provision.logsdir import LogsLock
+    from provision.runner import Runner, RunOptions
+    from provision.ui import TerminalUI
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    ours, slow = SimCard(SimOptions(serial=12345678)), SimCard(SimOptions(serial=55555555, latency_ms=1500))
+    jobfile = load_jobfile(batch.write())
+    with LogsLock(batch.logs):
+        runner = Runner(jobfile, SimSource([[ours], [slow]]),
+                        RunOptions(logs=batch.logs, unattended=False, wait=0, progress=False),
+                        ui=TerminalUI(lambda _: None))  # fmt: skip
+        runner.prepare()
+        original = runner_module.IDENTIFY_WAIT_SECONDS
+        runner_module.IDENTIFY_WAIT_SECONDS = 0.5
+        try:
+            started = time.monotonic()
+            seen = runner._in_view("Provision Sim 00", runner.backend.open("Provision Sim 00").identify())
+            waited = time.monotonic() - started
+        finally:
+            runner_module.IDENTIFY_WAIT_SECONDS = original
+        runner.finish(False)
+        runner.journal.close()
+        runner.pin_holds.close()
+    assert waited < 1.2, waited  # the slow card's first answer alone takes 1.5 s
+    assert seen.others == ()  # not read in time: not known

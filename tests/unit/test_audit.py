@@ -888,6 +888,110 @@ def test_a_tsa_that_fails_does_not_stop_the_log_and_is_recorded(tmp_path: Path) 
     assert verify(tmp_path).ok
 
 
+def _stamped_log(tmp_path: Path) -> tuple[Path, bytes, bytes]:
+    """A keyed log of two jobs, each seal time-stamped: (tokens file, its bytes after the first
+    seal, its bytes at the end)."""
+    from tests.helpers.tsa import serving_tsa
+
+    with serving_tsa() as tsa:
+        log = AuditLog(tmp_path / "audit.jsonl", key=KEY, seal_each_job=True, timestamp=tsa.url, run_id="R1")
+        log.append("run_started")
+        log.append("job_loaded", job_id="J1")
+        stamps = tmp_path / "audit-timestamps.jsonl"
+        early = stamps.read_bytes()
+        log.append("job_loaded", job_id="J2")
+        log.seal()
+    return stamps, early, stamps.read_bytes()
+
+
+def test_every_time_stamped_seal_says_so_under_its_hash(tmp_path: Path) -> None:
+    stamps, _, full = _stamped_log(tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
+    seals = [r for r in records if r["event"] == "seal"]
+    assert len(seals) == 3 and all(r["timestamp_requested"] is True for r in seals)
+    assert [json.loads(line)["hash"] for line in full.splitlines()] == [r["hash"] for r in seals]
+    result = verify(tmp_path, key=KEY)  # no false alarm: every token is there
+    assert result.ok, result.message
+    # without a TSA, seals claim nothing and no tokens file is needed
+    plain = tmp_path / "plain"
+    log = AuditLog(plain / "audit.jsonl", key=KEY, seal_each_job=True)
+    log.append("job_loaded", job_id="J1")
+    log.seal()
+    assert not any("timestamp_requested" in json.loads(line) for line in (plain / "audit.jsonl").read_bytes().splitlines())
+    assert verify(plain, key=KEY).ok and not (plain / "audit-timestamps.jsonl").exists()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "truncated", "last token cut", "rolled back", "first token cut"])
+def test_time_stamps_deleted_emptied_truncated_or_rolled_back_are_caught(tmp_path: Path, damage: str) -> None:
+    stamps, early, full = _stamped_log(tmp_path)
+    lines = full.splitlines(keepends=True)
+    if damage == "deleted":
+        stamps.unlink()
+    else:
+        stamps.write_bytes({"emptied": b"", "truncated": full[: len(full) - len(lines[-1]) // 2],
+                            "last token cut": b"".join(lines[:-1]), "rolled back": early,
+                            "first token cut": b"".join(lines[1:])}[damage])  # fmt: skip
+    for checked in (verify(tmp_path, key=KEY), verify(tmp_path, key=KEY, timestamps=True)):
+        if damage == "truncated" and checked.problem == "timestamp-invalid":
+            assert "line 3" in checked.message  # --timestamps names the cut line itself
+            continue
+        assert (checked.ok, checked.problem) == (False, "timestamp-missing"), checked.message
+        assert "no token in" in checked.message and "deleted, emptied, truncated or rolled back" in checked.message
+    # the log itself is intact, and says what is missing
+    assert verify(tmp_path, key=KEY).file == str(stamps)
+
+
+def test_a_killed_runs_missing_tokens_are_excused_only_at_its_end(tmp_path: Path) -> None:
+    """settle_stamps (a later run, for a run killed outright) records why a token never came, but
+    only for the run's trailing seals: a token missing before one that was kept is never excused."""
+    stamps, _, full = _stamped_log(tmp_path)
+    lines = full.splitlines(keepends=True)
+    stamps.write_bytes(lines[0] + lines[2])  # the middle seal's token removed
+    log = AuditLog(tmp_path / "audit.jsonl", key=KEY, run_id="R2")
+    assert log.settle_stamps([]) == 0
+    run_id = json.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[0])["run_id"]
+    assert log.settle_stamps([str(run_id)]) == 0
+    assert verify(tmp_path, key=KEY).problem == "timestamp-missing"
+    stamps.write_bytes(b"".join(lines[:2]))  # the last seal's token never came: the process was killed
+    assert log.settle_stamps([str(run_id)]) == 1
+    result = verify(tmp_path, key=KEY)
+    assert result.ok, result.message
+    assert log.settle_stamps([str(run_id)]) == 0  # once
+
+
+def test_a_planted_link_for_the_time_stamps_is_neither_read_nor_written(tmp_path: Path) -> None:
+    from provision.errors import LogsError
+    from tests.helpers.tsa import serving_tsa
+
+    stamps, _, full = _stamped_log(tmp_path)
+    copy = tmp_path / "elsewhere.jsonl"
+    copy.write_bytes(full)
+    stamps.unlink()
+    stamps.symlink_to(copy)
+    with pytest.raises(LogsError, match="symbolic link"):
+        verify(tmp_path, key=KEY)
+    with serving_tsa() as tsa:  # a run that finds the link keeps no token through it, and says so
+        log = AuditLog(tmp_path / "audit.jsonl", key=KEY, timestamp=tsa.url)
+        log.seal()
+    assert copy.read_bytes() == full
+    last = json.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[-1])
+    assert last["event"] == "timestamp_failed" and "symbolic link" in last["error"]
+
+
+def test_a_token_that_cannot_be_kept_is_recorded_and_no_false_alarm(tmp_path: Path) -> None:
+    from tests.helpers.tsa import serving_tsa
+
+    (tmp_path / "audit-timestamps.jsonl").mkdir()  # cannot be appended to, even by root
+    with serving_tsa() as tsa:
+        log = AuditLog(tmp_path / "audit.jsonl", timestamp=tsa.url, seal_each_job=True)
+        log.append("job_loaded", job_id="J1")
+    assert log.timestamp_failures == 1
+    last = json.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[-1])
+    assert last["event"] == "timestamp_failed" and "cannot be kept" in last["error"]
+    with pytest.raises(AuditError, match="cannot read .*audit-timestamps.jsonl"):  # a directory where the tokens should be
+        verify(tmp_path)
+
+
 def test_the_wrong_key_cannot_accept_a_keyed_log_as_damaged(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, key=KEY)

@@ -110,7 +110,8 @@ def test_plan_sim_reads_a_fresh_simulated_card_and_says_which_steps_it_needs(cli
     applies = {s["action"]: s["applies"] for s in entry["steps"]}
     assert applies["archive_replaced_certificate"] is False
     assert applies["import_key"] is applies["write_certificate"] is applies["commit"] is True
-    assert doc["cards"] == {"read": True, "unavailable": None, "without_job": []}
+    assert doc["cards"] == {"read": True, "unavailable": None, "without_job": [], "for_any_if_presented": []}
+    assert entry["card_choice"] == "named"
 
 
 def test_plan_without_pcsc_says_so_once_and_plans_any_card(cli, canaries, ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

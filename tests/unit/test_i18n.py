@@ -396,6 +396,59 @@ def test_help_and_argparse_words_in_the_chosen_language() -> None:
     assert refused.returncode == 2 and "錯誤：必須提供以下參數：JOBFILE" in refused.stderr, refused.stderr
 
 
+def _every_command() -> list[list[str]]:
+    """Every command and subcommand, as argv words, from the parser itself."""
+    import argparse
+
+    from provision.cli import build_parser
+
+    found: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, words: list[str]) -> None:
+        for action in parser._actions:  # noqa: SLF001 - argparse lists subparsers nowhere else
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for name, sub in action.choices.items():
+                    found.append([*words, name])
+                    walk(sub, [*words, name])
+
+    walk(build_parser(), [])
+    return found
+
+
+@pytest.mark.parametrize("columns", [60, 100])
+def test_chinese_help_keeps_to_the_terminal_width_as_english_does(columns: int) -> None:
+    """argparse wrapped by characters, so a Chinese help line took up to twice the terminal's
+    width. Now every line of every command's Chinese help fits wherever the English one does (a
+    usage group too long to break, like ``[--key-env NAME | --key-file PATH]``, overflows in both)."""
+    from provision.display import cell_width
+
+    commands = _every_command()
+    assert len(commands) > 15 and ["audit", "verify"] in commands
+    for words in commands:
+        widths = {}
+        for language in ("en", "zh_Hant"):
+            done = _cli("--lang", language, *words, "--help", env={"COLUMNS": str(columns)})
+            assert done.returncode == 0, (words, done.stderr)
+            widths[language] = max(cell_width(line) for line in done.stdout.splitlines())
+        assert widths["zh_Hant"] <= max(columns - 2, widths["en"]), (words, widths)
+
+
+def test_wrap_cells_breaks_chinese_by_cells_and_keeps_marks_with_their_words() -> None:
+    from provision.display import cell_width, wrap_cells
+
+    text = "每張卡的工作完成後，報告（HTML、CSV 及 JSON）會寫入 logs/reports；「provision resume」會完成未完成的工作。"
+    for width in range(16, 80):
+        lines = wrap_cells(text, width)
+        assert all(cell_width(line) <= width for line in lines), (width, lines)
+        assert "".join(lines).replace(" ", "") == text.replace(" ", "")  # nothing lost, nothing added
+        for line in lines[1:]:
+            assert line[0] not in "，。、；）」", (width, lines)  # no line starts with a closing mark
+        for line in lines[:-1]:
+            assert line[-1] not in "（「", (width, lines)  # none ends with an opening one
+    assert wrap_cells("provision resume finishes it", 12) == ["provision", "resume", "finishes it"]
+    assert wrap_cells("一二三四五", 4) == ["一二", "三四", "五"]
+
+
 def test_audit_verify_in_chinese_and_its_json_language_neutral(tmp_path: Path) -> None:
     from provision.cli_audit import cmd_audit_verify
     from tests.unit.test_audit import write_batch

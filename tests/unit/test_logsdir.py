@@ -175,3 +175,36 @@ def test_a_journal_with_pin_holds_is_ours_and_a_newer_schema_is_named(tmp_path: 
     db.close()
     with pytest.raises(JournalError, match="newer provision"):
         jn.Journal(path)
+
+
+@pytest.mark.parametrize("old", ["1", "2"])
+def test_an_old_journal_keeps_its_run_seals_and_is_migrated_by_the_first_job_seal(tmp_path: Path, old: str) -> None:
+    """A journal from before every seal was kept (schema 1, or 2 with PIN holds): read as it is
+    (its run seals), untouched by readers, and migrated in place by the first seal written."""
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(jn._SCHEMA)  # noqa: SLF001 - the old tables, as the old code made them
+    db.execute("INSERT INTO meta VALUES ('schema', ?)", (old,))
+    db.execute("INSERT INTO runs VALUES ('old-run', 'b', 'j.yaml', 'unattended', 't', 't', 'finished', ?)", ("a" * 64,))
+    if old == "2":
+        db.execute(jn._PIN_HOLDS_TABLE)  # noqa: SLF001
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    reader = jn.Journal(path, read_only=True)
+    assert reader.seals() == ["a" * 64]
+    reader.close()
+    assert path.read_bytes() == before
+    journal = jn.Journal(path)
+    assert journal.seals() == ["a" * 64]  # opening for writing does not migrate either
+    journal.add_seal("new-run", 7, "b" * 64, "J1")
+    journal.add_seal("new-run", 9, "c" * 64, None)
+    journal.add_seal("new-run", 9, "c" * 64, None)  # the same seal twice is kept once
+    journal.finish_run("new-run", "finished", "c" * 64)
+    assert journal.seals() == ["b" * 64, "c" * 64, "a" * 64]
+    assert [r.run_id for r in journal.runs()] == ["old-run"]
+    journal.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(jn.SEALS_SCHEMA_VERSION) == "3"
+    db.close()
+    jn.Journal(path, read_only=True).close()  # ours, and still readable

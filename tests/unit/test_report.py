@@ -93,3 +93,48 @@ def test_counts_from_jobs_or_document() -> None:
     doc = run_document()
     assert counts(doc) == {"loaded": 1, "skipped": 1, "failed": 1, "refused": 1, "pending": 1, "in-doubt": 0}
     assert counts({**doc, "counts": {"loaded": 7}}) == {"loaded": 7}
+
+
+def test_reports_are_all_or_none_when_the_disk_fills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while the third report is written: none of the new reports replaces an old one,
+    and no temporary file is left behind."""
+    import errno
+    import os
+
+    from provision import fsutil
+
+    doc = run_document()
+    old = write_reports(doc, tmp_path / "reports")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()}
+    real_fsync, calls = os.fsync, []
+
+    def filling(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", filling)
+    changed = {**doc, "batch": "a later batch"}
+    with pytest.raises(OSError, match="No space"):
+        write_reports(changed, tmp_path / "reports")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()} == before
+    assert json.loads(old["json"].read_text(encoding="utf-8")) == doc
+
+
+def test_reports_are_synced_file_by_file_and_the_directory_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    from provision import fsutil
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", counting)
+    write_reports(run_document(), tmp_path / "reports")
+    assert synced == ["file", "file", "file", "dir"]  # every file on disk before any rename, then one dir sync

@@ -855,3 +855,22 @@ def test_a_chained_put_data_is_stored_whole_or_segment_by_segment(per_segment: b
         assert stored is not None and stored.startswith(bytes.fromhex("708201900000")) and len(stored) == 255 - 9
     else:
         assert stored is None
+
+
+def test_the_otp_application_answers_the_serial_as_yubico_piv_tool_asks_a_yubikey_4() -> None:
+    """Below firmware 5 yubico-piv-tool and ykcs11 read the serial through the OTP application
+    (lib/ykpiv.c _ykpiv_get_serial: SELECT A0000005272001 01, then 00 01 10 00, then SELECT PIV);
+    a YubiKey answers there. Selecting it leaves PIV, and its security status, behind."""
+    c = SimCard(SimOptions(serial=3_000_000_001, firmware=(4, 3, 7)))
+    select(c)
+    assert verify(c, b"123456") == 0x9000
+    assert ok(c, apdu(0, 0xA4, 4, 0, bytes.fromhex("A000000527200101"))) == bytes([4, 3, 7, 0, 0, 0])
+    assert ok(c, apdu(0, 0x01, 0x10, 0)) == (3_000_000_001).to_bytes(4, "big")
+    assert tx(c, apdu(0, 0xFD, 0, 0, le=0))[1] == 0x6D00  # a PIV command goes to the OTP application
+    select(c, PIV_AID[:5])
+    assert tx(c, apdu(0, 0x20, 0, 0x80))[1] == 0x63C3  # the PIN is no longer verified
+    assert ok(c, apdu(0, 0xFD, 0, 0, le=0)) == bytes([4, 3, 7])
+    generic = SimCard(SimOptions(profile="pivapplet"))
+    assert tx(generic, apdu(0, 0xA4, 4, 0, bytes.fromhex("A000000527200101")))[1] == 0x6A82
+    five = SimCard(SimOptions())  # 5.x: GET SERIAL; the OTP application is not simulated there
+    assert tx(five, apdu(0, 0xA4, 4, 0, bytes.fromhex("A000000527200101")))[1] == 0x6A82
