@@ -113,6 +113,7 @@ class SlotInfo:
     public_key_sha256: str | None = None  # SHA-256 of the key's SubjectPublicKeyInfo (F7); None: not known
     slot_name: str | None = None  # from the project's slot-name object
     error: str | None = None  # what could not be read, in words
+    certificate_unreadable: bool = False  # the certificate object is there but could not be read
 
     @property
     def key_ref(self) -> int:
@@ -315,8 +316,9 @@ def _slot_lines(info: SlotInfo, metadata_supported: bool) -> list[str]:
         line("SHA-256:", cert.sha256)
         if info.compressed:
             line(_("Stored:"), _("gzip-compressed"))
-    elif info.key is not None:
-        line(_("Certificate:"), _("none"))
+    elif info.key is not None or info.certificate_unreadable:
+        # An object that could not be read (the error says why) is not an absent certificate.
+        line(_("Certificate:"), _("unknown") if info.certificate_unreadable else _("none"))
     key = info.key
     if key is not None:
         parts = [key.algorithm]
@@ -466,6 +468,7 @@ def _read_slot(session: PivSession, slot: Slot, metadata_supported: bool, name: 
     certificate: CertInfo | None = None
     compressed: bool | None = None
     matches: bool | None = None
+    unreadable = False
     try:
         body = session.get_object(slot.object_id)
         der = parse_certificate_object(body) if body is not None else None
@@ -481,10 +484,13 @@ def _read_slot(session: PivSession, slot: Slot, metadata_supported: bool, name: 
         if exc.sw in SLOT_REFUSED_SW and slot.is_retired and key is None:
             return SlotInfo(slot, supported=False, slot_name=name)
         errors.append(f"certificate: {exc}")
+        unreadable = True
     except CardProtocolError as exc:
         errors.append(f"certificate: {exc}")
+        unreadable = True
     except ValueError as exc:
         errors.append(f"certificate: the object holds no valid X.509 certificate ({exc})")
+        unreadable = True
     return SlotInfo(
         slot,
         certificate=certificate,
@@ -494,6 +500,7 @@ def _read_slot(session: PivSession, slot: Slot, metadata_supported: bool, name: 
         public_key_sha256=hashlib.sha256(_spki(public_key)).hexdigest() if public_key is not None else None,
         slot_name=name,
         error="; ".join(errors) if errors else None,
+        certificate_unreadable=unreadable,
     )
 
 

@@ -31,6 +31,7 @@ from provision.bundle import Bundle, cert_info
 from provision.errors import (
     CardError,
     CardNotSupportedError,
+    CardProtocolError,
     CardStatusError,
     InternalError,
     JobRefused,
@@ -50,6 +51,7 @@ from provision.piv.profiles import (
     COMPRESS_ABOVE_BYTES,
     DEFAULT_MANAGEMENT_KEY,
     KEY_HISTORY_OBJECT_ID,
+    SLOT_REFUSED_SW,
     VENDOR_REFUSED_SW,
     holds_extended_algorithms,
     key_history_update,
@@ -244,7 +246,7 @@ class Loader:
                 raise JobRefused(
                     msg('the card (firmware {version_text}) cannot hold a {name} key; it needs a YubiKey 5.7 or a key of RSA-1024/2048, P-256 or P-384', version_text=_version_text(version), name=alg.name)
                 )
-            current = self.session.read_certificate(self.slot.key_ref)
+            current = self._current_certificate(found)
             metadata = self._metadata()
             key_matches = None
             if metadata is not None and metadata.public_key is not None:
@@ -283,6 +285,35 @@ class Loader:
             return Preflight(current=current, metadata=metadata, key_on_card=key_matches,
                              cert_on_card=cert_matches, done=done, renewal=renewal)  # fmt: skip
 
+    def _current_certificate(self, found: dict[str, Any]) -> bytes | None:
+        """The certificate in the job's slot. A certificate object that cannot be parsed is this
+        job's own interrupted write when the journal says a ``write_certificate`` of it began and
+        never ended: a card that stores a command chain segment by segment (CanoKey) keeps the
+        segments that arrived. The old certificate was archived before that write began, so the
+        slot is taken as empty and written again. Anything else unreadable is not ours to replace."""
+        try:
+            return self.session.read_certificate(self.slot.key_ref)
+        except CardProtocolError as exc:
+            if not self._interrupted("write_certificate"):
+                raise CardError(msg("slot {hex} holds a certificate object that cannot be read ({error}); no load of this "
+                                    "job left it, so it was not changed. Look at the card with another tool before "
+                                    "loading it", hex=self.slot.hex, error=exc.message)) from None  # fmt: skip
+            found["partial_certificate"] = True
+            self.result.notes.append(msg("slot {hex} held the part of the certificate that an interrupted load had "
+                                         "written; it was written again", hex=self.slot.hex))  # fmt: skip
+            return None
+
+    def _interrupted(self, action: str) -> bool:
+        """An earlier attempt of this job began ``action`` and it never ended (killed, card pulled,
+        failed), with no commit after it."""
+        open_ = False
+        for _, step_action, phase, _, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if step_action == action:
+                open_ = phase != "end"
+            elif step_action == "commit" and phase == "end":
+                open_ = False
+        return open_
+
     def _renewal_decision(self, current: bytes | None) -> Decision:
         info, unreadable = None, False
         if current is not None:
@@ -305,7 +336,17 @@ class Loader:
     def _metadata(self) -> SlotMetadata | None:
         try:
             return self.session.get_metadata(self.slot.key_ref)
-        except (CardNotSupportedError, MetadataUnavailableError):
+        except MetadataUnavailableError:
+            self._metadata_supported = False
+            return None
+        except CardStatusError as exc:
+            # A card with fewer retired slots says 6A86 for one it does not have (cards without
+            # GET METADATA at all answer its INS with 6D00 and the like: CardNotSupportedError).
+            if not self.slot.is_retired or exc.sw not in SLOT_REFUSED_SW:
+                raise
+            raise CardNotSupportedError(msg("this card has no slot {hex} (GET METADATA answered {sw:04X}); nothing was "
+                                            "written. Use a slot the card has", hex=self.slot.hex, sw=exc.sw)) from None  # fmt: skip
+        except CardNotSupportedError:
             # Either way nothing is known about this slot's key: the certificate and, where it
             # matters, a test signature decide (as on a card without F7).
             self._metadata_supported = False
@@ -762,6 +803,13 @@ class Loader:
                 self.session.import_key(self.slot.key_ref, self.ctx.bundle.key,  # type: ignore[arg-type]
                                         self.job.pin_policy, self.job.touch_policy)  # type: ignore[arg-type]  # fmt: skip
             except CardStatusError as exc:
+                if exc.sw == 0x6A86:
+                    # P2 names the slot, P1 the algorithm: CanoKey says 6A86 for a retired slot it
+                    # does not have, although its GET METADATA called that slot empty (6A88).
+                    raise CardNotSupportedError(
+                        msg("this card has no slot {hex} or does not take {algorithm} keys there (IMPORT KEY answered "
+                            "6A86); nothing was written. Use a slot the card has", hex=self.slot.hex,
+                            algorithm=self.ctx.bundle.algorithm.name)) from None  # fmt: skip
                 # PivApplet takes touch policies default/never only and answers 6A81 to the others.
                 if exc.sw != 0x6A81 or self.job.touch_policy in ("default", "never"):
                     raise
@@ -775,7 +823,15 @@ class Loader:
         if state.cert_on_card:
             return
         with self.step("write_certificate"):
-            self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
+            try:
+                self.session.write_certificate(self.slot.key_ref, self.der, compress=len(self.der) > COMPRESS_ABOVE_BYTES)
+            except CardStatusError as exc:
+                if exc.sw not in (0x6700, 0x6A84):  # wrong length (CanoKey), not enough memory
+                    raise
+                # Cards hold less than the 3063 bytes plan checks (CanoKey: 2996): known only now.
+                raise CardError(msg("the card has no room for this certificate (PUT DATA answered {sw:04X}); the new key "
+                                    "is already in slot {hex} and the slot's certificate is not this one. Load a "
+                                    "certificate this card can hold into the slot", sw=exc.sw, hex=self.slot.hex)) from None  # fmt: skip
             self.audit("certificate_written", replaced_sha256=self.result.replaced_sha256)
 
     def _read_slot_names(self) -> dict[int, str] | None:
@@ -790,8 +846,16 @@ class Loader:
         Raise it to cover this slot; keep everything else in the object as it was."""
         if not self.slot.is_retired:
             return
-        needed, body = key_history_update(self.session.get_object(KEY_HISTORY_OBJECT_ID), self.slot.key_ref)
+        current = self.session.get_object(KEY_HISTORY_OBJECT_ID)
+        needed, body = key_history_update(current, self.slot.key_ref)
         if body is None:
+            return
+        if current is None and self._refused_by_committed_load("write_key_history"):
+            # This card has no Key History object (CanoKey: GET and PUT DATA 5FC10C answer 6A82,
+            # SP 800-73-4 makes it optional) and refused it when this job was loaded: asking again
+            # writes nothing and would turn a re-run's "skipped" into "loaded".
+            self.result.notes.append(msg("Key History not updated: the card refused it when this job was loaded; some "
+                                         "middleware will not list slot {slot}", slot=self.slot.hex))  # fmt: skip
             return
         self.authenticate_management_key()
         self._wrote = True
@@ -809,7 +873,7 @@ class Loader:
         if names is not None and names.get(self.slot.key_ref) == self.ctx.slot_name:
             self.result.slot_name_on_card = True
             return
-        if not names and self._slot_name_refused_by_committed_load():
+        if not names and self._refused_by_committed_load("write_slot_name"):
             # This card refused the name when this job was loaded (PivApplet answers GET DATA 5FFF50
             # 6A82 and PUT DATA 6A81): asking again writes nothing and would turn a re-run's
             # "skipped" into "loaded" with a management-key authentication for nothing.
@@ -827,13 +891,14 @@ class Loader:
                 self.result.notes.append(msg("slot name kept by provision only: {reason}", reason=outcome.reason))
             self.audit("slot_name_written", stored=outcome.stored)
 
-    def _slot_name_refused_by_committed_load(self) -> bool:
-        """The last ``write_slot_name`` of this job found the name refused, and a commit followed."""
+    def _refused_by_committed_load(self, action: str) -> bool:
+        """The last ``action`` (write_slot_name, write_key_history) of this job found what it wrote
+        refused by the card (``stored`` false), and a commit followed."""
         refused = committed_refused = False
-        for _, action, phase, detail, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
-            if action == "write_slot_name" and phase == "end":
+        for _, step_action, phase, detail, _ in self.ctx.journal.steps(self.ctx.jobfile.batch, self.job.id):
+            if step_action == action and phase == "end":
                 refused = detail.get("stored") is False
-            elif action == "commit" and phase == "end":
+            elif step_action == "commit" and phase == "end":
                 committed_refused = refused
         return committed_refused
 

@@ -21,6 +21,7 @@ from provision.errors import BundleError, ProvisionError, TemplateError, UsageEr
 from provision.fields import export_path, template_values
 from provision.i18n import gettext as _
 from provision.i18n import localize, msg
+from provision.piv.profiles import COMPRESS_ABOVE_BYTES, MAX_OBJECT_CONTENT_BYTES
 
 if TYPE_CHECKING:
     from provision.bundle import Bundle, CertInfo, Inspection
@@ -455,7 +456,23 @@ def open_bundle(job: Job, *, unattended: bool, password: Secret | None = None) -
         problem = BundleError(None, msg("expect.{check}: expected {expected!r}, the certificate has {actual!r}",
                                         check=e.check, expected=e.expected, actual=e.actual))  # fmt: skip
         return OpenedBundle(inspection, None, problem, key_sha256)
+    if job.card.pkcs11 is None:
+        size = _piv_certificate_object_size(bundle.certificate.public_bytes(Encoding.DER))
+        if size > MAX_OBJECT_CONTENT_BYTES:
+            # Found out at the card, this is too late: the key is in, the old certificate out.
+            problem = BundleError(None, msg("the certificate takes {size} bytes on a card even gzip-compressed, more "
+                                            "than a PIV card's data object holds ({limit}); it cannot be loaded. Ask "
+                                            "the issuer for a smaller certificate", size=size,
+                                            limit=MAX_OBJECT_CONTENT_BYTES))  # fmt: skip
+            return OpenedBundle(inspection, None, problem, key_sha256)
     return OpenedBundle(inspection, bundle, None, key_sha256)
+
+
+def _piv_certificate_object_size(der: bytes) -> int:
+    """The certificate object a load writes (inside 53), gzip-compressed where a load compresses it."""
+    from provision.piv.session import encode_certificate_object
+
+    return len(encode_certificate_object(der, compress=len(der) > COMPRESS_ABOVE_BYTES))
 
 
 def _caused(problem: BundleError, cause: BaseException) -> BundleError:
@@ -467,8 +484,12 @@ def plan_jobfile(jobfile: JobFile, *, unattended: bool = False, now: datetime | 
     plans = []
     for job in jobfile.jobs:
         opened = open_bundle(job, unattended=unattended)
-        plans.append(replace(plan_job(jobfile, job, opened.inspection, opened.message, now=now),
-                             public_key_sha256=opened.public_key_sha256))  # fmt: skip
+        jp = replace(plan_job(jobfile, job, opened.inspection, opened.message, now=now),
+                     public_key_sha256=opened.public_key_sha256)  # fmt: skip
+        if opened.problem is not None and opened.problem.message not in jp.problems:
+            # What makes run fail this job before any card (e.g. a certificate no PIV object holds).
+            jp = replace(jp, problems=(*jp.problems, opened.problem.message), fails_before_card=True)
+        plans.append(jp)
     return Plan(jobfile, tuple(plans))
 
 

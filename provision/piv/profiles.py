@@ -76,6 +76,9 @@ def pin_always(key_ref: int, job_policy: str, card_policy: int | None = None) ->
 DEFAULT_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
 # YubiKey data objects hold about 3 kB: larger certificates are written gzipped, as ykman does.
 COMPRESS_ABOVE_BYTES = 2900
+# The most any PIV card provision writes for holds in one data object (inside 53): a YubiKey's
+# 3072-byte object less the 5C and 53 headers. Others hold less (CanoKey: 3000 with the 53 header).
+MAX_OBJECT_CONTENT_BYTES = 3063
 
 # --- Key History (SP 800-73-4 part 1, 3.3.2) ----------------------------------------------------
 

@@ -200,6 +200,18 @@ class SimOptions:
     # for an empty key slot (not 6A88), 6F00 for an imported key (it never has the public half).
     metadata_like_pivapplet: bool = False
     restricted_touch: bool | None = None  # touch policies other than default/never → 6A81
+    # Data objects this card does not have: GET DATA and PUT DATA both answer 6A82 (CanoKey has
+    # no Key History 5FC10C; SP 800-73-4 makes it optional).
+    absent_objects: tuple[int, ...] = ()
+    # PUT DATA command chaining stored segment by segment as it arrives (CanoKey writes the first
+    # segment, then appends): a card pulled mid-chain keeps a truncated object.
+    chain_stored_per_segment: bool = False
+    # GET METADATA of a slot the card does not have answers 6A88, as for an empty slot (CanoKey);
+    # only IMPORT KEY (6A86) then says the slot is not there.
+    missing_slots_look_empty: bool = False
+    # The most a data object holds (inside 53): a YubiKey's 3063; CanoKey's is 2996 (3000 with the 53
+    # header), and it answers 6700 to the segment that goes past it.
+    max_object_content: int = MAX_OBJECT_CONTENT
     latency_ms: float = 0.0
     vanish_after: int | None = None  # after N APDUs the card is gone
     fail_after: int | None = None  # after N APDUs every answer is 6F00
@@ -595,6 +607,8 @@ class SimCard:
             if len(data) > MAX_CHAIN_BYTES:
                 self._chain = None
                 raise _Status(SW_NO_SPACE)
+            if cmd.ins == INS_PUT_DATA and self.options.chain_stored_per_segment:
+                self._store_partial_object(data)
             self._chain = (header, data)
             self._pin_always_ready = self._always_window  # a chain segment is not "in between"
             return _sw(SW_OK)
@@ -1196,6 +1210,8 @@ class SimCard:
             # Biometric (OCC) metadata exists only on a YubiKey Bio; other YubiKeys say 6A88, which
             # `ykman piv info` takes as "no biometrics" (any other SW aborts it).
             raise _Status(SW_REF_NOT_FOUND)
+        if self.options.missing_slots_look_empty and ref not in self._key_slots():
+            raise _Status(SW_REF_NOT_FOUND)
         self._require_key_slot(ref)
         record = st.keys.get(ref)
         if self.options.metadata_like_pivapplet:
@@ -1236,7 +1252,7 @@ class SimCard:
         oid = self._object_id(items[0][1])
         if oid == OBJ_DISCOVERY:
             return tlv.encode(0x7E, DISCOVERY)
-        if oid >> 8 == 0x5FFF and not self.options.has_vendor_objects:
+        if oid >> 8 == 0x5FFF and not self.options.has_vendor_objects or oid in self.options.absent_objects:
             raise _Status(SW_NOT_FOUND)
         if oid in PIN_PROTECTED_OBJECTS and not self._pin_verified:
             raise _Status(SW_SECURITY)
@@ -1244,6 +1260,23 @@ class SimCard:
         if content is None:
             raise _Status(SW_NOT_FOUND)
         return tlv.encode(0x53, content)
+
+    def _store_partial_object(self, data: bytes) -> None:
+        """``chain_stored_per_segment``: what has arrived of a chained PUT DATA is already stored, as
+        the content of its object (whose inner TLV is then cut short until the last segment)."""
+        if len(data) < 7 or data[0] != 0x5C or not 1 <= data[1] <= 3 or data[2 + data[1]] != 0x53:
+            return  # not enough yet to name the object: nothing stored
+        oid = int.from_bytes(data[2 : 2 + data[1]], "big")
+        pos = 3 + data[1]
+        length_bytes = data[pos] - 0x80 if data[pos] > 0x80 else 0
+        content = data[pos + 1 + length_bytes :]
+        if not self._mgmt_authenticated or oid in self.options.absent_objects or not 0x5FC101 <= oid <= 0x5FC123:
+            return
+        if len(content) > self.options.max_object_content:
+            self._chain = None
+            raise _Status(SW_WRONG_LENGTH)  # what was stored before this segment stays
+        self._state.objects[oid] = content
+        self._commit()
 
     def _put_data(self, cmd: Command) -> bytes:
         self._require_p1p2(cmd, 0x3F, 0xFF)
@@ -1259,9 +1292,11 @@ class SimCard:
             raise _Status(SW_FUNC_NOT_SUPPORTED)  # fixed on this card
         if oid >> 8 == 0x5FFF and not self.options.has_vendor_objects:
             raise _Status(SW_WRONG_P1P2)
+        if oid in self.options.absent_objects:
+            raise _Status(SW_NOT_FOUND)
         content = items[1][1]
-        if len(content) > MAX_OBJECT_CONTENT:
-            raise _Status(SW_NO_SPACE)
+        if len(content) > self.options.max_object_content:
+            raise _Status(SW_WRONG_LENGTH if self.options.chain_stored_per_segment else SW_NO_SPACE)
         if content:
             self._state.objects[oid] = content
         else:  # an empty object deletes it, as ykman's "delete certificate" relies on

@@ -6,6 +6,7 @@ No pcscd, no sockets: ``transmit`` calls ``SimCard.process``. A card that vanish
 
 from __future__ import annotations
 
+from provision.card.transport import atr_supports_extended
 from provision.errors import CardRemovedError, CardVanished
 from provision.i18n import msg
 from provision.sim.card import SimCard
@@ -38,7 +39,9 @@ class SimTransport:
 
     @property
     def supports_extended(self) -> bool:
-        return True
+        """As a PC/SC reader tells it: from the card's ATR (a YubiKey's says yes; a card whose ATR
+        does not, like CanoKey's, gets long commands as chains)."""
+        return atr_supports_extended(self.card.atr)
 
     def begin_transaction(self) -> None:
         self._in_transaction = True

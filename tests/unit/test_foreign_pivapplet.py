@@ -18,54 +18,13 @@ from provision.cardinfo import read_card_info
 from provision.errors import CardStatusError, MetadataUnavailableError
 from provision.piv.session import PivSession, parse_metadata
 from tests.helpers.scripted_transport import ScriptedTransport, h
+from tests.helpers.transcript_replay import TranscriptReplay, replay_session
 
 TRANSCRIPT = Path(__file__).parent / "data" / "pivapplet-card-info.apdu"
 
 
-def _exchanges() -> list[tuple[bytes, bytes]]:
-    pairs: list[tuple[bytes, bytes]] = []
-    command: bytes | None = None
-    for line in TRANSCRIPT.read_text().splitlines():
-        if line.startswith("> "):
-            command = bytes.fromhex(line[2:])
-        elif line.startswith("< "):
-            assert command is not None
-            pairs.append((command, bytes.fromhex(line[2:])))
-            command = None
-    return pairs
-
-
-class PivAppletReplay:
-    """Answers each command as PivApplet did in the transcript, in whatever order it comes: a
-    command's answer and the GET RESPONSE answers that followed it belong together."""
-
-    def __init__(self) -> None:
-        self.answers: dict[bytes, list[bytes]] = {}
-        self.pending: list[bytes] = []
-        self.unknown: list[bytes] = []
-        last: list[bytes] | None = None
-        for command, response in _exchanges():
-            if command[1] == 0xC0 and last is not None:
-                last.append(response)
-                continue
-            last = [response]
-            self.answers[command] = last
-
-    def __call__(self, apdu: bytes) -> bytes:
-        if apdu[1] == 0xC0:
-            return self.pending.pop(0) if self.pending else h("6F 00")
-        chain = self.answers.get(apdu)
-        if chain is None:
-            self.unknown.append(apdu)
-            return h("6D 00")
-        self.pending = list(chain[1:])
-        return chain[0]
-
-
-def _session() -> tuple[PivSession, PivAppletReplay]:
-    replay = PivAppletReplay()
-    transport = ScriptedTransport([(None, replay) for _ in range(400)])
-    return PivSession(ApduChannel(transport)), replay
+def _session() -> tuple[PivSession, TranscriptReplay]:
+    return replay_session(TRANSCRIPT)
 
 
 def test_card_info_reads_every_slot_of_the_recorded_pivapplet() -> None:

@@ -826,6 +826,37 @@ def test_reselect_drops_the_pin_unless_the_card_keeps_it(kept: bool) -> None:
     assert tx(c, apdu(0, 0x20, 0x00, 0x80))[1] == 0x63C3
 
 
+def test_absent_objects_answer_not_found_to_get_and_put() -> None:
+    """``absent_objects``: CanoKey has no Key History object; GET and PUT DATA both answer 6A82."""
+    c = SimCard(SimOptions(firmware=(5, 4, 3), absent_objects=(0x5FC10C,)))
+    c.power_on()
+    select(c)
+    assert authenticate(c, alg=0x03) == 0x9000
+    key_history = tlv(0x5C, bytes.fromhex("5FC10C"))
+    assert tx(c, apdu(0, 0xDB, 0x3F, 0xFF, key_history + tlv(0x53, bytes.fromhex("C10101C20100FE00"))))[1] == 0x6A82
+    assert tx(c, apdu(0, 0xCB, 0x3F, 0xFF, key_history, le=0))[1] == 0x6A82
+    chuid = tlv(0x5C, bytes.fromhex("5FC102"))
+    assert tx(c, apdu(0, 0xCB, 0x3F, 0xFF, chuid, le=0))[1] == 0x9000  # the others are there
+
+
+@pytest.mark.parametrize("per_segment", [False, True])
+def test_a_chained_put_data_is_stored_whole_or_segment_by_segment(per_segment: bool) -> None:
+    """``chain_stored_per_segment``: CanoKey stores each segment of a chained PUT DATA as it comes,
+    so a chain that never ends leaves a cut-short object; a YubiKey stores nothing until the end."""
+    c = SimCard(SimOptions(firmware=(5, 4, 3), chain_stored_per_segment=per_segment))
+    c.power_on()
+    select(c)
+    assert authenticate(c, alg=0x03) == 0x9000
+    cert_object = tlv(0x5C, bytes.fromhex("5FC10A")) + tlv(0x53, tlv(0x70, bytes(400)) + tlv(0x71, b"\x00"))
+    assert tx(c, apdu(0x10, 0xDB, 0x3F, 0xFF, cert_object[:255]))[1] == 0x9000
+    c.reset()  # the card was pulled before the last segment
+    stored = c.state.objects.get(0x5FC10A)
+    if per_segment:
+        assert stored is not None and stored.startswith(bytes.fromhex("708201900000")) and len(stored) == 255 - 9
+    else:
+        assert stored is None
+
+
 def test_the_otp_application_answers_the_serial_as_yubico_piv_tool_asks_a_yubikey_4() -> None:
     """Below firmware 5 yubico-piv-tool and ykcs11 read the serial through the OTP application
     (lib/ykpiv.c _ykpiv_get_serial: SELECT A0000005272001 01, then 00 01 10 00, then SELECT PIV);
