@@ -29,17 +29,19 @@ Read-only, and never in the way:
 from __future__ import annotations
 
 import os
-import re
 import stat
 import threading
-from typing import Any
+
+TYPE_CHECKING = False  # importing typing costs start-up time, before the first APDU; mypy honours this name
+if TYPE_CHECKING:
+    from typing import Any
 
 # How long the runner waits for an early read still under way before it connects by itself (the
 # read is three APDUs; only a card or service that hangs makes it wait at all).
 TAKE_WAIT_SECONDS = 10.0
 
-# A job file that may name a PKCS#11 token (or spell a key with a YAML escape) is left to the runner.
-_MAYBE_PKCS11 = re.compile(r"pkcs11|\\[xuUN0-9]", re.IGNORECASE)
+# After a backslash, the YAML escapes that could spell a key's letters ("\x70kcs11").
+_ESCAPES = frozenset("xuUN0123456789")
 
 
 def start_early_read(jobfile: str, readers: list[str] | None) -> EarlyRead | None:
@@ -239,7 +241,20 @@ def _names_no_token(jobfile: str) -> bool:
             os.close(fd)
     except (OSError, ValueError):
         return False
-    return _MAYBE_PKCS11.search(text) is None
+    return _names_no_token_in(text)
+
+
+def _names_no_token_in(text: str) -> bool:
+    """No "pkcs11" in any case, and no YAML escape that could spell it (plain string methods: ``re``
+    is not imported yet when this runs, and need not be on the way to the first APDU)."""
+    if "pkcs11" in text.lower():
+        return False
+    at = text.find("\\")
+    while at != -1:
+        if text[at + 1 : at + 2] in _ESCAPES:
+            return False
+        at = text.find("\\", at + 2)
+    return True
 
 
 def _quietly_close(transport: Any) -> None:
