@@ -48,7 +48,10 @@ def start_early_read(jobfile: str, readers: list[str] | None) -> EarlyRead | Non
     """Start reading the card's identity in the background (None: turned off by the environment)."""
     if os.environ.get("PROVISION_EARLY_READ", "1") == "0":
         return None
-    return EarlyRead(jobfile, readers)
+    try:
+        return EarlyRead(jobfile, readers)
+    except RuntimeError:  # no thread to be had: the run goes on without (never a failure of its own)
+        return None
 
 
 class _Recorder:

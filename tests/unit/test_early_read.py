@@ -171,3 +171,11 @@ def test_only_an_unattended_run_on_readers_reads_early(monkeypatch: pytest.Monke
 def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch, job: Path) -> None:
     monkeypatch.setenv("PROVISION_EARLY_READ", "0")
     assert start_early_read(str(job), None) is None
+
+
+def test_no_thread_to_be_had_is_no_failure(monkeypatch: pytest.MonkeyPatch, job: Path) -> None:
+    def refuse(self: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(early_module.threading.Thread, "start", refuse)
+    assert start_early_read(str(job), None) is None
