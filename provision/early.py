@@ -40,8 +40,11 @@ if TYPE_CHECKING:
 # read is three APDUs; only a card or service that hangs makes it wait at all).
 TAKE_WAIT_SECONDS = 10.0
 
-# After a backslash, the YAML escapes that could spell a key's letters ("\x70kcs11").
-_ESCAPES = frozenset("xuUN0123456789")
+# What a job file that names a PKCS#11 token contains: the key itself, or a YAML escape that could
+# spell one of its letters ("\x70kcs11") or join its halves (an escaped line break in double quotes).
+# The key is lowercase (YAML keys are case-sensitive); a file in UTF-16 or UTF-32 (a BOM, NUL bytes)
+# is not searched at all.
+_TOKEN_SIGNS = (b"pkcs11", b"\\x", b"\\u", b"\\U", b"\\\n", b"\\\r", b"\x00")
 
 
 def start_early_read(jobfile: str, readers: list[str] | None) -> EarlyRead | None:
@@ -227,37 +230,32 @@ class EarlyRead:
 def _names_no_token(jobfile: str) -> bool:
     """Whether the job file is a regular file that surely names no PKCS#11 token (a run with such
     jobs would not otherwise touch PC/SC for them; it is left alone). Read without blocking: a FIFO
-    or a device is not read here."""
+    or a device is not read here. Plain byte searches: conservative (a Windows path with ``\\u`` in
+    it also leaves the early read out), cheap, and ``re`` need not be imported on the way."""
     if jobfile == "-":
         return False
     try:
         from provision.limits import MAX_JOBFILE_BYTES
 
-        fd = os.open(jobfile, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        fd = os.open(jobfile, flags)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JOBFILE_BYTES:
                 return False
             with os.fdopen(os.dup(fd), "rb") as handle:
-                text = handle.read(MAX_JOBFILE_BYTES + 1).decode("utf-8")
+                data = handle.read(MAX_JOBFILE_BYTES + 1)
         finally:
             os.close(fd)
-    except (OSError, ValueError):
+    except OSError:
         return False
-    return _names_no_token_in(text)
+    return _names_no_token_in(data)
 
 
-def _names_no_token_in(text: str) -> bool:
-    """No "pkcs11" in any case, and no YAML escape that could spell it (plain string methods: ``re``
-    is not imported yet when this runs, and need not be on the way to the first APDU)."""
-    if "pkcs11" in text.lower():
+def _names_no_token_in(data: bytes) -> bool:
+    if data.startswith((b"\xfe\xff", b"\xff\xfe")):
         return False
-    at = text.find("\\")
-    while at != -1:
-        if text[at + 1 : at + 2] in _ESCAPES:
-            return False
-        at = text.find("\\", at + 2)
-    return True
+    return not any(sign in data for sign in _TOKEN_SIGNS)
 
 
 def _quietly_close(transport: Any) -> None:

@@ -140,12 +140,21 @@ def test_two_cards_or_a_reader_filter_that_matches_none_leave_it_to_the_runner(m
 
 
 @pytest.mark.parametrize("text", ["    card: {pkcs11: {module: /x.so, token_label: A}}\n",
-                                  '    "card": {"\\x70kcs11": {}}\n', "  # PKCS11 mentioned\n"])  # fmt: skip
+                                  '    "card": {"\\x70kcs11": {}}\n',  # an escape that spells a letter
+                                  '    "card": {"pk\\\n  cs11": {}}\n',  # an escaped line break joins the halves
+                                  "  # pkcs11 mentioned in a comment\n"])  # fmt: skip
 def test_a_job_file_that_may_name_a_token_is_left_to_the_runner(monkeypatch: pytest.MonkeyPatch, job: Path,
                                                                 text: str) -> None:  # fmt: skip
     job.write_text(job.read_text() + text)
     early, made = early_with(monkeypatch, job, [SimCard(SimOptions())])
     assert early.wait(5) is None and made == []
+
+
+def test_other_backslashes_and_uppercase_words_do_not_matter(monkeypatch: pytest.MonkeyPatch, job: Path) -> None:
+    job.write_text(job.read_text() + "  # PKCS11 is not the key; C:\\certs\\a.p12\n")
+    early, made = early_with(monkeypatch, job, [SimCard(SimOptions())])
+    assert early.wait(5) == READER
+    early.close()
 
 
 @pytest.mark.posix_only
