@@ -8,7 +8,8 @@ an old certificate, so the load archives it), loaded from the same RSA-2048 PKCS
 P1. Each run is the real command line (``provision run --unattended --no-progress``) started through
 bench/trace_run.py, which times the phases from outside the product. The card's own time is measured
 at the card (the simulator's answer time, its per-APDU latency included): what no host software can
-go below. Then, untimed: one run under ``strace -f -c`` counts every fsync/fdatasync (SQLite's
+go below. Every run is followed by one without the early card read (``PROVISION_EARLY_READ=0``,
+provision/early.py), whose medians are printed too. Then, untimed: one run under ``strace -f -c`` counts every fsync/fdatasync (SQLite's
 included), and one under ``python -X importtime`` lists the heaviest imports.
 """
 
@@ -54,15 +55,16 @@ def one_run(daemon: object, material: object, latency_ms: float, work: Path, ind
     marks, phases = data["marks"], data["phases"]
     log = slot.card.log
     slot.pull()
+    parsing = phases.get("argument parsing", [0.0, 0])[0]
     row: dict[str, float] = {
         "interpreter start": marks["started"] - spawned,
-        "imports": marks["imported"] - marks["started"],
-        "argument parsing": marks["job file"] - marks["imported"],
+        # Everything from the first statement to the job file but the argument parsing: the imports.
+        "imports": marks["job file"] - marks["started"] - parsing,
         "process exit": ended - marks["ended"],
     }
     for name, (seconds, _calls) in phases.items():
-        if name in ("PKCS#12 decryption", "fsync (Python-level)"):
-            continue  # inside other phases: shown as details
+        if name in ("PKCS#12 decryption", "fsync (Python-level)") or name.endswith("(early)"):
+            continue  # inside other phases, or overlapped with them (the early card read): shown as details
         row[name] = seconds
     wall = ended - spawned
     row["other (runner, checks, threads)"] = wall - sum(row.values())
@@ -72,6 +74,7 @@ def one_run(daemon: object, material: object, latency_ms: float, work: Path, ind
         "fsync_python": phases.get("fsync (Python-level)", [0.0, 0]),
         "card_seconds": sum(x.seconds for x in log), "apdus": len(log),
         "first_apdu": marks.get("first APDU", ended) - spawned,
+        "early": {k: v for k, v in phases.items() if k.endswith("(early)")},
     }  # fmt: skip
 
 
@@ -152,7 +155,16 @@ def profile(latency_ms: float, repeat: int) -> dict[str, object]:
     try:
         material = cards.Material(work / "material")
         one_run(daemon, material, latency_ms, work, -1)  # warm the page cache and pcscd
-        runs = [one_run(daemon, material, latency_ms, work, i) for i in range(repeat)]
+        # Each run with the early card read (the product's way) is followed by one without it
+        # (PROVISION_EARLY_READ=0): interleaved, so a machine that gets busier slows both alike.
+        runs, without = [], []
+        for i in range(repeat):
+            runs.append(one_run(daemon, material, latency_ms, work, i))
+            os.environ["PROVISION_EARLY_READ"] = "0"
+            try:
+                without.append(one_run(daemon, material, latency_ms, work, repeat + i))
+            finally:
+                del os.environ["PROVISION_EARLY_READ"]
         fsyncs = syscall_fsyncs(daemon, material, work)
         imports = heaviest_imports(daemon, material, work)
         floor = python_floor()
@@ -167,7 +179,13 @@ def profile(latency_ms: float, repeat: int) -> dict[str, object]:
         "card_seconds": med(r["card_seconds"] for r in runs), "apdus": med(r["apdus"] for r in runs),  # type: ignore[misc]
         "first_apdu": med(r["first_apdu"] for r in runs), "decryption": med(r["decryption"] for r in runs),  # type: ignore[misc]
         "phases": phases, "calls": runs[-1]["calls"], "fsync_python": runs[-1]["fsync_python"],
+        "early_apdus": med(float(r["early"].get("card APDUs (early)", [0.0, 0])[1]) for r in runs),  # type: ignore[attr-defined]
+        "early_apdu_seconds": med(float(r["early"].get("card APDUs (early)", [0.0, 0])[0]) for r in runs),  # type: ignore[attr-defined]
         "fsync_syscalls": fsyncs, "imports": imports, "floor": floor,
+        "without_early": {"wall": med(r["wall"] for r in without), "card_seconds": med(r["card_seconds"] for r in without),  # type: ignore[misc]
+                          "first_apdu": med(r["first_apdu"] for r in without),  # type: ignore[misc]
+                          "walls": [r["wall"] for r in without], "phases": [r["phases"] for r in without]},
+        "walls": [r["wall"] for r in runs],
     }  # fmt: skip
 
 
@@ -175,7 +193,9 @@ def render(p: dict[str, object]) -> str:
     wall, card = float(p["wall"]), float(p["card_seconds"])  # type: ignore[arg-type]
     calls: dict[str, int] = p["calls"]  # type: ignore[assignment]
     phases: dict[str, float] = p["phases"]  # type: ignore[assignment]
-    counts = {"card APDUs": f"{calls.get('card APDUs', 0)} APDUs", "journal": f"{calls.get('journal', 0)} calls",
+    early = (f" after the {p['early_apdus']:g} sent early ({float(p['early_apdu_seconds']) * 1000:.0f} ms, overlapped "  # type: ignore[arg-type]
+             "with the start-up: provision.early)") if p.get("early_apdus") else ""  # fmt: skip
+    counts = {"card APDUs": f"{calls.get('card APDUs', 0)} APDUs{early}", "journal": f"{calls.get('journal', 0)} calls",
               "audit": f"{calls.get('audit', 0)} records", "store": f"{calls.get('store', 0)} calls",
               "PKCS#12 read + decryption": f"decryption itself {float(p['decryption']) * 1000:.0f} ms"}  # type: ignore[arg-type]  # fmt: skip
     lines = [f"One `provision run` of one card ({p['card_model']}, {p['latency_ms']:g} ms/APDU), "
@@ -189,6 +209,12 @@ def render(p: dict[str, object]) -> str:
                  f"(measured at the card); wall / card = {wall / card:.2f}x" if card else "card time: 0")  # fmt: skip
     lines.append(f"software's share: {(wall - card) * 1000:.0f} ms; the first APDU {float(p['first_apdu']) * 1000:.0f} ms "  # type: ignore[arg-type]
                  "after the process was started")  # fmt: skip
+    off: dict[str, float] = p["without_early"]  # type: ignore[assignment]
+    lines.append(f"without the early card read (PROVISION_EARLY_READ=0, runs interleaved with these): wall "
+                 f"{off['wall'] * 1000:.0f} ms, {off['wall'] / off['card_seconds']:.2f}x the card's "
+                 f"{off['card_seconds'] * 1000:.0f} ms; the first APDU {off['first_apdu'] * 1000:.0f} ms after the start; "
+                 f"run by run, the early read saved {statistics.median(b - a for a, b in zip(p['walls'], off['walls'])) * 1000:.0f} ms "  # type: ignore[call-overload]
+                 "(median of the pairs)")  # fmt: skip
     fp = p["fsync_python"]
     lines.append(f"fsync from Python (audit, store, directories): {fp[1]} calls, {fp[0] * 1000:.1f} ms"  # type: ignore[index]
                  + (f"; all fsync-family syscalls (strace -f, SQLite included): {p['fsync_syscalls']}" if p["fsync_syscalls"] else ""))  # fmt: skip

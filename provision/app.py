@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.backend import CardBackend
+from provision.early import EarlyRead
 from provision.errors import ProvisionError
 from provision.i18n import current_language, msg
 from provision.jobfile import JobFile
@@ -57,9 +58,11 @@ def run_jobfile(
     lease_seconds: float = 30.0,
     bundle_window: int = 32,
     logs_lock: LogsLock | None = None,
+    early: EarlyRead | None = None,
 ) -> RunOutcome:
     """Everything ``provision run`` does after the job file validated. ``logs_lock``: the caller
-    already holds the logs lock (``resume`` takes it before it reads the journal)."""
+    already holds the logs lock (``resume`` takes it before it reads the journal). ``early``: the
+    card read while the program started (``provision.early``); the PC/SC readers take it."""
     if only_jobs is not None:
         from dataclasses import replace
 
@@ -71,7 +74,7 @@ def run_jobfile(
         if counter_screen is None:  # the counter screen needs a person at a terminal
             counter_screen = not unattended and sys.stdin.isatty() and sys.stderr.isatty()
         if source is None:
-            source = card_source(jobfile, readers=readers, sim=sim)
+            source = card_source(jobfile, readers=readers, sim=sim, early=early)
         audit = open_audit(logs, jobfile, unattended=unattended, accept_damaged_tail=accept_damaged_audit_tail,
                            operator=operator)  # fmt: skip
         if unattended and wait is None:
@@ -146,7 +149,8 @@ def stop_on_signals(runner: Runner, *, raise_interrupt: bool) -> Iterator[None]:
             signal.signal(number, old)
 
 
-def card_source(jobfile: JobFile, *, readers: list[str] | None, sim: bool) -> CardSource | CardBackend:
+def card_source(jobfile: JobFile, *, readers: list[str] | None, sim: bool,
+                early: EarlyRead | None = None) -> CardSource | CardBackend:  # fmt: skip
     """The cards of ``provision run``: PC/SC readers (``readers`` filters them by name), or one
     fresh simulated card per job (``--sim``), and the PKCS#11 tokens of jobs that name a module."""
     from provision.p11.source import with_pkcs11_tokens
@@ -161,7 +165,7 @@ def card_source(jobfile: JobFile, *, readers: list[str] | None, sim: bool) -> Ca
         else:
             from provision.readers import PcscSource
 
-            piv = PcscSource(readers)
+            piv = PcscSource(readers, early=early)
     source: CardSource | CardBackend = with_pkcs11_tokens(jobfile, piv)  # the PIV source alone when no job names a token
     return source
 

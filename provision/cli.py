@@ -323,8 +323,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_jobfile(jobfile, logs=Path(args.logs), unattended=args.unattended, wait=args.wait,
                           readers=args.reader, sim=args.sim, progress=not args.no_progress,
                           accept_damaged_audit_tail=args.accept_damaged_audit_tail, queue=args.queue,
-                          operator=operator,
-                          station=args.station, lease_seconds=args.lease)  # fmt: skip
+                          operator=operator, station=args.station, lease_seconds=args.lease,
+                          early=getattr(args, "early_read", None))  # fmt: skip
     if args.json:
         _emit_json(outcome.document)
     else:
@@ -1225,6 +1225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    early = args.early_read = _start_early_read(args)
     try:
         try:
             set_language(choose(getattr(args, "lang", None) or getattr(args, "lang_top", None)))
@@ -1246,6 +1247,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _warn("provision: " + _("internal error ({name}); this is a bug, please report it with the command you ran "
                                 "(set PROVISION_DEBUG=1 for a traceback)").format(name=type(exc).__name__))  # fmt: skip
         return EXIT_INTERNAL
+    finally:
+        if early is not None:  # not taken by the run (it ended before a card, or had no PC/SC card)
+            early.close()
+
+
+def _start_early_read(args: argparse.Namespace) -> Any:
+    """An unattended ``run`` on PC/SC readers reads the card's identity while the rest of the program
+    is imported and the job file and PKCS#12 are opened (``provision.early``); None elsewhere."""
+    if args.handler is not cmd_run or not args.unattended or args.sim:
+        return None
+    from provision.early import start_early_read
+
+    return start_early_read(args.jobfile, args.reader)
 
 
 def exit_after(code: int) -> NoReturn:

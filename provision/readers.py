@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from provision.backend import CardEvent
 from provision.card.base import RawTransport
+
+if TYPE_CHECKING:
+    from provision.early import EarlyRead
 
 
 class PcscSource:
     """Real readers through PC/SC (pcscd, WinSCard): insertion events on all readers at once."""
 
-    def __init__(self, reader_filter: list[str] | None = None) -> None:
+    def __init__(self, reader_filter: list[str] | None = None, early: EarlyRead | None = None) -> None:
         from provision.card import transport
 
         self._t = transport
         self._filter = [f.lower() for f in reader_filter or []]
+        self._early = early  # the card read while the program started (provision.early), taken once
 
     def _wanted(self, name: str) -> bool:
         return not self._filter or any(f in name.lower() for f in self._filter)
@@ -59,6 +64,11 @@ class PcscSource:
             yield CardEvent("tick", "")
 
     def connect(self, reader: str) -> RawTransport:
+        if self._early is not None:
+            card = self._early.take(reader)
+            if card is not None:
+                self._early = None
+                return card  # its identity APDUs already answered, in the transaction the load goes on with
         return self._t.connect(reader)
 
     def done_with(self, reader: str) -> None:

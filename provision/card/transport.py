@@ -7,8 +7,9 @@ one place, :func:`error_for`, and leaves as one of our typed errors, never as a 
 ``smartcard`` is imported lazily: ``provision --help`` stays fast, and a machine without pyscard or
 without a PC/SC library gets an :class:`EnvironmentProblem` with one clear sentence (exit 3).
 
-Handles and contexts of pcsc-lite belong to the thread that made them: use a transport, and a
-:func:`watch` iterator, from one thread.
+Handles and contexts of pcsc-lite are not for two threads at once: use a transport, and a
+:func:`watch` iterator, from one thread at a time (``provision.early`` hands a connection over to
+the runner's worker only after its own thread has finished with it).
 """
 
 from __future__ import annotations
@@ -568,6 +569,14 @@ class PcscTransport:
             if time.monotonic() >= deadline:
                 return 0
             time.sleep(0.05)
+
+    def unchanged(self) -> bool:
+        """Whether the card connected to is still there as it was: not pulled (or swapped) and not
+        reset since the connection was made. PC/SC answers SCARD_W_REMOVED_CARD or SCARD_W_RESET_CARD
+        on a handle whose card left or was reset (pcsc-lite, WinSCard and macOS alike)."""
+        if self._handle is None:
+            return False
+        return not self._scard.SCardStatus(self._handle)[0] & 0xFFFFFFFF
 
     def begin_transaction(self) -> None:
         _check(self._scard.SCardBeginTransaction(self._live_handle()), msg("locking the card"), self.reader)

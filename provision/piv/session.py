@@ -49,6 +49,13 @@ from provision.errors import (
 )
 from provision.i18n import msg
 from provision.piv import tlv
+from provision.piv.identity import (
+    OBJECT_ID_CHUID,
+    object_id_tlv,
+    send_get_object,
+    send_get_serial,
+    send_select,
+)
 from provision.piv.profiles import (
     MANAGEMENT_KEY_REFUSED_SW,
     NO_SERIAL_SW,
@@ -59,17 +66,12 @@ from provision.piv.profiles import (
 from provision.piv.slots import ALGORITHM_BY_CODE, Algorithm, find_algorithm, slot_by_ref
 from provision.secrets import Secret
 
-PIV_AID = bytes.fromhex("A000000308000010000100")
-
 INS_VERIFY = 0x20
 INS_CHANGE_REFERENCE = 0x24
 INS_RESET_RETRY_COUNTER = 0x2C
 INS_AUTHENTICATE = 0x87
-INS_SELECT = 0xA4
-INS_GET_DATA = 0xCB
 INS_PUT_DATA = 0xDB
 INS_GET_METADATA = 0xF7
-INS_GET_SERIAL = 0xF8
 INS_GET_VERSION = 0xFD
 INS_IMPORT_KEY = 0xFE
 INS_SET_MANAGEMENT_KEY = 0xFF  # Yubico: 00 FF FF FF|FE  <alg> 9B len key  (FE: touch required)
@@ -78,7 +80,6 @@ KEY_REF_PIN = 0x80
 KEY_REF_PUK = 0x81
 KEY_REF_MANAGEMENT = 0x9B
 
-OBJECT_ID_CHUID = 0x5FC102
 OBJECT_ID_DISCOVERY = 0x7E
 
 # Project slot-name object. Vendor range 5FFFxx; taken elsewhere: 5FFF00 (ykman PIVMAN data,
@@ -378,10 +379,6 @@ class SlotNameResult:
         return msg("the card does not keep vendor objects ({sw}: {describe_sw})", sw=format(self.sw, "04X"), describe_sw=describe_sw(self.sw))  # fmt: skip
 
 
-def _object_id_tlv(object_id: int) -> bytes:
-    return tlv.encode(0x5C, tlv.tag_bytes(object_id))
-
-
 def _pkcs1_v15_sha256_block(message: bytes, key_bytes: int) -> bytes:
     digest = hashes.Hash(hashes.SHA256())
     digest.update(message)
@@ -408,7 +405,7 @@ class PivSession:
 
     def select(self) -> ApplicationProperties | None:
         """SELECT the PIV application by its full AID. None: the card answered 9000 without an APT."""
-        data, sw = self.channel.send_raw_sw(INS_SELECT, 0x04, 0x00, PIV_AID, le=0)
+        data, sw = send_select(self.channel)
         if sw != SW_OK:
             raise CardStatusError(
                 msg('this card has no PIV application (SELECT answered {sw:04X}: {describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw
@@ -433,7 +430,7 @@ class PivSession:
 
     def serial(self) -> int | None:
         """Serial number (YubiKey 5 GET SERIAL), unsigned; None on cards without it."""
-        data, sw = self.channel.send_raw_sw(INS_GET_SERIAL, 0, 0, le=0)
+        data, sw = send_get_serial(self.channel)
         if sw in UNSUPPORTED_SW or sw in NO_SERIAL_SW:
             return None
         if sw != SW_OK:
@@ -825,7 +822,7 @@ class PivSession:
 
     def get_object(self, object_id: int) -> bytes | None:
         """GET DATA ``00 CB 3F FF 5C <id>``: the object's value (inside 53), or None if absent."""
-        data, sw = self.channel.send_raw_sw(INS_GET_DATA, 0x3F, 0xFF, _object_id_tlv(object_id), le=0)
+        data, sw = send_get_object(self.channel, object_id)
         if sw == SW_FILE_NOT_FOUND:
             return None
         if sw != SW_OK:
@@ -837,7 +834,7 @@ class PivSession:
 
     def put_object(self, object_id: int, data: bytes) -> None:
         """PUT DATA ``00 DB 3F FF 5C <id> 53 L data``; empty ``data`` deletes the object."""
-        body = _object_id_tlv(object_id) + tlv.encode(0x53, data)
+        body = object_id_tlv(object_id) + tlv.encode(0x53, data)
         self.channel.send(INS_PUT_DATA, 0x3F, 0xFF, body)
 
     def read_certificate(self, slot: int) -> bytes | None:
