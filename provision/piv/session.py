@@ -73,6 +73,11 @@ INS_AUTHENTICATE = 0x87
 INS_PUT_DATA = 0xDB
 INS_GET_METADATA = 0xF7
 INS_GET_VERSION = 0xFD
+INS_SELECT = 0xA4
+# A YubiKey's OTP application over CCID (yubikit's AID.OTP) and its API request for the serial.
+YUBIKEY_OTP_AID = bytes.fromhex("A0000005272001")
+INS_OTP_API = 0x01
+OTP_SLOT_DEVICE_SERIAL = 0x10
 INS_IMPORT_KEY = 0xFE
 INS_SET_MANAGEMENT_KEY = 0xFF  # Yubico: 00 FF FF FF|FE  <alg> 9B len key  (FE: touch required)
 
@@ -400,6 +405,7 @@ class PivSession:
         self.channel = channel
         self._rng = rng
         self._version: object = _UNSET
+        self._serial: object = _UNSET
 
     # --- identity ---
 
@@ -429,15 +435,46 @@ class PivSession:
         return self._version
 
     def serial(self) -> int | None:
-        """Serial number (YubiKey 5 GET SERIAL), unsigned; None on cards without it."""
-        data, sw = send_get_serial(self.channel)
-        if sw in UNSUPPORTED_SW or sw in NO_SERIAL_SW:
+        """Serial number, unsigned; None on cards without one. YubiKey 5 and cards like it answer
+        GET SERIAL in the PIV application; a YubiKey NEO or 4 has no GET SERIAL there and gives its
+        serial through its OTP application instead (``_serial_from_otp``). Read once per session:
+        the serial does not change, and the OTP detour must not happen after a VERIFY."""
+        if self._serial is _UNSET:
+            data, sw = send_get_serial(self.channel)
+            if sw in UNSUPPORTED_SW:
+                self._serial = self._serial_from_otp()
+            elif sw in NO_SERIAL_SW:
+                self._serial = None
+            elif sw != SW_OK:
+                raise CardStatusError(msg('GET SERIAL failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
+            elif len(data) != 4:
+                raise CardProtocolError(msg('GET SERIAL answered {len} bytes, expected 4', len=len(data)))
+            else:
+                self._serial = int.from_bytes(data, "big", signed=False)
+        assert self._serial is None or isinstance(self._serial, int)
+        return self._serial
+
+    def _serial_from_otp(self) -> int | None:
+        """The serial of a YubiKey before firmware 5, from its OTP application (SELECT A0 00 00 05 27
+        20 01, then request 01 with slot 10: four bytes), as yubico-piv-tool (``_ykpiv_get_serial``)
+        and ykcs11 read it; then PIV is selected again. Asked only of a card whose GET VERSION says
+        it is such a YubiKey: another PIV card without GET SERIAL sees one GET VERSION more, and
+        nothing outside its PIV application. None where the key keeps its serial hidden."""
+        version = self.version()
+        if version is None or version >= (5, 0, 0) or version < (3, 0, 0):
             return None
-        if sw != SW_OK:
-            raise CardStatusError(msg('GET SERIAL failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
-        if len(data) != 4:
-            raise CardProtocolError(msg('GET SERIAL answered {len} bytes, expected 4', len=len(data)))
-        return int.from_bytes(data, "big", signed=False)
+        serial: int | None = None
+        try:
+            _data, sw = self.channel.send_raw_sw(INS_SELECT, 0x04, 0x00, YUBIKEY_OTP_AID, le=0)
+            if sw == SW_OK:
+                data, sw = self.channel.send_raw_sw(INS_OTP_API, OTP_SLOT_DEVICE_SERIAL, 0x00, le=0)
+                if sw == SW_OK and len(data) == 4:
+                    serial = int.from_bytes(data, "big", signed=False) or None
+        finally:
+            version_seen = self._version
+            self.select()  # back to PIV (raises if the card no longer answers it)
+            self._version = version_seen
+        return serial
 
     def read_chuid(self) -> str | None:
         """The CHUID's GUID (tag 34) as lowercase hex, or None without a CHUID or GUID."""

@@ -732,7 +732,9 @@ class SimCard:
         return bytes(self.options.firmware)
 
     def _serial(self, cmd: Command) -> bytes:
-        if self.options.no_f8:
+        # A YubiKey NEO or 4 has no GET SERIAL in its PIV application (it came with firmware 5;
+        # yubikit's PivSession.get_serial requires 5.0): peers read the serial through OTP there.
+        if self.options.no_f8 or (self.options.is_yubikey and self.options.firmware < (5, 0, 0)):
             raise _Status(SW_INS_NOT_SUPPORTED)
         self._require_p1p2(cmd, 0, 0)
         return self.options.serial.to_bytes(4, "big")

@@ -102,13 +102,45 @@ def test_version_wrong_length() -> None:
     [
         (h("00 BC 61 4E 90 00"), 12345678),
         (h("FF FF FF FE 90 00"), 0xFFFFFFFE),  # top bit set: unsigned (yubico-piv-tool prints signed)
-        (h("6D 00"), None),
-        (h("6A 81"), None),
     ],
 )
 def test_serial(answer: bytes, serial: int | None) -> None:
     p, t = session([(h("00 F8 00 00 00"), answer)])
     assert p.serial() == serial
+    t.done()
+
+
+@pytest.mark.parametrize("refused", [h("6D 00"), h("6A 81")])
+@pytest.mark.parametrize("version", [h("6D 00"), h("05 04 03 90 00")], ids=["no-version", "firmware-5"])
+def test_no_serial_and_not_a_yubikey_4_asks_nothing_outside_piv(refused: bytes, version: bytes) -> None:
+    p, t = session([(h("00 F8 00 00 00"), refused), (h("00 FD 00 00 00"), version)])
+    assert p.serial() is None
+    t.done()
+
+
+def test_a_yubikey_4_serial_through_otp_then_piv_again() -> None:
+    """The exchange yubico-piv-tool's _ykpiv_get_serial has with a YubiKey 4 (with yubikit's AID)."""
+    p, t = session([
+        (h("00 F8 00 00 00"), h("6D 00")),
+        (h("00 FD 00 00 00"), h("04 03 07 90 00")),
+        (h("00 A4 04 00 07 A0 00 00 05 27 20 01 00"), h("04 03 07 00 00 00 90 00")),
+        (h("00 01 10 00 00"), h("01 65 EC 15 90 00")),
+        (h("00 A4 04 00 0B A0 00 00 03 08 00 00 10 00 01 00 00"), h("61 11 4F 06 00 00 10 00 01 00 79 07 4F 05 A0 00 00 03 08 90 00")),
+    ])  # fmt: skip
+    assert p.serial() == 0x0165EC15
+    assert p.serial() == 0x0165EC15  # once per session
+    t.done()
+
+
+def test_a_yubikey_4_that_hides_its_serial_is_read_as_none_and_piv_is_selected_again() -> None:
+    p, t = session([
+        (h("00 F8 00 00 00"), h("6D 00")),
+        (h("00 FD 00 00 00"), h("04 03 07 90 00")),
+        (h("00 A4 04 00 07 A0 00 00 05 27 20 01 00"), h("04 03 07 00 00 00 90 00")),
+        (h("00 01 10 00 00"), h("6A 82")),
+        (h("00 A4 04 00 0B A0 00 00 03 08 00 00 10 00 01 00 00"), h("90 00")),
+    ])  # fmt: skip
+    assert p.serial() is None
     t.done()
 
 

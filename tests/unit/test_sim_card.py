@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from provision.errors import CardRemovedError, CardVanished
+from provision.piv.session import PivSession
 from provision.sim.card import SimCard, SimOptions
 from provision.sim.inprocess import SimTransport
 
@@ -874,3 +875,55 @@ def test_the_otp_application_answers_the_serial_as_yubico_piv_tool_asks_a_yubike
     assert tx(generic, apdu(0, 0xA4, 4, 0, bytes.fromhex("A000000527200101")))[1] == 0x6A82
     five = SimCard(SimOptions())  # 5.x: GET SERIAL; the OTP application is not simulated there
     assert tx(five, apdu(0, 0xA4, 4, 0, bytes.fromhex("A000000527200101")))[1] == 0x6A82
+
+
+class Logged(SimTransport):
+    """A simulated card's connection that keeps the header of every command sent."""
+
+    def __init__(self, card: SimCard) -> None:
+        super().__init__(card)
+        self.sent: list[str] = []
+
+    def transmit(self, apdu: bytes) -> bytes:
+        self.sent.append(apdu[:4].hex())
+        return super().transmit(apdu)
+
+
+def _session(card: SimCard) -> tuple[Logged, PivSession]:
+    from provision.card.apdu import ApduChannel
+
+    t = Logged(card)
+    session = PivSession(ApduChannel(t))
+    session.select()
+    t.sent.clear()
+    return t, session
+
+
+def test_a_yubikey_4_gives_its_serial_through_the_otp_application_and_piv_is_selected_again() -> None:
+    """A YubiKey NEO or 4 has no GET SERIAL in PIV (6D00): its serial comes from the OTP application,
+    as yubico-piv-tool and ykcs11 read it, once per session; PIV answers again afterwards."""
+    t, session = _session(SimCard(SimOptions(serial=3_000_000_001, firmware=(4, 3, 7))))
+    assert session.serial() == 3_000_000_001
+    assert t.sent == ["00f80000", "00fd0000", "00a40400", "00011000", "00a40400"]
+    assert session.read_chuid() is not None  # PIV is selected again
+    assert session.version() == (4, 3, 7)
+    before = len(t.sent)
+    assert session.serial() == 3_000_000_001 and len(t.sent) == before  # read once per session: nothing sent
+
+
+def test_the_otp_detour_is_only_for_a_yubikey_before_firmware_5() -> None:
+    five_t, five = _session(SimCard(SimOptions(serial=12345678)))
+    assert five.serial() == 12345678 and five_t.sent == ["00f80000"]
+    other_t, other = _session(SimCard(SimOptions(profile="pivapplet", no_f8=True)))
+    assert other.serial() is None
+    assert "00a40400" not in other_t.sent  # nothing outside the PIV application is selected
+    assert other_t.sent[0] == "00f80000"
+
+
+def test_a_job_naming_a_yubikey_4_by_serial_finds_it() -> None:
+    """End to end in process: the serial read through OTP identifies the card for its job."""
+    from provision.backend import PivCard
+
+    card = PivCard(SimTransport(SimCard(SimOptions(serial=23456788, firmware=(4, 3, 7)))))
+    seen = card.identify()
+    assert seen.serial == 23456788
