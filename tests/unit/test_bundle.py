@@ -87,6 +87,12 @@ OPENSSL_FORMATS = {
     "keypbe-3des-certpbe-rc2-40": ["-legacy", "-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-RC2-40"],
     "aes128": ["-keypbe", "AES-128-CBC", "-certpbe", "AES-128-CBC"],
     "unencrypted-certs": ["-certpbe", "NONE"],
+    # What Windows' certificate export adds to the key's bag: the CSP name (1.3.6.1.4.1.311.17.1),
+    # the machine key set (LMK) and the key usage (exchange): attributes a reader must pass over.
+    "windows-csp-lmk-keyex": ["-CSP", "Microsoft Enhanced RSA and AES Cryptographic Provider", "-LMK", "-keyex"],
+    "windows-legacy-3des-sha1": ["-legacy", "-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES", "-macalg", "sha1",
+                                 "-CSP", "Microsoft Software Key Storage Provider", "-keysig"],
+    "high-iteration-count": ["-iter", "100000", "-maciter"],
 }
 
 
@@ -96,6 +102,8 @@ def test_openssl_formats_open_and_reject_a_wrong_password(tmp_path, ca, leaf, op
     data = openssl_export(
         tmp_path, password=PASSWORD, key=key, certs=[cert], certfile=[ca.certificate], options=options
     )
+    if "-CSP" in options:  # the attribute really is in the file (szOID_MS_CSP_NAME, 1.3.6.1.4.1.311.17.1)
+        assert bytes.fromhex("2b0601040182371101") in data
     result = inspect(data)
     assert result.status == "ok", result.message
     assert result.piv_algorithm == "RSA2048"
