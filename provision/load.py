@@ -290,11 +290,13 @@ class Loader:
         job's own interrupted write when the journal says a ``write_certificate`` of it began and
         never ended: a card that stores a command chain segment by segment (CanoKey) keeps the
         segments that arrived. The old certificate was archived before that write began, so the
-        slot is taken as empty and written again. Anything else unreadable is not ours to replace."""
+        slot is taken as empty and written again. Anything else unreadable is not ours to replace:
+        that write may have been on another card (an ``any: true`` job in doubt goes to the next
+        card), so the slot's key must be this job's, imported before that write began."""
         try:
             return self.session.read_certificate(self.slot.key_ref)
         except CardProtocolError as exc:
-            if not self._interrupted("write_certificate"):
+            if not self._interrupted("write_certificate") or not self._job_key_in_slot():
                 raise CardError(msg("slot {hex} holds a certificate object that cannot be read ({error}); no load of this "
                                     "job left it, so it was not changed. Look at the card with another tool before "
                                     "loading it", hex=self.slot.hex, error=exc.message)) from None  # fmt: skip
@@ -302,6 +304,13 @@ class Loader:
             self.result.notes.append(msg("slot {hex} held the part of the certificate that an interrupted load had "
                                          "written; it was written again", hex=self.slot.hex))  # fmt: skip
             return None
+
+    def _job_key_in_slot(self) -> bool:
+        """GET METADATA says the slot holds this job's key (a card without it cannot tell: False)."""
+        metadata = self._metadata()
+        if metadata is None or metadata.public_key is None:
+            return False
+        return _spki(metadata.public_key) == _spki(self.ctx.bundle.certificate.public_key())
 
     def _interrupted(self, action: str) -> bool:
         """An earlier attempt of this job began ``action`` and it never ended (killed, card pulled,

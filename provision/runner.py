@@ -272,6 +272,13 @@ class Runner:
         logsdir.ensure_reserve(self.options.logs)  # room for the run's end, should the disk fill
         # Runs still 'running' while we hold the lock were killed outright (SIGKILL, power loss):
         # they are closed as interrupted, their loads in hand are in doubt, and the log says so.
+        # Their seals still waiting for a token are settled first: closing them in the journal ends
+        # their being found, so a run stopped in between would leave the tokens missing for ever.
+        # (A shared queue lists every station's runs: there, after this station's are recovered.)
+        if self.audit is not None and not self.journal.shared:
+            running = [r.run_id for r in self.journal.runs() if r.status == "running"]
+            if running:
+                self.audit.settle_stamps(running)  # a token the killed process was still waiting for
         abandoned = self.journal.recover_abandoned_runs()
         self.journal.start_run(self.run_id, self.jobfile.batch, str(self.jobfile.path),
                                "unattended" if self.options.unattended else "counter")  # fmt: skip
@@ -280,8 +287,8 @@ class Runner:
         for run_id in abandoned:
             self.record("run_abandoned", abandoned_run_id=run_id, outcome="killed",
                         reason="the run's process ended without closing it (killed or crashed)")  # fmt: skip
-        if abandoned and self.audit is not None:
-            self.audit.settle_stamps(abandoned)  # a token the killed process was still waiting for
+        if abandoned and self.audit is not None and self.journal.shared:
+            self.audit.settle_stamps(abandoned)
         self.record("validated", jobfile=str(self.jobfile.path), jobs=len(self.jobfile.jobs),
                     warnings=[w.message for w in self.jobfile.warnings], outcome="valid")  # fmt: skip
         tz, batch = self.jobfile.tz, self.jobfile.batch

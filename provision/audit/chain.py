@@ -267,14 +267,17 @@ class AuditLog:
         self._forward(written)
         if sealed is not None:
             self._forward(sealed)
-        for record in (written, sealed):
-            if record is not None and record.event == EVENT_SEAL:
-                for listener in self._seal_listeners:
-                    listener(record)
-        if self.timestamp_url is not None:  # after the lock: a TSA's round trip never holds up other writers
+        try:
             for record in (written, sealed):
                 if record is not None and record.event == EVENT_SEAL:
-                    self._stamp(record)
+                    for listener in self._seal_listeners:
+                        listener(record)
+        finally:
+            # Also when a listener failed (the journal): the seal says a token was asked for.
+            if self.timestamp_url is not None:  # after the lock: a TSA's round trip never holds up other writers
+                for record in (written, sealed):
+                    if record is not None and record.event == EVENT_SEAL:
+                        self._stamp(record)
         return written
 
     def add_seal_listener(self, listener: Callable[[AuditRecord], None]) -> None:

@@ -239,3 +239,47 @@ def test_a_certificate_larger_than_this_cards_objects_is_named_at_the_write(batc
         job = batch.run([card]).document["jobs"][0]
         assert job["status"] == "failed" and "the card has no room for this certificate (PUT DATA answered 6700)" in job["error"], job
         assert "slot 9c" in job["error"]
+
+
+def test_a_truncated_certificate_on_another_card_is_not_taken_for_the_jobs_own(
+    batch: Batch, ca: fixtures.Issuer, tmp_path: Path
+) -> None:
+    """An ``any: true`` job whose certificate write was torn on one card (pulled mid-chain) is
+    in doubt; when another card comes first, the job goes to it. A truncated certificate object on
+    that other card is not this job's interrupted write (its key is not the job's): it is not
+    overwritten, since its old certificate was never archived."""
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    batch.cards[-1] = batch.cards[-1].replace("{serial: 12345678}", "{any: true}")
+    probe = canokey(state=tmp_path / "probe.json")
+    before = probe.apdu_count
+    assert batch.run([probe]).document["jobs"][0]["status"] == "loaded"
+    total = probe.apdu_count - before
+    import shutil
+
+    shutil.rmtree(batch.logs)
+    for k in range(1, total):  # the first pull that leaves a truncated certificate object
+        state = tmp_path / f"card-{k}.json"
+        pulled = canokey(state=state, vanish_after=k)
+        batch.run([pulled])
+        stored = pulled.state.objects.get(0x5FC10A)
+        if stored is not None and stored[:1] == b"\x70" and len(stored) < 4 + int.from_bytes(stored[2:4], "big"):
+            break
+        shutil.rmtree(batch.logs)
+    else:
+        pytest.fail("no pull left a truncated certificate object")
+    other = canokey(serial=87654321)
+    preload_old_certificate(other, ca, "LEE Siu Ming")
+    session = session_for(other)
+    from tests.sim.test_runner import DEFAULT_KEY
+
+    session.authenticate(DEFAULT_KEY)
+    body = b"\x5c\x03\x5f\xc1\x0a" + b"\x53\x82\x01\x80" + b"\x70\x82\x01\x7c" + bytes(200)
+    session.channel.send(0xDB, 0x3F, 0xFF, body, cla=0x10)  # another program's write, torn
+    other.reset()
+    torn = other.state.objects.get(0x5FC10A)
+    writes = other.write_attempt_count
+    outcome = batch.run([other])
+    job = outcome.document["jobs"][0]
+    assert job["status"] == "failed" and "cannot be read" in job["error"], job
+    assert other.write_attempt_count == writes
+    assert other.state.objects.get(0x5FC10A) == torn

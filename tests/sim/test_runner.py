@@ -712,3 +712,45 @@ def test_at_the_counter_a_twin_that_does_not_answer_is_waited_for_a_bounded_time
         runner.pin_holds.close()
     assert waited < 1.2, waited  # the slow card's first answer alone takes 1.5 s
     assert seen.others == ()  # not read in time: not known
+
+
+def test_a_killed_runs_missing_time_stamps_are_settled_even_if_the_settling_run_is_stopped(
+    batch: Batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed while its TSA was answering leaves a seal that asked for a token and has none;
+    the next run records why (settle_stamps). That next run stopped before it got there (Ctrl-C,
+    a second kill) must not lose the settling: the journal still calls the killed run running
+    until it is settled, so a later run settles it and verify has no false alarm."""
+    from provision.audit.chain import AuditLog
+    from provision.audit.verify import verify
+    from tests.helpers.tsa import serving_tsa
+
+    batch.holder("HK-1", "CHAN Tai Man", 11111111)
+    with serving_tsa() as tsa:
+        path = batch.write()
+        path.write_text(path.read_text() + f"audit:\n  timestamp: '{tsa.url}'\n")
+
+        def run(cards: list[SimCard]) -> Any:
+            jobfile = load_jobfile(path, unattended=True)
+            return run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=SimSource([cards]),
+                               progress=False, say=lambda _: None)  # fmt: skip
+
+        assert run([SimCard(SimOptions(serial=11111111))]).exit_code == 0
+        # A run killed while it waited for its seal's token: running in the journal, no token kept.
+        journal = jn.Journal(batch.logs / "journal.sqlite3")
+        journal.start_run("20261129T000000Z-killed", "test-batch", str(path), "unattended")
+        journal.close()
+        with monkeypatch.context() as patch:
+            patch.setattr(AuditLog, "_stamp", lambda self, seal: None)
+            AuditLog(batch.logs / "audit.jsonl", timestamp=tsa.url).seal(run_id="20261129T000000Z-killed")
+        assert not verify(batch.logs, timestamps=True).ok  # a token that should exist is missing
+        with monkeypatch.context() as patch:
+            def stopped(self: Any, run_ids: Any) -> int:
+                raise KeyboardInterrupt
+
+            patch.setattr(AuditLog, "settle_stamps", stopped)
+            with pytest.raises(KeyboardInterrupt):
+                run([])
+        run([])
+    result = verify(batch.logs, timestamps=True, tsa_certs=[tsa.cert_der])
+    assert result.ok, result.message

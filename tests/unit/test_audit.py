@@ -1003,3 +1003,24 @@ def test_the_wrong_key_cannot_accept_a_keyed_log_as_damaged(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="probably not the key"):
         wrong.accept_damaged_tail("trying to continue")
     assert path.read_bytes() == before
+
+
+def test_a_seal_listener_that_fails_does_not_leave_the_seal_without_its_time_stamp(tmp_path: Path) -> None:
+    """The runner keeps every seal in its journal (a listener). A journal write that fails there
+    (disk full, locked) is the run's error, but the seal is already in the log saying a token was
+    asked for: the token must still be asked for, or verify reports it lost, for ever (the run was
+    not killed, so no later run excuses it)."""
+    from provision.errors import JournalError
+    from tests.helpers.tsa import serving_tsa
+
+    def failing(_record: object) -> None:
+        raise JournalError("the journal cannot be written")
+
+    with serving_tsa() as tsa:
+        log = AuditLog(tmp_path / "audit.jsonl", key=KEY, seal_each_job=True, timestamp=tsa.url, run_id="R1")
+        log.add_seal_listener(failing)
+        log.append("run_started")
+        with pytest.raises(JournalError):
+            log.append("job_loaded", job_id="J1")
+    result = verify(tmp_path, key=KEY, timestamps=True, tsa_certs=[tsa.cert_der])
+    assert result.ok, result.message
