@@ -535,10 +535,44 @@ class Pkcs11Loader:
             pin = self._pin.reveal().decode("utf-8") if self._pin is not None else pkcs11.PROTECTED_AUTH
             self.session = self.token.open_session(user_pin=pin)
 
-    def _create(self, what: Msg, template: dict[Any, Any]) -> None:
+    def _create(self, what: Msg, template: dict[Any, Any]) -> Any:
         with p11_errors(what):
             self.token.calls += 1
-            self.session.create_object(template)
+            return self.session.create_object(template)
+
+    def _keep_only_a_protected_key(self, key: Any) -> None:
+        """A key made from the minimal template (no CKA_PRIVATE, no CKA_EXTRACTABLE) has the module's
+        defaults for them. It must still be private, sensitive and not extractable: a module that
+        says otherwise gets the key destroyed again and the job fails, rather than a key that can
+        leave the token. An attribute the module does not report is its own rule (a card's key
+        never leaves the card)."""
+        import pkcs11
+        from pkcs11 import Attribute
+
+        wanted = {Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False}
+        wrong = []
+        for attribute, value in wanted.items():
+            try:
+                self.token.calls += 1
+                if bool(key[attribute]) != value:
+                    wrong.append(f"CKA_{attribute.name}={'TRUE' if not value else 'FALSE'}")
+            except pkcs11.PKCS11Error:
+                continue
+        if not wrong:
+            return
+        try:
+            self.token.calls += 1
+            key.destroy()
+            removed = True
+        except pkcs11.PKCS11Error:
+            removed = False
+        if removed:
+            raise CardError(msg("the token made the private key with {attributes} when given only the attributes it "
+                                "accepts, so it was destroyed again: a key that can leave the token is not loaded",
+                                attributes=", ".join(wrong)))  # fmt: skip
+        raise CardError(msg("the token made the private key with {attributes} when given only the attributes it "
+                            "accepts, and refused to destroy it: remove the key labelled {label!r} with the token's "
+                            "own tool", attributes=", ".join(wrong), label=self.label))  # fmt: skip
 
     def import_key(self, on_token: bool) -> None:
         if on_token:
@@ -557,8 +591,9 @@ class Pkcs11Loader:
                 # Some modules take only the attributes they need (ykcs11: the CRT parts or the EC
                 # scalar, no usage flags); an attribute it does not know means nothing was created.
                 minimal = objects.private_key_template(self.ctx.bundle.key, self.label, self.cka_id, subject, minimal=True)
-                self._create(msg("creating the private key"), minimal)
+                key = self._create(msg("creating the private key"), minimal)
                 info["template"] = "minimal"
+                self._keep_only_a_protected_key(key)
             except pkcs11.PKCS11Error:
                 with p11_errors(msg("creating the private key")):
                     raise

@@ -78,3 +78,54 @@ def test_an_so_pin_needs_the_place_it_writes(tmp_path: Path, canaries: Any) -> N
     assert job.card.pkcs11 is not None and job.card.pkcs11.object_id == b"\x02"
     assert job.card.pkcs11.so_pin is not None and job.card.pkcs11.so_pin.kind == "file"
     assert canaries.management_key not in repr(job)
+
+
+class _Key:
+    """A created private key object as python-pkcs11 gives it: attributes read by item."""
+
+    def __init__(self, attributes: dict[Any, bool], destroyable: bool = True) -> None:
+        self.attributes = attributes
+        self.destroyable = destroyable
+        self.destroyed = False
+
+    def __getitem__(self, attribute: Any) -> bool:
+        import pkcs11
+
+        if attribute not in self.attributes:
+            raise pkcs11.AttributeTypeInvalid()
+        return self.attributes[attribute]
+
+    def destroy(self) -> None:
+        import pkcs11
+
+        if not self.destroyable:
+            raise pkcs11.FunctionNotSupported()
+        self.destroyed = True
+
+
+def test_a_key_made_from_the_minimal_template_must_still_be_unable_to_leave_the_token() -> None:
+    """The minimal template leaves CKA_PRIVATE and CKA_EXTRACTABLE to the module's defaults: a key
+    the module made extractable (or not private, not sensitive) is destroyed and the job fails."""
+    from types import SimpleNamespace
+
+    from pkcs11 import Attribute
+
+    from provision.errors import CardError
+    from provision.p11.loader import Pkcs11Loader
+
+    check = Pkcs11Loader._keep_only_a_protected_key  # noqa: SLF001 - the check alone, without a token
+    loader: Any = SimpleNamespace(token=SimpleNamespace(calls=0), label="e-Cert20261129")
+    good = _Key({Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False})
+    check(loader, good)
+    assert not good.destroyed
+    silent = _Key({})  # a module that reports none of them: its own rule stands (a card's key)
+    check(loader, silent)
+    assert not silent.destroyed
+    for attributes in ({Attribute.EXTRACTABLE: True}, {Attribute.PRIVATE: False}, {Attribute.SENSITIVE: False}):
+        key = _Key({Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, **attributes})
+        with pytest.raises(CardError, match="destroyed again"):
+            check(loader, key)
+        assert key.destroyed
+    stuck = _Key({Attribute.EXTRACTABLE: True}, destroyable=False)
+    with pytest.raises(CardError, match="remove the key labelled 'e-Cert20261129'"):
+        check(loader, stuck)
