@@ -36,6 +36,7 @@ from provision.audit.records import (
     AuditRecord,
     Hasher,
     InspectedLine,
+    bounded_lines,
     canonical,
     chain_files,
     check_field_name,
@@ -538,8 +539,13 @@ class AuditLog:
         failed: set[int] = set()
         marks = [r.encode("utf-8") for r in wanted]
         for path in chain_files(self.path):
-            with open(path, "rb") as handle:
-                for raw in handle:
+            try:  # a planted link is refused (LogsError), an unreadable file is said, never exit 70
+                handle = os.fdopen(open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), "rb")
+            except OSError as exc:
+                raise RecordsError(msg("the audit log file {path} cannot be read ({strerror}); make it readable by "
+                                       "this user, then run again", path=path, strerror=exc.strerror)) from None  # fmt: skip
+            with handle:
+                for raw in bounded_lines(handle):
                     if not any(mark in raw for mark in marks) and b'"timestamp_failed"' not in raw:
                         continue
                     try:

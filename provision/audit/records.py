@@ -11,11 +11,11 @@ import os
 import re
 import socket
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, BinaryIO
 
 from provision.errors import AuditError, EnvironmentProblem, SecretInAuditError, UsageError
 from provision.i18n import msg
@@ -262,6 +262,27 @@ def inspect_line(raw: bytes, hasher: Hasher) -> InspectedLine:
 
 def rolled_name(current: Path, moment: datetime) -> Path:
     return current.with_name(f"{current.stem}-{moment.astimezone(UTC):%Y%m%dT%H%M%S%f}Z{current.suffix}")
+
+
+# No record comes near this (the largest, a run's end with its counts, is a few kB): a longer line
+# is a damaged or planted file, and reading it stops holding more than this.
+MAX_RECORD_BYTES = 1 << 20
+
+
+def bounded_lines(handle: BinaryIO) -> Iterator[bytes]:
+    """The lines of an audit file, as iterating the file gives them, except that a line longer than
+    MAX_RECORD_BYTES comes as its first MAX_RECORD_BYTES bytes only (no newline: it cannot verify)
+    and the rest of it is skipped, so a file that is one endless line is never held in memory."""
+    while True:
+        raw = handle.readline(MAX_RECORD_BYTES)
+        if not raw:
+            return
+        if len(raw) == MAX_RECORD_BYTES and not raw.endswith(b"\n"):
+            while True:
+                more = handle.readline(MAX_RECORD_BYTES)
+                if not more or more.endswith(b"\n"):
+                    break
+        yield raw
 
 
 def chain_files(current: Path) -> list[Path]:

@@ -40,6 +40,7 @@ from provision.audit.records import (
     AnchorEntry,
     Hasher,
     InspectedLine,
+    bounded_lines,
     chain_files,
     held_seal,
     inspect_line,
@@ -120,11 +121,16 @@ class _Failure(Exception):
         self.kind, self.path, self.line, self.message = kind, path, line, message
 
 
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for _ in bounded_lines(handle))
+
+
 def _lines_from(files: list[Path], fi: int, lineno: int) -> Iterator[tuple[int, int, bytes]]:
     """(file index, line number, raw line) from line ``lineno`` of file ``fi`` to the chain's end."""
     for index in range(fi, len(files)):
         with open(files[index], "rb") as handle:
-            for n, raw in enumerate(handle, start=1):
+            for n, raw in enumerate(bounded_lines(handle), start=1):
                 if index == fi and n < lineno:
                     continue
                 yield index, n, raw
@@ -267,7 +273,7 @@ class _Verifier:
         for fi, path in enumerate(self.files):
             skip_to = lineno = 0
             with open(path, "rb") as handle:
-                for lineno, raw in enumerate(handle, start=1):
+                for lineno, raw in enumerate(bounded_lines(handle), start=1):
                     if lineno <= skip_to or self._advance(raw):
                         continue
                     skip_to = self._explain(fi, lineno)
@@ -508,7 +514,7 @@ class _Verifier:
         path = self.files[fi]
         region: list[bytes] = []
         with open(path, "rb") as handle:
-            for n, raw in enumerate(handle, start=1):
+            for n, raw in enumerate(bounded_lines(handle), start=1):
                 if n < lineno:
                     continue
                 if n > lineno + _ACCEPT_LOOKAHEAD:
@@ -542,7 +548,7 @@ class _Verifier:
 
     def _has_any_record(self, path: Path) -> bool:
         with open(path, "rb") as handle:
-            for n, raw in enumerate(handle):
+            for n, raw in enumerate(bounded_lines(handle)):
                 if n > 1000:
                     break
                 if inspect_line(raw, self.hasher).status != "not-record":
@@ -764,7 +770,7 @@ def _verified_records(files: list[Path], key: Secret | None, bad_lines: dict[Pat
         except OSError as exc:
             raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
         with handle:
-            for lineno, raw in enumerate(handle, start=1):
+            for lineno, raw in enumerate(bounded_lines(handle), start=1):
                 line = inspect_line(raw, hasher)
                 if line.record is None:
                     bad_lines.setdefault(path, []).append(lineno)
@@ -825,7 +831,7 @@ def show(
             yield record
     for path in files:
         lines = bad_lines.get(path, [])
-        if lines and lines[0] == 1 and len(lines) == sum(1 for _ in open(path, "rb")):
+        if lines and lines[0] == 1 and len(lines) == _count_lines(path):
             raise AuditError(msg('{path} is not a provision audit log (no line is an audit record)', path=path))
         if lines and damaged is not None:
             damaged.append(

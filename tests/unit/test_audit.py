@@ -1024,3 +1024,40 @@ def test_a_seal_listener_that_fails_does_not_leave_the_seal_without_its_time_sta
             log.append("job_loaded", job_id="J1")
     result = verify(tmp_path, key=KEY, timestamps=True, tsa_certs=[tsa.cert_der])
     assert result.ok, result.message
+
+
+def test_an_endless_line_is_read_in_bounded_pieces_and_fails_verification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged or planted audit file that is one huge line (no newline) is never held whole:
+    reading stops at MAX_RECORD_BYTES per line, and verify reports the damage (exit 4)."""
+    import io
+
+    from provision.audit import records
+
+    assert list(records.bounded_lines(io.BytesIO(b"a\nbb\n" + b"c" * 50 + b"\nd"))) == [b"a\n", b"bb\n", b"c" * 50 + b"\n", b"d"]
+    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 16)
+    pieces = list(records.bounded_lines(io.BytesIO(b"x" * 100 + b"\nshort\n" + b"y" * 40)))
+    assert pieces == [b"x" * 16, b"short\n", b"y" * 16]  # the rest of each long line skipped
+    monkeypatch.undo()
+    lines, _seal = write_batch(tmp_path / "audit.jsonl")
+    with open(tmp_path / "audit.jsonl", "ab") as handle:
+        handle.write(b"z" * (3 * records.MAX_RECORD_BYTES))  # 3 MiB, never a newline
+    result = verify(tmp_path)
+    assert not result.ok and result.first_bad_line == len(lines) + 1
+
+
+def test_settling_a_killed_run_refuses_a_planted_rolled_file(tmp_path: Path) -> None:
+    """The next run after a kill reads the rolled audit files for seals waiting on a time-stamp: a
+    link planted as a rolled file is refused (exit 3), never followed, and nothing is appended."""
+    from provision.errors import LogsError
+
+    write_batch(tmp_path / "audit.jsonl")
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"not an audit log\n")
+    (tmp_path / "audit-20240101T000000000000Z.jsonl").symlink_to(victim)
+    before = (tmp_path / "audit.jsonl").read_bytes()
+    log = AuditLog(tmp_path / "audit.jsonl", run_id="20251125T030000Z-c3d4")
+    with pytest.raises(LogsError) as raised:
+        log.settle_stamps(["20251125T020000Z-a1b2"])
+    assert raised.value.exit_code == 3 and "audit-20240101T000000000000Z.jsonl" in raised.value.message
+    assert (tmp_path / "audit.jsonl").read_bytes() == before
+    assert victim.read_bytes() == b"not an audit log\n"
