@@ -113,6 +113,7 @@ class RecordingCard:
     def __init__(self, card: Any) -> None:
         self.card = card
         self.log: list[Exchange] = []
+        self.cpu_seconds = 0.0  # CPU the simulated card itself used (its latency is a sleep, not CPU)
 
     @property
     def atr(self) -> bytes:
@@ -125,9 +126,10 @@ class RecordingCard:
         self.card.reset()
 
     def process(self, apdu: bytes) -> bytes:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         response = bytes(self.card.process(apdu))
         seconds = time.perf_counter() - start
+        self.cpu_seconds += time.thread_time() - cpu
         apdu = bytes(apdu)
         self.log.append(Exchange(apdu[:4], _command_data(apdu)[:8], len(apdu), len(response), response[-2:].hex().upper(),
                                  seconds))  # fmt: skip
@@ -434,17 +436,22 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
             current[0].pull()
             if k + 1 < per_reader:
                 current[0] = Inserted(daemon, r, RecordingCard(_p3_card(serials[r][k + 1], latency_ms)))
+                every_card.append(current[0].card)
                 inserted_at[serials[r][k + 1]] = time.perf_counter()
 
     slots = [[Inserted(daemon, r, RecordingCard(_p3_card(serials[r][0], latency_ms)))] for r in range(readers)]
+    every_card = [slot[0].card for slot in slots]
     threads = [threading.Thread(target=changer, args=(r, slots[r]), daemon=True) for r in range(readers)]
     for t in threads:
         t.start()
+    cpu_before, wall_before = _process_cpu(), time.perf_counter()
     # wait: unattended runs otherwise stop at the first moment with no card (wait=None means 0)
     outcome = run_jobfile(jobfile, logs=d / "logs", unattended=True, wait=120.0,
                           source=PcscSource(reader_names), progress=False, say=say)  # fmt: skip
     for t in threads:
         t.join(30)
+    cpu = _process_cpu() - cpu_before
+    run_wall = time.perf_counter() - wall_before
     statuses = [j["status"] for j in outcome.document["jobs"]]
     if statuses.count("loaded") != readers * per_reader:
         raise RuntimeError(f"P3 run did not load every card: {statuses}")
@@ -452,8 +459,29 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
     shutil.rmtree(d, ignore_errors=True)
     handed = sorted(inserted_at)  # the cards put in while the run was going (not the first ones)
     per_card = [done_at[s] - inserted_at[s] for s in handed if s in done_at]
+    cards_cpu = sum(c.cpu_seconds for c in every_card)
     return {"cards": readers * per_reader, "seconds": wall, "per_minute": readers * per_reader / wall * 60,
-            "per_card_seconds": per_card, "card_seconds": [card_seconds[s] for s in handed if s in card_seconds]}  # fmt: skip
+            "per_card_seconds": per_card, "card_seconds": [card_seconds[s] for s in handed if s in card_seconds],
+            **_cpu_fields(cpu, cards_cpu, run_wall, readers * per_reader)}  # fmt: skip
+
+
+def _process_cpu() -> float:
+    """CPU seconds this whole process has used (every thread): user + system."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_fields(cpu: float, cards_cpu: float | None, wall: float, count: int) -> dict[str, float]:
+    """Where the bench process's CPU went during a run: per card, the simulated cards' part (they
+    run in this same interpreter, under the GIL provision's workers need), and the CPU used per
+    second of the run (1.0 = one core's worth all the time: the run waited on the GIL or a core)."""
+    fields = {"cpu_ms_per_card": round(cpu / count * 1000, 1), "cpu_per_wall": round(cpu / wall, 2)}
+    if cards_cpu is not None:
+        fields["cards_cpu_ms_per_card"] = round(cards_cpu / count * 1000, 1)
+        fields["provision_cpu_ms_per_card"] = round((cpu - cards_cpu) / count * 1000, 1)
+    return fields
 
 
 def _p3_card(serial: int, latency_ms: float) -> Any:
@@ -500,14 +528,17 @@ def p3_inprocess(work: Path, readers: int, per_reader: int, latency_ms: float) -
     def say(text: str) -> None:
         marks.append(time.perf_counter())
 
+    cpu_before, wall_before = _process_cpu(), time.perf_counter()
     outcome = run_jobfile(jobfile, logs=d / "logs", unattended=True, wait=None, source=SimSource(cards),
                           progress=False, say=say)  # fmt: skip
+    cpu, run_wall = _process_cpu() - cpu_before, time.perf_counter() - wall_before
     statuses = [j["status"] for j in outcome.document["jobs"]]
     if statuses.count("loaded") != readers * per_reader:
         raise RuntimeError(f"P3 in-process run did not load every card: {statuses}")
     wall = marks[-1] - marks[0]
     shutil.rmtree(d, ignore_errors=True)
-    return {"cards": readers * per_reader, "seconds": wall, "per_minute": readers * per_reader / wall * 60}
+    return {"cards": readers * per_reader, "seconds": wall, "per_minute": readers * per_reader / wall * 60,
+            **_cpu_fields(cpu, None, run_wall, readers * per_reader)}  # fmt: skip
 
 
 def median(values: list[float]) -> float:
