@@ -57,17 +57,16 @@ def start_early_read(jobfile: str, readers: list[str] | None) -> EarlyRead | Non
         return None
 
 
-class _Recorder:
-    """The transport the early reads go through: each command and its answer, in order."""
+class _Wrapped:
+    """A connection passed through: what the runner reads of a RawTransport besides its commands."""
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.reader: str = transport.reader
-        self.exchanges: list[tuple[bytes, bytes]] = []
 
     @property
     def apdu_count(self) -> int:
-        return int(self.transport.apdu_count)
+        return int(self.transport.apdu_count)  # the early APDUs are counted when they are sent
 
     @apdu_count.setter
     def apdu_count(self, value: int) -> None:
@@ -80,6 +79,14 @@ class _Recorder:
     @property
     def supports_extended(self) -> bool:
         return bool(self.transport.supports_extended)
+
+
+class _Recorder(_Wrapped):
+    """The transport the early reads go through: each command and its answer, in order."""
+
+    def __init__(self, transport: Any) -> None:
+        super().__init__(transport)
+        self.exchanges: list[tuple[bytes, bytes]] = []
 
     def transmit(self, apdu: bytes) -> bytes:
         answer = bytes(self.transport.transmit(apdu))
@@ -96,32 +103,15 @@ class _Recorder:
         self.transport.close()
 
 
-class PrefetchedCard:
+class PrefetchedCard(_Wrapped):
     """The early connection, handed to the runner (a ``RawTransport``): the recorded answers are given
     back for the same commands, in the same order, without sending them again; the first command
     that differs, and every one after it, goes to the card. The transaction is already held."""
 
     def __init__(self, transport: Any, exchanges: list[tuple[bytes, bytes]]) -> None:
-        self.transport = transport
-        self.reader: str = transport.reader
+        super().__init__(transport)
         self._answers = list(exchanges)
         self._in_transaction = True
-
-    @property
-    def apdu_count(self) -> int:
-        return int(self.transport.apdu_count)  # the early APDUs were counted when they were sent
-
-    @apdu_count.setter
-    def apdu_count(self, value: int) -> None:
-        self.transport.apdu_count = value
-
-    @property
-    def atr(self) -> bytes:
-        return bytes(self.transport.atr)
-
-    @property
-    def supports_extended(self) -> bool:
-        return bool(self.transport.supports_extended)
 
     @property
     def replayed(self) -> int:
