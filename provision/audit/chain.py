@@ -44,7 +44,7 @@ from provision.audit.records import (
     encode_line,
     host_name,
     inspect_line,
-    kept_stamp_hashes,
+    kept_stamps_in,
     operator_name,
     os_user,
     read_anchor,
@@ -268,17 +268,16 @@ class AuditLog:
         self._forward(written)
         if sealed is not None:
             self._forward(sealed)
+        seals = [r for r in (written, sealed) if r is not None and r.event == EVENT_SEAL]
         try:
-            for record in (written, sealed):
-                if record is not None and record.event == EVENT_SEAL:
-                    for listener in self._seal_listeners:
-                        listener(record)
+            for record in seals:
+                for listener in self._seal_listeners:
+                    listener(record)
         finally:
             # Also when a listener failed (the journal): the seal says a token was asked for.
             if self.timestamp_url is not None:  # after the lock: a TSA's round trip never holds up other writers
-                for record in (written, sealed):
-                    if record is not None and record.event == EVENT_SEAL:
-                        self._stamp(record)
+                for record in seals:
+                    self._stamp(record)
         return written
 
     def add_seal_listener(self, listener: Callable[[AuditRecord], None]) -> None:
@@ -732,10 +731,8 @@ class AuditLog:
 def _kept_stamp_hashes(path: Path) -> set[str]:
     """The seal hashes audit-timestamps.jsonl holds a token for (none when it cannot be read)."""
     try:
-        fd = open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        with os.fdopen(fd, "rb") as handle:
-            return kept_stamp_hashes(handle.read())
-    except (OSError, ProvisionError):
+        return kept_stamps_in(path)
+    except ProvisionError:
         return set()
 
 

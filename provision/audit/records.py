@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from provision.errors import AuditError, EnvironmentProblem, SecretInAuditError, UsageError
 from provision.i18n import msg
+from provision.logsdir import open_nofollow
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -313,6 +314,26 @@ class AnchorEntry:
 
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def read_stamps(path: Path) -> bytes | None:
+    """The bytes of audit-timestamps.jsonl (None: there is no such file); a link there is refused."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
+
+
+def kept_stamps_in(path: Path) -> set[str]:
+    """The seal hashes the tokens file at ``path`` holds a token for (none without the file)."""
+    return kept_stamp_hashes(read_stamps(path) or b"")
 
 
 def kept_stamp_hashes(data: bytes) -> set[str]:

@@ -7,7 +7,6 @@ import base64
 import functools
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,14 +43,14 @@ from provision.audit.records import (
     chain_files,
     held_seal,
     inspect_line,
-    kept_stamp_hashes,
+    kept_stamps_in,
     read_anchor,
+    read_stamps,
     region_digest,
     rfc3339,
 )
 from provision.errors import AuditError, UsageError
 from provision.i18n import msg
-from provision.logsdir import open_nofollow
 from provision.secrets import Secret
 
 _SUFFIX = len(HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
@@ -581,23 +580,8 @@ def _stamps_path(logs: Path) -> Path:
     return (logs if logs.is_dir() else logs.parent) / TIMESTAMPS_NAME
 
 
-def _read_stamps(path: Path) -> bytes | None:
-    """The bytes of audit-timestamps.jsonl (None: there is no such file); a link there is refused."""
-    try:
-        fd = open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
-
-
 def _kept_stamps(logs: Path) -> set[str]:
-    return kept_stamp_hashes(_read_stamps(_stamps_path(logs)) or b"")
+    return kept_stamps_in(_stamps_path(logs))
 
 
 def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str] | VerifyResult:
@@ -605,7 +589,7 @@ def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str]
     from provision.timestamp import check_stamp
 
     path = _stamps_path(logs)
-    data = _read_stamps(path)
+    data = read_stamps(path)
     if data is None:
         return [], ""
     seals: list[str] = []
