@@ -50,6 +50,7 @@ from provision.errors import (
 from provision.i18n import msg
 from provision.piv import tlv
 from provision.piv.identity import (
+    INS_SELECT,
     OBJECT_ID_CHUID,
     object_id_tlv,
     send_get_object,
@@ -73,7 +74,6 @@ INS_AUTHENTICATE = 0x87
 INS_PUT_DATA = 0xDB
 INS_GET_METADATA = 0xF7
 INS_GET_VERSION = 0xFD
-INS_SELECT = 0xA4
 # A YubiKey's OTP application over CCID (yubikit's AID.OTP) and its API request for the serial.
 YUBIKEY_OTP_AID = bytes.fromhex("A0000005272001")
 INS_OTP_API = 0x01
