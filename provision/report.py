@@ -453,10 +453,14 @@ def render(run_doc: Mapping[str, Any], fmt: str) -> str:
     return "".join(_chunks(run_doc, fmt))
 
 
+def _encoded(run_doc: Mapping[str, Any], fmt: str) -> Iterator[bytes]:
+    """The report's bytes in pieces (a report of thousands of cards is not built as one string first)."""
+    return (chunk.encode("utf-8") for chunk in _chunks(run_doc, fmt))
+
+
 def write_report(run_doc: Mapping[str, Any], fmt: str, path: Path) -> Path:
-    """One report in one format at ``path`` (``provision report -o FILE``), written atomically,
-    in pieces (a report of thousands of cards is not built as one string first)."""
-    write_atomically(Path(path), (chunk.encode("utf-8") for chunk in _chunks(run_doc, fmt)))
+    """One report in one format at ``path`` (``provision report -o FILE``), written atomically."""
+    write_atomically(Path(path), _encoded(run_doc, fmt))
     return Path(path)
 
 
@@ -466,5 +470,5 @@ def write_reports(run_doc: Mapping[str, Any], reports_dir: Path) -> dict[str, Pa
     if not _RUN_ID_RE.match(run_id) or ".." in run_id:
         raise ValueError(f"run id {run_id!r} cannot name a report file")
     paths = {fmt: Path(reports_dir) / f"{run_id}.{fmt}" for fmt in FORMATS}
-    write_all_atomically([(path, (chunk.encode("utf-8") for chunk in _chunks(run_doc, fmt))) for fmt, path in paths.items()])
+    write_all_atomically([(path, _encoded(run_doc, fmt)) for fmt, path in paths.items()])
     return paths
