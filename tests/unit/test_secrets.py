@@ -81,3 +81,17 @@ def test_prompt_is_refused_unattended_and_without_a_terminal(monkeypatch: pytest
     monkeypatch.setattr(sys, "stdin", open(os.devnull))  # noqa: SIM115
     with pytest.raises(SecretError, match="no terminal"):
         obtain(SecretSource("prompt", "Card PIN"), unattended=False)
+
+
+def test_the_canary_check_finds_a_keys_bytes_but_not_a_pins_chance_bytes(canaries) -> None:  # type: ignore[no-untyped-def]
+    """The fixture that checks every run's files looks for a hex key's raw bytes too; an 8-digit
+    PIN or PUK is not a key, and its digits read as hex (4 bytes) turn up by chance in binary files
+    (a CI run once failed so). The PIN itself, its hex and its base64 are still found."""
+    import base64
+
+    key = bytes.fromhex(canaries.management_key)
+    assert canaries.leaks_in(b"\x00" + key + b"\x00") == ["management key"]
+    assert canaries.leaks_in(b"\x00" + bytes.fromhex(canaries.puk) + b"\x00") == []
+    assert canaries.leaks_in(b"x" + canaries.pin.encode() + b"x") == ["PIN"]
+    assert canaries.leaks_in(base64.b64encode(canaries.puk.encode())) == ["PUK"]
+    assert canaries.leaks_in(canaries.pkcs12_password.encode().hex().encode()) == ["PKCS#12 password"]
