@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
@@ -316,31 +316,37 @@ class AnchorEntry:
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def read_stamps(path: Path) -> bytes | None:
-    """The bytes of audit-timestamps.jsonl (None: there is no such file); a link there is refused."""
+def read_stamps(path: Path) -> Iterator[bytes] | None:
+    """The lines of audit-timestamps.jsonl, read as the log is (bounded, see bounded_lines), or
+    None: there is no such file. A link there is refused; a file that cannot be read, at the start
+    or on the way, is an AuditError. The file is never held whole, however big it was made."""
     try:
         fd = open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
+    return _stamp_lines(os.fdopen(fd, "rb"), path)
+
+
+def _stamp_lines(handle: BinaryIO, path: Path) -> Iterator[bytes]:
+    with handle:
+        try:
+            yield from bounded_lines(handle)
+        except OSError as exc:
+            raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
 
 
 def kept_stamps_in(path: Path) -> set[str]:
     """The seal hashes the tokens file at ``path`` holds a token for (none without the file)."""
-    return kept_stamp_hashes(read_stamps(path) or b"")
+    return kept_stamp_hashes(read_stamps(path) or ())
 
 
-def kept_stamp_hashes(data: bytes) -> set[str]:
-    """The seal hashes that the bytes of audit-timestamps.jsonl hold a token for (read, not
+def kept_stamp_hashes(lines: Iterable[bytes]) -> set[str]:
+    """The seal hashes that the lines of audit-timestamps.jsonl hold a token for (read, not
     checked: ``verify --timestamps`` checks the tokens). A line that is not an entry keeps none."""
     kept: set[str] = set()
-    for raw in data.splitlines():
+    for raw in lines:
         try:
             entry = json.loads(raw)
         except ValueError:
@@ -354,13 +360,17 @@ def read_anchor(path: Path | str) -> list[AnchorEntry]:
     """The seals of an anchor file, in file order. A line that is not a seal is an AuditError (exit 4)."""
     anchor = Path(path)
     try:
-        data = anchor.read_bytes()
+        with open(anchor, "rb") as handle:  # line by line, bounded: a damaged anchor is never held whole
+            return _anchor_entries(anchor, bounded_lines(handle))
     except FileNotFoundError:
         raise UsageError(msg('the audit anchor {anchor} does not exist; check --anchor', anchor=anchor)) from None
     except OSError as exc:
         raise EnvironmentProblem(msg('cannot read the audit anchor {anchor} ({reason})', anchor=anchor, reason=exc.strerror or exc)) from None
+
+
+def _anchor_entries(anchor: Path, lines: Iterable[bytes]) -> list[AnchorEntry]:
     entries = []
-    for n, raw in enumerate(data.splitlines(), start=1):
+    for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:

@@ -589,12 +589,12 @@ def _check_timestamps(logs: Path, trusted: list[bytes]) -> tuple[list[str], str]
     from provision.timestamp import check_stamp
 
     path = _stamps_path(logs)
-    data = read_stamps(path)
-    if data is None:
+    lines = read_stamps(path)
+    if lines is None:
         return [], ""
     seals: list[str] = []
     last = ""
-    for n, raw in enumerate(data.splitlines(), start=1):
+    for n, raw in enumerate(lines, start=1):
         try:
             entry = json.loads(raw)
             seal, token = entry["hash"], base64.b64decode(entry["token"], validate=True)

@@ -1061,3 +1061,39 @@ def test_settling_a_killed_run_refuses_a_planted_rolled_file(tmp_path: Path) -> 
     assert raised.value.exit_code == 3 and "audit-20240101T000000000000Z.jsonl" in raised.value.message
     assert (tmp_path / "audit.jsonl").read_bytes() == before
     assert victim.read_bytes() == b"not an audit log\n"
+
+
+def test_a_huge_tokens_file_or_anchor_is_read_in_bounded_lines(tmp_path: Path) -> None:
+    """audit-timestamps.jsonl and an anchor file were each read whole: a damaged or planted one of
+    a few GB (here sparse, one endless line) took that much memory or ended in MemoryError. Now both
+    are read line by line with the log's bound; under a 1 GiB address-space limit a 1.1 GiB file gives
+    the verdict (the line is not an entry), not a crash."""
+    import subprocess
+    import sys
+
+    write_batch(tmp_path / "audit.jsonl")
+    for name in ("audit-timestamps.jsonl", "anchor.jsonl"):
+        with open(tmp_path / name, "wb") as handle:
+            handle.truncate((1 << 30) + (1 << 27))
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from provision.audit.records import kept_stamps_in, read_anchor\n"
+        "from provision.audit.verify import verify\n"
+        "from provision.errors import AuditError\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "d = Path(sys.argv[1])\n"
+        "print(sorted(kept_stamps_in(d / 'audit-timestamps.jsonl')))\n"
+        "r = verify(d, timestamps=True)\n"
+        "print(r.ok, r.first_bad_line, r.message)\n"
+        "try:\n"
+        "    read_anchor(d / 'anchor.jsonl')\n"
+        "except AuditError as exc:\n"
+        "    print(exc.message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, verdict, anchor = done.stdout.splitlines()
+    assert kept == "[]"
+    assert verdict.startswith("False 1 ") and "not a time-stamp entry" in verdict
+    assert anchor.endswith("line 1 is not a seal (it was changed)")
