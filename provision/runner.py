@@ -238,6 +238,7 @@ class Runner:
         # any-card rule shares the jobs for any card among the cards not decided yet.
         self._decided: dict[str, JobState | None] = {}
         self._named: tuple[set[int], set[str]] | None = None  # the serials and GUIDs the job file names
+        self._has_any: bool | None = None  # whether a job takes any card (PIV), found once
         self._workers: list[threading.Thread] = []
         self.started = jn.now_rfc3339()
         self.finished: str | None = None
@@ -407,16 +408,26 @@ class Runner:
         until the card is taken out: unattended, the ``any: true`` jobs are shared out among the
         cards not decided yet by one rule (``cardpick``), whichever worker asks first."""
         seen = seen or CardSeen(serial=serial, guid=guid)
+        # The readers with a card, asked before the lock: a PC/SC call that is slow (a busy pcscd)
+        # must not hold up the other readers' workers. Only the any-card rule needs it.
+        present = set(self.source.present()) if self.options.unattended and self._any_jobs() else set()
         with self._lock:
             self._decided.pop(reader, None)  # this card is decided (again) now
-            state, refusal = self._match(serial, seen, reader)
+            state, refusal = self._match(serial, seen, reader, present)
             self._decided[reader] = state
         if state is None:
             assert refusal is not None
             return None, refusal
         return state, None
 
-    def _pick_any(self, reader: str, seen: CardSeen, open_states: list[JobState]) -> tuple[JobState | None, int]:
+    def _any_jobs(self) -> bool:
+        """Whether the job file has a job for any card (PIV, through PC/SC), found once."""
+        if self._has_any is None:
+            self._has_any = any(s.job.card.any and s.job.card.pkcs11 is None for s in self.states)
+        return self._has_any
+
+    def _pick_any(self, reader: str, seen: CardSeen, open_states: list[JobState], present: set[str]
+                  ) -> tuple[JobState | None, int]:  # fmt: skip
         """Unattended: the ``any: true`` job this card takes by the rule (``cardpick.pick_cards``),
         among the cards in view that no job names and that are not decided yet, and how many open
         such jobs the rule gives to other cards (when this one gets none)."""
@@ -428,7 +439,7 @@ class Runner:
         in_hand = sum(1 for s in decided if s.status in (jn.PENDING, jn.IN_DOUBT, jn.IN_PROGRESS))
         gone = {id(d) for d in decided}
         jobs = [s for s in open_states if s.job.card.any and s.job.card.pkcs11 is None and id(s) not in gone]
-        present = set(self.source.present()) | self._with_card
+        present = present | self._with_card
         in_doubt = {s.card_serial for s in self.states if s.status == jn.IN_DOUBT and s.card_serial is not None}
         candidates = {r: v for r, v in self._cards_in.items()
                       if r != reader and r in present and r not in self._decided and not self._spoken_for(v, in_doubt)}  # fmt: skip
@@ -446,7 +457,8 @@ class Runner:
         serials, guids = self._named
         return seen.is_token or seen.serial in serials or seen.guid in guids or seen.serial in in_doubt
 
-    def _match(self, serial: int | None, seen: CardSeen, reader: str) -> tuple[JobState, None] | tuple[None, Refusal]:
+    def _match(self, serial: int | None, seen: CardSeen, reader: str, present: set[str]
+               ) -> tuple[JobState, None] | tuple[None, Refusal]:  # fmt: skip
         with self._lock:
             open_states = [s for s in self.states if s.status in (jn.PENDING, jn.IN_DOUBT)]
             for s in open_states:  # a job already started on this very card comes first
@@ -463,7 +475,7 @@ class Runner:
                 if seen.claims(s.job.card):
                     return None, Refusal(RefusalKind.JOB_ENDED, job_id=s.job.id, holder=s.job.holder, status=s.status)
             if self.options.unattended:
-                picked, going = self._pick_any(reader, seen, open_states)
+                picked, going = self._pick_any(reader, seen, open_states, present)
                 if picked is not None:
                     return picked, None
                 if going:  # the open jobs for any card go to the cards before this one in the rule's order

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -650,6 +651,54 @@ def test_two_cards_in_view_for_one_any_card_job_the_lowest_serial_takes_it_whate
         "(serial 22222222) is not written",
     ), refused["reason"]
     assert high.write_attempt_count == 0 and low.write_attempt_count > 0
+
+
+def test_the_readers_are_listed_for_the_any_card_rule_outside_the_runners_lock(batch: Batch) -> None:
+    """The any-card rule needs the readers with a card (a PC/SC call). It was asked while the
+    runner's lock was held, so a slow pcscd held up every other reader's worker. Now it is asked
+    before the lock: whenever the source is asked, another thread can take the lock."""
+    batch.holder("HK-1", "CHAN Tai Man", 1)
+    batch.cards[-1] = batch.cards[-1].replace("card: {serial: 1}", "card: {any: true}")
+    high, low = SimCard(SimOptions(serial=22222222)), SimCard(SimOptions(serial=11111111))
+    source = SimSource([[high], [low]])
+    jobfile = load_jobfile(batch.write(), unattended=True)
+    held: list[bool] = []
+    runners: list[object] = []
+    from provision import runner as runner_module
+
+    real_init = runner_module.Runner.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_init(self, *args, **kwargs)
+        runners.append(self)
+
+    real_present = source.present
+
+    def present() -> list[str]:
+        if runners:
+            free: list[bool] = []
+            probe = threading.Thread(target=lambda: free.append(_try_lock(runners[0]._lock)))  # type: ignore[attr-defined]
+            probe.start()
+            probe.join()
+            held.append(not free[0])
+        return real_present()
+
+    source.present = present  # type: ignore[method-assign]
+    runner_module.Runner.__init__ = init  # type: ignore[method-assign]
+    try:
+        outcome = run_jobfile(jobfile, logs=batch.logs, unattended=True, wait=0, source=source, progress=False,
+                              say=lambda _: None)  # fmt: skip
+    finally:
+        runner_module.Runner.__init__ = real_init  # type: ignore[method-assign]
+    assert outcome.document["jobs"][0]["card_serial"] == 11111111
+    assert held and not any(held), held  # asked (the rule ran), never under the lock
+
+
+def _try_lock(lock: threading.RLock) -> bool:
+    if lock.acquire(timeout=0.5):
+        lock.release()
+        return True
+    return False
 
 
 def test_at_the_counter_a_twin_in_another_reader_is_read_before_the_first_card_is_written(batch: Batch) -> None:
