@@ -673,8 +673,9 @@ class Runner:
         Every present card is read again (one that came and went between two events would otherwise
         leave a stale identity); all at once, each until ``deadline``: a card that does not answer by
         then is not waited for longer, as unattended."""
+        present = set(self.source.present())  # asked before the lock, as in match()
         with self._lock:
-            others = sorted((set(self.source.present()) | self._with_card) - {reader})
+            others = sorted((present | self._with_card) - {reader})
             tokens = {r for r in others if r in self._cards_in and self._cards_in[r].is_token}
         others = [r for r in others if r not in tokens]  # tokens list their twins themselves
         if not others:
@@ -806,9 +807,10 @@ class Runner:
                 if turn is Turn.TAKE_CARD and not self.open_jobs() and not self._busy:
                     break  # every job has ended and nobody waits on anything (a card to be taken out)
                 if turn is Turn.TAKE_CARD and waiting:
+                    present = set(self.source.present())  # once, and before the lock
                     with self._lock:
                         ready = fresh + [r for r in waiting if r not in fresh and r not in self._busy
-                                         and r in self.source.present()]  # fmt: skip
+                                         and r in present]  # fmt: skip
                     for reader in ready:
                         if not self.take_reader(reader):  # a quick swap: handle the new card when the worker ends
                             continue
