@@ -28,6 +28,7 @@ P12_PASSWORD = "bench-p12-password"
 MANAGEMENT_KEY = "010203040506070801020304050607080102030405060708"
 FIRMWARE = (5, 4, 3)  # 3DES default management key: yubico-piv-tool 2.2 knows only 3DES
 SERIAL = 12_345_678
+CHUID_TAG = bytes.fromhex("5C035FC102")  # GET DATA of the CHUID object: the last command of a card's identity
 READER_PREFIX = "Yubico YubiKey CCID Bench"  # ykman only talks to readers named like a YubiKey's
 BIN = Path(sys.executable).parent
 
@@ -105,6 +106,7 @@ class Exchange:
     response_bytes: int
     sw: str
     seconds: float = 0.0  # the card's own time for this APDU (its latency included), measured at the card
+    started: float = 0.0  # when the card got it (perf_counter)
 
 
 class RecordingCard:
@@ -114,6 +116,7 @@ class RecordingCard:
         self.card = card
         self.log: list[Exchange] = []
         self.cpu_seconds = 0.0  # CPU the simulated card itself used (its latency is a sleep, not CPU)
+        self.first_at: float | None = None  # when the first command came (perf_counter)
 
     @property
     def atr(self) -> bytes:
@@ -127,13 +130,24 @@ class RecordingCard:
 
     def process(self, apdu: bytes) -> bytes:
         start, cpu = time.perf_counter(), time.thread_time()
+        if self.first_at is None:
+            self.first_at = start
         response = bytes(self.card.process(apdu))
         seconds = time.perf_counter() - start
         self.cpu_seconds += time.thread_time() - cpu
         apdu = bytes(apdu)
         self.log.append(Exchange(apdu[:4], _command_data(apdu)[:8], len(apdu), len(response), response[-2:].hex().upper(),
-                                 seconds))  # fmt: skip
+                                 seconds, start))  # fmt: skip
         return response
+
+    def after_identity(self) -> float | None:
+        """Seconds from the card's answer to the CHUID read (the last of the identity: SELECT, serial,
+        CHUID) to the next command: the runner matching the card to its job, which waits for the
+        cards being read in the other readers (the twin rule), then the job's first read."""
+        for k, x in enumerate(self.log[:-1]):
+            if x.header[1:2] == b"\xcb" and x.data_head.startswith(CHUID_TAG):
+                return self.log[k + 1].started - x.started - x.seconds
+        return None
 
     def card_seconds(self) -> float:
         """The card's own time over everything it answered: the floor no host software can beat."""
@@ -246,18 +260,50 @@ def _with_latency(options: Any, latency_ms: float) -> Any:
 
 class Inserted:
     def __init__(self, daemon: Any, index: int, card: RecordingCard) -> None:
-        from tests.helpers.pcsc_harness import card_present, start_card_server, wait_for
+        from tests.helpers.pcsc_harness import start_card_server
 
         self.daemon, self.index, self.card = daemon, index, card
         self.reader = daemon.reader_name(index)
         self.server = start_card_server(daemon, index, card=card)
-        wait_for(lambda: card_present(self.reader), 10, f"the card in {self.reader}")
+        self.present_at = wait_reader(self.reader, present=True, timeout=10)
 
-    def pull(self) -> None:
-        from tests.helpers.pcsc_harness import card_present, wait_for
-
+    def pull(self) -> float:
+        """Take the card out; returns when pcscd says the reader is empty (perf_counter)."""
         self.server.remove()
-        wait_for(lambda: not card_present(self.reader), 10, f"{self.reader} empty")
+        return wait_reader(self.reader, present=False, timeout=10)
+
+
+def wait_reader(reader: str, *, present: bool, timeout: float) -> float:
+    """Wait until pcscd reports a card in ``reader`` (or none); returns that moment (perf_counter).
+
+    Waits on SCardGetStatusChange, as an application would, instead of listing the readers every
+    50 ms: sixteen card changers polling pcscd twenty times a second each were CPU taken from the
+    run being measured (pcscd's and this process's), more at 16 readers than at one.
+    """
+    from smartcard import scard
+
+    deadline = time.monotonic() + timeout
+    rc, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    if rc != scard.SCARD_S_SUCCESS:
+        raise RuntimeError(f"SCardEstablishContext: {scard.SCardGetErrorMessage(rc)}")
+    try:
+        state = scard.SCARD_STATE_UNAWARE
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise RuntimeError(
+                    f"timed out after {timeout}s waiting for {reader} to be {'full' if present else 'empty'}"
+                )
+            rc, states = scard.SCardGetStatusChange(ctx, left_ms, [(reader, state)])
+            if rc == scard.SCARD_E_TIMEOUT:
+                continue
+            if rc != scard.SCARD_S_SUCCESS:
+                raise RuntimeError(f"SCardGetStatusChange: {scard.SCardGetErrorMessage(rc)}")
+            state = states[0][1] & ~scard.SCARD_STATE_CHANGED
+            if bool(state & scard.SCARD_STATE_PRESENT) == present:
+                return time.perf_counter()
+    finally:
+        scard.SCardReleaseContext(ctx)
 
 
 def timed_commands(argvs: list[list[str]], env: dict[str, str], cwd: Path) -> float:
@@ -405,6 +451,12 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
     inserted_at: dict[int, float] = {}
     done_at: dict[int, float] = {}
     card_seconds: dict[int, float] = {}
+    first_apdu: dict[int, float] = {}  # the card's first command (the runner noticed and connected)
+    present: dict[int, float] = {}  # pcscd said the card is in
+    empty_at: dict[int, float] = {}  # pcscd said the reader is empty after it
+    change: dict[int, float] = {}  # the reader empty -> the next card seen by pcscd
+    worker_ended: dict[int, float] = {}  # the runner's worker for the card ended
+    matching: dict[int, float | None] = {}  # the card read -> its job's first command (RecordingCard.after_identity)
     reader_names = [daemon.reader_name(r) for r in range(readers)]
     done_events = {s: threading.Event() for row in serials for s in row}
     first: list[float] = []
@@ -432,12 +484,17 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
             for worker in threading.enumerate():
                 if worker.name == f"reader-{reader_names[r]}":
                     worker.join(30)
+            worker_ended[s] = time.perf_counter()
             card_seconds[s] = current[0].card.card_seconds()
-            current[0].pull()
+            matching[s] = current[0].card.after_identity()
+            first_apdu[s] = current[0].card.first_at or done_at[s]
+            present[s] = current[0].present_at
+            empty_at[s] = current[0].pull()
             if k + 1 < per_reader:
                 current[0] = Inserted(daemon, r, RecordingCard(_p3_card(serials[r][k + 1], latency_ms)))
                 every_card.append(current[0].card)
                 inserted_at[serials[r][k + 1]] = time.perf_counter()
+                change[serials[r][k + 1]] = current[0].present_at - empty_at[s]
 
     slots = [[Inserted(daemon, r, RecordingCard(_p3_card(serials[r][0], latency_ms)))] for r in range(readers)]
     every_card = [slot[0].card for slot in slots]
@@ -445,12 +502,14 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
     for t in threads:
         t.start()
     cpu_before, wall_before = _process_cpu(), time.perf_counter()
+    pcscd_before = _pid_cpu(daemon.proc.pid)
     # wait: unattended runs otherwise stop at the first moment with no card (wait=None means 0)
     outcome = run_jobfile(jobfile, logs=d / "logs", unattended=True, wait=120.0,
                           source=PcscSource(reader_names), progress=False, say=say)  # fmt: skip
     for t in threads:
         t.join(30)
     cpu = _process_cpu() - cpu_before
+    pcscd_cpu = _pid_cpu(daemon.proc.pid) - pcscd_before
     run_wall = time.perf_counter() - wall_before
     statuses = [j["status"] for j in outcome.document["jobs"]]
     if statuses.count("loaded") != readers * per_reader:
@@ -460,9 +519,35 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
     handed = sorted(inserted_at)  # the cards put in while the run was going (not the first ones)
     per_card = [done_at[s] - inserted_at[s] for s in handed if s in done_at]
     cards_cpu = sum(c.cpu_seconds for c in every_card)
+    done = [s for row in serials for s in row if s in empty_at]
+    phases = {  # medians in ms, over every card: where a reader's cycle goes
+        "seen_to_first_apdu": _median_ms(first_apdu[s] - present[s] for s in done),
+        "first_apdu_to_result": _median_ms(done_at[s] - first_apdu[s] for s in done),
+        "matching": _median_ms(m for m in (matching.get(s) for s in done) if m is not None),
+        "card_own": _median_ms(card_seconds[s] for s in done),
+        "result_to_worker_end": _median_ms(worker_ended[s] - done_at[s] for s in done),
+        "worker_end_to_empty": _median_ms(empty_at[s] - worker_ended[s] for s in done),
+        "empty_to_next_seen": _median_ms(change.values()) if change else None,
+    }
     return {"cards": readers * per_reader, "seconds": wall, "per_minute": readers * per_reader / wall * 60,
             "per_card_seconds": per_card, "card_seconds": [card_seconds[s] for s in handed if s in card_seconds],
+            "phases_ms": phases, "pcscd_cpu_per_wall": round(pcscd_cpu / run_wall, 2),
+            "pcscd_cpu_ms_per_card": round(pcscd_cpu / (readers * per_reader) * 1000, 1),
             **_cpu_fields(cpu, cards_cpu, run_wall, readers * per_reader)}  # fmt: skip
+
+
+def _median_ms(values: Any) -> float:
+    return round(statistics.median(list(values)) * 1000, 1)
+
+
+def _pid_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used: for pcscd beside the run. Linux only,
+    like the harness that starts it; 0.0 where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _process_cpu() -> float:

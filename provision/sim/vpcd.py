@@ -55,6 +55,30 @@ class BridgedCard(Protocol):
     def reset(self) -> None: ...
 
 
+class PullEvent(threading.Event):
+    """A stop event that also wakes a receive blocked in ``select`` at once: pulling the card then
+    closes its connection right away, as a real reader reports a removal at once, instead of at
+    the receive's next look at the event (up to ``_POLL_S`` later). ``close`` frees its sockets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wake, self._waker = socket.socketpair()
+
+    def set(self) -> None:
+        super().set()
+        try:
+            self._waker.send(b"!")
+        except OSError:
+            pass  # closed already: nobody waits on it
+
+    def fileno(self) -> int:
+        return self._wake.fileno()
+
+    def close(self) -> None:
+        self._wake.close()
+        self._waker.close()
+
+
 def _card_vanished_type() -> type[BaseException]:
     """The exception a card raises to leave the reader (stand-in cards in tests raise it too)."""
     return CardVanished
@@ -76,8 +100,9 @@ class _Peer:
             if stop_event is not None:
                 if stop_event.is_set():
                     return None
-                ready, _, _ = select.select([self.sock], [], [], _POLL_S)
-                if not ready:
+                watched: list[Any] = [self.sock, stop_event] if isinstance(stop_event, PullEvent) else [self.sock]
+                ready, _, _ = select.select(watched, [], [], _POLL_S)
+                if self.sock not in ready:
                     continue
             self.quickack()
             try:

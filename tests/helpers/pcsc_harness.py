@@ -341,6 +341,12 @@ def make_card(kind: str, options: dict[str, Any], state: Path | None) -> Any:
     return SimCard(sim_options(options), state)
 
 
+def _pull_event() -> threading.Event:
+    from provision.sim.vpcd import PullEvent
+
+    return PullEvent()  # pulling the card closes its connection at once, as a real reader reports it
+
+
 @dataclass
 class CardServer:
     """One card served into one reader, in a thread or in a subprocess."""
@@ -350,7 +356,7 @@ class CardServer:
     mode: str
     card: Any = None
     thread: threading.Thread | None = None
-    stop_event: threading.Event = field(default_factory=threading.Event)
+    stop_event: threading.Event = field(default_factory=_pull_event)
     proc: subprocess.Popen[bytes] | None = None
     outcome: str | None = None
     log_path: Path | None = None
@@ -367,6 +373,8 @@ class CardServer:
             self.stop_event.set()
             if self.thread is not None:
                 self.thread.join(timeout)
+            if not (self.thread is not None and self.thread.is_alive()):
+                getattr(self.stop_event, "close", lambda: None)()
         elif self.proc is not None:
             _kill_group(self.proc, signal.SIGTERM, wait=timeout)
 

@@ -927,3 +927,26 @@ def test_a_job_naming_a_yubikey_4_by_serial_finds_it() -> None:
     card = PivCard(SimTransport(SimCard(SimOptions(serial=23456788, firmware=(4, 3, 7)))))
     seen = card.identify()
     assert seen.serial == 23456788
+
+
+def test_pulling_a_served_card_closes_its_connection_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card served to vpcd looked at its stop event only between waits (every 200 ms), so a pulled
+    card stayed in the reader that long. With a PullEvent the blocked receive wakes when the card is
+    pulled. The wait between looks is made a minute here: a plain Event would still be waiting."""
+    import socket
+    import threading
+
+    from provision.sim import vpcd
+
+    monkeypatch.setattr(vpcd, "_POLL_S", 60.0)
+    ours, theirs = socket.socketpair()
+    pulled = vpcd.PullEvent()
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(vpcd._Peer(ours).recv_exact(2, pulled)), daemon=True)
+    reader.start()
+    pulled.set()
+    reader.join(10)
+    assert not reader.is_alive() and got == [None]
+    pulled.close()
+    ours.close()
+    theirs.close()
