@@ -1,15 +1,16 @@
-"""bench/readme_table.py: the performance table of docs/development.md, from bench/results.json.
+"""bench/readme_table.py: the performance tables of docs/development.md and README.md, from bench/results.json.
 
   python bench/readme_table.py              # print the table
-  python bench/readme_table.py --write      # replace the table in docs/development.md between its markers
+  python bench/readme_table.py --write      # replace the tables in docs/development.md (every row with its
+                                            # detail) and README.md (the summary) between their markers
   python bench/readme_table.py --write a.json b.json c.json   # several runs: the median of each row
 
 With several runs (copies of bench/results.json), a row measured in more than one of them shows the
 median value, whether that median meets the target, and every run's value; its detail is the
 median run's.
 
-The table sits in docs/development.md between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``;
-nothing else in that page is touched.
+Each table sits between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``; nothing
+else in either page is touched.
 """
 
 from __future__ import annotations
@@ -83,6 +84,24 @@ def table(data: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def summary(data: dict[str, object]) -> str:
+    """The README's table: each goal, its target, what was measured and whether it is met."""
+    results: list[dict[str, object]] = data["results"]  # type: ignore[assignment]
+    runs = int(data.get("runs", 1))  # type: ignore[call-overload]
+    lines = [
+        f"From {f'the median of {runs} runs' if runs > 1 else 'one run'} of `make bench` on a 2-core machine "
+        "(ratios measured side by side in one run); every row's measurements and reasons are in "
+        "[the full table](docs/development.md#performance).",
+        "",
+        "| id | measure | target | measured | met |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {cell(r['id'])} | {cell(r['measure'])} | {cell(r['target'])} | {cell(r['value'])} | "
+                     f"{'yes' if r.get('met') else '**no**'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def replace_in(readme: Path, text: str) -> None:
     content = readme.read_text(encoding="utf-8")
     if START not in content or END not in content:
@@ -98,11 +117,12 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"bench/readme_table.py: {', '.join(missing)} not found; run make bench first", file=sys.stderr)
         return 2
-    text = table(merge([json.loads(p.read_text(encoding="utf-8")) for p in sources]))
+    data = merge([json.loads(p.read_text(encoding="utf-8")) for p in sources])
     if "--write" in argv:
-        replace_in(HERE.parent / "docs" / "development.md", text)
+        replace_in(HERE.parent / "docs" / "development.md", table(data))
+        replace_in(HERE.parent / "README.md", summary(data))
     else:
-        print(text)
+        print(table(data))
     return 0
 
 

@@ -47,3 +47,13 @@ def test_write_replaces_only_between_the_markers(tmp_path: Path) -> None:
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
     assert "| P1 | ours / peer | <= 0.5x | 0.6 | **no** |" in text
+
+
+def test_the_readme_summary_has_every_row_without_its_detail() -> None:
+    table = _module()
+    merged = table.merge([_run(0.77, 1.2), _run(0.45, 1.04), _run(0.48, 1.1)])
+    text = table.summary(merged)
+    assert "the median of 3 runs" in text and "docs/development.md#performance" in text
+    assert "| P1 | ours / peer | <= 0.5x | 0.48 (runs: 0.77, 0.45, 0.48) | yes |" in text
+    assert "| P7 | per card / card | <= 1.05x | 1.1 (runs: 1.2, 1.04, 1.1) | **no** |" in text
+    assert "run 0.48" not in text  # the detail stays in the full table
