@@ -326,7 +326,12 @@ def read_stamps(path: Path) -> Iterator[bytes] | None:
         return None
     except OSError as exc:
         raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
-    return _stamp_lines(os.fdopen(fd, "rb"), path)
+    try:
+        handle = os.fdopen(fd, "rb")  # a directory there is refused here (IsADirectoryError)
+    except OSError as exc:
+        os.close(fd)
+        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
+    return _stamp_lines(handle, path)
 
 
 def _stamp_lines(handle: BinaryIO, path: Path) -> Iterator[bytes]:
