@@ -59,10 +59,10 @@ from provision.piv.identity import (
 )
 from provision.piv.profiles import (
     MANAGEMENT_KEY_REFUSED_SW,
-    NO_SERIAL_SW,
     UNSUPPORTED_SW,
     VENDOR_REFUSED_SW,
     default_management_key_algorithm,
+    refuses_vendor_instruction,
 )
 from provision.piv.slots import ALGORITHM_BY_CODE, Algorithm, find_algorithm, slot_by_ref
 from provision.secrets import Secret
@@ -423,7 +423,7 @@ class PivSession:
         """Firmware version (YubiKey GET VERSION), or None on cards without it."""
         if self._version is _UNSET:
             data, sw = self.channel.send_raw_sw(INS_GET_VERSION, 0, 0, le=0)
-            if sw in UNSUPPORTED_SW:
+            if sw != SW_OK and refuses_vendor_instruction(sw):
                 self._version = None
             elif sw != SW_OK:
                 raise CardStatusError(msg('GET VERSION failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
@@ -443,7 +443,7 @@ class PivSession:
             data, sw = send_get_serial(self.channel)
             if sw in UNSUPPORTED_SW:
                 self._serial = self._serial_from_otp()
-            elif sw in NO_SERIAL_SW:
+            elif refuses_vendor_instruction(sw):
                 self._serial = None
             elif sw != SW_OK:
                 raise CardStatusError(msg('GET SERIAL failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)

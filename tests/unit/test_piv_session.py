@@ -91,6 +91,38 @@ def test_version_cached_and_unsupported() -> None:
     assert p.version() is None
 
 
+# What PIV cards without the YubiKey extensions were seen or are specified to answer to an
+# instruction they do not have, besides 6D00: ISO 7816-4 checking errors. OpenSC (card-piv.c,
+# piv_match_card_continued) takes any failed GET VERSION as "not a YubiKey"; yubico-piv-tool
+# (ykpiv.c, _ykpiv_connect) goes on without a serial whatever GET SERIAL answered.
+FOREIGN_REFUSALS = ["6A 86", "67 00", "69 85", "69 86", "6A 80", "68 81"]
+
+
+@pytest.mark.parametrize("refusal", FOREIGN_REFUSALS)
+def test_a_card_without_get_version_is_read_as_having_none(refusal: str) -> None:
+    p, t = session([(h("00 FD 00 00 00"), h(refusal))])
+    assert p.version() is None
+    assert p.version() is None  # asked once
+    t.done()
+
+
+@pytest.mark.parametrize("refusal", FOREIGN_REFUSALS)
+def test_a_card_without_get_serial_is_read_as_having_none(refusal: str) -> None:
+    p, t = session([(h("00 F8 00 00 00"), h(refusal))])
+    assert p.serial() is None
+    t.done()
+
+
+@pytest.mark.parametrize("sw", ["6F 00", "65 81", "64 00"])
+def test_a_card_fault_on_get_version_or_serial_is_still_an_error(sw: str) -> None:
+    p, _ = session([(None, h(sw))])
+    with pytest.raises(CardStatusError):
+        p.version()
+    p, _ = session([(None, h(sw))])
+    with pytest.raises(CardStatusError):
+        p.serial()
+
+
 def test_version_wrong_length() -> None:
     p, _ = session([(None, h("05 07") + OK)])
     with pytest.raises(CardProtocolError):
