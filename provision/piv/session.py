@@ -858,9 +858,13 @@ class PivSession:
     # --- data objects ---
 
     def get_object(self, object_id: int) -> bytes | None:
-        """GET DATA ``00 CB 3F FF 5C <id>``: the object's value (inside 53), or None if absent."""
+        """GET DATA ``00 CB 3F FF 5C <id>``: the object's value (inside 53), or None if absent.
+
+        Absent is ``6A82`` or, from some cards, ``9000`` with no data at all (OpenSC reads both as
+        "not found"); an empty ``53 00`` is an object with an empty value (``b""``).
+        """
         data, sw = send_get_object(self.channel, object_id)
-        if sw == SW_FILE_NOT_FOUND:
+        if sw == SW_FILE_NOT_FOUND or (sw == SW_OK and not data):
             return None
         if sw != SW_OK:
             raise CardStatusError(

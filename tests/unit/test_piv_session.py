@@ -470,6 +470,19 @@ def test_get_object_and_missing() -> None:
         p.get_object(0x5FC105)
 
 
+def test_an_empty_answer_to_get_data_is_an_absent_object() -> None:
+    """9000 with no data at all: OpenSC (card-piv.c, piv_get_data and piv_get_cached_data) reads
+    it as "file not found", as it reads 6A82 and an empty 53 00."""
+    p, _ = session([(h("00 CB 3F FF 05 5C 03 5F C1 05 00"), OK)])
+    assert p.read_certificate(0x9A) is None
+    p, _ = session([(None, OK)])
+    assert p.read_chuid() is None
+    p, _ = session([(None, OK)])
+    assert p.read_slot_names() == {}
+    p, _ = session([(None, OK)])
+    assert p.get_object(0x7E) is None
+
+
 def test_discovery_object_uses_tag_7e() -> None:
     p, _ = session([(h("00 CB 3F FF 03 5C 01 7E 00"), h("7E 02 4F 00") + OK)])
     assert p.get_object(0x7E) == h("4F 00")
