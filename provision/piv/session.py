@@ -477,7 +477,8 @@ class PivSession:
         return serial
 
     def read_chuid(self) -> str | None:
-        """The CHUID's GUID (tag 34) as lowercase hex, or None without a CHUID or GUID."""
+        """The CHUID's GUID (tag 34) as lowercase hex, or None without a CHUID or GUID. Sixteen
+        zero bytes are no GUID (a card identified by its FASC-N only; OpenSC skips them too)."""
         body = self.get_object(OBJECT_ID_CHUID)
         if not body:
             return None
@@ -486,6 +487,8 @@ class PivSession:
             return None
         if len(guid) != 16:
             raise CardProtocolError(msg('the CHUID GUID has {len} bytes, expected 16', len=len(guid)))
+        if not any(guid):
+            return None
         return guid.hex()
 
     # --- PIN ---

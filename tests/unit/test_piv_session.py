@@ -457,6 +457,16 @@ def test_import_refuses_unsupported_keys() -> None:
     assert t.sent == []
 
 
+def test_an_all_zero_chuid_guid_is_no_guid() -> None:
+    """A CHUID whose GUID is sixteen zero bytes names no card (cards that identify by FASC-N only
+    carry it so; OpenSC's piv_get_serial_nr_from_CHUI skips it): it must not make every such card
+    look like one and the same."""
+    chuid = h("30 19") + bytes.fromhex("D4E739DA739CED39CE739D836858210842108421C84210C3EB") + h("34 10") + bytes(16)
+    chuid += h("35 08") + b"20301231" + h("3E 00 FE 00")
+    p, _ = session([(None, h("53") + bytes([len(chuid)]) + chuid + OK)])
+    assert p.read_chuid() is None
+
+
 # --- objects and certificates ---------------------------------------------------------------------
 
 
