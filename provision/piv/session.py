@@ -99,6 +99,7 @@ SLOT_NAME_MAX_BYTES = 64
 
 SW_REFERENCE_NOT_FOUND = 0x6A88
 SW_FILE_NOT_FOUND = 0x6A82
+SW_WRONG_P1P2 = 0x6A86
 SW_SECURITY_NOT_SATISFIED = 0x6982
 SW_AUTH_BLOCKED = 0x6983
 SW_UNKNOWN = 0x6F00
@@ -643,7 +644,18 @@ class PivSession:
             cipher = _management_cipher(alg, keybuf)
 
             request = tlv.encode(0x7C, tlv.encode(0x80, b""))
-            answer = self.channel.send(INS_AUTHENTICATE, alg, KEY_REF_MANAGEMENT, request, le=0)
+            answer, sw = self.channel.send_raw_sw(INS_AUTHENTICATE, alg, KEY_REF_MANAGEMENT, request, le=0)
+            if sw == SW_WRONG_P1P2:
+                # P1 is not the algorithm of the key in 9B (CanoKey, PivApplet); no try was spent.
+                raise ManagementKeyError(
+                    msg("the card's management key is not {name} (GENERAL AUTHENTICATE answered {sw:04X}); set the "
+                        "job's management_key_type to the card's (3des, aes128, aes192 or aes256)",
+                        name=_MGMT_KEY_NAME[alg], sw=sw)
+                )  # fmt: skip
+            if sw != SW_OK:
+                raise CardStatusError(
+                    msg('management-key authentication failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw
+                )
             encrypted_witness = tlv.parse_dict(tlv.unwrap(answer, 0x7C)).get(0x80)
             if encrypted_witness is None or len(encrypted_witness) != block:
                 raise CardProtocolError(

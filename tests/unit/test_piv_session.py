@@ -292,6 +292,21 @@ def test_authenticate_default_key_on_57_without_f7_is_aes192() -> None:
     t.done()
 
 
+def test_authenticate_with_an_algorithm_the_card_key_is_not_says_so() -> None:
+    """A card without GET METADATA whose management key is not 3DES answers the witness request
+    with 6A86 (canokey-core piv.c: "P1 mismatches the key specified by P2"; PivApplet
+    processGenAuthSym: symAlg != alg): name the setting that fixes it, not only the status word."""
+    p, t = session([
+        (h("00 F7 00 9B 00"), h("6D 00")),
+        (h("00 FD 00 00 00"), h("6D 00")),
+        (h("00 87 03 9B 04 7C 02 80 00 00"), h("6A 86")),
+    ])  # fmt: skip
+    with pytest.raises(ManagementKeyError, match="management_key_type") as info:
+        p.authenticate(DEFAULT_KEY)
+    assert "3des" in str(info.value)
+    t.done()
+
+
 def test_authenticate_wrong_key_is_not_retried() -> None:
     witness = _ecb(TripleDES(DEFAULT_KEY), bytes(8), True)
     p, t = session(
