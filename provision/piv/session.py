@@ -731,11 +731,15 @@ class PivSession:
         data, sw = self.channel.send_raw_sw(INS_GET_METADATA, 0x00, slot, le=0)
         if sw == SW_REFERENCE_NOT_FOUND:
             return None
-        if sw in UNSUPPORTED_SW:
+        fixed_reference = slot in (KEY_REF_MANAGEMENT, KEY_REF_PIN, KEY_REF_PUK)
+        # For 9B, the PIN and the PUK any checking error means "no GET METADATA" (yubico-piv-tool's
+        # ykpiv_authenticate takes 3DES whatever F7 9B answers); for a key slot, 6A86 and its like
+        # may say "no such slot", which the callers tell apart.
+        if sw in UNSUPPORTED_SW or (fixed_reference and sw != SW_OK and refuses_vendor_instruction(sw)):
             raise CardNotSupportedError(
                 msg("this card has no GET METADATA ({sw:04X}); its slots' contents cannot be read", sw=sw)
             )
-        if sw == SW_UNKNOWN and slot not in (KEY_REF_MANAGEMENT, KEY_REF_PIN, KEY_REF_PUK):
+        if sw == SW_UNKNOWN and not fixed_reference:
             raise MetadataUnavailableError(
                 msg("the card cannot describe the key in slot {slot:02X} (GET METADATA answered 6F00, as PivApplet does "
                     "for a key it imported)", slot=slot),

@@ -292,6 +292,37 @@ def test_authenticate_default_key_on_57_without_f7_is_aes192() -> None:
     t.done()
 
 
+@pytest.mark.parametrize("refusal", ["67 00", "69 85", "6A 86", "6B 00"])
+def test_authenticate_on_a_card_that_refuses_get_metadata_otherwise_than_6d00(refusal: str) -> None:
+    """GET METADATA (F7) is a YubiKey instruction: whatever checking error a card answers for 9B,
+    the key's algorithm is the default, as yubico-piv-tool (ykpiv.c, ykpiv_authenticate: 3DES
+    unless F7 9B answers) decides; the authentication goes on."""
+    witness_plain = h("11 22 33 44 55 66 77 88")
+    p, t = session([
+        (h("00 F7 00 9B 00"), h(refusal)),
+        (h("00 FD 00 00 00"), h("6D 00")),
+        (h("00 87 03 9B 04 7C 02 80 00 00"), h("7C 0A 80 08") + _ecb(TripleDES(DEFAULT_KEY), witness_plain, True) + OK),
+        (None, h("7C 0A 82 08") + _ecb(TripleDES(DEFAULT_KEY), h("A5") * 8, True) + OK),
+    ])  # fmt: skip
+    p.authenticate(DEFAULT_KEY)
+    t.done()
+
+
+@pytest.mark.parametrize("ref", [0x80, 0x81, 0x9B])
+def test_pin_puk_and_management_metadata_refused_otherwise_is_not_supported(ref: int) -> None:
+    p, _ = session([(None, h("67 00"))])
+    with pytest.raises(CardNotSupportedError):
+        p.get_metadata(ref)
+
+
+def test_a_key_slot_metadata_refusal_keeps_its_status_word() -> None:
+    """For a key slot 6A86 says "no such slot" (PivApplet beyond 8C): the callers need the SW."""
+    p, _ = session([(None, h("6A 86"))])
+    with pytest.raises(CardStatusError) as info:
+        p.get_metadata(0x8D)
+    assert info.value.sw == 0x6A86 and not isinstance(info.value, CardNotSupportedError)
+
+
 def test_authenticate_with_an_algorithm_the_card_key_is_not_says_so() -> None:
     """A card without GET METADATA whose management key is not 3DES answers the witness request
     with 6A86 (canokey-core piv.c: "P1 mismatches the key specified by P2"; PivApplet
