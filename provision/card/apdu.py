@@ -68,6 +68,8 @@ _SW_MEANINGS = {
     0x6581: msg("memory failure"),
     0x6700: msg("wrong length"),
     0x6882: msg("secure messaging not supported"),
+    0x6883: msg("the card expected the last command of a chain"),
+    0x6884: msg("command chaining not supported by this card"),
     0x6982: msg("security status not satisfied (PIN or management key needed, or PIN policy 'always')"),
     0x6983: msg("authentication method blocked"),
     0x6984: msg("reference data not usable"),

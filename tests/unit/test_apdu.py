@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from provision.card.apdu import ApduChannel, TraceRecord, encode_apdu, split_response
+from provision.card.apdu import ApduChannel, TraceRecord, describe_sw, encode_apdu, split_response
 from provision.errors import CardProtocolError, CardStatusError
 from tests.helpers.scripted_transport import ScriptedTransport, h
 
@@ -95,6 +95,17 @@ def test_send_raises_status_error_with_sw() -> None:
 def test_send_raw_sw_does_not_raise() -> None:
     t = ScriptedTransport([(h("00 20 00 80"), h("63 C3"))])
     assert ApduChannel(t).send_raw_sw(0x20, 0, 0x80) == (b"", 0x63C3)
+
+
+def test_a_card_that_refuses_a_chain_says_so_in_words() -> None:
+    """ISO 7816-4 table 6: 6883 "last command of the chain expected", 6884 "command chaining not
+    supported": a card without chaining (and without extended length) cannot take a certificate;
+    the operator must read that, not "unexpected status"."""
+    t = ScriptedTransport([(None, h("68 84"))])
+    with pytest.raises(CardStatusError, match="command chaining not supported") as info:
+        ApduChannel(t).send(0xDB, 0x3F, 0xFF, bytes(300))
+    assert info.value.sw == 0x6884
+    assert "chain" in describe_sw(0x6883)
 
 
 def test_command_chaining_without_extended() -> None:
