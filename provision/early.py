@@ -80,6 +80,10 @@ class _Wrapped:
     def supports_extended(self) -> bool:
         return bool(self.transport.supports_extended)
 
+    @property
+    def protocol(self) -> str:
+        return str(self.transport.protocol)
+
 
 class _Recorder(_Wrapped):
     """The transport the early reads go through: each command and its answer, in order."""

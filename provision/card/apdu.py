@@ -6,7 +6,10 @@ APDUs a card needs:
 - data longer than 255 bytes goes out in one extended APDU when ``transport.supports_extended``,
   otherwise as a command chain (CLA | 0x10 on every block but the last, ISO 7816-4 5.3.3);
 - ``61xx`` is followed by GET RESPONSE ``00 C0 00 00 xx`` until the card stops saying "more";
-- ``6Cxx`` ("wrong Le, use xx") re-sends the same APDU once with Le = xx.
+- ``6Cxx`` ("wrong Le, use xx") re-sends the same APDU once with Le = xx;
+- under T=0 (``transport.protocol``) APDUs are mapped as ISO/IEC 7816-3 12.2 says: never extended,
+  case 1 with P3 = 00, case 4 without Le (the card then answers ``61xx``), as OpenSC's
+  ``sc_apdu2bytes`` and yubico-piv-tool's ``_ykpiv_transfer_data`` send them.
 
 A trace hook sees every physical APDU with secrets redacted (VERIFY, CHANGE REFERENCE,
 RESET RETRY, SET MANAGEMENT KEY and IMPORT KEY data; management-key authentication data and
@@ -65,6 +68,8 @@ _SW_MEANINGS = {
     0x6581: msg("memory failure"),
     0x6700: msg("wrong length"),
     0x6882: msg("secure messaging not supported"),
+    0x6883: msg("the card expected the last command of a chain"),
+    0x6884: msg("command chaining not supported by this card"),
     0x6982: msg("security status not satisfied (PIN or management key needed, or PIN policy 'always')"),
     0x6983: msg("authentication method blocked"),
     0x6984: msg("reference data not usable"),
@@ -244,10 +249,11 @@ class ApduChannel:
         if len(data) > EXTENDED_MAX_DATA:
             raise ValueError(f"command data of {len(data)} bytes is too long for one command")
         redact_cmd, redact_resp = _redaction(ins, p2)
-        # Extended only where it buys something: long data, or a response that may exceed 256
+        t0 = self.transport.protocol == "T=0"
+        # T=0 carries no extended APDU (its P3 is one byte). Extended only where it buys something: long data, or a response that may exceed 256
         # bytes, which then comes whole instead of in 61xx pieces. SELECT and other small
         # commands stay short even with le=0: readers and cards handle those most reliably.
-        extended = self.transport.supports_extended and (
+        extended = not t0 and self.transport.supports_extended and (
             len(data) > SHORT_MAX_DATA
             or (le is not None and le > 256)
             or (le == 0 and _long_response(ins, p2))
@@ -288,15 +294,25 @@ class ApduChannel:
         redact_resp: bool,
     ) -> tuple[bytes, int]:
         """One APDU (plus one re-send on 6Cxx)."""
-        apdu = encode_apdu(cla, ins, p1, p2, data, le, extended)
+        apdu = self._encode(cla, ins, p1, p2, data, le, extended)
         response, sw = self._transmit(apdu, redact_cmd, redact_resp)
         if sw >> 8 == 0x6C:
             # ISO 7816-4 case 2 "wrong Le": the same command again, Le = the card's Na.
-            apdu = encode_apdu(cla, ins, p1, p2, data, sw & 0xFF, False)
+            apdu = self._encode(cla, ins, p1, p2, data, (sw & 0xFF) or 256, extended)
             response, sw = self._transmit(apdu, redact_cmd, redact_resp)
             if sw >> 8 == 0x6C:
                 raise CardProtocolError(msg('the card asked twice for a different Le ({sw:04X})', sw=sw))
         return response, sw
+
+    def _encode(
+        self, cla: int, ins: int, p1: int, p2: int, data: bytes, le: int | None, extended: bool
+    ) -> bytes:
+        if self.transport.protocol != "T=0":
+            return encode_apdu(cla, ins, p1, p2, data, le, extended)
+        # ISO/IEC 7816-3 12.2.2 and 12.2.5: case 1 is sent with P3 = 00; case 4 without Le, the
+        # answer follows by GET RESPONSE after 61xx.
+        apdu = encode_apdu(cla, ins, p1, p2, data, None if data else le, False)
+        return apdu + b"\x00" if len(apdu) == 4 else apdu
 
     def _transmit(self, apdu: bytes, redact_cmd: bool, redact_resp: bool) -> tuple[bytes, int]:
         response, sw = split_response(self.transport.transmit(apdu))

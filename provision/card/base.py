@@ -31,6 +31,12 @@ class RawTransport(Protocol):
         """Whether the reader and card take extended-length APDUs (from the ATR or a probe)."""
         ...
 
+    @property
+    def protocol(self) -> str:
+        """The transmission protocol in use, ``"T=0"`` or ``"T=1"`` (PC/SC negotiates it). Under T=0
+        the channel maps APDUs as ISO/IEC 7816-3 12.2 says (no extended APDUs, no Le in case 4)."""
+        ...
+
     def begin_transaction(self) -> None:
         """Exclusive access for the duration of a load (SCardBeginTransaction)."""
         ...

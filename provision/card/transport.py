@@ -227,6 +227,22 @@ def atr_supports_extended(atr: bytes) -> bool:
     return False
 
 
+def atr_offers_t1(atr: bytes) -> bool:
+    """Whether the ATR offers T=1 (a TDi byte with protocol 1, ISO/IEC 7816-3 8.2.3). PC/SC takes
+    T=1 whenever the card offers it and T=0 otherwise (pcsc-lite's PHSetProtocol)."""
+    if len(atr) < 2:
+        return False
+    y, i = atr[1] >> 4, 2
+    while y & 0x8:
+        i += bin(y & 0x07).count("1")  # TAi, TBi, TCi before TDi
+        if i >= len(atr):
+            return False
+        if atr[i] & 0x0F == 1:
+            return True
+        y, i = atr[i] >> 4, i + 1
+    return False
+
+
 # --- pyscard access ----------------------------------------------------------------------------
 
 
@@ -534,7 +550,8 @@ class PcscTransport:
 
     @property
     def supports_extended(self) -> bool:
-        return atr_supports_extended(self._atr)
+        """The ATR announces extended Lc/Le, and the protocol can carry them (T=0 cannot)."""
+        return self.protocol == "T=1" and atr_supports_extended(self._atr)
 
     def _live_handle(self) -> Any:
         if self._handle is None:

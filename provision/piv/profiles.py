@@ -19,8 +19,7 @@ Version = tuple[int, int, int]
 # answering 6A81, 6B00 or 6E00. GET METADATA (F7, YubiKey 5.3+) and GET VERSION are detected by
 # this answer, not by a firmware number (other applets have neither).
 UNSUPPORTED_SW = frozenset({0x6D00, 0x6A81, 0x6B00, 0x6E00})
-# GET SERIAL (F8): besides the above, cards without a serial answer "not found" or "bad P1/P2".
-NO_SERIAL_SW = frozenset({0x6A82, 0x6A86, 0x6A88})
+
 # "This card does not take objects in the vendor range" (5FFFxx): the slot name then lives only in
 # the journal, the store and the audit log.
 VENDOR_REFUSED_SW = frozenset({0x6A82, 0x6A86, 0x6A81, 0x6A84})
@@ -28,6 +27,19 @@ VENDOR_REFUSED_SW = frozenset({0x6A82, 0x6A86, 0x6A81, 0x6A84})
 SLOT_REFUSED_SW = frozenset({0x6A86, 0x6A81})
 # The card refused the management key's witness (a wrong key), as different applets say it.
 MANAGEMENT_KEY_REFUSED_SW = frozenset({0x6982, 0x6A80, 0x6984})
+
+
+def refuses_vendor_instruction(sw: int) -> bool:
+    """Whether a card's answer to a YubiKey-only read (GET VERSION, GET SERIAL) means "not on this
+    card": any ISO 7816-4 checking error (SW1 67 to 6E: wrong length, CLA/INS/P1-P2 or data not
+    accepted, command not allowed; cards without a serial were seen answering 6A82, 6A86, 6A88),
+    not only the 6D00 of ``UNSUPPORTED_SW``. These INS are proprietary in the interindustry class,
+    so a card that lacks them may refuse them any such way: OpenSC takes any failed GET VERSION as
+    "not a YubiKey" (card-piv.c) and yubico-piv-tool connects whatever GET SERIAL answered
+    (ykpiv.c). Execution errors (64xx, 65xx) and 6Fxx stay errors: the card failed, it did not
+    decline."""
+    return 0x67 <= sw >> 8 <= 0x6E
+
 
 # --- firmware gates (YubiKey GET VERSION; None: a card without it) ------------------------------
 

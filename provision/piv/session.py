@@ -59,10 +59,10 @@ from provision.piv.identity import (
 )
 from provision.piv.profiles import (
     MANAGEMENT_KEY_REFUSED_SW,
-    NO_SERIAL_SW,
     UNSUPPORTED_SW,
     VENDOR_REFUSED_SW,
     default_management_key_algorithm,
+    refuses_vendor_instruction,
 )
 from provision.piv.slots import ALGORITHM_BY_CODE, Algorithm, find_algorithm, slot_by_ref
 from provision.secrets import Secret
@@ -99,6 +99,7 @@ SLOT_NAME_MAX_BYTES = 64
 
 SW_REFERENCE_NOT_FOUND = 0x6A88
 SW_FILE_NOT_FOUND = 0x6A82
+SW_WRONG_P1P2 = 0x6A86
 SW_SECURITY_NOT_SATISFIED = 0x6982
 SW_AUTH_BLOCKED = 0x6983
 SW_UNKNOWN = 0x6F00
@@ -423,7 +424,7 @@ class PivSession:
         """Firmware version (YubiKey GET VERSION), or None on cards without it."""
         if self._version is _UNSET:
             data, sw = self.channel.send_raw_sw(INS_GET_VERSION, 0, 0, le=0)
-            if sw in UNSUPPORTED_SW:
+            if sw != SW_OK and refuses_vendor_instruction(sw):
                 self._version = None
             elif sw != SW_OK:
                 raise CardStatusError(msg('GET VERSION failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
@@ -443,7 +444,7 @@ class PivSession:
             data, sw = send_get_serial(self.channel)
             if sw in UNSUPPORTED_SW:
                 self._serial = self._serial_from_otp()
-            elif sw in NO_SERIAL_SW:
+            elif refuses_vendor_instruction(sw):
                 self._serial = None
             elif sw != SW_OK:
                 raise CardStatusError(msg('GET SERIAL failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw)
@@ -477,7 +478,8 @@ class PivSession:
         return serial
 
     def read_chuid(self) -> str | None:
-        """The CHUID's GUID (tag 34) as lowercase hex, or None without a CHUID or GUID."""
+        """The CHUID's GUID (tag 34) as lowercase hex, or None without a CHUID or GUID. Sixteen
+        zero bytes are no GUID (a card identified by its FASC-N only; OpenSC skips them too)."""
         body = self.get_object(OBJECT_ID_CHUID)
         if not body:
             return None
@@ -486,6 +488,8 @@ class PivSession:
             return None
         if len(guid) != 16:
             raise CardProtocolError(msg('the CHUID GUID has {len} bytes, expected 16', len=len(guid)))
+        if not any(guid):
+            return None
         return guid.hex()
 
     # --- PIN ---
@@ -640,7 +644,18 @@ class PivSession:
             cipher = _management_cipher(alg, keybuf)
 
             request = tlv.encode(0x7C, tlv.encode(0x80, b""))
-            answer = self.channel.send(INS_AUTHENTICATE, alg, KEY_REF_MANAGEMENT, request, le=0)
+            answer, sw = self.channel.send_raw_sw(INS_AUTHENTICATE, alg, KEY_REF_MANAGEMENT, request, le=0)
+            if sw == SW_WRONG_P1P2:
+                # P1 is not the algorithm of the key in 9B (CanoKey, PivApplet); no try was spent.
+                raise ManagementKeyError(
+                    msg("the card's management key is not {name} (GENERAL AUTHENTICATE answered {sw:04X}); set the "
+                        "job's management_key_type to the card's (3des, aes128, aes192 or aes256)",
+                        name=_MGMT_KEY_NAME[alg], sw=sw)
+                )  # fmt: skip
+            if sw != SW_OK:
+                raise CardStatusError(
+                    msg('management-key authentication failed: {sw:04X} ({describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw
+                )
             encrypted_witness = tlv.parse_dict(tlv.unwrap(answer, 0x7C)).get(0x80)
             if encrypted_witness is None or len(encrypted_witness) != block:
                 raise CardProtocolError(
@@ -716,11 +731,15 @@ class PivSession:
         data, sw = self.channel.send_raw_sw(INS_GET_METADATA, 0x00, slot, le=0)
         if sw == SW_REFERENCE_NOT_FOUND:
             return None
-        if sw in UNSUPPORTED_SW:
+        fixed_reference = slot in (KEY_REF_MANAGEMENT, KEY_REF_PIN, KEY_REF_PUK)
+        # For 9B, the PIN and the PUK any checking error means "no GET METADATA" (yubico-piv-tool's
+        # ykpiv_authenticate takes 3DES whatever F7 9B answers); for a key slot, 6A86 and its like
+        # may say "no such slot", which the callers tell apart.
+        if sw in UNSUPPORTED_SW or (fixed_reference and sw != SW_OK and refuses_vendor_instruction(sw)):
             raise CardNotSupportedError(
                 msg("this card has no GET METADATA ({sw:04X}); its slots' contents cannot be read", sw=sw)
             )
-        if sw == SW_UNKNOWN and slot not in (KEY_REF_MANAGEMENT, KEY_REF_PIN, KEY_REF_PUK):
+        if sw == SW_UNKNOWN and not fixed_reference:
             raise MetadataUnavailableError(
                 msg("the card cannot describe the key in slot {slot:02X} (GET METADATA answered 6F00, as PivApplet does "
                     "for a key it imported)", slot=slot),
@@ -858,9 +877,13 @@ class PivSession:
     # --- data objects ---
 
     def get_object(self, object_id: int) -> bytes | None:
-        """GET DATA ``00 CB 3F FF 5C <id>``: the object's value (inside 53), or None if absent."""
+        """GET DATA ``00 CB 3F FF 5C <id>``: the object's value (inside 53), or None if absent.
+
+        Absent is ``6A82`` or, from some cards, ``9000`` with no data at all (OpenSC reads both as
+        "not found"); an empty ``53 00`` is an object with an empty value (``b""``).
+        """
         data, sw = send_get_object(self.channel, object_id)
-        if sw == SW_FILE_NOT_FOUND:
+        if sw == SW_FILE_NOT_FOUND or (sw == SW_OK and not data):
             return None
         if sw != SW_OK:
             raise CardStatusError(

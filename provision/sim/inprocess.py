@@ -6,7 +6,7 @@ No pcscd, no sockets: ``transmit`` calls ``SimCard.process``. A card that vanish
 
 from __future__ import annotations
 
-from provision.card.transport import atr_supports_extended
+from provision.card.transport import atr_offers_t1, atr_supports_extended
 from provision.errors import CardRemovedError, CardVanished
 from provision.i18n import msg
 from provision.sim.card import SimCard
@@ -41,7 +41,12 @@ class SimTransport:
     def supports_extended(self) -> bool:
         """As a PC/SC reader tells it: from the card's ATR (a YubiKey's says yes; a card whose ATR
         does not, like CanoKey's, gets long commands as chains)."""
-        return atr_supports_extended(self.card.atr)
+        return self.protocol == "T=1" and atr_supports_extended(self.card.atr)
+
+    @property
+    def protocol(self) -> str:
+        """As PC/SC negotiates it: T=1 when the card's ATR offers it, else T=0."""
+        return "T=1" if atr_offers_t1(self.card.atr) else "T=0"
 
     def begin_transaction(self) -> None:
         self._in_transaction = True

@@ -16,6 +16,7 @@ class ScriptedTransport:
 
     script: list[tuple[bytes | None, bytes | Callable[[bytes], bytes]]]
     extended: bool = False
+    protocol: str = "T=1"  # "T=0": what PC/SC negotiated (ISO/IEC 7816-3)
     reader: str = "Scripted 00"
     apdu_count: int = 0
     sent: list[bytes] = field(default_factory=list)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from provision.card.apdu import ApduChannel, TraceRecord, encode_apdu, split_response
+from provision.card.apdu import ApduChannel, TraceRecord, describe_sw, encode_apdu, split_response
 from provision.errors import CardProtocolError, CardStatusError
 from tests.helpers.scripted_transport import ScriptedTransport, h
 
@@ -97,6 +97,17 @@ def test_send_raw_sw_does_not_raise() -> None:
     assert ApduChannel(t).send_raw_sw(0x20, 0, 0x80) == (b"", 0x63C3)
 
 
+def test_a_card_that_refuses_a_chain_says_so_in_words() -> None:
+    """ISO 7816-4 table 6: 6883 "last command of the chain expected", 6884 "command chaining not
+    supported": a card without chaining (and without extended length) cannot take a certificate;
+    the operator must read that, not "unexpected status"."""
+    t = ScriptedTransport([(None, h("68 84"))])
+    with pytest.raises(CardStatusError, match="command chaining not supported") as info:
+        ApduChannel(t).send(0xDB, 0x3F, 0xFF, bytes(300))
+    assert info.value.sw == 0x6884
+    assert "chain" in describe_sw(0x6883)
+
+
 def test_command_chaining_without_extended() -> None:
     data = bytes(range(256)) * 2 + bytes(88)  # 600 bytes → 255 + 255 + 90
     t = ScriptedTransport(
@@ -175,6 +186,59 @@ def test_long_answers_are_asked_for_extended() -> None:
     t.done()
 
 
+# --- T=0 (ISO/IEC 7816-3 12.2: how an APDU maps to a T=0 command) ----------------------------------
+# What the peers put on the wire under T=0: OpenSC (src/libopensc/apdu.c, sc_apdu2bytes: case 1 gets
+# P3 = 00, case 4 short has no Le, no extended APDUs; sc_get_max_send_size: 255 under T=0) and
+# yubico-piv-tool (lib/ykpiv.c, _ykpiv_transfer_data: "Add Le for T=1" only).
+
+
+def test_t0_case_4_goes_without_le_and_the_answer_comes_by_get_response() -> None:
+    t = ScriptedTransport(
+        [
+            (h("00 CB 3F FF 05 5C 03 5F C1 02"), h("61 05")),
+            (h("00 C0 00 00 05"), h("53 03 34 01 00 90 00")),
+        ],
+        protocol="T=0",
+    )
+    assert ApduChannel(t).send(0xCB, 0x3F, 0xFF, h("5C 03 5F C1 02"), le=0) == h("53 03 34 01 00")
+    t.done()
+
+
+def test_t0_case_1_carries_p3_00_and_case_2_and_3_are_unchanged() -> None:
+    t = ScriptedTransport(
+        [
+            (h("00 20 00 80 00"), h("63 C3")),
+            (h("00 FD 00 00 00"), h("05 07 01 90 00")),
+            (h("00 20 00 80 08 31 32 33 34 35 36 FF FF"), h("90 00")),
+        ],
+        protocol="T=0",
+    )
+    channel = ApduChannel(t)
+    assert channel.send_raw_sw(0x20, 0, 0x80) == (b"", 0x63C3)
+    assert channel.send(0xFD, 0, 0, le=0) == h("05 07 01")
+    channel.send(0x20, 0, 0x80, h("31 32 33 34 35 36 FF FF"))
+    t.done()
+
+
+def test_t0_never_sends_extended_apdus_even_if_the_atr_offers_them() -> None:
+    data = bytes(300)
+    t = ScriptedTransport(
+        [
+            (h("10 DB 3F FF FF") + data[:255], h("90 00")),
+            (h("00 DB 3F FF 2D") + data[255:], h("90 00")),
+            (h("00 CB 3F FF 05 5C 03 5F C1 05"), h("61 00")),
+            (h("00 C0 00 00 00"), bytes(256) + h("61 10")),
+            (h("00 C0 00 00 10"), bytes(16) + h("90 00")),
+        ],
+        extended=True,
+        protocol="T=0",
+    )
+    channel = ApduChannel(t)
+    channel.send(0xDB, 0x3F, 0xFF, data)
+    assert len(channel.send(0xCB, 0x3F, 0xFF, h("5C 03 5F C1 05"), le=0)) == 272
+    t.done()
+
+
 def test_get_response_loop() -> None:
     first, second, third = bytes([1]) * 256, bytes([2]) * 256, bytes([3]) * 16
     t = ScriptedTransport(
@@ -201,6 +265,21 @@ def test_get_response_error_is_reported() -> None:
 def test_wrong_le_resends_with_the_cards_length() -> None:
     t = ScriptedTransport([(h("00 F8 00 00 00"), h("6C 04")), (h("00 F8 00 00 04"), h("00 BC 61 4E 90 00"))])
     assert ApduChannel(t).send(0xF8, 0, 0, le=0) == h("00 BC 61 4E")
+    t.done()
+
+
+def test_wrong_le_to_an_extended_command_is_resent_extended() -> None:
+    """A long command sent extended and answered 6Cxx goes again whole, extended, with Le = xx (it
+    used to be re-encoded short, which cannot hold its data: a ValueError, exit 70)."""
+    data = h("7C 82 01 06 82 00 81 82 01 00") + bytes(256)
+    t = ScriptedTransport(
+        [
+            (h("00 87 07 9C 00 01 0A") + data + h("00 00"), h("6C 80")),
+            (h("00 87 07 9C 00 01 0A") + data + h("00 80"), bytes(128) + h("90 00")),
+        ],
+        extended=True,
+    )
+    assert ApduChannel(t).send(0x87, 0x07, 0x9C, data, le=0) == bytes(128)
     t.done()
 
 

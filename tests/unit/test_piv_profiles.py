@@ -45,3 +45,12 @@ def test_firmware_gates(version: tuple[int, int, int] | None, algorithm: int, ex
 )
 def test_pin_always(key_ref: int, job_policy: str, card_policy: int | None, always: bool) -> None:
     assert p.pin_always(key_ref, job_policy, card_policy) is always
+
+
+@pytest.mark.parametrize(
+    ("sw", "refused"),
+    [(0x6D00, True), (0x6E00, True), (0x6A81, True), (0x6B00, True), (0x6A86, True), (0x6700, True),
+     (0x6985, True), (0x9000, False), (0x6F00, False), (0x6581, False), (0x63C2, False), (0x6100, False)],
+)  # fmt: skip
+def test_refuses_vendor_instruction(sw: int, refused: bool) -> None:
+    assert p.refuses_vendor_instruction(sw) is refused

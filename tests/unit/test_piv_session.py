@@ -91,6 +91,38 @@ def test_version_cached_and_unsupported() -> None:
     assert p.version() is None
 
 
+# What PIV cards without the YubiKey extensions were seen or are specified to answer to an
+# instruction they do not have, besides 6D00: ISO 7816-4 checking errors. OpenSC (card-piv.c,
+# piv_match_card_continued) takes any failed GET VERSION as "not a YubiKey"; yubico-piv-tool
+# (ykpiv.c, _ykpiv_connect) goes on without a serial whatever GET SERIAL answered.
+FOREIGN_REFUSALS = ["6A 86", "67 00", "69 85", "69 86", "6A 80", "68 81"]
+
+
+@pytest.mark.parametrize("refusal", FOREIGN_REFUSALS)
+def test_a_card_without_get_version_is_read_as_having_none(refusal: str) -> None:
+    p, t = session([(h("00 FD 00 00 00"), h(refusal))])
+    assert p.version() is None
+    assert p.version() is None  # asked once
+    t.done()
+
+
+@pytest.mark.parametrize("refusal", FOREIGN_REFUSALS)
+def test_a_card_without_get_serial_is_read_as_having_none(refusal: str) -> None:
+    p, t = session([(h("00 F8 00 00 00"), h(refusal))])
+    assert p.serial() is None
+    t.done()
+
+
+@pytest.mark.parametrize("sw", ["6F 00", "65 81", "64 00"])
+def test_a_card_fault_on_get_version_or_serial_is_still_an_error(sw: str) -> None:
+    p, _ = session([(None, h(sw))])
+    with pytest.raises(CardStatusError):
+        p.version()
+    p, _ = session([(None, h(sw))])
+    with pytest.raises(CardStatusError):
+        p.serial()
+
+
 def test_version_wrong_length() -> None:
     p, _ = session([(None, h("05 07") + OK)])
     with pytest.raises(CardProtocolError):
@@ -260,6 +292,52 @@ def test_authenticate_default_key_on_57_without_f7_is_aes192() -> None:
     t.done()
 
 
+@pytest.mark.parametrize("refusal", ["67 00", "69 85", "6A 86", "6B 00"])
+def test_authenticate_on_a_card_that_refuses_get_metadata_otherwise_than_6d00(refusal: str) -> None:
+    """GET METADATA (F7) is a YubiKey instruction: whatever checking error a card answers for 9B,
+    the key's algorithm is the default, as yubico-piv-tool (ykpiv.c, ykpiv_authenticate: 3DES
+    unless F7 9B answers) decides; the authentication goes on."""
+    witness_plain = h("11 22 33 44 55 66 77 88")
+    p, t = session([
+        (h("00 F7 00 9B 00"), h(refusal)),
+        (h("00 FD 00 00 00"), h("6D 00")),
+        (h("00 87 03 9B 04 7C 02 80 00 00"), h("7C 0A 80 08") + _ecb(TripleDES(DEFAULT_KEY), witness_plain, True) + OK),
+        (None, h("7C 0A 82 08") + _ecb(TripleDES(DEFAULT_KEY), h("A5") * 8, True) + OK),
+    ])  # fmt: skip
+    p.authenticate(DEFAULT_KEY)
+    t.done()
+
+
+@pytest.mark.parametrize("ref", [0x80, 0x81, 0x9B])
+def test_pin_puk_and_management_metadata_refused_otherwise_is_not_supported(ref: int) -> None:
+    p, _ = session([(None, h("67 00"))])
+    with pytest.raises(CardNotSupportedError):
+        p.get_metadata(ref)
+
+
+def test_a_key_slot_metadata_refusal_keeps_its_status_word() -> None:
+    """For a key slot 6A86 says "no such slot" (PivApplet beyond 8C): the callers need the SW."""
+    p, _ = session([(None, h("6A 86"))])
+    with pytest.raises(CardStatusError) as info:
+        p.get_metadata(0x8D)
+    assert info.value.sw == 0x6A86 and not isinstance(info.value, CardNotSupportedError)
+
+
+def test_authenticate_with_an_algorithm_the_card_key_is_not_says_so() -> None:
+    """A card without GET METADATA whose management key is not 3DES answers the witness request
+    with 6A86 (canokey-core piv.c: "P1 mismatches the key specified by P2"; PivApplet
+    processGenAuthSym: symAlg != alg): name the setting that fixes it, not only the status word."""
+    p, t = session([
+        (h("00 F7 00 9B 00"), h("6D 00")),
+        (h("00 FD 00 00 00"), h("6D 00")),
+        (h("00 87 03 9B 04 7C 02 80 00 00"), h("6A 86")),
+    ])  # fmt: skip
+    with pytest.raises(ManagementKeyError, match="management_key_type") as info:
+        p.authenticate(DEFAULT_KEY)
+    assert "3des" in str(info.value)
+    t.done()
+
+
 def test_authenticate_wrong_key_is_not_retried() -> None:
     witness = _ecb(TripleDES(DEFAULT_KEY), bytes(8), True)
     p, t = session(
@@ -425,6 +503,16 @@ def test_import_refuses_unsupported_keys() -> None:
     assert t.sent == []
 
 
+def test_an_all_zero_chuid_guid_is_no_guid() -> None:
+    """A CHUID whose GUID is sixteen zero bytes names no card (cards that identify by FASC-N only
+    carry it so; OpenSC's piv_get_serial_nr_from_CHUI skips it): it must not make every such card
+    look like one and the same."""
+    chuid = h("30 19") + bytes.fromhex("D4E739DA739CED39CE739D836858210842108421C84210C3EB") + h("34 10") + bytes(16)
+    chuid += h("35 08") + b"20301231" + h("3E 00 FE 00")
+    p, _ = session([(None, h("53") + bytes([len(chuid)]) + chuid + OK)])
+    assert p.read_chuid() is None
+
+
 # --- objects and certificates ---------------------------------------------------------------------
 
 
@@ -436,6 +524,19 @@ def test_get_object_and_missing() -> None:
     p, _ = session([(None, h("70 00") + OK)])
     with pytest.raises(CardProtocolError):
         p.get_object(0x5FC105)
+
+
+def test_an_empty_answer_to_get_data_is_an_absent_object() -> None:
+    """9000 with no data at all: OpenSC (card-piv.c, piv_get_data and piv_get_cached_data) reads
+    it as "file not found", as it reads 6A82 and an empty 53 00."""
+    p, _ = session([(h("00 CB 3F FF 05 5C 03 5F C1 05 00"), OK)])
+    assert p.read_certificate(0x9A) is None
+    p, _ = session([(None, OK)])
+    assert p.read_chuid() is None
+    p, _ = session([(None, OK)])
+    assert p.read_slot_names() == {}
+    p, _ = session([(None, OK)])
+    assert p.get_object(0x7E) is None
 
 
 def test_discovery_object_uses_tag_7e() -> None:

@@ -9,6 +9,7 @@ import pytest
 from provision.card import transport
 from provision.card.transport import (
     PCSC_CODES,
+    atr_offers_t1,
     atr_supports_extended,
     code_name,
     error_for,
@@ -157,7 +158,7 @@ class FakeScard:
         self.connects += 1
         codes = self.codes.get("connect_sequence")
         code = codes.pop(0) if isinstance(codes, list) and codes else 0
-        return code, 99, 2
+        return code, 99, self.codes.get("protocol", 2)
 
     def SCardStatus(self, handle: int) -> tuple[int, str, int, int, list[int]]:
         return self.codes.get("status", 0), "Reader A 00 00", 0x34, 2, list(YUBIKEY_5)
@@ -193,6 +194,31 @@ def test_connect_transmit_close(fake: FakeScard) -> None:
     card.close()
     card.close()
     assert fake.calls == ["disconnect:0", "release"]  # SCARD_LEAVE_CARD, once
+
+
+def test_a_t0_connection_takes_no_extended_apdus_whatever_the_atr_says(fake: FakeScard) -> None:
+    """T=0 cannot carry extended Lc/Le (ISO/IEC 7816-3 12.2; OpenSC's sc_get_max_send_size stays at 255
+    under T=0): a dual-protocol card that PC/SC runs with T=0 gets chains and 61xx pieces."""
+    fake.codes["protocol"] = 1  # SCARD_PROTOCOL_T0
+    card = transport.connect("Reader A 00 00")
+    assert card.protocol == "T=0" and atr_supports_extended(card.atr) and not card.supports_extended
+    card.close()
+
+
+@pytest.mark.parametrize(
+    ("atr", "t1"),
+    [
+        (YUBIKEY_5, True),
+        (PIVAPPLET_JCOP, True),
+        (bytes.fromhex("3B8D80018073C021C057597562694B6579F9"), True),  # YubiKey 5 NFC: T=0, then T=1
+        (bytes.fromhex("3B0214 50"), False),  # no TD1: T=0 only
+        (bytes.fromhex("3BDB960080 1F 030031C064B0F310000790 00 80"), False),  # T=0, then T=15 (global bytes)
+        (bytes.fromhex("3B6800000073C84013009000"), False),  # TB1, TC1, no TD1
+        (bytes.fromhex("3B80"), False),  # TD1 announced, missing
+    ],
+)
+def test_atr_offers_t1(atr: bytes, t1: bool) -> None:
+    assert atr_offers_t1(atr) is t1
 
 
 def test_connect_retries_once_after_a_reinsertion_miss(fake: FakeScard) -> None:
