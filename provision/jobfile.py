@@ -862,6 +862,10 @@ def _build_job(index: int, card: dict[str, Any], defaults: dict[str, Any], ck: _
         ck.problem(here, msg("'card' is missing; say which card with {{serial: N}}, {{guid: HEX}}, {{any: true}} or {{pkcs11: …}}"))
         return None
     ident = merged["card"]
+    if isinstance(ident.get("guid"), str) and set(ident["guid"]) == {"0"}:
+        ck.problem(at("card") + ("guid",),
+                   msg("a GUID of 32 zeros is what a card without a GUID of its own carries, so it names no card; "
+                       "name this card by its serial"))  # fmt: skip
     identity = CardIdentity(
         serial=ident.get("serial"),
         guid=ident["guid"].lower() if "guid" in ident else None,

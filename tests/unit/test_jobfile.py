@@ -423,3 +423,12 @@ def test_bad_management_key_forms_are_refused(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("MGMT_MASTER", "00")
     name, value = field.split(": ", 1)
     assert problems(tmp_path, HEAD + "cards:\n" + card_yaml(**{name: value}))
+
+
+def test_an_all_zero_guid_names_no_card(tmp_path: Path) -> None:
+    """Cards without a GUID of their own carry 32 zeros in the CHUID, and the client takes that as
+    no GUID (as OpenSC does): a job naming it could never match, so validate says so."""
+    found = problems(tmp_path, HEAD + "cards:\n" + card_yaml(card="{guid: " + "0" * 32 + "}"))
+    assert len(found) == 1 and "cards[0].card.guid: a GUID of 32 zeros" in found[0], found
+    assert "name this card by its serial" in found[0]
+    assert load(tmp_path, HEAD + "cards:\n" + card_yaml(card="{guid: " + "0" * 31 + "1}")).jobs[0].card.guid
