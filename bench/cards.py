@@ -550,6 +550,50 @@ def _pid_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class TimedRecords:
+    """Times the records a card's worker writes (journal, audit log, store) while a run goes on,
+    by wrapping their classes' methods for the duration (the product carries no timers)."""
+
+    WRAPPED = (("provision.journal", "Journal", ("step", "set_job", "add_seal", "add_pending")),
+               ("provision.audit.chain", "AuditLog", ("append",)),
+               ("provision.store", "CertificateStore", ("archive", "prove")))  # fmt: skip
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> TimedRecords:
+        import importlib
+
+        for module_name, class_name, methods in self.WRAPPED:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            for name in methods:
+                original = cls.__dict__[name]
+                self._saved.append((cls, name, original))
+                setattr(cls, name, self._timed(f"{class_name}.{name}", original))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, name, original in reversed(self._saved):
+            setattr(cls, name, original)
+
+    def _timed(self, label: str, original: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not threading.current_thread().name.startswith("reader-"):
+                return original(*args, **kwargs)  # only the card's worker: what it does between APDUs
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+                    self.calls[label] = self.calls.get(label, 0) + 1
+
+        return timed
+
+
 def _process_cpu() -> float:
     """CPU seconds this whole process has used (every thread): user + system."""
     import resource
