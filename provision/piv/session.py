@@ -411,14 +411,23 @@ class PivSession:
     # --- identity ---
 
     def select(self) -> ApplicationProperties | None:
-        """SELECT the PIV application by its full AID. None: the card answered 9000 without an APT."""
+        """SELECT the PIV application by its full AID. None: the card answered 9000 without an APT
+        (or with something else than one)."""
         data, sw = send_select(self.channel)
         if sw != SW_OK:
             raise CardStatusError(
                 msg('this card has no PIV application (SELECT answered {sw:04X}: {describe_sw})', sw=sw, describe_sw=describe_sw(sw)), sw
             )
         self._version = _UNSET
-        return parse_application_properties(data) if data else None
+        if not data:
+            return None
+        try:
+            return parse_application_properties(data)
+        except CardProtocolError:
+            # Not SP 800-73-4's template (61): older PIV cards answer with an FCI (6F) or odd bytes.
+            # The application is selected all the same (9000 to its full AID), and nothing decides
+            # on these properties, so, as OpenSC does, the card is not refused for them.
+            return None
 
     def version(self) -> tuple[int, int, int] | None:
         """Firmware version (YubiKey GET VERSION), or None on cards without it."""

@@ -22,7 +22,7 @@ from provision.errors import (
     PinFormatError,
 )
 from provision.piv import session as s
-from provision.piv.session import PivSession, SlotNameResult
+from provision.piv.session import PivSession, SlotNameResult, parse_application_properties
 from provision.secrets import Secret
 from tests.helpers.scripted_transport import ScriptedTransport, h
 
@@ -69,10 +69,14 @@ def test_select_apt_with_label_and_algorithms() -> None:
     "answer",
     [h("6F 02 4F 00"), h("61 05 4F 06 00 00"), h("61 02 50 00")],  # wrong tag, truncated, no 4F
 )
-def test_select_malformed_apt(answer: bytes) -> None:
+def test_select_answer_other_than_an_apt_still_selects(answer: bytes) -> None:
+    """An FCI (6F) as older PIV cards send, or an APT we cannot read: SELECT of the full AID answered
+    9000, so the application is selected; the card was refused before, though nothing decides on
+    these properties. The parsing itself still refuses them."""
     p, _ = session([(None, answer + OK)])
+    assert p.select() is None
     with pytest.raises(CardProtocolError):
-        p.select()
+        parse_application_properties(answer)
 
 
 def test_select_without_piv() -> None:
