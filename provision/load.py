@@ -294,7 +294,13 @@ class Loader:
         that write may have been on another card (an ``any: true`` job in doubt goes to the next
         card), so the slot's key must be this job's, imported before that write began."""
         try:
-            return self.session.read_certificate(self.slot.key_ref)
+            current = self.session.read_certificate(self.slot.key_ref)
+            if current is None:
+                # "No certificate" decides that nothing is archived before the slot is written, so
+                # the card must say it twice (a second GET DATA is a read; it changes nothing). One
+                # wrong 6A82 from a card that holds a certificate had it overwritten, unarchived.
+                current = self.session.read_certificate(self.slot.key_ref)
+            return current
         except CardProtocolError as exc:
             if not self._interrupted("write_certificate") or not self._job_key_in_slot():
                 raise CardError(msg("slot {hex} holds a certificate object that cannot be read ({error}); no load of this "

@@ -121,7 +121,7 @@ class CounterCards:
         return getattr(self.inner, name)
 
 
-PULLED_AFTER_APDUS = 12
+PULLED_AFTER_APDUS = 13  # after the key is imported: the load rolls forward from there
 
 
 def svg_format() -> str:

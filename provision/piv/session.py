@@ -888,10 +888,16 @@ class PivSession:
     def get_object(self, object_id: int) -> bytes | None:
         """GET DATA ``00 CB 3F FF 5C <id>``: the object's value (inside 53), or None if absent.
 
-        Absent is ``6A82`` or, from some cards, ``9000`` with no data at all (OpenSC reads both as
-        "not found"); an empty ``53 00`` is an object with an empty value (``b""``).
+        Absent is ``6A82`` or, from some cards, ``9000`` with no data at all, twice (OpenSC reads
+        both as "not found"); an empty ``53 00`` is an object with an empty value (``b""``).
         """
         data, sw = send_get_object(self.channel, object_id)
+        if sw == SW_OK and not data:
+            # Taken as absent only when the card says it twice. A lost answer looks just the same,
+            # and the certificate read before a load decides whether anything is archived: one
+            # glitch must never make the certificate about to be overwritten look absent (the fault
+            # campaign lost one so). A second GET DATA is a read; it changes nothing on the card.
+            data, sw = send_get_object(self.channel, object_id)
         if sw == SW_FILE_NOT_FOUND or (sw == SW_OK and not data):
             return None
         if sw != SW_OK:

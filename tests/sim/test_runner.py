@@ -803,3 +803,40 @@ def test_a_killed_runs_missing_time_stamps_are_settled_even_if_the_settling_run_
         run([])
     result = verify(batch.logs, timestamps=True, tsa_certs=[tsa.cert_der])
     assert result.ok, result.message
+
+
+class _SaysNoCertificateOnce(SimCard):
+    """A card that holds a certificate in 9C but answers the first read of it with ``answer``:
+    6A82 (not found) or 9000 with no data, as a glitch or a buggy card would."""
+
+    def __init__(self, options: SimOptions, answer: bytes) -> None:
+        super().__init__(options)
+        self.answer, self.lied = answer, True
+
+    def process(self, apdu: bytes) -> bytes:
+        if not self.lied and apdu[1] == 0xCB and bytes.fromhex("5C035FC10A") in apdu:
+            self.lied = True
+            return self.answer
+        return super().process(apdu)
+
+
+@pytest.mark.parametrize("answer", ["6A82", "9000"])
+def test_one_answer_that_the_slot_is_empty_never_gets_its_certificate_overwritten_unarchived(
+        batch: Batch, ca: fixtures.Issuer, answer: str) -> None:  # fmt: skip
+    """The full fault campaign lost a certificate: one emptied answer to the read before the load
+    made slot 9C look empty, so nothing was archived and the old certificate was overwritten. The
+    card must now say twice that the slot has no certificate; here it says so once, and the old
+    certificate is archived, byte for byte, before the new one is written."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    batch.holder("HK-1", "CHAN Tai Man", 12345678)
+    card = _SaysNoCertificateOnce(SimOptions(serial=12345678), bytes.fromhex(answer))
+    old = preload_old_certificate(card, ca, "CHAN Tai Man")
+    card.lied = False
+    outcome = batch.run([card])
+    (job,) = outcome.document["jobs"]
+    assert card.lied and job["status"] == "loaded", job
+    assert job["archived_to"], job
+    archived = x509.load_pem_x509_certificate(Path(job["archived_to"]).read_bytes())
+    assert archived.public_bytes(Encoding.DER) == old

@@ -530,17 +530,30 @@ def test_get_object_and_missing() -> None:
         p.get_object(0x5FC105)
 
 
-def test_an_empty_answer_to_get_data_is_an_absent_object() -> None:
-    """9000 with no data at all: OpenSC (card-piv.c, piv_get_data and piv_get_cached_data) reads
-    it as "file not found", as it reads 6A82 and an empty 53 00."""
-    p, _ = session([(h("00 CB 3F FF 05 5C 03 5F C1 05 00"), OK)])
+def test_an_empty_answer_to_get_data_twice_is_an_absent_object() -> None:
+    """9000 with no data at all, from a card that says it again: OpenSC (card-piv.c, piv_get_data
+    and piv_get_cached_data) reads it as "file not found", as it reads 6A82 and an empty 53 00."""
+    get_9a = h("00 CB 3F FF 05 5C 03 5F C1 05 00")
+    p, t = session([(get_9a, OK), (get_9a, OK)])
     assert p.read_certificate(0x9A) is None
-    p, _ = session([(None, OK)])
+    t.done()
+    p, _ = session([(None, OK), (None, OK)])
     assert p.read_chuid() is None
-    p, _ = session([(None, OK)])
+    p, _ = session([(None, OK), (None, OK)])
     assert p.read_slot_names() == {}
-    p, _ = session([(None, OK)])
+    p, _ = session([(None, OK), (None, OK)])
     assert p.get_object(0x7E) is None
+
+
+def test_one_empty_answer_never_makes_a_certificate_look_absent() -> None:
+    """The full fault campaign lost a certificate: one emptied answer to the read before a load made
+    the slot look empty, so nothing was archived and the certificate was overwritten. One empty
+    answer is now read again; the certificate that comes the second time is the one archived."""
+    get_9a = h("00 CB 3F FF 05 5C 03 5F C1 05 00")
+    cert = h("30 03 02 01 01")
+    p, t = session([(get_9a, OK), (get_9a, h("53 0A 70 05") + cert + h("71 01 00") + OK)])
+    assert p.get_object(0x5FC105) == h("70 05") + cert + h("71 01 00")
+    t.done()
 
 
 def test_discovery_object_uses_tag_7e() -> None:
