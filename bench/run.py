@@ -312,9 +312,11 @@ def _p3_phases(one: dict[str, Any], top: dict[str, Any], n: int) -> str:
     return (f"; a reader's cycle at 1 -> {n} readers (medians): " + ", ".join(parts)
             + f"; pcscd used {top['pcscd_cpu_per_wall']:.0%} of one core ({top['pcscd_cpu_ms_per_card']} ms per card)"
             + f". pcscd sees vpcd's card come and go only when it polls, every 400 ms (PCSCLITE_STATUS_POLL_RATE; "
-              f"a USB reader reports at once), so a reader's cycle is a whole number of polls: {cycle_one:.0f} -> "
-              f"{cycle_top:.0f} ms, the load {a['first_apdu_to_result']:.0f} -> {b['first_apdu_to_result']:.0f} ms "
-              f"pushed past a poll; the loads alone scale {loads:.2f}x, and without the wait for the cards in "
+              f"a USB reader reports at once), so a reader's cycle is a whole number of polls: {cycle_one:.0f} ms "
+              f"({cycle_one / 400:.0f} polls) at one reader, {cycle_top:.0f} ms ({cycle_top / 400:.0f}) at {n}, "
+              f"with the load {a['first_apdu_to_result']:.0f} -> {b['first_apdu_to_result']:.0f} ms (where the "
+              f"loads fall between two polls moves this ratio either way); the loads alone scale {loads:.2f}x, "
+              f"and without the wait for the cards in "
               f"the other readers {n * a['first_apdu_to_result'] / (b['first_apdu_to_result'] - b['matching'] + a['matching']):.2f}x")  # fmt: skip
 
 
