@@ -662,7 +662,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     reports = _logs(args) / "reports"
     if args.last or not args.run_id:
-        found = sorted(reports.glob("*.json"), key=lambda p: p.stat().st_mtime) if reports.is_dir() else []
+        found = sorted(reports.glob("*.json"), key=lambda p: p.lstat().st_mtime) if reports.is_dir() else []
         if not found:
             raise UsageError(msg('no run has a report in {reports} yet; run a batch first', reports=reports))
         source = found[-1]
@@ -670,8 +670,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         source = reports / f"{args.run_id}.json"
         if not source.is_file():
             raise UsageError(msg("there is no report for run {run_id!r} in {reports}; 'provision status' lists runs", run_id=args.run_id, reports=reports))
+    from provision.limits import MAX_REPORT_BYTES
+    from provision.logsdir import open_read
+
     try:
-        document = json.loads(source.read_text(encoding="utf-8"))
+        with open_read(source) as handle:  # a regular file, never a FIFO's endless wait
+            data = handle.read(MAX_REPORT_BYTES + 1)
+        if len(data) > MAX_REPORT_BYTES:
+            raise ValueError("larger than any run report")
+        document = json.loads(data.decode("utf-8"))
     except (OSError, ValueError):
         raise UsageError(msg('{source} is not a readable run report', source=source)) from None
     if args.output:

@@ -23,7 +23,7 @@ from typing import Any
 
 from provision.errors import JournalError
 from provision.i18n import msg
-from provision.logsdir import refuse_link
+from provision.logsdir import refuse_not_regular
 
 __all__ = ["JobRecord", "Journal", "JournalError", "RunRecord"]
 
@@ -131,7 +131,8 @@ class Journal:
         written, and a journal on read-only media (an auditor's copy) can still be read."""
         self.path = path
         self._empty = False
-        refuse_link(path)
+        for own in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            refuse_not_regular(own, writing=not read_only)  # SQLite would wait on a FIFO, write through a hard link
         if not read_only:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ from provision.audit.records import (
 from provision.errors import AuditError, EnvironmentProblem, ProvisionError, RecordsError, UsageError
 from provision.fsutil import fsync_dir
 from provision.i18n import Msg, msg
-from provision.logsdir import open_nofollow, refuse_link
+from provision.logsdir import open_nofollow, open_read, open_regular, refuse_link
 from provision.secrets import Secret
 
 _TAIL_WINDOW = 1 << 20  # how far back accept_damaged_tail looks for the last good record
@@ -299,7 +299,7 @@ class AuditLog:
         if self.anchor is None:
             return
         try:
-            fd = os.open(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            fd = open_regular(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640, follow=True)
             os.close(fd)
         except OSError as exc:
             raise EnvironmentProblem(
@@ -362,7 +362,7 @@ class AuditLog:
                 return written
             start, good = self._last_good()
             data_len = self.path.stat().st_size
-            with open(self.path, "rb") as handle:
+            with open_read(self.path) as handle:
                 first_line = _count_newlines(handle, start) + 1
                 handle.seek(start)
                 region = handle.read()
@@ -489,7 +489,7 @@ class AuditLog:
                  "run_id": written.record.get("run_id")}  # fmt: skip
         created = not self.anchor.exists()
         try:
-            fd = os.open(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            fd = open_regular(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640, follow=True)
             try:
                 _write_all(fd, canonical(entry) + b"\n")
                 os.fsync(fd)
@@ -677,7 +677,7 @@ class AuditLog:
         """(offset where the damaged region starts, the last record that verifies before it)."""
         size = self.path.stat().st_size
         start = max(0, size - _TAIL_WINDOW)
-        with open(self.path, "rb") as handle:
+        with open_read(self.path) as handle:
             handle.seek(start)
             data = handle.read()
         if start > 0:  # drop the partial first line of the window
@@ -739,7 +739,7 @@ def _kept_stamp_hashes(path: Path) -> set[str]:
 def _read_last_line(path: Path) -> tuple[bytes, int]:
     """(the last line with its newline if any, file size); (b"", 0) for a missing or empty file."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
+        handle = open_read(path)
     except FileNotFoundError:
         return b"", 0
     with handle:

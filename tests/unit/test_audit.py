@@ -19,7 +19,7 @@ from provision.audit.forward import SyslogTarget
 from provision.audit.records import GENESIS, canonical, chain_files
 from provision.audit.verify import show, verify
 from provision.cli_audit import cmd_audit_show, cmd_audit_verify
-from provision.errors import AuditError, SecretInAuditError, UsageError
+from provision.errors import AuditError, LogsError, SecretInAuditError, UsageError
 from provision.secrets import Secret
 
 REPO = Path(__file__).resolve().parents[2]
@@ -987,8 +987,8 @@ def test_a_token_that_cannot_be_kept_is_recorded_and_no_false_alarm(tmp_path: Pa
         log.append("job_loaded", job_id="J1")
     assert log.timestamp_failures == 1
     last = json.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[-1])
-    assert last["event"] == "timestamp_failed" and "cannot be kept" in last["error"]
-    with pytest.raises(AuditError, match="cannot read .*audit-timestamps.jsonl"):  # a directory where the tokens should be
+    assert last["event"] == "timestamp_failed" and "is a directory where provision keeps a regular file" in last["error"]
+    with pytest.raises(LogsError, match="audit-timestamps.jsonl is a directory"):  # where the tokens should be: exit 3
         verify(tmp_path)
 
 
