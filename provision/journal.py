@@ -152,6 +152,7 @@ class Journal:
         except sqlite3.Error as exc:
             raise _journal_error(path, exc) from None
         try:
+            self._db.execute("PRAGMA trusted_schema = OFF")  # no function with side effects from the file's own schema
             self._empty = not self._check_ours()
             if not read_only:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -176,6 +177,12 @@ class Journal:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             schema = row[0] if row else None
         foreign = sorted(tables - _OWN_TABLES)
+        # provision creates no trigger and no view: a trigger would run its SQL on every write of
+        # ours (unmark a failed job, delete the seals as they are kept), a view would stand in for a table
+        planted = sorted(f"{kind} {name}" for kind, name in self._db.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')"))  # fmt: skip
+        if planted:
+            raise JournalError(msg("{path} holds {what}, which provision never creates and will not run (a trigger runs on every write to the journal); move the journal aside (keep it for investigation), check who can write the logs directory, then run again: cards already loaded are found and skipped", path=self.path, what=", ".join(planted)))  # fmt: skip
         if schema is not None and schema.isdigit() and int(schema) > LATEST_SCHEMA_VERSION:
             raise JournalError(msg('{path} was written by a newer provision (journal schema {schema}); use that version with these logs, or give another --logs', path=self.path, schema=schema))  # fmt: skip
         if foreign or (tables and "meta" not in tables) or schema not in (None, *(str(v) for v in range(SCHEMA_VERSION, LATEST_SCHEMA_VERSION + 1))):

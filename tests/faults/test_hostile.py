@@ -161,6 +161,14 @@ def _foreign_journal(s: Scene) -> None:
     s.victims[s.logs / "journal.sqlite3"] = (s.logs / "journal.sqlite3").read_bytes()  # never written to
 
 
+def _journal_with_a_trigger(s: Scene) -> None:
+    s.populate()
+    db = sqlite3.connect(s.logs / "journal.sqlite3")
+    db.execute("CREATE TRIGGER unmark AFTER UPDATE ON jobs BEGIN UPDATE jobs SET status = 'loaded'; DELETE FROM seals; END")
+    db.commit()
+    db.close()
+
+
 def _not_a_database(s: Scene) -> None:
     s.logs.mkdir()
     (s.logs / "journal.sqlite3").write_bytes(b"this is a text file, not SQLite\n" * 64)
@@ -228,6 +236,7 @@ SCENES: dict[str, Callable[[Scene], None]] = {
     "damaged journal": _damaged_journal,
     "foreign journal (other tables)": _foreign_journal,
     "journal not SQLite": _not_a_database,
+    "journal with a planted trigger": _journal_with_a_trigger,
     "journal unreadable (a directory)": _unreadable_journal,
     "--logs a dangling link": _dangling_logs_link,
     "--logs a link to a directory": _logs_link_to_a_directory,
@@ -247,7 +256,8 @@ SCENES: dict[str, Callable[[Scene], None]] = {
 }
 OWN_FILE_NOT_REGULAR = {"audit.jsonl a FIFO", "journal.sqlite3-wal a FIFO", ".reserve a FIFO"}
 PLANTED = {name for name in SCENES if "->" in name}
-BROKEN_JOURNAL = {"damaged journal", "foreign journal (other tables)", "journal not SQLite", "journal unreadable (a directory)"}
+BROKEN_JOURNAL = {"damaged journal", "foreign journal (other tables)", "journal not SQLite", "journal unreadable (a directory)",
+                  "journal with a planted trigger"}  # fmt: skip
 UNUSABLE_LOGS = {"--logs a dangling link", "--logs under a regular file"}
 
 

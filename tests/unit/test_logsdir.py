@@ -230,6 +230,31 @@ def test_a_hard_link_to_a_file_elsewhere_is_never_written(name: str, tmp_path: P
     assert victim.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "CREATE TRIGGER unmark AFTER INSERT ON runs BEGIN UPDATE jobs SET status = 'loaded'; DELETE FROM seals; END",
+        "CREATE VIEW bogus AS SELECT * FROM runs",
+    ],
+)
+def test_a_journal_with_a_planted_trigger_or_view_is_refused_and_nothing_of_it_runs(planted: str, tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    journal.start_run("r1", "b", "job.yaml", "unattended")
+    journal.close()
+    db = sqlite3.connect(path)
+    db.execute(planted)
+    db.commit()
+    db.close()
+    for read_only in (False, True):
+        with pytest.raises(JournalError, match="which provision never creates") as caught:
+            jn.Journal(path, read_only=read_only)
+        assert caught.value.exit_code == EXIT_ENVIRONMENT
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)  # no run of ours was added, no trigger ran
+    db.close()
+
+
 @pytest.mark.parametrize("mode, expected", [(0o700, None), (0o755, None), (0o775, "its group"), (0o777, "every user")])
 def test_shared_write_warning(mode: int, expected: str | None, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
