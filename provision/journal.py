@@ -106,6 +106,7 @@ class RunRecord:
     seal: str | None
 
 
+MAX_JOURNAL_VALUE_BYTES = 1024 * 1024  # a path, a sentence, a step's detail: a few KiB at most
 _OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps", "pin_holds", "seals"})
 
 
@@ -152,6 +153,8 @@ class Journal:
         except sqlite3.Error as exc:
             raise _journal_error(path, exc) from None
         try:
+            # every value we keep is a short text; a planted giant row fails here instead of being read whole
+            self._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_JOURNAL_VALUE_BYTES)
             self._db.execute("PRAGMA trusted_schema = OFF")  # no function with side effects from the file's own schema
             self._empty = not self._check_ours()
             if not read_only:

@@ -255,6 +255,20 @@ def test_a_journal_with_a_planted_trigger_or_view_is_refused_and_nothing_of_it_r
     db.close()
 
 
+def test_a_journal_row_too_big_to_be_ours_is_never_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    journal.start_run("r1", "b", "job.yaml", "unattended")
+    journal.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET jobfile = ?", ("x" * (jn.MAX_JOURNAL_VALUE_BYTES + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="move it aside") as caught:
+        jn.Journal(path, read_only=True).runs()
+    assert caught.value.exit_code == EXIT_ENVIRONMENT and "too big" in caught.value.message
+
+
 @pytest.mark.parametrize("mode, expected", [(0o700, None), (0o755, None), (0o775, "its group"), (0o777, "every user")])
 def test_shared_write_warning(mode: int, expected: str | None, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
