@@ -28,6 +28,7 @@ from provision.audit.records import (
     GENESIS,
     MAC_MARK,
     MAC_NAME,
+    MAX_RECORD_BYTES,
     MODIFIED,
     RESERVED_FIELDS,
     TIMESTAMPS_NAME,
@@ -756,7 +757,11 @@ def _read_last_line(path: Path) -> tuple[bytes, int]:
                 return data[cut + 1 :], size
             if start == 0:
                 return data, size
-            chunk *= 4
+            if chunk > MAX_RECORD_BYTES:
+                # Longer than any record: never read whole (a planted endless line). Its end, without
+                # the newline, is an incomplete line, which never verifies: the tail is damaged.
+                return data[-MAX_RECORD_BYTES:].rstrip(b"\n"), size
+            chunk = min(chunk * 4, MAX_RECORD_BYTES + 2)
 
 
 def _count_newlines(handle: Any, end: int) -> int:

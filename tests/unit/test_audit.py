@@ -1045,6 +1045,29 @@ def test_an_endless_line_is_read_in_bounded_pieces_and_fails_verification(tmp_pa
     assert not result.ok and result.first_bad_line == len(lines) + 1
 
 
+def test_the_tail_check_never_reads_an_endless_last_line_whole(tmp_path: Path) -> None:
+    """Before every append the log's last line is read; a planted last line of 256 MiB (no newline)
+    is judged damaged from its last MiB, never held whole."""
+    import tracemalloc
+
+    path = tmp_path / "audit.jsonl"
+    write_batch(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size + 256 * 1024 * 1024)  # sparse zeros: one endless line
+    before = path.stat().st_size
+    tracemalloc.start()
+    try:
+        status = AuditLog(path).check_tail()
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not status.ok and "incomplete" in status.message
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes held to read the last line"
+    with pytest.raises(AuditError):
+        AuditLog(path).append("job_loaded", job_id="J1")
+    assert path.stat().st_size == before
+
+
 def test_settling_a_killed_run_refuses_a_planted_rolled_file(tmp_path: Path) -> None:
     """The next run after a kill reads the rolled audit files for seals waiting on a time-stamp: a
     link planted as a rolled file is refused (exit 3), never followed, and nothing is appended."""
