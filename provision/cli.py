@@ -1302,9 +1302,31 @@ def exit_after(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _signals_interrupt() -> None:
+    """SIGTERM and SIGHUP end any command as Ctrl-C does (exit 130 and one sentence), not by their
+    default action (killed, exit 143 or 129, without a word), from the start: a run installs its
+    own handlers once it has a journal (app.stop_on_signals) and gives these back after. A signal
+    the parent set to be ignored (nohup) stays ignored."""
+    import signal
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) == signal.SIG_DFL:
+            signal.signal(number, interrupt)
+
+
 def entry() -> NoReturn:
     """The ``provision`` command (console script, ``python -m provision`` and the one-file build)."""
-    exit_after(main())
+    _signals_interrupt()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main's own handling began (parsing the arguments)
+        _warn("provision: " + _("interrupted; 'provision resume' finishes what was started"))
+        code = EXIT_INTERRUPTED
+    exit_after(code)
 
 
 if __name__ == "__main__":
