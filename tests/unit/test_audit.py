@@ -1120,3 +1120,35 @@ def test_a_huge_tokens_file_or_anchor_is_read_in_bounded_lines(tmp_path: Path) -
     assert kept == "[]"
     assert verdict.startswith("False 1 ") and "not a time-stamp entry" in verdict
     assert anchor.endswith("line 1 is not a seal (it was changed)")
+
+
+def test_the_queue_mirror_catches_up_from_the_files_in_bounded_lines(tmp_path: Path) -> None:
+    """A station's first record in the shared database copies what its files hold first: a rolled
+    file with a planted 256 MiB line is read in bounded lines (that line is skipped), never whole."""
+    import tracemalloc
+
+    from provision.queue.audit_mirror import MirroredAudit
+
+    class Queue:
+        station = "s1"
+        rows: list[tuple[int, str, str, str]] = []
+
+        def audit_max_seq(self, _station: str) -> int:
+            return 0
+
+        def add_audit_records(self, _station: str, rows: list[tuple[int, str, str, str]]) -> None:
+            self.rows += rows
+
+    path = tmp_path / "audit.jsonl"
+    lines, _seal = write_batch(path)
+    with open(tmp_path / "audit-20240101T000000000000Z.jsonl", "wb") as handle:
+        handle.truncate(256 * 1024 * 1024)  # sparse zeros: one endless line in a rolled file
+    queue = Queue()
+    tracemalloc.start()
+    try:
+        MirroredAudit(AuditLog(path), queue).append("job_loaded", job_id="J1")
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [row[0] for row in queue.rows] == list(range(1, len(lines) + 2))
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes held to catch up"
