@@ -444,7 +444,10 @@ class AuditLog:
             record["mac"] = MAC_NAME
         line, digest = encode_line(record, self._hasher)
         created = not self.path.exists()
-        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+        try:
+            fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+        except OSError as exc:
+            raise RecordsError(_cannot_use(self.path, exc)) from None
         try:
             before = os.fstat(fd).st_size
             try:
@@ -737,12 +740,18 @@ def _kept_stamp_hashes(path: Path) -> set[str]:
         return set()
 
 
+def _cannot_use(path: Path, exc: OSError) -> Msg:
+    return msg("the audit log {path} cannot be opened ({strerror}); make it a file this user can read and write, then run again (nothing more was recorded)", path=path, strerror=exc.strerror or exc)
+
+
 def _read_last_line(path: Path) -> tuple[bytes, int]:
     """(the last line with its newline if any, file size); (b"", 0) for a missing or empty file."""
     try:
         handle = open_read(path)
     except FileNotFoundError:
         return b"", 0
+    except OSError as exc:  # no permission, an I/O error: the environment's, said in a sentence
+        raise RecordsError(_cannot_use(path, exc)) from None
     with handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:

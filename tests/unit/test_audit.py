@@ -1152,3 +1152,28 @@ def test_the_queue_mirror_catches_up_from_the_files_in_bounded_lines(tmp_path: P
         tracemalloc.stop()
     assert [row[0] for row in queue.rows] == list(range(1, len(lines) + 2))
     assert peak < 16 * 1024 * 1024, f"{peak} bytes held to catch up"
+
+
+@pytest.mark.parametrize("where", ["open_read", "open_nofollow"])
+def test_an_audit_log_this_user_cannot_open_is_a_sentence_not_a_bug(where: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """audit.jsonl without read (mode 000) or write permission (444) for the run's user made
+    'provision run' end in exit 70 (PermissionError); it is the environment's: exit 3, one sentence.
+    (Root ignores modes, so the refusal the system gives such a user is given here.)"""
+    from provision.audit import chain
+    from provision.errors import EXIT_ENVIRONMENT, RecordsError
+
+    path = tmp_path / "audit.jsonl"
+    write_batch(path)
+
+    real = getattr(chain, where)
+
+    def refuse(target: Path, *args: object, **kwargs: object) -> object:
+        if Path(target) == path:  # the log only; its lock file stays the user's
+            raise PermissionError(13, "Permission denied")
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(chain, where, refuse)
+    with pytest.raises(RecordsError) as caught:
+        AuditLog(path).append("job_loaded", job_id="J1")
+    assert caught.value.exit_code == EXIT_ENVIRONMENT and "cannot be opened (Permission denied)" in caught.value.message
