@@ -87,7 +87,10 @@ class _FileLock:
     def __enter__(self) -> _FileLock:
         self._thread_lock.acquire()
         try:
-            self._fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self._fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:  # no permission: the environment's, said in a sentence
+                raise RecordsError(_cannot_use(self.path, exc)) from None
             self._os_lock(self._fd)
         except BaseException:
             if self._fd is not None:

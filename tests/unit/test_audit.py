@@ -1154,8 +1154,9 @@ def test_the_queue_mirror_catches_up_from_the_files_in_bounded_lines(tmp_path: P
     assert peak < 16 * 1024 * 1024, f"{peak} bytes held to catch up"
 
 
-@pytest.mark.parametrize("where", ["open_read", "open_nofollow"])
-def test_an_audit_log_this_user_cannot_open_is_a_sentence_not_a_bug(where: str, tmp_path: Path,
+@pytest.mark.parametrize("where, name", [("open_read", "audit.jsonl"), ("open_nofollow", "audit.jsonl"),
+                                         ("open_nofollow", ".audit.jsonl.lock")])  # fmt: skip
+def test_an_audit_log_this_user_cannot_open_is_a_sentence_not_a_bug(where: str, name: str, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """audit.jsonl without read (mode 000) or write permission (444) for the run's user made
     'provision run' end in exit 70 (PermissionError); it is the environment's: exit 3, one sentence.
@@ -1169,7 +1170,7 @@ def test_an_audit_log_this_user_cannot_open_is_a_sentence_not_a_bug(where: str, 
     real = getattr(chain, where)
 
     def refuse(target: Path, *args: object, **kwargs: object) -> object:
-        if Path(target) == path:  # the log only; its lock file stays the user's
+        if Path(target) == tmp_path / name:  # that file only; the other stays the user's
             raise PermissionError(13, "Permission denied")
         return real(target, *args, **kwargs)
 

@@ -269,6 +269,22 @@ def test_a_journal_row_too_big_to_be_ours_is_never_read_whole(tmp_path: Path) ->
     assert caught.value.exit_code == EXIT_ENVIRONMENT and "too big" in caught.value.message
 
 
+def test_reports_this_user_cannot_write_are_a_sentence_not_a_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reports directory the run's user cannot write (mode 555) ended a whole run in exit 70
+    (PermissionError from mkstemp). Root ignores modes, so the refusal such a user gets is given here."""
+    from provision import report
+
+    def refuse(*_args: object, **_kwargs: object) -> dict[str, Path]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(report, "write_reports", refuse)
+    logs = open_logs(tmp_path / "logs", create=True)
+    with pytest.raises(LogsError) as caught:
+        write_run_reports({"run_id": "20250101T000000Z-abcd"}, logs)
+    assert caught.value.exit_code == EXIT_ENVIRONMENT
+    assert "cannot be written" in caught.value.message and "Permission denied" in caught.value.message
+
+
 @pytest.mark.parametrize("mode, expected", [(0o700, None), (0o755, None), (0o775, "its group"), (0o777, "every user")])
 def test_shared_write_warning(mode: int, expected: str | None, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
