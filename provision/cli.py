@@ -19,6 +19,7 @@ from provision.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     JobFileError,
+    LogsError,
     ProvisionError,
     UsageError,
 )
@@ -662,7 +663,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     reports = _logs(args) / "reports"
     if args.last or not args.run_id:
-        found = sorted(reports.glob("*.json"), key=lambda p: p.lstat().st_mtime) if reports.is_dir() else []
+        try:  # glob would call an unreadable directory empty
+            names = [e.name for e in os.scandir(reports) if e.name.endswith(".json")] if reports.is_dir() else []
+            found = sorted((reports / name for name in names), key=lambda p: p.lstat().st_mtime)
+        except OSError as exc:
+            raise LogsError(msg('{reports} cannot be read ({strerror}); make it readable by this user', reports=reports, strerror=exc.strerror)) from None  # fmt: skip
         if not found:
             raise UsageError(msg('no run has a report in {reports} yet; run a batch first', reports=reports))
         source = found[-1]

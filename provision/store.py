@@ -142,7 +142,11 @@ class CertificateStore:
     def list(self) -> list[StoredCertificate]:
         if not self.directory.is_dir():
             return []
-        found = [self._read(p) for p in sorted(self.directory.glob("*.json"))]
+        try:  # glob would call an unreadable store empty
+            names = sorted(entry.name for entry in os.scandir(self.directory) if entry.name.endswith(".json"))
+        except OSError as exc:
+            raise StoreError(msg('the certificate store {directory} cannot be read ({strerror}); make it readable by this user', directory=self.directory, strerror=exc.strerror)) from None  # fmt: skip
+        found = [self._read(self.directory / name) for name in names]
         return sorted((f for f in found if f is not None), key=lambda s: s.archived_at)
 
     def check_writable(self) -> None:

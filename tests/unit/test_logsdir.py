@@ -285,6 +285,31 @@ def test_reports_this_user_cannot_write_are_a_sentence_not_a_bug(tmp_path: Path,
     assert "cannot be written" in caught.value.message and "Permission denied" in caught.value.message
 
 
+def test_a_store_or_reports_directory_this_user_cannot_read_is_said_so_not_called_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'store list' said "the store is empty" and 'report --last' "no run has a report yet" for a
+    directory at mode 000 (glob hides the refusal). Root ignores modes: the refusal is given here."""
+    from provision import cli
+    from provision.errors import StoreError
+
+    logs = open_logs(tmp_path / "logs", create=True)
+    for name in ("store", "reports"):
+        (logs / name).mkdir()
+    real = os.scandir
+
+    def refuse(path: object = ".") -> object:
+        if Path(str(path)).name in ("store", "reports"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(StoreError, match="cannot be read"):
+        CertificateStore(logs / "store").list()
+    assert cli.main(["report", "--last", "--format", "json", "--logs", str(logs)]) == EXIT_ENVIRONMENT
+    assert "reports cannot be read (Permission denied)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("mode, expected", [(0o700, None), (0o755, None), (0o775, "its group"), (0o777, "every user")])
 def test_shared_write_warning(mode: int, expected: str | None, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
