@@ -10,6 +10,7 @@ A job is identified across runs by ``(batch, job_id)``: re-running a batch conti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from provision.errors import JournalError
 from provision.i18n import msg
@@ -120,6 +121,26 @@ def _journal_error(path: Path, exc: sqlite3.Error) -> JournalError:
     if any(words in text for words in ("unable to open", "readonly", "read-only", "I/O", "permission")):
         return JournalError(msg('the journal {path} cannot be opened ({text_}); make it a file this user can read and write, on a writable disk, and run again', path=path, text_=text))  # fmt: skip
     return JournalError(msg("the journal {path} is damaged ({text_}); move it aside (keep it for investigation), check the audit log with 'provision audit verify', then run the batch again: cards already loaded are found and skipped", path=path, text_=text))  # fmt: skip
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "str | None": (str, type(None)), "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
+}  # fmt: skip
+_R = TypeVar("_R", "JobRecord", "RunRecord")
+
+
+def _record(cls: type[_R], row: tuple[Any, ...], path: Path) -> _R:
+    """A row as ``cls``, only if it has that record's columns and each value the type provision
+    writes there. SQLite keeps whatever was stored (a blob where a time should be, a column added):
+    such a row is damage, said as such (exit 3), not a crash further on."""
+    fields = dataclasses.fields(cls)
+    if len(row) != len(fields):
+        raise _journal_error(path, sqlite3.DatabaseError(f"a {cls.__name__} row has {len(row)} columns, not {len(fields)}"))
+    for field, value in zip(fields, row, strict=True):
+        if not isinstance(value, _TYPES[str(field.type)]) or isinstance(value, bool):
+            raise _journal_error(path, sqlite3.DatabaseError(f"{field.name} holds {type(value).__name__}, not {field.type}"))
+    return cls(*row)
 
 
 class Journal:
@@ -256,11 +277,11 @@ class Journal:
 
     def runs(self) -> list[RunRecord]:
         rows = self._read("SELECT * FROM runs ORDER BY started")
-        return [RunRecord(*row) for row in rows]
+        return [_record(RunRecord, row, self.path) for row in rows]
 
     def run(self, run_id: str) -> RunRecord | None:
         rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-        return RunRecord(*rows[0]) if rows else None
+        return _record(RunRecord, rows[0], self.path) if rows else None
 
     def last_run(self) -> RunRecord | None:
         runs = self.runs()
@@ -274,6 +295,9 @@ class Journal:
             if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seals'"):
                 return runs  # a journal from before schema 3: run seals only
             every = [r[0] for r in self._read("SELECT hash FROM seals ORDER BY seq")]
+        for seal in every + runs:  # compared with the log's hashes, sorted and printed: text only
+            if not isinstance(seal, str):
+                raise _journal_error(self.path, sqlite3.DatabaseError(f"a seal holds {type(seal).__name__}, not text"))
         known = set(every)
         return every + [s for s in runs if s not in known]
 
@@ -295,7 +319,7 @@ class Journal:
 
     def job(self, batch: str, job_id: str) -> JobRecord | None:
         rows = self._read("SELECT * FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id))
-        return JobRecord(*rows[0]) if rows else None
+        return _record(JobRecord, rows[0], self.path) if rows else None
 
     def jobs(self, *, batch: str | None = None, run_id: str | None = None) -> list[JobRecord]:
         query, args = "SELECT * FROM jobs", []
@@ -304,7 +328,7 @@ class Journal:
         elif run_id is not None:
             query, args = query + " WHERE run_id = ?", [run_id]
         rows = self._read(query + " ORDER BY rowid", args)
-        return [JobRecord(*row) for row in rows]
+        return [_record(JobRecord, row, self.path) for row in rows]
 
     def add_pending(self, batch: str, run_id: str, jobs: list[tuple[str, str, str]]) -> None:
         """Rows for jobs (id, holder, slot) the journal has never seen, as pending in this run; one

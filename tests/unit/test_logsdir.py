@@ -310,6 +310,36 @@ def test_a_store_or_reports_directory_this_user_cannot_read_is_said_so_not_calle
     assert "reports cannot be read (Permission denied)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE runs SET finished = x'00ff'",  # a blob where a time is kept: 'status --json' crashed (exit 70)
+        "ALTER TABLE runs ADD COLUMN extra TEXT",  # a column provision never made: every read crashed
+        "UPDATE jobs SET seconds = x'01'",
+        "INSERT INTO seals VALUES (99, x'00ff', NULL, NULL, 'x')",  # 'audit verify' crashed sorting it
+    ],
+)
+def test_a_journal_value_of_the_wrong_type_is_damage_not_a_crash(damage: str, tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    journal.start_run("r1", "b", "job.yaml", "unattended")
+    journal.add_seal("r1", 1, "ab" * 32, None)
+    journal.close()
+    db = sqlite3.connect(path)
+    if "jobs" in damage:
+        db.execute("INSERT INTO jobs (batch, job_id, run_id, holder, status, updated) VALUES ('b', 'J1', 'r1', 'H', 'loaded', 'now')")
+    db.execute(damage)
+    db.commit()
+    db.close()
+    journal = jn.Journal(path, read_only=True)
+    with pytest.raises(JournalError, match="is damaged") as caught:
+        journal.runs()
+        journal.jobs()
+        journal.seals()
+    assert caught.value.exit_code == EXIT_ENVIRONMENT
+    journal.close()
+
+
 @pytest.mark.parametrize("mode, expected", [(0o700, None), (0o755, None), (0o775, "its group"), (0o777, "every user")])
 def test_shared_write_warning(mode: int, expected: str | None, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
