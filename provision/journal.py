@@ -127,7 +127,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "str | None": (str, type(None)), "int | None": (int, type(None)),
     "float | None": (int, float, type(None)),
 }  # fmt: skip
-_R = TypeVar("_R", "JobRecord", "RunRecord")
+_R = TypeVar("_R", "JobRecord", "RunRecord", "PinHold")
 
 
 def _record(cls: type[_R], row: tuple[Any, ...], path: Path) -> _R:
@@ -462,7 +462,7 @@ class PinHolds:
                 f"SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds "  # noqa: S608 - fixed text
                 f"WHERE {where} ORDER BY id LIMIT 1", args,
             )  # fmt: skip
-        return PinHold(*rows[0]) if rows else None
+        return _record(PinHold, rows[0], self._journal.path) if rows else None
 
     def all(self) -> list[PinHold]:
         with self._journal._lock:
@@ -471,7 +471,7 @@ class PinHolds:
             rows = self._journal._read(
                 "SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds ORDER BY id"
             )
-        return [PinHold(*row) for row in rows]
+        return [_record(PinHold, row, self._journal.path) for row in rows]
 
     def hold(self, serial: int | None, guid: str | None, *, tries_left: int | None, run_id: str, batch: str,
              job_id: str) -> None:  # fmt: skip

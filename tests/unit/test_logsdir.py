@@ -317,6 +317,7 @@ def test_a_store_or_reports_directory_this_user_cannot_read_is_said_so_not_calle
         "ALTER TABLE runs ADD COLUMN extra TEXT",  # a column provision never made: every read crashed
         "UPDATE jobs SET seconds = x'01'",
         "INSERT INTO seals VALUES (99, x'00ff', NULL, NULL, 'x')",  # 'audit verify' crashed sorting it
+        "UPDATE pin_holds SET since = x'00'",
     ],
 )
 def test_a_journal_value_of_the_wrong_type_is_damage_not_a_crash(damage: str, tmp_path: Path) -> None:
@@ -324,6 +325,7 @@ def test_a_journal_value_of_the_wrong_type_is_damage_not_a_crash(damage: str, tm
     journal = jn.Journal(path)
     journal.start_run("r1", "b", "job.yaml", "unattended")
     journal.add_seal("r1", 1, "ab" * 32, None)
+    jn.PinHolds(journal).hold(12345678, None, tries_left=2, run_id="r1", batch="b", job_id="J1")
     journal.close()
     db = sqlite3.connect(path)
     if "jobs" in damage:
@@ -336,6 +338,7 @@ def test_a_journal_value_of_the_wrong_type_is_damage_not_a_crash(damage: str, tm
         journal.runs()
         journal.jobs()
         journal.seals()
+        jn.PinHolds(journal).all()
     assert caught.value.exit_code == EXIT_ENVIRONMENT
     journal.close()
 
