@@ -20,7 +20,7 @@ from typing import Any
 
 from provision.backend import CardBackend
 from provision.early import EarlyRead
-from provision.errors import ProvisionError
+from provision.errors import LogsError, ProvisionError
 from provision.i18n import current_language, msg
 from provision.jobfile import JobFile
 from provision.logsdir import LogsLock
@@ -220,4 +220,7 @@ def write_run_reports(document: dict[str, Any], logs: Path) -> dict[str, Path]:
     from provision.report import write_reports
 
     refuse_link(logs / "reports", directory=True)  # planted during the run: the reports stay in the journal
-    return dict(write_reports(document, logs / "reports"))
+    try:
+        return dict(write_reports(document, logs / "reports"))
+    except OSError as exc:  # no permission, a read-only directory: the environment's, never a bug
+        raise LogsError(msg("the reports of run {run_id} cannot be written in {reports} ({strerror}); the run itself is in the journal and the audit log ('provision status' shows it): make that directory writable by this user before the next run", run_id=document.get("run_id"), reports=logs / "reports", strerror=exc.strerror or exc)) from None  # fmt: skip

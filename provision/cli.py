@@ -19,6 +19,7 @@ from provision.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     JobFileError,
+    LogsError,
     ProvisionError,
     UsageError,
 )
@@ -662,7 +663,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     reports = _logs(args) / "reports"
     if args.last or not args.run_id:
-        found = sorted(reports.glob("*.json"), key=lambda p: p.stat().st_mtime) if reports.is_dir() else []
+        try:  # glob would call an unreadable directory empty
+            names = [e.name for e in os.scandir(reports) if e.name.endswith(".json")] if reports.is_dir() else []
+            found = sorted((reports / name for name in names), key=lambda p: p.lstat().st_mtime)
+        except OSError as exc:
+            raise LogsError(msg('{reports} cannot be read ({strerror}); make it readable by this user', reports=reports, strerror=exc.strerror)) from None  # fmt: skip
         if not found:
             raise UsageError(msg('no run has a report in {reports} yet; run a batch first', reports=reports))
         source = found[-1]
@@ -670,8 +675,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         source = reports / f"{args.run_id}.json"
         if not source.is_file():
             raise UsageError(msg("there is no report for run {run_id!r} in {reports}; 'provision status' lists runs", run_id=args.run_id, reports=reports))
+    from provision.limits import MAX_REPORT_BYTES
+    from provision.logsdir import open_read
+
     try:
-        document = json.loads(source.read_text(encoding="utf-8"))
+        with open_read(source) as handle:  # a regular file, never a FIFO's endless wait
+            data = handle.read(MAX_REPORT_BYTES + 1)
+        if len(data) > MAX_REPORT_BYTES:
+            raise ValueError("larger than any run report")
+        document = json.loads(data.decode("utf-8"))
     except (OSError, ValueError):
         raise UsageError(msg('{source} is not a readable run report', source=source)) from None
     if args.output:
@@ -1295,9 +1307,31 @@ def exit_after(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _signals_interrupt() -> None:
+    """SIGTERM and SIGHUP end any command as Ctrl-C does (exit 130 and one sentence), not by their
+    default action (killed, exit 143 or 129, without a word), from the start: a run installs its
+    own handlers once it has a journal (app.stop_on_signals) and gives these back after. A signal
+    the parent set to be ignored (nohup) stays ignored."""
+    import signal
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) == signal.SIG_DFL:
+            signal.signal(number, interrupt)
+
+
 def entry() -> NoReturn:
     """The ``provision`` command (console script, ``python -m provision`` and the one-file build)."""
-    exit_after(main())
+    _signals_interrupt()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main's own handling began (parsing the arguments)
+        _warn("provision: " + _("interrupted; 'provision resume' finishes what was started"))
+        code = EXIT_INTERRUPTED
+    exit_after(code)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,8 @@ class EnvironmentProblem(ProvisionError):
 
 class LogsError(EnvironmentProblem):
     """The logs directory cannot be used: absent where it must exist, not a directory, read-only, or
-    holding a symbolic link where provision keeps its own files (someone may have planted it)."""
+    holding a symbolic link, a FIFO, a directory or a hard-linked file where provision keeps its own
+    files (someone may have planted it)."""
 
 
 class JournalError(EnvironmentProblem):

@@ -10,6 +10,7 @@ A job is identified across runs by ``(batch, job_id)``: re-running a batch conti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -19,11 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from provision.errors import JournalError
 from provision.i18n import msg
-from provision.logsdir import refuse_link
+from provision.logsdir import refuse_not_regular
 
 __all__ = ["JobRecord", "Journal", "JournalError", "RunRecord"]
 
@@ -106,6 +107,7 @@ class RunRecord:
     seal: str | None
 
 
+MAX_JOURNAL_VALUE_BYTES = 1024 * 1024  # a path, a sentence, a step's detail: a few KiB at most
 _OWN_TABLES = frozenset({"meta", "runs", "jobs", "steps", "pin_holds", "seals"})
 
 
@@ -121,6 +123,26 @@ def _journal_error(path: Path, exc: sqlite3.Error) -> JournalError:
     return JournalError(msg("the journal {path} is damaged ({text_}); move it aside (keep it for investigation), check the audit log with 'provision audit verify', then run the batch again: cards already loaded are found and skipped", path=path, text_=text))  # fmt: skip
 
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "str | None": (str, type(None)), "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
+}  # fmt: skip
+_R = TypeVar("_R", "JobRecord", "RunRecord", "PinHold")
+
+
+def _record(cls: type[_R], row: tuple[Any, ...], path: Path) -> _R:
+    """A row as ``cls``, only if it has that record's columns and each value the type provision
+    writes there. SQLite keeps whatever was stored (a blob where a time should be, a column added):
+    such a row is damage, said as such (exit 3), not a crash further on."""
+    fields = dataclasses.fields(cls)
+    if len(row) != len(fields):
+        raise _journal_error(path, sqlite3.DatabaseError(f"a {cls.__name__} row has {len(row)} columns, not {len(fields)}"))
+    for field, value in zip(fields, row, strict=True):
+        if not isinstance(value, _TYPES[str(field.type)]) or isinstance(value, bool):
+            raise _journal_error(path, sqlite3.DatabaseError(f"{field.name} holds {type(value).__name__}, not {field.type}"))
+    return cls(*row)
+
+
 class Journal:
     """One SQLite journal; safe to share between reader worker threads.
 
@@ -131,7 +153,8 @@ class Journal:
         written, and a journal on read-only media (an auditor's copy) can still be read."""
         self.path = path
         self._empty = False
-        refuse_link(path)
+        for own in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            refuse_not_regular(own, writing=not read_only)  # SQLite would wait on a FIFO, write through a hard link
         if not read_only:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +174,9 @@ class Journal:
         except sqlite3.Error as exc:
             raise _journal_error(path, exc) from None
         try:
+            # every value we keep is a short text; a planted giant row fails here instead of being read whole
+            self._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_JOURNAL_VALUE_BYTES)
+            self._db.execute("PRAGMA trusted_schema = OFF")  # no function with side effects from the file's own schema
             self._empty = not self._check_ours()
             if not read_only:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -175,6 +201,12 @@ class Journal:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             schema = row[0] if row else None
         foreign = sorted(tables - _OWN_TABLES)
+        # provision creates no trigger and no view: a trigger would run its SQL on every write of
+        # ours (unmark a failed job, delete the seals as they are kept), a view would stand in for a table
+        planted = sorted(f"{kind} {name}" for kind, name in self._db.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')"))  # fmt: skip
+        if planted:
+            raise JournalError(msg("{path} holds {what}, which provision never creates and will not run (a trigger runs on every write to the journal); move the journal aside (keep it for investigation), check who can write the logs directory, then run again: cards already loaded are found and skipped", path=self.path, what=", ".join(planted)))  # fmt: skip
         if schema is not None and schema.isdigit() and int(schema) > LATEST_SCHEMA_VERSION:
             raise JournalError(msg('{path} was written by a newer provision (journal schema {schema}); use that version with these logs, or give another --logs', path=self.path, schema=schema))  # fmt: skip
         if foreign or (tables and "meta" not in tables) or schema not in (None, *(str(v) for v in range(SCHEMA_VERSION, LATEST_SCHEMA_VERSION + 1))):
@@ -245,11 +277,11 @@ class Journal:
 
     def runs(self) -> list[RunRecord]:
         rows = self._read("SELECT * FROM runs ORDER BY started")
-        return [RunRecord(*row) for row in rows]
+        return [_record(RunRecord, row, self.path) for row in rows]
 
     def run(self, run_id: str) -> RunRecord | None:
         rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-        return RunRecord(*rows[0]) if rows else None
+        return _record(RunRecord, rows[0], self.path) if rows else None
 
     def last_run(self) -> RunRecord | None:
         runs = self.runs()
@@ -263,6 +295,9 @@ class Journal:
             if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seals'"):
                 return runs  # a journal from before schema 3: run seals only
             every = [r[0] for r in self._read("SELECT hash FROM seals ORDER BY seq")]
+        for seal in every + runs:  # compared with the log's hashes, sorted and printed: text only
+            if not isinstance(seal, str):
+                raise _journal_error(self.path, sqlite3.DatabaseError(f"a seal holds {type(seal).__name__}, not text"))
         known = set(every)
         return every + [s for s in runs if s not in known]
 
@@ -284,7 +319,7 @@ class Journal:
 
     def job(self, batch: str, job_id: str) -> JobRecord | None:
         rows = self._read("SELECT * FROM jobs WHERE batch = ? AND job_id = ?", (batch, job_id))
-        return JobRecord(*rows[0]) if rows else None
+        return _record(JobRecord, rows[0], self.path) if rows else None
 
     def jobs(self, *, batch: str | None = None, run_id: str | None = None) -> list[JobRecord]:
         query, args = "SELECT * FROM jobs", []
@@ -293,7 +328,7 @@ class Journal:
         elif run_id is not None:
             query, args = query + " WHERE run_id = ?", [run_id]
         rows = self._read(query + " ORDER BY rowid", args)
-        return [JobRecord(*row) for row in rows]
+        return [_record(JobRecord, row, self.path) for row in rows]
 
     def add_pending(self, batch: str, run_id: str, jobs: list[tuple[str, str, str]]) -> None:
         """Rows for jobs (id, holder, slot) the journal has never seen, as pending in this run; one
@@ -427,7 +462,7 @@ class PinHolds:
                 f"SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds "  # noqa: S608 - fixed text
                 f"WHERE {where} ORDER BY id LIMIT 1", args,
             )  # fmt: skip
-        return PinHold(*rows[0]) if rows else None
+        return _record(PinHold, rows[0], self._journal.path) if rows else None
 
     def all(self) -> list[PinHold]:
         with self._journal._lock:
@@ -436,7 +471,7 @@ class PinHolds:
             rows = self._journal._read(
                 "SELECT card_serial, chuid_guid, tries_left, run_id, batch, job_id, since, updated FROM pin_holds ORDER BY id"
             )
-        return [PinHold(*row) for row in rows]
+        return [_record(PinHold, row, self._journal.path) for row in rows]
 
     def hold(self, serial: int | None, guid: str | None, *, tries_left: int | None, run_id: str, batch: str,
              job_id: str) -> None:  # fmt: skip

@@ -17,6 +17,7 @@ MAX_JOBFILE_BYTES = 16 * 1024 * 1024  # a 10,000-card job file is about 2.5 MB
 MAX_CARDS = 20_000  # cards in one job file; a larger batch is split into several files
 MAX_EXPANDED_NODES = 2_000_000  # YAML values after alias expansion ("billion laughs")
 MAX_PKCS12_BYTES = 16 * 1024 * 1024  # an e-Cert PKCS#12 is a few kB; a long chain tens of kB
+MAX_REPORT_BYTES = 64 * 1024 * 1024  # a run's JSON report, read back by 'provision report': 20,000 jobs are ~20 MB
 MAX_SECRET_FILE_BYTES = 64 * 1024  # a {file: …} secret file: one line is used
 MAX_COMMAND_OUTPUT_BYTES = 64 * 1024  # a {command: …} secret program's stdout
 COMMAND_TIMEOUT_SECONDS = 60  # a {command: …} program may ask for a passphrase (gpg)

@@ -16,12 +16,13 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from provision.errors import EnvironmentProblem, LogsError
-from provision.i18n import msg
+from provision.i18n import Msg, msg
 
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
 
 # What provision keeps in a logs directory; none of it may be a symbolic link.
 OWN_FILES = (
@@ -55,16 +56,94 @@ def refuse_link(path: Path, *, directory: bool = False) -> None:
         )
 
 
-def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` that refuses a symbolic link at ``path`` (LogsError) instead of following it."""
-    if not O_NOFOLLOW:
-        refuse_link(path)
+def _kind(mode: int) -> Msg:
+    if stat.S_ISDIR(mode):
+        return msg("a directory")
+    if stat.S_ISFIFO(mode):
+        return msg("a named pipe (FIFO)")
+    if stat.S_ISSOCK(mode):
+        return msg("a socket")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return msg("a device")
+    return msg("not a regular file")
+
+
+def _not_regular(path: Path, mode: int) -> LogsError:
+    return LogsError(
+        msg('{path} is {kind} where provision keeps a regular file, and provision opens nothing else there (whoever can write the directory may have put it there); move it aside, check who can write the directory, and run again', path=path, kind=_kind(mode))
+    )
+
+
+def _linked_elsewhere(path: Path, links: int) -> LogsError:
+    return LogsError(
+        msg('{path} has {n} names (hard links), so writing it would also change a file elsewhere (whoever can write the directory may have linked it); move it aside (keep a copy for investigation), check who can write the directory, and run again', path=path, n=links)
+    )
+
+
+def refuse_not_regular(path: Path, *, writing: bool = False) -> None:
+    """Raise LogsError when something other than a regular file (a FIFO, a directory, a device, a
+    socket) or a link is at ``path``, or (``writing``) a file with other names; nothing there is fine."""
+    refuse_link(path)
     try:
-        return os.open(path, flags | O_NOFOLLOW, mode)
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    if writing and st.st_nlink > 1:
+        raise _linked_elsewhere(path, st.st_nlink)
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o600, *, follow: bool = False) -> int:
+    """``os.open`` for a file that must be a regular file: never waits, never follows a link.
+
+    Opening a FIFO waits until a peer opens its other end (for ever, if an attacker planted it and
+    nobody does), and ``O_NOFOLLOW`` does not prevent that; so the file is opened with
+    ``O_NONBLOCK`` and must then be a regular file, or LogsError (exit 3) with the reason. A file
+    opened for writing must also have no other name (a hard link planted in the logs directory
+    would have provision append to a file elsewhere). ``follow``: a path the operator gave (an
+    anchor), where a link is theirs to make."""
+    nofollow = 0 if follow else O_NOFOLLOW
+    if not follow and not O_NOFOLLOW:
+        refuse_link(path)
+    truncate = bool(flags & os.O_TRUNC)  # only once it is known to be ours: never a linked file elsewhere
+    try:
+        fd = os.open(path, (flags & ~os.O_TRUNC) | nofollow | O_NONBLOCK, mode)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno == errno.ELOOP and not follow:
             raise _planted_link(path) from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory; a FIFO opened for writing with no reader
+            try:
+                found = os.stat(path).st_mode if follow else os.lstat(path).st_mode
+            except OSError:
+                raise exc from None
+            raise _not_regular(path, found) from None
         raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        if flags & (os.O_WRONLY | os.O_RDWR) and not follow and st.st_nlink > 1:
+            raise _linked_elsewhere(path, st.st_nlink)
+        if O_NONBLOCK:
+            os.set_blocking(fd, True)
+        if truncate:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` of one of provision's own files: a symbolic link, a FIFO, a directory or a file
+    with other names (for writing) at ``path`` is refused (LogsError) instead of used."""
+    return open_regular(path, flags, mode)
+
+
+def open_read(path: Path, *, follow: bool = False) -> BinaryIO:
+    """A regular file opened for reading (see open_regular): never a FIFO's endless wait."""
+    return os.fdopen(open_regular(path, os.O_RDONLY | getattr(os, "O_BINARY", 0), follow=follow), "rb")
 
 
 def open_logs(path: Path, *, create: bool) -> Path:
@@ -100,7 +179,7 @@ def open_logs(path: Path, *, create: bool) -> Path:
     elif not stat.S_ISDIR(st.st_mode):
         raise LogsError(msg('the logs directory {path} is not a directory; give a directory with --logs', path=path))
     for name in OWN_FILES:
-        refuse_link(path / name)
+        refuse_not_regular(path / name, writing=create)
     for name in OWN_DIRECTORIES:
         refuse_link(path / name, directory=True)
     return path

@@ -19,10 +19,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from provision.errors import StoreError
+from provision.errors import LogsError, StoreError
 from provision.fsutil import fsync_dir, write_atomically
 from provision.i18n import msg
-from provision.logsdir import refuse_link
+from provision.logsdir import open_read, open_regular, refuse_link
 
 __all__ = ["CertificateStore", "StoredCertificate", "fsync_dir", "write_atomically"]
 
@@ -114,35 +114,39 @@ class CertificateStore:
             for path in (pem_path, meta_path):
                 if not stat.S_ISREG(path.lstat().st_mode):
                     return None
-            stored = _unpem(pem_path.read_bytes())
+            stored = _unpem(_read_small(pem_path))
             if stored is None or hashlib.sha256(stored).hexdigest() != sha:
                 return None
             record = self._read(meta_path)
             if record is None or record.sha256 != sha or Path(record.path).name != pem_path.name:
                 return None
             for path in (pem_path, meta_path):
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                fd = open_regular(path, os.O_RDONLY)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
             fsync_dir(self.directory)
-        except (OSError, ValueError):
+        except (OSError, ValueError, LogsError):
             return None
         return replace(record, path=pem_path)  # where it is now (the logs may have moved)
 
     def _read(self, meta_path: Path) -> StoredCertificate | None:
         try:
-            data = json.loads(meta_path.read_text(encoding="utf-8"))
+            data = json.loads(_read_small(meta_path).decode("utf-8"))
             data["path"] = Path(data["path"])
             return StoredCertificate(**data)
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, LogsError):
             return None
 
     def list(self) -> list[StoredCertificate]:
         if not self.directory.is_dir():
             return []
-        found = [self._read(p) for p in sorted(self.directory.glob("*.json"))]
+        try:  # glob would call an unreadable store empty
+            names = sorted(entry.name for entry in os.scandir(self.directory) if entry.name.endswith(".json"))
+        except OSError as exc:
+            raise StoreError(msg('the certificate store {directory} cannot be read ({strerror}); make it readable by this user', directory=self.directory, strerror=exc.strerror)) from None  # fmt: skip
+        found = [self._read(self.directory / name) for name in names]
         return sorted((f for f in found if f is not None), key=lambda s: s.archived_at)
 
     def check_writable(self) -> None:
@@ -157,6 +161,20 @@ class CertificateStore:
             raise StoreError(
                 msg('the logs directory {parent} cannot be written ({strerror}); free space or fix permissions, then run again', parent=self.directory.parent, strerror=exc.strerror)
             ) from None
+
+
+# A store file is a certificate or its metadata: a few KiB. Anything bigger was not written by us.
+_MAX_STORE_FILE = 1024 * 1024
+
+
+def _read_small(path: Path) -> bytes:
+    """A store file's bytes: a regular file (never a FIFO's endless wait), at most _MAX_STORE_FILE
+    bytes (ValueError beyond: a planted giant is not ours, and is never held whole)."""
+    with open_read(path) as handle:
+        data = handle.read(_MAX_STORE_FILE + 1)
+    if len(data) > _MAX_STORE_FILE:
+        raise ValueError(f"{path} is larger than any store file")
+    return data
 
 
 _BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"

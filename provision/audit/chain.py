@@ -28,6 +28,7 @@ from provision.audit.records import (
     GENESIS,
     MAC_MARK,
     MAC_NAME,
+    MAX_RECORD_BYTES,
     MODIFIED,
     RESERVED_FIELDS,
     TIMESTAMPS_NAME,
@@ -55,7 +56,7 @@ from provision.audit.records import (
 from provision.errors import AuditError, EnvironmentProblem, ProvisionError, RecordsError, UsageError
 from provision.fsutil import fsync_dir
 from provision.i18n import Msg, msg
-from provision.logsdir import open_nofollow, refuse_link
+from provision.logsdir import open_nofollow, open_read, open_regular, refuse_link
 from provision.secrets import Secret
 
 _TAIL_WINDOW = 1 << 20  # how far back accept_damaged_tail looks for the last good record
@@ -86,7 +87,10 @@ class _FileLock:
     def __enter__(self) -> _FileLock:
         self._thread_lock.acquire()
         try:
-            self._fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self._fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:  # no permission: the environment's, said in a sentence
+                raise RecordsError(_cannot_use(self.path, exc)) from None
             self._os_lock(self._fd)
         except BaseException:
             if self._fd is not None:
@@ -299,7 +303,7 @@ class AuditLog:
         if self.anchor is None:
             return
         try:
-            fd = os.open(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            fd = open_regular(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640, follow=True)
             os.close(fd)
         except OSError as exc:
             raise EnvironmentProblem(
@@ -362,7 +366,7 @@ class AuditLog:
                 return written
             start, good = self._last_good()
             data_len = self.path.stat().st_size
-            with open(self.path, "rb") as handle:
+            with open_read(self.path) as handle:
                 first_line = _count_newlines(handle, start) + 1
                 handle.seek(start)
                 region = handle.read()
@@ -443,7 +447,10 @@ class AuditLog:
             record["mac"] = MAC_NAME
         line, digest = encode_line(record, self._hasher)
         created = not self.path.exists()
-        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+        try:
+            fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+        except OSError as exc:
+            raise RecordsError(_cannot_use(self.path, exc)) from None
         try:
             before = os.fstat(fd).st_size
             try:
@@ -489,7 +496,7 @@ class AuditLog:
                  "run_id": written.record.get("run_id")}  # fmt: skip
         created = not self.anchor.exists()
         try:
-            fd = os.open(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640)
+            fd = open_regular(self.anchor, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640, follow=True)
             try:
                 _write_all(fd, canonical(entry) + b"\n")
                 os.fsync(fd)
@@ -677,7 +684,7 @@ class AuditLog:
         """(offset where the damaged region starts, the last record that verifies before it)."""
         size = self.path.stat().st_size
         start = max(0, size - _TAIL_WINDOW)
-        with open(self.path, "rb") as handle:
+        with open_read(self.path) as handle:
             handle.seek(start)
             data = handle.read()
         if start > 0:  # drop the partial first line of the window
@@ -736,12 +743,18 @@ def _kept_stamp_hashes(path: Path) -> set[str]:
         return set()
 
 
+def _cannot_use(path: Path, exc: OSError) -> Msg:
+    return msg("the audit log {path} cannot be opened ({strerror}); make it a file this user can read and write, then run again (nothing more was recorded)", path=path, strerror=exc.strerror or exc)
+
+
 def _read_last_line(path: Path) -> tuple[bytes, int]:
     """(the last line with its newline if any, file size); (b"", 0) for a missing or empty file."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
+        handle = open_read(path)
     except FileNotFoundError:
         return b"", 0
+    except OSError as exc:  # no permission, an I/O error: the environment's, said in a sentence
+        raise RecordsError(_cannot_use(path, exc)) from None
     with handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
@@ -756,7 +769,11 @@ def _read_last_line(path: Path) -> tuple[bytes, int]:
                 return data[cut + 1 :], size
             if start == 0:
                 return data, size
-            chunk *= 4
+            if chunk > MAX_RECORD_BYTES:
+                # Longer than any record: never read whole (a planted endless line). Its end, without
+                # the newline, is an incomplete line, which never verifies: the tail is damaged.
+                return data[-MAX_RECORD_BYTES:].rstrip(b"\n"), size
+            chunk = min(chunk * 4, MAX_RECORD_BYTES + 2)
 
 
 def _count_newlines(handle: Any, end: int) -> int:

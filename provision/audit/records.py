@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from provision.errors import AuditError, EnvironmentProblem, SecretInAuditError, UsageError
 from provision.i18n import msg
-from provision.logsdir import open_nofollow
+from provision.logsdir import open_nofollow, open_read
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -365,7 +365,7 @@ def read_anchor(path: Path | str) -> list[AnchorEntry]:
     """The seals of an anchor file, in file order. A line that is not a seal is an AuditError (exit 4)."""
     anchor = Path(path)
     try:
-        with open(anchor, "rb") as handle:  # line by line, bounded: a damaged anchor is never held whole
+        with open_read(anchor, follow=True) as handle:  # line by line, bounded: a damaged anchor is never held whole
             return _anchor_entries(anchor, bounded_lines(handle))
     except FileNotFoundError:
         raise UsageError(msg('the audit anchor {anchor} does not exist; check --anchor', anchor=anchor)) from None

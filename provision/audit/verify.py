@@ -51,6 +51,7 @@ from provision.audit.records import (
 )
 from provision.errors import AuditError, UsageError
 from provision.i18n import msg
+from provision.logsdir import open_read
 from provision.secrets import Secret
 
 _SUFFIX = len(HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
@@ -121,14 +122,14 @@ class _Failure(Exception):
 
 
 def _count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
+    with open_read(path, follow=True) as handle:
         return sum(1 for _ in bounded_lines(handle))
 
 
 def _lines_from(files: list[Path], fi: int, lineno: int) -> Iterator[tuple[int, int, bytes]]:
     """(file index, line number, raw line) from line ``lineno`` of file ``fi`` to the chain's end."""
     for index in range(fi, len(files)):
-        with open(files[index], "rb") as handle:
+        with open_read(files[index], follow=True) as handle:
             for n, raw in enumerate(bounded_lines(handle), start=1):
                 if index == fi and n < lineno:
                     continue
@@ -271,7 +272,7 @@ class _Verifier:
         last_path, last_line = self.files[-1], 0
         for fi, path in enumerate(self.files):
             skip_to = lineno = 0
-            with open(path, "rb") as handle:
+            with open_read(path, follow=True) as handle:
                 for lineno, raw in enumerate(bounded_lines(handle), start=1):
                     if lineno <= skip_to or self._advance(raw):
                         continue
@@ -512,7 +513,7 @@ class _Verifier:
         """If an operator accepted the damaged lines from ``lineno`` on, consume them and the acceptance."""
         path = self.files[fi]
         region: list[bytes] = []
-        with open(path, "rb") as handle:
+        with open_read(path, follow=True) as handle:
             for n, raw in enumerate(bounded_lines(handle), start=1):
                 if n < lineno:
                     continue
@@ -546,7 +547,7 @@ class _Verifier:
         return None
 
     def _has_any_record(self, path: Path) -> bool:
-        with open(path, "rb") as handle:
+        with open_read(path, follow=True) as handle:
             for n, raw in enumerate(bounded_lines(handle)):
                 if n > 1000:
                     break
@@ -750,7 +751,7 @@ def _verified_records(files: list[Path], key: Secret | None, bad_lines: dict[Pat
     pending: tuple[dict[str, Any], str | None, str | None] | None = None
     for path in files:
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            handle = open_read(path, follow=True)
         except OSError as exc:
             raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
         with handle:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision.audit.records import EVENT_SEAL, LOG_NAME, AuditRecord, canonical, chain_files
+from provision.audit.records import EVENT_SEAL, LOG_NAME, AuditRecord, bounded_lines, canonical, chain_files
 from provision.audit.verify import VerifyResult, verify
+from provision.logsdir import open_read
 from provision.secrets import Secret
 
 
@@ -69,9 +70,9 @@ def _file_records(path: Path) -> list[tuple[int, str, str, str]]:
     """(seq, line, hash, prev) of every record in a chain's files; unreadable lines are left to verify."""
     found = []
     for file in chain_files(path):
-        with open(file, encoding="utf-8", errors="replace") as handle:
-            for raw in handle:
-                line = raw.rstrip("\r\n")
+        with open_read(file) as handle:  # a regular file (never a FIFO's wait), in bounded lines
+            for raw in bounded_lines(handle):
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                 try:
                     record = json.loads(line)
                 except ValueError:

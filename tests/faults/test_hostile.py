@@ -161,6 +161,14 @@ def _foreign_journal(s: Scene) -> None:
     s.victims[s.logs / "journal.sqlite3"] = (s.logs / "journal.sqlite3").read_bytes()  # never written to
 
 
+def _journal_with_a_trigger(s: Scene) -> None:
+    s.populate()
+    db = sqlite3.connect(s.logs / "journal.sqlite3")
+    db.execute("CREATE TRIGGER unmark AFTER UPDATE ON jobs BEGIN UPDATE jobs SET status = 'loaded'; DELETE FROM seals; END")
+    db.commit()
+    db.close()
+
+
 def _not_a_database(s: Scene) -> None:
     s.logs.mkdir()
     (s.logs / "journal.sqlite3").write_bytes(b"this is a text file, not SQLite\n" * 64)
@@ -198,12 +206,37 @@ def _planted(name: str, *, directory: bool = False) -> Callable[[Scene], None]:
     return plant
 
 
+def _fifo(name: str) -> Callable[[Scene], None]:
+    """A named pipe where provision keeps a file: opening it would wait for ever for a peer."""
+
+    def plant(s: Scene) -> None:
+        s.populate()
+        target = s.logs / name
+        if name.endswith("/*.json"):  # one of the entries there, planted under a name provision reads
+            entries = sorted(target.parent.glob("*.json"))
+            target = entries[-1] if entries else target.parent / ("ab" * 32 + ".json")
+        target.parent.mkdir(exist_ok=True)
+        target.unlink(missing_ok=True)
+        os.mkfifo(target)
+
+    return plant
+
+
+def _hard_link_to_victim(s: Scene) -> None:
+    s.populate()
+    victim = s.root / "victim.txt"  # a file elsewhere that an append through the link would change
+    os.replace(s.logs / "audit.jsonl", victim)
+    s.victims[victim] = victim.read_bytes()
+    os.link(victim, s.logs / "audit.jsonl")
+
+
 SCENES: dict[str, Callable[[Scene], None]] = {
     "absent": _absent,
     "empty": _empty,
     "damaged journal": _damaged_journal,
     "foreign journal (other tables)": _foreign_journal,
     "journal not SQLite": _not_a_database,
+    "journal with a planted trigger": _journal_with_a_trigger,
     "journal unreadable (a directory)": _unreadable_journal,
     "--logs a dangling link": _dangling_logs_link,
     "--logs a link to a directory": _logs_link_to_a_directory,
@@ -214,9 +247,17 @@ SCENES: dict[str, Callable[[Scene], None]] = {
     "audit-timestamps.jsonl -> victim": _planted("audit-timestamps.jsonl"),
     "store -> elsewhere": _planted("store", directory=True),
     "reports -> elsewhere": _planted("reports", directory=True),
+    "audit.jsonl a FIFO": _fifo("audit.jsonl"),
+    "journal.sqlite3-wal a FIFO": _fifo("journal.sqlite3-wal"),
+    ".reserve a FIFO": _fifo(".reserve"),
+    "a store entry a FIFO": _fifo("store/*.json"),
+    "a report a FIFO": _fifo("reports/*.json"),
+    "audit.jsonl a hard link to a file elsewhere": _hard_link_to_victim,
 }
+OWN_FILE_NOT_REGULAR = {"audit.jsonl a FIFO", "journal.sqlite3-wal a FIFO", ".reserve a FIFO"}
 PLANTED = {name for name in SCENES if "->" in name}
-BROKEN_JOURNAL = {"damaged journal", "foreign journal (other tables)", "journal not SQLite", "journal unreadable (a directory)"}
+BROKEN_JOURNAL = {"damaged journal", "foreign journal (other tables)", "journal not SQLite", "journal unreadable (a directory)",
+                  "journal with a planted trigger"}  # fmt: skip
 UNUSABLE_LOGS = {"--logs a dangling link", "--logs under a regular file"}
 
 
@@ -234,6 +275,8 @@ def judge(scene_name: str, command: str, done: Any, scene: Scene) -> list[str]:
         expected_words = None
         if scene_name in PLANTED:
             expected_words = "symbolic link"
+        elif scene_name in OWN_FILE_NOT_REGULAR:
+            expected_words = "regular file"
         elif scene_name in UNUSABLE_LOGS:
             expected_words = "logs"
         elif scene_name in BROKEN_JOURNAL and command in JOURNAL_READERS:

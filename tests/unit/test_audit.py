@@ -19,7 +19,7 @@ from provision.audit.forward import SyslogTarget
 from provision.audit.records import GENESIS, canonical, chain_files
 from provision.audit.verify import show, verify
 from provision.cli_audit import cmd_audit_show, cmd_audit_verify
-from provision.errors import AuditError, SecretInAuditError, UsageError
+from provision.errors import AuditError, LogsError, SecretInAuditError, UsageError
 from provision.secrets import Secret
 
 REPO = Path(__file__).resolve().parents[2]
@@ -987,8 +987,8 @@ def test_a_token_that_cannot_be_kept_is_recorded_and_no_false_alarm(tmp_path: Pa
         log.append("job_loaded", job_id="J1")
     assert log.timestamp_failures == 1
     last = json.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[-1])
-    assert last["event"] == "timestamp_failed" and "cannot be kept" in last["error"]
-    with pytest.raises(AuditError, match="cannot read .*audit-timestamps.jsonl"):  # a directory where the tokens should be
+    assert last["event"] == "timestamp_failed" and "is a directory where provision keeps a regular file" in last["error"]
+    with pytest.raises(LogsError, match="audit-timestamps.jsonl is a directory"):  # where the tokens should be: exit 3
         verify(tmp_path)
 
 
@@ -1045,6 +1045,29 @@ def test_an_endless_line_is_read_in_bounded_pieces_and_fails_verification(tmp_pa
     assert not result.ok and result.first_bad_line == len(lines) + 1
 
 
+def test_the_tail_check_never_reads_an_endless_last_line_whole(tmp_path: Path) -> None:
+    """Before every append the log's last line is read; a planted last line of 256 MiB (no newline)
+    is judged damaged from its last MiB, never held whole."""
+    import tracemalloc
+
+    path = tmp_path / "audit.jsonl"
+    write_batch(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size + 256 * 1024 * 1024)  # sparse zeros: one endless line
+    before = path.stat().st_size
+    tracemalloc.start()
+    try:
+        status = AuditLog(path).check_tail()
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not status.ok and "incomplete" in status.message
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes held to read the last line"
+    with pytest.raises(AuditError):
+        AuditLog(path).append("job_loaded", job_id="J1")
+    assert path.stat().st_size == before
+
+
 def test_settling_a_killed_run_refuses_a_planted_rolled_file(tmp_path: Path) -> None:
     """The next run after a kill reads the rolled audit files for seals waiting on a time-stamp: a
     link planted as a rolled file is refused (exit 3), never followed, and nothing is appended."""
@@ -1097,3 +1120,61 @@ def test_a_huge_tokens_file_or_anchor_is_read_in_bounded_lines(tmp_path: Path) -
     assert kept == "[]"
     assert verdict.startswith("False 1 ") and "not a time-stamp entry" in verdict
     assert anchor.endswith("line 1 is not a seal (it was changed)")
+
+
+def test_the_queue_mirror_catches_up_from_the_files_in_bounded_lines(tmp_path: Path) -> None:
+    """A station's first record in the shared database copies what its files hold first: a rolled
+    file with a planted 256 MiB line is read in bounded lines (that line is skipped), never whole."""
+    import tracemalloc
+
+    from provision.queue.audit_mirror import MirroredAudit
+
+    class Queue:
+        station = "s1"
+        rows: list[tuple[int, str, str, str]] = []
+
+        def audit_max_seq(self, _station: str) -> int:
+            return 0
+
+        def add_audit_records(self, _station: str, rows: list[tuple[int, str, str, str]]) -> None:
+            self.rows += rows
+
+    path = tmp_path / "audit.jsonl"
+    lines, _seal = write_batch(path)
+    with open(tmp_path / "audit-20240101T000000000000Z.jsonl", "wb") as handle:
+        handle.truncate(256 * 1024 * 1024)  # sparse zeros: one endless line in a rolled file
+    queue = Queue()
+    tracemalloc.start()
+    try:
+        MirroredAudit(AuditLog(path), queue).append("job_loaded", job_id="J1")
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [row[0] for row in queue.rows] == list(range(1, len(lines) + 2))
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes held to catch up"
+
+
+@pytest.mark.parametrize("where, name", [("open_read", "audit.jsonl"), ("open_nofollow", "audit.jsonl"),
+                                         ("open_nofollow", ".audit.jsonl.lock")])  # fmt: skip
+def test_an_audit_log_this_user_cannot_open_is_a_sentence_not_a_bug(where: str, name: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """audit.jsonl without read (mode 000) or write permission (444) for the run's user made
+    'provision run' end in exit 70 (PermissionError); it is the environment's: exit 3, one sentence.
+    (Root ignores modes, so the refusal the system gives such a user is given here.)"""
+    from provision.audit import chain
+    from provision.errors import EXIT_ENVIRONMENT, RecordsError
+
+    path = tmp_path / "audit.jsonl"
+    write_batch(path)
+
+    real = getattr(chain, where)
+
+    def refuse(target: Path, *args: object, **kwargs: object) -> object:
+        if Path(target) == tmp_path / name:  # that file only; the other stays the user's
+            raise PermissionError(13, "Permission denied")
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(chain, where, refuse)
+    with pytest.raises(RecordsError) as caught:
+        AuditLog(path).append("job_loaded", job_id="J1")
+    assert caught.value.exit_code == EXIT_ENVIRONMENT and "cannot be opened (Permission denied)" in caught.value.message

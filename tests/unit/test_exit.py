@@ -130,3 +130,25 @@ def test_commands_leave_nothing_to_the_exit(tmp_path: Path) -> None:
         assert "ResourceWarning" not in done.stderr, (words, done.stderr[-2000:])
         assert not (tmp_path / "logs" / "journal.sqlite3-wal").exists(), words
     assert (tmp_path / "logs" / "audit.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("signal_name", ["TERM", "HUP"])
+def test_a_signal_before_any_run_ends_the_command_as_ctrl_c_does(signal_name: str, tmp_path: Path) -> None:
+    """SIGTERM or SIGHUP while a command starts (here: while 'plan' obtains a PKCS#12 password from
+    a program, which sends the signal to provision) ends it with exit 130 and one sentence, as
+    CLI.md says, never killed by the signal's default action (exit 143/129, not a word said)."""
+    from provision import fixtures
+
+    ca = fixtures.make_ca()
+    (tmp_path / "h.p12").write_bytes(fixtures.holder_p12(ca, "CHAN Tai Man", "pw"))
+    (tmp_path / "job.yaml").write_text(
+        "version: 1\nbatch: sig\ncards:\n  - id: J1\n    holder: CHAN Tai Man\n    card: {serial: 12345678}\n"
+        f'    pkcs12: {{path: h.p12, password: {{command: [sh, -c, "kill -{signal_name} $PPID; sleep 1"]}}}}\n'
+        '    slot: 9c\n    slot_name: "x"\n    pin: {value: "123456"}\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
+    done = subprocess.run([*provision_cmd(), "plan", "job.yaml", "--logs", str(tmp_path / "logs")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=product_env(env))  # fmt: skip
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and done.stderr.splitlines()[-1].startswith("provision: interrupted")

@@ -5,7 +5,11 @@ check, as an attacker racing it would: a link planted after ``open_logs`` is sti
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,8 +17,9 @@ import pytest
 from provision import journal as jn
 from provision.app import write_run_reports
 from provision.audit.chain import AuditLog
+from provision.audit.records import read_anchor, read_stamps
 from provision.errors import EXIT_ENVIRONMENT, JournalError, LogsError
-from provision.logsdir import LogsLock, open_logs, shared_write_warning
+from provision.logsdir import LogsLock, ensure_reserve, open_logs, shared_write_warning
 from provision.store import CertificateStore
 
 VICTIM_TEXT = b"root:x:0:0:the attacker's target\n"
@@ -102,6 +107,242 @@ def test_open_logs_reports_a_logs_path_that_cannot_be_a_directory(tmp_path: Path
         open_logs(tmp_path / "afile", create=False)
 
 
+# ----------------------------------------------------------------------------------------------
+# not a regular file: a FIFO waits for ever when opened; a hard link writes a file elsewhere
+
+
+def _bounded(action: Callable[[], object], fifo: Path, seconds: float = 5.0) -> BaseException | None:
+    """Run ``action`` on a thread; what it raised, or None. If it still waits after ``seconds``
+    (blocked opening ``fifo``), the FIFO's other end is opened to let it go, and the test fails."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            action()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        for flags in (os.O_RDONLY | os.O_NONBLOCK, os.O_WRONLY | os.O_NONBLOCK):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, flags))
+        worker.join(5)
+        pytest.fail(f"still waiting on the FIFO {fifo.name} after {seconds} s")
+    return outcome[0]
+
+
+def _refused_as_not_regular(raised: BaseException | None) -> None:
+    assert isinstance(raised, LogsError), raised
+    assert raised.exit_code == EXIT_ENVIRONMENT and "named pipe" in raised.message and "regular file" in raised.message
+
+
+def _after_the_check(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    logs = open_logs(tmp_path / "logs", create=True)
+    os.mkfifo(logs / name)  # planted after the start-of-command check, as a racing attacker would
+    return logs, logs / name
+
+
+def test_an_audit_log_planted_as_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    logs, fifo = _after_the_check(tmp_path, "audit.jsonl")
+    _refused_as_not_regular(_bounded(lambda: AuditLog(logs / "audit.jsonl").append("test_event"), fifo))
+
+
+def test_a_reserve_planted_as_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    logs, fifo = _after_the_check(tmp_path, ".reserve")
+    _refused_as_not_regular(_bounded(lambda: ensure_reserve(logs), fifo))
+
+
+def test_a_run_lock_planted_as_a_fifo_is_refused(tmp_path: Path) -> None:
+    logs, fifo = _after_the_check(tmp_path, ".lock")
+
+    def lock() -> None:
+        with LogsLock(logs):
+            pass
+
+    _refused_as_not_regular(_bounded(lock, fifo))
+
+
+def test_a_time_stamp_file_planted_as_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    logs, fifo = _after_the_check(tmp_path, "audit-timestamps.jsonl")
+    _refused_as_not_regular(_bounded(lambda: read_stamps(fifo), fifo))
+
+
+def test_an_anchor_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    logs = open_logs(tmp_path / "logs", create=True)
+    fifo = tmp_path / "anchor"
+    os.mkfifo(fifo)
+    _refused_as_not_regular(_bounded(lambda: AuditLog(logs / "audit.jsonl", anchor=fifo).check_anchor(), fifo))
+    _refused_as_not_regular(_bounded(lambda: read_anchor(fifo), fifo))
+
+
+def test_a_store_entry_planted_as_a_fifo_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    store = CertificateStore(open_logs(tmp_path / "logs", create=True) / "store")
+    store.directory.mkdir()
+    fifo = store.directory / ("ab" * 32 + ".json")
+    os.mkfifo(fifo)
+    found: list[object] = []
+    assert _bounded(lambda: found.extend(store.list()), fifo) is None
+    assert found == []
+
+
+def test_a_store_entry_too_big_to_be_ours_is_never_read_whole(tmp_path: Path) -> None:
+    store = CertificateStore(open_logs(tmp_path / "logs", create=True) / "store")
+    store.directory.mkdir()
+    with open(store.directory / ("cd" * 32 + ".json"), "wb") as handle:
+        handle.truncate(4 * 1024**3)  # sparse: 4 GiB that json.loads would otherwise be handed
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "journal.sqlite3", "journal.sqlite3-wal", ".reserve", ".lock"])
+def test_open_logs_refuses_a_fifo_or_a_directory_in_place_of_its_files(name: str, tmp_path: Path) -> None:
+    logs = open_logs(tmp_path / "logs", create=True)
+    os.mkfifo(logs / name)
+    for create in (True, False):  # every command, reading or writing, says what is wrong
+        with pytest.raises(LogsError, match="named pipe"):
+            open_logs(logs, create=create)
+    os.unlink(logs / name)
+    (logs / name).mkdir()
+    with pytest.raises(LogsError, match="is a directory where provision keeps a regular file"):
+        open_logs(logs, create=False)
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "journal.sqlite3", ".reserve"])
+def test_a_hard_link_to_a_file_elsewhere_is_never_written(name: str, tmp_path: Path, victim: Path) -> None:
+    logs = open_logs(tmp_path / "logs", create=True)
+    before = b"" if name == "audit.jsonl" else VICTIM_TEXT  # an empty file: a log a first record would start
+    victim.write_bytes(before)
+    os.link(victim, logs / name)
+    with pytest.raises(LogsError, match="hard links"):
+        open_logs(logs, create=True)
+    open_logs(logs, create=False)  # reading it harms nothing (an auditor's copy made with cp -al)
+    # planted after the check, as a racing attacker would: still neither appended to nor truncated
+    with pytest.raises(LogsError, match="hard links"):
+        if name == "audit.jsonl":
+            AuditLog(logs / name).append("test_event")
+        elif name == ".reserve":
+            ensure_reserve(logs)
+        else:
+            jn.Journal(logs / name)
+    assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "CREATE TRIGGER unmark AFTER INSERT ON runs BEGIN UPDATE jobs SET status = 'loaded'; DELETE FROM seals; END",
+        "CREATE VIEW bogus AS SELECT * FROM runs",
+    ],
+)
+def test_a_journal_with_a_planted_trigger_or_view_is_refused_and_nothing_of_it_runs(planted: str, tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    journal.start_run("r1", "b", "job.yaml", "unattended")
+    journal.close()
+    db = sqlite3.connect(path)
+    db.execute(planted)
+    db.commit()
+    db.close()
+    for read_only in (False, True):
+        with pytest.raises(JournalError, match="which provision never creates") as caught:
+            jn.Journal(path, read_only=read_only)
+        assert caught.value.exit_code == EXIT_ENVIRONMENT
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)  # no run of ours was added, no trigger ran
+    db.close()
+
+
+def test_a_journal_row_too_big_to_be_ours_is_never_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    journal.start_run("r1", "b", "job.yaml", "unattended")
+    journal.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET jobfile = ?", ("x" * (jn.MAX_JOURNAL_VALUE_BYTES + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="move it aside") as caught:
+        jn.Journal(path, read_only=True).runs()
+    assert caught.value.exit_code == EXIT_ENVIRONMENT and "too big" in caught.value.message
+
+
+def test_reports_this_user_cannot_write_are_a_sentence_not_a_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reports directory the run's user cannot write (mode 555) ended a whole run in exit 70
+    (PermissionError from mkstemp). Root ignores modes, so the refusal such a user gets is given here."""
+    from provision import report
+
+    def refuse(*_args: object, **_kwargs: object) -> dict[str, Path]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(report, "write_reports", refuse)
+    logs = open_logs(tmp_path / "logs", create=True)
+    with pytest.raises(LogsError) as caught:
+        write_run_reports({"run_id": "20250101T000000Z-abcd"}, logs)
+    assert caught.value.exit_code == EXIT_ENVIRONMENT
+    assert "cannot be written" in caught.value.message and "Permission denied" in caught.value.message
+
+
+def test_a_store_or_reports_directory_this_user_cannot_read_is_said_so_not_called_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'store list' said "the store is empty" and 'report --last' "no run has a report yet" for a
+    directory at mode 000 (glob hides the refusal). Root ignores modes: the refusal is given here."""
+    from provision import cli
+    from provision.errors import StoreError
+
+    logs = open_logs(tmp_path / "logs", create=True)
+    for name in ("store", "reports"):
+        (logs / name).mkdir()
+    real = os.scandir
+
+    def refuse(path: object = ".") -> object:
+        if Path(str(path)).name in ("store", "reports"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(StoreError, match="cannot be read"):
+        CertificateStore(logs / "store").list()
+    assert cli.main(["report", "--last", "--format", "json", "--logs", str(logs)]) == EXIT_ENVIRONMENT
+    assert "reports cannot be read (Permission denied)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE runs SET finished = x'00ff'",  # a blob where a time is kept: 'status --json' crashed (exit 70)
+        "ALTER TABLE runs ADD COLUMN extra TEXT",  # a column provision never made: every read crashed
+        "UPDATE jobs SET seconds = x'01'",
+        "INSERT INTO seals VALUES (99, x'00ff', NULL, NULL, 'x')",  # 'audit verify' crashed sorting it
+        "UPDATE pin_holds SET since = x'00'",
+    ],
+)
+def test_a_journal_value_of_the_wrong_type_is_damage_not_a_crash(damage: str, tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = jn.Journal(path)
+    journal.start_run("r1", "b", "job.yaml", "unattended")
+    journal.add_seal("r1", 1, "ab" * 32, None)
+    jn.PinHolds(journal).hold(12345678, None, tries_left=2, run_id="r1", batch="b", job_id="J1")
+    journal.close()
+    db = sqlite3.connect(path)
+    if "jobs" in damage:
+        db.execute("INSERT INTO jobs (batch, job_id, run_id, holder, status, updated) VALUES ('b', 'J1', 'r1', 'H', 'loaded', 'now')")
+    db.execute(damage)
+    db.commit()
+    db.close()
+    journal = jn.Journal(path, read_only=True)
+    with pytest.raises(JournalError, match="is damaged") as caught:
+        journal.runs()
+        journal.jobs()
+        journal.seals()
+        jn.PinHolds(journal).all()
+    assert caught.value.exit_code == EXIT_ENVIRONMENT
+    journal.close()
+
+
 @pytest.mark.parametrize("mode, expected", [(0o700, None), (0o755, None), (0o775, "its group"), (0o777, "every user")])
 def test_shared_write_warning(mode: int, expected: str | None, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
@@ -150,7 +391,7 @@ def test_damage_found_after_opening_is_a_journal_error_too(tmp_path: Path) -> No
 
 def test_an_unreadable_journal_says_so(tmp_path: Path) -> None:
     (tmp_path / "journal.sqlite3").mkdir()
-    with pytest.raises(JournalError, match="cannot be opened"):
+    with pytest.raises(LogsError, match="is a directory where provision keeps a regular file"):
         jn.Journal(tmp_path / "journal.sqlite3")
 
 
