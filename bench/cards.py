@@ -537,7 +537,7 @@ def p3_pcscd(daemon: Any, work: Path, readers: int, per_reader: int, latency_ms:
 
 
 def _median_ms(values: Any) -> float:
-    return round(statistics.median(list(values)) * 1000, 1)
+    return round(median(list(values)) * 1000, 1)
 
 
 def _pid_cpu(pid: int) -> float:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from provision.errors import AuditError, EnvironmentProblem, SecretInAuditError, UsageError
 from provision.i18n import msg
-from provision.logsdir import open_nofollow, open_read
+from provision.logsdir import open_read
 from provision.secrets import Secret
 
 GENESIS = "0" * 64
@@ -321,15 +321,10 @@ def read_stamps(path: Path) -> Iterator[bytes] | None:
     None: there is no such file. A link there is refused; a file that cannot be read, at the start
     or on the way, is an AuditError. The file is never held whole, however big it was made."""
     try:
-        fd = open_nofollow(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        handle = open_read(path)  # a link, a FIFO or a directory there is refused (LogsError)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
-    try:
-        handle = os.fdopen(fd, "rb")  # a directory there is refused here (IsADirectoryError)
-    except OSError as exc:
-        os.close(fd)
         raise AuditError(msg('cannot read {path} ({strerror})', path=path, strerror=exc.strerror)) from None
     return _stamp_lines(handle, path)
 
