@@ -109,18 +109,25 @@ def test_identity_is_read_once_and_the_run_is_the_normal_one(pcscd: PrivatePcscd
     assert early.take(server.reader) is None  # taken once
 
 
+def _swapped_after_early_read(cards: Cards, material: Path, tmp_path: Path, index: int, first: int, second: int
+                              ) -> tuple[str, Any, Path, Path]:  # fmt: skip
+    """A card with serial ``first`` is read early in reader ``index``, then taken out, and one with
+    serial ``second`` put in its place: (the reader, the early read, each card's APDU log)."""
+    first_log, second_log = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    server = cards.insert(index, kind="sim", options={"serial": first, "apdu_log": str(first_log)})
+    early = read_early(material, server.reader)
+    server.remove()
+    wait_for(lambda: not card_present(server.reader), 10, "the first card to leave")
+    cards.insert(index, kind="sim", options={"serial": second, "apdu_log": str(second_log)})
+    return server.reader, early, first_log, second_log
+
+
 def test_a_card_swapped_after_the_early_read_is_identified_again(pcscd: PrivatePcscd, cards: Cards, material: Path,
                                                                  tmp_path: Path) -> None:  # fmt: skip
     """The job's own card was read early, then another card took its place: the runner must read
     the new card and refuse it (no job names it), with not one write to either card."""
-    first_log, second_log = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    server = cards.insert(1, kind="sim", options={"serial": SERIAL, "apdu_log": str(first_log)})
-    early = read_early(material, server.reader)
-    server.remove()
-    wait_for(lambda: not card_present(server.reader), 10, "the first card to leave")
-    cards.insert(1, kind="sim", options={"serial": OTHER_SERIAL, "apdu_log": str(second_log)})
-
-    outcome = run(material, tmp_path / "logs", server.reader, early)
+    reader, early, first_log, second_log = _swapped_after_early_read(cards, material, tmp_path, 1, SERIAL, OTHER_SERIAL)
+    outcome = run(material, tmp_path / "logs", reader, early)
     doc = outcome.document
     assert doc["jobs"][0]["status"] == "pending"
     assert [c["card_serial"] for c in doc["refused_cards"]] == [OTHER_SERIAL]
@@ -135,14 +142,8 @@ def test_a_card_swapped_after_the_early_read_is_identified_again(pcscd: PrivateP
 def test_the_right_card_swapped_in_after_the_early_read_is_loaded(pcscd: PrivatePcscd, cards: Cards, material: Path,
                                                                   tmp_path: Path) -> None:  # fmt: skip
     """A wrong card was read early and the holder's card replaced it: loaded, identified anew."""
-    first_log, second_log = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    server = cards.insert(2, kind="sim", options={"serial": OTHER_SERIAL, "apdu_log": str(first_log)})
-    early = read_early(material, server.reader)
-    server.remove()
-    wait_for(lambda: not card_present(server.reader), 10, "the first card to leave")
-    cards.insert(2, kind="sim", options={"serial": SERIAL, "apdu_log": str(second_log)})
-
-    outcome = run(material, tmp_path / "logs", server.reader, early)
+    reader, early, first_log, second_log = _swapped_after_early_read(cards, material, tmp_path, 2, OTHER_SERIAL, SERIAL)
+    outcome = run(material, tmp_path / "logs", reader, early)
     assert outcome.exit_code == 0 and outcome.document["jobs"][0]["status"] == "loaded"
     assert outcome.document["jobs"][0]["card_serial"] == SERIAL
     assert [(e["ins"], e["p1"], e["p2"]) for e in apdus(first_log)] == IDENTITY
